@@ -1,0 +1,657 @@
+/* audit.c: the audit parser handle: lines -> records -> open events -> completed events ->
+ * batches, with the loss counters (docs/audit-parsing.md sections 1, 3 and 4). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "audit_event.h"
+#include "audit_record.h"
+#include "batch.h"
+#include "core.h"
+
+enum {
+    NO_SLOT = -1,
+    KEEP_SLOT_BYTES = 4096, /* a completed event's buffer is kept for reuse up to this size */
+    SERIAL_WINDOW = 4096,
+    MAX_TRACKERS = 8,
+    MAX_NODE = 255,
+};
+
+typedef struct ev_slot {
+    uint64_t serial;
+    uint64_t first_ts, last_ts;
+    uint32_t hash;
+    int32_t prev, next; /* creation order */
+    int in_use;
+    int truncated;
+    uint32_t node_len; /* the node's bytes come first in buf */
+    size_t kept;       /* fields text kept (what max_event_bytes bounds) */
+    uint8_t *buf;
+    size_t len, cap;
+} ev_slot;
+
+typedef struct serial_tracker {
+    int used;
+    int started;
+    uint32_t node_len;
+    char node[MAX_NODE];
+    uint64_t base;    /* first serial of the window */
+    uint64_t highest;
+    uint8_t seen[SERIAL_WINDOW / 8];
+} serial_tracker;
+
+struct am_audit {
+    struct am_audit_options opt;
+    struct am_audit_stats st;
+    /* the partial line carried between feed calls */
+    char *partial;
+    size_t partial_len;
+    int partial_skipping; /* the carried line is already too long: drop to its end */
+    /* open events */
+    ev_slot *slots;
+    int32_t *table; /* open addressing: slot index or NO_SLOT */
+    size_t table_mask;
+    int32_t oldest, newest, free_list, last_hit;
+    uint32_t open_count;
+    size_t pending; /* fields text of all open events */
+    uint64_t stream_ms;
+    serial_tracker trackers[MAX_TRACKERS];
+    am_encoder enc;
+    am_batches batches;
+};
+
+void am_audit_default_options(struct am_audit_options *o)
+{
+    if (o == NULL)
+        return;
+    o->max_in_flight = 512;
+    o->timeout_ms = 2000;
+    o->max_line_bytes = 65536;
+    o->max_event_bytes = 131072;
+    o->max_pending_bytes = 4194304;
+    o->batch_bytes = 245760;
+    o->max_batches = 8;
+}
+
+static int options_valid(const struct am_audit_options *o)
+{
+    return o->max_in_flight >= 1 && o->max_in_flight <= 65536 && o->max_line_bytes >= 256 &&
+           o->max_line_bytes <= (1u << 24) && o->max_event_bytes >= o->max_line_bytes &&
+           o->max_event_bytes <= (1u << 26) && o->max_pending_bytes >= o->max_event_bytes &&
+           o->max_pending_bytes <= (1u << 30) && o->batch_bytes >= 4096 &&
+           o->batch_bytes <= (1u << 28) && o->max_batches >= 1 && o->max_batches <= 1024;
+}
+
+static uint32_t hash_key(const char *node, size_t node_len, uint64_t serial)
+{
+    uint64_t h = serial * 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < node_len; i++)
+        h = (h ^ (unsigned char)node[i]) * 0x100000001B3ull;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static size_t memory_bound(const struct am_audit_options *o)
+{
+    size_t table = 1;
+    while (table < 2 * (size_t)o->max_in_flight)
+        table <<= 1;
+    /* Open events: fields text, record headers (8 bytes per record of at least 1 byte... a
+     * record of n bytes costs n + 8, so at most 9x n) and growth slack (2x); kept buffers. */
+    size_t events = 2 * 9 * (size_t)o->max_pending_bytes +
+                    (size_t)o->max_in_flight * (sizeof(ev_slot) + KEEP_SLOT_BYTES + MAX_NODE);
+    /* Sealed batches: the queue bound, plus everything completed within one record (all open
+     * events), plus the open, taken and spare buffers; each completed event's encoding is
+     * at most batch_bytes. */
+    size_t batches = ((size_t)o->max_batches + 3 + o->max_in_flight) * o->batch_bytes +
+                     64 * sizeof(mp_buf) * (o->max_in_flight + o->max_batches);
+    size_t encoder = 4096 * sizeof(am_field) + 256 * sizeof(am_field) + o->max_event_bytes +
+                     3 * (size_t)o->batch_bytes;
+    return sizeof(struct am_audit) + o->max_line_bytes + 1 + table * sizeof(int32_t) + events +
+           batches + encoder;
+}
+
+am_audit *am_audit_new(const struct am_audit_options *opts)
+{
+    struct am_audit_options o;
+    if (opts != NULL)
+        o = *opts;
+    else
+        am_audit_default_options(&o);
+    if (!options_valid(&o))
+        return NULL;
+    am_audit *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    p->opt = o;
+    size_t table = 1;
+    while (table < 2 * (size_t)o.max_in_flight)
+        table <<= 1;
+    p->table_mask = table - 1;
+    p->partial = malloc((size_t)o.max_line_bytes + 1);
+    p->slots = calloc(o.max_in_flight, sizeof *p->slots);
+    p->table = malloc(table * sizeof *p->table);
+    if (p->partial == NULL || p->slots == NULL || p->table == NULL ||
+        encoder_init(&p->enc, o.batch_bytes - 5, o.max_event_bytes) != AM_OK ||
+        batches_init(&p->batches, o.batch_bytes) != AM_OK) {
+        am_audit_free(p);
+        return NULL;
+    }
+    for (size_t i = 0; i < table; i++)
+        p->table[i] = NO_SLOT;
+    for (uint32_t i = 0; i < o.max_in_flight; i++)
+        p->slots[i].next = i + 1 < o.max_in_flight ? (int32_t)(i + 1) : NO_SLOT;
+    p->free_list = 0;
+    p->oldest = p->newest = p->last_hit = NO_SLOT;
+    p->st.memory_bound = memory_bound(&o);
+    return p;
+}
+
+void am_audit_free(am_audit *p)
+{
+    if (p == NULL)
+        return;
+    if (p->slots != NULL)
+        for (uint32_t i = 0; i < p->opt.max_in_flight; i++)
+            free(p->slots[i].buf);
+    free(p->slots);
+    free(p->table);
+    free(p->partial);
+    encoder_release(&p->enc);
+    batches_release(&p->batches);
+    free(p);
+}
+
+/* ---- the table of open events ---- */
+
+static int slot_matches(const ev_slot *s, const am_record_head *h)
+{
+    return s->serial == h->serial && s->node_len == h->node_len &&
+           (h->node_len == 0 || memcmp(s->buf, h->node, h->node_len) == 0);
+}
+
+static int32_t find_slot(am_audit *p, const am_record_head *h, uint32_t hash)
+{
+    if (p->last_hit != NO_SLOT && p->slots[p->last_hit].in_use &&
+        slot_matches(&p->slots[p->last_hit], h))
+        return p->last_hit;
+    for (size_t i = hash & p->table_mask;; i = (i + 1) & p->table_mask) {
+        int32_t s = p->table[i];
+        if (s == NO_SLOT)
+            return NO_SLOT;
+        if (p->slots[s].hash == hash && slot_matches(&p->slots[s], h))
+            return p->last_hit = s;
+    }
+}
+
+static void table_insert(am_audit *p, int32_t s)
+{
+    size_t i = p->slots[s].hash & p->table_mask;
+    while (p->table[i] != NO_SLOT)
+        i = (i + 1) & p->table_mask;
+    p->table[i] = s;
+}
+
+/* Linear probing deletion by backward shift: no tombstones. */
+static void table_remove(am_audit *p, int32_t s)
+{
+    size_t i = p->slots[s].hash & p->table_mask;
+    while (p->table[i] != s)
+        i = (i + 1) & p->table_mask;
+    size_t j = i;
+    for (;;) {
+        p->table[i] = NO_SLOT;
+        for (;;) {
+            j = (j + 1) & p->table_mask;
+            if (p->table[j] == NO_SLOT)
+                return;
+            size_t home = p->slots[p->table[j]].hash & p->table_mask;
+            /* Move j back to i unless its home lies cyclically in (i, j]. */
+            if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+                continue;
+            break;
+        }
+        p->table[i] = p->table[j];
+        i = j;
+    }
+}
+
+static int slot_reserve(ev_slot *s, size_t extra)
+{
+    if (s->len + extra <= s->cap)
+        return AM_OK;
+    size_t cap = s->cap ? s->cap : 512;
+    while (cap < s->len + extra)
+        cap *= 2;
+    uint8_t *buf = realloc(s->buf, cap);
+    if (buf == NULL)
+        return AM_ERR_NOMEM;
+    s->buf = buf;
+    s->cap = cap;
+    return AM_OK;
+}
+
+static int32_t open_slot(am_audit *p, const am_record_head *h, uint32_t hash)
+{
+    int32_t i = p->free_list;
+    ev_slot *s = &p->slots[i];
+    p->free_list = s->next;
+    size_t node_len = h->node_len > MAX_NODE ? MAX_NODE : h->node_len;
+    s->len = 0;
+    if (slot_reserve(s, node_len + 256) != AM_OK) {
+        s->next = p->free_list;
+        p->free_list = i;
+        return NO_SLOT;
+    }
+    if (node_len)
+        memcpy(s->buf, h->node, node_len);
+    s->len = node_len;
+    s->node_len = (uint32_t)node_len;
+    s->serial = h->serial;
+    s->first_ts = s->last_ts = h->ts_ms;
+    s->hash = hash;
+    s->in_use = 1;
+    s->truncated = 0;
+    s->kept = 0;
+    s->prev = p->newest;
+    s->next = NO_SLOT;
+    if (p->newest != NO_SLOT)
+        p->slots[p->newest].next = i;
+    else
+        p->oldest = i;
+    p->newest = i;
+    table_insert(p, i);
+    p->open_count++;
+    return i;
+}
+
+/* ---- loss accounting ---- */
+
+static serial_tracker *tracker_for(am_audit *p, const char *node, size_t node_len)
+{
+    for (int i = 0; i < MAX_TRACKERS; i++) {
+        serial_tracker *t = &p->trackers[i];
+        if (t->used && t->node_len == node_len && memcmp(t->node, node, node_len) == 0)
+            return t;
+        if (!t->used) {
+            t->used = 1;
+            t->node_len = (uint32_t)node_len;
+            memcpy(t->node, node, node_len);
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static int bit_get(const serial_tracker *t, uint64_t serial)
+{
+    uint64_t k = serial % SERIAL_WINDOW;
+    return (t->seen[k / 8] >> (k % 8)) & 1;
+}
+
+static void bit_set(serial_tracker *t, uint64_t serial, int on)
+{
+    uint64_t k = serial % SERIAL_WINDOW;
+    if (on)
+        t->seen[k / 8] |= (uint8_t)(1u << (k % 8));
+    else
+        t->seen[k / 8] &= (uint8_t)~(1u << (k % 8));
+}
+
+/* Counts the unmarked serials in [from, to) of the window as gaps and clears their bits. */
+static void count_gaps(am_audit *p, serial_tracker *t, uint64_t from, uint64_t to)
+{
+    for (uint64_t s = from; s < to; s++) {
+        if (!bit_get(t, s))
+            p->st.gaps++;
+        bit_set(t, s, 0);
+    }
+}
+
+static void track_serial(am_audit *p, const char *node, size_t node_len, uint64_t serial)
+{
+    serial_tracker *t = tracker_for(p, node, node_len);
+    if (t == NULL)
+        return;
+    if (!t->started) {
+        t->started = 1;
+        t->base = serial;
+        t->highest = serial;
+    }
+    if (serial < t->base)
+        return;
+    if (serial >= t->base + SERIAL_WINDOW) {
+        uint64_t new_base = serial - SERIAL_WINDOW + 1;
+        uint64_t window_end = t->base + SERIAL_WINDOW;
+        if (new_base >= window_end) {
+            /* Everything in the old window leaves, and so does everything between. */
+            count_gaps(p, t, t->base, window_end);
+            p->st.gaps += new_base - window_end;
+        } else {
+            count_gaps(p, t, t->base, new_base);
+        }
+        t->base = new_base;
+    }
+    if (bit_get(t, serial)) {
+        p->st.duplicates++;
+    } else {
+        bit_set(t, serial, 1);
+    }
+    if (serial > t->highest)
+        t->highest = serial;
+}
+
+static void final_gaps(am_audit *p)
+{
+    for (int i = 0; i < MAX_TRACKERS; i++) {
+        serial_tracker *t = &p->trackers[i];
+        if (!t->used)
+            continue;
+        uint64_t end = t->highest + 1;
+        count_gaps(p, t, t->base, end);
+        /* Continue after the highest: a later flush must not count these again. */
+        t->base = end;
+    }
+}
+
+/* ---- completing an event ---- */
+
+static int complete(am_audit *p, int32_t i)
+{
+    ev_slot *s = &p->slots[i];
+    table_remove(p, i);
+    if (s->prev != NO_SLOT)
+        p->slots[s->prev].next = s->next;
+    else
+        p->oldest = s->next;
+    if (s->next != NO_SLOT)
+        p->slots[s->next].prev = s->prev;
+    else
+        p->newest = s->prev;
+    if (p->last_hit == i)
+        p->last_hit = NO_SLOT;
+    p->open_count--;
+    p->pending -= s->kept;
+
+    am_event_view ev = {
+        .node = s->node_len ? (const char *)s->buf : NULL,
+        .node_len = s->node_len,
+        .serial = s->serial,
+        .ts_ms = s->first_ts,
+        .recs = s->buf + s->node_len,
+        .recs_len = s->len - s->node_len,
+        .truncated = s->truncated,
+    };
+    int cut = 0;
+    int st = event_encode(&p->enc, &ev, &cut);
+    if (st == AM_OK)
+        st = batches_append(&p->batches, p->enc.event.data, p->enc.event.len);
+    if (st == AM_OK) {
+        p->st.events++;
+        if (cut)
+            p->st.truncated++;
+        uint32_t first = event_first_type(&ev);
+        if (!(first >= 1200 && first <= 1299))
+            track_serial(p, ev.node ? ev.node : "", ev.node_len, ev.serial);
+    }
+    s->in_use = 0;
+    if (s->cap > KEEP_SLOT_BYTES) {
+        free(s->buf);
+        s->buf = NULL;
+        s->cap = 0;
+    }
+    s->len = 0;
+    s->next = p->free_list;
+    p->free_list = i;
+    return st;
+}
+
+static int complete_oldest(am_audit *p)
+{
+    return p->oldest == NO_SLOT ? AM_OK : complete(p, p->oldest);
+}
+
+static int is_single_record_type(uint32_t t)
+{
+    return (t >= 1100 && t <= 1299) || (t >= 2100 && t <= 2999);
+}
+
+static int handle_record(am_audit *p, const am_record_head *h)
+{
+    int st = AM_OK;
+    p->st.records++;
+    if (h->ts_ms > p->stream_ms)
+        p->stream_ms = h->ts_ms;
+    uint32_t hash = hash_key(h->node, h->node_len, h->serial);
+    int32_t i = find_slot(p, h, hash);
+    if (h->type == AT_EOE) {
+        if (i != NO_SLOT)
+            st = complete(p, i);
+    } else {
+        if (i == NO_SLOT) {
+            if (p->open_count >= p->opt.max_in_flight) {
+                p->st.forced++;
+                st = complete_oldest(p);
+                if (st != AM_OK)
+                    return st;
+            }
+            i = open_slot(p, h, hash);
+            if (i == NO_SLOT)
+                return AM_ERR_NOMEM;
+        }
+        ev_slot *s = &p->slots[i];
+        size_t n = h->fields_len;
+        if (s->kept + n > p->opt.max_event_bytes) {
+            s->truncated = 1;
+        } else {
+            while (p->pending + n > p->opt.max_pending_bytes && p->oldest != NO_SLOT) {
+                int32_t victim = p->oldest;
+                p->st.forced++;
+                st = complete(p, victim);
+                if (st != AM_OK)
+                    return st;
+                if (victim == i) {
+                    i = open_slot(p, h, hash);
+                    if (i == NO_SLOT)
+                        return AM_ERR_NOMEM;
+                }
+            }
+            s = &p->slots[i];
+            if (slot_reserve(s, sizeof(rec_head) + n) != AM_OK)
+                return AM_ERR_NOMEM;
+            rec_head rh = {.type = h->type, .len = (uint32_t)n};
+            memcpy(s->buf + s->len, &rh, sizeof rh);
+            if (n)
+                memcpy(s->buf + s->len + sizeof rh, h->fields, n);
+            s->len += sizeof rh + n;
+            s->kept += n;
+            p->pending += n;
+        }
+        if (h->ts_ms > s->last_ts)
+            s->last_ts = h->ts_ms;
+        if (h->type == AT_PROCTITLE || is_single_record_type(h->type))
+            st = complete(p, i);
+    }
+    while (st == AM_OK && p->oldest != NO_SLOT &&
+           p->slots[p->oldest].last_ts + p->opt.timeout_ms < p->stream_ms) {
+        p->st.timeouts++;
+        st = complete_oldest(p);
+    }
+    return st;
+}
+
+static int blank(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != ' ' && s[i] != '\t')
+            return 0;
+    return 1;
+}
+
+static int handle_line(am_audit *p, const char *line, size_t n)
+{
+    p->st.lines++;
+    if (n > 0 && line[n - 1] == '\r')
+        n--;
+    if (n > p->opt.max_line_bytes) {
+        p->st.long_lines++;
+        return AM_OK;
+    }
+    if (blank(line, n))
+        return AM_OK;
+    am_record_head h;
+    if (record_parse_line(line, n, &h) != 0) {
+        p->st.malformed++;
+        return AM_OK;
+    }
+    return handle_record(p, &h);
+}
+
+static int queue_full(const am_audit *p)
+{
+    return p->batches.count >= p->opt.max_batches;
+}
+
+int am_audit_feed(am_audit *p, const char *data, size_t len, size_t *consumed)
+{
+    if (consumed != NULL)
+        *consumed = 0;
+    if (p == NULL || consumed == NULL || (data == NULL && len > 0))
+        return AM_ERR_ARG;
+    size_t i = 0;
+    int st = AM_OK;
+    while (i < len) {
+        if (queue_full(p)) {
+            st = AM_ERR_FULL;
+            break;
+        }
+        const char *nl = memchr(data + i, '\n', len - i);
+        size_t end = nl ? (size_t)(nl - data) : len;
+        size_t piece = end - i;
+        if (nl == NULL) {
+            /* Carry the unterminated tail (room for a line and its \r); a longer one is
+             * skipped up to its newline. */
+            if (!p->partial_skipping) {
+                if (p->partial_len + piece > (size_t)p->opt.max_line_bytes + 1) {
+                    p->partial_skipping = 1;
+                    p->partial_len = 0;
+                } else {
+                    memcpy(p->partial + p->partial_len, data + i, piece);
+                    p->partial_len += piece;
+                }
+            }
+            i = len;
+            break;
+        }
+        if (p->partial_skipping || p->partial_len + piece > (size_t)p->opt.max_line_bytes + 1) {
+            p->st.lines++;
+            p->st.long_lines++;
+        } else if (p->partial_len > 0) {
+            memcpy(p->partial + p->partial_len, data + i, piece);
+            st = handle_line(p, p->partial, p->partial_len + piece);
+        } else {
+            st = handle_line(p, data + i, piece);
+        }
+        p->partial_skipping = 0;
+        p->partial_len = 0;
+        i = end + 1;
+        if (st != AM_OK)
+            break;
+    }
+    *consumed = i;
+    p->st.bytes += i;
+    return st;
+}
+
+int am_audit_feed_record(am_audit *p, uint16_t type, const char *payload, size_t len)
+{
+    if (p == NULL || (payload == NULL && len > 0))
+        return AM_ERR_ARG;
+    if (queue_full(p))
+        return AM_ERR_FULL;
+    p->st.bytes += len;
+    p->st.lines++;
+    if (len > p->opt.max_line_bytes) {
+        p->st.long_lines++;
+        return AM_OK;
+    }
+    am_record_head h;
+    if (record_parse_payload(type, payload, len, &h) != 0) {
+        p->st.malformed++;
+        return AM_OK;
+    }
+    return handle_record(p, &h);
+}
+
+int am_audit_expire(am_audit *p, uint64_t now_ms)
+{
+    if (p == NULL)
+        return AM_ERR_ARG;
+    int32_t i = p->oldest;
+    while (i != NO_SLOT) {
+        int32_t next = p->slots[i].next;
+        if (p->slots[i].last_ts + p->opt.timeout_ms < now_ms) {
+            if (queue_full(p))
+                return AM_ERR_FULL;
+            p->st.timeouts++;
+            int st = complete(p, i);
+            if (st != AM_OK)
+                return st;
+        }
+        i = next;
+    }
+    return AM_OK;
+}
+
+int am_audit_flush(am_audit *p)
+{
+    if (p == NULL)
+        return AM_ERR_ARG;
+    if (p->partial_skipping) {
+        p->st.lines++;
+        p->st.long_lines++;
+        p->partial_skipping = 0;
+        p->partial_len = 0;
+    } else if (p->partial_len > 0) {
+        size_t n = p->partial_len;
+        p->partial_len = 0;
+        int st = handle_line(p, p->partial, n);
+        if (st != AM_OK)
+            return st;
+    }
+    while (p->oldest != NO_SLOT) {
+        if (queue_full(p))
+            return AM_ERR_FULL;
+        int st = complete_oldest(p);
+        if (st != AM_OK)
+            return st;
+    }
+    final_gaps(p);
+    return batches_seal(&p->batches);
+}
+
+int am_audit_seal(am_audit *p)
+{
+    if (p == NULL)
+        return AM_ERR_ARG;
+    return batches_seal(&p->batches);
+}
+
+int am_audit_take(am_audit *p, const uint8_t **data, size_t *len, uint32_t *events)
+{
+    if (p == NULL || data == NULL || len == NULL)
+        return AM_ERR_ARG;
+    return batches_take(&p->batches, data, len, events);
+}
+
+void am_audit_stats(const am_audit *p, struct am_audit_stats *out)
+{
+    if (p == NULL || out == NULL)
+        return;
+    *out = p->st;
+    out->batches = p->batches.sealed_total;
+    size_t mem = sizeof *p + p->opt.max_line_bytes + 1 + (p->table_mask + 1) * sizeof *p->table +
+                 p->opt.max_in_flight * sizeof *p->slots;
+    for (uint32_t i = 0; i < p->opt.max_in_flight; i++)
+        mem += p->slots[i].cap;
+    mem += encoder_memory(&p->enc) + batches_memory(&p->batches);
+    out->memory = mem;
+}

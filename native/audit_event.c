@@ -1,0 +1,1093 @@
+/* audit_event.c: interpret a completed event's records and encode it as one typed msgpack map
+ * (docs/events.md). Runs once per event; nothing here keeps state between events. */
+#include "audit_event.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core.h"
+
+enum { UNSET_ID = 4294967295u, MAX_KEYS = 64, SC_FIELDS = 256 };
+
+/* ---- an encoding context: sticky error, key count, no duplicate keys ---- */
+
+typedef struct enc_ctx {
+    mp_buf *b;
+    int err;
+    uint32_t nkeys;
+    const char *keys[MAX_KEYS];
+} enc_ctx;
+
+static void ctx_init(enc_ctx *c, mp_buf *b)
+{
+    c->b = b;
+    c->err = AM_OK;
+    c->nkeys = 0;
+}
+
+static void ctx_status(enc_ctx *c, int st)
+{
+    if (st != AM_OK && c->err == AM_OK)
+        c->err = st;
+}
+
+/* Writes the key unless it was written already; returns 1 when the value must follow. */
+static int put_key(enc_ctx *c, const char *key)
+{
+    if (c->err != AM_OK)
+        return 0;
+    for (uint32_t i = 0; i < c->nkeys && i < MAX_KEYS; i++)
+        if (strcmp(c->keys[i], key) == 0)
+            return 0;
+    if (c->nkeys >= MAX_KEYS) {
+        c->err = AM_ERR_LIMIT;
+        return 0;
+    }
+    ctx_status(c, mp_cstr(c->b, key));
+    if (c->err != AM_OK)
+        return 0;
+    c->keys[c->nkeys++] = key;
+    return 1;
+}
+
+static void kv_text(enc_ctx *c, const char *key, const char *s, size_t n)
+{
+    if (put_key(c, key))
+        ctx_status(c, mp_text(c->b, s, n));
+}
+
+static void kv_cstr(enc_ctx *c, const char *key, const char *s)
+{
+    kv_text(c, key, s, strlen(s));
+}
+
+static void kv_uint(enc_ctx *c, const char *key, uint64_t v)
+{
+    if (put_key(c, key))
+        ctx_status(c, mp_uint(c->b, v));
+}
+
+static void kv_int(enc_ctx *c, const char *key, int64_t v)
+{
+    if (put_key(c, key))
+        ctx_status(c, mp_int(c->b, v));
+}
+
+static void kv_bool(enc_ctx *c, const char *key, int v)
+{
+    if (put_key(c, key))
+        ctx_status(c, mp_bool(c->b, v));
+}
+
+/* ---- records of an event ---- */
+
+typedef struct rec_ref {
+    uint32_t type;
+    const char *text;
+    size_t len;
+} rec_ref;
+
+/* Walks the packed records; returns 0 at the end. */
+static int next_rec(const am_event_view *ev, size_t *off, rec_ref *out)
+{
+    if (*off + sizeof(rec_head) > ev->recs_len)
+        return 0;
+    rec_head h;
+    memcpy(&h, ev->recs + *off, sizeof h);
+    *off += sizeof h;
+    if (h.len > ev->recs_len - *off)
+        return 0;
+    out->type = h.type;
+    out->text = (const char *)ev->recs + *off;
+    out->len = h.len;
+    *off += h.len;
+    return 1;
+}
+
+uint32_t event_first_type(const am_event_view *ev)
+{
+    size_t off = 0;
+    rec_ref r;
+    return next_rec(ev, &off, &r) ? r.type : 0;
+}
+
+static int is_aux_type(uint32_t t)
+{
+    return t == AT_SYSCALL || t == AT_PROCTITLE || t == AT_CWD || t == AT_PATH ||
+           t == AT_SOCKADDR || t == AT_EXECVE;
+}
+
+/* ---- values ---- */
+
+static const char *const hexable_keys[] = {
+    "name", "path", "cwd", "exe", "comm", "acct", "cmd", "proctitle", "key", "data", "dir",
+    "file", "hostname", "vm", "watch", "root_dir", "old-chardev", "new-chardev", NULL,
+};
+
+static const char *const id_keys[] = {
+    "auid", "uid", "gid", "euid", "egid", "suid", "fsuid", "sgid", "fsgid", "ses", "ouid",
+    "ogid", "old-auid", "old-ses", "id", "oauid", "ouid", "sauid", NULL,
+};
+
+static int key_in(const am_field *f, const char *const *list)
+{
+    for (size_t i = 0; list[i] != NULL; i++)
+        if (span_eq(f->key, f->key_len, list[i]))
+            return 1;
+    return 0;
+}
+
+static int key_is(const am_field *f, const char *lit)
+{
+    return span_eq(f->key, f->key_len, lit);
+}
+
+/* The value of f as bytes: hex-decoded into dst when hexable and valid hex. Returns -1 for
+ * a nil value, -2 when dst is too small. */
+static long field_bytes(const am_field *f, int hexable, uint8_t *dst, size_t cap,
+                        const char **out)
+{
+    if (f->kind == FV_PLAIN && is_nil_text(f->val, f->val_len))
+        return -1;
+    if (f->kind == FV_PLAIN && hexable && is_hex_text(f->val, f->val_len)) {
+        if (f->val_len / 2 > cap)
+            return -2;
+        hex_decode(f->val, f->val_len, dst);
+        *out = (const char *)dst;
+        return (long)(f->val_len / 2);
+    }
+    *out = f->val;
+    return (long)f->val_len;
+}
+
+static void put_field_text(enc_ctx *c, am_encoder *enc, const am_field *f, int hexable)
+{
+    const char *s;
+    long n = field_bytes(f, hexable, enc->scratch, enc->scratch_cap, &s);
+    if (n == -1)
+        ctx_status(c, mp_nil(c->b));
+    else if (n == -2)
+        ctx_status(c, AM_ERR_LIMIT);
+    else
+        ctx_status(c, mp_text(c->b, s, (size_t)n));
+}
+
+static void kv_field_text(enc_ctx *c, am_encoder *enc, const char *key, const am_field *f,
+                          int hexable)
+{
+    if (put_key(c, key))
+        put_field_text(c, enc, f, hexable);
+}
+
+/* An id: unset (4294967295) is nil; a value that is not a number leaves the key out. */
+static void kv_id(enc_ctx *c, const char *key, const am_field *f)
+{
+    uint64_t v;
+    if (parse_dec_u64(f->val, f->val_len, &v) == 0) {
+        if (v == UNSET_ID) {
+            if (put_key(c, key))
+                ctx_status(c, mp_nil(c->b));
+        } else {
+            kv_uint(c, key, v);
+        }
+    } else if (f->kind == FV_PLAIN && is_nil_text(f->val, f->val_len)) {
+        if (put_key(c, key))
+            ctx_status(c, mp_nil(c->b));
+    }
+}
+
+static void kv_dec(enc_ctx *c, const char *key, const am_field *f)
+{
+    uint64_t v;
+    if (parse_dec_u64(f->val, f->val_len, &v) == 0)
+        kv_uint(c, key, v);
+}
+
+static void kv_res(enc_ctx *c, const char *key, const am_field *f)
+{
+    if (span_eq(f->val, f->val_len, "success") || span_eq(f->val, f->val_len, "1"))
+        kv_cstr(c, key, "success");
+    else if (span_eq(f->val, f->val_len, "failed") || span_eq(f->val, f->val_len, "0") ||
+             span_eq(f->val, f->val_len, "fail"))
+        kv_cstr(c, key, "failed");
+    else
+        kv_text(c, key, f->val, f->val_len);
+}
+
+/* ---- what a pre-pass learns about the event ---- */
+
+typedef struct event_shape {
+    int has_syscall;
+    size_t sc_n;
+    uint32_t arch;
+    int arch_ok;
+    uint64_t syscall_nr;
+    int syscall_ok;
+    const char *syscall_name;
+    rec_ref first;
+    int has_first;
+    rec_ref principal; /* first record that is not SYSCALL/PROCTITLE/CWD/PATH/SOCKADDR/EXECVE */
+    int has_principal;
+    int has_execve;
+    rec_ref cwd, sockaddr, proctitle, socketcall;
+    int has_cwd, has_sockaddr, has_proctitle, has_socketcall;
+    int sc_overflow;
+} event_shape;
+
+static void shape_event(am_encoder *enc, const am_event_view *ev, event_shape *s)
+{
+    memset(s, 0, sizeof *s);
+    size_t off = 0;
+    rec_ref r;
+    while (next_rec(ev, &off, &r)) {
+        if (!s->has_first) {
+            s->first = r;
+            s->has_first = 1;
+        }
+        switch (r.type) {
+        case AT_SYSCALL:
+            if (!s->has_syscall) {
+                int free_text, overflow;
+                s->has_syscall = 1;
+                s->sc_n = fields_split(r.text, r.len, enc->sc_fields, enc->sc_cap, &free_text,
+                                       &overflow);
+                s->sc_overflow = overflow;
+            }
+            break;
+        case AT_EXECVE:
+            s->has_execve = 1;
+            break;
+        case AT_CWD:
+            if (!s->has_cwd) {
+                s->cwd = r;
+                s->has_cwd = 1;
+            }
+            break;
+        case AT_SOCKADDR:
+            if (!s->has_sockaddr) {
+                s->sockaddr = r;
+                s->has_sockaddr = 1;
+            }
+            break;
+        case AT_PROCTITLE:
+            if (!s->has_proctitle) {
+                s->proctitle = r;
+                s->has_proctitle = 1;
+            }
+            break;
+        case AT_SOCKETCALL:
+            if (!s->has_socketcall) {
+                s->socketcall = r;
+                s->has_socketcall = 1;
+            }
+            break;
+        default:
+            break;
+        }
+        if (!is_aux_type(r.type) && !s->has_principal) {
+            s->principal = r;
+            s->has_principal = 1;
+        }
+    }
+    for (size_t i = 0; i < s->sc_n; i++) {
+        const am_field *f = &enc->sc_fields[i];
+        uint64_t v;
+        if (key_is(f, "arch") && parse_hex_u64(f->val, f->val_len, &v) == 0 &&
+            v <= UINT32_MAX) {
+            s->arch = (uint32_t)v;
+            s->arch_ok = 1;
+        } else if (key_is(f, "syscall") && parse_dec_u64(f->val, f->val_len, &v) == 0) {
+            s->syscall_nr = v;
+            s->syscall_ok = 1;
+        }
+    }
+    if (s->arch_ok && s->syscall_ok && s->syscall_nr <= UINT32_MAX)
+        s->syscall_name = am_syscall_name(s->arch, (uint32_t)s->syscall_nr);
+}
+
+static int name_is(const char *name, const char *lit)
+{
+    return name != NULL && strcmp(name, lit) == 0;
+}
+
+enum ev_kind { EV_EXEC, EV_NET, EV_AUTH, EV_ACCOUNT, EV_AUDITCFG, EV_AUDIT };
+
+static const char *const kind_names[] = {"exec", "net", "auth", "account", "auditcfg", "audit"};
+
+static const char *const auth_types[] = {
+    "USER_AUTH", "USER_ACCT", "USER_LOGIN", "USER_LOGOUT", "USER_START", "USER_END",
+    "USER_ERR", "USER_CMD", "USER_ROLE_CHANGE", "CRED_ACQ", "CRED_DISP", "CRED_REFR", "LOGIN",
+    NULL,
+};
+static const char *const account_types[] = {
+    "ADD_USER", "DEL_USER", "ADD_GROUP", "DEL_GROUP", "USER_MGMT", "GRP_MGMT",
+    "USER_CHAUTHTOK", "GRP_CHAUTHTOK", "CHUSER_ID", "CHGRP_ID", "ACCT_LOCK", "ACCT_UNLOCK",
+    "ROLE_ASSIGN", "ROLE_REMOVE", NULL,
+};
+static const char *const auditcfg_types[] = {
+    "CONFIG_CHANGE", "DAEMON_START", "DAEMON_END", "DAEMON_ABORT", "DAEMON_CONFIG",
+    "DAEMON_ROTATE", "DAEMON_RESUME", "DAEMON_ACCEPT", "DAEMON_CLOSE", "DAEMON_ERR",
+    "USYS_CONFIG", NULL,
+};
+
+static int name_in(const char *name, const char *const *list)
+{
+    if (name == NULL)
+        return 0;
+    for (size_t i = 0; list[i] != NULL; i++)
+        if (strcmp(name, list[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* The socketcall(2) call number for i386: SOCKETCALL's a0. */
+static uint64_t socketcall_call(am_encoder *enc, const event_shape *s)
+{
+    int free_text, overflow;
+    size_t n = fields_split(s->socketcall.text, s->socketcall.len, enc->fields,
+                            enc->fields_cap, &free_text, &overflow);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v;
+        if (key_is(&enc->fields[i], "a0") &&
+            parse_hex_u64(enc->fields[i].val, enc->fields[i].val_len, &v) == 0)
+            return v;
+    }
+    return 0;
+}
+
+/* "out", "in", "bind" for a net event, NULL otherwise. */
+static const char *net_direction(am_encoder *enc, const event_shape *s)
+{
+    const char *n = s->syscall_name;
+    if (name_is(n, "connect"))
+        return "out";
+    if (name_is(n, "accept") || name_is(n, "accept4"))
+        return "in";
+    if (name_is(n, "bind"))
+        return "bind";
+    if (name_is(n, "socketcall") && s->has_socketcall) {
+        switch (socketcall_call(enc, s)) {
+        case 2:
+            return "bind";
+        case 3:
+            return "out";
+        case 5:
+        case 18:
+            return "in";
+        default:
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
+static enum ev_kind classify(am_encoder *enc, const event_shape *s, const char **dir)
+{
+    *dir = NULL;
+    if (s->has_execve || name_is(s->syscall_name, "execve") ||
+        name_is(s->syscall_name, "execveat"))
+        return EV_EXEC;
+    *dir = net_direction(enc, s);
+    if (*dir != NULL)
+        return EV_NET;
+    if (s->has_principal) {
+        const char *name = am_record_type_name(s->principal.type);
+        if (name_in(name, auth_types) || (name && strncmp(name, "ANOM_LOGIN_", 11) == 0))
+            return EV_AUTH;
+        if (name_in(name, account_types))
+            return EV_ACCOUNT;
+        if (name_in(name, auditcfg_types))
+            return EV_AUDITCFG;
+    }
+    return EV_AUDIT;
+}
+
+/* ---- common and process keys ---- */
+
+static void put_type_name(enc_ctx *c, uint32_t type)
+{
+    const char *name = am_record_type_name(type);
+    if (name != NULL) {
+        ctx_status(c, mp_cstr(c->b, name));
+    } else {
+        char buf[32];
+        int n = snprintf(buf, sizeof buf, "UNKNOWN[%u]", type);
+        ctx_status(c, mp_str(c->b, buf, (size_t)n));
+    }
+}
+
+static void put_common(enc_ctx *c, const am_event_view *ev, const event_shape *s,
+                       enum ev_kind kind, int with_node)
+{
+    kv_cstr(c, "t", kind_names[kind]);
+    kv_uint(c, "ts", ev->ts_ms);
+    kv_uint(c, "sn", ev->serial);
+    if (put_key(c, "rt"))
+        put_type_name(c, s->has_syscall ? AT_SYSCALL : s->first.type);
+    if (with_node && ev->node != NULL)
+        kv_text(c, "node", ev->node, ev->node_len);
+}
+
+static void put_process(enc_ctx *c, am_encoder *enc, const event_shape *s)
+{
+    for (size_t i = 0; i < s->sc_n && c->err == AM_OK; i++) {
+        const am_field *f = &enc->sc_fields[i];
+        if (key_is(f, "arch")) {
+            const char *name = s->arch_ok ? am_arch_name(s->arch) : NULL;
+            if (name != NULL)
+                kv_cstr(c, "arch", name);
+            else
+                kv_text(c, "arch", f->val, f->val_len);
+        } else if (key_is(f, "syscall")) {
+            if (s->syscall_name != NULL)
+                kv_cstr(c, "sc", s->syscall_name);
+            else if (s->syscall_ok)
+                kv_uint(c, "sc", s->syscall_nr);
+        } else if (key_is(f, "success")) {
+            kv_bool(c, "ok", span_eq(f->val, f->val_len, "yes"));
+        } else if (key_is(f, "exit")) {
+            int64_t v;
+            if (parse_dec_i64(f->val, f->val_len, &v) == 0)
+                kv_int(c, "rc", v);
+        } else if (key_is(f, "pid") || key_is(f, "ppid")) {
+            kv_dec(c, key_is(f, "pid") ? "pid" : "ppid", f);
+        } else if (key_is(f, "uid") || key_is(f, "gid") || key_is(f, "euid") ||
+                   key_is(f, "egid") || key_is(f, "auid") || key_is(f, "ses")) {
+            static const char *const names[] = {"uid", "gid", "euid", "egid", "auid", "ses"};
+            for (size_t k = 0; k < 6; k++)
+                if (key_is(f, names[k]))
+                    kv_id(c, names[k], f);
+        } else if (key_is(f, "comm")) {
+            kv_field_text(c, enc, "comm", f, 1);
+        } else if (key_is(f, "exe")) {
+            kv_field_text(c, enc, "exe", f, 1);
+        } else if (key_is(f, "tty")) {
+            kv_field_text(c, enc, "tty", f, 0);
+        } else if (key_is(f, "key")) {
+            kv_field_text(c, enc, "key", f, 1);
+        }
+    }
+}
+
+static void put_cwd(enc_ctx *c, am_encoder *enc, const event_shape *s)
+{
+    int free_text, overflow;
+    size_t n = fields_split(s->cwd.text, s->cwd.len, enc->fields, enc->fields_cap, &free_text,
+                            &overflow);
+    for (size_t i = 0; i < n; i++)
+        if (key_is(&enc->fields[i], "cwd"))
+            kv_field_text(c, enc, "cwd", &enc->fields[i], 1);
+}
+
+/* ---- exec ---- */
+
+typedef struct argv_state {
+    uint64_t next;      /* the index the next whole argument must have */
+    int64_t chunk_arg;  /* the argument being reassembled from aN[k], -1 when none */
+    size_t chunk_len;   /* its bytes so far, in enc->scratch */
+    uint32_t count;
+    int broken;         /* out of order, or bigger than the scratch: argv stops here */
+    uint64_t argc;
+    int argc_ok;
+} argv_state;
+
+static void argv_finish_chunk(argv_state *a, am_encoder *enc)
+{
+    if (a->chunk_arg < 0)
+        return;
+    if (mp_text(&enc->items, (const char *)enc->scratch, a->chunk_len) == AM_OK)
+        a->count++;
+    else
+        a->broken = 1;
+    a->chunk_arg = -1;
+    a->chunk_len = 0;
+}
+
+/* key is "a<digits>" optionally followed by "_len" or "[<digits>]": returns 0 for whole,
+ * 1 for _len, 2 for a chunk, -1 for anything else. */
+static int argv_key(const am_field *f, uint64_t *index)
+{
+    const char *k = f->key;
+    size_t n = f->key_len, i = 1;
+    if (n < 2 || k[0] != 'a' || k[1] < '0' || k[1] > '9')
+        return -1;
+    while (i < n && k[i] >= '0' && k[i] <= '9')
+        i++;
+    if (parse_dec_u64(k + 1, i - 1, index) != 0)
+        return -1;
+    if (i == n)
+        return 0;
+    if (span_eq(k + i, n - i, "_len"))
+        return 1;
+    if (k[i] == '[' && k[n - 1] == ']' && n - i > 2) {
+        uint64_t chunk;
+        if (parse_dec_u64(k + i + 1, n - i - 2, &chunk) == 0)
+            return 2;
+    }
+    return -1;
+}
+
+static void argv_field(argv_state *a, am_encoder *enc, const am_field *f)
+{
+    if (key_is(f, "argc")) {
+        if (!a->argc_ok && parse_dec_u64(f->val, f->val_len, &a->argc) == 0)
+            a->argc_ok = 1;
+        return;
+    }
+    uint64_t index;
+    int form = argv_key(f, &index);
+    if (form < 0 || a->broken)
+        return;
+    if (form == 2) {
+        if ((int64_t)index != a->chunk_arg) {
+            a->broken = 1;
+            return;
+        }
+        const char *s;
+        size_t room = enc->scratch_cap - a->chunk_len;
+        long n = field_bytes(f, 1, enc->scratch + a->chunk_len, room, &s);
+        if (n == -1) {
+            n = 0;
+        } else if (n < 0 || (size_t)n > room) {
+            a->broken = 1;
+            return;
+        }
+        if (s != (const char *)enc->scratch + a->chunk_len)
+            memmove(enc->scratch + a->chunk_len, s, (size_t)n);
+        a->chunk_len += (size_t)n;
+        return;
+    }
+    argv_finish_chunk(a, enc);
+    if (index != a->next) {
+        a->broken = 1;
+        return;
+    }
+    a->next++;
+    if (form == 1) {
+        a->chunk_arg = (int64_t)index;
+        a->chunk_len = 0;
+        return;
+    }
+    const char *s;
+    long n = field_bytes(f, 1, enc->scratch, enc->scratch_cap, &s);
+    if (n == -1) {
+        /* An unquoted "(null)" argument is a literal string, not a nil. */
+        s = f->val;
+        n = (long)f->val_len;
+    }
+    if (n < 0 || mp_text(&enc->items, s, (size_t)n) != AM_OK)
+        a->broken = 1;
+    else
+        a->count++;
+}
+
+static void put_items(enc_ctx *c, const char *key, uint32_t count, const mp_buf *items)
+{
+    if (put_key(c, key)) {
+        ctx_status(c, mp_array(c->b, count));
+        ctx_status(c, mp_raw(c->b, items->data, items->len));
+    }
+}
+
+static int put_exec(enc_ctx *c, am_encoder *enc, const am_event_view *ev, const event_shape *s)
+{
+    int incomplete = 0;
+    size_t off = 0;
+    rec_ref r;
+    if (s->has_execve) {
+        argv_state a = {.chunk_arg = -1};
+        enc->items.len = 0;
+        while (next_rec(ev, &off, &r)) {
+            if (r.type != AT_EXECVE)
+                continue;
+            int free_text, overflow;
+            size_t n = fields_split(r.text, r.len, enc->fields, enc->fields_cap, &free_text,
+                                    &overflow);
+            for (size_t i = 0; i < n; i++)
+                argv_field(&a, enc, &enc->fields[i]);
+            if (overflow)
+                a.broken = 1;
+        }
+        argv_finish_chunk(&a, enc);
+        if (a.argc_ok)
+            kv_uint(c, "argc", a.argc);
+        put_items(c, "argv", a.count, &enc->items);
+        if (a.broken || (a.argc_ok && a.count < a.argc))
+            incomplete = 1;
+    }
+    /* PATH records */
+    uint32_t paths = 0;
+    enc->items.len = 0;
+    off = 0;
+    while (next_rec(ev, &off, &r)) {
+        if (r.type != AT_PATH)
+            continue;
+        int free_text, overflow;
+        size_t n = fields_split(r.text, r.len, enc->fields, enc->fields_cap, &free_text,
+                                &overflow);
+        const am_field *name = NULL, *nt = NULL, *ino = NULL, *mode = NULL;
+        uint64_t ino_v = 0, mode_v = 0;
+        for (size_t i = 0; i < n; i++) {
+            const am_field *f = &enc->fields[i];
+            if (key_is(f, "name") && name == NULL)
+                name = f;
+            else if (key_is(f, "nametype") && nt == NULL)
+                nt = f;
+            else if (key_is(f, "inode") && ino == NULL &&
+                     parse_dec_u64(f->val, f->val_len, &ino_v) == 0)
+                ino = f;
+            else if (key_is(f, "mode") && mode == NULL && f->val_len > 0 && f->val_len <= 22) {
+                uint64_t v = 0;
+                size_t k = 0;
+                while (k < f->val_len && f->val[k] >= '0' && f->val[k] <= '7')
+                    v = v * 8 + (uint64_t)(f->val[k++] - '0');
+                if (k == f->val_len) {
+                    mode_v = v;
+                    mode = f;
+                }
+            }
+        }
+        enc_ctx pc;
+        ctx_init(&pc, &enc->items);
+        ctx_status(&pc, mp_map(&enc->items, (uint32_t)((name != NULL) + (nt != NULL) +
+                                                       (ino != NULL) + (mode != NULL))));
+        if (name != NULL)
+            kv_field_text(&pc, enc, "n", name, 1);
+        if (nt != NULL)
+            kv_text(&pc, "nt", nt->val, nt->val_len);
+        if (ino != NULL)
+            kv_uint(&pc, "ino", ino_v);
+        if (mode != NULL)
+            kv_uint(&pc, "mode", mode_v);
+        ctx_status(c, pc.err);
+        paths++;
+    }
+    if (paths > 0)
+        put_items(c, "paths", paths, &enc->items);
+    if (!s->has_execve && s->has_proctitle) {
+        int free_text, overflow;
+        size_t n = fields_split(s->proctitle.text, s->proctitle.len, enc->fields,
+                                enc->fields_cap, &free_text, &overflow);
+        for (size_t i = 0; i < n; i++) {
+            const am_field *f = &enc->fields[i];
+            if (!key_is(f, "proctitle"))
+                continue;
+            const char *v;
+            long len = field_bytes(f, 1, enc->scratch, enc->scratch_cap, &v);
+            if (len < 0)
+                break;
+            enc->items.len = 0;
+            uint32_t parts = 0;
+            size_t start = 0;
+            for (size_t k = 0; k <= (size_t)len; k++) {
+                if (k == (size_t)len || v[k] == '\0') {
+                    if (k > start || k < (size_t)len) {
+                        ctx_status(c, mp_text(&enc->items, v + start, k - start));
+                        parts++;
+                    }
+                    start = k + 1;
+                }
+            }
+            put_items(c, "title", parts, &enc->items);
+            break;
+        }
+    }
+    return incomplete;
+}
+
+/* ---- net ---- */
+
+static void format_ipv4(const uint8_t *a, char *out, size_t cap)
+{
+    snprintf(out, cap, "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
+}
+
+/* RFC 5952: lowercase, no leading zeros, the longest run (first on a tie) of two or more
+ * zero groups as "::", IPv4-mapped addresses as ::ffff:a.b.c.d. */
+static void format_ipv6(const uint8_t *a, char *out, size_t cap)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (memcmp(a, mapped, 12) == 0) {
+        char v4[16];
+        format_ipv4(a + 12, v4, sizeof v4);
+        snprintf(out, cap, "::ffff:%s", v4);
+        return;
+    }
+    unsigned g[8];
+    for (int i = 0; i < 8; i++)
+        g[i] = (unsigned)(a[2 * i] << 8 | a[2 * i + 1]);
+    int best = -1, best_len = 0;
+    for (int i = 0; i < 8;) {
+        if (g[i] != 0) {
+            i++;
+            continue;
+        }
+        int j = i;
+        while (j < 8 && g[j] == 0)
+            j++;
+        if (j - i > best_len && j - i >= 2) {
+            best = i;
+            best_len = j - i;
+        }
+        i = j;
+    }
+    size_t pos = 0;
+    for (int i = 0; i < 8 && pos < cap; i++) {
+        if (i == best) {
+            pos += (size_t)snprintf(out + pos, cap - pos, "::");
+            i += best_len - 1;
+            continue;
+        }
+        int sep = i > 0 && !(best >= 0 && i == best + best_len);
+        pos += (size_t)snprintf(out + pos, cap - pos, sep ? ":%x" : "%x", g[i]);
+    }
+    if (pos == 0 && cap > 0)
+        out[0] = '\0';
+}
+
+static int known_family(unsigned f)
+{
+    return f == 1 || f == 2 || f == 10 || f == 16;
+}
+
+static void put_sockaddr(enc_ctx *c, am_encoder *enc, const event_shape *s, const char *dir)
+{
+    int free_text, overflow;
+    size_t n = fields_split(s->sockaddr.text, s->sockaddr.len, enc->fields, enc->fields_cap,
+                            &free_text, &overflow);
+    const am_field *f = NULL;
+    for (size_t i = 0; i < n && f == NULL; i++)
+        if (key_is(&enc->fields[i], "saddr"))
+            f = &enc->fields[i];
+    if (f == NULL || !is_hex_text(f->val, f->val_len) || f->val_len / 2 > enc->scratch_cap)
+        return;
+    size_t len = f->val_len / 2;
+    uint8_t *b = enc->scratch;
+    hex_decode(f->val, f->val_len, b);
+    if (len < 2)
+        return;
+    unsigned le = (unsigned)(b[0] | b[1] << 8), be = (unsigned)(b[0] << 8 | b[1]);
+    int big_endian = !known_family(le) && known_family(be);
+    unsigned family = big_endian ? be : le;
+    int remote = strcmp(dir, "bind") != 0;
+    const char *addr_key = remote ? "raddr" : "laddr";
+    const char *port_key = remote ? "rport" : "lport";
+    char text[64];
+    switch (family) {
+    case 2:
+        kv_cstr(c, "fam", "inet");
+        if (len >= 8) {
+            format_ipv4(b + 4, text, sizeof text);
+            kv_cstr(c, addr_key, text);
+            kv_uint(c, port_key, (uint64_t)(b[2] << 8 | b[3]));
+        }
+        break;
+    case 10:
+        kv_cstr(c, "fam", "inet6");
+        if (len >= 24) {
+            format_ipv6(b + 8, text, sizeof text);
+            kv_cstr(c, addr_key, text);
+            kv_uint(c, port_key, (uint64_t)(b[2] << 8 | b[3]));
+        }
+        break;
+    case 1: {
+        kv_cstr(c, "fam", "unix");
+        const uint8_t *p = b + 2;
+        size_t plen = len - 2;
+        if (plen > 0 && p[0] == '\0') {
+            /* Abstract: "@" then the name, trailing NUL padding dropped. */
+            size_t end = plen;
+            while (end > 1 && p[end - 1] == '\0')
+                end--;
+            if (put_key(c, "path")) {
+                /* "@" + name: build in place after the decoded bytes. */
+                if (len + end <= enc->scratch_cap) {
+                    uint8_t *dst = b + len;
+                    dst[0] = '@';
+                    memcpy(dst + 1, p + 1, end - 1);
+                    ctx_status(c, mp_text(c->b, (const char *)dst, end));
+                } else {
+                    ctx_status(c, AM_ERR_LIMIT);
+                }
+            }
+        } else {
+            const uint8_t *nul = memchr(p, 0, plen);
+            kv_text(c, "path", (const char *)p, nul ? (size_t)(nul - p) : plen);
+        }
+        break;
+    }
+    case 16:
+        kv_cstr(c, "fam", "netlink");
+        if (len >= 12) {
+            uint32_t pid, groups;
+            if (big_endian) {
+                pid = (uint32_t)b[4] << 24 | (uint32_t)b[5] << 16 | (uint32_t)b[6] << 8 | b[7];
+                groups = (uint32_t)b[8] << 24 | (uint32_t)b[9] << 16 | (uint32_t)b[10] << 8 |
+                         b[11];
+            } else {
+                pid = (uint32_t)b[7] << 24 | (uint32_t)b[6] << 16 | (uint32_t)b[5] << 8 | b[4];
+                groups = (uint32_t)b[11] << 24 | (uint32_t)b[10] << 16 |
+                         (uint32_t)b[9] << 8 | b[8];
+            }
+            kv_uint(c, "nlpid", pid);
+            kv_uint(c, "nlgroups", groups);
+        }
+        break;
+    default:
+        kv_uint(c, "fam", family);
+        break;
+    }
+}
+
+/* ---- auth, account, auditcfg: the principal record's fields ---- */
+
+static void put_principal(enc_ctx *c, am_encoder *enc, const event_shape *s)
+{
+    int free_text, overflow;
+    size_t n = fields_split(s->principal.text, s->principal.len, enc->fields, enc->fields_cap,
+                            &free_text, &overflow);
+    for (size_t i = 0; i < n && c->err == AM_OK; i++) {
+        const am_field *f = &enc->fields[i];
+        if (key_is(f, "op"))
+            kv_text(c, "op", f->val, f->val_len);
+        else if (key_is(f, "acct"))
+            kv_field_text(c, enc, "acct", f, 1);
+        else if (key_is(f, "id"))
+            kv_id(c, "id", f);
+        else if (key_is(f, "exe"))
+            kv_field_text(c, enc, "exe", f, 1);
+        else if (key_is(f, "hostname"))
+            kv_field_text(c, enc, "host", f, 1);
+        else if (key_is(f, "addr"))
+            kv_field_text(c, enc, "addr", f, 0);
+        else if (key_is(f, "terminal"))
+            kv_field_text(c, enc, "term", f, 0);
+        else if (key_is(f, "res") || key_is(f, "result"))
+            kv_res(c, "res", f);
+        else if (key_is(f, "grantors"))
+            kv_text(c, "grantors", f->val, f->val_len);
+        else if (key_is(f, "pid"))
+            kv_dec(c, "pid", f);
+        else if (key_is(f, "uid"))
+            kv_id(c, "uid", f);
+        else if (key_is(f, "auid"))
+            kv_id(c, "auid", f);
+        else if (key_is(f, "ses"))
+            kv_id(c, "ses", f);
+        else if (key_is(f, "old-auid"))
+            kv_id(c, "old_auid", f);
+        else if (key_is(f, "old-ses"))
+            kv_id(c, "old_ses", f);
+        else if (key_is(f, "key"))
+            kv_field_text(c, enc, "key", f, 1);
+        else if (key_is(f, "list"))
+            kv_dec(c, "list", f);
+    }
+}
+
+/* ---- audit: every record with its fields ---- */
+
+static int is_duplicate_key(const am_field *fields, size_t i)
+{
+    for (size_t k = 0; k < i; k++)
+        if (fields[k].key_len == fields[i].key_len &&
+            memcmp(fields[k].key, fields[i].key, fields[i].key_len) == 0)
+            return 1;
+    return 0;
+}
+
+static void put_generic_value(mp_buf *b, enc_ctx *c, am_encoder *enc, const am_field *f)
+{
+    if (key_in(f, id_keys)) {
+        uint64_t v;
+        if (parse_dec_u64(f->val, f->val_len, &v) == 0 && v == UNSET_ID) {
+            ctx_status(c, mp_nil(b));
+            return;
+        }
+    }
+    const char *s;
+    long n = field_bytes(f, key_in(f, hexable_keys), enc->scratch, enc->scratch_cap, &s);
+    if (n == -1)
+        ctx_status(c, mp_nil(b));
+    else if (n == -2)
+        ctx_status(c, AM_ERR_LIMIT);
+    else
+        ctx_status(c, mp_text(b, s, (size_t)n));
+}
+
+static void put_records(enc_ctx *c, am_encoder *enc, const am_event_view *ev)
+{
+    mp_buf *b = &enc->items;
+    b->len = 0;
+    uint32_t count = 0;
+    size_t off = 0;
+    rec_ref r;
+    while (next_rec(ev, &off, &r) && c->err == AM_OK) {
+        int free_text, overflow;
+        size_t n = fields_split(r.text, r.len, enc->fields, enc->fields_cap, &free_text,
+                                &overflow);
+        ctx_status(c, mp_map(b, free_text ? 3 : 2));
+        ctx_status(c, mp_cstr(b, "type"));
+        enc_ctx tc;
+        ctx_init(&tc, b);
+        put_type_name(&tc, r.type);
+        ctx_status(c, tc.err);
+        ctx_status(c, mp_cstr(b, "f"));
+        uint32_t unique = 0;
+        for (size_t i = 0; i < n; i++)
+            unique += !is_duplicate_key(enc->fields, i);
+        ctx_status(c, mp_map(b, unique));
+        for (size_t i = 0; i < n && c->err == AM_OK; i++) {
+            if (is_duplicate_key(enc->fields, i))
+                continue;
+            ctx_status(c, mp_text(b, enc->fields[i].key, enc->fields[i].key_len));
+            put_generic_value(b, c, enc, &enc->fields[i]);
+        }
+        if (free_text) {
+            ctx_status(c, mp_cstr(b, "text"));
+            ctx_status(c, mp_text(b, r.text, r.len));
+        }
+        count++;
+    }
+    put_items(c, "recs", count, b);
+}
+
+/* ---- the event ---- */
+
+static int finish(am_encoder *enc, const enc_ctx *c)
+{
+    if (c->err != AM_OK)
+        return c->err;
+    enc->event.len = 0;
+    int st = mp_map(&enc->event, c->nkeys);
+    if (st == AM_OK)
+        st = mp_raw(&enc->event, enc->body.data, enc->body.len);
+    return st;
+}
+
+static int encode_full(am_encoder *enc, const am_event_view *ev, const event_shape *s,
+                       enum ev_kind kind, const char *dir)
+{
+    enc_ctx c;
+    enc->body.len = 0;
+    ctx_init(&c, &enc->body);
+    put_common(&c, ev, s, kind, 1);
+    int cut = ev->truncated || s->sc_overflow;
+    if (kind == EV_AUTH || kind == EV_ACCOUNT || kind == EV_AUDITCFG)
+        put_principal(&c, enc, s);
+    put_process(&c, enc, s);
+    if (s->has_cwd)
+        put_cwd(&c, enc, s);
+    switch (kind) {
+    case EV_EXEC:
+        cut |= put_exec(&c, enc, ev, s);
+        break;
+    case EV_NET:
+        kv_cstr(&c, "dir", dir);
+        if (s->has_sockaddr)
+            put_sockaddr(&c, enc, s, dir);
+        break;
+    case EV_AUDIT:
+        put_records(&c, enc, ev);
+        break;
+    default:
+        break;
+    }
+    if (cut)
+        kv_bool(&c, "trunc", 1);
+    return finish(enc, &c);
+}
+
+static int argc_of(am_encoder *enc, const am_event_view *ev, uint64_t *argc)
+{
+    size_t off = 0;
+    rec_ref r;
+    while (next_rec(ev, &off, &r)) {
+        if (r.type != AT_EXECVE)
+            continue;
+        int free_text, overflow;
+        size_t n = fields_split(r.text, r.len, enc->fields, enc->fields_cap, &free_text,
+                                &overflow);
+        for (size_t i = 0; i < n; i++)
+            if (key_is(&enc->fields[i], "argc") &&
+                parse_dec_u64(enc->fields[i].val, enc->fields[i].val_len, argc) == 0)
+                return 1;
+    }
+    return 0;
+}
+
+/* The minimal form: common keys, process keys, argc; then, if even that is too big, only
+ * t, ts, sn, rt and trunc. */
+static int encode_minimal(am_encoder *enc, const am_event_view *ev, const event_shape *s,
+                          enum ev_kind kind, int with_process)
+{
+    enc_ctx c;
+    enc->body.len = 0;
+    ctx_init(&c, &enc->body);
+    put_common(&c, ev, s, kind, with_process);
+    if (with_process) {
+        put_process(&c, enc, s);
+        uint64_t argc;
+        if (kind == EV_EXEC && argc_of(enc, ev, &argc))
+            kv_uint(&c, "argc", argc);
+    }
+    kv_bool(&c, "trunc", 1);
+    return finish(enc, &c);
+}
+
+int event_encode(am_encoder *enc, const am_event_view *ev, int *cut)
+{
+    event_shape s;
+    const char *dir;
+    shape_event(enc, ev, &s);
+    enum ev_kind kind = classify(enc, &s, &dir);
+    *cut = ev->truncated || s.sc_overflow;
+    int st = encode_full(enc, ev, &s, kind, dir);
+    if (st == AM_OK) {
+        /* put_exec may have found the argv incomplete. */
+        return AM_OK;
+    }
+    if (st == AM_ERR_NOMEM || st == AM_ERR_ARG)
+        return st;
+    *cut = 1;
+    st = encode_minimal(enc, ev, &s, kind, 1);
+    if (st == AM_OK)
+        return AM_OK;
+    return encode_minimal(enc, ev, &s, kind, 0);
+}
+
+int encoder_init(am_encoder *enc, size_t event_cap, size_t max_value_bytes)
+{
+    memset(enc, 0, sizeof *enc);
+    enc->fields_cap = 4096;
+    enc->sc_cap = SC_FIELDS;
+    enc->scratch_cap = max_value_bytes;
+    enc->fields = calloc(enc->fields_cap, sizeof *enc->fields);
+    enc->sc_fields = calloc(enc->sc_cap, sizeof *enc->sc_fields);
+    enc->scratch = malloc(enc->scratch_cap ? enc->scratch_cap : 1);
+    if (enc->fields == NULL || enc->sc_fields == NULL || enc->scratch == NULL ||
+        mp_init(&enc->body, event_cap) != AM_OK || mp_init(&enc->items, event_cap) != AM_OK ||
+        mp_init(&enc->event, event_cap) != AM_OK) {
+        encoder_release(enc);
+        return AM_ERR_NOMEM;
+    }
+    return AM_OK;
+}
+
+void encoder_release(am_encoder *enc)
+{
+    free(enc->fields);
+    free(enc->sc_fields);
+    free(enc->scratch);
+    mp_release(&enc->body);
+    mp_release(&enc->items);
+    mp_release(&enc->event);
+    memset(enc, 0, sizeof *enc);
+}
+
+size_t encoder_memory(const am_encoder *enc)
+{
+    return enc->fields_cap * sizeof *enc->fields + enc->sc_cap * sizeof *enc->sc_fields +
+           enc->scratch_cap + enc->body.cap + enc->items.cap + enc->event.cap;
+}
