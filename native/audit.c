@@ -24,7 +24,7 @@ typedef struct ev_slot {
     int in_use;
     int truncated;
     uint32_t node_len; /* the node's bytes come first in buf */
-    size_t kept;       /* fields text kept (what max_event_bytes bounds) */
+    size_t kept;       /* fields text + 8 per record kept (what max_event_bytes bounds) */
     uint8_t *buf;
     size_t len, cap;
 } ev_slot;
@@ -63,11 +63,11 @@ void am_audit_default_options(struct am_audit_options *o)
 {
     if (o == NULL)
         return;
-    o->max_in_flight = 512;
+    o->max_in_flight = 256;
     o->timeout_ms = 2000;
     o->max_line_bytes = 65536;
     o->max_event_bytes = 131072;
-    o->max_pending_bytes = 4194304;
+    o->max_pending_bytes = 1048576;
     o->batch_bytes = 245760;
     o->max_batches = 8;
 }
@@ -75,7 +75,7 @@ void am_audit_default_options(struct am_audit_options *o)
 static int options_valid(const struct am_audit_options *o)
 {
     return o->max_in_flight >= 1 && o->max_in_flight <= 65536 && o->max_line_bytes >= 256 &&
-           o->max_line_bytes <= (1u << 24) && o->max_event_bytes >= o->max_line_bytes &&
+           o->max_line_bytes <= (1u << 24) && o->max_event_bytes >= o->max_line_bytes + 8 &&
            o->max_event_bytes <= (1u << 26) && o->max_pending_bytes >= o->max_event_bytes &&
            o->max_pending_bytes <= (1u << 30) && o->batch_bytes >= 4096 &&
            o->batch_bytes <= (1u << 28) && o->max_batches >= 1 && o->max_batches <= 1024;
@@ -89,24 +89,27 @@ static uint32_t hash_key(const char *node, size_t node_len, uint64_t serial)
     return (uint32_t)(h ^ (h >> 32));
 }
 
+/* What the parser may ever hold with these options (checked by the property tests). */
 static size_t memory_bound(const struct am_audit_options *o)
 {
+    size_t in_flight = o->max_in_flight, pending = o->max_pending_bytes;
     size_t table = 1;
-    while (table < 2 * (size_t)o->max_in_flight)
+    while (table < 2 * in_flight)
         table <<= 1;
-    /* Open events: fields text, record headers (8 bytes per record of at least 1 byte... a
-     * record of n bytes costs n + 8, so at most 9x n) and growth slack (2x); kept buffers. */
-    size_t events = 2 * 9 * (size_t)o->max_pending_bytes +
-                    (size_t)o->max_in_flight * (sizeof(ev_slot) + KEEP_SLOT_BYTES + MAX_NODE);
-    /* Sealed batches: the queue bound, plus everything completed within one record (all open
-     * events), plus the open, taken and spare buffers; each completed event's encoding is
-     * at most batch_bytes. */
-    size_t batches = ((size_t)o->max_batches + 3 + o->max_in_flight) * o->batch_bytes +
-                     64 * sizeof(mp_buf) * (o->max_in_flight + o->max_batches);
-    size_t encoder = 4096 * sizeof(am_field) + 256 * sizeof(am_field) + o->max_event_bytes +
+    size_t fixed = sizeof(struct am_audit) + o->max_line_bytes + 1 + table * sizeof(int32_t) +
+                   in_flight * sizeof(ev_slot);
+    /* Open events: kept text with doubling slack, plus buffers kept for reuse. */
+    size_t events = 2 * pending + in_flight * (2 * MAX_NODE + 512 + KEEP_SLOT_BYTES);
+    /* Batches: open, taken, spare and the queue, all at most batch_bytes (sealed ones are
+     * shrunk to fit); plus what one record can complete at once: every open event, whose
+     * encoding is at most 11x its kept text (text, fields and process keys, each at most the
+     * text; 64 bytes of map overhead per 8-byte record header) plus 1 KiB each. */
+    size_t burst = 11 * pending + in_flight * 1024;
+    size_t batches = ((size_t)o->max_batches + 3) * o->batch_bytes + burst +
+                     2 * (in_flight + o->max_batches + 4) * (sizeof(mp_buf) + sizeof(uint32_t));
+    size_t encoder = (4096 + 256) * sizeof(am_field) + o->max_event_bytes +
                      3 * (size_t)o->batch_bytes;
-    return sizeof(struct am_audit) + o->max_line_bytes + 1 + table * sizeof(int32_t) + events +
-           batches + encoder;
+    return fixed + events + batches + encoder;
 }
 
 am_audit *am_audit_new(const struct am_audit_options *opts)
@@ -438,7 +441,9 @@ static int handle_record(am_audit *p, const am_record_head *h)
                 return AM_ERR_NOMEM;
         }
         ev_slot *s = &p->slots[i];
-        size_t n = h->fields_len;
+        /* What a record costs: its fields text and its header, so that even empty records
+         * are bounded. */
+        size_t n = h->fields_len + sizeof(rec_head);
         if (s->kept + n > p->opt.max_event_bytes) {
             s->truncated = 1;
         } else {
@@ -455,13 +460,13 @@ static int handle_record(am_audit *p, const am_record_head *h)
                 }
             }
             s = &p->slots[i];
-            if (slot_reserve(s, sizeof(rec_head) + n) != AM_OK)
+            if (slot_reserve(s, n) != AM_OK)
                 return AM_ERR_NOMEM;
-            rec_head rh = {.type = h->type, .len = (uint32_t)n};
+            rec_head rh = {.type = h->type, .len = (uint32_t)h->fields_len};
             memcpy(s->buf + s->len, &rh, sizeof rh);
-            if (n)
-                memcpy(s->buf + s->len + sizeof rh, h->fields, n);
-            s->len += sizeof rh + n;
+            if (h->fields_len)
+                memcpy(s->buf + s->len + sizeof rh, h->fields, h->fields_len);
+            s->len += n;
             s->kept += n;
             p->pending += n;
         }

@@ -43,7 +43,7 @@ static void recycle(am_batches *b, mp_buf *buf)
 {
     if (buf->data == NULL)
         return;
-    if (b->spare.data == NULL) {
+    if (b->spare.data == NULL && buf->cap == b->batch_bytes) {
         b->spare = *buf;
         b->spare.len = 0;
     } else {
@@ -97,6 +97,14 @@ int batches_seal(am_batches *b)
     if (b->count == b->ring_cap && grow_ring(b) != AM_OK)
         return AM_ERR_NOMEM;
     mp_patch_u32(&b->open, 0, b->open_events);
+    /* A sealed batch waits at its own size, not at batch_bytes. */
+    if (b->open.len < b->open.cap) {
+        uint8_t *fit = realloc(b->open.data, b->open.len);
+        if (fit != NULL) {
+            b->open.data = fit;
+            b->open.cap = b->open.len;
+        }
+    }
     size_t tail = (b->head + b->count) % b->ring_cap;
     b->sealed[tail] = b->open;
     b->sealed_events[tail] = b->open_events;

@@ -46,11 +46,11 @@ int am_record_type_number(const char *name, size_t len);
 
 /* ---- audit parser: log text or netlink records -> events -> msgpack batches ---- */
 struct am_audit_options {
-    uint32_t max_in_flight;     /* events assembled at once; the oldest completes first. 512 */
+    uint32_t max_in_flight;     /* events assembled at once; the oldest completes first. 256 */
     uint32_t timeout_ms;        /* stream-time age at which an open event completes. 2000 */
-    uint32_t max_line_bytes;    /* longer lines are skipped and counted. 131072 */
-    uint32_t max_event_bytes;   /* record text kept per event; beyond it the event is cut. 262144 */
-    uint32_t max_pending_bytes; /* record text of all open events together. 4194304 */
+    uint32_t max_line_bytes;    /* longer lines are skipped and counted. 65536 */
+    uint32_t max_event_bytes;   /* record text (+8 per record) kept per event, else cut. 131072 */
+    uint32_t max_pending_bytes; /* the same, of all open events together. 1048576 */
     uint32_t batch_bytes;       /* a batch never exceeds this. 245760 */
     uint32_t max_batches;       /* sealed batches held before feed stops with AM_ERR_FULL. 8 */
 };
