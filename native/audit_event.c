@@ -17,6 +17,7 @@ typedef struct enc_ctx {
     int err;
     uint32_t nkeys;
     const char *keys[MAX_KEYS];
+    uint8_t key_len[MAX_KEYS];
 } enc_ctx;
 
 static void ctx_init(enc_ctx *c, mp_buf *b)
@@ -37,17 +38,19 @@ static int put_key(enc_ctx *c, const char *key)
 {
     if (c->err != AM_OK)
         return 0;
-    for (uint32_t i = 0; i < c->nkeys && i < MAX_KEYS; i++)
-        if (strcmp(c->keys[i], key) == 0)
+    size_t n = strlen(key);
+    for (uint32_t i = 0; i < c->nkeys; i++)
+        if (c->key_len[i] == n && memcmp(c->keys[i], key, n) == 0)
             return 0;
-    if (c->nkeys >= MAX_KEYS) {
+    if (c->nkeys >= MAX_KEYS || n > 255) {
         c->err = AM_ERR_LIMIT;
         return 0;
     }
-    ctx_status(c, mp_cstr(c->b, key));
+    ctx_status(c, mp_str(c->b, key, n));
     if (c->err != AM_OK)
         return 0;
-    c->keys[c->nkeys++] = key;
+    c->keys[c->nkeys] = key;
+    c->key_len[c->nkeys++] = (uint8_t)n;
     return 1;
 }
 
@@ -120,28 +123,33 @@ static int is_aux_type(uint32_t t)
 
 /* ---- values ---- */
 
-static const char *const hexable_keys[] = {
-    "name", "path", "cwd", "exe", "comm", "acct", "cmd", "proctitle", "key", "data", "dir",
-    "file", "hostname", "vm", "watch", "root_dir", "old-chardev", "new-chardev", NULL,
+typedef struct lit {
+    const char *s;
+    size_t n;
+} lit;
+#define LIT(x) {x, sizeof(x) - 1}
+
+static const lit hexable_keys[] = {
+    LIT("name"), LIT("path"), LIT("cwd"), LIT("exe"), LIT("comm"), LIT("acct"), LIT("cmd"),
+    LIT("proctitle"), LIT("key"), LIT("data"), LIT("dir"), LIT("file"), LIT("hostname"),
+    LIT("vm"), LIT("watch"), LIT("root_dir"), LIT("old-chardev"), LIT("new-chardev"), {NULL, 0},
 };
 
-static const char *const id_keys[] = {
-    "auid", "uid", "gid", "euid", "egid", "suid", "fsuid", "sgid", "fsgid", "ses", "ouid",
-    "ogid", "old-auid", "old-ses", "id", "oauid", "ouid", "sauid", NULL,
+static const lit id_keys[] = {
+    LIT("auid"), LIT("uid"), LIT("gid"), LIT("euid"), LIT("egid"), LIT("suid"), LIT("fsuid"),
+    LIT("sgid"), LIT("fsgid"), LIT("ses"), LIT("ouid"), LIT("ogid"), LIT("old-auid"),
+    LIT("old-ses"), LIT("id"), LIT("oauid"), LIT("sauid"), {NULL, 0},
 };
 
-static int key_in(const am_field *f, const char *const *list)
+static int key_in(const am_field *f, const lit *list)
 {
-    for (size_t i = 0; list[i] != NULL; i++)
-        if (span_eq(f->key, f->key_len, list[i]))
+    for (size_t i = 0; list[i].s != NULL; i++)
+        if (f->key_len == list[i].n && memcmp(f->key, list[i].s, list[i].n) == 0)
             return 1;
     return 0;
 }
 
-static int key_is(const am_field *f, const char *lit)
-{
-    return span_eq(f->key, f->key_len, lit);
-}
+#define key_is(f, lit) span_eq((f)->key, (f)->key_len, lit)
 
 /* The value of f as bytes: hex-decoded into dst when hexable and valid hex. Returns -1 for
  * a nil value, -2 when dst is too small. */
@@ -452,12 +460,18 @@ static void put_process(enc_ctx *c, am_encoder *enc, const event_shape *s)
                 kv_int(c, "rc", v);
         } else if (key_is(f, "pid") || key_is(f, "ppid")) {
             kv_dec(c, key_is(f, "pid") ? "pid" : "ppid", f);
-        } else if (key_is(f, "uid") || key_is(f, "gid") || key_is(f, "euid") ||
-                   key_is(f, "egid") || key_is(f, "auid") || key_is(f, "ses")) {
-            static const char *const names[] = {"uid", "gid", "euid", "egid", "auid", "ses"};
-            for (size_t k = 0; k < 6; k++)
-                if (key_is(f, names[k]))
-                    kv_id(c, names[k], f);
+        } else if (key_is(f, "uid")) {
+            kv_id(c, "uid", f);
+        } else if (key_is(f, "gid")) {
+            kv_id(c, "gid", f);
+        } else if (key_is(f, "euid")) {
+            kv_id(c, "euid", f);
+        } else if (key_is(f, "egid")) {
+            kv_id(c, "egid", f);
+        } else if (key_is(f, "auid")) {
+            kv_id(c, "auid", f);
+        } else if (key_is(f, "ses")) {
+            kv_id(c, "ses", f);
         } else if (key_is(f, "comm")) {
             kv_field_text(c, enc, "comm", f, 1);
         } else if (key_is(f, "exe")) {

@@ -6,17 +6,8 @@
 
 #include "core.h"
 
-int span_eq(const char *s, size_t len, const char *lit)
-{
-    size_t n = strlen(lit);
-    return len == n && memcmp(s, lit, n) == 0;
-}
-
-static int starts_with(const char *s, size_t len, const char *lit)
-{
-    size_t n = strlen(lit);
-    return len >= n && memcmp(s, lit, n) == 0;
-}
+#define starts_with(s, len, lit) \
+    ((len) >= sizeof("" lit) - 1 && memcmp((s), (lit), sizeof(lit) - 1) == 0)
 
 int parse_dec_u64(const char *s, size_t len, uint64_t *out)
 {

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum {
     AT_LOGIN = 1006,
@@ -59,6 +60,9 @@ int parse_dec_i64(const char *s, size_t len, int64_t *out);
 int parse_hex_u64(const char *s, size_t len, uint64_t *out);
 /* (null), (none), ? */
 int is_nil_text(const char *s, size_t len);
-int span_eq(const char *s, size_t len, const char *lit);
+/* The span equals a string literal (a macro so the literal's length is known at compile time:
+ * this runs for every field of every record). */
+#define span_eq(s, len, lit) \
+    ((len) == sizeof("" lit) - 1 && memcmp((s), (lit), sizeof(lit) - 1) == 0)
 
 #endif
