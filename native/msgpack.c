@@ -131,7 +131,8 @@ static int put_blob(mp_buf *b, const void *data, size_t len, int is_str)
     if (len > 0xffffffffu || (len && data == NULL))
         return AM_ERR_ARG;
     size_t h = is_str ? header_size(len, 32, 1) : header_size(len, 0, 1);
-    if (!room(b, h) || !room(b, h + len))
+    /* Not room(b, h + len): with a 32-bit size_t, h + len can wrap. */
+    if (!room(b, h) || len > b->cap - b->len - h)
         return AM_ERR_FULL;
     if (is_str)
         write_header(b->data + b->len, len, 0xa0, 32, 1, 0xd9, 0xda, 0xdb);
@@ -234,8 +235,10 @@ struct am_mpw {
 
 am_mpw *am_mpw_new(size_t cap)
 {
+#if SIZE_MAX > 0xffffffffu /* a 32-bit size_t cannot exceed the bound (nor shift by 32) */
     if (cap > ((size_t)1 << 32))
         return NULL;
+#endif
     am_mpw *w = malloc(sizeof *w);
     if (w == NULL)
         return NULL;

@@ -65,32 +65,32 @@ class MsgpackWriter:
             raise CoreMemoryError(f"am_mpw_new({cap})")
         self._w = ffi.gc(handle, lib.am_mpw_free)
 
-    def nil(self) -> None:
+    def write_nil(self) -> None:
         _check(lib.am_mpw_nil(self._w), "nil")
 
-    def bool(self, value: bool) -> None:
+    def write_bool(self, value: bool) -> None:
         _check(lib.am_mpw_bool(self._w, 1 if value else 0), "bool")
 
-    def int(self, value: int) -> None:
+    def write_int(self, value: int) -> None:
         if value >= 0:
             _check(lib.am_mpw_uint(self._w, value), "uint")
         else:
             _check(lib.am_mpw_int(self._w, value), "int")
 
-    def float(self, value: float) -> None:
+    def write_float(self, value: float) -> None:
         _check(lib.am_mpw_float(self._w, value), "float")
 
-    def str(self, value: str) -> None:
+    def write_str(self, value: str) -> None:
         data = value.encode("utf-8")
         _check(lib.am_mpw_str(self._w, data, len(data)), "str")
 
-    def bin(self, value: bytes) -> None:
+    def write_bin(self, value: bytes) -> None:
         _check(lib.am_mpw_bin(self._w, value, len(value)), "bin")
 
-    def array(self, count: int) -> None:
+    def write_array(self, count: int) -> None:
         _check(lib.am_mpw_array(self._w, count), "array")
 
-    def map(self, count: int) -> None:
+    def write_map(self, count: int) -> None:
         _check(lib.am_mpw_map(self._w, count), "map")
 
     def reset(self) -> None:
