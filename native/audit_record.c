@@ -119,10 +119,12 @@ static long parse_stamp(const char *s, size_t len, am_record_head *out)
         i++;
     if (parse_dec_u64(s + start, i - start, &out->serial) != 0)
         return -1;
-    if (i + 1 >= len || s[i] != ')' || s[i + 1] != ':')
+    if (i >= len || s[i] != ')')
         return -1;
+    /* auditd before 3.0 wrote its own DAEMON_* records without the ':'. */
+    i += (i + 1 < len && s[i + 1] == ':') ? 2 : 1;
     out->ts_ms = sec * 1000 + ms;
-    return (long)(i + 2);
+    return (long)i;
 }
 
 static void set_fields(const char *s, size_t len, am_record_head *out)
@@ -205,9 +207,13 @@ int record_parse_payload(uint32_t type, const char *text, size_t len, am_record_
     return 0;
 }
 
-/* Does the text start with a key=value token? */
+/* Does the text start with a key=value token (after spaces: systemd writes msg=' comm=...')? */
 static int starts_with_pair(const char *s, size_t len)
 {
+    while (len > 0 && *s == ' ') {
+        s++;
+        len--;
+    }
     size_t end = token_end(s, len, 0);
     const char *eq = memchr(s, '=', end);
     return eq != NULL && eq != s;
