@@ -348,10 +348,10 @@ static void final_gaps(am_audit *p)
         serial_tracker *t = &p->trackers[i];
         if (!t->used)
             continue;
-        uint64_t end = t->highest + 1;
-        count_gaps(p, t, t->base, end);
-        /* Continue after the highest: a later flush must not count these again. */
-        t->base = end;
+        /* The highest serial is marked: count up to it, then continue from it, so that a
+         * later flush does not count these again (and nothing wraps at 2^64-1). */
+        count_gaps(p, t, t->base, t->highest);
+        t->base = t->highest;
     }
 }
 
@@ -476,7 +476,7 @@ static int handle_record(am_audit *p, const am_record_head *h)
             st = complete(p, i);
     }
     while (st == AM_OK && p->oldest != NO_SLOT &&
-           p->slots[p->oldest].last_ts + p->opt.timeout_ms < p->stream_ms) {
+           p->stream_ms - p->slots[p->oldest].last_ts > p->opt.timeout_ms) {
         p->st.timeouts++;
         st = complete_oldest(p);
     }
@@ -593,7 +593,7 @@ int am_audit_expire(am_audit *p, uint64_t now_ms)
     int32_t i = p->oldest;
     while (i != NO_SLOT) {
         int32_t next = p->slots[i].next;
-        if (p->slots[i].last_ts + p->opt.timeout_ms < now_ms) {
+        if (now_ms > p->slots[i].last_ts && now_ms - p->slots[i].last_ts > p->opt.timeout_ms) {
             if (queue_full(p))
                 return AM_ERR_FULL;
             p->st.timeouts++;

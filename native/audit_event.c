@@ -214,10 +214,12 @@ static void kv_dec(enc_ctx *c, const char *key, const am_field *f)
 
 static void kv_res(enc_ctx *c, const char *key, const am_field *f)
 {
-    if (span_eq(f->val, f->val_len, "success") || span_eq(f->val, f->val_len, "1"))
+    if (f->kind == FV_PLAIN && is_nil_text(f->val, f->val_len)) {
+        if (put_key(c, key))
+            ctx_status(c, mp_nil(c->b));
+    } else if (span_eq(f->val, f->val_len, "success") || span_eq(f->val, f->val_len, "1"))
         kv_cstr(c, key, "success");
-    else if (span_eq(f->val, f->val_len, "failed") || span_eq(f->val, f->val_len, "0") ||
-             span_eq(f->val, f->val_len, "fail"))
+    else if (span_eq(f->val, f->val_len, "failed") || span_eq(f->val, f->val_len, "0"))
         kv_cstr(c, key, "failed");
     else
         kv_text(c, key, f->val, f->val_len);
@@ -293,6 +295,12 @@ static void shape_event(am_encoder *enc, const am_event_view *ev, event_shape *s
         default:
             break;
         }
+        /* A field takes at least 3 bytes ("k= "): only a long record can exceed the cap. */
+        if (r.type != AT_SYSCALL && r.len / 3 + 1 > enc->fields_cap) {
+            int free_text, overflow;
+            fields_split(r.text, r.len, enc->fields, enc->fields_cap, &free_text, &overflow);
+            s->sc_overflow |= overflow;
+        }
         if (!is_aux_type(r.type) && !s->has_principal) {
             s->principal = r;
             s->has_principal = 1;
@@ -301,11 +309,12 @@ static void shape_event(am_encoder *enc, const am_event_view *ev, event_shape *s
     for (size_t i = 0; i < s->sc_n; i++) {
         const am_field *f = &enc->sc_fields[i];
         uint64_t v;
-        if (key_is(f, "arch") && parse_hex_u64(f->val, f->val_len, &v) == 0 &&
+        if (key_is(f, "arch") && !s->arch_ok && parse_hex_u64(f->val, f->val_len, &v) == 0 &&
             v <= UINT32_MAX) {
             s->arch = (uint32_t)v;
             s->arch_ok = 1;
-        } else if (key_is(f, "syscall") && parse_dec_u64(f->val, f->val_len, &v) == 0) {
+        } else if (key_is(f, "syscall") && !s->syscall_ok &&
+                   parse_dec_u64(f->val, f->val_len, &v) == 0) {
             s->syscall_nr = v;
             s->syscall_ok = 1;
         }
@@ -349,16 +358,14 @@ static int name_in(const char *name, const char *const *list)
     return 0;
 }
 
-/* The socketcall(2) call number for i386: SOCKETCALL's a0. */
+/* The socketcall(2) call number for i386: the SYSCALL record's a0 (hex); the SOCKETCALL
+ * record holds the arguments of the inner call. */
 static uint64_t socketcall_call(am_encoder *enc, const event_shape *s)
 {
-    int free_text, overflow;
-    size_t n = fields_split(s->socketcall.text, s->socketcall.len, enc->fields,
-                            enc->fields_cap, &free_text, &overflow);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < s->sc_n; i++) {
         uint64_t v;
-        if (key_is(&enc->fields[i], "a0") &&
-            parse_hex_u64(enc->fields[i].val, enc->fields[i].val_len, &v) == 0)
+        if (key_is(&enc->sc_fields[i], "a0") &&
+            parse_hex_u64(enc->sc_fields[i].val, enc->sc_fields[i].val_len, &v) == 0)
             return v;
     }
     return 0;
@@ -374,7 +381,7 @@ static const char *net_direction(am_encoder *enc, const event_shape *s)
         return "in";
     if (name_is(n, "bind"))
         return "bind";
-    if (name_is(n, "socketcall") && s->has_socketcall) {
+    if (name_is(n, "socketcall")) {
         switch (socketcall_call(enc, s)) {
         case 2:
             return "bind";
@@ -446,7 +453,7 @@ static void put_process(enc_ctx *c, am_encoder *enc, const event_shape *s)
             if (name != NULL)
                 kv_cstr(c, "arch", name);
             else
-                kv_text(c, "arch", f->val, f->val_len);
+                kv_field_text(c, enc, "arch", f, 0);
         } else if (key_is(f, "syscall")) {
             if (s->syscall_name != NULL)
                 kv_cstr(c, "sc", s->syscall_name);
@@ -502,6 +509,7 @@ typedef struct argv_state {
     size_t chunk_len;   /* its bytes so far, in enc->scratch */
     uint32_t count;
     int broken;         /* out of order, or bigger than the scratch: argv stops here */
+    int full;           /* an argument did not fit the event: the minimal form is due */
     uint64_t argc;
     int argc_ok;
 } argv_state;
@@ -513,7 +521,7 @@ static void argv_finish_chunk(argv_state *a, am_encoder *enc)
     if (mp_text(&enc->items, (const char *)enc->scratch, a->chunk_len) == AM_OK)
         a->count++;
     else
-        a->broken = 1;
+        a->full = 1;
     a->chunk_arg = -1;
     a->chunk_len = 0;
 }
@@ -551,7 +559,7 @@ static void argv_field(argv_state *a, am_encoder *enc, const am_field *f)
     }
     uint64_t index;
     int form = argv_key(f, &index);
-    if (form < 0 || a->broken)
+    if (form < 0 || a->broken || a->full)
         return;
     if (form == 2) {
         if ((int64_t)index != a->chunk_arg) {
@@ -562,8 +570,11 @@ static void argv_field(argv_state *a, am_encoder *enc, const am_field *f)
         size_t room = enc->scratch_cap - a->chunk_len;
         long n = field_bytes(f, 1, enc->scratch + a->chunk_len, room, &s);
         if (n == -1) {
-            n = 0;
-        } else if (n < 0 || (size_t)n > room) {
+            /* An unquoted "(null)" chunk is literal text, like a whole argument. */
+            s = f->val;
+            n = (long)f->val_len;
+        }
+        if (n < 0 || (size_t)n > room) {
             a->broken = 1;
             return;
         }
@@ -590,8 +601,10 @@ static void argv_field(argv_state *a, am_encoder *enc, const am_field *f)
         s = f->val;
         n = (long)f->val_len;
     }
-    if (n < 0 || mp_text(&enc->items, s, (size_t)n) != AM_OK)
+    if (n < 0)
         a->broken = 1;
+    else if (mp_text(&enc->items, s, (size_t)n) != AM_OK)
+        a->full = 1;
     else
         a->count++;
 }
@@ -624,6 +637,8 @@ static int put_exec(enc_ctx *c, am_encoder *enc, const am_event_view *ev, const 
                 a.broken = 1;
         }
         argv_finish_chunk(&a, enc);
+        if (a.full)
+            ctx_status(c, AM_ERR_FULL);
         if (a.argc_ok)
             kv_uint(c, "argc", a.argc);
         put_items(c, "argv", a.count, &enc->items);
@@ -654,7 +669,8 @@ static int put_exec(enc_ctx *c, am_encoder *enc, const am_event_view *ev, const 
             else if (key_is(f, "mode") && mode == NULL && f->val_len > 0 && f->val_len <= 22) {
                 uint64_t v = 0;
                 size_t k = 0;
-                while (k < f->val_len && f->val[k] >= '0' && f->val[k] <= '7')
+                while (k < f->val_len && f->val[k] >= '0' && f->val[k] <= '7' &&
+                       v <= (UINT64_MAX >> 3))
                     v = v * 8 + (uint64_t)(f->val[k++] - '0');
                 if (k == f->val_len) {
                     mode_v = v;
@@ -864,7 +880,7 @@ static void put_principal(enc_ctx *c, am_encoder *enc, const event_shape *s)
     for (size_t i = 0; i < n && c->err == AM_OK; i++) {
         const am_field *f = &enc->fields[i];
         if (key_is(f, "op"))
-            kv_text(c, "op", f->val, f->val_len);
+            kv_field_text(c, enc, "op", f, 0);
         else if (key_is(f, "acct"))
             kv_field_text(c, enc, "acct", f, 1);
         else if (key_is(f, "id"))
@@ -880,7 +896,7 @@ static void put_principal(enc_ctx *c, am_encoder *enc, const event_shape *s)
         else if (key_is(f, "res") || key_is(f, "result"))
             kv_res(c, "res", f);
         else if (key_is(f, "grantors"))
-            kv_text(c, "grantors", f->val, f->val_len);
+            kv_field_text(c, enc, "grantors", f, 0);
         else if (key_is(f, "pid"))
             kv_dec(c, "pid", f);
         else if (key_is(f, "uid"))
@@ -981,7 +997,7 @@ static int finish(am_encoder *enc, const enc_ctx *c)
 }
 
 static int encode_full(am_encoder *enc, const am_event_view *ev, const event_shape *s,
-                       enum ev_kind kind, const char *dir)
+                       enum ev_kind kind, const char *dir, int *cut_out)
 {
     enc_ctx c;
     enc->body.len = 0;
@@ -1010,6 +1026,7 @@ static int encode_full(am_encoder *enc, const am_event_view *ev, const event_sha
     }
     if (cut)
         kv_bool(&c, "trunc", 1);
+    *cut_out = cut;
     return finish(enc, &c);
 }
 
@@ -1056,12 +1073,9 @@ int event_encode(am_encoder *enc, const am_event_view *ev, int *cut)
     const char *dir;
     shape_event(enc, ev, &s);
     enum ev_kind kind = classify(enc, &s, &dir);
-    *cut = ev->truncated || s.sc_overflow;
-    int st = encode_full(enc, ev, &s, kind, dir);
-    if (st == AM_OK) {
-        /* put_exec may have found the argv incomplete. */
+    int st = encode_full(enc, ev, &s, kind, dir, cut);
+    if (st == AM_OK)
         return AM_OK;
-    }
     if (st == AM_ERR_NOMEM || st == AM_ERR_ARG)
         return st;
     *cut = 1;

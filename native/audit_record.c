@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "msgpack.h"
 
 #define starts_with(s, len, lit) \
     ((len) >= sizeof("" lit) - 1 && memcmp((s), (lit), sizeof(lit) - 1) == 0)
@@ -161,6 +162,9 @@ int record_parse_line(const char *line, size_t len, am_record_head *out)
         if (eq == NULL)
             return -1;
         if (starts_with(line + i, end - i, "node=")) {
+            /* A node name is a host name: 255 bytes at most. */
+            if (end - i - 5 > 255)
+                return -1;
             out->node = line + i + 5;
             out->node_len = end - i - 5;
         }
@@ -230,7 +234,8 @@ static size_t split(const char *s, size_t len, am_field *out, size_t n, size_t c
             break;
         size_t end = token_end(s, len, i);
         const char *eq = memchr(s + i, '=', end - i);
-        if (eq == NULL || eq == s + i) {
+        /* A name that is not UTF-8 is no field name (keys must be msgpack str). */
+        if (eq == NULL || eq == s + i || !utf8_valid((const uint8_t *)s + i, (size_t)(eq - (s + i)))) {
             *free_text = 1;
             i = end;
             continue;

@@ -1,0 +1,129 @@
+"""Shared fixtures: the audit log corpus and the two implementations of the audit parser.
+
+`audit_impl` runs a test against the C core (agent.native.AuditParser, its msgpack batches
+decoded with msgpack.unpackb(raw=False)) and against the pure-Python reference
+(agent.audit_reference.ReferenceAuditParser): one behaviour, two implementations. Both give
+`parse(data, options=None, chunk=None) -> (events, stats)`, where options is a dict of
+AuditOptions field names or an options dataclass (AuditOptions, ReferenceOptions), chunk
+feeds the data in slices of that many bytes (None: at once), and stats holds the counters of
+docs/events.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The counters of docs/events.md, in its order.
+STAT_NAMES = (
+    "bytes",
+    "lines",
+    "records",
+    "events",
+    "malformed",
+    "long_lines",
+    "truncated",
+    "forced",
+    "timeouts",
+    "duplicates",
+    "gaps",
+    "batches",
+)
+
+Event = dict[str, Any]
+ParseResult = tuple[list[Event], dict[str, int]]
+Parse = Callable[..., ParseResult]
+
+
+Options = Union[Mapping[str, Optional[int]], Any, None]
+
+
+def option_values(options: Options) -> dict[str, int]:
+    """Bounds given as a mapping or as an options dataclass (AuditOptions, ReferenceOptions);
+    None values keep the default."""
+    if options is None:
+        return {}
+    if isinstance(options, Mapping):
+        items = dict(options)
+    elif is_dataclass(options) and not isinstance(options, type):
+        items = asdict(options)
+    else:
+        raise TypeError(f"options must be a mapping or an options dataclass, not {options!r}")
+    return {name: int(value) for name, value in items.items() if value is not None}
+
+
+def _slices(data: bytes, chunk: int | None) -> list[bytes]:
+    if chunk is None:
+        return [data]
+    if chunk < 1:
+        raise ValueError("chunk must be at least 1")
+    return [data[i : i + chunk] for i in range(0, len(data), chunk)]
+
+
+def parse_core(data: bytes, options: Options = None, chunk: int | None = None) -> ParseResult:
+    """The C core: batches decoded and concatenated, in order."""
+    import msgpack
+
+    from agent.native import AuditOptions, AuditParser
+
+    parser = AuditParser(AuditOptions(**option_values(options)))
+    batches: list[bytes] = []
+    for piece in _slices(data, chunk):
+        batches += parser.feed(piece)
+    batches += parser.flush()
+    events: list[Event] = []
+    for batch in batches:
+        decoded = msgpack.unpackb(batch, raw=False)
+        assert isinstance(decoded, list), "a batch is one msgpack array"
+        events += decoded
+    stats = asdict(parser.stats())
+    return events, {name: int(stats[name]) for name in STAT_NAMES}
+
+
+def parse_reference(data: bytes, options: Options = None, chunk: int | None = None) -> ParseResult:
+    """The pure-Python reference parser."""
+    from agent.audit_reference import ReferenceAuditParser, ReferenceOptions
+
+    parser = ReferenceAuditParser(ReferenceOptions(**option_values(options)))
+    events: list[Event] = []
+    for piece in _slices(data, chunk):
+        events += parser.feed(piece)
+    events += parser.flush()
+    stats = parser.stats()
+    return events, {name: stats[name] for name in STAT_NAMES}
+
+
+IMPLEMENTATIONS: dict[str, Parse] = {"core": parse_core, "reference": parse_reference}
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    """The shared audit log corpus: $AGENT_CORPUS_DIR, else ../shared/corpus beside the repo."""
+    configured = os.environ.get("AGENT_CORPUS_DIR")
+    path = Path(configured) if configured else REPO.parent / "shared" / "corpus"
+    if not path.is_dir():
+        pytest.skip(f"the audit log corpus is not at {path} (set AGENT_CORPUS_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session", params=sorted(IMPLEMENTATIONS))
+def audit_impl(request: pytest.FixtureRequest) -> Parse:
+    """parse(data, options=None, chunk=None) -> (events, stats) of one implementation."""
+    return IMPLEMENTATIONS[str(request.param)]
+
+
+@pytest.fixture(scope="session")
+def core_parse() -> Parse:
+    return parse_core
+
+
+@pytest.fixture(scope="session")
+def reference_parse() -> Parse:
+    return parse_reference
