@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import pytest
+from conftest import skip_unless_ci
 
 from agent.audit_names import RECORD_TYPES
 
@@ -80,7 +81,7 @@ def _public_files() -> list[str]:
 def public(corpus_dir: Path) -> Path:
     path = Path(corpus_dir) / "public"
     if not path.is_dir():
-        pytest.skip(f"no public corpus at {path}")
+        skip_unless_ci(f"no public corpus at {path}")
     return path
 
 

@@ -9,6 +9,7 @@ the failure message): replay it with `native/fuzz/out/<harness> <that file>` aft
 from __future__ import annotations
 
 import re
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,8 +21,9 @@ HARNESSES = ["fuzz_audit_text", "fuzz_audit_record", "fuzz_msgpack"]
 SECONDS = 20
 MIN_RUNS = 1000
 
+# In CI (where scripts/test installs clang-14) a missing compiler fails the build, never skips.
 pytestmark = pytest.mark.skipif(
-    shutil.which("clang-14") is None,
+    shutil.which("clang-14") is None and not os.environ.get("CI"),
     reason="clang-14 is not installed (scripts/test installs it with libclang-rt-14-dev)",
 )
 

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless_ci
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -70,10 +71,10 @@ SCAN_LIMIT = 1024
 def ausyscall_dump(arch: str) -> dict[int, str]:
     exe = shutil.which("ausyscall")
     if exe is None:
-        pytest.skip("ausyscall is not installed (apt-get install auditd)")
+        skip_unless_ci("ausyscall is not installed (apt-get install auditd)")
     done = subprocess.run([exe, arch, "--dump"], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"ausyscall {arch} --dump failed: {done.stderr.strip()}")
+        skip_unless_ci(f"ausyscall {arch} --dump failed: {done.stderr.strip()}")
     table = {int(m.group(1)): m.group(2)
              for m in re.finditer(r"^(\d+)\t(\S+)$", done.stdout, re.MULTILINE)}
     assert table, f"no syscalls parsed from `ausyscall {arch} --dump`"
@@ -126,7 +127,7 @@ def test_syscalls_agree_with_ausyscall(arch: str) -> None:
 def test_syscalls_agree_with_kernel_header(arch: str) -> None:
     path, pattern = KERNEL_HEADERS[arch]
     if not path.exists():
-        pytest.skip(f"{path} is not installed")
+        skip_unless_ci(f"{path} is not installed")
     header = {int(m.group(2)): m.group(1) for m in pattern.finditer(path.read_text())}
     assert header, f"no syscalls parsed from {path}"
     assert core_table(arch) == header
@@ -233,7 +234,7 @@ def test_record_types_round_trip(record_types: dict[int, str]) -> None:
 def test_record_types_cover_kernel_header(record_types: dict[int, str]) -> None:
     path = Path("/usr/include/linux/audit.h")
     if not path.exists():
-        pytest.skip(f"{path} is not installed")
+        skip_unless_ci(f"{path} is not installed")
     header = {}
     for m in re.finditer(r"^#define AUDIT_(\w+)\s+(\d+)\b", path.read_text(), re.MULTILINE):
         name, number = m.group(1), int(m.group(2))
