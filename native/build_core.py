@@ -1,4 +1,5 @@
-"""cffi builder for agent._core: cdefs core.h between its CDEF markers and compiles native/*.c.
+"""cffi builder for agent._core: cdefs the CDEF blocks of core.h and of every core_*.h (one per
+live source, in name order) and compiles native/*.c.
 
 Extra compiler and linker flags (a sanitizer build) come from AGENT_CORE_CFLAGS and
 AGENT_CORE_LDFLAGS; the house flags (C11, -Wall -Wextra -Werror) are always on.
@@ -16,12 +17,18 @@ from cffi import FFI
 NATIVE = Path(__file__).resolve().parent
 
 
+def _api_headers() -> list[Path]:
+    return [NATIVE / "core.h"] + sorted(NATIVE.glob("core_*.h"))
+
+
 def _cdef_text() -> str:
-    header = (NATIVE / "core.h").read_text()
-    match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", header, re.S)
-    if match is None:
-        raise RuntimeError("native/core.h lacks its CDEF-BEGIN/CDEF-END markers")
-    return match.group(1)
+    blocks = []
+    for header in _api_headers():
+        match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", header.read_text(), re.S)
+        if match is None:
+            raise RuntimeError(f"native/{header.name} lacks its CDEF-BEGIN/CDEF-END markers")
+        blocks.append(match.group(1))
+    return "\n".join(blocks)
 
 
 def _sources() -> list[str]:
@@ -33,7 +40,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
     "agent._core",
-    '#include "core.h"\n',
+    "".join(f'#include "{header.name}"\n' for header in _api_headers()),
     sources=_sources(),
     include_dirs=[os.path.relpath(NATIVE)],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",

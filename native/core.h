@@ -93,6 +93,41 @@ int am_audit_seal(am_audit *p);
 /* The oldest sealed batch: *data stays valid until the next call on p. AM_EMPTY if none. */
 int am_audit_take(am_audit *p, const uint8_t **data, size_t *len, uint32_t *events);
 void am_audit_stats(const am_audit *p, struct am_audit_stats *out);
+
+/* ---- event sink: where the live sources put their events ----
+ * Each live source (audit netlink, proc connector, sock_diag, /proc scanner, utmp reader)
+ * encodes its events, one msgpack map each, into a sink given to its drain/scan call. The sink
+ * packs them into batches (one msgpack array each, at most batch_bytes) and holds up to
+ * max_batches sealed batches. A source stops reading its input while am_sink_full() is true
+ * (the kernel keeps the rest, or counts its own loss), so that a full sink never drops an
+ * event it has read; should it still happen, the drop is counted in dropped_full. */
+struct am_sink_options {
+    uint32_t batch_bytes;   /* 245760 */
+    uint32_t max_batches;   /* 8 */
+};
+
+struct am_sink_stats {
+    uint64_t events;          /* events appended */
+    uint64_t batches;         /* batches sealed */
+    uint64_t dropped_full;    /* events dropped because the sink was full */
+    uint64_t dropped_encode;  /* events dropped because one event exceeded batch_bytes */
+    uint64_t pending_batches; /* sealed, not yet taken */
+    uint64_t memory;          /* bytes held */
+};
+
+typedef struct am_sink am_sink;
+void am_sink_default_options(struct am_sink_options *out);
+am_sink *am_sink_new(const struct am_sink_options *opts);
+void am_sink_free(am_sink *s);
+/* 1 when max_batches sealed batches wait to be taken (or s is NULL). */
+int am_sink_full(const am_sink *s);
+int am_sink_seal(am_sink *s);
+/* The oldest sealed batch; *data stays valid until the next call on s. AM_EMPTY if none. */
+int am_sink_take(am_sink *s, const uint8_t **data, size_t *len, uint32_t *events);
+void am_sink_stats(const am_sink *s, struct am_sink_stats *out);
 /* CDEF-END */
+
+/* The live sources, each in its own header with its own CDEF block (native/build_core.py
+ * cdefs core.h, then every core_*.h in name order). */
 
 #endif

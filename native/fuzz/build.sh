@@ -16,7 +16,9 @@ cd "$root"
 # fuzzer and the sanitizers; native/*.c is the whole core, without the cffi glue.
 flags=(-std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -Wall -Wextra -Werror -D_GNU_SOURCE -I native)
-harnesses=(fuzz_audit_text fuzz_audit_record fuzz_msgpack)
+# Every native/fuzz/fuzz_*.c is a harness.
+harnesses=()
+for src in native/fuzz/fuzz_*.c; do harnesses+=("$(basename "$src" .c)"); done
 for name in "${harnesses[@]}"; do
     "$cc" "${flags[@]}" native/*.c "native/fuzz/$name.c" -o "$out/$name" &
 done
@@ -28,7 +30,7 @@ for log in device-raw.log device-enriched.log; do
     [ -f "$corpus/$log" ] || { echo "native/fuzz/build.sh: no $corpus/$log" >&2; exit 1; }
 done
 rm -rf "$out/seeds"
-mkdir -p "$out/seeds/fuzz_audit_text" "$out/seeds/fuzz_audit_record" "$out/seeds/fuzz_msgpack"
+for name in "${harnesses[@]}"; do mkdir -p "$out/seeds/$name"; done
 python3 - "$corpus" "$out/seeds" <<'PY'
 """Seeds: for each record type, its first and its longest line in each log (text and netlink
 form), plus a few runs of consecutive lines: whole events with their records interleaved."""
@@ -71,4 +73,9 @@ for log in ("device-raw.log", "device-enriched.log"):
         (text_dir / f"run-{n}").write_bytes(b"".join(lines[max(0, start - 6):start + 12]))
 (seeds / "fuzz_msgpack" / "empty-map").write_bytes(b"\x05\x08\x00")
 PY
+# A harness of a binary decoder may bring its seed writer: native/fuzz/seeds_<harness>.py DIR.
+for name in "${harnesses[@]}"; do
+    writer="native/fuzz/seeds_${name#fuzz_}.py"
+    if [ -f "$writer" ]; then python3 "$writer" "$out/seeds/$name"; fi
+done
 echo "native/fuzz/build.sh: built ${harnesses[*]} and their seeds in $out"

@@ -1,6 +1,7 @@
-"""The only importer of agent._core: owns the C handles and turns C status codes into exceptions.
+"""The only importer of agent._core (this package: _base.py imports it, one module per C
+concern wraps it): owns the C handles and turns C status codes into exceptions.
 
-Nothing else in the package touches ffi or lib; the rest sees Python objects and batches of
+Nothing outside agent.native touches ffi or lib; the rest sees Python objects and batches of
 msgpack bytes.
 """
 
@@ -9,45 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Optional
 
-from agent._core import ffi, lib
-
-AM_OK = lib.AM_OK
-AM_EMPTY = lib.AM_EMPTY
-
-
-class CoreError(Exception):
-    """A C entry point returned an error status."""
-
-
-class CoreArgumentError(CoreError, ValueError):
-    """An argument or option the core rejected."""
-
-
-class CoreMemoryError(CoreError, MemoryError):
-    """The core could not allocate."""
-
-
-class CoreFullError(CoreError):
-    """A capped buffer has no room for the item."""
-
-
-class CoreLimitError(CoreError):
-    """A configured bound would be exceeded."""
-
-
-_ERRORS: dict[int, type[CoreError]] = {
-    lib.AM_ERR_ARG: CoreArgumentError,
-    lib.AM_ERR_NOMEM: CoreMemoryError,
-    lib.AM_ERR_FULL: CoreFullError,
-    lib.AM_ERR_LIMIT: CoreLimitError,
-}
-
-
-def _check(status: int, what: str) -> int:
-    if status < 0:
-        raise _ERRORS.get(status, CoreError)(f"{what}: core status {status}")
-    return status
-
+from agent.native._base import (
+    AM_EMPTY,
+    AM_OK,
+    CoreArgumentError,
+    CoreError,
+    CoreFullError,
+    CoreLimitError,
+    CoreMemoryError,
+    check as _check,
+    cstr as _cstr,
+    ffi,
+    lib,
+)
+from agent.native.sink import EventSink, SinkOptions, SinkStats
 
 # ---------------------------------------------------------------------------------------------
 # msgpack writer
@@ -104,10 +80,6 @@ class MsgpackWriter:
 
 # ---------------------------------------------------------------------------------------------
 # audit lookup tables
-
-
-def _cstr(ptr: object) -> Optional[str]:
-    return None if ptr == ffi.NULL else ffi.string(ptr).decode("ascii")
 
 
 def arch_name(arch: int) -> Optional[str]:
