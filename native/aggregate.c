@@ -1,0 +1,473 @@
+/* aggregate.c: identical events within an interval -> one entry with a hit count (see
+ * core_aggregate.h). Entries live in a FIFO ring in first-seen order (eviction and flush both
+ * take the oldest first) with an open-addressing hash index over them. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core_aggregate.h"
+#include "mpread.h"
+#include "msgpack.h"
+#include "sink.h"
+
+enum { MAX_KEY_FIELDS = 16 };
+
+/* The fields that make two events the same, per kind; ports are handled apart (the
+ * ephemeral one is left out of the key). */
+static const char *const process_fields[] = {"t", "src", "node", "uid", "exe", "argv", "title",
+                                             "ok", NULL};
+static const char *const network_fields[] = {"t", "src", "node", "op", "dir", "fam", "proto",
+                                             "laddr", "raddr", "path", "exe", "ok", NULL};
+
+typedef struct entry {
+    uint64_t hash;
+    uint8_t *key;       /* key bytes, then the first event's map */
+    uint32_t key_len;
+    uint32_t event_len;
+    uint64_t hits;
+    int64_t first_ts, last_ts;
+    uint64_t rx, tx;    /* network: summed byte counters */
+    uint8_t has_ts, has_rx, has_tx;
+} entry;
+
+struct am_agg {
+    struct am_agg_options opt;
+    entry *ring;        /* cache_size slots */
+    uint32_t head, count;
+    uint64_t *index;    /* index_cap slots: 0 empty, else 1 + the ring slot */
+    uint32_t index_cap;
+    size_t bytes;       /* key + event bytes of held entries */
+    mp_buf scratch;     /* the key being built */
+    struct am_agg_stats st;
+};
+
+void am_agg_default_options(struct am_agg_options *out)
+{
+    if (out == NULL)
+        return;
+    out->kind = AM_AGG_PROCESS;
+    out->cache_size = 256;
+    out->max_bytes = 1u << 20;
+}
+
+/* A key is at most half of max_bytes (an entry holds its key and its event), and the largest
+ * event a source writes is a batch: 256 KiB covers both. */
+static size_t scratch_cap(const struct am_agg_options *o)
+{
+    size_t half = o->max_bytes / 2;
+    return half < 262144 ? half : 262144;
+}
+
+am_agg *am_agg_new(const struct am_agg_options *opts)
+{
+    struct am_agg_options o;
+    am_agg_default_options(&o);
+    if (opts != NULL)
+        o = *opts;
+    if ((o.kind != AM_AGG_PROCESS && o.kind != AM_AGG_NETWORK) || o.cache_size < 1 ||
+        o.cache_size > 65536 || o.max_bytes < 1024 || o.max_bytes > (1u << 30))
+        return NULL;
+    am_agg *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return NULL;
+    a->opt = o;
+    a->index_cap = 4;
+    while (a->index_cap < 2 * o.cache_size)
+        a->index_cap *= 2;
+    a->ring = calloc(o.cache_size, sizeof *a->ring);
+    a->index = calloc(a->index_cap, sizeof *a->index);
+    if (a->ring == NULL || a->index == NULL || mp_init(&a->scratch, scratch_cap(&o)) != AM_OK) {
+        am_agg_free(a);
+        return NULL;
+    }
+    return a;
+}
+
+static void release_entry(entry *e)
+{
+    free(e->key);
+    memset(e, 0, sizeof *e);
+}
+
+void am_agg_free(am_agg *a)
+{
+    if (a == NULL)
+        return;
+    for (uint32_t i = 0; a->ring != NULL && i < a->count; i++)
+        release_entry(&a->ring[(a->head + i) % a->opt.cache_size]);
+    free(a->ring);
+    free(a->index);
+    mp_release(&a->scratch);
+    free(a);
+}
+
+static uint64_t fnv1a(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+/* ---- the hash index: linear probing, deletion by backward shift ---- */
+
+static uint32_t find_slot(const am_agg *a, uint64_t hash, const uint8_t *key, uint32_t key_len,
+                          int *found)
+{
+    uint32_t mask = a->index_cap - 1;
+    uint32_t i = (uint32_t)hash & mask;
+    for (;;) {
+        uint64_t v = a->index[i];
+        if (v == 0) {
+            *found = 0;
+            return i;
+        }
+        const entry *e = &a->ring[v - 1];
+        if (e->hash == hash && e->key_len == key_len && memcmp(e->key, key, key_len) == 0) {
+            *found = 1;
+            return i;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+static void index_remove(am_agg *a, uint32_t ring_slot)
+{
+    uint32_t mask = a->index_cap - 1;
+    uint32_t i = (uint32_t)a->ring[ring_slot].hash & mask;
+    while (a->index[i] != (uint64_t)ring_slot + 1)
+        i = (i + 1) & mask;
+    /* Backward shift: move later members of the probe run into the hole. */
+    uint32_t hole = i;
+    for (uint32_t j = (i + 1) & mask; a->index[j] != 0; j = (j + 1) & mask) {
+        uint32_t home = (uint32_t)a->ring[a->index[j] - 1].hash & mask;
+        /* j's entry may move to hole if home is not cyclically in (hole, j]. */
+        int in_range = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!in_range) {
+            a->index[hole] = a->index[j];
+            hole = j;
+        }
+    }
+    a->index[hole] = 0;
+}
+
+/* ---- output ---- */
+
+static int is_added_key(const uint8_t *k, uint32_t n)
+{
+    return (n == 4 && memcmp(k, "hits", 4) == 0) || (n == 5 && memcmp(k, "first", 5) == 0) ||
+           (n == 4 && memcmp(k, "last", 4) == 0);
+}
+
+static int is_summed_key(const entry *e, const uint8_t *k, uint32_t n)
+{
+    return (e->has_rx && n == 2 && memcmp(k, "rx", 2) == 0) ||
+           (e->has_tx && n == 2 && memcmp(k, "tx", 2) == 0);
+}
+
+/* Writes the entry as its first event's map with the aggregate's keys; AM_OK or a sink drop. */
+static int emit(am_agg *a, const entry *e, am_sink *out)
+{
+    mpr r = {e->key + e->key_len, e->event_len, 0};
+    uint32_t n;
+    if (!mpr_map(&r, &n))
+        return AM_ERR_ARG; /* checked when the entry was made */
+    size_t body = r.pos;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *k;
+        uint32_t kl;
+        if (!mpr_str(&r, &k, &kl) || !mpr_skip(&r))
+            return AM_ERR_ARG;
+        if (!is_added_key(k, kl) && !is_summed_key(e, k, kl))
+            kept++;
+    }
+    mp_buf *m = sink_begin(out);
+    int st = mp_map(m, kept + 3 + e->has_rx + e->has_tx);
+    r.pos = body;
+    for (uint32_t i = 0; i < n && st == AM_OK; i++) {
+        size_t start = r.pos;
+        const uint8_t *k;
+        uint32_t kl;
+        mpr_str(&r, &k, &kl);
+        mpr_skip(&r);
+        if (!is_added_key(k, kl) && !is_summed_key(e, k, kl))
+            st = mp_raw(m, r.data + start, r.pos - start);
+    }
+    if (st == AM_OK) st = mp_cstr(m, "hits");
+    if (st == AM_OK) st = mp_uint(m, e->hits);
+    if (st == AM_OK) st = mp_cstr(m, "first");
+    if (st == AM_OK) st = e->has_ts ? mp_int(m, e->first_ts) : mp_nil(m);
+    if (st == AM_OK) st = mp_cstr(m, "last");
+    if (st == AM_OK) st = e->has_ts ? mp_int(m, e->last_ts) : mp_nil(m);
+    if (st == AM_OK && e->has_rx) st = mp_cstr(m, "rx");
+    if (st == AM_OK && e->has_rx) st = mp_uint(m, e->rx);
+    if (st == AM_OK && e->has_tx) st = mp_cstr(m, "tx");
+    if (st == AM_OK && e->has_tx) st = mp_uint(m, e->tx);
+    if (st != AM_OK) {
+        sink_drop(out);
+        return st;
+    }
+    a->st.emitted++;
+    return sink_commit(out);
+}
+
+/* Emits and removes the oldest entry. */
+static void pop_oldest(am_agg *a, am_sink *out)
+{
+    uint32_t slot = a->head;
+    entry *e = &a->ring[slot];
+    emit(a, e, out); /* a failure is counted by the sink */
+    index_remove(a, slot);
+    a->bytes -= (size_t)e->key_len + e->event_len;
+    release_entry(e);
+    a->head = (a->head + 1) % a->opt.cache_size;
+    a->count--;
+}
+
+/* ---- input ---- */
+
+typedef struct span {
+    const uint8_t *p;
+    uint32_t n;
+} span;
+
+typedef struct fields {
+    span key[MAX_KEY_FIELDS];
+    span lport, rport, dir;
+    int has_ts, has_rx, has_tx;
+    int64_t ts, rx, tx;
+} fields;
+
+static int key_eq(const uint8_t *k, uint32_t n, const char *name)
+{
+    size_t len = strlen(name);
+    return n == len && memcmp(k, name, len) == 0;
+}
+
+static int span_is(span s, const char *text)
+{
+    /* s holds a raw msgpack value: a fixstr of text. */
+    size_t len = strlen(text);
+    return s.n == len + 1 && s.p[0] == (0xa0 | len) && memcmp(s.p + 1, text, len) == 0;
+}
+
+static int put_span(mp_buf *b, uint8_t tag, span s)
+{
+    uint8_t head[5] = {tag, (uint8_t)(s.n >> 24), (uint8_t)(s.n >> 16), (uint8_t)(s.n >> 8),
+                       (uint8_t)s.n};
+    int st = mp_raw(b, head, sizeof head);
+    return st == AM_OK ? mp_raw(b, s.p, s.n) : st;
+}
+
+/* One event map at r: AM_OK with the event aggregated or passed, AM_ERR_ARG when malformed
+ * (r->pos is then past nothing useful: the batch is abandoned). */
+static int add_event(am_agg *a, mpr *r, am_sink *out)
+{
+    size_t start = r->pos;
+    uint32_t n;
+    if (!mpr_map(r, &n))
+        return AM_ERR_ARG;
+    const char *const *names = a->opt.kind == AM_AGG_PROCESS ? process_fields : network_fields;
+    fields f;
+    memset(&f, 0, sizeof f);
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *k;
+        uint32_t kl;
+        if (!mpr_str(r, &k, &kl))
+            return AM_ERR_ARG;
+        size_t vstart = r->pos;
+        if (key_eq(k, kl, "ts") && mpr_int(r, &f.ts)) {
+            f.has_ts = 1;
+            continue;
+        }
+        if (key_eq(k, kl, "rx") && mpr_int(r, &f.rx)) {
+            f.has_rx = f.rx >= 0;
+            continue;
+        }
+        if (key_eq(k, kl, "tx") && mpr_int(r, &f.tx)) {
+            f.has_tx = f.tx >= 0;
+            continue;
+        }
+        if (!mpr_skip(r))
+            return AM_ERR_ARG;
+        span v = {r->data + vstart, (uint32_t)(r->pos - vstart)};
+        if (key_eq(k, kl, "lport"))
+            f.lport = v;
+        else if (key_eq(k, kl, "rport"))
+            f.rport = v;
+        for (int j = 0; names[j] != NULL; j++) {
+            if (key_eq(k, kl, names[j])) {
+                f.key[j] = v;
+                if (key_eq(k, kl, "dir"))
+                    f.dir = v;
+                break;
+            }
+        }
+    }
+    size_t event_len = r->pos - start;
+    const uint8_t *event = r->data + start;
+    a->st.events_in++;
+
+    span t = f.key[0];
+    int wanted = a->opt.kind == AM_AGG_PROCESS ? span_is(t, "exec")
+                                               : (span_is(t, "net") || span_is(t, "conn"));
+    /* An entry holds its key and event: one that could never fit passes through. */
+    if (!wanted || event_len > a->opt.max_bytes / 2) {
+        a->st.passed++;
+        mp_buf *m = sink_begin(out);
+        if (mp_raw(m, event, event_len) != AM_OK) {
+            sink_drop(out);
+            return AM_OK;
+        }
+        sink_commit(out);
+        return AM_OK;
+    }
+
+    /* The key: each field present, tagged with its index; for the network, the service port
+     * only (inbound: the local port; outbound: the remote port; else both). */
+    mp_buf *kb = &a->scratch;
+    kb->len = 0;
+    int st = AM_OK;
+    for (int j = 0; names[j] != NULL && st == AM_OK; j++)
+        if (f.key[j].p != NULL)
+            st = put_span(kb, (uint8_t)j, f.key[j]);
+    if (a->opt.kind == AM_AGG_NETWORK) {
+        int in = f.dir.p != NULL && span_is(f.dir, "in");
+        int outbound = f.dir.p != NULL && span_is(f.dir, "out");
+        if (st == AM_OK && f.lport.p != NULL && !outbound)
+            st = put_span(kb, 100, f.lport);
+        if (st == AM_OK && f.rport.p != NULL && !in)
+            st = put_span(kb, 101, f.rport);
+    }
+    if (st != AM_OK || kb->len > a->opt.max_bytes / 2) {
+        /* A key that does not fit the scratch buffer: the event passes through. */
+        a->st.passed++;
+        mp_buf *m = sink_begin(out);
+        if (mp_raw(m, event, event_len) != AM_OK)
+            sink_drop(out);
+        else
+            sink_commit(out);
+        return AM_OK;
+    }
+
+    uint64_t hash = fnv1a(kb->data, kb->len);
+    int found;
+    uint32_t slot = find_slot(a, hash, kb->data, (uint32_t)kb->len, &found);
+    if (found) {
+        entry *e = &a->ring[a->index[slot] - 1];
+        e->hits++;
+        a->st.merged++;
+        if (f.has_ts) {
+            if (!e->has_ts || f.ts < e->first_ts)
+                e->first_ts = f.ts;
+            if (!e->has_ts || f.ts > e->last_ts)
+                e->last_ts = f.ts;
+            e->has_ts = 1;
+        }
+        if (a->opt.kind == AM_AGG_NETWORK) {
+            if (f.has_rx) { e->rx += (uint64_t)f.rx; e->has_rx = 1; }
+            if (f.has_tx) { e->tx += (uint64_t)f.tx; e->has_tx = 1; }
+        }
+        return AM_OK;
+    }
+
+    size_t need = kb->len + event_len;
+    while (a->count > 0 && (a->count == a->opt.cache_size || a->bytes + need > a->opt.max_bytes)) {
+        pop_oldest(a, out);
+        a->st.evicted++;
+    }
+    uint8_t *mem = malloc(need);
+    if (mem == NULL) {
+        a->st.passed++;
+        mp_buf *m = sink_begin(out);
+        if (mp_raw(m, event, event_len) != AM_OK)
+            sink_drop(out);
+        else
+            sink_commit(out);
+        return AM_OK;
+    }
+    memcpy(mem, kb->data, kb->len);
+    memcpy(mem + kb->len, event, event_len);
+    uint32_t ring_slot = (a->head + a->count) % a->opt.cache_size;
+    entry *e = &a->ring[ring_slot];
+    e->hash = hash;
+    e->key = mem;
+    e->key_len = (uint32_t)kb->len;
+    e->event_len = (uint32_t)event_len;
+    e->hits = 1;
+    e->has_ts = (uint8_t)f.has_ts;
+    e->first_ts = e->last_ts = f.ts;
+    e->has_rx = a->opt.kind == AM_AGG_NETWORK && f.has_rx;
+    e->has_tx = a->opt.kind == AM_AGG_NETWORK && f.has_tx;
+    e->rx = e->has_rx ? (uint64_t)f.rx : 0;
+    e->tx = e->has_tx ? (uint64_t)f.tx : 0;
+    a->count++;
+    a->bytes += need;
+    /* Evictions may have moved entries in the index: look the free slot up again. */
+    slot = find_slot(a, hash, kb->data, (uint32_t)kb->len, &found);
+    a->index[slot] = (uint64_t)ring_slot + 1;
+    return AM_OK;
+}
+
+int am_agg_add_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next_event,
+                     am_sink *out)
+{
+    if (a == NULL || (batch == NULL && len > 0) || next_event == NULL || out == NULL)
+        return AM_ERR_ARG;
+    mpr r = {batch, len, 0};
+    uint32_t count;
+    if (!mpr_array(&r, &count)) {
+        a->st.malformed++;
+        return AM_OK;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        if (i < *next_event) {
+            if (!mpr_skip(&r)) {
+                a->st.malformed++;
+                *next_event = count;
+                return AM_OK;
+            }
+            continue;
+        }
+        if (am_sink_full(out)) {
+            *next_event = i;
+            return AM_ERR_FULL;
+        }
+        if (add_event(a, &r, out) != AM_OK) {
+            a->st.malformed++;
+            *next_event = count;
+            return AM_OK;
+        }
+    }
+    *next_event = count;
+    return AM_OK;
+}
+
+int am_agg_flush(am_agg *a, am_sink *out)
+{
+    if (a == NULL || out == NULL)
+        return AM_ERR_ARG;
+    while (a->count > 0) {
+        if (am_sink_full(out))
+            return AM_ERR_FULL;
+        pop_oldest(a, out);
+    }
+    return AM_OK;
+}
+
+void am_agg_stats(const am_agg *a, struct am_agg_stats *out)
+{
+    if (out == NULL)
+        return;
+    memset(out, 0, sizeof *out);
+    if (a == NULL)
+        return;
+    *out = a->st;
+    out->entries = a->count;
+    size_t fixed = sizeof *a + (size_t)a->opt.cache_size * sizeof *a->ring +
+                   (size_t)a->index_cap * sizeof *a->index + a->scratch.cap;
+    out->memory = fixed + a->bytes;
+    out->memory_bound = fixed + a->opt.max_bytes;
+}

@@ -1,0 +1,55 @@
+/* core_aggregate.h: aggregation of identical events within a collector's interval.
+ *
+ * An aggregator reads the batches a source wrote (msgpack arrays of event maps) and keeps one
+ * entry per distinct key with a hit count and the first and last `ts`: a process aggregator
+ * merges `exec` events with the same command line and user, a network aggregator merges
+ * `net` and `conn` events with the same addresses, service port, protocol, direction and
+ * program. Other events pass through unchanged. An entry is emitted as the first event's map
+ * with `hits`, `first` and `last` added, at flush (the end of the interval) or earlier when
+ * the cache is full: the oldest entry is then emitted at once, counted in `evicted`. Nothing
+ * is dropped here: an eviction only makes the aggregate less compact. */
+#ifndef AM_CORE_AGGREGATE_H
+#define AM_CORE_AGGREGATE_H
+
+#include "core.h"
+
+/* CDEF-BEGIN */
+enum am_agg_kind {
+    AM_AGG_PROCESS = 1,
+    AM_AGG_NETWORK = 2
+};
+
+struct am_agg_options {
+    uint32_t kind;        /* am_agg_kind */
+    uint32_t cache_size;  /* entries kept at once, 1..65536. 256 */
+    uint32_t max_bytes;   /* bytes of entries kept at once (their first event and key). 1048576 */
+};
+
+struct am_agg_stats {
+    uint64_t events_in;   /* events read from batches */
+    uint64_t merged;      /* events that became a hit of an existing entry */
+    uint64_t entries;     /* entries held now */
+    uint64_t emitted;     /* entries written to the output */
+    uint64_t evicted;     /* of those, written before flush because the cache was full */
+    uint64_t passed;      /* events passed through unchanged (not of this kind, or too large) */
+    uint64_t malformed;   /* batches or events that are not what a source writes, skipped */
+    uint64_t memory;      /* bytes held now */
+    uint64_t memory_bound;
+};
+
+typedef struct am_agg am_agg;
+void am_agg_default_options(struct am_agg_options *out);
+am_agg *am_agg_new(const struct am_agg_options *opts);
+void am_agg_free(am_agg *a);
+/* Reads the events of one batch from index *next_event on. AM_ERR_FULL: out is full; take
+ * its batches and call again with the same batch and *next_event (which says where to go on).
+ * A malformed batch is counted and skipped from the event that fails to parse (AM_OK). */
+int am_agg_add_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next_event,
+                     am_sink *out);
+/* The end of an interval: every entry is emitted, oldest first, and the cache is emptied.
+ * AM_ERR_FULL: take out's batches and call again. */
+int am_agg_flush(am_agg *a, am_sink *out);
+void am_agg_stats(const am_agg *a, struct am_agg_stats *out);
+/* CDEF-END */
+
+#endif

@@ -1,0 +1,35 @@
+"""Seeds of fuzz_aggregate: batches of exec, net and conn events as the sources write them
+(msgpack arrays of maps), for each kind byte; several batches joined by the 0xff 0xfe mark."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import msgpack
+
+
+def array32(events: list[dict[str, object]]) -> bytes:
+    body = b"".join(msgpack.packb(e) for e in events)
+    return b"\xdd" + len(events).to_bytes(4, "big") + body
+
+
+def main(out: Path) -> None:
+    execs = [{"t": "exec", "ts": 1700000000000 + i, "pid": 100 + i, "uid": i % 2,
+              "exe": "/bin/true", "argv": ["/bin/true", str(i % 3)], "ok": True} for i in range(8)]
+    nets = [{"t": "net", "ts": 1700000000000 + i, "dir": ("in", "out")[i % 2], "fam": "inet",
+             "raddr": "10.0.0.1", "rport": 443 + i % 2, "lport": 40000 + i, "exe": "/usr/bin/x"}
+            for i in range(8)]
+    conns = [{"t": "conn", "src": "diag", "op": "close", "ts": i, "proto": "tcp", "dir": "out",
+              "laddr": "::1", "raddr": "::1", "lport": 50000 + i, "rport": 22, "rx": i, "tx": 2 * i}
+             for i in range(6)]
+    other = [{"t": "auth", "ts": 1, "op": "login", "acct": "root"}]
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in (0x00, 0x01, 0x06, 0x07, 0x10, 0x11):
+        for name, events in (("exec", execs), ("net", nets), ("conn", conns)):
+            data = bytes([kind]) + array32(events + other) + b"\xff\xfe" + array32(events[:3])
+            (out / f"{name}-{kind:02x}").write_bytes(data)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
