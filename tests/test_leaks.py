@@ -1,0 +1,103 @@
+"""RSS stays flat over 10,000 calls of each C entry point of the foundation (msgpack writer,
+lookup tables, audit parser, event sink); each live source's test file checks its own.
+
+The first test shows the check can fail: a real leak of 64 bytes per call is caught."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.native import (
+    AuditOptions,
+    AuditParser,
+    EventSink,
+    MsgpackWriter,
+    arch_name,
+    record_type_name,
+    record_type_number,
+    syscall_name,
+    ffi,
+)
+from leakcheck import assert_rss_flat
+
+SAMPLE = (
+    b'type=SYSCALL msg=audit(1700000000.100:7): arch=c000003e syscall=59 success=yes exit=0 '
+    b'a0=55 a1=56 a2=57 a3=0 items=2 ppid=1 pid=2 auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 '
+    b'egid=0 sgid=0 fsgid=0 tty=pts0 ses=1 comm="ls" exe="/usr/bin/ls" key=(null)\n'
+    b'type=EXECVE msg=audit(1700000000.100:7): argc=2 a0="ls" a1=2F746D70\n'
+    b'type=CWD msg=audit(1700000000.100:7): cwd="/root"\n'
+    b'type=PROCTITLE msg=audit(1700000000.100:7): proctitle=6C73002F746D70\n'
+)
+
+
+def test_the_check_catches_a_real_leak() -> None:
+    kept: list[object] = []
+    with pytest.raises(AssertionError, match="RSS grew"):
+        assert_rss_flat(lambda: kept.append(ffi.new("char[]", 64)), name="deliberate leak")
+
+
+def test_msgpack_writer_calls() -> None:
+    def cycle() -> None:
+        w = MsgpackWriter(256)
+        w.write_map(3)
+        w.write_str("k")
+        w.write_int(-5)
+        w.write_str("b")
+        w.write_bin(b"\x00\x01")
+        w.write_str("f")
+        w.write_array(3)
+        w.write_float(1.5)
+        w.write_bool(True)
+        w.write_nil()
+        w.getvalue()
+        w.reset()
+
+    assert_rss_flat(cycle, name="am_mpw_*")
+
+
+def test_lookup_tables() -> None:
+    def cycle() -> None:
+        arch_name(0xC000003E)
+        syscall_name(0xC000003E, 59)
+        record_type_name(1300)
+        record_type_number("EXECVE")
+
+    assert_rss_flat(cycle, name="am_arch_name/am_syscall_name/am_record_type_*")
+
+
+def test_audit_parser_new_feed_flush_free() -> None:
+    def cycle() -> None:
+        p = AuditParser(AuditOptions(batch_bytes=4096))
+        p.feed(SAMPLE)
+        p.feed_record(1300, SAMPLE.split(b" msg=", 2)[1].split(b"\n")[0])
+        p.expire(1_700_000_010_000)
+        p.seal()
+        p.flush()
+        p.stats()
+
+    assert_rss_flat(cycle, name="am_audit_*")
+
+
+def test_long_lived_audit_parser_stays_flat(corpus_dir: Path) -> None:
+    log = (corpus_dir / "device-raw.log").read_bytes()[:20000]
+    log = log[: log.rfind(b"\n") + 1]
+    p = AuditParser()
+
+    def cycle() -> None:
+        p.feed(log)
+        p.flush()
+
+    assert_rss_flat(cycle, calls=2000, name="AuditParser.feed of 20 KB (2,000 calls)")
+
+
+def test_event_sink_calls() -> None:
+    def cycle() -> None:
+        s = EventSink()
+        s.full()
+        s.seal()
+        s.take()
+        s.stats()
+
+    assert_rss_flat(cycle, name="am_sink_*")
