@@ -9,7 +9,7 @@
 #include "msgpack.h"
 #include "sink.h"
 
-enum { MAX_KEY_FIELDS = 16 };
+enum { MAX_KEY_FIELDS = 16, MAX_ACCEPT = 16 };
 
 /* The fields that make two events the same, per kind; ports are handled apart (the
  * ephemeral one is left out of the key). */
@@ -37,6 +37,8 @@ struct am_agg {
     uint32_t index_cap;
     size_t bytes;       /* key + event bytes of held entries */
     mp_buf scratch;     /* the key being built */
+    struct { const char *name; size_t len; } accept[MAX_ACCEPT];
+    uint32_t accept_count; /* 0: every type is taken */
     struct am_agg_stats st;
 };
 
@@ -47,6 +49,30 @@ void am_agg_default_options(struct am_agg_options *out)
     out->kind = AM_AGG_PROCESS;
     out->cache_size = 256;
     out->max_bytes = 1u << 20;
+    out->accept[0] = '\0';
+}
+
+/* Splits opt.accept (kept in a->opt) into names; 0 when malformed. */
+static int parse_accept(am_agg *a)
+{
+    const char *s = a->opt.accept;
+    size_t n = strnlen(s, sizeof a->opt.accept);
+    if (n == sizeof a->opt.accept)
+        return 0;
+    if (n == 0)
+        return 1;
+    size_t start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && s[i] != ',')
+            continue;
+        if (i == start || a->accept_count == MAX_ACCEPT)
+            return 0;
+        a->accept[a->accept_count].name = s + start;
+        a->accept[a->accept_count].len = i - start;
+        a->accept_count++;
+        start = i + 1;
+    }
+    return 1;
 }
 
 /* A key is at most half of max_bytes (an entry holds its key and its event), and the largest
@@ -63,13 +89,17 @@ am_agg *am_agg_new(const struct am_agg_options *opts)
     am_agg_default_options(&o);
     if (opts != NULL)
         o = *opts;
-    if ((o.kind != AM_AGG_PROCESS && o.kind != AM_AGG_NETWORK) || o.cache_size < 1 ||
+    if ((o.kind != AM_AGG_NONE && o.kind != AM_AGG_PROCESS && o.kind != AM_AGG_NETWORK) || o.cache_size < 1 ||
         o.cache_size > 65536 || o.max_bytes < 1024 || o.max_bytes > (1u << 30))
         return NULL;
     am_agg *a = calloc(1, sizeof *a);
     if (a == NULL)
         return NULL;
     a->opt = o;
+    if (!parse_accept(a)) {
+        free(a);
+        return NULL;
+    }
     a->index_cap = 4;
     while (a->index_cap < 2 * o.cache_size)
         a->index_cap *= 2;
@@ -253,6 +283,24 @@ static int span_is(span s, const char *text)
     return s.n == len + 1 && s.p[0] == (0xa0 | len) && memcmp(s.p + 1, text, len) == 0;
 }
 
+/* Whether the raw `t` value (a str, or absent) is one of the accepted types. */
+static int accepted(const am_agg *a, span t)
+{
+    if (a->accept_count == 0)
+        return 1;
+    if (t.p == NULL)
+        return 0;
+    mpr r = {t.p, t.n, 0};
+    const uint8_t *s;
+    uint32_t n;
+    if (!mpr_str(&r, &s, &n))
+        return 0;
+    for (uint32_t i = 0; i < a->accept_count; i++)
+        if (a->accept[i].len == n && memcmp(a->accept[i].name, s, n) == 0)
+            return 1;
+    return 0;
+}
+
 static int put_span(mp_buf *b, uint8_t tag, span s)
 {
     uint8_t head[5] = {tag, (uint8_t)(s.n >> 24), (uint8_t)(s.n >> 16), (uint8_t)(s.n >> 8),
@@ -269,7 +317,7 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
     uint32_t n;
     if (!mpr_map(r, &n))
         return AM_ERR_ARG;
-    const char *const *names = a->opt.kind == AM_AGG_PROCESS ? process_fields : network_fields;
+    const char *const *names = a->opt.kind == AM_AGG_NETWORK ? network_fields : process_fields;
     fields f;
     memset(&f, 0, sizeof f);
     for (uint32_t i = 0; i < n; i++) {
@@ -311,8 +359,13 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
     a->st.events_in++;
 
     span t = f.key[0];
-    int wanted = a->opt.kind == AM_AGG_PROCESS ? span_is(t, "exec")
-                                               : (span_is(t, "net") || span_is(t, "conn"));
+    if (!accepted(a, t)) {
+        a->st.skipped++;
+        return AM_OK;
+    }
+    int wanted = a->opt.kind == AM_AGG_PROCESS   ? span_is(t, "exec")
+                 : a->opt.kind == AM_AGG_NETWORK ? (span_is(t, "net") || span_is(t, "conn"))
+                                                 : 0;
     /* An entry holds its key and event: one that could never fit passes through. */
     if (!wanted || event_len > a->opt.max_bytes / 2) {
         a->st.passed++;

@@ -7,7 +7,11 @@
  * program. Other events pass through unchanged. An entry is emitted as the first event's map
  * with `hits`, `first` and `last` added, at flush (the end of the interval) or earlier when
  * the cache is full: the oldest entry is then emitted at once, counted in `evicted`. Nothing
- * is dropped here: an eviction only makes the aggregate less compact. */
+ * is dropped here: an eviction only makes the aggregate less compact.
+ *
+ * An aggregator also routes: `accept` lists the event types (`t`) its collector takes, and
+ * the others are skipped (counted). One source's batches (the audit netlink's hold exec, net
+ * and auth events) can so feed several collectors, each taking its own. */
 #ifndef AM_CORE_AGGREGATE_H
 #define AM_CORE_AGGREGATE_H
 
@@ -15,6 +19,7 @@
 
 /* CDEF-BEGIN */
 enum am_agg_kind {
+    AM_AGG_NONE = 0,      /* no merging: accepted events pass through */
     AM_AGG_PROCESS = 1,
     AM_AGG_NETWORK = 2
 };
@@ -23,6 +28,7 @@ struct am_agg_options {
     uint32_t kind;        /* am_agg_kind */
     uint32_t cache_size;  /* entries kept at once, 1..65536. 256 */
     uint32_t max_bytes;   /* bytes of entries kept at once (their first event and key). 1048576 */
+    char accept[128];     /* comma-separated event types taken, at most 16; "" takes all. "" */
 };
 
 struct am_agg_stats {
@@ -32,6 +38,7 @@ struct am_agg_stats {
     uint64_t emitted;     /* entries written to the output */
     uint64_t evicted;     /* of those, written before flush because the cache was full */
     uint64_t passed;      /* events passed through unchanged (not of this kind, or too large) */
+    uint64_t skipped;     /* events of a type not in accept, left out */
     uint64_t malformed;   /* batches or events that are not what a source writes, skipped */
     uint64_t memory;      /* bytes held now */
     uint64_t memory_bound;
@@ -39,8 +46,10 @@ struct am_agg_stats {
 
 typedef struct am_agg am_agg;
 void am_agg_default_options(struct am_agg_options *out);
-am_agg *am_agg_new(const struct am_agg_options *opts);
 void am_agg_free(am_agg *a);
+/* NULL when an option is out of range or accept is malformed (no NUL, an empty name, more
+ * than 16 names). */
+am_agg *am_agg_new(const struct am_agg_options *opts);
 /* Reads the events of one batch from index *next_event on. AM_ERR_FULL: out is full; take
  * its batches and call again with the same batch and *next_event (which says where to go on).
  * A malformed batch is counted and skipped from the event that fails to parse (AM_OK). */

@@ -154,7 +154,28 @@ def test_malformed_batches_are_counted(data: bytes) -> None:
     assert agg.stats().malformed + agg.stats().passed >= 1
 
 
+def test_accept_routes_one_sources_batches_to_each_collector() -> None:
+    events = [exec_event(0, ["a"]), exec_event(1, ["a"]),
+              {"t": "net", "ts": 2, "dir": "out", "raddr": "10.0.0.1", "rport": 53},
+              {"t": "auth", "ts": 3, "op": "login"}, {"ts": 4}]
+    process = Aggregator("process", accept=["exec"])
+    network = Aggregator("network", accept=["net", "conn"])
+    login = Aggregator("none", accept=["auth", "account"])
+    assert [e["hits"] for e in run(process, events)] == [2]
+    assert [e["hits"] for e in run(network, events)] == [1]
+    assert run(login, events) == [events[3]]
+    assert (process.stats().skipped, network.stats().skipped, login.stats().skipped) == (3, 4, 4)
+    everything = Aggregator("none")
+    assert run(everything, events) == events
+
+
 def test_bad_options_are_refused() -> None:
+    with pytest.raises(CoreArgumentError):
+        Aggregator("process", accept=["exec", ""])
+    with pytest.raises(CoreArgumentError):
+        Aggregator("process", accept=[f"t{i}" for i in range(17)])
+    with pytest.raises(CoreArgumentError):
+        Aggregator("process", accept=["x" * 130])
     with pytest.raises(CoreArgumentError):
         Aggregator("process", cache_size=0)
     with pytest.raises(CoreArgumentError):
@@ -191,6 +212,8 @@ def test_entries_match_a_model_of_the_keys(kind: str, data: st.DataObject, cache
         if "hits" in e:
             got[model_key(kind, e)] += e["hits"]
     assert got == expected
+    stats = agg.stats()
+    assert stats.events_in == stats.merged + stats.passed + stats.emitted + stats.skipped
     if len(expected) <= cache:
         assert len([e for e in out if "hits" in e]) == len(expected)
 

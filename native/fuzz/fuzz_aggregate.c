@@ -2,7 +2,7 @@
  * arbitrary batches. byte 0 picks the kind and the cache size; the rest is split at 0xff 0xfe
  * marks into batches, each added to the aggregator, then one flush.
  * Oracles: no crash or sanitizer report; every event read is accounted for exactly once
- * (events_in == merged + passed + emitted after the flush); no event is dropped by the output
+ * (events_in == merged + passed + emitted + skipped after the flush); no event is dropped by the output
  * sink; each output batch is one array32 of whole items; memory stays within its bound. */
 #include <stddef.h>
 #include <stdint.h>
@@ -37,7 +37,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     struct am_agg_options o;
     am_agg_default_options(&o);
-    o.kind = (data[0] & 1) ? AM_AGG_NETWORK : AM_AGG_PROCESS;
+    o.kind = (data[0] & 0x40) ? AM_AGG_NONE : (data[0] & 1) ? AM_AGG_NETWORK : AM_AGG_PROCESS;
+    if (data[0] & 0x20)
+        memcpy(o.accept, "exec,conn,auth", sizeof "exec,conn,auth");
     o.cache_size = 1u + ((data[0] >> 1) & 7);
     o.max_bytes = (data[0] & 0x10) ? 1024 : 1u << 16;
     struct am_sink_options so = {65536, 2};
@@ -74,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct am_sink_stats ss;
     am_sink_stats(out, &ss);
     CHECK(s.entries == 0);
-    CHECK(s.events_in == s.merged + s.passed + s.emitted);
+    CHECK(s.events_in == s.merged + s.passed + s.emitted + s.skipped);
     CHECK(s.evicted <= s.emitted);
     CHECK(ss.dropped_full == 0 && ss.dropped_encode == 0);
     CHECK(ss.events == s.passed + s.emitted);

@@ -4,13 +4,14 @@ native/core_aggregate.h): batches in, batches out, no per-event Python object.""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from agent.native._base import CoreArgumentError, check, ffi, lib
 from agent.native.sink import EventSink
 
-AggregateKind = Literal["process", "network"]
-_KINDS = {"process": lib.AM_AGG_PROCESS, "network": lib.AM_AGG_NETWORK}
+AggregateKind = Literal["none", "process", "network"]
+_KINDS = {"none": lib.AM_AGG_NONE, "process": lib.AM_AGG_PROCESS, "network": lib.AM_AGG_NETWORK}
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class AggregatorStats:
     emitted: int
     evicted: int
     passed: int
+    skipped: int
     malformed: int
     memory: int
     memory_bound: int
@@ -32,11 +34,19 @@ _STAT_NAMES = [f.name for f in fields(AggregatorStats)]
 class Aggregator:
     """Merges the `exec` events (kind "process": same command line, program and user) or the
     `net` / `conn` events (kind "network": same addresses, service port, protocol, direction and
-    program) of an interval into entries with `hits`, `first` and `last`; other events pass
-    through. `cache_size` bounds the entries: when it is reached the oldest entry is written
-    out early and counted in `evicted`."""
+    program) of an interval into entries with `hits`, `first` and `last`; kind "none" merges
+    nothing. `cache_size` bounds the entries: when it is reached the oldest entry is written
+    out early and counted in `evicted`. `accept` names the event types (`t`) taken; the
+    others are skipped and counted (empty: all are taken); taken events that are not of the
+    kind pass through unchanged."""
 
-    def __init__(self, kind: AggregateKind, cache_size: int = 256, max_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        kind: AggregateKind,
+        cache_size: int = 256,
+        max_bytes: int = 1 << 20,
+        accept: Sequence[str] = (),
+    ) -> None:
         if kind not in _KINDS:
             raise CoreArgumentError(f"unknown aggregation kind {kind!r}")
         opts = ffi.new("struct am_agg_options *")
@@ -46,6 +56,10 @@ class Aggregator:
             if not 0 <= value <= 0xFFFFFFFF:
                 raise CoreArgumentError(f"{name}={value} is out of range")
             setattr(opts, name, value)
+        accept_text = ",".join(accept).encode("ascii", "replace")
+        if len(accept_text) >= 128 or any(not name or "," in name for name in accept):
+            raise CoreArgumentError(f"accept={list(accept)!r}: at most 127 characters of names")
+        opts.accept = accept_text
         handle = lib.am_agg_new(opts)
         if handle == ffi.NULL:
             raise CoreArgumentError(
