@@ -268,6 +268,23 @@ def test_unknown_names_are_listed_and_bounded() -> None:
     assert s.config == Config.defaults()
 
 
+def test_non_string_keys_are_listed_not_raised() -> None:
+    s = store()
+    s.apply_patch({1: True, None: 2, (1, 2): 3, "Process_Disabled": True})
+    assert s.latest_invalid_fields == ("1", "an array", "null")  # described, not repr'd
+    assert s.config.process.disabled is True
+    s.apply_patch({1: None, None: None, (1, 2): None})
+    assert s.latest_state == "success"
+
+
+def test_file_invalid_name_stays_listed_while_the_twin_overrides_it(tmp_path: Path) -> None:
+    s = store(tmp_path, json.dumps({"Upload_Format": "xml"}))
+    s.apply_patch({"Upload_Format": "json"})
+    assert s.config.upload.format is UploadFormat.JSON
+    assert s.latest_invalid_fields == ("Upload_Format",)
+    assert s.invalid_reasons["Upload_Format"].startswith("file: ")
+
+
 def test_dollar_keys_are_skipped() -> None:
     s = store()
     s.apply_desired({"$version": 12, "$metadata": {"$lastUpdated": "x"}, "Login_UsePAM": True})
