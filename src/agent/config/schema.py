@@ -1,0 +1,921 @@
+"""The configuration schema: every twin property, its type, default, range and meaning, and
+the typed, immutable `Config` built from validated values.
+
+One `Field` per flat twin property name. A field parses a JSON value (as `json.loads` or the
+IoT Hub SDK gives it) into a typed value or raises `InvalidValue` with a one-line reason, and
+dumps a typed value back to its twin form (for the reported properties). Values are grouped
+into one frozen dataclass per section: the name's prefix (`Process_Mode` -> `Process`), so a
+change is found by comparing sections and the runtime touches only the collectors whose
+section changed. docs/configuration.md's table is rendered from this module
+(`render_table()`); a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from enum import Enum, IntEnum
+from typing import Any, TypeVar, Union
+
+# The JSON values a twin carries (what json.loads and the SDK hand us).
+Json = Union[None, bool, int, float, str, list[Any], dict[str, Any]]
+
+
+class InvalidValue(ValueError):
+    """A value a field cannot take; the message is the one-line reason."""
+
+
+class Frequency(str, Enum):
+    """How often a collector's events are sent: CollectorsCore_PriorityIntervals gives the
+    minutes of each."""
+
+    HIGH = "High"
+    MEDIUM = "Medium"
+    LOW = "Low"
+
+
+class ProcessMode(IntEnum):
+    """Process_Mode: where process events come from."""
+
+    AUTO = 1  # the richest source available: audit, then the proc connector, then polling
+    NETLINK = 2  # the proc connector (cn_proc)
+    POLLING = 3  # /proc polled every Process_PollingInterval
+    AUDIT = 4  # audit netlink (ours; the Defender micro agent stops at 3)
+
+
+class UploadFormat(str, Enum):
+    MSGPACK = "msgpack"
+    JSON = "json"
+
+
+@dataclass(frozen=True)
+class PriorityIntervals:
+    """CollectorsCore_PriorityIntervals: minutes between sends of each message frequency."""
+
+    high: int
+    medium: int
+    low: int
+
+    def minutes(self, frequency: Frequency) -> int:
+        if frequency is Frequency.HIGH:
+            return self.high
+        if frequency is Frequency.MEDIUM:
+            return self.medium
+        return self.low
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections: one frozen dataclass per name prefix.
+
+
+@dataclass(frozen=True)
+class CollectorsCoreConfig:
+    priority_intervals: PriorityIntervals
+
+
+@dataclass(frozen=True)
+class IothubModuleConfig:
+    message_timeout_minutes: int
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """What every collector has."""
+
+    disabled: bool
+    message_frequency: Frequency
+
+
+@dataclass(frozen=True)
+class EventCollectorConfig(CollectorConfig):
+    """A collector that aggregates events between sends keeps at most cache_size entries."""
+
+    cache_size: int
+
+
+@dataclass(frozen=True)
+class ProcessConfig(EventCollectorConfig):
+    mode: ProcessMode
+    polling_interval_us: int
+
+
+@dataclass(frozen=True)
+class NetworkActivityConfig(EventCollectorConfig):
+    devices: tuple[str, ...]  # empty: every interface
+
+
+@dataclass(frozen=True)
+class LoginConfig(EventCollectorConfig):
+    use_pam: bool
+
+
+@dataclass(frozen=True)
+class FileSystemConfig(EventCollectorConfig):
+    paths: tuple[str, ...]
+    recursive: bool
+
+
+@dataclass(frozen=True)
+class SystemInformationConfig(CollectorConfig):
+    # Empty: detect (DMI, device tree, os-release); else report this text instead.
+    hardware_vendor: str
+    hardware_model: str
+    hardware_serial_number: str
+    firmware_vendor: str
+    firmware_version: str
+
+
+@dataclass(frozen=True)
+class BaselineConfig(CollectorConfig):
+    groups_disabled: tuple[str, ...]
+    checks_disabled: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    format: UploadFormat
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    own_if_free: bool
+    backlog_limit: int
+
+
+@dataclass(frozen=True)
+class CompatConfig:
+    """Properties of the Defender for IoT micro agent this agent has no use for. They are
+    accepted (and type-checked) so that a twin written for that agent does not report
+    "failed"; they change nothing."""
+
+    log_collector_disabled: bool
+    log_collector_message_frequency: Frequency
+    peripheral_disabled: bool
+    peripheral_message_frequency: Frequency
+    peripheral_cache_size: int
+    network_activity_packet_buffer_size: int
+    statistics_cache_size: int
+
+
+# The collectors, in the order the docs list them.
+COLLECTORS: tuple[str, ...] = (
+    "Process",
+    "NetworkActivity",
+    "Login",
+    "FileSystem",
+    "SystemInformation",
+    "Baseline",
+    "SBoM",
+    "Heartbeat",
+    "ListeningPorts",
+    "LocalUsers",
+    "Firewall",
+    "Statistics",
+)
+
+# section name -> (Config attribute, section class)
+SECTIONS: dict[str, tuple[str, type]] = {
+    "CollectorsCore": ("collectors_core", CollectorsCoreConfig),
+    "IothubModule": ("iothub_module", IothubModuleConfig),
+    "Process": ("process", ProcessConfig),
+    "NetworkActivity": ("network_activity", NetworkActivityConfig),
+    "Login": ("login", LoginConfig),
+    "FileSystem": ("file_system", FileSystemConfig),
+    "SystemInformation": ("system_information", SystemInformationConfig),
+    "Baseline": ("baseline", BaselineConfig),
+    "SBoM": ("sbom", CollectorConfig),
+    "Heartbeat": ("heartbeat", CollectorConfig),
+    "ListeningPorts": ("listening_ports", CollectorConfig),
+    "LocalUsers": ("local_users", CollectorConfig),
+    "Firewall": ("firewall", CollectorConfig),
+    "Statistics": ("statistics", CollectorConfig),
+    "Upload": ("upload", UploadConfig),
+    "Outbox": ("outbox", OutboxConfig),
+    "Audit": ("audit", AuditConfig),
+    "Compat": ("compat", CompatConfig),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Describing bad values without echoing them whole (a reason must stay one short line, and
+# neither a 1 MB string, a 100,000-digit integer nor a 10,000-deep list may blow up a log).
+
+_PREVIEW = 40
+
+
+def describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if value.bit_length() > 64:
+            return f"an integer of {value.bit_length()} bits"
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        if value == "":
+            return "an empty string"
+        shown = value[:_PREVIEW].encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        return "string " + repr(shown) + ("..." if len(value) > _PREVIEW else "")
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    return "a value of type " + type(value).__name__
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidValue(f"expected {what}, got {describe(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidValue("not valid Unicode text (lone surrogate)") from None
+    return value
+
+
+def _printable(text: str) -> bool:
+    return text.isprintable()
+
+
+def parse_bool(value: object) -> bool:
+    # JSON true/false only: "true", 1 and 0 are a mistake worth reporting, not guessing.
+    if not isinstance(value, bool):
+        raise InvalidValue(f"expected true or false, got {describe(value)}")
+    return value
+
+
+def parse_int(value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise InvalidValue(f"expected an integer, got {describe(value)}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidValue(f"expected an integer, got {describe(value)}")
+        if not value.is_integer():
+            raise InvalidValue(f"expected an integer, got the fraction {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise InvalidValue(f"expected an integer, got {describe(value)}")
+    if value < lo:
+        raise InvalidValue(f"{describe(value)} is below the minimum {lo}")
+    if value > hi:
+        raise InvalidValue(f"{describe(value)} is above the maximum {hi}")
+    return value
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def parse_choice(value: object, enum: type[E]) -> E:
+    names = "/".join(str(member.value) for member in enum)
+    text = _text(value, "one of " + names)
+    for member in enum:
+        # Case does not matter ("low" is Low); the reported form is the canonical one.
+        if str(member.value).lower() == text.strip().lower():
+            return member
+    raise InvalidValue(f"expected one of {names}, got {describe(value)}")
+
+
+def parse_process_mode(value: object) -> ProcessMode:
+    number = parse_int(value, min(ProcessMode), max(ProcessMode))
+    return ProcessMode(number)
+
+
+def parse_override(value: object, max_chars: int) -> str:
+    text = _text(value, "a string").strip()
+    if len(text) > max_chars:
+        raise InvalidValue(f"longer than {max_chars} characters")
+    if not _printable(text):
+        raise InvalidValue("contains control characters")
+    return text
+
+
+def parse_list(
+    value: object, max_items: int, check_item: Callable[[str], str | None]
+) -> tuple[str, ...]:
+    """A comma list: items stripped, empty items dropped, duplicates dropped (first kept);
+    the empty string is the empty list."""
+    text = _text(value, "a comma-separated string")
+    items: list[str] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item or item in items:
+            continue
+        problem = check_item(item)
+        if problem:
+            raise InvalidValue(f"item {describe(item)}: {problem}")
+        items.append(item)
+        if len(items) > max_items:
+            raise InvalidValue(f"more than {max_items} items")
+    return tuple(items)
+
+
+IFNAMSIZ = 16
+
+
+def check_interface(name: str) -> str | None:
+    # The kernel's dev_valid_name(): at most IFNAMSIZ-1 bytes, no '/', ':' or white space.
+    if len(name.encode("utf-8")) >= IFNAMSIZ:
+        return f"an interface name has at most {IFNAMSIZ - 1} bytes"
+    if name in (".", "..") or any(c in "/:" or c.isspace() for c in name):
+        return "not a valid interface name"
+    if not _printable(name):
+        return "contains control characters"
+    return None
+
+
+PATH_MAX = 4096
+
+
+def check_path(path: str) -> str | None:
+    if not path.startswith("/"):
+        return "not an absolute path"
+    if len(path.encode("utf-8")) >= PATH_MAX:
+        return f"longer than {PATH_MAX - 1} bytes"
+    if not _printable(path):
+        return "contains control characters"
+    return None
+
+
+def check_name(max_chars: int) -> Callable[[str], str | None]:
+    def check(name: str) -> str | None:
+        if len(name) > max_chars:
+            return f"longer than {max_chars} characters"
+        if not _printable(name):
+            return "contains control characters"
+        return None
+
+    return check
+
+
+INTERVAL_MAX_MINUTES = 10080  # a week
+
+
+def parse_intervals(value: object) -> PriorityIntervals:
+    text = _text(value, 'a string "High,Medium,Low" of minutes')
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 3:
+        raise InvalidValue(
+            f"expected three comma-separated minutes High,Medium,Low, got {describe(value)}"
+        )
+    minutes: list[int] = []
+    for part in parts:
+        # Plain decimal digits only: no sign, no fraction, no exponent, no "0x".
+        if not part.isascii() or not part.isdigit() or len(part) > 9:
+            raise InvalidValue(f"{describe(part)} is not a whole number of minutes")
+        number = int(part)
+        if not 1 <= number <= INTERVAL_MAX_MINUTES:
+            raise InvalidValue(f"{number} minutes is outside 1..{INTERVAL_MAX_MINUTES}")
+        minutes.append(number)
+    high, medium, low = minutes
+    if not high <= medium <= low:
+        raise InvalidValue(f"expected High <= Medium <= Low, got {high},{medium},{low}")
+    return PriorityIntervals(high, medium, low)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fields
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # the twin property name
+    section: str  # a key of SECTIONS
+    attr: str  # the attribute of the section's dataclass
+    default: Any  # typed
+    parse: Callable[[object], Any]  # JSON value -> typed value, or InvalidValue
+    dump: Callable[[Any], Json]  # typed value -> JSON value (reported form)
+    type_doc: str
+    range_doc: str
+    meaning: str
+
+    def default_json(self) -> Json:
+        return self.dump(self.default)
+
+
+def _identity(value: Any) -> Json:
+    return value  # type: ignore[no-any-return]
+
+
+def _enum_value(value: Any) -> Json:
+    return value.value  # type: ignore[no-any-return]
+
+
+def _joined(value: Any) -> Json:
+    return ",".join(value)
+
+
+def _intervals_text(value: Any) -> Json:
+    return f"{value.high},{value.medium},{value.low}"
+
+
+def _bool(section: str, attr: str, suffix: str, default: bool, meaning: str) -> Field:
+    return Field(
+        f"{section}_{suffix}",
+        section,
+        attr,
+        default,
+        parse_bool,
+        _identity,
+        "bool",
+        "true, false",
+        meaning,
+    )
+
+
+def _int(
+    section: str, attr: str, suffix: str, default: int, lo: int, hi: int, unit: str, meaning: str
+) -> Field:
+    def parse(value: object) -> int:
+        return parse_int(value, lo, hi)
+
+    unit_doc = f" {unit}" if unit else ""
+    return Field(
+        f"{section}_{suffix}",
+        section,
+        attr,
+        default,
+        parse,
+        _identity,
+        "int",
+        f"{lo}..{hi}{unit_doc}",
+        meaning,
+    )
+
+
+def _frequency(section: str, attr: str, default: Frequency, meaning: str) -> Field:
+    def parse(value: object) -> Frequency:
+        return parse_choice(value, Frequency)
+
+    return Field(
+        f"{section}_MessageFrequency",
+        section,
+        attr,
+        default,
+        parse,
+        _enum_value,
+        "string",
+        "High, Medium, Low",
+        meaning,
+    )
+
+
+def _list(
+    section: str,
+    attr: str,
+    suffix: str,
+    max_items: int,
+    check: Callable[[str], str | None],
+    range_doc: str,
+    meaning: str,
+) -> Field:
+    def parse(value: object) -> tuple[str, ...]:
+        return parse_list(value, max_items, check)
+
+    return Field(
+        f"{section}_{suffix}",
+        section,
+        attr,
+        (),
+        parse,
+        _joined,
+        "string (comma list)",
+        range_doc,
+        meaning,
+    )
+
+
+OVERRIDE_MAX_CHARS = 128
+
+
+def _override(attr: str, suffix: str, what: str) -> Field:
+    def parse(value: object) -> str:
+        return parse_override(value, OVERRIDE_MAX_CHARS)
+
+    return Field(
+        f"SystemInformation_{suffix}",
+        "SystemInformation",
+        attr,
+        "",
+        parse,
+        _identity,
+        "string",
+        f"0..{OVERRIDE_MAX_CHARS} printable characters",
+        f'Reported as the {what} instead of the detected one; "" detects it.',
+    )
+
+
+# Defaults of MessageFrequency: the Defender for IoT micro agent's documented defaults
+# (Process, NetworkActivity and Login Medium; the rest Low); ListeningPorts, LocalUsers and
+# Firewall are ours: listening ports change with services, so Medium; accounts and rules
+# rarely change, so Low.
+_FREQUENCY_DEFAULTS: dict[str, Frequency] = {
+    "Process": Frequency.MEDIUM,
+    "NetworkActivity": Frequency.MEDIUM,
+    "Login": Frequency.MEDIUM,
+    "FileSystem": Frequency.LOW,
+    "SystemInformation": Frequency.LOW,
+    "Baseline": Frequency.LOW,
+    "SBoM": Frequency.LOW,
+    "Heartbeat": Frequency.LOW,
+    "ListeningPorts": Frequency.MEDIUM,
+    "LocalUsers": Frequency.LOW,
+    "Firewall": Frequency.LOW,
+    "Statistics": Frequency.LOW,
+}
+
+EVENT_COLLECTORS: tuple[str, ...] = ("Process", "NetworkActivity", "Login", "FileSystem")
+
+CACHE_SIZE_DEFAULT = 256
+CACHE_SIZE_MAX = 65536
+
+
+def _collector_fields(name: str) -> list[Field]:
+    out = [
+        _bool(name, "disabled", "Disabled", False, f"Stops the {name} collector."),
+        _frequency(
+            name,
+            "message_frequency",
+            _FREQUENCY_DEFAULTS[name],
+            f"Which priority interval sends {name} events.",
+        ),
+    ]
+    if name in EVENT_COLLECTORS:
+        out.append(
+            _int(
+                name,
+                "cache_size",
+                "CacheSize",
+                CACHE_SIZE_DEFAULT,
+                1,
+                CACHE_SIZE_MAX,
+                "entries",
+                f"{name} entries (after aggregation) kept between sends; past it the oldest "
+                "is dropped and counted.",
+            )
+        )
+    return out
+
+
+def _build_fields() -> list[Field]:
+    out: list[Field] = [
+        Field(
+            "CollectorsCore_PriorityIntervals",
+            "CollectorsCore",
+            "priority_intervals",
+            PriorityIntervals(30, 120, 1440),
+            parse_intervals,
+            _intervals_text,
+            'string "High,Medium,Low"',
+            f"three whole minutes, each 1..{INTERVAL_MAX_MINUTES}, High <= Medium <= Low",
+            "Minutes between sends of High, Medium and Low frequency collectors' events.",
+        ),
+        _int(
+            "IothubModule",
+            "message_timeout_minutes",
+            "MessageTimeout",
+            2880,
+            1,
+            43200,
+            "minutes",
+            "A batch not sent within this time is dropped from the outbox (counted as "
+            "dropped, reason message_timeout).",
+        ),
+    ]
+    for name in COLLECTORS:
+        out += _collector_fields(name)
+        if name == "Process":
+            out += [
+                Field(
+                    "Process_Mode",
+                    "Process",
+                    "mode",
+                    ProcessMode.AUTO,
+                    parse_process_mode,
+                    _enum_value,
+                    "int",
+                    "1 Auto, 2 Netlink, 3 Polling, 4 Audit",
+                    "Process event source. Auto: audit, else the proc connector, else "
+                    "polling /proc; Netlink: the proc connector; Audit: audit netlink.",
+                ),
+                _int(
+                    "Process",
+                    "polling_interval_us",
+                    "PollingInterval",
+                    100000,
+                    10000,
+                    60000000,
+                    "microseconds",
+                    "How often /proc is scanned in Polling mode.",
+                ),
+            ]
+        elif name == "NetworkActivity":
+            out.append(
+                _list(
+                    "NetworkActivity",
+                    "devices",
+                    "Devices",
+                    64,
+                    check_interface,
+                    "0..64 interface names",
+                    'Interfaces whose connections are reported; "" '
+                    "(the default) watches every interface.",
+                )
+            )
+        elif name == "Login":
+            out.append(
+                _bool(
+                    "Login",
+                    "use_pam",
+                    "UsePAM",
+                    False,
+                    "true: logins from audit's PAM records (USER_LOGIN, USER_AUTH, "
+                    "USER_START; needs audit); false: from utmp, wtmp and btmp.",
+                )
+            )
+        elif name == "FileSystem":
+            out += [
+                _list(
+                    "FileSystem",
+                    "paths",
+                    "Paths",
+                    64,
+                    check_path,
+                    "0..64 absolute paths",
+                    "Paths watched with inotify (a path cannot contain a comma).",
+                ),
+                _bool(
+                    "FileSystem",
+                    "recursive",
+                    "Recursive",
+                    True,
+                    "Also watch every directory under each path.",
+                ),
+            ]
+        elif name == "SystemInformation":
+            out += [
+                _override("hardware_vendor", "HardwareVendor", "hardware vendor"),
+                _override("hardware_model", "HardwareModel", "hardware model"),
+                _override(
+                    "hardware_serial_number", "HardwareSerialNumber", "hardware serial number"
+                ),
+                _override("firmware_vendor", "FirmwareVendor", "firmware vendor"),
+                _override("firmware_version", "FirmwareVersion", "firmware version"),
+            ]
+        elif name == "Baseline":
+            out += [
+                _list(
+                    "Baseline",
+                    "groups_disabled",
+                    "GroupsDisabled",
+                    256,
+                    check_name(128),
+                    "0..256 names of 1..128 characters",
+                    "Baseline check groups not run.",
+                ),
+                _list(
+                    "Baseline",
+                    "checks_disabled",
+                    "ChecksDisabled",
+                    1024,
+                    check_name(128),
+                    "0..1024 IDs of 1..128 characters",
+                    "Baseline check IDs not run.",
+                ),
+            ]
+
+    def parse_format(value: object) -> UploadFormat:
+        return parse_choice(value, UploadFormat)
+
+    out += [
+        Field(
+            "Upload_Format",
+            "Upload",
+            "format",
+            UploadFormat.MSGPACK,
+            parse_format,
+            _enum_value,
+            "string",
+            "msgpack, json",
+            "Encoding of uploaded messages: msgpack (application/msgpack) or JSON "
+            "(application/json, utf-8).",
+        ),
+        _int(
+            "Upload",
+            "max_message_bytes",
+            "MaxMessageBytes",
+            245760,
+            4096,
+            253952,
+            "bytes",
+            "Largest message sent to IoT Hub; batches are packed towards multiples of 4 KiB "
+            "(the billing unit). The maximum leaves 8 KiB of IoT Hub's 256 KiB for properties.",
+        ),
+        _int(
+            "Outbox",
+            "max_bytes",
+            "MaxBytes",
+            16 << 20,
+            1 << 20,
+            4 << 30,
+            "bytes",
+            "Disk the outbox may use; when full, the lowest priority, oldest batches are "
+            "dropped and counted (reason outbox_full).",
+        ),
+        _bool(
+            "Audit",
+            "own_if_free",
+            "OwnIfFree",
+            True,
+            "Become the kernel audit owner when no process (auditd) is; else, and always when "
+            "auditd runs, read audit's multicast group.",
+        ),
+        _int(
+            "Audit",
+            "backlog_limit",
+            "BacklogLimit",
+            8192,
+            64,
+            1048576,
+            "records",
+            "Kernel audit backlog set while the agent owns audit (the previous value is "
+            "restored on exit).",
+        ),
+    ]
+
+    compat = "Accepted for Defender for IoT micro agent twins; no effect here."
+    out += [
+        _bool("LogCollector", "log_collector_disabled", "Disabled", False, compat),
+        _frequency("LogCollector", "log_collector_message_frequency", Frequency.LOW, compat),
+        _bool("Peripheral", "peripheral_disabled", "Disabled", False, compat),
+        _frequency("Peripheral", "peripheral_message_frequency", Frequency.LOW, compat),
+        _int(
+            "Peripheral", "peripheral_cache_size", "CacheSize", 256, 1, CACHE_SIZE_MAX, "", compat
+        ),
+        _int(
+            "NetworkActivity",
+            "network_activity_packet_buffer_size",
+            "PacketBufferSize",
+            2097152,
+            1,
+            1 << 30,
+            "bytes",
+            compat,
+        ),
+        _int(
+            "Statistics", "statistics_cache_size", "CacheSize", 256, 1, CACHE_SIZE_MAX, "", compat
+        ),
+    ]
+    # The compat fields carry their twin prefix in their name but live in the Compat section.
+    return [
+        replace(f, section="Compat") if f.attr in {x.name for x in fields(CompatConfig)} else f
+        for f in out
+    ]
+
+
+FIELDS: dict[str, Field] = {f.name: f for f in _build_fields()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The configuration
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective configuration: typed, validated, immutable. Build it with
+    `Config.defaults()` or `Config.from_values()`; change it only by building a new one."""
+
+    collectors_core: CollectorsCoreConfig
+    iothub_module: IothubModuleConfig
+    process: ProcessConfig
+    network_activity: NetworkActivityConfig
+    login: LoginConfig
+    file_system: FileSystemConfig
+    system_information: SystemInformationConfig
+    baseline: BaselineConfig
+    sbom: CollectorConfig
+    heartbeat: CollectorConfig
+    listening_ports: CollectorConfig
+    local_users: CollectorConfig
+    firewall: CollectorConfig
+    statistics: CollectorConfig
+    upload: UploadConfig
+    outbox: OutboxConfig
+    audit: AuditConfig
+    compat: CompatConfig
+
+    @classmethod
+    def defaults(cls) -> Config:
+        return cls.from_values({})
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Config:
+        """Typed values by twin name (as Field.parse returns them); absent names take the
+        default. The values are trusted: validate with Field.parse first."""
+        unknown = set(values) - set(FIELDS)
+        if unknown:
+            raise KeyError(f"not configuration properties: {sorted(unknown)}")
+        per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for f in FIELDS.values():
+            per_section[f.section][f.attr] = values.get(f.name, f.default)
+        built = {
+            attr: section_cls(**per_section[name]) for name, (attr, section_cls) in SECTIONS.items()
+        }
+        return cls(**built)
+
+    def section(self, name: str) -> Any:
+        """The section dataclass of a name prefix ("Process", "Upload", ...)."""
+        return getattr(self, SECTIONS[name][0])
+
+    def collector(self, name: str) -> CollectorConfig:
+        if name not in COLLECTORS:
+            raise KeyError(f"not a collector: {name!r}")
+        section: CollectorConfig = self.section(name)
+        return section
+
+    def value(self, name: str) -> Any:
+        """The typed value of one twin property."""
+        f = FIELDS[name]
+        return getattr(self.section(f.section), f.attr)
+
+    def values(self) -> dict[str, Any]:
+        return {name: self.value(name) for name in FIELDS}
+
+    def to_twin(self) -> dict[str, Json]:
+        """Every property in its twin form, flat, in schema order (the reported
+        configuration)."""
+        return {name: f.dump(self.value(name)) for name, f in FIELDS.items()}
+
+    def changed_sections(self, old: Config) -> frozenset[str]:
+        """Section names ("Process", "Upload", ...) whose settings differ from `old`: the
+        runtime restarts or retunes only these."""
+        return frozenset(name for name in SECTIONS if self.section(name) != old.section(name))
+
+    def changed_collectors(self, old: Config) -> frozenset[str]:
+        return frozenset(name for name in self.changed_sections(old) if name in COLLECTORS)
+
+    def changed_fields(self, old: Config) -> tuple[str, ...]:
+        return tuple(name for name in FIELDS if self.value(name) != old.value(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# The documentation table
+
+TABLE_BEGIN = "<!-- BEGIN GENERATED: python3 -m agent.config docs -->"
+TABLE_END = "<!-- END GENERATED -->"
+
+_TOUCHES: dict[str, str] = {
+    "CollectorsCore": "send schedule of every collector",
+    "IothubModule": "outbox, uplink",
+    "Upload": "uplink (message encoding and size)",
+    "Outbox": "outbox",
+    "Audit": "audit source (Process, NetworkActivity, Login)",
+    "Compat": "nothing",
+}
+
+
+def touches(f: Field) -> str:
+    if f.section in COLLECTORS:
+        return f"{f.section} collector"
+    return _TOUCHES[f.section]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_table(rows: Iterable[Field] | None = None) -> str:
+    """The markdown table of every property, as docs/configuration.md holds it."""
+    import json
+
+    lines = [
+        "| Property | Type | Default | Range | Meaning | Touches |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in FIELDS.values() if rows is None else rows:
+        default = json.dumps(f.default_json())
+        lines.append(
+            "| "
+            + " | ".join(
+                _cell(cell)
+                for cell in (
+                    f"`{f.name}`",
+                    f.type_doc,
+                    f"`{default}`",
+                    f.range_doc,
+                    f.meaning,
+                    touches(f),
+                )
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
