@@ -9,7 +9,6 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 from agent.inventory import Event, Snapshot, now_ms, read_text
 
@@ -39,7 +38,7 @@ def paragraphs(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     field before them; fields this module does not use may hold them (Description, Conffiles)."""
     fields: dict[str, str] = {}
     start = 0
-    last: Optional[str] = None
+    last: str | None = None
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             if fields:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from agent.inventory import Event, Snapshot, now_ms, read_text
 
@@ -97,7 +97,7 @@ def _os_release(root: Path, snap: Snapshot, event: Event) -> None:
         event["osverfull"] = fields["VERSION"]
 
 
-def _first_line(root: Path, path: str, snap: Snapshot) -> Optional[str]:
+def _first_line(root: Path, path: str, snap: Snapshot) -> str | None:
     text = read_text(root, path, snap)
     if text is None:
         return None
@@ -154,10 +154,10 @@ def _cpu(root: Path, snap: Snapshot, event: Event) -> None:
     if text is None:
         return
     count = 0
-    model: Optional[str] = None
+    model: str | None = None
     # ARM kernels name the SoC in "Hardware" / "Model" and the core in "model name" or
     # "Processor"; x86 has "model name" per processor.
-    fallback: Optional[str] = None
+    fallback: str | None = None
     for line in text.splitlines():
         name, sep, value = line.partition(":")
         if not sep:
@@ -207,7 +207,7 @@ def _attr(msg: Any, name: str) -> Any:
     return msg.get_attr(name)
 
 
-def interfaces(netns: Optional[str] = None, ts: Optional[int] = None) -> Snapshot:
+def interfaces(netns: str | None = None, ts: int | None = None) -> Snapshot:
     """One `netif` event per network interface: name, index, MAC, state, type and addresses.
 
     netns: a named network namespace (/run/netns/NAME) instead of the current one."""
@@ -260,8 +260,8 @@ def interfaces(netns: Optional[str] = None, ts: Optional[int] = None) -> Snapsho
                 event["kind"] = kind
         by_index[int(link.get("index", 0))] = event
     for addr in addrs:
-        event = by_index.get(int(addr.get("index", 0)))
-        if event is None:
+        owner = by_index.get(int(addr.get("index", 0)))
+        if owner is None:
             # An address of a link that went away between the two dumps.
             continue
         local = _attr(addr, "IFA_LOCAL") or _attr(addr, "IFA_ADDRESS")
@@ -272,7 +272,7 @@ def interfaces(netns: Optional[str] = None, ts: Optional[int] = None) -> Snapsho
         key = "ipv4" if family == 2 else "ipv6" if family == 10 else None
         if key is None:
             continue
-        bucket = event[key]
+        bucket = owner[key]
         assert isinstance(bucket, list)
         bucket.append(text)
     snap.events.extend(by_index[i] for i in sorted(by_index))
@@ -282,7 +282,7 @@ def interfaces(netns: Optional[str] = None, ts: Optional[int] = None) -> Snapsho
 def gather(
     root: Path = Path("/"),
     overrides: Mapping[str, str] | None = None,
-    netns: Optional[str] = None,
+    netns: str | None = None,
     with_interfaces: bool = True,
 ) -> Snapshot:
     """The `sysinfo` event and a `netif` event per interface.

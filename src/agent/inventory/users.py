@@ -5,7 +5,6 @@ this module: only its state (set, empty, locked, disabled) does."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from agent.inventory import Event, Snapshot, now_ms, read_text
 
@@ -80,7 +79,7 @@ def _parse_group(text: str, snap: Snapshot) -> list[list[str]]:
     return rows
 
 
-def _shadow(root: Path, snap: Snapshot) -> Optional[dict[str, list[str]]]:
+def _shadow(root: Path, snap: Snapshot) -> dict[str, list[str]] | None:
     """name -> shadow fields (the hash replaced by its state), or None when unreadable."""
     text = read_text(root, "/etc/shadow", snap)
     if text is None:
@@ -98,7 +97,7 @@ def _shadow(root: Path, snap: Snapshot) -> Optional[dict[str, list[str]]]:
     return entries
 
 
-def _int_field(fields: list[str], index: int) -> Optional[int]:
+def _int_field(fields: list[str], index: int) -> int | None:
     if index < len(fields) and fields[index].strip().lstrip("-").isdigit():
         return int(fields[index])
     return None
@@ -150,7 +149,7 @@ def gather(root: Path = Path("/")) -> Snapshot:
         can_login = bool(shell) and shell not in NOLOGIN_SHELLS
         if shells is not None and shell and shell not in shells:
             can_login = False
-        state: Optional[str] = None
+        state: str | None = None
         if pw != "x":
             # An old-style hash in /etc/passwd itself.
             state = password_state(pw)
