@@ -278,7 +278,9 @@ class _NftReader:
                     items.append((bytes(value), False))
                     items.append((bytes(end), True))
                     continue
-                items.append((bytes(value), "NFT_SET_ELEM_INTERVAL_END" in flags))
+                # pyroute2 gives the flag as its name or as the bit (NFT_SET_ELEM_INTERVAL_END).
+                is_end = "NFT_SET_ELEM_INTERVAL_END" in flags or 1 in flags
+                items.append((bytes(value), is_end))
         texts: list[str] = []
         if interval:
             # Interval sets hold each range as its start and an end marker one past its last
