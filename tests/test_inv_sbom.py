@@ -130,3 +130,12 @@ def test_every_package_in_batches_of_bounded_size() -> None:
     assert len(batches.batches) > 1
     assert all(len(b) <= limit for b in batches.batches)
     assert decode_batches(batches.batches) == snap.events
+
+
+def test_an_event_larger_than_a_batch_is_counted_not_lost_silently() -> None:
+    events: list[dict[str, object]] = [{"t": "pkg", "name": "small"},
+                                       {"t": "pkg", "name": "x" * 5000},
+                                       {"t": "pkg", "name": "tail"}]
+    batches = encode_batches(events, max_bytes=1024)
+    assert batches.dropped_too_large == 1 and batches.events == 2
+    assert decode_batches(batches.batches) == [events[0], events[2]]
