@@ -1,0 +1,175 @@
+"""SBoM: the installed software packages, from every package database the device has: the dpkg
+status database (Debian, Ubuntu, Raspberry Pi OS), the opkg status file (OpenWrt, Yocto) and
+rpm when its tool is installed. No cap on the count: encode_batches sends them in as many
+batches as needed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent.inventory import Event, Snapshot, now_ms, read_text
+
+SRC = "sbom"
+
+DPKG_STATUS = "/var/lib/dpkg/status"
+# opkg keeps its status in one of these, by distribution and configuration (OpenWrt uses the
+# first; Yocto images either).
+OPKG_STATUS = ("/usr/lib/opkg/status", "/var/lib/opkg/status")
+
+# The third word of Status: the package's files are on disk in these states. "config-files"
+# and "not-installed" leave no program behind, so they are no installed software.
+_PRESENT_STATES = frozenset(
+    {"installed", "unpacked", "half-configured", "half-installed", "triggers-awaited",
+     "triggers-pending"}
+)
+
+RPM_FORMAT = (
+    "%{NAME}\\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\t%{ARCH}\\t%{VENDOR}\\t"
+    "%{SOURCERPM}\\n"
+)
+
+
+def paragraphs(text: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """The paragraphs of a deb822 control file (dpkg and opkg status): (first line number,
+    field -> value). Continuation lines (starting with a space or tab) are folded into the
+    field before them; fields this module does not use may hold them (Description, Conffiles)."""
+    fields: dict[str, str] = {}
+    start = 0
+    last: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            if fields:
+                yield start, fields
+            fields = {}
+            last = None
+            continue
+        if line[0] in " \t":
+            if last is not None:
+                fields[last] += "\n" + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            # A line that is neither a field nor a continuation: keep it visible to the
+            # caller as a field without a name, so it can count it.
+            fields.setdefault("", line)
+            continue
+        if not fields:
+            start = number
+        last = name.strip()
+        fields[last] = value.strip()
+    if fields:
+        yield start, fields
+
+
+def _source_name(value: str) -> str:
+    # "Source: glibc (2.36-9)" names the source package and, when it differs, its version.
+    return value.split(" ", 1)[0]
+
+
+def _control_packages(
+    text: str, path: str, manager: str, ts: int, snap: Snapshot
+) -> list[Event]:
+    events: list[Event] = []
+    for line, fields in paragraphs(text):
+        if "" in fields:
+            snap.error(path, f"paragraph at line {line}: malformed line {fields['']!r}")
+        name = fields.get("Package")
+        status = fields.get("Status", "").split()
+        if not name:
+            snap.error(path, f"paragraph at line {line}: no Package field")
+            continue
+        if len(status) != 3:
+            snap.error(path, f"{name}: malformed Status {fields.get('Status')!r}")
+            continue
+        if status[2] not in _PRESENT_STATES:
+            continue
+        version = fields.get("Version")
+        if version is None:
+            snap.error(path, f"{name}: no Version field")
+            continue
+        event: Event = {
+            "t": "pkg",
+            "ts": ts,
+            "src": SRC,
+            "mgr": manager,
+            "name": name,
+            "ver": version,
+        }
+        arch = fields.get("Architecture")
+        if arch:
+            event["arch"] = arch
+        vendor = fields.get("Maintainer") or fields.get("Vendor")
+        if vendor:
+            event["vendor"] = vendor
+        source = fields.get("Source")
+        if source:
+            event["srcpkg"] = _source_name(source)
+        multi = fields.get("Multi-Arch")
+        if multi:
+            event["multiarch"] = multi
+        if status[2] != "installed":
+            event["state"] = status[2]
+        events.append(event)
+    return events
+
+
+def _rpm(root: Path, ts: int, snap: Snapshot) -> list[Event]:
+    rpm = shutil.which("rpm")
+    if rpm is None:
+        snap.skip("rpm", "the rpm tool is not installed")
+        return []
+    args = [rpm, "-qa", "--queryformat", RPM_FORMAT]
+    if root != Path("/"):
+        args[1:1] = ["--root", str(root)]
+    try:
+        done = subprocess.run(args, capture_output=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        snap.error("rpm", exc)
+        return []
+    if done.returncode != 0:
+        snap.error("rpm", f"exit {done.returncode}: {done.stderr.decode(errors='replace')[:200]}")
+        return []
+    events: list[Event] = []
+    for line in done.stdout.decode("utf-8", "replace").splitlines():
+        parts = line.split("\t")
+        if len(parts) != 5:
+            snap.error("rpm", f"malformed line {line!r}")
+            continue
+        name, version, arch, vendor, source = parts
+        if name == "gpg-pubkey":
+            # Keys imported into the rpm database, not software.
+            continue
+        event: Event = {"t": "pkg", "ts": ts, "src": SRC, "mgr": "rpm", "name": name,
+                        "ver": version}
+        if arch and arch != "(none)":
+            event["arch"] = arch
+        if vendor and vendor != "(none)":
+            event["vendor"] = vendor
+        if source and source != "(none)":
+            event["srcpkg"] = source
+        events.append(event)
+    return events
+
+
+def gather(root: Path = Path("/"), rpm: bool = True) -> Snapshot:
+    """A `pkg` event per installed package of every package database found under root."""
+    snap = Snapshot()
+    ts = now_ms()
+    text = read_text(root, DPKG_STATUS, snap)
+    if text is None:
+        snap.skip("dpkg", f"{DPKG_STATUS} does not exist")
+    else:
+        snap.events.extend(_control_packages(text, DPKG_STATUS, "dpkg", ts, snap))
+    for path in OPKG_STATUS:
+        text = read_text(root, path, snap)
+        if text is not None:
+            snap.events.extend(_control_packages(text, path, "opkg", ts, snap))
+            break
+    else:
+        snap.skip("opkg", "no opkg status file")
+    if rpm:
+        snap.events.extend(_rpm(root, ts, snap))
+    return snap

@@ -1,0 +1,141 @@
+"""SBoM: the dpkg package set equals `dpkg-query -W` exactly; an opkg status file made by the
+test is read exactly; no cap on the count, sent in as many batches as needed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from conftest import skip_unless_ci
+
+from agent.inventory import decode_batches, encode_batches, sbom
+
+
+def _dpkg_query(fmt: str) -> list[list[str]]:
+    if shutil.which("dpkg-query") is None:
+        skip_unless_ci("dpkg-query is not installed")
+    out = subprocess.run(["dpkg-query", "-W", "-f", fmt], check=True, capture_output=True,
+                         text=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+def _dpkg_name(event: dict[str, object]) -> str:
+    # dpkg-query's ${binary:Package}: name:arch for Multi-Arch: same packages.
+    name = str(event["name"])
+    return f"{name}:{event['arch']}" if event.get("multiarch") == "same" else name
+
+
+def test_dpkg_equals_dpkg_query() -> None:
+    plain = {(row[0], row[1]) for row in _dpkg_query("${binary:Package}\t${Version}\n")}
+    # dpkg-query -W also lists packages whose configuration files alone remain (rc): no
+    # installed software, so the gatherer leaves them out. Ask dpkg which those are.
+    gone = {(row[0], row[1]) for row in
+            _dpkg_query("${binary:Package}\t${Version}\t${db:Status-Status}\n")
+            if row[2] in ("config-files", "not-installed")}
+    snap = sbom.gather(rpm=False)
+    assert snap.errors == []
+    dpkg = [e for e in snap.events if e["mgr"] == "dpkg"]
+    ours = [(_dpkg_name(e), str(e["ver"])) for e in dpkg]
+    assert len(ours) == len(set(ours))
+    assert set(ours) == plain - gone
+    assert len(ours) > 50
+    by_name = {_dpkg_name(e): e for e in dpkg}
+    rows = _dpkg_query("${binary:Package}\t${Architecture}\t${Maintainer}\t${source:Package}\n")
+    for name, arch, maintainer, source in rows:
+        if name in by_name:
+            event = by_name[name]
+            assert event["arch"] == arch
+            assert event["vendor"] == maintainer
+            assert event.get("srcpkg", name.split(":")[0]) == source
+            assert event["t"] == "pkg" and event["src"] == "sbom"
+
+
+OPKG_STATUS = """\
+Package: busybox
+Version: 1.36.1-1
+Depends: libc, jsonfilter
+Status: install user installed
+Architecture: aarch64_cortex-a53
+Conffiles:
+ /etc/syslog.conf 4a1b2c3d
+Installed-Time: 1700000000
+
+Package: dropbear
+Version: 2022.82-6
+Depends: libc
+Status: install ok installed
+Architecture: aarch64_cortex-a53
+Maintainer: OpenWrt <openwrt-devel@lists.openwrt.org>
+Source: package/network/services/dropbear
+Installed-Time: 1700000001
+
+Package: kmod-removed
+Version: 6.1.0-1
+Status: deinstall ok not-installed
+Architecture: aarch64_cortex-a53
+
+Package: base-files
+Version: 1:1551-r23630
+Status: install ok installed
+Architecture: aarch64_cortex-a53
+"""
+
+
+def test_opkg_status_read_exactly(tmp_path: Path) -> None:
+    status = tmp_path / "usr/lib/opkg/status"
+    status.parent.mkdir(parents=True)
+    status.write_text(OPKG_STATUS)
+    snap = sbom.gather(tmp_path, rpm=False)
+    assert snap.errors == []
+    assert any(s.startswith("dpkg:") for s in snap.skipped)
+    got = [{k: v for k, v in e.items() if k != "ts"} for e in snap.events]
+    base = {"t": "pkg", "src": "sbom", "mgr": "opkg", "arch": "aarch64_cortex-a53"}
+    assert got == [
+        {**base, "name": "busybox", "ver": "1.36.1-1"},
+        {**base, "name": "dropbear", "ver": "2022.82-6",
+         "vendor": "OpenWrt <openwrt-devel@lists.openwrt.org>",
+         "srcpkg": "package/network/services/dropbear"},
+        {**base, "name": "base-files", "ver": "1:1551-r23630"},
+    ]
+
+
+def test_malformed_paragraphs_are_counted(tmp_path: Path) -> None:
+    status = tmp_path / "var/lib/opkg/status"
+    status.parent.mkdir(parents=True)
+    status.write_text("Version: 1\nStatus: install ok installed\n\n"
+                      "Package: a\nStatus: install ok\nVersion: 1\n\n"
+                      "Package: b\nStatus: install ok installed\n\n"
+                      "Package: c\nthis line has no colon\nVersion: 2\n"
+                      "Status: install ok installed\n")
+    snap = sbom.gather(tmp_path, rpm=False)
+    assert [e["name"] for e in snap.events] == ["c"]
+    assert len(snap.errors) == 4, snap.errors
+
+
+def test_rpm_absent_is_skipped_with_the_reason() -> None:
+    snap = sbom.gather(Path("/nonexistent-root"), rpm=True)
+    if shutil.which("rpm") is None:
+        assert "rpm: the rpm tool is not installed" in snap.skipped
+    else:
+        assert not any(s.startswith("rpm:") for s in snap.skipped)
+
+
+def test_every_package_in_batches_of_bounded_size() -> None:
+    snap = sbom.gather(rpm=False)
+    limit = 4096
+    batches = encode_batches(snap.events, max_bytes=limit)
+    assert batches.dropped_too_large == 0
+    assert batches.events == len(snap.events)
+    assert len(batches.batches) > 1
+    assert all(len(b) <= limit for b in batches.batches)
+    assert decode_batches(batches.batches) == snap.events
+
+
+def test_an_event_larger_than_a_batch_is_counted_not_lost_silently() -> None:
+    events: list[dict[str, object]] = [{"t": "pkg", "name": "small"},
+                                       {"t": "pkg", "name": "x" * 5000},
+                                       {"t": "pkg", "name": "tail"}]
+    batches = encode_batches(events, max_bytes=1024)
+    assert batches.dropped_too_large == 1 and batches.events == 2
+    assert decode_batches(batches.batches) == [events[0], events[2]]
