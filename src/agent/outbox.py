@@ -46,9 +46,14 @@ FORMAT = 1
 # everything before the CRC field plus the drops and the payload.
 _HEADER = struct.Struct("<4sBBHQQIII")
 HEADER_BYTES = _HEADER.size
-# magic, format, 3 bytes zero, body length, CRC32 of the body (a msgpack map).
-_STATE_HEADER = struct.Struct("<4sB3xII")
-MAX_STATE_BYTES = 1 << 20
+# The state file is two slots of STATE_SLOT bytes, allocated once and written in turn in
+# place, so that logging a removal never needs a free block (a full disk must not stop
+# confirm) and a torn write leaves the other slot whole. Slot: magic, format, 3 bytes zero,
+# generation, body length, CRC32 of the header before the CRC plus the body (a msgpack map).
+STATE_HEADER = struct.Struct("<4sB3xQII")
+STATE_SLOT = 8 * 1024
+# Removals are logged in chunks of at most this many names, to fit a slot.
+MAX_DOOMED = 128
 DEFAULT_KEEP_CORRUPT = 8
 
 _NAME = re.compile(r"^(high|medium|low)-(\d{20})\.batch$")
@@ -251,6 +256,8 @@ class Outbox:
         self._tmp = self.dir / "tmp"
         self._corrupt = self.dir / "corrupt"
         self._state_path = self.dir / "state"
+        self._state_fd = -1
+        self._state_gen = 0
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
         self._bytes = 0
@@ -272,6 +279,8 @@ class Outbox:
         try:
             self._recover()
         except BaseException:
+            if self._state_fd >= 0:
+                os.close(self._state_fd)
             os.close(self._lock_fd)
             raise
 
@@ -295,6 +304,7 @@ class Outbox:
                 return
             self._save_state()
             self._closed = True
+            os.close(self._state_fd)
             os.close(self._lock_fd)
 
     # -- reading -------------------------------------------------------------------------
@@ -488,8 +498,13 @@ class Outbox:
     def _remove(self, names: list[str], counter: str, reason: str | None) -> None:
         """Remove stored batches: count them; unless they were delivered (reason None), report
         their events and the drops their envelopes carried in the next envelope. The removal
-        is logged in the state file before any file goes; when that write fails nothing
-        changes and OutboxStateError is raised."""
+        is logged in the state file before any file goes, MAX_DOOMED names at a time; when a
+        state write fails, that chunk and the ones after it stay and OutboxStateError is
+        raised."""
+        for start in range(0, len(names), MAX_DOOMED):
+            self._remove_chunk(names[start : start + MAX_DOOMED], counter, reason)
+
+    def _remove_chunk(self, names: list[str], counter: str, reason: str | None) -> None:
         saved_counters = dict(self._counters)
         saved_drops = self.drops.peek()
         saved_entries = {name: self._entries[name] for name in names}
@@ -554,41 +569,73 @@ class Outbox:
         }
 
     def _save_state(self, doomed: list[str] | None = None) -> bool:
-        """Write the state file (atomically). A failure is counted and logged, and the state
-        stays in memory: the next change writes it again."""
+        """Write the state into the older slot of the state file and fsync it. A failure is
+        counted and logged, and the state stays in memory: the next change writes it again."""
         body = msgpack.packb(self._state(doomed or []), use_bin_type=True)
-        data = _STATE_HEADER.pack(STATE_MAGIC, FORMAT, len(body), zlib.crc32(body)) + body
+        gen = self._state_gen + 1
+        head = STATE_HEADER.pack(STATE_MAGIC, FORMAT, gen, len(body), 0)[:-4]
+        data = head + struct.pack("<I", zlib.crc32(body, zlib.crc32(head))) + body
+        if len(data) > STATE_SLOT:
+            # Bounded by construction (fixed counters, DropLedger's reason limit, MAX_DOOMED).
+            raise OutboxError(f"the outbox state grew to {len(data)} bytes")
         try:
-            _write_durably(self._tmp / "state.tmp", self._state_path, data)
+            if os.pwrite(self._state_fd, data, (gen % 2) * STATE_SLOT) != len(data):
+                raise OSError(errno.EIO, "short write of the state file")
+            os.fdatasync(self._state_fd)
         except OSError as err:
             self._counters["state_errors"] += 1
             log.error("outbox: writing the state file failed: %s", err)
             return False
+        self._state_gen = gen
         return True
 
+    @staticmethod
+    def _read_slot(data: bytes) -> tuple[int, dict[str, Any]] | None:
+        """(generation, state) of one slot, or None when it is not whole."""
+        if len(data) < STATE_HEADER.size:
+            return None
+        magic, fmt, gen, length, crc = STATE_HEADER.unpack_from(data)
+        body = data[STATE_HEADER.size : STATE_HEADER.size + length]
+        if magic != STATE_MAGIC or fmt != FORMAT or len(body) != length:
+            return None
+        if zlib.crc32(body, zlib.crc32(data[: STATE_HEADER.size - 4])) != crc:
+            return None
+        try:
+            state = msgpack.unpackb(body, raw=False)
+            if not isinstance(state, dict):
+                return None
+            return gen, Outbox._checked_state(state)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
+
+    def _create_state_file(self) -> None:
+        _write_durably(self._tmp / "state.tmp", self._state_path, bytes(2 * STATE_SLOT))
+        self._state_gen = 0
+
     def _load_state(self) -> dict[str, Any] | None:
+        """The newest whole slot of the state file; None for a new outbox or a lost state
+        (counted; the file is set aside). Leaves the state file open for writing."""
         try:
             data = self._state_path.read_bytes()
         except FileNotFoundError:
-            return None
-        try:
-            if len(data) < _STATE_HEADER.size:
-                raise ValueError("short")
-            magic, fmt, length, crc = _STATE_HEADER.unpack_from(data)
-            body = data[_STATE_HEADER.size :]
-            if magic != STATE_MAGIC or fmt != FORMAT or length != len(body):
-                raise ValueError("bad header")
-            if zlib.crc32(body) != crc:
-                raise ValueError("checksum mismatch")
-            state = msgpack.unpackb(body, raw=False)
-            if not isinstance(state, dict):
-                raise TypeError("not a map")
-            return self._checked_state(state)
-        except (ValueError, TypeError, msgpack.UnpackException) as err:
-            log.error("outbox: the state file is corrupt (%s); set aside", err)
-            self._counters["state_lost"] += 1
-            self._set_aside("state")
-            return None
+            self._create_state_file()
+            data = None
+        found = None
+        if data is not None:
+            slots = [self._read_slot(data[i * STATE_SLOT : (i + 1) * STATE_SLOT]) for i in (0, 1)]
+            whole = [slot for slot in slots if slot is not None]
+            if whole:
+                self._state_gen, found = max(whole, key=lambda slot: slot[0])
+            elif any(data):  # an all-zero file is a new one that was never written
+                log.error("outbox: no whole state in %s; set aside", self._state_path)
+                self._counters["state_lost"] += 1
+                self._set_aside("state")
+                self._create_state_file()
+            if len(data) != 2 * STATE_SLOT and found is not None:
+                # Written by something else, or cut short: start a well-formed file.
+                self._create_state_file()
+        self._state_fd = os.open(self._state_path, os.O_RDWR | os.O_CLOEXEC)
+        return found
 
     @staticmethod
     def _checked_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -649,8 +696,8 @@ class Outbox:
                 self._counters["half_written"] += 1
                 self.drops.add("half_written_events", events)
                 log.warning("outbox: %s was not finished when the agent stopped; removed", final)
-            # Otherwise: an unfinished state write (the old state is whole) or a batch whose
-            # rename did happen (the tmp name is a left-over link): nothing is lost.
+            # Otherwise: the unfinished creation of a state file (made again at open) or a
+            # batch whose final name exists (a left-over link): nothing is lost.
             try:
                 tmp.unlink()
             except IsADirectoryError:
