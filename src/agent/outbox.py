@@ -7,8 +7,9 @@ drops the batch's envelope reported, and the payload (the envelope bytes). A fil
 in DIR/outbox/tmp, fsynced and renamed into place, and the directory is fsynced: a batch file
 either exists whole or not at all. A batch is removed only by `confirm` (the uplink delivered
 it), by eviction when the outbox is full, or by expiry; each removal is first logged in the
-state file (DIR/outbox/state: next sequence number, run number, counters, drop ledger, the
-files about to be removed), so that a crash at any moment leaves counts that add up.
+state file (DIR/outbox/state, two preallocated slots written in turn: next sequence number,
+run number, counters, drop ledger, the files about to be removed), so that a crash at any
+moment leaves counts that add up.
 
 The outbox owns the sequence numbers: `put` hands the next one to `seal`, which builds the
 envelope around it, and the number is used up only when the batch file is in place. The next
@@ -361,7 +362,7 @@ class Outbox:
                 self.drops.add("corrupt_batches")
                 self.drops.add("corrupt_events", entry.info.events)
                 self.drops.merge(entry.drops)
-                self._save_state()
+                self._save_state(aside=[batch_id])
                 self._set_aside(batch_id)
                 return None
             return Batch(entry.info, payload)
@@ -559,19 +560,21 @@ class Outbox:
         _fsync_dir(self._corrupt)
         _fsync_dir(self.dir)
 
-    def _state(self, doomed: list[str]) -> dict[str, Any]:
+    def _state(self, doomed: list[str], aside: list[str]) -> dict[str, Any]:
         return {
             "next_seq": self._next_seq,
             "boot": self._boot,
             "counters": dict(self._counters),
             "drops": self.drops.peek(),
             "doomed": doomed,
+            "aside": aside,
         }
 
-    def _save_state(self, doomed: list[str] | None = None) -> bool:
+    def _save_state(self, doomed: list[str] | None = None, aside: list[str] | None = None
+                    ) -> bool:
         """Write the state into the older slot of the state file and fsync it. A failure is
         counted and logged, and the state stays in memory: the next change writes it again."""
-        body = msgpack.packb(self._state(doomed or []), use_bin_type=True)
+        body = msgpack.packb(self._state(doomed or [], aside or []), use_bin_type=True)
         gen = self._state_gen + 1
         head = STATE_HEADER.pack(STATE_MAGIC, FORMAT, gen, len(body), 0)[:-4]
         data = head + struct.pack("<I", zlib.crc32(body, zlib.crc32(head))) + body
@@ -647,18 +650,21 @@ class Outbox:
         counters = state.get("counters", {})
         drops = state.get("drops", {})
         doomed = state.get("doomed", [])
+        aside = state.get("aside", [])
         if not isinstance(counters, dict) or not isinstance(drops, dict):
             raise TypeError("counters or drops is not a map")
-        if not isinstance(doomed, list) or not all(
-            isinstance(n, str) and _NAME.match(n) for n in doomed
-        ):
-            raise ValueError("doomed is not a list of batch names")
+        for names in (doomed, aside):
+            if not isinstance(names, list) or not all(
+                isinstance(n, str) and "/" not in n and n not in ("", ".", "..") for n in names
+            ):
+                raise ValueError("doomed or aside is not a list of file names")
         return {
             "next_seq": uint(state.get("next_seq", 0)),
             "boot": uint(state.get("boot", 0)),
             "counters": {k: uint(counters.get(k, 0)) for k in _COUNTER_NAMES},
             "drops": {str(k): uint(v) for k, v in drops.items()},
             "doomed": doomed,
+            "aside": aside,
         }
 
     def _recover(self) -> None:
@@ -672,11 +678,12 @@ class Outbox:
             self.drops.merge(state["drops"])
             state_seq = state["next_seq"]
             self._boot = state["boot"]
-            for name in state["doomed"]:
-                try:
-                    os.unlink(self.dir / name)
-                except FileNotFoundError:
-                    pass
+            # Finish the removals and set-asides the last state logged (already counted; a
+            # crash may have come before they were done).
+            self._unlink(state["doomed"])
+            for name in state["aside"]:
+                if (self.dir / name).is_file():
+                    self._set_aside(name)
         else:
             # A lost state file: the drops it held are unknown; say so in the next envelope.
             if self._counters["state_lost"]:
@@ -705,6 +712,7 @@ class Outbox:
 
         next_seq = state_seq
         late: list[_Entry] = []
+        bad: list[str] = []
         for path in sorted(self.dir.iterdir()):
             name = path.name
             if name in ("tmp", "corrupt", "state", "lock"):
@@ -728,7 +736,7 @@ class Outbox:
                 if m is not None:
                     # A batch file whose sequence number the receiver will not see.
                     self.drops.add("corrupt_batches")
-                self._set_aside(name)
+                bad.append(name)
                 continue
             entry = _Entry(BatchInfo(name, prio, seq, created, events, len(data)), drops)
             self._entries[name] = entry
@@ -742,4 +750,13 @@ class Outbox:
             self.drops.subtract(entry.drops)
         self._next_seq = next_seq
         self._boot += 1
-        self._save_state()
+        # Counted first, moved after: a crash in between moves them at the next open without
+        # counting them again. MAX_DOOMED at a time, to fit a state slot.
+        for start in range(0, len(bad), MAX_DOOMED):
+            chunk = bad[start : start + MAX_DOOMED]
+            if not self._save_state(aside=chunk):
+                raise OutboxStateError("the state file could not be written at open")
+            for name in chunk:
+                self._set_aside(name)
+        if not bad:
+            self._save_state()
