@@ -10,6 +10,8 @@ from typing import Any
 import msgpack
 import pytest
 
+from agent.config import FIELDS
+
 from agent.envelope import (
     CORE_MIN_BATCH_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -114,6 +116,7 @@ def test_overhead_bound_is_tight() -> None:
 def test_batch_bytes_pack_whole_units() -> None:
     overhead = envelope_overhead(IDENT, ["Process"])
     assert DEFAULT_MAX_MESSAGE_BYTES < HUB_MESSAGE_LIMIT
+    assert DEFAULT_MAX_MESSAGE_BYTES == FIELDS["Upload_MaxMessageBytes"].default
     for max_message in (DEFAULT_MAX_MESSAGE_BYTES, HUB_MESSAGE_LIMIT - 1, 100_000, 8192, 4096 * 3 + 17):
         bb = batch_bytes_for(max_message, overhead)
         full = bb + overhead

@@ -23,11 +23,12 @@ import msgpack
 SCHEMA_VERSION = 1
 PRIORITIES = ("High", "Medium", "Low")
 
-# IoT Hub refuses device-to-cloud messages over 256 KiB (body plus properties); one 4 KiB unit
-# stays free for the message properties the uplink adds (content type, security marker).
+# IoT Hub refuses device-to-cloud messages over 256 KiB (body plus properties). The default
+# message size is the configuration's (Upload_MaxMessageBytes, agent.config: 60 units of 4 KiB,
+# and at most 62, so that the properties the uplink adds always fit).
 HUB_MESSAGE_LIMIT = 256 * 1024
 UNIT = 4096
-DEFAULT_MAX_MESSAGE_BYTES = HUB_MESSAGE_LIMIT - UNIT
+DEFAULT_MAX_MESSAGE_BYTES = 245760
 # The core rejects smaller batches (batches_init).
 CORE_MIN_BATCH_BYTES = 1024
 

@@ -1,0 +1,147 @@
+"""What every collector is: a name (its twin prefix), the event types it emits, how it merges
+them, and the hooks the pipeline calls.
+
+The pipeline owns the loop and the lanes (one per priority, see agent.pipeline); a collector
+owns its sources and its aggregator. Events travel as batches of msgpack bytes from a source's
+sink through the collector's aggregator into the lane's sink: no per-event Python object,
+except in the periodic snapshots of the inventory collectors, which are not a hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import msgpack
+
+from agent.config import CollectorState, Config
+from agent.native.aggregate import AggregateKind, Aggregator
+from agent.native.sink import EventSink
+
+log = logging.getLogger("agent.collectors")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Lane(Protocol):
+    """Where a collector's events go: the sink of its priority, and the way out for the
+    batches that filled up (to the outbox)."""
+
+    @property
+    def sink(self) -> EventSink: ...
+
+    def spill(self, batches: list[bytes]) -> None: ...
+
+
+@dataclass
+class Environment:
+    """What collectors share: where the agent keeps its state, the root the inventory reads
+    files under (tests point it at a prepared tree), and sources shared between collectors
+    (the audit socket feeds Process, NetworkActivity and Login)."""
+
+    data_dir: Path
+    root: Path = Path("/")
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+class Collector:
+    """Base of every collector. Subclasses set `name`, `kind`, `accept` and override the hooks
+    they need; the pipeline calls configure() first and again on every change of the
+    collector's twin section, start() when it is enabled, stop() when it is disabled or the
+    agent stops."""
+
+    name: ClassVar[str]
+    kind: ClassVar[AggregateKind] = "none"
+    accept: ClassVar[tuple[str, ...]] = ()
+    # Whether collect() takes a snapshot (periodic collectors) rather than only flushing what
+    # the sources delivered.
+    periodic: ClassVar[bool] = False
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.counters: Counter[str] = Counter()
+        self.state = CollectorState.disabled()
+        self.config: Config | None = None
+        self.aggregator: Aggregator | None = None
+        self._cache_size = 0
+
+    # -- configuration and lifecycle ----------------------------------------------------------
+
+    def configure(self, config: Config) -> None:
+        """Takes the collector's settings. The aggregator is made again only when its size
+        changed (the pipeline flushes it first)."""
+        self.config = config
+        cache_size = int(getattr(config.collector(self.name), "cache_size", 256))
+        if self.aggregator is None or cache_size != self._cache_size:
+            self.aggregator = Aggregator(self.kind, cache_size=cache_size, accept=self.accept)
+            self._cache_size = cache_size
+
+    def start(self) -> CollectorState:
+        """Opens the sources; returns the state to report (running with its source, or
+        unavailable with the reason)."""
+        return CollectorState.running()
+
+    def stop(self) -> None:
+        """Closes the sources. The pipeline has flushed the aggregator already."""
+
+    # -- work -----------------------------------------------------------------------------------
+
+    def fds(self) -> Sequence[int]:
+        """File descriptors the loop waits on for this collector."""
+        return ()
+
+    def on_readable(self, fd: int, lane: Lane) -> None:
+        """fd is readable: drain it."""
+
+    def tick(self, now: int, lane: Lane) -> None:
+        """About once a second: timers of the sources (expiry, polls, snapshots to diff)."""
+
+    def collect(self, now: int, lane: Lane) -> None:
+        """The end of the collector's interval: periodic collectors take their snapshot; every
+        collector flushes its aggregated entries into the lane."""
+        if self.periodic:
+            try:
+                events = self.snapshot(now)
+            except Exception as err:  # a gatherer bug must not stop the agent: count and say
+                self.counters["errors"] += 1
+                log.error("%s: snapshot failed: %s: %s", self.name, type(err).__name__, err)
+                events = []
+            if events:
+                self.route(msgpack.packb(list(events), use_bin_type=True), lane)
+        self.flush(lane)
+
+    def snapshot(self, now: int) -> Iterable[dict[str, Any]]:
+        """Periodic collectors: the events of one snapshot."""
+        return ()
+
+    # -- moving batches -------------------------------------------------------------------------
+
+    def route(self, batch: bytes, lane: Lane) -> None:
+        """One batch of a source into the lane, through the aggregator."""
+        assert self.aggregator is not None, "configure() first"
+        lane.spill(self.aggregator.add(batch, lane.sink))
+
+    def flush(self, lane: Lane) -> None:
+        if self.aggregator is not None:
+            lane.spill(self.aggregator.flush(lane.sink))
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the reported properties and `micro-agent status`: the collector's own
+        and its aggregator's."""
+        out = dict(self.counters)
+        if self.aggregator is not None:
+            s = self.aggregator.stats()
+            out.update(
+                collected=s.events_in - s.skipped,
+                aggregated=s.merged,
+                evicted=s.evicted,
+                malformed=s.malformed + out.get("malformed", 0),
+            )
+        return out
