@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
+import time
+from pathlib import Path
 from typing import BinaryIO, Optional, Sequence
 
 from agent import __version__
@@ -61,6 +65,199 @@ def parse_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_DATA_DIR = "/var/lib/iot-micro-agent"
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _agent_id(data_dir: Path) -> str:
+    """A random id made at the first start and kept in DATA/agent-id."""
+    import uuid
+
+    path = data_dir / "agent-id"
+    try:
+        text = path.read_text().strip()
+        if text:
+            return text
+    except FileNotFoundError:
+        pass
+    ident = str(uuid.uuid4())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(ident + "\n")
+    os.replace(tmp, path)
+    return ident
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from agent.collectors import Environment, build_collectors
+    from agent.config import ConfigStore
+    from agent.envelope import Identity
+    from agent.outbox import Outbox, OutboxBusy
+    from agent.pipeline import Agent, install_signal_handlers
+    from agent.uplink.files import LocalDelivery
+
+    _setup_logging(args.log_level)
+    log = logging.getLogger("agent")
+    data_dir = Path(args.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+    except OSError as err:
+        log.error("cannot use the data directory %s: %s", data_dir, err)
+        return 2
+    store = ConfigStore(args.config)
+    for name in store.latest_invalid_fields:
+        log.warning("config: %s is invalid: %s", name, store.invalid_reasons.get(name, ""))
+    config = store.config
+    ident = Identity(agent=_agent_id(data_dir), ver=__version__, dev=socket.gethostname(),
+                     mod="iot-micro-agent")
+    try:
+        outbox = Outbox(data_dir, config.outbox.max_bytes,
+                        config.iothub_module.message_timeout_minutes * 60)
+    except OutboxBusy:
+        log.error("another micro-agent is running with the data directory %s", data_dir)
+        return 2
+    uplink = LocalDelivery(data_dir / "delivered")
+    env = Environment(data_dir=data_dir, root=Path(args.root))
+    agent = Agent(store, env, outbox, uplink, ident, build_collectors(env))
+    install_signal_handlers(agent)
+    log.info("micro-agent %s starting: data in %s, no IoT Hub configured: delivering batches to %s",
+             __version__, data_dir, uplink.describe())
+    return agent.run()
+
+
+def _decode_one(path: Path, envelope: bool, out: BinaryIO) -> None:
+    from agent.envelope import EnvelopeError, decode_envelope
+    from agent.jsonl import batch_events, event_line
+    from agent.outbox import BATCH_MAGIC, decode_batch_file
+
+    data = path.read_bytes()
+    if data[:4] == BATCH_MAGIC:
+        data = decode_batch_file(data)[5]
+    try:
+        doc = decode_envelope(data)
+        events = doc.pop("events")
+        if envelope:
+            out.write(event_line({"envelope": doc, "file": str(path)}))
+    except EnvelopeError:
+        events = batch_events(data)  # a bare batch of the core (parse-audit --format msgpack)
+    for event in events:
+        out.write(event_line(event))
+
+
+def decode(args: argparse.Namespace) -> int:
+    root = Path(args.path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".batch", ".msgpack"))
+    else:
+        files = [root]
+    out = sys.stdout.buffer
+    failed = 0
+    try:
+        for path in files:
+            try:
+                _decode_one(path, args.envelope, out)
+            except (OSError, ValueError) as err:
+                failed += 1
+                print(f"micro-agent decode: {path}: {err}", file=sys.stderr)
+        out.flush()
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+    return 1 if failed else 0
+
+
+def status(args: argparse.Namespace) -> int:
+    import json
+
+    path = Path(args.data_dir) / "status.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"micro-agent status: no agent has run with the data directory {args.data_dir}",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:
+        print(f"micro-agent status: cannot read {path}: {err}", file=sys.stderr)
+        return 1
+    alive = bool(doc.get("running"))
+    if alive:
+        try:
+            os.kill(int(doc["pid"]), 0)
+        except (OSError, KeyError, ValueError):
+            alive = False
+    if args.json:
+        doc["alive"] = alive
+        print(json.dumps(doc, indent=1, sort_keys=True))
+        return 0 if alive else 3
+    print(f"micro-agent {doc.get('version')}: "
+          + (f"running (pid {doc.get('pid')})" if alive else "not running")
+          + f"; status of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(doc.get('updated', 0)))}")
+    cfg = doc.get("config", {})
+    print(f"configuration: {cfg.get('latest_state')}"
+          + (f", invalid: {', '.join(cfg['latest_invalid_fields'])}" if cfg.get("latest_invalid_fields") else ""))
+    up = doc.get("uplink", {})
+    print(f"uplink: {up.get('kind')} {up.get('dir', '')} delivered {up.get('delivered')}, "
+          f"last batch {up.get('last_seq')}")
+    print(f"{'collector':<18} {'state':<12} {'source':<22} {'freq':<7} {'ev/s':>8} {'collected':>10} {'dropped':>8}")
+    for name, c in doc.get("collectors", {}).items():
+        counters = c.get("counters", {})
+        dropped = sum(v for k, v in counters.items() if k.startswith(("dropped", "lost")))
+        print(f"{name:<18} {c.get('state', ''):<12} {c.get('source', '')[:22]:<22} "
+              f"{c.get('frequency', ''):<7} {c.get('events_per_s', 0):>8} "
+              f"{counters.get('collected', 0):>10} {dropped:>8}")
+        if c.get("reason"):
+            print(f"{'':<18} {c['reason']}")
+    ob = doc.get("outbox", {})
+    depth = ob.get("depth", {})
+    print("outbox: " + ", ".join(f"{p} {d['count']} batches {d['bytes']} B" for p, d in depth.items())
+          + f"; counters {ob.get('counters')}")
+    return 0 if alive else 3
+
+
+def collect(args: argparse.Namespace) -> int:
+    from agent.collectors import CLASSES, Environment
+    from agent.config import ConfigStore
+    from agent.jsonl import event_line
+
+    _setup_logging(args.log_level)
+    cls = CLASSES.get(args.name)
+    if cls is None or not cls.periodic:
+        names = sorted(n for n, c in CLASSES.items() if c.periodic)
+        print(f"micro-agent collect: {args.name!r} is not a periodic collector; one of {', '.join(names)}",
+              file=sys.stderr)
+        return 2
+    store = ConfigStore(args.config)
+    collector = cls(Environment(data_dir=Path(args.data_dir), root=Path(args.root)))
+    collector.configure(store.config)
+    state = collector.start()
+    if state.state != "running":
+        print(f"micro-agent collect: {args.name} is {state.state}: {state.reason}", file=sys.stderr)
+        return 1
+    try:
+        events = list(collector.snapshot(int(time.time() * 1000)))
+    finally:
+        collector.stop()
+    out = sys.stdout.buffer
+    try:
+        for event in events:
+            out.write(event_line(event))
+        out.flush()
+    except BrokenPipeError:
+        sys.stderr.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="micro-agent", description=__doc__)
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -78,6 +275,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="jsonl: one JSON event per line (default); msgpack: the raw batches",
     )
     pa.set_defaults(func=parse_audit)
+
+    def common(p: argparse.ArgumentParser, config: bool = True) -> None:
+        p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                       help=f"outbox, state and local deliveries (default {DEFAULT_DATA_DIR})")
+        if config:
+            from agent.config import DEFAULT_CONFIG_PATH
+
+            p.add_argument("--config", default=DEFAULT_CONFIG_PATH,
+                           help=f"local configuration, twin names (default {DEFAULT_CONFIG_PATH})")
+            p.add_argument("--log-level", default="info",
+                           choices=["debug", "info", "warning", "error"])
+            p.add_argument("--root", default="/", help=argparse.SUPPRESS)
+
+    ru = sub.add_parser("run", help="run the agent",
+                        description="Run the agent: collectors, outbox and uplink. With no IoT "
+                        "Hub configured, batches are delivered to DATA_DIR/delivered.")
+    common(ru)
+    ru.set_defaults(func=run)
+
+    de = sub.add_parser("decode", help="print batch files as JSON lines",
+                        description="Print the events of a batch file, an outbox or a delivery "
+                        "directory as JSON lines.")
+    de.add_argument("path", help="a .batch or .msgpack file, or a directory of them")
+    de.add_argument("--envelope", action="store_true",
+                    help="also print each batch's envelope (without its events) before them")
+    de.set_defaults(func=decode)
+
+    st = sub.add_parser("status", help="show what the running agent is doing")
+    common(st, config=False)
+    st.add_argument("--json", action="store_true", help="the whole status document")
+    st.set_defaults(func=status)
+
+    co = sub.add_parser("collect", help="print one snapshot of a periodic collector as JSON lines")
+    co.add_argument("name", help="the collector's twin prefix, e.g. SystemInformation")
+    common(co)
+    co.set_defaults(func=collect)
     return top
 
 

@@ -132,6 +132,12 @@ class Collector:
         if self.aggregator is not None:
             lane.spill(self.aggregator.flush(lane.sink))
 
+    def drops(self) -> dict[str, int]:
+        """Events lost at the collector's sources, by reason, counted since it was made (the
+        pipeline reports the increase in the next envelope): the kernel's lost records, a
+        socket's ENOBUFS, serial gaps, a full sink. Each source collector says its own."""
+        return {}
+
     def stats(self) -> dict[str, int]:
         """Counters for the reported properties and `micro-agent status`: the collector's own
         and its aggregator's."""

@@ -1,0 +1,112 @@
+"""The embedded default uplink: with no IoT Hub, batches are delivered into a local directory.
+
+Each delivered batch is one file, `<seq:020d>-<prio>.msgpack`, holding the envelope exactly as
+it would be sent (docs/outbox.md); `micro-agent decode` prints it. A file is written to a
+temporary name, fsynced and renamed, and only then is the batch confirmed (removed from the
+outbox): a crash between the two delivers the batch twice, under the same name (the same
+bytes), never zero times. The directory is bounded: beyond max_files files or max_bytes bytes
+the oldest delivered files are removed, counted in `rotated` (they were delivered; whoever
+reads the directory has had them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from agent.outbox import Outbox
+
+log = logging.getLogger("agent.uplink")
+
+DEFAULT_MAX_FILES = 10_000
+DEFAULT_MAX_BYTES = 64 << 20
+SUFFIX = ".msgpack"
+
+
+class LocalDelivery:
+    def __init__(self, directory: Path, max_files: int = DEFAULT_MAX_FILES,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_files < 1 or max_bytes < 1:
+            raise ValueError(f"max_files={max_files}, max_bytes={max_bytes} must be positive")
+        self.dir = directory
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob("*.tmp"):
+            stale.unlink(missing_ok=True)  # an unfinished write of a batch still in the outbox
+        self._files: list[tuple[str, int]] = sorted(
+            (p.name, p.stat().st_size) for p in self.dir.glob(f"*{SUFFIX}")
+        )
+        self._bytes = sum(size for _, size in self._files)
+        self.delivered = 0
+        self.rotated = 0
+        self.errors = 0
+        self.last_seq: int | None = None
+        self._last_error = ""
+
+    def describe(self) -> str:
+        return f"local directory {self.dir}"
+
+    def pump(self, outbox: Outbox) -> None:
+        """Delivers every pending batch in send order."""
+        while True:
+            batch = outbox.next_batch()
+            if batch is None:
+                return
+            name = f"{batch.info.seq:020d}-{batch.info.prio.lower()}{SUFFIX}"
+            try:
+                self._write(name, batch.payload)
+            except OSError as err:
+                self.errors += 1
+                if str(err) != self._last_error:
+                    self._last_error = str(err)
+                    log.error("local delivery: cannot write %s: %s (the batch stays in the outbox)",
+                              self.dir / name, err)
+                return
+            outbox.confirm(batch.info.id)
+            self.delivered += 1
+            self.last_seq = batch.info.seq
+            self._rotate()
+
+    def _write(self, name: str, payload: bytes) -> None:
+        tmp = self.dir / (name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, self.dir / name)
+        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._files = [f for f in self._files if f[0] != name]
+        self._files.append((name, len(payload)))
+        self._bytes = sum(size for _, size in self._files)
+
+    def _rotate(self) -> None:
+        while len(self._files) > 1 and (len(self._files) > self.max_files or self._bytes > self.max_bytes):
+            name, size = self._files.pop(0)
+            try:
+                (self.dir / name).unlink()
+            except FileNotFoundError:
+                pass  # somebody took it: that is what the directory is for
+            self._bytes -= size
+            self.rotated += 1
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": "local", "dir": str(self.dir), "delivered": self.delivered,
+                "rotated": self.rotated, "errors": self.errors, "last_seq": self.last_seq,
+                "files": len(self._files), "bytes": self._bytes}
+
+    def close(self) -> None:
+        pass
