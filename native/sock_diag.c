@@ -694,7 +694,8 @@ static int take_dumps(am_sock *t)
     am_sock_begin(t);
     for (int i = 0; i < 4; i++) {
         if (t->source == AM_SOCK_PROCNET) {
-            if (procnet_read(t, procnet_files[i], protos[i], fams[i]) != AM_OK &&
+            if (procnet_read(t, procnet_files[i], protos[i], (uint8_t)fam_number(fams[i])) !=
+                    AM_OK &&
                 fams[i] == AF_INET)
                 return -EIO; /* tcp6/udp6 are absent on a kernel without IPv6 */
             continue;
