@@ -5,7 +5,7 @@ events). docs/sources/sock-diag.md describes the events and counters.
 
     with SocketTable() as table:
         table.snapshot()
-        table.listening(sink)   # when sink.full(): take batches, call again (it resumes)
+        table.listening(sink)   # when table.more: take the sink's batches, call again
         table.changes(sink)
 """
 
@@ -122,6 +122,9 @@ class SocketTable:
         self.source: str = _NAMES[int(lib.am_sock_source(self._t, err))]
         self.source_reason: str = self._reason(int(err[0]))
         self._events = ffi.new("uint32_t *")
+        # True after a listening()/changes() call that stopped because the sink filled: take
+        # the batches and make the same call again (it resumes). False once a call completed.
+        self.more = False
         self._stats = ffi.new("struct am_sock_stats *")
 
     def _reason(self, err: int) -> str:
@@ -149,18 +152,21 @@ class SocketTable:
             check(status, "am_sock_snapshot")
 
     def listening(self, sink: EventSink) -> int:
-        """`listen` events of the last snapshot into sink; returns how many. When the sink
-        filled (sink.full()), take its batches and call again: the listing resumes."""
+        """`listen` events of the last snapshot into sink; returns how many. When `more` is
+        True afterwards, take the sink's batches and call again: the listing resumes (a call
+        after a completed listing starts a new one)."""
         status = lib.am_sock_listening(self._handle(), sink.handle, self._events)
-        if status != lib.AM_ERR_FULL:
+        self.more = status == lib.AM_ERR_FULL
+        if not self.more:
             check(status, "am_sock_listening")
         return int(self._events[0])
 
     def changes(self, sink: EventSink) -> int:
-        """`conn` open/close events since the last call into sink; returns how many. When the
-        sink filled, take its batches and call again."""
+        """`conn` open/close events since the last call into sink; returns how many. When
+        `more` is True afterwards, take the sink's batches and call again."""
         status = lib.am_sock_changes(self._handle(), sink.handle, self._events)
-        if status != lib.AM_ERR_FULL:
+        self.more = status == lib.AM_ERR_FULL
+        if not self.more:
             check(status, "am_sock_changes")
         return int(self._events[0])
 
@@ -173,7 +179,7 @@ class SocketTable:
         status = lib.am_sock_feed_diag(self._handle(), protocol, data, len(data))
         if status == lib.AM_ERR_LIMIT:
             return True  # NLMSG_ERROR ends the dump (counted in dump_errors)
-        return check(status, "am_sock_feed_diag") == lib.AM_EMPTY
+        return bool(check(status, "am_sock_feed_diag") == lib.AM_EMPTY)
 
     def feed_procnet(self, protocol: int, family: int, data: bytes) -> None:
         """The text of one /proc/net file (family 2 or 10)."""
