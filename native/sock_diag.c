@@ -1,0 +1,973 @@
+/* sock_diag.c: the socket table (core_sock_diag.h). A snapshot is built from four
+ * NETLINK_SOCK_DIAG dumps (TCP and UDP, IPv4 and IPv6; or the four /proc/net files), keeps the
+ * listening and connected sockets, maps their inodes to processes and becomes `cur`. `base`
+ * holds the connections reported open so far: changes() reports what is in one and not the
+ * other and updates base as it writes each event, so that a call cut short by a full sink
+ * resumes where it stopped and a snapshot taken in between loses nothing. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "core_sock_diag.h"
+#include "sock_diag_int.h"
+
+enum {
+    RECV_BUF = 65536,
+    TCP_ST_ESTABLISHED = 1,
+    TCP_ST_SYN_SENT = 2,
+    TCP_ST_FIN_WAIT1 = 4,
+    TCP_ST_FIN_WAIT2 = 5,
+    TCP_ST_CLOSE = 7,
+    TCP_ST_CLOSE_WAIT = 8,
+    TCP_ST_LAST_ACK = 9,
+    TCP_ST_LISTEN = 10,
+    TCP_ST_CLOSING = 11
+};
+
+/* ---- the snapshot tables ---- */
+
+static uint32_t key_hash(const struct sock_key *k)
+{
+    uint32_t w[sizeof *k / 4];
+    memcpy(w, k, sizeof w);
+    uint64_t h = 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
+        h ^= w[i];
+        h *= 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    return (uint32_t)h;
+}
+
+static void tab_init(struct sock_tab *t, uint32_t cap)
+{
+    memset(t, 0, sizeof *t);
+    t->cap = cap;
+}
+
+static void tab_release(struct sock_tab *t)
+{
+    free(t->e);
+    free(t->slot);
+    memset(t, 0, sizeof *t);
+}
+
+static void tab_reindex(struct sock_tab *t)
+{
+    memset(t->slot, 0, ((size_t)t->mask + 1) * sizeof *t->slot);
+    for (uint32_t i = 0; i < t->n; i++) {
+        uint32_t s = t->e[i].hash & t->mask;
+        while (t->slot[s] != 0)
+            s = (s + 1) & t->mask;
+        t->slot[s] = i + 1;
+    }
+}
+
+static void tab_clear(struct sock_tab *t)
+{
+    t->n = 0;
+    if (t->slot != NULL)
+        memset(t->slot, 0, ((size_t)t->mask + 1) * sizeof *t->slot);
+}
+
+static int tab_grow(struct sock_tab *t)
+{
+    if (t->n < t->alloc)
+        return AM_OK;
+    if (t->n >= t->cap)
+        return AM_ERR_LIMIT;
+    uint32_t alloc = t->alloc ? t->alloc * 2 : 64;
+    if (alloc > t->cap)
+        alloc = t->cap;
+    struct sock_entry *e = realloc(t->e, (size_t)alloc * sizeof *e);
+    if (e == NULL)
+        return AM_ERR_NOMEM;
+    t->e = e;
+    uint32_t slots = 1;
+    while (slots < alloc * 2u)
+        slots <<= 1;
+    if (t->slot == NULL || slots - 1 != t->mask) {
+        uint32_t *slot = malloc((size_t)slots * sizeof *slot);
+        if (slot == NULL)
+            return AM_ERR_NOMEM;
+        free(t->slot);
+        t->slot = slot;
+        t->mask = slots - 1;
+        tab_reindex(t);
+    }
+    t->alloc = alloc;
+    return AM_OK;
+}
+
+/* The slot that holds key k, or the empty slot where it would go. */
+static uint32_t tab_slot(const struct sock_tab *t, const struct sock_key *k, uint32_t hash)
+{
+    uint32_t s = hash & t->mask;
+    for (;;) {
+        uint32_t v = t->slot[s];
+        if (v == 0)
+            return s;
+        const struct sock_entry *e = &t->e[v - 1];
+        if (e->hash == hash && memcmp(&e->k, k, sizeof *k) == 0)
+            return s;
+        s = (s + 1) & t->mask;
+    }
+}
+
+static struct sock_entry *tab_find(const struct sock_tab *t, const struct sock_entry *key)
+{
+    if (t->slot == NULL || t->n == 0)
+        return NULL;
+    uint32_t v = t->slot[tab_slot(t, &key->k, key->hash)];
+    return v ? &t->e[v - 1] : NULL;
+}
+
+/* Adds e (its key not yet present): AM_OK, AM_ERR_LIMIT at cap, AM_ERR_NOMEM. */
+static int tab_add(struct sock_tab *t, const struct sock_entry *e)
+{
+    int st = tab_grow(t);
+    if (st != AM_OK)
+        return st;
+    uint32_t s = tab_slot(t, &e->k, e->hash);
+    if (t->slot[s] != 0) {
+        t->e[t->slot[s] - 1] = *e; /* a duplicate in one dump: the later wins */
+        return AM_OK;
+    }
+    t->e[t->n] = *e;
+    t->slot[s] = ++t->n;
+    return AM_OK;
+}
+
+/* Removes entry i: backward-shift deletion in the index, the last entry moved into its place. */
+static void tab_remove(struct sock_tab *t, uint32_t i)
+{
+    uint32_t s = tab_slot(t, &t->e[i].k, t->e[i].hash);
+    uint32_t hole = s;
+    for (uint32_t j = (s + 1) & t->mask; t->slot[j] != 0; j = (j + 1) & t->mask) {
+        uint32_t home = t->e[t->slot[j] - 1].hash & t->mask;
+        /* Move j into the hole unless its home lies cyclically in (hole, j]. */
+        int stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            t->slot[hole] = t->slot[j];
+            hole = j;
+        }
+    }
+    t->slot[hole] = 0;
+    uint32_t last = t->n - 1;
+    if (i != last) {
+        uint32_t ls = tab_slot(t, &t->e[last].k, t->e[last].hash);
+        t->e[i] = t->e[last];
+        t->slot[ls] = i + 1;
+    }
+    t->n--;
+}
+
+static size_t tab_memory(const struct sock_tab *t)
+{
+    size_t bytes = (size_t)t->alloc * sizeof *t->e;
+    if (t->slot != NULL)
+        bytes += ((size_t)t->mask + 1) * sizeof *t->slot;
+    return bytes;
+}
+
+/* ---- options, life cycle ---- */
+
+void am_sock_default_options(struct am_sock_options *out)
+{
+    if (out == NULL)
+        return;
+    out->source = AM_SOCK_AUTO;
+    out->max_sockets = 16384;
+    out->max_owners = 16384;
+    out->map_owners = 1;
+    out->first_existing = 1;
+    out->timeout_ms = 2000;
+}
+
+static int options_ok(const struct am_sock_options *o)
+{
+    return o->source <= AM_SOCK_PROCNET && o->max_sockets >= 1 &&
+           o->max_sockets <= (1u << 24) && o->max_owners >= 1 && o->max_owners <= (1u << 24) &&
+           o->map_owners <= 1 && o->first_existing <= 1 && o->timeout_ms >= 1 &&
+           o->timeout_ms <= 600000;
+}
+
+static int diag_socket(void)
+{
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_SOCK_DIAG);
+    if (fd < 0)
+        return -errno;
+    /* A dump of many sockets arrives faster than it is read: room for a few of its skbs. */
+    int rcv = 1 << 20;
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    struct sockaddr_nl sa;
+    memset(&sa, 0, sizeof sa);
+    sa.nl_family = AF_NETLINK;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+static int send_dump(int fd, uint32_t seq, uint8_t family, uint8_t proto, uint32_t states)
+{
+    struct {
+        struct nlmsghdr nlh;
+        struct inet_diag_req_v2 r;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.nlh.nlmsg_len = sizeof req;
+    req.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.nlh.nlmsg_seq = seq;
+    req.r.sdiag_family = family;
+    req.r.sdiag_protocol = proto;
+    req.r.idiag_states = states;
+    if (proto == IPPROTO_TCP)
+        req.r.idiag_ext = 1u << (INET_DIAG_INFO - 1);
+    struct sockaddr_nl kernel;
+    memset(&kernel, 0, sizeof kernel);
+    kernel.nl_family = AF_NETLINK;
+    for (;;) {
+        ssize_t n = sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel);
+        if (n == (ssize_t)sizeof req)
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n < 0 ? -errno : -EIO;
+    }
+}
+
+static uint64_t now_ms_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Reads one dump's answer into the snapshot being built (t may be NULL: a probe that only
+ * wants to know the answer is not an error). 0 at NLMSG_DONE, else a negative errno. */
+static int read_dump(am_sock *t, int fd, uint8_t *buf, size_t cap, uint32_t seq, uint8_t proto,
+                     uint32_t timeout_ms)
+{
+    uint64_t deadline = now_ms_monotonic() + timeout_ms;
+    for (;;) {
+        struct sockaddr_nl from;
+        struct iovec iov = {buf, cap};
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_name = &from;
+        msg.msg_namelen = sizeof from;
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        ssize_t n = recvmsg(fd, &msg, 0);
+        if (n < 0) {
+            int e = errno;
+            if (e == EINTR)
+                continue;
+            if (e == EAGAIN || e == EWOULDBLOCK) {
+                uint64_t now = now_ms_monotonic();
+                if (now >= deadline)
+                    return -ETIMEDOUT;
+                struct pollfd p = {fd, POLLIN, 0};
+                int left = (int)(deadline - now);
+                if (poll(&p, 1, left) < 0 && errno != EINTR)
+                    return -errno;
+                continue;
+            }
+            return -e;
+        }
+        if (msg.msg_flags & MSG_TRUNC) {
+            if (t != NULL)
+                t->st.malformed++;
+            return -EMSGSIZE;
+        }
+        if (from.nl_pid != 0)
+            continue; /* not from the kernel */
+        if (t == NULL) {
+            /* The probe: the first message says whether the protocol is served. */
+            if ((size_t)n >= sizeof(struct nlmsghdr)) {
+                struct nlmsghdr h;
+                memcpy(&h, buf, sizeof h);
+                if (h.nlmsg_type == NLMSG_ERROR &&
+                    (size_t)n >= sizeof h + sizeof(struct nlmsgerr)) {
+                    struct nlmsgerr err;
+                    memcpy(&err, buf + sizeof h, sizeof err);
+                    if (err.error < 0)
+                        return err.error;
+                }
+                if (h.nlmsg_type == NLMSG_DONE || h.nlmsg_type == NLMSG_ERROR)
+                    return 0;
+            }
+            continue;
+        }
+        if ((size_t)n >= sizeof(struct nlmsghdr)) {
+            struct nlmsghdr h;
+            memcpy(&h, buf, sizeof h);
+            if (h.nlmsg_seq != seq)
+                continue; /* the tail of an earlier dump that was given up */
+        }
+        int st = am_sock_feed_diag(t, proto, buf, (size_t)n);
+        if (st == AM_EMPTY)
+            return 0;
+        if (st == AM_ERR_LIMIT)
+            return -EPROTO;
+    }
+}
+
+/* Whether sock_diag answers for TCP and UDP: 0, or the negative errno that rules it out. */
+static int probe_diag(uint32_t timeout_ms)
+{
+    int fd = diag_socket();
+    if (fd < 0)
+        return fd;
+    uint8_t *buf = malloc(RECV_BUF);
+    if (buf == NULL) {
+        close(fd);
+        return -ENOMEM;
+    }
+    int r = 0;
+    const uint8_t protos[2] = {IPPROTO_TCP, IPPROTO_UDP};
+    for (int i = 0; i < 2 && r == 0; i++) {
+        /* A state no socket is in keeps the answer to NLMSG_DONE (or an error). */
+        r = send_dump(fd, (uint32_t)i + 1, AF_INET, protos[i], 0);
+        if (r == 0)
+            r = read_dump(NULL, fd, buf, RECV_BUF, (uint32_t)i + 1, protos[i], timeout_ms);
+    }
+    free(buf);
+    close(fd);
+    return r;
+}
+
+int am_sock_probe(const struct am_sock_options *opts, int *err)
+{
+    struct am_sock_options o;
+    am_sock_default_options(&o);
+    if (opts != NULL)
+        o = *opts;
+    if (err != NULL)
+        *err = 0;
+    if (!options_ok(&o))
+        return AM_ERR_ARG;
+    if (o.source == AM_SOCK_PROCNET)
+        return AM_SOCK_PROCNET;
+    int r = probe_diag(o.timeout_ms);
+    if (r == 0)
+        return AM_SOCK_DIAG;
+    if (err != NULL)
+        *err = -r;
+    return o.source == AM_SOCK_DIAG ? AM_ERR_LIMIT : AM_SOCK_PROCNET;
+}
+
+am_sock *am_sock_new(const struct am_sock_options *opts)
+{
+    struct am_sock_options o;
+    am_sock_default_options(&o);
+    if (opts != NULL)
+        o = *opts;
+    if (!options_ok(&o))
+        return NULL;
+    int err = 0;
+    int source = am_sock_probe(&o, &err);
+    if (source < 0)
+        return NULL;
+    am_sock *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return NULL;
+    t->opt = o;
+    t->source = source;
+    t->source_err = err;
+    t->fd = -1;
+    tab_init(&t->build, o.max_sockets);
+    tab_init(&t->cur, o.max_sockets);
+    tab_init(&t->base, o.max_sockets);
+    owners_init(&t->owners, o.max_owners);
+    t->buf_cap = RECV_BUF;
+    t->buf = malloc(t->buf_cap);
+    if (t->buf == NULL) {
+        am_sock_free(t);
+        return NULL;
+    }
+    if (source == AM_SOCK_DIAG) {
+        t->fd = diag_socket();
+        if (t->fd < 0) {
+            am_sock_free(t);
+            return NULL;
+        }
+    }
+    return t;
+}
+
+void am_sock_free(am_sock *t)
+{
+    if (t == NULL)
+        return;
+    if (t->fd >= 0)
+        close(t->fd);
+    free(t->buf);
+    tab_release(&t->build);
+    tab_release(&t->cur);
+    tab_release(&t->base);
+    owners_release(&t->owners);
+    free(t);
+}
+
+int am_sock_source(const am_sock *t, int *err)
+{
+    if (t == NULL)
+        return AM_ERR_ARG;
+    if (err != NULL)
+        *err = t->source_err;
+    return t->source;
+}
+
+int am_sock_fileno(const am_sock *t)
+{
+    return t == NULL ? -1 : t->fd;
+}
+
+/* ---- decoding ---- */
+
+int am_sock_begin(am_sock *t)
+{
+    if (t == NULL)
+        return AM_ERR_ARG;
+    tab_clear(&t->build);
+    t->build_overflow = 0;
+    t->building = 1;
+    return AM_OK;
+}
+
+void snap_add(am_sock *t, struct sock_entry *e)
+{
+    t->st.sockets++;
+    uint8_t kind = 0;
+    if (e->k.proto == IPPROTO_TCP) {
+        switch (e->state) {
+        case TCP_ST_LISTEN:
+            kind = SK_LISTEN;
+            break;
+        case TCP_ST_ESTABLISHED: case TCP_ST_SYN_SENT: case TCP_ST_FIN_WAIT1:
+        case TCP_ST_FIN_WAIT2: case TCP_ST_CLOSE_WAIT: case TCP_ST_LAST_ACK: case TCP_ST_CLOSING:
+            /* Inode 0: not yet accepted, or closed by its process (orphaned): no one owns it. */
+            kind = e->k.inode != 0 ? SK_CONN : 0;
+            break;
+        default:
+            break; /* SYN_RECV, TIME_WAIT, CLOSE: no socket a process holds */
+        }
+    } else if (e->k.proto == IPPROTO_UDP) {
+        if (e->k.rport == 0 && e->state == TCP_ST_CLOSE && e->k.lport != 0)
+            kind = SK_LISTEN;
+        else if (e->k.rport != 0 && e->state == TCP_ST_ESTABLISHED && e->k.inode != 0)
+            kind = SK_CONN;
+    }
+    if (kind == 0)
+        return;
+    e->kind = kind;
+    e->hash = key_hash(&e->k);
+    int st = tab_add(&t->build, e);
+    if (st != AM_OK) {
+        t->st.overflow++;
+        t->build_overflow = 1;
+    }
+}
+
+static int fam_number(uint8_t family)
+{
+    return family == AF_INET ? 4 : family == AF_INET6 ? 6 : 0;
+}
+
+/* One inet_diag_msg with its attributes (len bytes after the netlink header). */
+static void decode_diag_msg(am_sock *t, uint8_t proto, const uint8_t *p, size_t len)
+{
+    struct inet_diag_msg m;
+    if (len < sizeof m) {
+        t->st.malformed++;
+        return;
+    }
+    memcpy(&m, p, sizeof m);
+    struct sock_entry e;
+    memset(&e, 0, sizeof e);
+    e.k.fam = (uint8_t)fam_number(m.idiag_family);
+    if (e.k.fam == 0) {
+        t->st.malformed++;
+        return;
+    }
+    size_t alen = e.k.fam == 4 ? 4 : 16;
+    memcpy(e.k.laddr, m.id.idiag_src, alen);
+    memcpy(e.k.raddr, m.id.idiag_dst, alen);
+    e.k.lport = ntohs(m.id.idiag_sport);
+    e.k.rport = ntohs(m.id.idiag_dport);
+    e.k.inode = m.idiag_inode;
+    e.k.proto = proto;
+    e.uid = m.idiag_uid;
+    e.state = m.idiag_state;
+
+    /* The attributes: a bounded walk; a bad length ends it and is counted. */
+    size_t off = NLMSG_ALIGN(sizeof m);
+    while (off < len) {
+        if (len - off < sizeof(struct nlattr)) {
+            t->st.malformed++;
+            break;
+        }
+        struct nlattr a;
+        memcpy(&a, p + off, sizeof a);
+        if (a.nla_len < sizeof a || a.nla_len > len - off) {
+            t->st.malformed++;
+            break;
+        }
+        size_t plen = a.nla_len - sizeof a;
+        const uint8_t *pay = p + off + sizeof a;
+        if ((a.nla_type & NLA_TYPE_MASK) == INET_DIAG_INFO && proto == IPPROTO_TCP) {
+            /* Older kernels send a shorter tcp_info: read a field only if it is all there. */
+            if (plen >= offsetof(struct tcp_info, tcpi_bytes_received) + sizeof(uint64_t)) {
+                memcpy(&e.tx, pay + offsetof(struct tcp_info, tcpi_bytes_acked), 8);
+                memcpy(&e.rx, pay + offsetof(struct tcp_info, tcpi_bytes_received), 8);
+                e.flags |= SKF_INFO;
+            }
+            if (plen >= offsetof(struct tcp_info, tcpi_bytes_sent) + sizeof(uint64_t)) {
+                memcpy(&e.sent, pay + offsetof(struct tcp_info, tcpi_bytes_sent), 8);
+                e.flags |= SKF_SENT;
+                /* bytes_acked also counts the acked SYN of an active open (and a FIN): never
+                 * more data was acked than was sent, retransmissions included. */
+                if ((e.flags & SKF_INFO) && e.tx > e.sent)
+                    e.tx = e.sent;
+            }
+        }
+        size_t step = NLA_ALIGN((size_t)a.nla_len);
+        if (step > len - off)
+            break; /* the last attribute may lack its padding */
+        off += step;
+    }
+    snap_add(t, &e);
+}
+
+int am_sock_feed_diag(am_sock *t, uint8_t protocol, const uint8_t *data, size_t len)
+{
+    if (t == NULL || (data == NULL && len > 0) ||
+        (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP))
+        return AM_ERR_ARG;
+    if (!t->building)
+        am_sock_begin(t);
+    size_t off = 0;
+    while (off < len) {
+        if (len - off < sizeof(struct nlmsghdr)) {
+            t->st.malformed++;
+            return AM_OK;
+        }
+        struct nlmsghdr h;
+        memcpy(&h, data + off, sizeof h);
+        if (h.nlmsg_len < sizeof h || h.nlmsg_len > len - off) {
+            t->st.malformed++;
+            return AM_OK; /* the rest of this buffer cannot be framed */
+        }
+        t->st.messages++;
+        const uint8_t *p = data + off + sizeof h;
+        size_t plen = h.nlmsg_len - sizeof h;
+        if (h.nlmsg_type == NLMSG_DONE)
+            return AM_EMPTY;
+        if (h.nlmsg_type == NLMSG_ERROR) {
+            t->st.dump_errors++;
+            return AM_ERR_LIMIT;
+        }
+        if (h.nlmsg_type == SOCK_DIAG_BY_FAMILY)
+            decode_diag_msg(t, protocol, p, plen);
+        else if (h.nlmsg_type != NLMSG_NOOP)
+            t->st.malformed++;
+        size_t step = NLMSG_ALIGN((size_t)h.nlmsg_len);
+        if (step > len - off)
+            break;
+        off += step;
+    }
+    return AM_OK;
+}
+
+int am_sock_feed_procnet(am_sock *t, uint8_t protocol, uint8_t family, const char *data,
+                         size_t len)
+{
+    if (t == NULL || (data == NULL && len > 0) ||
+        (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP) ||
+        (family != AF_INET && family != AF_INET6))
+        return AM_ERR_ARG;
+    if (!t->building)
+        am_sock_begin(t);
+    return procnet_lines(t, protocol, fam_number(family), data, len);
+}
+
+/* ---- commit: owners, the new current snapshot ---- */
+
+static void set_listen_bit(am_sock *t, const struct sock_entry *e)
+{
+    int p = e->k.proto == IPPROTO_TCP ? 0 : 1;
+    t->listen_ports[p][e->k.lport >> 3] |= (uint8_t)(1u << (e->k.lport & 7));
+}
+
+static int is_listen_port(const am_sock *t, const struct sock_entry *e)
+{
+    int p = e->k.proto == IPPROTO_TCP ? 0 : 1;
+    return (t->listen_ports[p][e->k.lport >> 3] >> (e->k.lport & 7)) & 1;
+}
+
+int am_sock_commit(am_sock *t, uint64_t now_ms, int map_owners)
+{
+    if (t == NULL)
+        return AM_ERR_ARG;
+    if (!t->building)
+        am_sock_begin(t);
+    struct owner_map *m = &t->owners;
+    m->gen++;
+    uint32_t unmapped = 0;
+    for (uint32_t i = 0; i < t->build.n; i++) {
+        if (t->build.e[i].k.inode == 0)
+            continue;
+        if (owners_touch(m, t->build.e[i].k.inode) == NULL)
+            unmapped++;
+    }
+    /* Connections not yet reported closed keep their owner for the close event. */
+    for (uint32_t i = 0; i < t->base.n; i++)
+        if (owners_find(m, t->base.e[i].k.inode) != NULL)
+            owners_touch(m, t->base.e[i].k.inode);
+    owners_prune(m);
+    t->st.owner_overflow += unmapped;
+    if (map_owners && t->opt.map_owners && m->pending > 0) {
+        struct owner_walk w = {0, 0, 0};
+        owners_walk(m, &w);
+        t->st.owner_walks++;
+        t->st.owner_found += w.found;
+        t->st.owner_unknown += w.unknown;
+        t->st.owner_vanished += w.vanished;
+    }
+    memset(t->listen_ports, 0, sizeof t->listen_ports);
+    uint64_t listening = 0;
+    for (uint32_t i = 0; i < t->build.n; i++) {
+        struct sock_entry *e = &t->build.e[i];
+        const struct owner *o = e->k.inode ? owners_find(m, e->k.inode) : NULL;
+        e->pid = o != NULL && o->state == OWNER_FOUND ? o->pid : 0;
+        if (e->kind == SK_LISTEN) {
+            set_listen_bit(t, e);
+            listening++;
+        }
+    }
+    struct sock_tab old = t->cur;
+    t->cur = t->build;
+    t->build = old;
+    tab_clear(&t->build);
+    t->cur_overflow = t->build_overflow;
+    t->building = 0;
+    t->have_cur = 1;
+    t->cur_ts = now_ms;
+    t->listen_cursor = 0;
+    t->st.snapshots++;
+    t->st.stored = t->cur.n;
+    t->st.listening = listening;
+    return AM_OK;
+}
+
+static uint64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static const char *const procnet_files[4] = {
+    "/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"};
+
+/* The four dumps into a new snapshot: 0, or a negative errno (the snapshot is incomplete). */
+static int take_dumps(am_sock *t)
+{
+    const uint8_t fams[4] = {AF_INET, AF_INET6, AF_INET, AF_INET6};
+    const uint8_t protos[4] = {IPPROTO_TCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDP};
+    am_sock_begin(t);
+    for (int i = 0; i < 4; i++) {
+        if (t->source == AM_SOCK_PROCNET) {
+            if (procnet_read(t, procnet_files[i], protos[i], (uint8_t)fam_number(fams[i])) !=
+                    AM_OK &&
+                fams[i] == AF_INET)
+                return -EIO; /* tcp6/udp6 are absent on a kernel without IPv6 */
+            continue;
+        }
+        uint32_t seq = ++t->seq;
+        int r = send_dump(t->fd, seq, fams[i], protos[i], ~0u);
+        if (r == 0)
+            r = read_dump(t, t->fd, t->buf, t->buf_cap, seq, protos[i], t->opt.timeout_ms);
+        if (r < 0) {
+            if (r == -ENOBUFS)
+                t->st.enobufs++;
+            else
+                t->st.dump_errors++;
+            return r;
+        }
+    }
+    return 0;
+}
+
+/* Reads and drops whatever is left of a failed dump, so that the retry starts clean. */
+static void drain_socket(am_sock *t)
+{
+    if (t->fd < 0)
+        return;
+    for (int i = 0; i < 100000; i++) {
+        ssize_t n = recv(t->fd, t->buf, t->buf_cap, MSG_DONTWAIT);
+        if (n < 0 && errno != EINTR && errno != ENOBUFS)
+            return;
+    }
+}
+
+int am_sock_snapshot(am_sock *t)
+{
+    if (t == NULL)
+        return AM_ERR_ARG;
+    int r = take_dumps(t);
+    if (r < 0) {
+        t->st.retries++;
+        drain_socket(t);
+        r = take_dumps(t);
+    }
+    if (r < 0) {
+        drain_socket(t);
+        t->st.incomplete++;
+        t->building = 0;
+        tab_clear(&t->build);
+        return AM_ERR_LIMIT;
+    }
+    return am_sock_commit(t, wall_ms(), 1);
+}
+
+/* ---- events ---- */
+
+static const char *state_name(uint8_t state)
+{
+    static const char *const names[] = {
+        "unknown", "established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2",
+        "time_wait", "close", "close_wait", "last_ack", "listen", "closing", "new_syn_recv"};
+    return state < sizeof names / sizeof names[0] ? names[state] : "unknown";
+}
+
+static int put_addr(mp_buf *b, uint8_t fam, const uint8_t *addr)
+{
+    char text[INET6_ADDRSTRLEN];
+    if (inet_ntop(fam == 4 ? AF_INET : AF_INET6, addr, text, sizeof text) == NULL)
+        return AM_ERR_ARG;
+    return mp_cstr(b, text);
+}
+
+#define PUT(call) \
+    do { \
+        if ((call) != AM_OK) \
+            return AM_ERR_FULL; \
+    } while (0)
+
+/* The keys listen and conn events share: ts, src, proto, fam, laddr, lport, uid, inode and
+ * the owner. Returns the number of pairs written (or a status < 0). */
+static int put_common(const am_sock *t, mp_buf *b, const struct sock_entry *e)
+{
+    int pairs = 0;
+    PUT(mp_cstr(b, "ts"));
+    PUT(mp_uint(b, t->cur_ts));
+    PUT(mp_cstr(b, "src"));
+    PUT(mp_cstr(b, t->source == AM_SOCK_DIAG ? "diag" : "procnet"));
+    PUT(mp_cstr(b, "proto"));
+    PUT(mp_cstr(b, e->k.proto == IPPROTO_TCP ? "tcp" : "udp"));
+    PUT(mp_cstr(b, "fam"));
+    PUT(mp_cstr(b, e->k.fam == 4 ? "inet" : "inet6"));
+    PUT(mp_cstr(b, "laddr"));
+    PUT(put_addr(b, e->k.fam, e->k.laddr));
+    PUT(mp_cstr(b, "lport"));
+    PUT(mp_uint(b, e->k.lport));
+    PUT(mp_cstr(b, "uid"));
+    PUT(mp_uint(b, e->uid));
+    PUT(mp_cstr(b, "inode"));
+    PUT(mp_uint(b, e->k.inode));
+    pairs += 8;
+    const struct owner *o = e->k.inode ? owners_find(&t->owners, e->k.inode) : NULL;
+    if (o != NULL && o->state == OWNER_FOUND) {
+        PUT(mp_cstr(b, "pid"));
+        PUT(mp_uint(b, (uint32_t)o->pid));
+        PUT(mp_cstr(b, "comm"));
+        PUT(mp_text(b, o->comm, o->comm_len));
+        pairs += 2;
+        if (o->exe != NULL) {
+            PUT(mp_cstr(b, "exe"));
+            PUT(mp_text(b, o->exe, o->exe_len));
+            pairs++;
+        }
+    }
+    return pairs;
+}
+
+/* One event into the sink: AM_OK (written, or dropped and counted by the sink when it cannot
+ * be encoded), AM_ERR_FULL when the sink had no room (not written, counted by the sink). */
+static int put_listen(const am_sock *t, am_sink *sink, const struct sock_entry *e)
+{
+    mp_buf *b = sink_begin(sink);
+    int pairs;
+    if (mp_map32(b, 0) != AM_OK || mp_cstr(b, "t") != AM_OK || mp_cstr(b, "listen") != AM_OK ||
+        (pairs = put_common(t, b, e)) < 0) {
+        sink_drop(sink);
+        return AM_OK;
+    }
+    mp_patch_u32(b, 0, (uint32_t)pairs + 1);
+    return sink_commit(sink);
+}
+
+static int put_conn(const am_sock *t, am_sink *sink, const struct sock_entry *e, int open,
+                    int existing)
+{
+    mp_buf *b = sink_begin(sink);
+    int pairs;
+    if (mp_map32(b, 0) != AM_OK || mp_cstr(b, "t") != AM_OK || mp_cstr(b, "conn") != AM_OK ||
+        mp_cstr(b, "op") != AM_OK || mp_cstr(b, open ? "open" : "close") != AM_OK ||
+        (pairs = put_common(t, b, e)) < 0)
+        goto drop;
+    pairs += 2;
+    if (mp_cstr(b, "raddr") != AM_OK || put_addr(b, e->k.fam, e->k.raddr) != AM_OK ||
+        mp_cstr(b, "rport") != AM_OK || mp_uint(b, e->k.rport) != AM_OK ||
+        mp_cstr(b, "state") != AM_OK || mp_cstr(b, state_name(e->state)) != AM_OK)
+        goto drop;
+    pairs += 3;
+    if (e->flags & (SKF_IN | SKF_OUT)) {
+        if (mp_cstr(b, "dir") != AM_OK || mp_cstr(b, e->flags & SKF_IN ? "in" : "out") != AM_OK)
+            goto drop;
+        pairs++;
+    }
+    if (e->flags & SKF_INFO) {
+        if (mp_cstr(b, "rx") != AM_OK || mp_uint(b, e->rx) != AM_OK ||
+            mp_cstr(b, "tx") != AM_OK || mp_uint(b, e->tx) != AM_OK)
+            goto drop;
+        pairs += 2;
+    }
+    if (e->flags & SKF_SENT) {
+        if (mp_cstr(b, "sent") != AM_OK || mp_uint(b, e->sent) != AM_OK)
+            goto drop;
+        pairs++;
+    }
+    if (existing) {
+        if (mp_cstr(b, "existing") != AM_OK || mp_bool(b, 1) != AM_OK)
+            goto drop;
+        pairs++;
+    }
+    mp_patch_u32(b, 0, (uint32_t)pairs); /* t and op are among the pairs */
+    return sink_commit(sink);
+drop:
+    sink_drop(sink);
+    return AM_OK;
+}
+
+int am_sock_listening(am_sock *t, am_sink *sink, uint32_t *events)
+{
+    if (events != NULL)
+        *events = 0;
+    if (t == NULL || sink == NULL)
+        return AM_ERR_ARG;
+    uint32_t written = 0;
+    while (t->listen_cursor < t->cur.n) {
+        const struct sock_entry *e = &t->cur.e[t->listen_cursor];
+        if (e->kind == SK_LISTEN) {
+            if (am_sink_full(sink) || put_listen(t, sink, e) == AM_ERR_FULL) {
+                if (events != NULL)
+                    *events = written;
+                return AM_ERR_FULL;
+            }
+            written++;
+            t->st.listen_events++;
+        }
+        t->listen_cursor++;
+    }
+    t->listen_cursor = 0;
+    if (events != NULL)
+        *events = written;
+    return AM_OK;
+}
+
+int am_sock_changes(am_sock *t, am_sink *sink, uint32_t *events)
+{
+    if (events != NULL)
+        *events = 0;
+    if (t == NULL || sink == NULL)
+        return AM_ERR_ARG;
+    if (!t->have_cur)
+        return AM_OK;
+    uint32_t written = 0;
+    int status = AM_OK;
+    int first = !t->base_ready;
+    /* Closes: reported connections the last snapshot lacks. A snapshot cut short by
+     * max_sockets cannot tell a closed connection from a dropped one: no close then. */
+    if (!t->cur_overflow) {
+        for (uint32_t i = 0; i < t->base.n;) {
+            struct sock_entry *b = &t->base.e[i];
+            if (tab_find(&t->cur, b) != NULL) {
+                i++;
+                continue;
+            }
+            if (am_sink_full(sink) || put_conn(t, sink, b, 0, 0) == AM_ERR_FULL) {
+                status = AM_ERR_FULL;
+                goto out;
+            }
+            written++;
+            t->st.closed++;
+            tab_remove(&t->base, i); /* the last entry moves to i: look at i again */
+        }
+    }
+    /* Opens, and the counters of the connections that stay. */
+    for (uint32_t i = 0; i < t->cur.n; i++) {
+        struct sock_entry *c = &t->cur.e[i];
+        if (c->kind != SK_CONN)
+            continue;
+        struct sock_entry *b = tab_find(&t->base, c);
+        if (b != NULL) {
+            uint8_t dir = b->flags & (SKF_IN | SKF_OUT);
+            *b = *c;
+            b->flags = (uint8_t)((c->flags & ~(SKF_IN | SKF_OUT)) | dir);
+            continue;
+        }
+        if (t->base.n >= t->base.cap) {
+            /* Its close could not be reported: neither is its open, counted instead. */
+            t->st.overflow++;
+            continue;
+        }
+        struct sock_entry n = *c;
+        n.flags |= is_listen_port(t, c) ? SKF_IN : SKF_OUT;
+        if (!first || t->opt.first_existing) {
+            if (am_sink_full(sink) || put_conn(t, sink, &n, 1, first) == AM_ERR_FULL) {
+                status = AM_ERR_FULL;
+                goto out;
+            }
+            written++;
+            t->st.opened++;
+        }
+        if (tab_add(&t->base, &n) != AM_OK)
+            t->st.overflow++; /* no memory: reported, but its close will not be */
+    }
+    t->base_ready = 1;
+out:
+    if (events != NULL)
+        *events = written;
+    return status;
+}
+
+void am_sock_stats(const am_sock *t, struct am_sock_stats *out)
+{
+    if (out == NULL)
+        return;
+    memset(out, 0, sizeof *out);
+    if (t == NULL)
+        return;
+    *out = t->st;
+    out->owner_entries = t->owners.n;
+    out->memory = sizeof *t + t->buf_cap + tab_memory(&t->build) + tab_memory(&t->cur) +
+                  tab_memory(&t->base) + owners_memory(&t->owners);
+}

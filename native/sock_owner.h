@@ -1,0 +1,53 @@
+/* sock_owner.h: socket inode -> owning process (pid, comm, exe), a bounded cache filled by one
+ * walk of /proc/PID/fd per snapshot. Private to the socket table (sock_diag.c). */
+#ifndef AM_SOCK_OWNER_H
+#define AM_SOCK_OWNER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum owner_state {
+    OWNER_PENDING = 1, /* seen in a snapshot, not yet looked for */
+    OWNER_FOUND = 2,   /* a walk found it in a process */
+    OWNER_NONE = 3     /* a walk found it in no process: not looked for again */
+};
+
+struct owner {
+    uint32_t inode;
+    int32_t pid;
+    uint32_t gen;      /* the last snapshot (generation) that holds the inode */
+    uint8_t state;
+    uint8_t comm_len;
+    uint16_t exe_len;
+    char comm[16];
+    char *exe;         /* malloc'd, exe_len bytes; NULL when unknown */
+};
+
+struct owner_map {
+    struct owner *e;   /* dense */
+    uint32_t n, alloc, cap;
+    uint32_t *slot;    /* open addressing over e: index + 1, 0 empty */
+    uint32_t mask;
+    uint32_t gen;
+    uint32_t pending;
+};
+
+struct owner_walk {
+    uint64_t found;
+    uint64_t unknown;
+    uint64_t vanished;
+};
+
+int owners_init(struct owner_map *m, uint32_t cap);
+void owners_release(struct owner_map *m);
+struct owner *owners_find(const struct owner_map *m, uint32_t inode);
+/* The inode's entry, created PENDING when new; marks it held by generation m->gen. NULL when
+ * the cache is full (or no memory). */
+struct owner *owners_touch(struct owner_map *m, uint32_t inode);
+/* Drops every entry not held by generation m->gen. */
+void owners_prune(struct owner_map *m);
+/* One walk of /proc/PID/fd resolving every PENDING entry (found -> FOUND, else NONE). */
+void owners_walk(struct owner_map *m, struct owner_walk *w);
+size_t owners_memory(const struct owner_map *m);
+
+#endif
