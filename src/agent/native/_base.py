@@ -6,6 +6,20 @@ from typing import Optional
 
 from agent._core import ffi, lib
 
+__all__ = [
+    "AM_EMPTY",
+    "AM_OK",
+    "CoreArgumentError",
+    "CoreError",
+    "CoreFullError",
+    "CoreLimitError",
+    "CoreMemoryError",
+    "check",
+    "cstr",
+    "ffi",
+    "lib",
+]
+
 AM_OK = lib.AM_OK
 AM_EMPTY = lib.AM_EMPTY
 
