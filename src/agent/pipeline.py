@@ -151,10 +151,13 @@ class Agent:
         self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = False
         self._reload = False
-        self._registered: dict[int, Collector] = {}
+        self._watched: dict[int, Callable[[], None]] = {}
+        env.watch = self._watch
+        env.unwatch = self._unwatch
         self._status_path = env.data_dir / "status.json"
         self._last_status = 0.0
         self._rates: dict[str, tuple[float, int, float]] = {}
+        self._source_drops: dict[str, dict[str, int]] = {}
         env.shared["statistics"] = self.statistics
 
     # -- control from signal handlers and other threads ---------------------------------------
@@ -220,40 +223,45 @@ class Agent:
         running = self.collectors[name]
         c = running.collector
         if running.lane is not None:
+            self._guard(c, "stop", c.stop)  # a source's last events reach the aggregator
             c.flush(running.lane)
-            self._unregister(c)
-            c.stop()
             running.lane.collectors.remove(name)
             running.lane = None
+            c.lane = None
         section = self.config.collector(name)
         if section.disabled:
             c.state = CollectorState.disabled()
             log.info("%s: disabled", name)
             return
+        lane = self.lanes[self._frequency(name, self.config)]
         try:
             c.configure(self.config)
+            c.lane = lane
             state = c.start()
         except Exception as err:  # a collector that cannot start must not stop the agent
             log.error("%s: cannot start: %s: %s", name, type(err).__name__, err)
             state = CollectorState.unavailable(f"{type(err).__name__}: {err}")
         c.state = state
         if state.state != "running":
+            c.lane = None
+            self._guard(c, "stop", c.stop)
             log.warning("%s: unavailable: %s", name, state.reason)
             return
-        lane = self.lanes[self._frequency(name, self.config)]
         running.lane = lane
         lane.collectors.append(name)
-        for fd in c.fds():
-            self._registered[fd] = c
-            self.selector.register(fd, selectors.EVENT_READ, c)
         log.info("%s: running (%s)%s", name, state.source or "-",
                  f": {state.reason}" if state.reason else "")
 
-    def _unregister(self, c: Collector) -> None:
-        for fd, owner in list(self._registered.items()):
-            if owner is c:
-                self.selector.unregister(fd)
-                del self._registered[fd]
+    def _watch(self, fd: int, callback: Callable[[], None]) -> None:
+        if fd in self._watched:
+            self.selector.modify(fd, selectors.EVENT_READ, callback)
+        else:
+            self.selector.register(fd, selectors.EVENT_READ, callback)
+        self._watched[fd] = callback
+
+    def _unwatch(self, fd: int) -> None:
+        if self._watched.pop(fd, None) is not None:
+            self.selector.unregister(fd)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -285,10 +293,10 @@ class Agent:
             if key.data is None:
                 self._drain_wake()
                 continue
-            c: Collector = key.data
-            running = self.collectors[c.name]
-            if running.lane is not None:
-                self._guard(c, "read", lambda: c.on_readable(key.fd, running.lane))  # type: ignore[arg-type]
+            try:
+                key.data()
+            except Exception:
+                log.exception("reading fd %d failed", key.fd)
         self._run_calls()
         if self._reload:
             self._reload = False
@@ -356,6 +364,14 @@ class Agent:
                 if delta > 0:
                     self.outbox.drops.add(f"{name}.{reason}", delta)
             running.drops_seen = dict(drops)
+        for source_name, source in self.env.sources.items():
+            drops = source.drops()
+            seen = self._source_drops.setdefault(source_name, {})
+            for reason, total in drops.items():
+                delta = total - seen.get(reason, 0)
+                if delta > 0:
+                    self.outbox.drops.add(f"{source_name}.{reason}", delta)
+                seen[reason] = total
         for lane in self.lanes.values():
             lane.account_drops()
 
@@ -363,17 +379,25 @@ class Agent:
         """SIGTERM or the end: every collector's entries are stored, every lane sealed, the
         sources closed (the audit rules removed), the uplink given a last turn."""
         log.info("stopping: flushing collectors and lanes")
+        # Shared sources first: closing them reads what is left and hands it to their
+        # subscribers (and removes the audit rules); then each collector stops and flushes.
+        for source_name, source in self.env.sources.items():
+            try:
+                source.close()
+            except Exception:
+                log.exception("%s: close failed", source_name)
         for running in self.collectors.values():
-            if running.lane is not None:
-                c = running.collector
-                self._guard(c, "flush", lambda c=c, lane=running.lane: c.flush(lane))  # type: ignore[misc]
+            lane = running.lane
+            if lane is None:
+                continue
+            c = running.collector
+            self._guard(c, "stop", c.stop)
+            self._guard(c, "flush", lambda c=c, lane=lane: c.flush(lane))  # type: ignore[misc]
+            running.lane = None
+            c.lane = None
         self.account_drops()
         for lane in self.lanes.values():
             lane.close_interval()
-        for running in self.collectors.values():
-            if running.lane is not None:
-                self._guard(running.collector, "stop", running.collector.stop)
-                running.lane = None
         try:
             self.uplink.pump(self.outbox)
         finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -40,15 +40,28 @@ class Lane(Protocol):
     def spill(self, batches: list[bytes]) -> None: ...
 
 
+def _no_watch(fd: int, callback: Callable[[], None]) -> None:
+    raise RuntimeError("this environment has no loop to watch file descriptors")
+
+
+def _no_unwatch(fd: int) -> None:
+    pass
+
+
 @dataclass
 class Environment:
     """What collectors share: where the agent keeps its state, the root the inventory reads
-    files under (tests point it at a prepared tree), and sources shared between collectors
-    (the audit socket feeds Process, NetworkActivity and Login)."""
+    files under (tests point it at a prepared tree), the loop's file descriptor watch, and
+    sources shared between collectors (`sources`: the audit socket feeds Process,
+    NetworkActivity and Login); the pipeline reports the drops of every shared source."""
 
     data_dir: Path
     root: Path = Path("/")
     shared: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
+    # watch(fd, callback): the loop calls callback() when fd is readable; unwatch(fd) stops.
+    watch: Callable[[int, Callable[[], None]], None] = _no_watch
+    unwatch: Callable[[int], None] = _no_unwatch
 
 
 class Collector:
@@ -70,6 +83,8 @@ class Collector:
         self.state = CollectorState.disabled()
         self.config: Config | None = None
         self.aggregator: Aggregator | None = None
+        # The lane of the collector's frequency while it runs (set by the pipeline).
+        self.lane: Lane | None = None
         self._cache_size = 0
 
     # -- configuration and lifecycle ----------------------------------------------------------
@@ -84,21 +99,14 @@ class Collector:
             self._cache_size = cache_size
 
     def start(self) -> CollectorState:
-        """Opens the sources; returns the state to report (running with its source, or
-        unavailable with the reason)."""
+        """Opens the sources (registering their file descriptors with env.watch); returns the
+        state to report (running with its source, or unavailable with the reason)."""
         return CollectorState.running()
 
     def stop(self) -> None:
         """Closes the sources. The pipeline has flushed the aggregator already."""
 
     # -- work -----------------------------------------------------------------------------------
-
-    def fds(self) -> Sequence[int]:
-        """File descriptors the loop waits on for this collector."""
-        return ()
-
-    def on_readable(self, fd: int, lane: Lane) -> None:
-        """fd is readable: drain it."""
 
     def tick(self, now: int, lane: Lane) -> None:
         """About once a second: timers of the sources (expiry, polls, snapshots to diff)."""

@@ -1,0 +1,171 @@
+"""The kernel audit socket, shared: Process (exec), NetworkActivity (connect, accept, bind)
+and Login (PAM's USER_* records) each subscribe, and every batch the socket yields goes to each
+subscriber's aggregator, which keeps the event types of its collector.
+
+The socket is opened with the rules the subscribers need (exec rules for Process, network
+rules for NetworkActivity; Login needs none: PAM's records come without rules) and opened
+again when that set changes. Its mode (owner of audit, or reader of the multicast group
+beside auditd) is the subscribers' reported source. Its losses (the kernel's `lost`, ENOBUFS,
+serial gaps) are reported once, as the "Audit" source's drops.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Optional
+
+from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions
+
+if TYPE_CHECKING:
+    from agent.collectors.base import Collector, Environment
+    from agent.config import Config
+
+log = logging.getLogger("agent.audit")
+
+SOURCE_NAME = "Audit"
+
+
+class AuditSource:
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+        self.nl: Optional[AuditNetlink] = None
+        self.subscribers: dict[str, tuple[Collector, bool, bool]] = {}
+        self.state = "closed"
+        self._config: Optional[Config] = None
+        self._opened_with: tuple[bool, bool, bool, int] | None = None
+        self._closed_drops: dict[str, int] = {}
+        self._last_tick = 0
+
+    # -- subscribers ----------------------------------------------------------------------------
+
+    def subscribe(self, collector: Collector, exec_rules: bool = False, net_rules: bool = False) -> bool:
+        """Adds the collector; True when audit events will come (the state says why not)."""
+        if collector.config is not None:
+            self._config = collector.config
+        self.subscribers[collector.name] = (collector, exec_rules, net_rules)
+        self._reopen()
+        return self.nl is not None
+
+    def unsubscribe(self, collector: Collector) -> None:
+        if self.subscribers.pop(collector.name, None) is None:
+            return
+        # The leaving collector still gets what the socket holds for it.
+        self._reopen(also=collector)
+
+    def _wanted(self) -> tuple[bool, bool, bool, int]:
+        exec_rules = any(e for _, e, _ in self.subscribers.values())
+        net_rules = any(n for _, _, n in self.subscribers.values())
+        own, backlog = True, 8192
+        if self._config is not None:
+            own = self._config.audit.own_if_free
+            backlog = self._config.audit.backlog_limit
+        return exec_rules, net_rules, own, backlog
+
+    def _reopen(self, also: Optional[Collector] = None) -> None:
+        wanted = self._wanted() if self.subscribers else None
+        if wanted == self._opened_with and (self.nl is not None or wanted is None):
+            return
+        self._close(also)
+        if wanted is None:
+            return
+        exec_rules, net_rules, own, backlog = wanted
+        try:
+            self.nl = AuditNetlink(AuditNetlinkOptions(
+                take_ownership=own, backlog_limit=backlog,
+                exec_rules=exec_rules, net_rules=net_rules))
+        except Exception as err:  # no CAP_AUDIT_*, no audit in the kernel
+            self.state = f"unavailable: {type(err).__name__}: {err}"
+            log.warning("audit: %s", self.state)
+            self.nl = None
+            self._opened_with = wanted
+            return
+        if self.nl.mode == "unavailable":
+            self.state = self.nl.state
+            log.warning("audit: %s", self.state)
+            self._account_closed(self.nl)
+            self.nl.close()
+            self.nl = None
+            self._opened_with = wanted
+            return
+        self.state = self.nl.state
+        self._opened_with = wanted
+        self.env.sources[SOURCE_NAME] = self
+        self.env.watch(self.nl.fileno(), self.on_readable)
+        log.info("audit: %s; %s", self.state, self.nl.rules_report)
+
+    def _close(self, also: Optional[Collector] = None) -> None:
+        nl, self.nl = self.nl, None
+        self._opened_with = None
+        if nl is None:
+            return
+        self.env.unwatch(nl.fileno())
+        try:
+            batches = nl.close()
+        finally:
+            self._account_closed(nl)
+        self._route(batches, also)
+        self.state = "closed"
+
+    def close(self) -> None:
+        """The agent stops: the last events go to the subscribers, the rules are removed and
+        the kernel's audit settings restored."""
+        self._close()
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _route(self, batches: list[bytes], also: Optional[Collector] = None) -> None:
+        targets = [c for c, _, _ in self.subscribers.values()]
+        if also is not None and also not in targets:
+            targets.append(also)
+        for batch in batches:
+            for collector in targets:
+                if collector.lane is not None:
+                    collector.route(batch, collector.lane)
+
+    def on_readable(self) -> None:
+        if self.nl is not None:
+            self._route(self.nl.drain())
+
+    def tick(self, now: int) -> None:
+        """Called by each subscriber's tick; runs at most once per second: completes idle
+        events, seals the open batch (so that events reach the collectors within a second),
+        reads the kernel's lost counter."""
+        if self.nl is None or now - self._last_tick < 1000:
+            return
+        self._last_tick = now
+        self.nl.poll_status()
+        self._route(self.nl.expire(now) + self.nl.seal())
+
+    # -- loss -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _drops_of(nl: AuditNetlink) -> dict[str, int]:
+        s = nl.stats()
+        return {
+            "kernel_lost": s.kernel_lost_delta,
+            "enobufs": s.enobufs,
+            "serial_gaps": s.parser.gaps,
+            "ownership_lost": s.ownership_lost,
+            "truncated_events": s.parser.truncated,
+            "malformed": s.malformed + s.parser.malformed,
+        }
+
+    def _account_closed(self, nl: AuditNetlink) -> None:
+        for reason, n in self._drops_of(nl).items():
+            self._closed_drops[reason] = self._closed_drops.get(reason, 0) + n
+
+    def drops(self) -> dict[str, int]:
+        total = dict(self._closed_drops)
+        if self.nl is not None:
+            for reason, n in self._drops_of(self.nl).items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
+
+def audit_source(env: Environment) -> AuditSource:
+    """The agent's one audit source (made at first use)."""
+    source = env.shared.get(SOURCE_NAME)
+    if source is None:
+        source = env.shared[SOURCE_NAME] = AuditSource(env)
+    assert isinstance(source, AuditSource)
+    return source

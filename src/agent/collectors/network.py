@@ -1,0 +1,127 @@
+"""NetworkActivity and ListeningPorts over the socket table (native/sock_diag.c: sock_diag, or
+/proc/net where sock_diag is missing) and, for NetworkActivity, the audit socket's connect,
+accept and bind events when audit is in use (agent.collectors.audit_source).
+
+NetworkActivity takes a snapshot every SNAPSHOT_EVERY_MS and writes the `conn` events of the
+difference (opened, closed with their byte counters); connections that open and close between
+two snapshots are seen only through audit. ListeningPorts takes one snapshot per interval.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from agent.collectors.audit_source import audit_source
+from agent.collectors.base import Collector, Lane
+from agent.config import CollectorState
+from agent.native.sink import EventSink
+from agent.native.sock_diag import SocketTable, SocketTableOptions
+
+SNAPSHOT_EVERY_MS = 2000
+
+
+def _open_table(options: SocketTableOptions | None = None) -> SocketTable:
+    return SocketTable(options or SocketTableOptions())
+
+
+class ListeningPortsCollector(Collector):
+    name = "ListeningPorts"
+    accept = ("listen",)
+    periodic: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.table: SocketTable | None = None
+        self._drops: dict[str, int] = {}
+
+    def start(self) -> CollectorState:
+        self.table = _open_table(SocketTableOptions(first_existing=False))
+        return CollectorState.running(self.table.source, self.table.source_reason)
+
+    def stop(self) -> None:
+        if self.table is not None:
+            self.table.close()
+            self.table = None
+
+    def collect(self, now: int, lane: Lane) -> None:
+        if self.table is None:
+            return
+        self.table.snapshot()
+        self.counters["snapshots"] += 1
+        # The table writes `listen` events straight into the lane's sink (no aggregation).
+        while True:
+            self.table.listening(lane.sink)
+            if not self.table.more:
+                break
+            lane.spill(lane.sink.take())
+
+    def drops(self) -> dict[str, int]:
+        if self.table is not None:
+            self._drops = table_drops(self.table)
+        return dict(self._drops)
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        if self.table is not None:
+            s = self.table.stats()
+            out.update(collected=s.listen_events, snapshots=s.snapshots,
+                       owner_unknown=s.owner_unknown)
+        return out
+
+
+def table_drops(table: SocketTable) -> dict[str, int]:
+    """What a socket table could not see: snapshots cut short, sockets beyond its bound."""
+    s = table.stats()
+    return {"incomplete_snapshots": s.incomplete, "socket_overflow": s.overflow}
+
+
+class NetworkActivityCollector(Collector):
+    name = "NetworkActivity"
+    kind = "network"
+    accept = ("conn", "net")
+    uses_audit: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.table: SocketTable | None = None
+        self.raw = EventSink()
+        self._next_snapshot = 0
+        self._drops: dict[str, int] = {}
+
+    def start(self) -> CollectorState:
+        self.table = _open_table(SocketTableOptions(first_existing=False))
+        self._next_snapshot = 0
+        sources = [self.table.source]
+        reasons = [self.table.source_reason]
+        audit = audit_source(self.env)
+        if audit.subscribe(self, net_rules=True):
+            sources.append("audit")
+        reasons.append(f"audit: {audit.state}")
+        return CollectorState.running("+".join(sources), "; ".join(r for r in reasons if r))
+
+    def stop(self) -> None:
+        audit_source(self.env).unsubscribe(self)
+        if self.table is not None:
+            self._drops = table_drops(self.table)
+            self.table.close()
+            self.table = None
+
+    def tick(self, now: int, lane: Lane) -> None:
+        audit_source(self.env).tick(now)
+        if self.table is None or now < self._next_snapshot:
+            return
+        self._next_snapshot = now + SNAPSHOT_EVERY_MS
+        self.table.snapshot()
+        while True:
+            self.table.changes(self.raw)
+            for batch in self.raw.take():
+                self.route(batch, lane)
+            if not self.table.more:
+                break
+        for batch in self.raw.seal():
+            self.route(batch, lane)
+
+    def drops(self) -> dict[str, int]:
+        if self.table is not None:
+            self._drops = table_drops(self.table)
+        return dict(self._drops)
