@@ -40,6 +40,7 @@ struct am_cnproc_stats {
     uint64_t denied;     /* exec events with some /proc details refused (EACCES/EPERM) */
     uint64_t reused;     /* ... whose pid already belonged to a newer process */
     uint64_t argv_truncated; /* exec argv cut to max_argv_bytes / max_args */
+    uint64_t oversize;   /* exec events sent without argv, exe, cwd: larger than a batch */
     uint64_t dropped;    /* events the sink refused (too large, or full) */
 };
 

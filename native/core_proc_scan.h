@@ -24,6 +24,7 @@ struct am_pscan_stats {
     uint64_t denied;         /* processes with some details refused (`denied`) */
     uint64_t kthreads;       /* kernel threads among the processes (`kthread`) */
     uint64_t argv_truncated; /* argv cut to max_argv_bytes / max_args (`trunc`) */
+    uint64_t oversize;       /* events sent without argv and exe: larger than a batch */
     uint64_t facts;          /* system facts events appended */
     uint64_t dropped;        /* events the sink refused */
 };

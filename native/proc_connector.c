@@ -369,42 +369,19 @@ static int finish(am_cnproc *c, am_sink *sink, int st, uint64_t *appended)
     return AM_OK;
 }
 
-static int encode_exec(am_cnproc *c, am_sink *sink, const struct ev *ev,
-                       const struct clocks *k, uint64_t *appended)
+/* The exec event from what c->proc holds (result: its PF_* flags). lean: without argv, exe
+ * and cwd (with `trunc`), for an event that would not fit a batch otherwise. */
+static int put_exec(am_cnproc *c, mp_buf *e, const struct ev *ev, unsigned result, int lean,
+                    int *argv_cut)
 {
     int32_t pid = rdi32(ev->d), tgid = rdi32(ev->d + 4);
-    struct pf_process *p = &c->proc;
-    unsigned result = PF_GONE;
-    if (c->opt.enrich) {
-        pf_process_read(c->proc_fd, tgid, PF_WANT_STAT | PF_WANT_STATUS | PF_WANT_CMDLINE |
-                        PF_WANT_EXE | PF_WANT_CWD, p, c->cmdline, c->opt.max_argv_bytes);
-        result = p->result;
-        if (p->got & PF_WANT_STAT) {
-            /* /proc starttime is in ticks of CLOCK_BOOTTIME and floors: a process that
-             * started after this exec is a newer one under a reused pid. */
-            uint64_t tick_ns = 1000000000u / (uint64_t)c->clk_tck;
-            uint64_t start_ns, event_ns;
-            if (__builtin_mul_overflow(p->stat.starttime, tick_ns, &start_ns))
-                start_ns = UINT64_MAX;
-            if (__builtin_add_overflow(ev->ts_ns, k->boot_minus_mono + tick_ns, &event_ns))
-                event_ns = UINT64_MAX;
-            if (start_ns > event_ns) {
-                c->st.reused++;
-                result = PF_GONE;
-            }
-        }
-        if (result & PF_GONE) {
-            c->st.gone++;
-        } else {
-            c->st.partial += (result & PF_PARTIAL) != 0;
-            c->st.denied += (result & PF_DENIED) != 0;
-        }
-    }
+    const struct pf_process *p = &c->proc;
     int gone = (result & PF_GONE) != 0;
     unsigned got = gone ? 0 : p->got;
-    int argv_cut = 0;
-    mp_buf *e = sink_begin(sink);
+    if (lean)
+        got &= ~(unsigned)(PF_WANT_EXE | PF_WANT_CWD | PF_WANT_CMDLINE);
     int st;
+    *argv_cut = 0;
     uint32_t n = 4 + (pid != tgid);
     if (!c->opt.enrich) {
         /* details not asked for: no flag */
@@ -418,7 +395,7 @@ static int encode_exec(am_cnproc *c, am_sink *sink, const struct ev *ev,
         n += (got & PF_WANT_CMDLINE) && p->cmdline_len > 0 ? 1 : 0;
         n += (result & PF_PARTIAL) ? 1 : 0;
         n += (result & PF_DENIED) ? 1 : 0;
-        /* trunc: cmdline or a path cut; max_args is only known while encoding (patched). */
+        /* trunc is known only once argv is encoded: counted then, the header patched. */
     }
     size_t map_at = e->len;
     TRY(mp_map32(e, n));
@@ -447,21 +424,61 @@ static int encode_exec(am_cnproc *c, am_sink *sink, const struct ev *ev,
         }
         if ((got & PF_WANT_CMDLINE) && p->cmdline_len > 0) {
             TRY(mp_cstr(e, "argv"));
-            TRY(pf_encode_argv(e, c->cmdline, p->cmdline_len, c->opt.max_args, &argv_cut));
+            TRY(pf_encode_argv(e, c->cmdline, p->cmdline_len, c->opt.max_args, argv_cut));
         }
         if (result & PF_PARTIAL)
             TRY(put_true(e, "partial"));
         if (result & PF_DENIED)
             TRY(put_true(e, "denied"));
-        if (argv_cut || (result & (PF_ARGV_CUT | PF_PATH_CUT))) {
-            if (argv_cut || (result & PF_ARGV_CUT))
-                c->st.argv_truncated++;
+        if (lean || *argv_cut || (result & (PF_ARGV_CUT | PF_PATH_CUT))) {
             TRY(put_true(e, "trunc"));
             n++;
         }
     }
     mp_patch_u32(e, map_at, n);
 done:
+    return st;
+}
+
+static int encode_exec(am_cnproc *c, am_sink *sink, const struct ev *ev,
+                       const struct clocks *k, uint64_t *appended)
+{
+    int32_t tgid = rdi32(ev->d + 4);
+    struct pf_process *p = &c->proc;
+    unsigned result = PF_GONE;
+    if (c->opt.enrich) {
+        pf_process_read(c->proc_fd, tgid, PF_WANT_STAT | PF_WANT_STATUS | PF_WANT_CMDLINE |
+                        PF_WANT_EXE | PF_WANT_CWD, p, c->cmdline, c->opt.max_argv_bytes);
+        result = p->result;
+        if (p->got & PF_WANT_STAT) {
+            /* /proc starttime is in ticks of CLOCK_BOOTTIME and floors: a process that
+             * started after this exec is a newer one under a reused pid. */
+            uint64_t tick_ns = 1000000000u / (uint64_t)c->clk_tck;
+            uint64_t start_ns, event_ns;
+            if (__builtin_mul_overflow(p->stat.starttime, tick_ns, &start_ns))
+                start_ns = UINT64_MAX;
+            if (__builtin_add_overflow(ev->ts_ns, k->boot_minus_mono + tick_ns, &event_ns))
+                event_ns = UINT64_MAX;
+            if (start_ns > event_ns) {
+                c->st.reused++;
+                result = PF_GONE;
+            }
+        }
+        if (result & PF_GONE) {
+            c->st.gone++;
+        } else {
+            c->st.partial += (result & PF_PARTIAL) != 0;
+            c->st.denied += (result & PF_DENIED) != 0;
+        }
+    }
+    int argv_cut = 0;
+    int st = put_exec(c, sink_begin(sink), ev, result, 0, &argv_cut);
+    if (st == AM_ERR_FULL) { /* larger than a batch: again without argv, exe, cwd */
+        c->st.oversize++;
+        st = put_exec(c, sink_begin(sink), ev, result, 1, &argv_cut);
+    }
+    if (st == AM_OK && (argv_cut || (result & PF_ARGV_CUT)))
+        c->st.argv_truncated++;
     return finish(c, sink, st, appended);
 }
 

@@ -182,26 +182,20 @@ static int commit(am_pscan *p, am_sink *sink, int st)
     return AM_OK;
 }
 
-/* One process: 0 appended, 1 skipped (vanished), <0 refused by the sink. */
-static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
+/* The event of one process read into p->proc. lean: without argv and exe (with `trunc`),
+ * for an event that would not fit a batch otherwise. */
+static int encode_process(am_pscan *p, mp_buf *e, int32_t pid, int lean, int *argv_cut)
 {
-    struct pf_process *pr = &p->proc;
-    pf_process_read(dir_fd, pid, PF_WANT_STAT | PF_WANT_STATUS | PF_WANT_CMDLINE | PF_WANT_EXE,
-                    pr, p->cmdline, p->opt.max_argv_bytes);
-    if (!(pr->got & PF_WANT_STAT)) {
-        p->st.vanished++;
-        return 1;
-    }
+    const struct pf_process *pr = &p->proc;
     const struct pf_stat *s = &pr->stat;
     int partial = (pr->result & PF_PARTIAL) != 0;
     int denied = (pr->result & PF_DENIED) != 0;
     int kthread = (pr->result & PF_KTHREAD) != 0;
-    int argv = (pr->got & PF_WANT_CMDLINE) && pr->cmdline_len > 0;
+    int argv = !lean && (pr->got & PF_WANT_CMDLINE) && pr->cmdline_len > 0;
     int ids = (pr->got & PF_WANT_STATUS) != 0;
-    int exe = (pr->got & PF_WANT_EXE) != 0;
-    int argv_cut = 0;
-    uint32_t n = 10 + 4 * ids + exe + argv + partial + denied + kthread;
-    mp_buf *e = sink_begin(sink);
+    int exe = !lean && (pr->got & PF_WANT_EXE) != 0;
+    uint32_t n = 9 + p->have_btime + 4 * ids + exe + argv + partial + denied + kthread;
+    *argv_cut = 0;
     int st;
     size_t map_at = e->len;
     TRY(mp_map32(e, n));
@@ -226,11 +220,13 @@ static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
     }
     if (argv) {
         TRY(mp_cstr(e, "argv"));
-        TRY(pf_encode_argv(e, p->cmdline, pr->cmdline_len, p->opt.max_args, &argv_cut));
+        TRY(pf_encode_argv(e, p->cmdline, pr->cmdline_len, p->opt.max_args, argv_cut));
     }
-    /* start: boot time (whole seconds, as /proc/stat gives it) + starttime ticks. */
-    uint64_t start = p->btime * 1000u + s->starttime * 1000u / (uint64_t)p->clk_tck;
-    TRY(put_uint(e, "start", p->have_btime ? start : 0));
+    if (p->have_btime) {
+        /* start: boot time (whole seconds, as /proc/stat gives it) + starttime ticks. */
+        uint64_t start = p->btime * 1000u + s->starttime * 1000u / (uint64_t)p->clk_tck;
+        TRY(put_uint(e, "start", start));
+    }
     TRY(mp_cstr(e, "state"));
     TRY(mp_str(e, &s->state, 1));
     TRY(put_int(e, "threads", s->threads));
@@ -241,19 +237,38 @@ static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
         TRY(put_true(e, "partial"));
     if (denied)
         TRY(put_true(e, "denied"));
-    if (argv_cut || (pr->result & (PF_ARGV_CUT | PF_PATH_CUT))) {
+    if (lean || *argv_cut || (pr->result & (PF_ARGV_CUT | PF_PATH_CUT))) {
         TRY(put_true(e, "trunc"));
         n++;
     }
     mp_patch_u32(e, map_at, n);
 done:
+    return st;
+}
+
+/* One process: 0 appended, 1 skipped (vanished), <0 refused by the sink. */
+static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
+{
+    struct pf_process *pr = &p->proc;
+    pf_process_read(dir_fd, pid, PF_WANT_STAT | PF_WANT_STATUS | PF_WANT_CMDLINE | PF_WANT_EXE,
+                    pr, p->cmdline, p->opt.max_argv_bytes);
+    if (!(pr->got & PF_WANT_STAT)) {
+        p->st.vanished++;
+        return 1;
+    }
+    int argv_cut = 0;
+    int st = encode_process(p, sink_begin(sink), pid, 0, &argv_cut);
+    if (st == AM_ERR_FULL) { /* larger than a batch: again without argv and exe */
+        p->st.oversize++;
+        st = encode_process(p, sink_begin(sink), pid, 1, &argv_cut);
+    }
     st = commit(p, sink, st);
     if (st != AM_OK)
         return st;
     p->st.processes++;
-    p->st.kthreads += kthread;
-    p->st.partial += partial;
-    p->st.denied += denied;
+    p->st.kthreads += (pr->result & PF_KTHREAD) != 0;
+    p->st.partial += (pr->result & PF_PARTIAL) != 0;
+    p->st.denied += (pr->result & PF_DENIED) != 0;
     if (argv_cut || (pr->result & PF_ARGV_CUT))
         p->st.argv_truncated++;
     return 0;

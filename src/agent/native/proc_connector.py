@@ -66,6 +66,7 @@ class ProcConnectorStats:
     denied: int
     reused: int
     argv_truncated: int
+    oversize: int
     dropped: int
 
 

@@ -41,6 +41,7 @@ class ProcScanStats:
     denied: int
     kthreads: int
     argv_truncated: int
+    oversize: int
     facts: int
     dropped: int
 
