@@ -16,7 +16,7 @@ with struct.pack for pids above PID_MAX_LIMIT (they cannot exist):
   enrichment on: each reads /proc/self's stat, status, cmdline, exe and cwd.
 Target: core >= 20x pyroute2.
 
-Each runs ROUNDS times; rates use the median round. The table of ratios is printed at the end
+Each runs ROUNDS times pinned to one CPU (conftest.bench_cpu); rates use the median round. The table of ratios is printed at the end
 of the session (and kept in benchmark.extra_info).
 """
 
@@ -111,7 +111,9 @@ def _process_count() -> int:
     return sum(1 for name in os.listdir("/proc") if name.isdigit())
 
 
-def test_snapshot_core(benchmark: BenchmarkFixture, sleepers: int, request: pytest.FixtureRequest) -> None:
+def test_snapshot_core(
+    benchmark: BenchmarkFixture, sleepers: int, request: pytest.FixtureRequest, bench_cpu: int
+) -> None:
     import msgpack
 
     from agent.native.proc_scan import ProcScanner
@@ -127,8 +129,10 @@ def test_snapshot_core(benchmark: BenchmarkFixture, sleepers: int, request: pyte
         return sum(int.from_bytes(b[1:5], "big") for b in batches)
 
     events, walls = measure(benchmark, run, 1 if quick(request) else ROUNDS)
+    # Other work on the machine starts and ends processes too: about the same count, and
+    # every sleeper (checked below).
     present = _process_count()
-    assert abs(events - present) <= 10, (events, present)
+    assert abs(events - present) <= max(10, present // 20), (events, present)
     assert events >= sleepers
     # Spot check: the same fields psutil is asked for are there.
     batches: list[bytes] = []
@@ -141,7 +145,9 @@ def test_snapshot_core(benchmark: BenchmarkFixture, sleepers: int, request: pyte
     scanner.close()
 
 
-def test_snapshot_psutil(benchmark: BenchmarkFixture, sleepers: int, request: pytest.FixtureRequest) -> None:
+def test_snapshot_psutil(
+    benchmark: BenchmarkFixture, sleepers: int, request: pytest.FixtureRequest, bench_cpu: int
+) -> None:
     import psutil
 
     def run() -> int:
@@ -152,7 +158,7 @@ def test_snapshot_psutil(benchmark: BenchmarkFixture, sleepers: int, request: py
 
     count, walls = measure(benchmark, run, 1 if quick(request) else ROUNDS)
     present = _process_count()
-    assert abs(count - present) <= 10, (count, present)
+    assert abs(count - present) <= max(10, present // 20), (count, present)
     record("snapshot", "psutil", count, walls, benchmark)
 
 
@@ -200,7 +206,9 @@ def _decode_core(data: bytes, enrich: bool) -> tuple[int, int]:
     return events, messages
 
 
-def test_cnproc_core(benchmark: BenchmarkFixture, request: pytest.FixtureRequest) -> None:
+def test_cnproc_core(
+    benchmark: BenchmarkFixture, request: pytest.FixtureRequest, bench_cpu: int
+) -> None:
     data = cnproc_buffer(MESSAGES)
     (events, messages), walls = measure(
         benchmark, lambda: _decode_core(data, enrich=False), 3 if quick(request) else ROUNDS * 4
@@ -209,7 +217,9 @@ def test_cnproc_core(benchmark: BenchmarkFixture, request: pytest.FixtureRequest
     record("cnproc", "core", MESSAGES, walls, benchmark)
 
 
-def test_cnproc_pyroute2(benchmark: BenchmarkFixture, request: pytest.FixtureRequest) -> None:
+def test_cnproc_pyroute2(
+    benchmark: BenchmarkFixture, request: pytest.FixtureRequest, bench_cpu: int
+) -> None:
     from pyroute2.netlink.connector.cn_proc import ProcEventMarshal
 
     data = cnproc_buffer(MESSAGES)
@@ -248,7 +258,7 @@ def test_zz_ratios(request: pytest.FixtureRequest) -> None:
         core = _RESULTS.get(f"{r['group']}/core")
         rate = r["items"] / r["median"]
         ratio = budget = ""
-        if core is not None and r["peer"] != "core":
+        if core is not None and (r["group"], r["peer"]) in _TARGETS:
             value = (core["items"] / core["median"]) / rate
             ratio = f"{value:.1f}x"
             target = _TARGETS.get((r["group"], r["peer"]))

@@ -250,8 +250,8 @@ done:
 static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
 {
     struct pf_process *pr = &p->proc;
-    pf_process_read(dir_fd, pid, PF_WANT_STAT | PF_WANT_STATUS | PF_WANT_CMDLINE | PF_WANT_EXE,
-                    pr, p->cmdline, p->opt.max_argv_bytes);
+    pf_process_read(dir_fd, pid, PF_WANT_STAT | PF_WANT_STATUS | PF_WANT_CMDLINE | PF_WANT_EXE |
+                    PF_PATHS, pr, p->cmdline, p->opt.max_argv_bytes);
     if (!(pr->got & PF_WANT_STAT)) {
         p->st.vanished++;
         return 1;

@@ -50,7 +50,8 @@ ssize_t pf_read_file(int dirfd, const char *path, char *buf, size_t cap)
     return n;
 }
 
-ssize_t pf_read_all(int dirfd, const char *path, char *buf, size_t cap, int *full)
+ssize_t pf_read_all(int dirfd, const char *path, char *buf, size_t cap, int *full,
+                    int short_is_end)
 {
     *full = 0;
     int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
@@ -68,6 +69,10 @@ ssize_t pf_read_all(int dirfd, const char *path, char *buf, size_t cap, int *ful
         if (n == 0)
             break;
         len += (size_t)n;
+        /* /proc/PID/cmdline hands over everything it has, across pages, in one read: a
+         * short read is the end (this saves the read that would return 0). */
+        if (short_is_end && len < cap)
+            break;
     }
     if (len == cap) {
         char probe;
@@ -517,23 +522,44 @@ void pf_process_read(int proc_dirfd, int32_t pid, unsigned want, struct pf_proce
         p->result = PF_GONE;
         return;
     }
-    pf_utoa((uint32_t)pid, name);
-    int dfd = openat(proc_dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) {
-        p->result = PF_GONE;
-        return;
+    size_t name_len = pf_utoa((uint32_t)pid, name);
+    /* Either names relative to the PID directory fd, or "PID/name" relative to /proc. */
+    int dfd;
+    char path_stat[24], path_status[24], path_cmdline[24], path_exe[24], path_cwd[24];
+    const char *f_stat = "stat", *f_status = "status", *f_cmdline = "cmdline", *f_exe = "exe",
+               *f_cwd = "cwd";
+    if (want & PF_PATHS) {
+        dfd = proc_dirfd;
+        struct {
+            char *buf;
+            const char **name;
+        } paths[] = {{path_stat, &f_stat}, {path_status, &f_status},
+                     {path_cmdline, &f_cmdline}, {path_exe, &f_exe}, {path_cwd, &f_cwd}};
+        for (size_t k = 0; k < sizeof paths / sizeof paths[0]; k++) {
+            size_t leaf = strlen(*paths[k].name);
+            memcpy(paths[k].buf, name, name_len);
+            paths[k].buf[name_len] = '/';
+            memcpy(paths[k].buf + name_len + 1, *paths[k].name, leaf + 1);
+            *paths[k].name = paths[k].buf;
+        }
+    } else {
+        dfd = openat(proc_dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0) {
+            p->result = PF_GONE;
+            return;
+        }
     }
     unsigned failed = 0, denied = 0;
     char small[4096];
     if (want & PF_WANT_STAT) {
-        ssize_t n = pf_read_file(dfd, "stat", small, sizeof small);
+        ssize_t n = pf_read_file(dfd, f_stat, small, sizeof small);
         if (n > 0 && pf_parse_stat(small, (size_t)n, &p->stat) == 0)
             p->got |= PF_WANT_STAT;
         else
             note_failure(PF_WANT_STAT, n < 0 ? errno : EBADMSG, &failed, &denied);
     }
     if (want & PF_WANT_STATUS) {
-        ssize_t n = pf_read_file(dfd, "status", small, sizeof small);
+        ssize_t n = pf_read_file(dfd, f_status, small, sizeof small);
         if (n > 0 && pf_parse_status(small, (size_t)n, &p->status) == 0)
             p->got |= PF_WANT_STATUS;
         else
@@ -545,7 +571,7 @@ void pf_process_read(int proc_dirfd, int32_t pid, unsigned want, struct pf_proce
         p->result |= PF_KTHREAD;
     if ((want & PF_WANT_CMDLINE) && cmdline != NULL && cap > 0) {
         int full = 0;
-        ssize_t n = pf_read_all(dfd, "cmdline", cmdline, cap, &full);
+        ssize_t n = pf_read_all(dfd, f_cmdline, cmdline, cap, &full, 1);
         if (n >= 0) {
             p->cmdline_len = (size_t)n;
             p->cmdline_full = full;
@@ -562,7 +588,7 @@ void pf_process_read(int proc_dirfd, int32_t pid, unsigned want, struct pf_proce
     }
     /* exe and cwd: ENOENT is what a kernel thread or a zombie answers, not a loss. */
     if (want & PF_WANT_EXE) {
-        ssize_t n = readlinkat(dfd, "exe", p->exe, sizeof p->exe);
+        ssize_t n = readlinkat(dfd, f_exe, p->exe, sizeof p->exe);
         if (n >= 0) {
             if ((size_t)n == sizeof p->exe) {
                 p->result |= PF_PATH_CUT;
@@ -575,7 +601,7 @@ void pf_process_read(int proc_dirfd, int32_t pid, unsigned want, struct pf_proce
         }
     }
     if (want & PF_WANT_CWD) {
-        ssize_t n = readlinkat(dfd, "cwd", p->cwd, sizeof p->cwd);
+        ssize_t n = readlinkat(dfd, f_cwd, p->cwd, sizeof p->cwd);
         if (n >= 0) {
             if ((size_t)n == sizeof p->cwd) {
                 p->result |= PF_PATH_CUT;
@@ -587,7 +613,8 @@ void pf_process_read(int proc_dirfd, int32_t pid, unsigned want, struct pf_proce
             note_failure(PF_WANT_CWD, errno, &failed, &denied);
         }
     }
-    close(dfd);
+    if (!(want & PF_PATHS))
+        close(dfd);
     if (p->got == 0 && denied == 0)
         p->result |= PF_GONE;
     else if (failed != 0)

@@ -19,8 +19,10 @@
 ssize_t pf_read_file(int dirfd, const char *path, char *buf, size_t cap);
 
 /* Reads a whole file into buf (cap bytes, not NUL-terminated). *full is set when the file
- * did not fit, i.e. holds more than cap bytes. Returns the length or -1 with errno set. */
-ssize_t pf_read_all(int dirfd, const char *path, char *buf, size_t cap, int *full);
+ * did not fit, i.e. holds more than cap bytes. short_is_end: a read that returns less than
+ * asked is the end (files that answer in one piece). Returns the length or -1 (errno). */
+ssize_t pf_read_all(int dirfd, const char *path, char *buf, size_t cap, int *full,
+                    int short_is_end);
 
 /* A line reader over a file descriptor with a fixed buffer: a line longer than the buffer
  * comes back cut to it (*cut set), the rest of it is skipped. */
@@ -106,7 +108,11 @@ enum pf_want {
     PF_WANT_STATUS = 2,
     PF_WANT_CMDLINE = 4,
     PF_WANT_EXE = 8,
-    PF_WANT_CWD = 16
+    PF_WANT_CWD = 16,
+    /* Open PID/file relative to /proc instead of opening the PID directory first: two
+     * syscalls fewer per process, for the scanner, where a pid reused between two reads of
+     * one process (microseconds apart) is not worth them. */
+    PF_PATHS = 64
 };
 
 /* Outcome flags of pf_process_read. */
@@ -133,10 +139,10 @@ struct pf_process {
     size_t cwd_len;
 };
 
-/* Reads the wanted files of /proc/PID through a directory fd (proc_dirfd: /proc) into p,
- * the cmdline into cmdline (cap bytes). The directory is opened once and every file read
- * through it, so that all reads describe one process: after it exits they fail with ESRCH
- * even if the pid is reused. Sets p->result. */
+/* Reads the wanted files of /proc/PID (proc_dirfd: /proc) into p, the cmdline into cmdline
+ * (cap bytes). Unless PF_PATHS, the directory is opened once and every file read through it,
+ * so that all reads describe one process: after it exits they fail with ESRCH even if the
+ * pid is reused. Sets p->result. */
 void pf_process_read(int proc_dirfd, int32_t pid, unsigned want, struct pf_process *p,
                      char *cmdline, size_t cap);
 
