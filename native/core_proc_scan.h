@@ -1,0 +1,49 @@
+/* core_proc_scan.h: the /proc scanner: a snapshot of every process (one event each) and the
+ * system facts (memory, CPU, uptime, load, boot time, kernel, host name) as one event, both
+ * into an am_sink (docs/sources/proc-scan.md). */
+#ifndef AM_CORE_PROC_SCAN_H
+#define AM_CORE_PROC_SCAN_H
+
+#include "core.h"
+
+/* CDEF-BEGIN */
+enum am_pscan_status {
+    AM_PSCAN_ERR_SYS = -17 /* a system call failed: am_pscan_errno() says why */
+};
+
+struct am_pscan_options {
+    uint32_t max_argv_bytes; /* cmdline bytes read per process, beyond: trunc. 32768 */
+    uint32_t max_args;       /* arguments kept per process, beyond: trunc. 256 */
+};
+
+struct am_pscan_stats {
+    uint64_t scans;          /* snapshots completed */
+    uint64_t processes;      /* process events appended */
+    uint64_t vanished;       /* processes gone before their stat could be read: skipped */
+    uint64_t partial;        /* processes emitted with some details missing (`partial`) */
+    uint64_t denied;         /* processes with some details refused (`denied`) */
+    uint64_t kthreads;       /* kernel threads among the processes (`kthread`) */
+    uint64_t argv_truncated; /* argv cut to max_argv_bytes / max_args (`trunc`) */
+    uint64_t oversize;       /* events sent without argv and exe: larger than a batch */
+    uint64_t facts;          /* system facts events appended */
+    uint64_t dropped;        /* events the sink refused */
+};
+
+typedef struct am_pscan am_pscan;
+void am_pscan_default_options(struct am_pscan_options *out);
+/* opts may be NULL. NULL on a bad option, no memory, or no /proc. */
+am_pscan *am_pscan_new(const struct am_pscan_options *opts);
+void am_pscan_free(am_pscan *p);
+/* Walks /proc, one event per process. AM_OK: the snapshot is complete (the next call starts
+ * a new one); AM_ERR_FULL: the sink is full: take batches and call again to go on where it
+ * stopped. *appended: events appended by this call. */
+int am_pscan_run(am_pscan *p, am_sink *sink, uint64_t *appended);
+/* Drops an unfinished snapshot: the next run starts afresh. */
+void am_pscan_reset(am_pscan *p);
+/* One `sysinfo` event. AM_ERR_FULL when the sink has no room (nothing appended). */
+int am_pscan_system_facts(am_pscan *p, am_sink *sink);
+int am_pscan_errno(const am_pscan *p);
+void am_pscan_stats(const am_pscan *p, struct am_pscan_stats *out);
+/* CDEF-END */
+
+#endif

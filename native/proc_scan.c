@@ -1,0 +1,414 @@
+/* proc_scan.c: a process snapshot and the system facts from /proc (see core_proc_scan.h and
+ * docs/sources/proc-scan.md). Each small file is read with one read(2) into a buffer the
+ * handle or the stack owns and parsed by hand (procfs.c); every file of a process is opened
+ * relative to its /proc/PID directory fd. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "core_proc_scan.h"
+#include "procfs.h"
+#include "sink.h"
+
+struct am_pscan {
+    struct am_pscan_options opt;
+    struct am_pscan_stats st;
+    int proc_fd; /* /proc, O_PATH */
+    int err;
+    long clk_tck;
+    long page_size;
+    DIR *walk;    /* the snapshot in progress, NULL between snapshots */
+    uint64_t ts_ms;       /* of the snapshot in progress */
+    uint64_t btime;       /* boot time, seconds since the epoch (/proc/stat btime) */
+    int have_btime;
+    char *cmdline;        /* max_argv_bytes */
+    struct pf_process proc;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void am_pscan_default_options(struct am_pscan_options *out)
+{
+    if (out == NULL)
+        return;
+    out->max_argv_bytes = 32768;
+    out->max_args = 256;
+}
+
+am_pscan *am_pscan_new(const struct am_pscan_options *opts)
+{
+    struct am_pscan_options o;
+    am_pscan_default_options(&o);
+    if (opts != NULL)
+        o = *opts;
+    if (o.max_argv_bytes < 64 || o.max_argv_bytes > (1u << 24) || o.max_args < 1 ||
+        o.max_args > 65536)
+        return NULL;
+    am_pscan *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    p->opt = o;
+    p->clk_tck = sysconf(_SC_CLK_TCK);
+    if (p->clk_tck <= 0)
+        p->clk_tck = 100;
+    p->page_size = sysconf(_SC_PAGESIZE);
+    if (p->page_size <= 0)
+        p->page_size = 4096;
+    p->cmdline = malloc(o.max_argv_bytes);
+    p->proc_fd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (p->cmdline == NULL || p->proc_fd < 0) {
+        am_pscan_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void am_pscan_reset(am_pscan *p)
+{
+    if (p != NULL && p->walk != NULL) {
+        closedir(p->walk);
+        p->walk = NULL;
+    }
+}
+
+void am_pscan_free(am_pscan *p)
+{
+    if (p == NULL)
+        return;
+    am_pscan_reset(p);
+    if (p->proc_fd >= 0)
+        close(p->proc_fd);
+    free(p->cmdline);
+    free(p);
+}
+
+int am_pscan_errno(const am_pscan *p)
+{
+    return p == NULL ? 0 : p->err;
+}
+
+void am_pscan_stats(const am_pscan *p, struct am_pscan_stats *out)
+{
+    if (out == NULL)
+        return;
+    if (p == NULL) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    *out = p->st;
+}
+
+/* "btime N" of /proc/stat; its intr line can be long, hence the line reader. */
+static int read_btime(int proc_fd, uint64_t *btime)
+{
+    int fd = openat(proc_fd, "stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[4096];
+    struct pf_lines r;
+    pf_lines_init(&r, fd, buf, sizeof buf);
+    const char *line;
+    size_t len;
+    int cut, found = -1;
+    while (found != 0 && pf_lines_next(&r, &line, &len, &cut) == 1)
+        found = pf_parse_btime_line(line, len, btime);
+    close(fd);
+    return found;
+}
+
+static int parse_pid(const char *name, int32_t *pid)
+{
+    int64_t v = 0;
+    if (*name == '\0')
+        return -1;
+    for (const char *s = name; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return -1;
+        v = v * 10 + (*s - '0');
+        if (v > INT32_MAX)
+            return -1;
+    }
+    *pid = (int32_t)v;
+    return 0;
+}
+
+#define TRY(x) \
+    do { \
+        if ((st = (x)) != AM_OK) \
+            goto done; \
+    } while (0)
+
+static int put_int(mp_buf *e, const char *key, int64_t v)
+{
+    int st = mp_cstr(e, key);
+    return st == AM_OK ? mp_int(e, v) : st;
+}
+
+static int put_uint(mp_buf *e, const char *key, uint64_t v)
+{
+    int st = mp_cstr(e, key);
+    return st == AM_OK ? mp_uint(e, v) : st;
+}
+
+static int put_true(mp_buf *e, const char *key)
+{
+    int st = mp_cstr(e, key);
+    return st == AM_OK ? mp_bool(e, 1) : st;
+}
+
+static int commit(am_pscan *p, am_sink *sink, int st)
+{
+    if (st != AM_OK) {
+        sink_drop(sink);
+        p->st.dropped++;
+        return st;
+    }
+    if (sink_commit(sink) != AM_OK) {
+        p->st.dropped++;
+        return AM_ERR_FULL;
+    }
+    return AM_OK;
+}
+
+/* The event of one process read into p->proc. lean: without argv and exe (with `trunc`),
+ * for an event that would not fit a batch otherwise. */
+static int encode_process(am_pscan *p, mp_buf *e, int32_t pid, int lean, int *argv_cut)
+{
+    const struct pf_process *pr = &p->proc;
+    const struct pf_stat *s = &pr->stat;
+    int partial = (pr->result & PF_PARTIAL) != 0;
+    int denied = (pr->result & PF_DENIED) != 0;
+    int kthread = (pr->result & PF_KTHREAD) != 0;
+    int argv = !lean && (pr->got & PF_WANT_CMDLINE) && pr->cmdline_len > 0;
+    int ids = (pr->got & PF_WANT_STATUS) != 0;
+    int exe = !lean && (pr->got & PF_WANT_EXE) != 0;
+    uint32_t n = 9 + p->have_btime + 4 * ids + exe + argv + partial + denied + kthread;
+    *argv_cut = 0;
+    int st;
+    size_t map_at = e->len;
+    TRY(mp_map32(e, n));
+    TRY(mp_cstr(e, "t"));
+    TRY(mp_cstr(e, "process"));
+    TRY(put_uint(e, "ts", p->ts_ms));
+    TRY(mp_cstr(e, "src"));
+    TRY(mp_cstr(e, "proc"));
+    TRY(put_int(e, "pid", pid));
+    TRY(put_int(e, "ppid", s->ppid));
+    if (ids) {
+        TRY(put_int(e, "uid", pr->status.uid[0]));
+        TRY(put_int(e, "euid", pr->status.uid[1]));
+        TRY(put_int(e, "gid", pr->status.gid[0]));
+        TRY(put_int(e, "egid", pr->status.gid[1]));
+    }
+    TRY(mp_cstr(e, "comm"));
+    TRY(mp_text(e, s->comm, s->comm_len));
+    if (exe) {
+        TRY(mp_cstr(e, "exe"));
+        TRY(mp_text(e, pr->exe, pr->exe_len));
+    }
+    if (argv) {
+        TRY(mp_cstr(e, "argv"));
+        TRY(pf_encode_argv(e, p->cmdline, pr->cmdline_len, p->opt.max_args, argv_cut));
+    }
+    if (p->have_btime) {
+        /* start: boot time (whole seconds, as /proc/stat gives it) + starttime ticks. */
+        uint64_t start = p->btime * 1000u + s->starttime * 1000u / (uint64_t)p->clk_tck;
+        TRY(put_uint(e, "start", start));
+    }
+    TRY(mp_cstr(e, "state"));
+    TRY(mp_str(e, &s->state, 1));
+    TRY(put_int(e, "threads", s->threads));
+    TRY(put_int(e, "rss", s->rss_pages * (int64_t)p->page_size));
+    if (kthread)
+        TRY(put_true(e, "kthread"));
+    if (partial)
+        TRY(put_true(e, "partial"));
+    if (denied)
+        TRY(put_true(e, "denied"));
+    if (lean || *argv_cut || (pr->result & (PF_ARGV_CUT | PF_PATH_CUT))) {
+        TRY(put_true(e, "trunc"));
+        n++;
+    }
+    mp_patch_u32(e, map_at, n);
+done:
+    return st;
+}
+
+/* One process: 0 appended, 1 skipped (vanished), <0 refused by the sink. */
+static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
+{
+    struct pf_process *pr = &p->proc;
+    pf_process_read(dir_fd, pid, PF_WANT_STAT | PF_WANT_STATUS | PF_WANT_CMDLINE | PF_WANT_EXE |
+                    PF_PATHS, pr, p->cmdline, p->opt.max_argv_bytes);
+    if (!(pr->got & PF_WANT_STAT)) {
+        p->st.vanished++;
+        return 1;
+    }
+    int argv_cut = 0;
+    int st = encode_process(p, sink_begin(sink), pid, 0, &argv_cut);
+    if (st == AM_ERR_FULL) { /* larger than a batch: again without argv and exe */
+        p->st.oversize++;
+        st = encode_process(p, sink_begin(sink), pid, 1, &argv_cut);
+    }
+    st = commit(p, sink, st);
+    if (st != AM_OK)
+        return st;
+    p->st.processes++;
+    p->st.kthreads += (pr->result & PF_KTHREAD) != 0;
+    p->st.partial += (pr->result & PF_PARTIAL) != 0;
+    p->st.denied += (pr->result & PF_DENIED) != 0;
+    if (argv_cut || (pr->result & PF_ARGV_CUT))
+        p->st.argv_truncated++;
+    return 0;
+}
+
+int am_pscan_run(am_pscan *p, am_sink *sink, uint64_t *appended)
+{
+    if (p == NULL || sink == NULL || appended == NULL)
+        return AM_ERR_ARG;
+    *appended = 0;
+    if (p->walk == NULL) {
+        int fd = openat(p->proc_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) {
+            p->err = errno;
+            return AM_PSCAN_ERR_SYS;
+        }
+        p->walk = fdopendir(fd);
+        if (p->walk == NULL) {
+            p->err = errno;
+            close(fd);
+            return AM_PSCAN_ERR_SYS;
+        }
+        p->ts_ms = now_ms();
+        p->have_btime = read_btime(p->proc_fd, &p->btime) == 0;
+    }
+    int dir_fd = dirfd(p->walk);
+    for (;;) {
+        if (am_sink_full(sink))
+            return AM_ERR_FULL;
+        errno = 0;
+        struct dirent *d = readdir(p->walk);
+        if (d == NULL) {
+            int err = errno;
+            am_pscan_reset(p);
+            if (err != 0) {
+                p->err = err;
+                return AM_PSCAN_ERR_SYS;
+            }
+            p->st.scans++;
+            return AM_OK;
+        }
+        int32_t pid;
+        if ((d->d_type != DT_DIR && d->d_type != DT_UNKNOWN) || parse_pid(d->d_name, &pid) != 0)
+            continue;
+        if (scan_one(p, sink, dir_fd, pid) == 0)
+            (*appended)++;
+    }
+}
+
+int am_pscan_system_facts(am_pscan *p, am_sink *sink)
+{
+    if (p == NULL || sink == NULL)
+        return AM_ERR_ARG;
+    if (am_sink_full(sink))
+        return AM_ERR_FULL;
+    char buf[8192];
+    struct pf_meminfo mem;
+    ssize_t n = pf_read_file(p->proc_fd, "meminfo", buf, sizeof buf);
+    int have_mem = n > 0 && pf_parse_meminfo(buf, (size_t)n, &mem) == 0;
+
+    struct pf_cpuinfo cpu;
+    pf_cpuinfo_init(&cpu);
+    int fd = openat(p->proc_fd, "cpuinfo", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        struct pf_lines r;
+        pf_lines_init(&r, fd, buf, sizeof buf);
+        const char *line;
+        size_t len;
+        int cut;
+        while (pf_lines_next(&r, &line, &len, &cut) == 1)
+            pf_cpuinfo_line(&cpu, line, len);
+        close(fd);
+    }
+    if (cpu.processors == 0) {
+        /* Old ARM kernels list no "processor" lines. */
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        cpu.processors = online > 0 ? (uint32_t)online : 0;
+    }
+    double uptime = 0;
+    n = pf_read_file(p->proc_fd, "uptime", buf, sizeof buf);
+    int have_uptime = n > 0 && pf_parse_uptime(buf, (size_t)n, &uptime) == 0;
+    struct pf_loadavg load;
+    n = pf_read_file(p->proc_fd, "loadavg", buf, sizeof buf);
+    int have_load = n > 0 && pf_parse_loadavg(buf, (size_t)n, &load) == 0;
+    uint64_t btime = 0;
+    int have_btime = read_btime(p->proc_fd, &btime) == 0;
+    struct utsname u;
+    int have_uname = uname(&u) == 0;
+
+    uint32_t count = 3 + 5 * have_mem + (cpu.model_len > 0) + (cpu.processors > 0) +
+                     have_uptime + 5 * have_load + have_btime + 4 * have_uname;
+    mp_buf *e = sink_begin(sink);
+    int st;
+    TRY(mp_map(e, count));
+    TRY(mp_cstr(e, "t"));
+    TRY(mp_cstr(e, "sysinfo"));
+    TRY(put_uint(e, "ts", now_ms()));
+    TRY(mp_cstr(e, "src"));
+    TRY(mp_cstr(e, "proc"));
+    if (have_mem) {
+        TRY(put_uint(e, "mem_total", mem.total));
+        TRY(put_uint(e, "mem_free", mem.free));
+        TRY(put_uint(e, "mem_avail", mem.available));
+        TRY(put_uint(e, "swap_total", mem.swap_total));
+        TRY(put_uint(e, "swap_free", mem.swap_free));
+    }
+    if (cpu.model_len > 0) {
+        TRY(mp_cstr(e, "cpu_model"));
+        TRY(mp_text(e, cpu.model, cpu.model_len));
+    }
+    if (cpu.processors > 0)
+        TRY(put_uint(e, "ncpu", cpu.processors));
+    if (have_uptime) {
+        TRY(mp_cstr(e, "uptime"));
+        TRY(mp_float(e, uptime));
+    }
+    if (have_load) {
+        static const char *const keys[3] = {"load1", "load5", "load15"};
+        for (int k = 0; k < 3; k++) {
+            TRY(mp_cstr(e, keys[k]));
+            TRY(mp_float(e, load.load[k]));
+        }
+        TRY(put_uint(e, "running", load.running));
+        TRY(put_uint(e, "tasks", load.total));
+    }
+    if (have_btime)
+        TRY(put_uint(e, "boot", btime * 1000u));
+    if (have_uname) {
+        TRY(mp_cstr(e, "kernel"));
+        TRY(mp_text(e, u.release, strnlen(u.release, sizeof u.release)));
+        TRY(mp_cstr(e, "kver"));
+        TRY(mp_text(e, u.version, strnlen(u.version, sizeof u.version)));
+        TRY(mp_cstr(e, "arch"));
+        TRY(mp_text(e, u.machine, strnlen(u.machine, sizeof u.machine)));
+        TRY(mp_cstr(e, "host"));
+        TRY(mp_text(e, u.nodename, strnlen(u.nodename, sizeof u.nodename)));
+    }
+done:
+    st = commit(p, sink, st);
+    if (st == AM_OK)
+        p->st.facts++;
+    return st;
+}

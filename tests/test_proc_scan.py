@@ -1,0 +1,273 @@
+"""The /proc scanner (agent.native.proc_scan) against this machine's /proc, checked against
+psutil and the os module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from typing import Any, Iterable
+
+import msgpack
+import psutil
+import pytest
+
+from agent.native._base import CoreArgumentError, CoreFullError
+from agent.native.proc_scan import (
+    ProcScanner,
+    ProcScanOptions,
+    scan_processes,
+    scan_stats,
+    system_facts,
+)
+from agent.native.sink import EventSink, SinkOptions
+
+Event = dict[str, Any]
+
+
+def events_of(batches: Iterable[bytes]) -> list[Event]:
+    out: list[Event] = []
+    for batch in batches:
+        out += msgpack.unpackb(batch, raw=False)
+    return out
+
+
+def snapshot(scanner: ProcScanner | None = None) -> dict[int, Event]:
+    sink = EventSink()
+    if scanner is None:
+        appended = scan_processes(sink)
+    else:
+        appended = scanner.scan(sink)
+    events = events_of(sink.seal())
+    assert appended == len(events)
+    by_pid = {e["pid"]: e for e in events}
+    assert len(by_pid) == len(events), "a pid appeared twice in one snapshot"
+    return by_pid
+
+
+def psutil_cmdline_matches(ours: list[Any] | None, theirs: list[str]) -> bool:
+    """psutil splits a cmdline without NULs at spaces (setproctitle); we keep raw argv."""
+    ours = ours or []
+    if ours == theirs:
+        return True
+    return len(ours) == 1 and isinstance(ours[0], str) and ours[0].split(" ") == theirs
+
+
+def test_pid_set_matches_psutil() -> None:
+    before = set(psutil.pids())
+    ours = snapshot()
+    after = set(psutil.pids())
+    assert before & after <= set(ours), "processes alive before and after the scan are missing"
+    for pid in set(ours) - after:
+        assert not os.path.exists(f"/proc/{pid}"), f"{pid} is alive but psutil missed it"
+    assert all(e["t"] == "process" and e["src"] == "proc" for e in ours.values())
+    assert len({e["ts"] for e in ours.values()}) == 1
+
+
+def test_details_match_psutil() -> None:
+    ours = snapshot()
+    compared = 0
+    for pid, event in ours.items():
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                info = proc.as_dict(
+                    ["ppid", "uids", "gids", "name", "cmdline", "create_time", "status"]
+                )
+                try:
+                    exe: str | None = proc.exe()
+                except psutil.AccessDenied:
+                    exe = None
+        except psutil.NoSuchProcess:
+            continue
+        if abs(info["create_time"] * 1000 - event["start"]) > 20:
+            continue  # another process under a reused pid
+        compared += 1
+        assert event["ppid"] == info["ppid"], pid
+        assert (event["uid"], event["euid"]) == tuple(info["uids"])[:2], pid
+        assert (event["gid"], event["egid"]) == tuple(info["gids"])[:2], pid
+        if not event.get("kthread"):  # kernel workers rename themselves as they work
+            assert event["comm"] == info["name"] or info["name"].startswith(event["comm"]), pid
+        if exe is None:
+            assert "exe" not in event and event.get("denied") is True, pid
+        elif exe:
+            assert event["exe"].removesuffix(" (deleted)") == exe, pid
+        if event.get("kthread"):
+            assert "argv" not in event and info["cmdline"] == []
+        elif info["cmdline"] is not None:
+            assert psutil_cmdline_matches(event.get("argv"), info["cmdline"]), pid
+        assert event["state"] in "RSDZTtWXxKPI", pid
+        assert event["threads"] >= 1
+    assert compared >= len(ours) // 2
+
+
+def test_own_child_exactly() -> None:
+    marker = f"scan-{uuid.uuid4().hex}"
+    args = ["/bin/sh", "-c", "sleep 30; :", marker, "with space", "é"]
+    child = subprocess.Popen(args)
+    try:
+        deadline = time.monotonic() + 5
+        while psutil.Process(child.pid).cmdline() != args:  # until it has exec'd
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ours = snapshot()
+        event = ours[child.pid]
+        proc = psutil.Process(child.pid)
+        assert event["argv"] == args
+        assert event["exe"] == os.path.realpath("/bin/sh")
+        assert event["ppid"] == os.getpid()
+        assert (event["uid"], event["gid"]) == (os.getuid(), os.getgid())
+        assert event["comm"] == "sh"
+        assert event["state"] in "RSD"  # a vfork parent waits in D
+        assert event["threads"] == 1
+        # The shell may still be faulting pages in between the two reads.
+        assert abs(event["rss"] - proc.memory_info().rss) < 1 << 20
+        assert abs(event["start"] / 1000 - proc.create_time()) < 0.02
+        assert abs(event["ts"] / 1000 - time.time()) < 5
+        for flag in ("kthread", "partial", "denied", "trunc"):
+            assert flag not in event
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_zombie_is_neither_partial_nor_vanished() -> None:
+    child = subprocess.Popen(["/bin/true"])
+    deadline = time.monotonic() + 5
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        event = snapshot()[child.pid]
+        assert event["state"] == "Z"
+        assert "argv" not in event and "exe" not in event
+        assert "partial" not in event and "gone" not in event
+    finally:
+        child.wait()
+
+
+def test_kernel_threads_flagged() -> None:
+    ours = snapshot()
+    kthreadd = ours[2]
+    assert kthreadd["kthread"] is True and kthreadd["ppid"] == 0 and "argv" not in kthreadd
+    kids = [e for e in ours.values() if e["ppid"] == 2]
+    assert kids and all(e.get("kthread") for e in kids)
+    assert "kthread" not in ours[os.getpid()]
+
+
+def test_argv_bounds() -> None:
+    args = ["/bin/sleep", "30"] + [str(i) for i in range(40)]
+    child = subprocess.Popen(args)
+    try:
+        time.sleep(0.1)
+        with ProcScanner(ProcScanOptions(max_args=3)) as scanner:
+            event = snapshot(scanner)[child.pid]
+            assert event["argv"] == args[:3] and event["trunc"] is True
+            assert scanner.stats().argv_truncated >= 1
+        with ProcScanner(ProcScanOptions(max_argv_bytes=64)) as scanner:
+            event = snapshot(scanner)[child.pid]
+            assert event["trunc"] is True
+            joined = "\0".join(event["argv"]).encode()
+            assert b"\0".join(a.encode() for a in args).startswith(joined)
+            assert len(joined) <= 64
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_small_sink_resumes_the_walk() -> None:
+    sink = EventSink(SinkOptions(batch_bytes=1024, max_batches=1))
+    handed: list[bytes] = []
+    with ProcScanner() as scanner:
+        before = set(psutil.pids())
+        total = scanner.scan(sink, take=handed.extend)
+        after = set(psutil.pids())
+        handed += sink.seal()
+        events = events_of(handed)
+        assert total == len(events) > 20
+        pids = [e["pid"] for e in events]
+        assert len(pids) == len(set(pids))
+        assert before & after <= set(pids)
+        assert scanner.stats().dropped == 0 and sink.stats().dropped_full == 0
+        # Events larger than a 1 KiB batch (long command lines) come without argv and exe.
+        lean = [e for e in events if e.get("trunc") and "argv" not in e and not e.get("kthread")]
+        assert len(lean) == scanner.stats().oversize
+        # Without somewhere to put batches, a full sink is an error, and the next scan
+        # starts afresh.
+        small = EventSink(SinkOptions(batch_bytes=1024, max_batches=1))
+        with pytest.raises(CoreFullError):
+            scanner.scan(small)
+        small.take()
+        small.seal()
+        assert scanner.scan(EventSink()) >= len(before & after)
+
+
+def test_system_facts_match_psutil_and_os() -> None:
+    sink = EventSink()
+    system_facts(sink)
+    (facts,) = events_of(sink.seal())
+    assert facts["t"] == "sysinfo" and facts["src"] == "proc"
+    vm = psutil.virtual_memory()
+    assert facts["mem_total"] == vm.total
+    assert abs(facts["mem_avail"] - vm.available) < 256 << 20
+    swap = psutil.swap_memory()
+    assert facts["swap_total"] == swap.total
+    assert facts["ncpu"] == psutil.cpu_count()
+    assert abs(facts["boot"] / 1000 - psutil.boot_time()) <= 1
+    uptime = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert abs(facts["uptime"] - uptime) < 2
+    load = os.getloadavg()
+    for key, value in zip(("load1", "load5", "load15"), load):
+        assert abs(facts[key] - value) < 2
+    assert 1 <= facts["running"] <= facts["tasks"]
+    uname = os.uname()
+    assert facts["kernel"] == uname.release and facts["host"] == uname.nodename
+    assert facts["arch"] == uname.machine and facts["kver"] == uname.version
+    with open("/proc/cpuinfo") as f:
+        models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    if models:
+        assert facts["cpu_model"] == models[0]
+    assert scan_stats().facts >= 1
+
+
+def test_system_facts_full_sink() -> None:
+    sink = EventSink(SinkOptions(batch_bytes=1024, max_batches=1))
+    with ProcScanner() as scanner:
+        with pytest.raises(CoreFullError):
+            for _ in range(100):
+                scanner.system_facts(sink)
+        assert sink.full()
+        assert len(events_of(sink.take())) >= 1
+
+
+def test_bad_options_and_closed() -> None:
+    for bad in (ProcScanOptions(max_args=0), ProcScanOptions(max_argv_bytes=1)):
+        with pytest.raises(CoreArgumentError):
+            ProcScanner(bad)
+    scanner = ProcScanner()
+    scanner.close()
+    with pytest.raises(CoreArgumentError):
+        scanner.stats()
+
+
+@pytest.mark.timeout(900)
+def test_leaks() -> None:
+    from leakcheck import assert_rss_flat
+
+    scanner = ProcScanner()
+    sink = EventSink()
+
+    def scan_once() -> None:
+        scanner.scan(sink)
+        sink.seal()
+
+    def facts_once() -> None:
+        scanner.system_facts(sink)
+        sink.seal()
+
+    assert_rss_flat(scan_once, name="am_pscan_run")
+    assert_rss_flat(facts_once, name="am_pscan_system_facts")
+    assert_rss_flat(scanner.stats, name="am_pscan_stats")
+    assert_rss_flat(lambda: ProcScanner().close(), name="am_pscan_new/free")
+    scanner.close()
