@@ -41,7 +41,9 @@ struct am_utmp_stats {
     uint64_t truncations;  /* the file shrank below the offset: restarted from 0 */
     uint64_t rotations;    /* the path named another file: the old one finished, then the new */
     uint64_t malformed;    /* records with an impossible type or time: no event */
-    uint64_t skipped;      /* EMPTY, INIT_PROCESS, LOGIN_PROCESS, ACCOUNTING records: no event */
+    uint64_t skipped;      /* records that give no event by design: EMPTY, INIT_PROCESS,
+                              LOGIN_PROCESS, ACCOUNTING; in a snapshot, all but USER_PROCESS.
+                              records == events + skipped + malformed + dropped */
     uint64_t unmatched;    /* logouts whose login the reader did not remember */
     uint64_t evicted;      /* remembered logins forgotten to stay within max_sessions */
     uint64_t dropped;      /* events the sink refused (one larger than a batch, or full) */

@@ -409,8 +409,10 @@ static void decode_record(am_utmp *u, const uint8_t *r, am_sink *sink, enum rec_
     const char *op = NULL;
     int person = 0; /* a login-like record: user, tty, host... */
     if (mode == MODE_SNAPSHOT) {
-        if (type != T_USER_PROCESS)
+        if (type != T_USER_PROCESS) {
+            u->st.skipped++;
             return;
+        }
         op = "active";
         person = 1;
     } else if (u->kind == AM_UTMP_BTMP) {
