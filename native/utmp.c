@@ -141,7 +141,6 @@ static uint32_t detect_layout(const uint8_t *data, size_t len, uint64_t total)
 typedef struct login_slot {
     uint64_t ts_ms;
     uint64_t age;
-    uint8_t used;
     uint8_t line[UT_LINE_LEN];
     uint8_t id[UT_ID_LEN];
     uint8_t user[UT_USER_LEN];
@@ -161,6 +160,8 @@ struct am_utmp {
     uint8_t *buf;
     size_t buf_cap;
     login_slot *slots;
+    uint32_t *hashes; /* hashes[i]: slot i's key hash, 0 when the slot is free (scanned fast) */
+    uint32_t slots_hw; /* slots at and past this index have been free since the last boot */
     uint64_t clock;
     int snap_active;
     uint64_t snap_offset;
@@ -204,9 +205,11 @@ static am_utmp *reader_new(const char *path, int kind, const struct am_utmp_opti
         u->buf_cap = DETECT_BYTES;
     u->buf = malloc(u->buf_cap);
     u->slots = calloc(o.max_sessions, sizeof *u->slots);
+    u->hashes = calloc(o.max_sessions, sizeof *u->hashes);
     if (path != NULL)
         u->path = strdup(path);
-    if (u->buf == NULL || u->slots == NULL || (path != NULL && u->path == NULL)) {
+    if (u->buf == NULL || u->slots == NULL || u->hashes == NULL ||
+        (path != NULL && u->path == NULL)) {
         am_utmp_close(u);
         return NULL;
     }
@@ -236,6 +239,7 @@ void am_utmp_close(am_utmp *u)
     free(u->path);
     free(u->buf);
     free(u->slots);
+    free(u->hashes);
     free(u);
 }
 
@@ -248,16 +252,31 @@ static void key_copy(uint8_t *dst, const uint8_t *r, size_t off, size_t cap)
     memset(dst + n, 0, cap - n);
 }
 
-static login_slot *slot_find(am_utmp *u, const uint8_t *line, const uint8_t *id)
+/* The key of a login: its tty, else (no tty) its ut_id, told apart by a leading byte. */
+static uint32_t key_hash(const uint8_t *line, const uint8_t *id)
 {
     static const uint8_t none[UT_LINE_LEN];
     int by_line = memcmp(line, none, UT_LINE_LEN) != 0;
     if (!by_line && memcmp(id, none, UT_ID_LEN) == 0)
+        return 0;
+    const uint8_t *k = by_line ? line : id;
+    size_t n = by_line ? UT_LINE_LEN : UT_ID_LEN;
+    uint32_t h = by_line ? 2166136261u : 2166136261u ^ 0x5bd1e995u; /* FNV-1a */
+    for (size_t i = 0; i < n && k[i] != 0; i++)
+        h = (h ^ k[i]) * 16777619u;
+    return h == 0 ? 1 : h;
+}
+
+static login_slot *slot_find(am_utmp *u, const uint8_t *line, const uint8_t *id, uint32_t h)
+{
+    static const uint8_t none[UT_LINE_LEN];
+    if (h == 0)
         return NULL;
-    for (uint32_t i = 0; i < u->opt.max_sessions; i++) {
-        login_slot *s = &u->slots[i];
-        if (!s->used)
+    int by_line = memcmp(line, none, UT_LINE_LEN) != 0;
+    for (uint32_t i = 0; i < u->slots_hw; i++) {
+        if (u->hashes[i] != h)
             continue;
+        login_slot *s = &u->slots[i];
         if (by_line ? memcmp(s->line, line, UT_LINE_LEN) == 0
                     : memcmp(s->line, none, UT_LINE_LEN) == 0 &&
                           memcmp(s->id, id, UT_ID_LEN) == 0)
@@ -271,34 +290,44 @@ static void remember_login(am_utmp *u, const uint8_t *r, uint64_t ts_ms)
     uint8_t line[UT_LINE_LEN], id[UT_ID_LEN];
     key_copy(line, r, UT_LINE, UT_LINE_LEN);
     key_copy(id, r, UT_ID, UT_ID_LEN);
-    static const uint8_t none[UT_LINE_LEN];
-    if (memcmp(line, none, UT_LINE_LEN) == 0 && memcmp(id, none, UT_ID_LEN) == 0)
+    uint32_t h = key_hash(line, id);
+    if (h == 0)
         return; /* nothing to match a logout by */
-    login_slot *s = slot_find(u, line, id);
+    login_slot *s = slot_find(u, line, id, h);
     if (s == NULL) {
-        login_slot *oldest = NULL;
-        for (uint32_t i = 0; i < u->opt.max_sessions && s == NULL; i++) {
-            if (!u->slots[i].used)
+        for (uint32_t i = 0; i < u->slots_hw && s == NULL; i++)
+            if (u->hashes[i] == 0)
                 s = &u->slots[i];
-            else if (oldest == NULL || u->slots[i].age < oldest->age)
-                oldest = &u->slots[i];
-        }
+        if (s == NULL && u->slots_hw < u->opt.max_sessions)
+            s = &u->slots[u->slots_hw++];
         if (s == NULL) {
+            login_slot *oldest = &u->slots[0];
+            for (uint32_t i = 1; i < u->opt.max_sessions; i++)
+                if (u->slots[i].age < oldest->age)
+                    oldest = &u->slots[i];
             s = oldest;
             u->st.evicted++;
         }
     }
-    s->used = 1;
     s->age = ++u->clock;
     s->ts_ms = ts_ms;
     memcpy(s->line, line, UT_LINE_LEN);
     memcpy(s->id, id, UT_ID_LEN);
     key_copy(s->user, r, UT_USER, UT_USER_LEN);
+    u->hashes[s - u->slots] = h;
+}
+
+static void forget(am_utmp *u, login_slot *s)
+{
+    u->hashes[s - u->slots] = 0;
+    memset(s, 0, sizeof *s);
 }
 
 static void forget_all(am_utmp *u)
 {
     memset(u->slots, 0, (size_t)u->opt.max_sessions * sizeof *u->slots);
+    memset(u->hashes, 0, (size_t)u->opt.max_sessions * sizeof *u->hashes);
+    u->slots_hw = 0;
 }
 
 /* ---- encoding ---- */
@@ -309,47 +338,55 @@ typedef struct enc {
     int err;
 } enc;
 
-static void key(enc *e, const char *k)
+static void key_n(enc *e, const char *k, size_t n)
 {
     if (e->err == AM_OK)
-        e->err = mp_cstr(e->b, k);
+        e->err = mp_str(e->b, k, n);
 }
 
-static void put_cstr(enc *e, const char *k, const char *v)
+static void put_str_n(enc *e, const char *k, size_t kn, const char *v, size_t vn)
 {
-    key(e, k);
+    key_n(e, k, kn);
     if (e->err == AM_OK)
-        e->err = mp_cstr(e->b, v);
+        e->err = mp_str(e->b, v, vn);
     e->n++;
 }
 
-static void put_int(enc *e, const char *k, int64_t v)
+static void put_int_n(enc *e, const char *k, size_t kn, int64_t v)
 {
-    key(e, k);
+    key_n(e, k, kn);
     if (e->err == AM_OK)
         e->err = mp_int(e->b, v);
     e->n++;
 }
 
-static void put_uint(enc *e, const char *k, uint64_t v)
+static void put_uint_n(enc *e, const char *k, size_t kn, uint64_t v)
 {
-    key(e, k);
+    key_n(e, k, kn);
     if (e->err == AM_OK)
         e->err = mp_uint(e->b, v);
     e->n++;
 }
 
 /* A text field of the record, when it is not empty. */
-static void put_field(enc *e, const char *k, const uint8_t *r, size_t off, size_t cap)
+static void put_field_n(enc *e, const char *k, size_t kn, const uint8_t *r, size_t off,
+                        size_t cap)
 {
     size_t n = field_len(r, off, cap);
     if (n == 0)
         return;
-    key(e, k);
+    key_n(e, k, kn);
     if (e->err == AM_OK)
         e->err = mp_text(e->b, (const char *)r + off, n);
     e->n++;
 }
+
+/* Keys are string literals: their lengths are known when compiling. */
+#define put_str(e, k, v, vn) put_str_n((e), (k), sizeof(k) - 1, (v), (vn))
+#define put_int(e, k, v) put_int_n((e), (k), sizeof(k) - 1, (v))
+#define put_uint(e, k, v) put_uint_n((e), (k), sizeof(k) - 1, (v))
+#define put_field(e, k, r, off, cap) put_field_n((e), (k), sizeof(k) - 1, (r), (off), (cap))
+#define put_lit(e, k, lit) put_str((e), (k), (lit), sizeof(lit) - 1)
 
 static void put_addr(enc *e, const uint8_t *r, const layout_def *L)
 {
@@ -359,19 +396,34 @@ static void put_addr(enc *e, const uint8_t *r, const layout_def *L)
         return;
     char text[INET6_ADDRSTRLEN];
     /* IPv4 is the first word alone (glibc: ut_addr == ut_addr_v6[0]), in network order. */
-    int v4 = memcmp(a + 4, zero, 12) == 0;
-    if (inet_ntop(v4 ? AF_INET : AF_INET6, a, text, sizeof text) == NULL)
-        return;
-    put_cstr(e, "addr", text);
+    if (memcmp(a + 4, zero, 12) == 0) {
+        size_t n = 0;
+        for (int i = 0; i < 4; i++) {
+            unsigned v = a[i];
+            if (i > 0)
+                text[n++] = '.';
+            if (v >= 100)
+                text[n++] = (char)('0' + v / 100);
+            if (v >= 10)
+                text[n++] = (char)('0' + v / 10 % 10);
+            text[n++] = (char)('0' + v % 10);
+        }
+        text[n] = '\0';
+    } else if (inet_ntop(AF_INET6, a, text, sizeof text) == NULL) {
+        return; /* RFC 5952 text: lowercase, longest zero run as ::, ::ffff:a.b.c.d */
+    }
+    put_str(e, "addr", text, strlen(text));
 }
 
-static void put_level(enc *e, const char *k, unsigned c)
+static void put_level_n(enc *e, const char *k, size_t kn, unsigned c)
 {
     if (c > 0x20 && c < 0x7f) {
-        char s[2] = {(char)c, '\0'};
-        put_cstr(e, k, s);
+        char s[1] = {(char)c};
+        put_str_n(e, k, kn, s, 1);
     }
 }
+
+#define put_level(e, k, c) put_level_n((e), (k), sizeof(k) - 1, (c))
 
 /* The record's time in ms; 0 when it cannot be a time (the record is malformed). */
 static int record_time(const layout_def *L, const uint8_t *r, uint64_t *ts_ms)
@@ -448,7 +500,7 @@ static void decode_record(am_utmp *u, const uint8_t *r, am_sink *sink, enum rec_
             uint8_t line[UT_LINE_LEN], id[UT_ID_LEN];
             key_copy(line, r, UT_LINE, UT_LINE_LEN);
             key_copy(id, r, UT_ID, UT_ID_LEN);
-            matched = slot_find(u, line, id);
+            matched = slot_find(u, line, id, key_hash(line, id));
             if (matched == NULL)
                 u->st.unmatched++;
         } else if (type == T_BOOT_TIME) {
@@ -459,9 +511,9 @@ static void decode_record(am_utmp *u, const uint8_t *r, am_sink *sink, enum rec_
     enc e = {sink_begin(sink), 0, AM_OK};
     size_t header = e.b->len;
     e.err = mp_map32(e.b, 0);
-    put_cstr(&e, "t", "login");
-    put_cstr(&e, "src", "utmp");
-    put_cstr(&e, "op", op);
+    put_lit(&e, "t", "login");
+    put_lit(&e, "src", "utmp");
+    put_str(&e, "op", op, strlen(op));
     put_uint(&e, "ts", ts);
     if (person) {
         if (field_len(r, UT_USER, UT_USER_LEN) > 0)
@@ -497,7 +549,7 @@ static void decode_record(am_utmp *u, const uint8_t *r, am_sink *sink, enum rec_
         mp_patch_u32(e.b, header, e.n);
 
     if (matched != NULL)
-        memset(matched, 0, sizeof *matched);
+        forget(u, matched);
     if (mode == MODE_STREAM && type == T_USER_PROCESS && u->kind != AM_UTMP_BTMP)
         remember_login(u, r, ts);
 

@@ -119,7 +119,9 @@ BAD_USER = b"\xffr\xfeoot"
 
 
 def known_records(size: int) -> bytes:
-    r = lambda *a, **k: rec(*a, size=size, **k)  # noqa: E731
+    def r(ut_type: int, **k: Any) -> bytes:
+        return rec(ut_type, size=size, **k)
+
     return b"".join(
         [
             r(BOOT_TIME, line=b"~", ut_id=b"~~", user=b"reboot", host=b"6.18.0-arm",
@@ -381,6 +383,8 @@ def test_snapshot_lists_current_sessions_and_resumes_after_a_full_sink(tmp_path:
     assert [e["user"] for e in events] == [f"s{i}" for i in range(40)]
     assert {e["op"] for e in events} == {"active"}
     assert small.stats().dropped_full == 0
+    stats = reader.stats()
+    assert stats.records == len(body) and stats.skipped == 3 and stats.events == 40
     # The offset is untouched: read() still sees the whole file as new.
     assert reader.state().offset == 0
     again = snapshot_all(reader, EventSink())
