@@ -306,7 +306,7 @@ NET_CHILD = textwrap.dedent(
 def test_tcp_and_udp_connect_accept_bind_events(kernel_audit: AuditState) -> None:
     with AuditNetlink() as source:
         assert source.mode in ("owner", "multicast"), source.state
-        # A child process: the audit daemon's own syscalls are never audited.
+        # A child process, so that ppid and pid tell its events apart from ours.
         child = subprocess.run(
             [sys.executable, "-c", NET_CHILD], capture_output=True, text=True, check=True
         )
