@@ -112,6 +112,7 @@ class StormResult:
     kernel_lost: int
     enobufs: int
     gaps: int
+    ownership_lost: int
     cpu_seconds: float
     wall_seconds: float
     mode: str
@@ -141,14 +142,14 @@ def table(request: pytest.FixtureRequest) -> Iterator[None]:
 def _write_table(reporter: pytest.TerminalReporter) -> None:
     reporter.write_sep("=", "exec storm: the audit source draining while /bin/true runs")
     reporter.write_line(
-        "| target/s | s | execs | achieved/s | delivered | loss (lost, enobufs, gaps) | "
+        "| target/s | s | execs | achieved/s | delivered | loss (lost, enobufs, gaps, dropped) | "
         "events | CPU s | CPU % | CPU ms / 1000 ev | mode |"
     )
     reporter.write_line("|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
     for r in _RESULTS:
         reporter.write_line(
             f"| {r.rate} | {r.seconds:.1f} | {r.execs} | {r.achieved_rate:.0f} | {r.delivered} | "
-            f"{r.kernel_lost}, {r.enobufs}, {r.gaps} | {r.events} | {r.cpu_seconds:.3f} | "
+            f"{r.kernel_lost}, {r.enobufs}, {r.gaps}, {r.ownership_lost} | {r.events} | {r.cpu_seconds:.3f} | "
             f"{100 * r.cpu_seconds / r.wall_seconds:.1f} | {r.cpu_per_1000_events * 1000:.1f} | "
             f"{r.mode} |"
         )
@@ -216,6 +217,7 @@ def storm(spawner: Path, rate: int, seconds: int) -> StormResult:
         kernel_lost=stats.kernel_lost_delta,
         enobufs=stats.enobufs,
         gaps=stats.parser.gaps,
+        ownership_lost=stats.ownership_lost,
         cpu_seconds=cpu,
         wall_seconds=wall,
         mode=state,
@@ -245,6 +247,7 @@ def test_exec_storm(
             "kernel_lost_delta": result.kernel_lost,
             "enobufs": result.enobufs,
             "gaps": result.gaps,
+            "ownership_lost": result.ownership_lost,
             "cpu_seconds": round(result.cpu_seconds, 3),
             "cpu_ms_per_1000_events": round(result.cpu_per_1000_events * 1000, 2),
             "mode": result.mode,
@@ -254,7 +257,7 @@ def test_exec_storm(
     # as loss.
     assert result.execs > 0
     assert result.delivered <= result.execs
-    loss = result.kernel_lost + result.enobufs + result.gaps
+    loss = result.kernel_lost + result.enobufs + result.gaps + result.ownership_lost
     assert result.delivered == result.execs or loss > 0, (
         f"{result.execs - result.delivered} execs missing and no loss reported"
     )

@@ -915,8 +915,19 @@ int am_anl_poll_status(am_anl *a, struct am_anl_status *out)
         a->st.kernel_lost_delta += s.lost;
     a->last_lost = s.lost;
     if (a->mode == AM_ANL_OWNER && s.pid != (uint32_t)a->pid) {
+        /* The kernel resets its audit daemon when sends to it keep failing (a reader starved
+         * for longer than the kernel's send timeout, 100 ms on 6.x); what it could not send
+         * it printed and, unless booted with audit=1, dropped without counting `lost`. */
         a->st.ownership_lost++;
-        snprintf(a->state, sizeof a->state, "owner lost: audit daemon is now pid %u", s.pid);
+        if ((s.pid == 0 || !pid_alive(s.pid)) && become_owner(a) == 0) {
+            a->st.ownership_regained++;
+            a->state[0] = '\0';
+            state_add(a, "owner (the kernel dropped us %llu time(s); records lost then)",
+                      (unsigned long long)a->st.ownership_lost);
+        } else {
+            a->state[0] = '\0';
+            state_add(a, "owner lost: the audit daemon is now pid %u", s.pid);
+        }
     }
     if (out != NULL)
         *out = s;

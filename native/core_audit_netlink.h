@@ -52,7 +52,9 @@ struct am_anl_stats {
     uint64_t kernel_lost_delta; /* growth of the kernel's `lost` counter since open */
     uint64_t status_polls;      /* AUDIT_GET replies received */
     uint64_t status_errors;     /* AUDIT_GET requests that failed */
-    uint64_t ownership_lost;    /* polls that found another audit daemon than us (owner mode) */
+    uint64_t ownership_lost;    /* polls that found us no longer the audit daemon (owner mode):
+                                 * the kernel gave up on us, records in between are gone */
+    uint64_t ownership_regained; /* of those, times we became the audit daemon again */
     uint64_t rules_installed;   /* rules added at open */
     uint64_t rules_skipped;     /* syscalls an arch does not have */
     uint64_t rules_failed;      /* rules the kernel refused */

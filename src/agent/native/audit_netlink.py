@@ -88,6 +88,7 @@ class AuditNetlinkStats:
     status_polls: int
     status_errors: int
     ownership_lost: int
+    ownership_regained: int
     rules_installed: int
     rules_skipped: int
     rules_failed: int
@@ -100,8 +101,9 @@ class AuditNetlinkStats:
     @property
     def loss(self) -> int:
         """Everything known lost: kernel `lost` growth (records), ENOBUFS (overflows, each
-        any number of records) and serial gaps (events)."""
-        return self.kernel_lost_delta + self.enobufs + self.parser.gaps
+        any number of records), serial gaps (events) and the times the kernel dropped us as
+        its audit daemon (each any number of records)."""
+        return self.kernel_lost_delta + self.enobufs + self.parser.gaps + self.ownership_lost
 
 
 _NL_STATS = [f.name for f in fields(AuditNetlinkStats) if f.name != "parser"]
