@@ -1,0 +1,1013 @@
+/* audit_netlink.c: the live audit source (core_audit_netlink.h).
+ *
+ * Two NETLINK_AUDIT sockets: the event socket receives records (as the registered audit
+ * daemon, or as a member of the AUDIT_NLGRP_READLOG multicast group) and is what Python
+ * selects on; the control socket carries our requests (AUDIT_GET, rule changes) so that their
+ * replies never interleave with records. Records go to the am_audit parser, unchanged.
+ *
+ * Framing facts this relies on (checked on 6.x kernels):
+ * - the kernel sends one record per datagram; on unicast its nlmsg_len counts the payload
+ *   only (a historical quirk auditd depends on), on multicast the whole message. So a record
+ *   extends to the end of its datagram, whatever nlmsg_len says, and is cut at a NUL;
+ * - replies to requests are ordinary netlink messages (NLMSG_ALIGN framing, nlmsg_len
+ *   including the header), AUDIT_LIST_RULES as NLM_F_MULTI parts ended by NLMSG_DONE. */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/netlink.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "core_audit_netlink.h"
+
+#define KEY "iot-micro-agent"
+#define KEY_LEN (sizeof KEY - 1)
+/* libaudit's MAX_AUDIT_MESSAGE_LENGTH (8970) plus the header, rounded up: no record is larger. */
+#define EVENT_BUF_BYTES 16384
+/* Rule listings: a rule is struct audit_rule_data plus its strings (a few paths at most). */
+#define CTL_BUF_BYTES 65536
+#define MAX_RULES 16
+#define MAX_STALE 64
+#define STATE_BYTES 256
+#define REPORT_BYTES 512
+
+/* socketcall(2) call numbers (linux/net.h): i386 reaches the network calls through it. */
+#define SYS_BIND_CALL 2
+#define SYS_CONNECT_CALL 3
+#define SYS_ACCEPT_CALL 5
+#define SYS_ACCEPT4_CALL 18
+
+struct rule {
+    struct audit_rule_data *data;
+    size_t len;
+};
+
+struct am_anl {
+    struct am_anl_options opt;
+    am_audit *parser;
+    int ev_fd;
+    int ctl_fd;
+    pid_t pid;       /* the process that opened: only it restores the kernel state */
+    uint32_t seq;
+    int opened;
+    int closed;
+    int mode;
+    struct am_anl_status found;
+    int set_enabled;   /* open turned enabled 0 -> 1 */
+    int set_backlog;   /* open raised backlog_limit */
+    uint32_t last_lost;
+    struct rule rules[MAX_RULES];
+    size_t nrules;
+    struct am_anl_stats st;
+    char state[STATE_BYTES];
+    char report[REPORT_BYTES];
+    uint8_t *ev_buf; /* the datagram being decoded; [ev_off, ev_len) is still to do */
+    size_t ev_len;
+    size_t ev_off;
+    uint8_t *ctl_buf;
+    /* The ack of a request sent on the event socket (AUDIT_SET pid), seen by the decoder. */
+    uint32_t ack_seq;
+    int ack_error;
+    int ack_seen;
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * decoding one datagram */
+
+static int is_record_type(uint16_t type)
+{
+    /* 1000-1099 are requests and their replies; AUDIT_REPLACE is a binary probe. */
+    return type >= AUDIT_FIRST_USER_MSG && type <= AUDIT_LAST_USER_MSG2 && type != AUDIT_REPLACE;
+}
+
+static int decode(am_audit *p, const uint8_t *buf, size_t len, size_t *consumed,
+                  struct am_anl_stats *st, am_anl *ack_to)
+{
+    size_t off = 0;
+    int status = AM_OK;
+    while (off < len) {
+        size_t left = len - off;
+        struct nlmsghdr h;
+        if (left < sizeof h) {
+            st->malformed++;
+            off = len;
+            break;
+        }
+        memcpy(&h, buf + off, sizeof h);
+        if (is_record_type(h.nlmsg_type)) {
+            const char *text = (const char *)buf + off + sizeof h;
+            size_t n = left - sizeof h;
+            if (h.nlmsg_len != left && h.nlmsg_len != n)
+                st->length_mismatch++;
+            const char *nul = memchr(text, '\0', n);
+            if (nul != NULL)
+                n = (size_t)(nul - text);
+            int s = am_audit_feed_record(p, h.nlmsg_type, text, n);
+            if (s == AM_ERR_FULL) {
+                status = s;
+                break;
+            }
+            st->messages++;
+            st->records++;
+            st->bytes += n;
+            off = len; /* a record is the whole rest of its datagram */
+            if (s != AM_OK)
+                status = s;
+            break;
+        }
+        if (h.nlmsg_len < sizeof h || h.nlmsg_len > left) {
+            st->malformed++;
+            off = len;
+            break;
+        }
+        st->messages++;
+        if (h.nlmsg_type == NLMSG_ERROR) {
+            struct nlmsgerr e;
+            if (h.nlmsg_len < sizeof h + sizeof e.error) {
+                st->malformed++;
+            } else {
+                memcpy(&e.error, buf + off + sizeof h, sizeof e.error);
+                if (e.error == 0)
+                    st->acks++;
+                else
+                    st->nl_errors++;
+                if (ack_to != NULL && h.nlmsg_seq == ack_to->ack_seq) {
+                    ack_to->ack_error = e.error;
+                    ack_to->ack_seen = 1;
+                }
+            }
+        } else if (h.nlmsg_type == AUDIT_REPLACE) {
+            st->replaced++;
+        } else {
+            st->ignored++;
+        }
+        size_t step = NLMSG_ALIGN(h.nlmsg_len);
+        off = step >= left ? len : off + step;
+    }
+    *consumed = off;
+    return status;
+}
+
+int am_audit_nl_decode(am_audit *p, const uint8_t *buf, size_t len, size_t *consumed,
+                       struct am_anl_stats *st)
+{
+    if (consumed != NULL)
+        *consumed = 0;
+    if (p == NULL || consumed == NULL || st == NULL || (buf == NULL && len > 0))
+        return AM_ERR_ARG;
+    return decode(p, buf, len, consumed, st, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * sockets and requests */
+
+static int open_socket(void)
+{
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_AUDIT);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint32_t next_seq(am_anl *a)
+{
+    if (++a->seq == 0) /* 0 means "no request" */
+        a->seq = 1;
+    return a->seq;
+}
+
+/* Sends one request; returns its sequence number, 0 on a send error (errno set). */
+static uint32_t send_request(am_anl *a, int fd, uint16_t type, uint16_t flags, const void *data,
+                             size_t len)
+{
+    struct nlmsghdr h = {
+        .nlmsg_len = (uint32_t)NLMSG_LENGTH(len),
+        .nlmsg_type = type,
+        .nlmsg_flags = (uint16_t)(NLM_F_REQUEST | flags),
+        .nlmsg_seq = next_seq(a),
+    };
+    struct sockaddr_nl to = {.nl_family = AF_NETLINK};
+    struct iovec iov[2] = {{&h, sizeof h}, {(void *)data, len}};
+    struct msghdr m = {.msg_name = &to, .msg_namelen = sizeof to, .msg_iov = iov,
+                       .msg_iovlen = len ? 2 : 1};
+    for (;;) {
+        ssize_t n = sendmsg(fd, &m, 0);
+        if (n >= 0)
+            return h.nlmsg_seq;
+        if (errno != EINTR)
+            return 0;
+    }
+}
+
+/* Waits for the next datagram on the control socket until deadline; its length, or -1 with
+ * errno (ETIMEDOUT on time out). Datagrams not from the kernel are skipped. */
+static ssize_t ctl_recv(am_anl *a, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t now = mono_ms();
+        if (now >= deadline) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        struct pollfd pfd = {.fd = a->ctl_fd, .events = POLLIN};
+        int r = poll(&pfd, 1, (int)(deadline - now));
+        if (r < 0 && errno != EINTR)
+            return -1;
+        if (r <= 0)
+            continue;
+        struct sockaddr_nl from;
+        struct iovec iov = {a->ctl_buf, CTL_BUF_BYTES};
+        struct msghdr m = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov,
+                           .msg_iovlen = 1};
+        ssize_t n = recvmsg(a->ctl_fd, &m, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == ENOBUFS)
+                continue;
+            return -1;
+        }
+        if (from.nl_pid != 0 || (m.msg_flags & MSG_TRUNC))
+            continue;
+        return n;
+    }
+}
+
+/* One reply message of a request, handed to a callback: return 1 when the reply is complete. */
+typedef int (*reply_fn)(am_anl *a, const struct nlmsghdr *h, const uint8_t *data, size_t len,
+                        void *ctx);
+
+/* Sends a request on the control socket and reads its replies until the callback says done or
+ * an NLMSG_ERROR answers it. Returns 0 or a negative errno. */
+static int ctl_request(am_anl *a, uint16_t type, uint16_t flags, const void *data, size_t len,
+                       reply_fn on_reply, void *ctx)
+{
+    uint32_t seq = send_request(a, a->ctl_fd, type, flags, data, len);
+    if (seq == 0)
+        return -errno;
+    uint64_t deadline = mono_ms() + a->opt.reply_timeout_ms;
+    for (;;) {
+        ssize_t n = ctl_recv(a, deadline);
+        if (n < 0)
+            return -errno;
+        size_t off = 0, total = (size_t)n;
+        while (total - off >= sizeof(struct nlmsghdr)) {
+            struct nlmsghdr h;
+            memcpy(&h, a->ctl_buf + off, sizeof h);
+            if (h.nlmsg_len < sizeof h || h.nlmsg_len > total - off)
+                break;
+            const uint8_t *body = a->ctl_buf + off + sizeof h;
+            size_t body_len = h.nlmsg_len - sizeof h;
+            if (h.nlmsg_seq == seq) {
+                if (h.nlmsg_type == NLMSG_ERROR) {
+                    int32_t err = -EPROTO;
+                    if (body_len >= sizeof err)
+                        memcpy(&err, body, sizeof err);
+                    if (err != 0 || on_reply == NULL)
+                        return err;
+                } else if (h.nlmsg_type == NLMSG_DONE) {
+                    return 0;
+                } else if (on_reply != NULL && on_reply(a, &h, body, body_len, ctx)) {
+                    return 0;
+                }
+            }
+            size_t step = NLMSG_ALIGN(h.nlmsg_len);
+            if (step >= total - off)
+                break;
+            off += step;
+        }
+    }
+}
+
+static int status_reply(am_anl *a, const struct nlmsghdr *h, const uint8_t *data, size_t len,
+                        void *ctx)
+{
+    (void)a;
+    if (h->nlmsg_type != AUDIT_GET)
+        return 0;
+    struct am_anl_status *out = ctx;
+    memset(out, 0, sizeof *out);
+    memcpy(out, data, len < sizeof *out ? len : sizeof *out);
+    return 1;
+}
+
+static int get_status(am_anl *a, struct am_anl_status *out)
+{
+    return ctl_request(a, AUDIT_GET, 0, NULL, 0, status_reply, out);
+}
+
+static int set_status(am_anl *a, uint32_t mask, uint32_t value)
+{
+    struct audit_status s;
+    memset(&s, 0, sizeof s);
+    s.mask = mask;
+    if (mask == AUDIT_STATUS_ENABLED)
+        s.enabled = value;
+    else if (mask == AUDIT_STATUS_BACKLOG_LIMIT)
+        s.backlog_limit = value;
+    else if (mask == AUDIT_STATUS_PID)
+        s.pid = value;
+    else
+        return -EINVAL;
+    return ctl_request(a, AUDIT_SET, NLM_F_ACK, &s, sizeof s, NULL, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * the event socket */
+
+static int recv_datagram(am_anl *a)
+{
+    for (;;) {
+        struct sockaddr_nl from;
+        struct iovec iov = {a->ev_buf, EVENT_BUF_BYTES};
+        struct msghdr m = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov,
+                           .msg_iovlen = 1};
+        ssize_t n = recvmsg(a->ev_fd, &m, MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == ENOBUFS) {
+                /* The socket overflowed (multicast): the kernel dropped records. */
+                a->st.enobufs++;
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                a->st.recv_errors++;
+            return 0;
+        }
+        a->st.datagrams++;
+        if (from.nl_pid != 0) {
+            a->st.foreign++;
+            continue;
+        }
+        if (m.msg_flags & MSG_TRUNC)
+            a->st.truncated++;
+        a->ev_len = (size_t)n;
+        a->ev_off = 0;
+        return 1;
+    }
+}
+
+/* Decodes what is left of the held datagram. */
+static int decode_held(am_anl *a)
+{
+    if (a->ev_off >= a->ev_len)
+        return AM_OK;
+    size_t used = 0;
+    int s = decode(a->parser, a->ev_buf + a->ev_off, a->ev_len - a->ev_off, &used, &a->st, a);
+    a->ev_off += used;
+    if (s == AM_ERR_FULL)
+        a->st.parser_full++;
+    return s;
+}
+
+int am_anl_drain(am_anl *a, uint32_t max_datagrams)
+{
+    if (a == NULL)
+        return AM_ERR_ARG;
+    if (a->ev_fd < 0)
+        return AM_OK;
+    int s = decode_held(a);
+    if (s != AM_OK)
+        return s;
+    for (uint32_t got = 0; max_datagrams == 0 || got < max_datagrams; got++) {
+        if (!recv_datagram(a))
+            return AM_OK;
+        s = decode_held(a);
+        if (s != AM_OK)
+            return s;
+    }
+    return AM_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * rules */
+
+static int string_field(uint32_t field)
+{
+    return (field >= AUDIT_SUBJ_USER && field <= AUDIT_SUBJ_CLR) ||
+           (field >= AUDIT_OBJ_USER && field <= AUDIT_OBJ_LEV_HIGH) || field == AUDIT_WATCH ||
+           field == AUDIT_DIR || field == AUDIT_FILTERKEY || field == AUDIT_EXE;
+}
+
+/* Does a listed rule carry exactly our key? Strings follow in field order in buf. */
+static int rule_has_our_key(const struct audit_rule_data *r, size_t len)
+{
+    if (len < sizeof *r || r->field_count > AUDIT_MAX_FIELDS || r->buflen > len - sizeof *r)
+        return 0;
+    size_t off = 0;
+    for (uint32_t i = 0; i < r->field_count; i++) {
+        if (!string_field(r->fields[i]))
+            continue;
+        size_t n = r->values[i];
+        if (n > r->buflen - off)
+            return 0;
+        if (r->fields[i] == AUDIT_FILTERKEY && n == KEY_LEN &&
+            memcmp(r->buf + off, KEY, KEY_LEN) == 0)
+            return 1;
+        off += n;
+    }
+    return 0;
+}
+
+struct stale_list {
+    struct rule items[MAX_STALE];
+    size_t count;
+    size_t more; /* stale rules beyond MAX_STALE (removed by the next open) */
+};
+
+static int list_reply(am_anl *a, const struct nlmsghdr *h, const uint8_t *data, size_t len,
+                      void *ctx)
+{
+    (void)a;
+    struct stale_list *list = ctx;
+    if (h->nlmsg_type != AUDIT_LIST_RULES || len < sizeof(struct audit_rule_data))
+        return 0;
+    struct audit_rule_data *r = malloc(len);
+    if (r == NULL)
+        return 0;
+    memcpy(r, data, len);
+    if (!rule_has_our_key(r, len) || list->count >= MAX_STALE) {
+        if (rule_has_our_key(r, len))
+            list->more++;
+        free(r);
+        return 0;
+    }
+    list->items[list->count].data = r;
+    list->items[list->count].len = len;
+    list->count++;
+    return 0;
+}
+
+static uint32_t syscall_number(uint32_t arch, const char *name, int *found)
+{
+    for (uint32_t nr = 0; nr < AUDIT_BITMASK_SIZE * 32; nr++) {
+        const char *n = am_syscall_name(arch, nr);
+        if (n != NULL && strcmp(n, name) == 0) {
+            *found = 1;
+            return nr;
+        }
+    }
+    *found = 0;
+    return 0;
+}
+
+__attribute__((format(printf, 2, 3))) static void report_add(am_anl *a, const char *fmt, ...)
+{
+    size_t used = strlen(a->report);
+    if (used + 1 >= sizeof a->report)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->report + used, sizeof a->report - used, fmt, ap);
+    va_end(ap);
+}
+
+/* A new rule -a always,exit -F arch=ARCH [-F a0=A0] -S ... -k iot-micro-agent with the
+ * syscalls of names[] that the arch has; NULL when it has none (or no memory). */
+static struct audit_rule_data *build_rule(am_anl *a, uint32_t arch, const char *const *names,
+                                          size_t count, int with_a0, uint32_t a0, size_t *len)
+{
+    size_t size = sizeof(struct audit_rule_data) + KEY_LEN;
+    struct audit_rule_data *r = calloc(1, size);
+    if (r == NULL)
+        return NULL;
+    int any = 0;
+    const char *arch_name = am_arch_name(arch);
+    for (size_t i = 0; i < count; i++) {
+        int found;
+        uint32_t nr = syscall_number(arch, names[i], &found);
+        if (!found) {
+            a->st.rules_skipped++;
+            report_add(a, " %s has no %s;", arch_name ? arch_name : "?", names[i]);
+            continue;
+        }
+        r->mask[nr / 32] |= 1u << (nr % 32);
+        any = 1;
+    }
+    if (!any) {
+        free(r);
+        return NULL;
+    }
+    r->flags = AUDIT_FILTER_EXIT;
+    r->action = AUDIT_ALWAYS;
+    uint32_t f = 0;
+    r->fields[f] = AUDIT_ARCH;
+    r->fieldflags[f] = AUDIT_EQUAL;
+    r->values[f++] = arch;
+    if (with_a0) {
+        r->fields[f] = AUDIT_ARG0;
+        r->fieldflags[f] = AUDIT_EQUAL;
+        r->values[f++] = a0;
+    }
+    r->fields[f] = AUDIT_FILTERKEY;
+    r->fieldflags[f] = AUDIT_EQUAL;
+    r->values[f++] = KEY_LEN;
+    r->field_count = f;
+    r->buflen = KEY_LEN;
+    memcpy(r->buf, KEY, KEY_LEN);
+    *len = size;
+    return r;
+}
+
+static void install_rule(am_anl *a, struct audit_rule_data *r, size_t len, const char *what,
+                         const char *arch_name)
+{
+    if (r == NULL)
+        return;
+    if (a->nrules >= MAX_RULES) {
+        free(r);
+        return;
+    }
+    int err = ctl_request(a, AUDIT_ADD_RULE, NLM_F_ACK, r, len, NULL, NULL);
+    if (err != 0) {
+        a->st.rules_failed++;
+        report_add(a, " %s %s: refused (%s);", arch_name, what, strerror(-err));
+        free(r);
+        return;
+    }
+    a->rules[a->nrules].data = r;
+    a->rules[a->nrules].len = len;
+    a->nrules++;
+    a->st.rules_installed++;
+}
+
+static void add_rule(am_anl *a, uint32_t arch, const char *const *names, size_t count,
+                     int with_a0, uint32_t a0, const char *what)
+{
+    size_t len = 0;
+    struct audit_rule_data *r = build_rule(a, arch, names, count, with_a0, a0, &len);
+    const char *arch_name = am_arch_name(arch);
+    install_rule(a, r, len, what, arch_name ? arch_name : "?");
+}
+
+static void install_arch_rules(am_anl *a, uint32_t arch)
+{
+    static const char *const exec_calls[] = {"execve", "execveat"};
+    static const char *const net_calls[] = {"connect", "accept", "accept4", "bind"};
+    static const char *const socketcall[] = {"socketcall"};
+    static const uint32_t socket_calls[] = {SYS_BIND_CALL, SYS_CONNECT_CALL, SYS_ACCEPT_CALL,
+                                            SYS_ACCEPT4_CALL};
+    if (a->opt.exec_rules)
+        add_rule(a, arch, exec_calls, 2, 0, 0, "exec");
+    if (a->opt.net_rules) {
+        add_rule(a, arch, net_calls, 4, 0, 0, "net");
+        /* i386 also reaches these calls through socketcall (older C libraries use nothing
+         * else): one rule per call number, so that send/recv through it stay unaudited. */
+        int found;
+        syscall_number(arch, "socketcall", &found);
+        if (found && arch == AUDIT_ARCH_I386) {
+            for (size_t i = 0; i < 4; i++)
+                add_rule(a, arch, socketcall, 1, 1, socket_calls[i], "socketcall");
+        }
+    }
+}
+
+static void arches(uint32_t out[2], size_t *count, int compat)
+{
+    struct utsname u;
+    *count = 0;
+    if (uname(&u) != 0)
+        return;
+    if (strcmp(u.machine, "x86_64") == 0) {
+        out[(*count)++] = AUDIT_ARCH_X86_64;
+        if (compat)
+            out[(*count)++] = AUDIT_ARCH_I386;
+    } else if (strcmp(u.machine, "aarch64") == 0) {
+        out[(*count)++] = AUDIT_ARCH_AARCH64;
+        if (compat)
+            out[(*count)++] = AUDIT_ARCH_ARM;
+    } else if (u.machine[0] == 'i' && strcmp(u.machine + 2, "86") == 0) {
+        out[(*count)++] = AUDIT_ARCH_I386;
+    } else if (strncmp(u.machine, "arm", 3) == 0) {
+        out[(*count)++] = AUDIT_ARCH_ARM;
+    }
+}
+
+static void remove_stale_rules(am_anl *a)
+{
+    struct stale_list list;
+    memset(&list, 0, sizeof list);
+    int err = ctl_request(a, AUDIT_LIST_RULES, 0, NULL, 0, list_reply, &list);
+    if (err != 0)
+        report_add(a, " listing rules failed (%s);", strerror(-err));
+    for (size_t i = 0; i < list.count; i++) {
+        if (ctl_request(a, AUDIT_DEL_RULE, NLM_F_ACK, list.items[i].data, list.items[i].len,
+                        NULL, NULL) == 0)
+            a->st.stale_rules_removed++;
+        free(list.items[i].data);
+    }
+    if (list.count > 0 || list.more > 0)
+        report_add(a, " removed %llu of %zu stale rule(s) with our key;",
+                   (unsigned long long)a->st.stale_rules_removed, list.count + list.more);
+}
+
+static void install_rules(am_anl *a)
+{
+    if (!a->opt.exec_rules && !a->opt.net_rules) {
+        report_add(a, "no rules asked for");
+        return;
+    }
+    if (a->found.enabled == 2) {
+        report_add(a, "audit is locked (enabled 2): rules cannot change");
+        return;
+    }
+    remove_stale_rules(a);
+    uint32_t list[2];
+    size_t count;
+    arches(list, &count, a->opt.compat_arch != 0);
+    if (count == 0) {
+        report_add(a, " unknown machine: no rules;");
+        return;
+    }
+    for (size_t i = 0; i < count; i++)
+        install_arch_rules(a, list[i]);
+    size_t used = strlen(a->report);
+    char head[64];
+    snprintf(head, sizeof head, "%llu rule(s) installed, %llu failed;",
+             (unsigned long long)a->st.rules_installed, (unsigned long long)a->st.rules_failed);
+    /* The summary first, then the details gathered above. */
+    if (strlen(head) + used + 1 < sizeof a->report) {
+        memmove(a->report + strlen(head), a->report, used + 1);
+        memcpy(a->report, head, strlen(head));
+    }
+}
+
+static void remove_rules(am_anl *a)
+{
+    for (size_t i = 0; i < a->nrules; i++) {
+        if (ctl_request(a, AUDIT_DEL_RULE, NLM_F_ACK, a->rules[i].data, a->rules[i].len, NULL,
+                        NULL) == 0)
+            a->st.rules_removed++;
+        else
+            a->st.rules_remove_failed++;
+        free(a->rules[i].data);
+        a->rules[i].data = NULL;
+    }
+    a->nrules = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * mode */
+
+static void owner_name(uint32_t pid, char *out, size_t cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%u/comm", pid);
+    out[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, out, cap - 1);
+    close(fd);
+    if (n <= 0) {
+        out[0] = '\0';
+        return;
+    }
+    out[n] = '\0';
+    char *nl = strchr(out, '\n');
+    if (nl != NULL)
+        *nl = '\0';
+}
+
+static int pid_alive(uint32_t pid)
+{
+    return pid != 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
+/* AUDIT_SET pid from the event socket (the kernel sends records to the socket that asked),
+ * waiting for its ack there; records that come first go to the parser. 0 or -errno. */
+static int become_owner(am_anl *a)
+{
+    struct audit_status s;
+    memset(&s, 0, sizeof s);
+    s.mask = AUDIT_STATUS_PID;
+    s.pid = (uint32_t)a->pid;
+    uint32_t seq = send_request(a, a->ev_fd, AUDIT_SET, NLM_F_ACK, &s, sizeof s);
+    if (seq == 0)
+        return -errno;
+    a->ack_seq = seq;
+    a->ack_seen = 0;
+    uint64_t deadline = mono_ms() + a->opt.reply_timeout_ms;
+    while (!a->ack_seen) {
+        uint64_t now = mono_ms();
+        if (now >= deadline)
+            break;
+        struct pollfd pfd = {.fd = a->ev_fd, .events = POLLIN};
+        if (poll(&pfd, 1, (int)(deadline - now)) <= 0)
+            continue;
+        if (am_anl_drain(a, 1) == AM_ERR_FULL)
+            break; /* the parser is full already: ask the kernel instead */
+    }
+    a->ack_seq = 0;
+    if (a->ack_seen && a->ack_error != 0)
+        return a->ack_error;
+    struct am_anl_status now;
+    if (get_status(a, &now) != 0)
+        return -EIO;
+    return now.pid == (uint32_t)a->pid ? 0 : -EBUSY;
+}
+
+/* Appends to the state string. */
+__attribute__((format(printf, 2, 3))) static void state_add(am_anl *a, const char *fmt, ...)
+{
+    size_t used = strlen(a->state);
+    if (used + 1 >= sizeof a->state)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(a->state + used, sizeof a->state - used, fmt, ap);
+    va_end(ap);
+}
+
+int am_anl_open(am_anl *a)
+{
+    if (a == NULL || a->opened || a->closed)
+        return AM_ERR_ARG;
+    a->opened = 1;
+    a->pid = getpid();
+    if (a->ev_fd < 0 || a->ctl_fd < 0)
+        return AM_OK; /* unavailable, as am_anl_new said in the state */
+    a->state[0] = '\0';
+    int err = get_status(a, &a->found);
+    if (err != 0) {
+        state_add(a, "unavailable: AUDIT_GET failed: %s", strerror(-err));
+        return AM_OK;
+    }
+    a->last_lost = a->found.lost;
+    char comm[32];
+    uint32_t owner = a->found.pid;
+    int owned = owner != 0 && pid_alive(owner);
+    int mine = owner == (uint32_t)a->pid;
+    err = -EBUSY;
+    if (a->opt.take_ownership && !owned) {
+        err = become_owner(a);
+        if (err == 0) {
+            a->mode = AM_ANL_OWNER;
+            a->state[0] = '\0';
+            state_add(a, "owner");
+            if (a->found.enabled == 0) {
+                int e = set_status(a, AUDIT_STATUS_ENABLED, 1);
+                if (e == 0)
+                    a->set_enabled = 1;
+                else
+                    state_add(a, "; enabling audit failed: %s", strerror(-e));
+            }
+            if (a->opt.backlog_limit > a->found.backlog_limit && a->found.enabled != 2) {
+                if (set_status(a, AUDIT_STATUS_BACKLOG_LIMIT, a->opt.backlog_limit) == 0)
+                    a->set_backlog = 1;
+            }
+            if (a->found.enabled == 2)
+                state_add(a, "; audit is locked (enabled 2): rules and settings cannot change");
+        } else {
+            /* Someone won the race, or the kernel refused: fall back to reading the group. */
+            struct am_anl_status now;
+            if (get_status(a, &now) == 0) {
+                owner = now.pid;
+                owned = owner != 0;
+                mine = owner == (uint32_t)a->pid;
+            }
+        }
+    }
+    if (a->mode != AM_ANL_OWNER) {
+        int group = AUDIT_NLGRP_READLOG;
+        if (setsockopt(a->ev_fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, sizeof group) != 0) {
+            state_add(a, "unavailable: cannot join the audit multicast group (needs "
+                         "CAP_AUDIT_READ): %s", strerror(errno));
+            return AM_OK;
+        }
+        a->mode = AM_ANL_MULTICAST;
+        owner_name(owner, comm, sizeof comm);
+        if (mine)
+            state_add(a, "multicast: owned by this process (pid %u)", owner);
+        else if (owned)
+            state_add(a, "multicast: owned by pid %u (%s)", owner, comm[0] ? comm : "?");
+        else if (!a->opt.take_ownership)
+            state_add(a, "multicast: no audit daemon (taking ownership is off)");
+        else
+            state_add(a, "multicast: could not become the audit daemon: %s", strerror(-err));
+        if (a->found.enabled == 0)
+            state_add(a, "; audit is disabled (enabled 0): no events will come");
+        else if (a->found.enabled == 2)
+            state_add(a, "; audit is locked (enabled 2): rules cannot change");
+    }
+    install_rules(a);
+    return AM_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * the rest of the API */
+
+void am_anl_default_options(struct am_anl_options *out)
+{
+    if (out == NULL)
+        return;
+    out->take_ownership = 1;
+    out->backlog_limit = 8192;
+    out->exec_rules = 1;
+    out->net_rules = 1;
+    out->compat_arch = 1;
+    out->rcvbuf_bytes = 4u << 20;
+    out->reply_timeout_ms = 2000;
+}
+
+am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_options *audit)
+{
+    struct am_anl_options o;
+    am_anl_default_options(&o);
+    if (opts != NULL)
+        o = *opts;
+    if (o.take_ownership > 1 || o.exec_rules > 1 || o.net_rules > 1 || o.compat_arch > 1 ||
+        o.rcvbuf_bytes > (1u << 30) || o.reply_timeout_ms < 1 || o.reply_timeout_ms > 60000 ||
+        o.backlog_limit > (1u << 30))
+        return NULL;
+    am_anl *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return NULL;
+    a->opt = o;
+    a->ev_fd = -1;
+    a->ctl_fd = -1;
+    a->parser = am_audit_new(audit);
+    a->ev_buf = malloc(EVENT_BUF_BYTES);
+    a->ctl_buf = malloc(CTL_BUF_BYTES);
+    if (a->parser == NULL || a->ev_buf == NULL || a->ctl_buf == NULL) {
+        am_anl_free(a);
+        return NULL;
+    }
+    a->ev_fd = open_socket();
+    a->ctl_fd = open_socket();
+    if (a->ev_fd < 0 || a->ctl_fd < 0) {
+        snprintf(a->state, sizeof a->state, "unavailable: no NETLINK_AUDIT socket: %s",
+                 strerror(errno));
+    } else {
+        snprintf(a->state, sizeof a->state, "not opened");
+        int size = (int)o.rcvbuf_bytes;
+        if (size > 0 && setsockopt(a->ev_fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) != 0)
+            (void)setsockopt(a->ev_fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    }
+    return a;
+}
+
+int am_anl_mode(const am_anl *a)
+{
+    return a == NULL ? AM_ANL_UNAVAILABLE : a->mode;
+}
+
+const char *am_anl_state(const am_anl *a)
+{
+    return a == NULL ? "unavailable" : a->state;
+}
+
+const char *am_anl_rules_report(const am_anl *a)
+{
+    return a == NULL ? "" : a->report;
+}
+
+int am_anl_found_status(const am_anl *a, struct am_anl_status *out)
+{
+    if (a == NULL || out == NULL)
+        return AM_ERR_ARG;
+    *out = a->found;
+    return a->opened ? AM_OK : AM_EMPTY;
+}
+
+int am_anl_fileno(const am_anl *a)
+{
+    return a == NULL ? -1 : a->ev_fd;
+}
+
+int am_anl_poll_status(am_anl *a, struct am_anl_status *out)
+{
+    if (a == NULL)
+        return AM_ERR_ARG;
+    if (!a->opened || a->closed || a->ctl_fd < 0 || a->mode == AM_ANL_UNAVAILABLE)
+        return AM_EMPTY;
+    struct am_anl_status s;
+    if (get_status(a, &s) != 0) {
+        a->st.status_errors++;
+        return AM_EMPTY;
+    }
+    a->st.status_polls++;
+    /* `lost` only grows, except when someone resets it (AUDIT_STATUS_LOST): then it counts
+     * from zero again. A 32-bit wrap between two polls is not plausible. */
+    if (s.lost >= a->last_lost)
+        a->st.kernel_lost_delta += s.lost - a->last_lost;
+    else
+        a->st.kernel_lost_delta += s.lost;
+    a->last_lost = s.lost;
+    if (a->mode == AM_ANL_OWNER && s.pid != (uint32_t)a->pid) {
+        /* The kernel resets its audit daemon when sends to it keep failing (a reader starved
+         * for longer than the kernel's send timeout, 100 ms on 6.x); what it could not send
+         * it printed and, unless booted with audit=1, dropped without counting `lost`. */
+        a->st.ownership_lost++;
+        if ((s.pid == 0 || !pid_alive(s.pid)) && become_owner(a) == 0) {
+            a->st.ownership_regained++;
+            a->state[0] = '\0';
+            state_add(a, "owner (the kernel dropped us %llu time(s); records lost then)",
+                      (unsigned long long)a->st.ownership_lost);
+        } else {
+            a->state[0] = '\0';
+            state_add(a, "owner lost: the audit daemon is now pid %u", s.pid);
+        }
+    }
+    if (out != NULL)
+        *out = s;
+    return AM_OK;
+}
+
+int am_anl_expire(am_anl *a, uint64_t now_ms)
+{
+    return a == NULL ? AM_ERR_ARG : am_audit_expire(a->parser, now_ms);
+}
+
+int am_anl_seal(am_anl *a)
+{
+    return a == NULL ? AM_ERR_ARG : am_audit_seal(a->parser);
+}
+
+int am_anl_flush(am_anl *a)
+{
+    return a == NULL ? AM_ERR_ARG : am_audit_flush(a->parser);
+}
+
+int am_anl_take(am_anl *a, const uint8_t **data, size_t *len, uint32_t *events)
+{
+    if (a == NULL)
+        return AM_ERR_ARG;
+    return am_audit_take(a->parser, data, len, events);
+}
+
+void am_anl_stats(const am_anl *a, struct am_anl_stats *out, struct am_audit_stats *parser)
+{
+    if (out != NULL)
+        memset(out, 0, sizeof *out);
+    if (parser != NULL)
+        memset(parser, 0, sizeof *parser);
+    if (a == NULL)
+        return;
+    if (out != NULL)
+        *out = a->st;
+    if (parser != NULL)
+        am_audit_stats(a->parser, parser);
+}
+
+int am_anl_close(am_anl *a)
+{
+    if (a == NULL)
+        return AM_ERR_ARG;
+    if (a->closed)
+        return AM_OK;
+    a->closed = 1;
+    if (a->opened && a->pid == getpid() && a->ctl_fd >= 0) {
+        remove_rules(a);
+        if (a->mode == AM_ANL_OWNER) {
+            if (a->set_enabled)
+                (void)set_status(a, AUDIT_STATUS_ENABLED, a->found.enabled);
+            if (a->set_backlog)
+                (void)set_status(a, AUDIT_STATUS_BACKLOG_LIMIT, a->found.backlog_limit);
+            (void)set_status(a, AUDIT_STATUS_PID, 0);
+        }
+    }
+    for (size_t i = 0; i < a->nrules; i++)
+        free(a->rules[i].data);
+    a->nrules = 0;
+    if (a->ev_fd >= 0)
+        close(a->ev_fd);
+    if (a->ctl_fd >= 0)
+        close(a->ctl_fd);
+    a->ev_fd = a->ctl_fd = -1;
+    a->ev_len = a->ev_off = 0;
+    if (a->mode != AM_ANL_UNAVAILABLE)
+        snprintf(a->state, sizeof a->state, "closed");
+    return AM_OK;
+}
+
+void am_anl_free(am_anl *a)
+{
+    if (a == NULL)
+        return;
+    am_anl_close(a);
+    am_audit_free(a->parser);
+    free(a->ev_buf);
+    free(a->ctl_buf);
+    free(a);
+}

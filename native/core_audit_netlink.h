@@ -1,0 +1,112 @@
+/* core_audit_netlink.h: the live audit source. A NETLINK_AUDIT client that reads the kernel's
+ * audit status, becomes the audit daemon when nobody is (or reads the multicast log group
+ * when auditd or another process owns audit), installs the agent's syscall rules, and feeds
+ * every record it receives to an am_audit parser of its own (the same parser as log text).
+ * Python takes the parser's sealed batches. See docs/sources/audit-netlink.md. */
+#ifndef AM_CORE_AUDIT_NETLINK_H
+#define AM_CORE_AUDIT_NETLINK_H
+
+#include "core.h"
+
+/* CDEF-BEGIN */
+struct am_anl_options {
+    uint32_t take_ownership; /* 1: become the audit daemon when no live process is. 1 */
+    uint32_t backlog_limit;  /* as owner, raise a lower backlog_limit to this (0: keep). 8192 */
+    uint32_t exec_rules;     /* 1: execve + execveat rules */
+    uint32_t net_rules;      /* 1: connect, accept, accept4, bind rules */
+    uint32_t compat_arch;    /* 1: rules for the 32-bit compat arch too (i386 on x86_64) */
+    uint32_t rcvbuf_bytes;   /* receive buffer of the event socket. 4194304 */
+    uint32_t reply_timeout_ms; /* wait for each kernel reply at open/close/poll. 2000 */
+};
+
+/* struct audit_status as the kernel reports it (fields a kernel does not send stay 0). */
+struct am_anl_status {
+    uint32_t mask;
+    uint32_t enabled;        /* 0 off, 1 on, 2 on and locked */
+    uint32_t failure;
+    uint32_t pid;            /* the audit daemon, 0 when none */
+    uint32_t rate_limit;
+    uint32_t backlog_limit;
+    uint32_t lost;
+    uint32_t backlog;
+    uint32_t feature_bitmap;
+    uint32_t backlog_wait_time;
+    uint32_t backlog_wait_time_actual;
+};
+
+struct am_anl_stats {
+    uint64_t datagrams;         /* datagrams received on the event socket */
+    uint64_t messages;          /* netlink messages in them */
+    uint64_t records;           /* audit records given to the parser */
+    uint64_t bytes;             /* their payload bytes */
+    uint64_t enobufs;           /* recv() said ENOBUFS: the socket overflowed, records lost */
+    uint64_t recv_errors;       /* other recv() errors */
+    uint64_t truncated;         /* datagrams larger than the receive buffer (cut) */
+    uint64_t foreign;           /* datagrams not from the kernel, dropped */
+    uint64_t malformed;         /* messages with a bad header or length, dropped */
+    uint64_t length_mismatch;   /* records whose nlmsg_len was neither form the kernel uses */
+    uint64_t acks;              /* NLMSG_ERROR with error 0 */
+    uint64_t nl_errors;         /* NLMSG_ERROR with an error */
+    uint64_t replaced;          /* AUDIT_REPLACE probes (another process asked to be auditd) */
+    uint64_t ignored;           /* other control messages */
+    uint64_t kernel_lost_delta; /* growth of the kernel's `lost` counter since open */
+    uint64_t status_polls;      /* AUDIT_GET replies received */
+    uint64_t status_errors;     /* AUDIT_GET requests that failed */
+    uint64_t ownership_lost;    /* polls that found us no longer the audit daemon (owner mode):
+                                 * the kernel gave up on us, records in between are gone */
+    uint64_t ownership_regained; /* of those, times we became the audit daemon again */
+    uint64_t rules_installed;   /* rules added at open */
+    uint64_t rules_skipped;     /* syscalls an arch does not have */
+    uint64_t rules_failed;      /* rules the kernel refused */
+    uint64_t rules_removed;     /* our rules removed at close */
+    uint64_t rules_remove_failed;
+    uint64_t stale_rules_removed; /* rules with our key found at open (a killed previous run) */
+    uint64_t parser_full;       /* drain calls that stopped because the parser's queue was full */
+};
+
+enum am_anl_mode {
+    AM_ANL_UNAVAILABLE = 0,
+    AM_ANL_OWNER = 1,
+    AM_ANL_MULTICAST = 2
+};
+
+typedef struct am_anl am_anl;
+void am_anl_default_options(struct am_anl_options *out);
+/* Opens the two netlink sockets and the parser (audit may be NULL for its defaults); changes
+ * nothing in the kernel. NULL on a bad option or no memory. */
+am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_options *audit);
+/* Reads the status, chooses the mode, removes stale rules, installs ours. AM_OK whatever the
+ * mode (am_anl_mode, am_anl_state say what happened); AM_ERR_ARG if already opened. */
+int am_anl_open(am_anl *a);
+int am_anl_mode(const am_anl *a);
+/* "owner", "multicast: owned by pid 1234 (auditd)", "unavailable: ...". */
+const char *am_anl_state(const am_anl *a);
+/* What the rules step did, one line. */
+const char *am_anl_rules_report(const am_anl *a);
+/* The status found at open. */
+int am_anl_found_status(const am_anl *a, struct am_anl_status *out);
+/* The event socket (non-blocking), -1 when closed. */
+int am_anl_fileno(const am_anl *a);
+/* Receives up to max_datagrams (0: no limit) until nothing is readable; each record goes to
+ * the parser. AM_ERR_FULL: the parser's batch queue is full, take batches and call again. */
+int am_anl_drain(am_anl *a, uint32_t max_datagrams);
+/* AUDIT_GET now: updates kernel_lost_delta and ownership; out may be NULL. */
+int am_anl_poll_status(am_anl *a, struct am_anl_status *out);
+int am_anl_expire(am_anl *a, uint64_t now_ms);
+int am_anl_seal(am_anl *a);
+int am_anl_flush(am_anl *a);
+int am_anl_take(am_anl *a, const uint8_t **data, size_t *len, uint32_t *events);
+void am_anl_stats(const am_anl *a, struct am_anl_stats *out, struct am_audit_stats *parser);
+/* Removes our rules, restores what open changed (enabled, backlog_limit, ownership), closes
+ * the sockets. Safe to call twice; in a forked child it only closes the sockets. */
+int am_anl_close(am_anl *a);
+/* Closes (if needed) and frees. */
+void am_anl_free(am_anl *a);
+/* The decoder of one received datagram, without a socket: every audit record in buf goes to
+ * p, every message is counted in st. *consumed: bytes used; AM_ERR_FULL: p's batch queue is
+ * full, take batches and call again with the rest (buf + *consumed is a message boundary). */
+int am_audit_nl_decode(am_audit *p, const uint8_t *buf, size_t len, size_t *consumed,
+                       struct am_anl_stats *st);
+/* CDEF-END */
+
+#endif
