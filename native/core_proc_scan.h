@@ -14,6 +14,12 @@ enum am_pscan_status {
 struct am_pscan_options {
     uint32_t max_argv_bytes; /* cmdline bytes read per process, beyond: trunc. 32768 */
     uint32_t max_args;       /* arguments kept per process, beyond: trunc. 256 */
+    /* 0: every run is a snapshot (`process` events). 1: polling for changes: a run emits an
+     * `exec` event (src "proc") for each process that was not there at the previous run
+     * (a new pid, or a pid reused: other start time) and an `exit` event for each process
+     * that is gone; the first run only learns what runs (no events). 0 */
+    uint32_t changes;
+    uint32_t max_tracked;    /* changes: processes remembered, beyond: counted. 1 << 22 */
 };
 
 struct am_pscan_stats {
@@ -27,6 +33,10 @@ struct am_pscan_stats {
     uint64_t oversize;       /* events sent without argv and exe: larger than a batch */
     uint64_t facts;          /* system facts events appended */
     uint64_t dropped;        /* events the sink refused */
+    uint64_t started;        /* changes: new processes found (`exec` events) */
+    uint64_t exited;         /* changes: processes found gone (`exit` events) */
+    uint64_t untracked;      /* changes: new processes beyond max_tracked (reported again) */
+    uint64_t tracked;        /* changes: processes remembered now */
 };
 
 typedef struct am_pscan am_pscan;
@@ -34,9 +44,9 @@ void am_pscan_default_options(struct am_pscan_options *out);
 /* opts may be NULL. NULL on a bad option, no memory, or no /proc. */
 am_pscan *am_pscan_new(const struct am_pscan_options *opts);
 void am_pscan_free(am_pscan *p);
-/* Walks /proc, one event per process. AM_OK: the snapshot is complete (the next call starts
- * a new one); AM_ERR_FULL: the sink is full: take batches and call again to go on where it
- * stopped. *appended: events appended by this call. */
+/* Walks /proc, one event per process (or per change, see `changes`). AM_OK: the walk is
+ * complete (the next call starts a new one); AM_ERR_FULL: the sink is full: take batches and
+ * call again to go on where it stopped. *appended: events appended by this call. */
 int am_pscan_run(am_pscan *p, am_sink *sink, uint64_t *appended);
 /* Drops an unfinished snapshot: the next run starts afresh. */
 void am_pscan_reset(am_pscan *p);

@@ -29,6 +29,22 @@ struct am_pscan {
     int have_btime;
     char *cmdline;        /* max_argv_bytes */
     struct pf_process proc;
+    /* changes: the processes of the previous walk, by pid (open addressing, linear probing,
+     * deletion by backward shift), each stamped with the walk that last saw it. */
+    struct tracked *table;
+    uint32_t table_cap, table_count;
+    uint32_t gen;         /* the walk in progress */
+    int learned;          /* a first walk has completed: changes are events from now on */
+    int sweeping;         /* the walk is done; gone processes are being reported */
+    uint32_t sweep_at;
+};
+
+struct tracked {
+    int32_t pid;          /* 0: free slot */
+    uint32_t gen;
+    uint64_t starttime;
+    char comm[16];
+    uint8_t comm_len;
 };
 
 static uint64_t now_ms(void)
@@ -45,6 +61,8 @@ void am_pscan_default_options(struct am_pscan_options *out)
         return;
     out->max_argv_bytes = 32768;
     out->max_args = 256;
+    out->changes = 0;
+    out->max_tracked = 1u << 22;
 }
 
 am_pscan *am_pscan_new(const struct am_pscan_options *opts)
@@ -54,7 +72,7 @@ am_pscan *am_pscan_new(const struct am_pscan_options *opts)
     if (opts != NULL)
         o = *opts;
     if (o.max_argv_bytes < 64 || o.max_argv_bytes > (1u << 24) || o.max_args < 1 ||
-        o.max_args > 65536)
+        o.max_args > 65536 || o.changes > 1 || o.max_tracked < 16 || o.max_tracked > (1u << 24))
         return NULL;
     am_pscan *p = calloc(1, sizeof *p);
     if (p == NULL)
@@ -81,6 +99,8 @@ void am_pscan_reset(am_pscan *p)
         closedir(p->walk);
         p->walk = NULL;
     }
+    if (p != NULL)
+        p->sweeping = 0;
 }
 
 void am_pscan_free(am_pscan *p)
@@ -91,6 +111,7 @@ void am_pscan_free(am_pscan *p)
     if (p->proc_fd >= 0)
         close(p->proc_fd);
     free(p->cmdline);
+    free(p->table);
     free(p);
 }
 
@@ -108,6 +129,7 @@ void am_pscan_stats(const am_pscan *p, struct am_pscan_stats *out)
         return;
     }
     *out = p->st;
+    out->tracked = p->table_count;
 }
 
 /* "btime N" of /proc/stat; its intr line can be long, hence the line reader. */
@@ -184,7 +206,8 @@ static int commit(am_pscan *p, am_sink *sink, int st)
 
 /* The event of one process read into p->proc. lean: without argv and exe (with `trunc`),
  * for an event that would not fit a batch otherwise. */
-static int encode_process(am_pscan *p, mp_buf *e, int32_t pid, int lean, int *argv_cut)
+static int encode_process(am_pscan *p, mp_buf *e, int32_t pid, int lean, int *argv_cut,
+                          const char *type)
 {
     const struct pf_process *pr = &p->proc;
     const struct pf_stat *s = &pr->stat;
@@ -200,7 +223,7 @@ static int encode_process(am_pscan *p, mp_buf *e, int32_t pid, int lean, int *ar
     size_t map_at = e->len;
     TRY(mp_map32(e, n));
     TRY(mp_cstr(e, "t"));
-    TRY(mp_cstr(e, "process"));
+    TRY(mp_cstr(e, type));
     TRY(put_uint(e, "ts", p->ts_ms));
     TRY(mp_cstr(e, "src"));
     TRY(mp_cstr(e, "proc"));
@@ -246,10 +269,154 @@ done:
     return st;
 }
 
-/* One process: 0 appended, 1 skipped (vanished), <0 refused by the sink. */
+/* ---- changes: the table of processes seen ---- */
+
+static uint32_t slot_of(const am_pscan *p, int32_t pid)
+{
+    /* Fibonacci hashing spreads consecutive pids. */
+    return (uint32_t)(((uint64_t)(uint32_t)pid * 0x9E3779B97F4A7C15ull) >> 32) & (p->table_cap - 1);
+}
+
+static struct tracked *find(am_pscan *p, int32_t pid)
+{
+    if (p->table_cap == 0)
+        return NULL;
+    for (uint32_t i = slot_of(p, pid);; i = (i + 1) & (p->table_cap - 1)) {
+        if (p->table[i].pid == 0)
+            return NULL;
+        if (p->table[i].pid == pid)
+            return &p->table[i];
+    }
+}
+
+static struct tracked *insert(am_pscan *p, int32_t pid)
+{
+    if ((uint64_t)(p->table_count + 1) * 2 > p->table_cap) {
+        if (p->table_count >= p->opt.max_tracked)
+            return NULL;
+        uint32_t cap = p->table_cap ? p->table_cap * 2 : 256;
+        struct tracked *grown = calloc(cap, sizeof *grown);
+        if (grown == NULL)
+            return NULL;
+        struct tracked *old = p->table;
+        uint32_t old_cap = p->table_cap;
+        p->table = grown;
+        p->table_cap = cap;
+        for (uint32_t i = 0; i < old_cap; i++) {
+            if (old[i].pid == 0)
+                continue;
+            uint32_t j = slot_of(p, old[i].pid);
+            while (grown[j].pid != 0)
+                j = (j + 1) & (cap - 1);
+            grown[j] = old[i];
+        }
+        free(old);
+    }
+    uint32_t i = slot_of(p, pid);
+    while (p->table[i].pid != 0)
+        i = (i + 1) & (p->table_cap - 1);
+    p->table_count++;
+    p->table[i].pid = pid;
+    return &p->table[i];
+}
+
+/* Removes slot i; a later member of its probe run may move into it (backward shift). */
+static void remove_at(am_pscan *p, uint32_t i)
+{
+    uint32_t mask = p->table_cap - 1;
+    uint32_t hole = i;
+    for (uint32_t j = (i + 1) & mask; p->table[j].pid != 0; j = (j + 1) & mask) {
+        uint32_t home = slot_of(p, p->table[j].pid);
+        int stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            p->table[hole] = p->table[j];
+            hole = j;
+        }
+    }
+    memset(&p->table[hole], 0, sizeof p->table[hole]);
+    p->table_count--;
+}
+
+static int encode_exit(am_pscan *p, mp_buf *e, const struct tracked *t)
+{
+    int st;
+    TRY(mp_map(e, 6 + (p->have_btime ? 1 : 0)));
+    TRY(mp_cstr(e, "t"));
+    TRY(mp_cstr(e, "exit"));
+    TRY(put_uint(e, "ts", p->ts_ms));
+    TRY(mp_cstr(e, "src"));
+    TRY(mp_cstr(e, "proc"));
+    TRY(put_int(e, "pid", t->pid));
+    TRY(mp_cstr(e, "comm"));
+    TRY(mp_text(e, t->comm, t->comm_len));
+    TRY(put_true(e, "poll"));
+    if (p->have_btime)
+        TRY(put_uint(e, "start", p->btime * 1000u + t->starttime * 1000u / (uint64_t)p->clk_tck));
+done:
+    return st;
+}
+
+/* The events of the processes the last walk did not see; resumable when the sink fills. */
+static int sweep(am_pscan *p, am_sink *sink, uint64_t *appended)
+{
+    while (p->sweep_at < p->table_cap) {
+        struct tracked *t = &p->table[p->sweep_at];
+        if (t->pid == 0 || t->gen == p->gen) {
+            p->sweep_at++;
+            continue;
+        }
+        if (p->learned) {
+            if (am_sink_full(sink))
+                return AM_ERR_FULL;
+            if (commit(p, sink, encode_exit(p, sink_begin(sink), t)) == AM_OK) {
+                (*appended)++;
+                p->st.exited++;
+            }
+        }
+        remove_at(p, p->sweep_at); /* a later entry may have moved here: look again */
+    }
+    p->sweeping = 0;
+    p->learned = 1;
+    p->st.scans++;
+    return AM_OK;
+}
+
+/* One process: 0 appended, 1 skipped (vanished or unchanged), <0 refused by the sink. */
 static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
 {
     struct pf_process *pr = &p->proc;
+    const char *type = "process";
+    if (p->opt.changes) {
+        pf_process_read(dir_fd, pid, PF_WANT_STAT | PF_PATHS, pr, p->cmdline, p->opt.max_argv_bytes);
+        if (!(pr->got & PF_WANT_STAT)) {
+            p->st.vanished++;
+            return 1;
+        }
+        struct tracked *t = find(p, pid);
+        /* Same pid, start time and comm: the same process running the same program. A new
+         * comm at the same start time is an exec within the process (counted as new). */
+        size_t clen = pr->stat.comm_len < sizeof t->comm ? pr->stat.comm_len : sizeof t->comm;
+        if (t != NULL && t->starttime == pr->stat.starttime && t->comm_len == clen &&
+            memcmp(t->comm, pr->stat.comm, clen) == 0) {
+            t->gen = p->gen;
+            return 1;
+        }
+        if (t == NULL)
+            t = insert(p, pid);
+        if (t == NULL) {
+            p->st.untracked++; /* reported as new again at the next walk */
+        } else {
+            t->gen = p->gen;
+            t->starttime = pr->stat.starttime;
+            size_t n = pr->stat.comm_len < sizeof t->comm ? pr->stat.comm_len : sizeof t->comm;
+            memcpy(t->comm, pr->stat.comm, n);
+            t->comm_len = (uint8_t)n;
+        }
+        if (!p->learned)
+            return 1;
+        p->st.started++;
+        type = "exec";
+    }
     pf_process_read(dir_fd, pid, PF_WANT_STAT | PF_WANT_STATUS | PF_WANT_CMDLINE | PF_WANT_EXE |
                     PF_PATHS, pr, p->cmdline, p->opt.max_argv_bytes);
     if (!(pr->got & PF_WANT_STAT)) {
@@ -257,10 +424,10 @@ static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
         return 1;
     }
     int argv_cut = 0;
-    int st = encode_process(p, sink_begin(sink), pid, 0, &argv_cut);
+    int st = encode_process(p, sink_begin(sink), pid, 0, &argv_cut, type);
     if (st == AM_ERR_FULL) { /* larger than a batch: again without argv and exe */
         p->st.oversize++;
-        st = encode_process(p, sink_begin(sink), pid, 1, &argv_cut);
+        st = encode_process(p, sink_begin(sink), pid, 1, &argv_cut, type);
     }
     st = commit(p, sink, st);
     if (st != AM_OK)
@@ -279,6 +446,8 @@ int am_pscan_run(am_pscan *p, am_sink *sink, uint64_t *appended)
     if (p == NULL || sink == NULL || appended == NULL)
         return AM_ERR_ARG;
     *appended = 0;
+    if (p->sweeping)
+        return sweep(p, sink, appended);
     if (p->walk == NULL) {
         int fd = openat(p->proc_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0) {
@@ -293,6 +462,9 @@ int am_pscan_run(am_pscan *p, am_sink *sink, uint64_t *appended)
         }
         p->ts_ms = now_ms();
         p->have_btime = read_btime(p->proc_fd, &p->btime) == 0;
+        p->gen++;
+        if (p->gen == 0) /* a wrap: no entry may look seen by this walk */
+            p->gen = 1;
     }
     int dir_fd = dirfd(p->walk);
     for (;;) {
@@ -306,6 +478,11 @@ int am_pscan_run(am_pscan *p, am_sink *sink, uint64_t *appended)
             if (err != 0) {
                 p->err = err;
                 return AM_PSCAN_ERR_SYS;
+            }
+            if (p->opt.changes) {
+                p->sweeping = 1;
+                p->sweep_at = 0;
+                return sweep(p, sink, appended);
             }
             p->st.scans++;
             return AM_OK;

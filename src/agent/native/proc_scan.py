@@ -30,6 +30,9 @@ class ProcScanOptions:
 
     max_argv_bytes: Optional[int] = None
     max_args: Optional[int] = None
+    # Polling: each run reports new processes (`exec`) and gone ones (`exit`), not all.
+    changes: Optional[bool] = None
+    max_tracked: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class ProcScanStats:
     oversize: int
     facts: int
     dropped: int
+    started: int
+    exited: int
+    untracked: int
+    tracked: int
 
 
 _STAT_NAMES = [f.name for f in fields(ProcScanStats)]
@@ -59,6 +66,7 @@ class ProcScanner:
             for f in fields(ProcScanOptions):
                 value = getattr(options, f.name)
                 if value is not None:
+                    value = int(value)
                     if not 0 <= value <= 0xFFFFFFFF:
                         raise CoreArgumentError(f"{f.name}={value} is out of range")
                     setattr(opts, f.name, value)
