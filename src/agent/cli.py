@@ -8,7 +8,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO, Optional, Sequence
+from typing import Any, BinaryIO, Optional, Sequence
 
 from agent import __version__
 
@@ -190,13 +190,23 @@ def status(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         print(f"micro-agent status: cannot read {path}: {err}", file=sys.stderr)
         return 1
+    try:
+        return _print_status(doc, args.json)
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+
+
+def _print_status(doc: dict[str, Any], as_json: bool) -> int:
+    import json
+
     alive = bool(doc.get("running"))
     if alive:
         try:
             os.kill(int(doc["pid"]), 0)
         except (OSError, KeyError, ValueError):
             alive = False
-    if args.json:
+    if as_json:
         doc["alive"] = alive
         print(json.dumps(doc, indent=1, sort_keys=True))
         return 0 if alive else 3

@@ -432,7 +432,7 @@ class Agent:
             last = self._rates.get(name)
             rate = 0.0
             if last is not None and now > last[0]:
-                rate = (collected - last[1]) / (now - last[0])
+                rate = max(0.0, (collected - last[1]) / (now - last[0]))
             self._rates[name] = (now, collected, rate)
             collectors[name] = {
                 **r.collector.state.to_json(),

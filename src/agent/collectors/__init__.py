@@ -7,6 +7,9 @@ from typing import Any, ClassVar
 
 from agent.collectors.agent_state import HeartbeatCollector, StatisticsCollector
 from agent.collectors.base import Collector, Environment
+from agent.collectors.login import LoginCollector
+from agent.collectors.network import ListeningPortsCollector, NetworkActivityCollector
+from agent.collectors.process import ProcessCollector
 from agent.collectors.inventory import (
     BaselineCollector,
     FirewallCollector,
@@ -34,6 +37,10 @@ class NotBuiltCollector(Collector):
 CLASSES: dict[str, type[Collector]] = {
     c.name: c
     for c in (
+        ProcessCollector,
+        NetworkActivityCollector,
+        LoginCollector,
+        ListeningPortsCollector,
         SystemInformationCollector,
         LocalUsersCollector,
         FirewallCollector,

@@ -35,6 +35,7 @@ class AuditSource:
         self._opened_with: tuple[bool, bool, bool, int] | None = None
         self._closed_drops: dict[str, int] = {}
         self._last_tick = 0
+        self._closed = False  # the agent is stopping: no reopening
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -42,6 +43,7 @@ class AuditSource:
         """Adds the collector; True when audit events will come (the state says why not)."""
         if collector.config is not None:
             self._config = collector.config
+        self._closed = False
         self.subscribers[collector.name] = (collector, exec_rules, net_rules)
         self._reopen()
         return self.nl is not None
@@ -62,6 +64,8 @@ class AuditSource:
         return exec_rules, net_rules, own, backlog
 
     def _reopen(self, also: Optional[Collector] = None) -> None:
+        if self._closed:
+            return
         wanted = self._wanted() if self.subscribers else None
         if wanted == self._opened_with and (self.nl is not None or wanted is None):
             return
@@ -110,6 +114,7 @@ class AuditSource:
         """The agent stops: the last events go to the subscribers, the rules are removed and
         the kernel's audit settings restored."""
         self._close()
+        self._closed = True
 
     # -- events ----------------------------------------------------------------------------------
 

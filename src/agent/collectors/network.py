@@ -9,6 +9,7 @@ two snapshots are seen only through audit. ListeningPorts takes one snapshot per
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, ClassVar
 
 from agent.collectors.audit_source import audit_source
@@ -32,7 +33,9 @@ class ListeningPortsCollector(Collector):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.table: SocketTable | None = None
-        self._drops: dict[str, int] = {}
+        self._closed_drops: Counter[str] = Counter()
+        self._listen_before = 0  # listen events of tables closed since
+        self._table_stats: dict[str, int] = {}
 
     def start(self) -> CollectorState:
         self.table = _open_table(SocketTableOptions(first_existing=False))
@@ -40,6 +43,9 @@ class ListeningPortsCollector(Collector):
 
     def stop(self) -> None:
         if self.table is not None:
+            self.stats()
+            self._listen_before = self._table_stats.get("collected", 0)
+            self._closed_drops.update(table_drops(self.table))
             self.table.close()
             self.table = None
 
@@ -56,23 +62,23 @@ class ListeningPortsCollector(Collector):
             lane.spill(lane.sink.take())
 
     def drops(self) -> dict[str, int]:
-        if self.table is not None:
-            self._drops = table_drops(self.table)
-        return dict(self._drops)
+        current = table_drops(self.table) if self.table is not None else Counter()
+        return dict(self._closed_drops + current)
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
         if self.table is not None:
             s = self.table.stats()
-            out.update(collected=s.listen_events, snapshots=s.snapshots,
-                       owner_unknown=s.owner_unknown)
+            self._table_stats = {"collected": self._listen_before + s.listen_events,
+                                 "owner_unknown": s.owner_unknown}
+        out.update(self._table_stats)
         return out
 
 
-def table_drops(table: SocketTable) -> dict[str, int]:
+def table_drops(table: SocketTable) -> Counter[str]:
     """What a socket table could not see: snapshots cut short, sockets beyond its bound."""
     s = table.stats()
-    return {"incomplete_snapshots": s.incomplete, "socket_overflow": s.overflow}
+    return Counter({"incomplete_snapshots": s.incomplete, "socket_overflow": s.overflow})
 
 
 class NetworkActivityCollector(Collector):
@@ -86,7 +92,7 @@ class NetworkActivityCollector(Collector):
         self.table: SocketTable | None = None
         self.raw = EventSink()
         self._next_snapshot = 0
-        self._drops: dict[str, int] = {}
+        self._closed_drops: Counter[str] = Counter()
 
     def start(self) -> CollectorState:
         self.table = _open_table(SocketTableOptions(first_existing=False))
@@ -102,7 +108,7 @@ class NetworkActivityCollector(Collector):
     def stop(self) -> None:
         audit_source(self.env).unsubscribe(self)
         if self.table is not None:
-            self._drops = table_drops(self.table)
+            self._closed_drops.update(table_drops(self.table))
             self.table.close()
             self.table = None
 
@@ -122,6 +128,5 @@ class NetworkActivityCollector(Collector):
             self.route(batch, lane)
 
     def drops(self) -> dict[str, int]:
-        if self.table is not None:
-            self._drops = table_drops(self.table)
-        return dict(self._drops)
+        current = table_drops(self.table) if self.table is not None else Counter()
+        return dict(self._closed_drops + current)

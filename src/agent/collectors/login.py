@@ -1,0 +1,149 @@
+"""Login: logins, logouts and failed logins from wtmp and btmp (the core's utmp reader,
+followed from a remembered offset across restarts, truncation and rotation) and, with
+Login_UsePAM, PAM's records from the audit socket (USER_LOGIN, USER_AUTH, USER_START, ...:
+`auth` events).
+
+The first start of the agent on a device does not report the history the files already hold:
+it is read to its end and counted in `history_skipped`. From then on the offsets are kept in
+DATA_DIR/login-state.json, so that a restart neither repeats nor misses a record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+from agent.collectors.audit_source import audit_source
+from agent.collectors.base import Collector, Lane
+from agent.config import CollectorState, LoginConfig
+from agent.native.sink import EventSink
+from agent.native.utmp import UtmpReader
+
+log = logging.getLogger("agent.collectors")
+
+FILES = {"wtmp": "/var/log/wtmp", "btmp": "/var/log/btmp"}
+STATE_FILE = "login-state.json"
+
+
+class LoginCollector(Collector):
+    name = "Login"
+    accept = ("login", "auth")
+    uses_audit: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.readers: dict[str, UtmpReader] = {}
+        self.raw = EventSink()
+        self.pam = False
+        self._closed_drops: Counter[str] = Counter()
+        self._saved: dict[str, Any] = {}
+
+    def _state_path(self) -> Path:
+        return self.env.data_dir / STATE_FILE
+
+    def _load_state(self) -> dict[str, Any] | None:
+        try:
+            doc = json.loads(self._state_path().read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            log.warning("Login: %s is unreadable (%s): starting at the ends of the files",
+                        self._state_path(), err)
+            self.counters["state_lost"] += 1
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def _save_state(self) -> None:
+        doc = {kind: r.state().to_dict() for kind, r in self.readers.items()}
+        if doc == self._saved:
+            return
+        tmp = self._state_path().with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(doc))
+            os.replace(tmp, self._state_path())
+            self._saved = doc
+        except OSError as err:
+            self.counters["state_errors"] += 1
+            log.warning("Login: cannot save %s: %s", self._state_path(), err)
+
+    def start(self) -> CollectorState:
+        assert self.config is not None
+        section = self.config.login
+        assert isinstance(section, LoginConfig)
+        saved = self._load_state()
+        for kind, path in FILES.items():
+            reader = UtmpReader(str(self.env.root / path.lstrip("/")), kind)
+            state = (saved or {}).get(kind)
+            if state is not None:
+                try:
+                    reader.restore(state)
+                except (ValueError, TypeError, KeyError) as err:
+                    log.warning("Login: the saved %s offset is unusable (%s): from the end", kind, err)
+                    state = None
+            if state is None:
+                self._skip_history(reader)
+            self.readers[kind] = reader
+        self._save_state()
+        sources = ["utmp"]
+        reason = ""
+        self.pam = section.use_pam
+        if self.pam:
+            audit = audit_source(self.env)
+            if audit.subscribe(self):
+                sources.append("audit")
+            reason = f"audit: {audit.state}"
+        return CollectorState.running("+".join(sources), reason)
+
+    def _skip_history(self, reader: UtmpReader) -> None:
+        throwaway = EventSink()
+        while True:
+            self.counters["history_skipped"] += reader.read(throwaway)
+            throwaway.take()
+            if not reader.more:
+                break
+        throwaway.seal()
+
+    def stop(self) -> None:
+        if self.pam:
+            audit_source(self.env).unsubscribe(self)
+            self.pam = False
+        if self.lane is not None:
+            self._read(self.lane)
+        self._save_state()
+        for reader in self.readers.values():
+            self._closed_drops.update(self._reader_drops(reader))
+            reader.close()
+        self.readers = {}
+
+    def _read(self, lane: Lane) -> None:
+        for reader in self.readers.values():
+            while True:
+                reader.read(self.raw)
+                for batch in self.raw.take():
+                    self.route(batch, lane)
+                if not reader.more:
+                    break
+        for batch in self.raw.seal():
+            self.route(batch, lane)
+
+    def tick(self, now: int, lane: Lane) -> None:
+        if self.pam:
+            audit_source(self.env).tick(now)
+        self._read(lane)
+        self._save_state()
+
+    @staticmethod
+    def _reader_drops(reader: UtmpReader) -> Counter[str]:
+        s = reader.stats()
+        return Counter({"utmp_malformed": s.malformed, "utmp_dropped": s.dropped,
+                        "utmp_io_errors": s.io_errors})
+
+    def drops(self) -> dict[str, int]:
+        total = Counter(self._closed_drops)
+        for reader in self.readers.values():
+            total.update(self._reader_drops(reader))
+        return dict(total)

@@ -1,0 +1,130 @@
+"""Process: programs started (`exec`) and processes ended (`exit`), from the richest source
+available (Process_Mode):
+
+- 4 Audit: the audit socket's execve/execveat records (full argv, uid, exe, cwd, ppid; owner of
+  audit, or beside auditd on its multicast group). No exits: the agent adds no exit rules.
+- 2 Netlink: the proc connector (cn_proc exec and exit, details read from /proc/PID at once).
+- 3 Polling: /proc walked every Process_PollingInterval; starts and ends that happen between
+  two walks are not seen (the reason this is the last resort).
+- 1 Auto: audit, else the proc connector, else polling; the state says which and why.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, ClassVar, Optional
+
+from agent.collectors.audit_source import audit_source
+from agent.collectors.base import Collector, Lane
+from agent.config import CollectorState, ProcessConfig, ProcessMode
+from agent.native.proc_connector import ProcConnector
+from agent.native.proc_scan import ProcScanner, ProcScanOptions
+from agent.native.sink import EventSink
+
+
+class ProcessCollector(Collector):
+    name = "Process"
+    kind = "process"
+    accept = ("exec", "exit")
+    uses_audit: ClassVar[bool] = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.source = ""
+        self.raw = EventSink()
+        self.cnproc: Optional[ProcConnector] = None
+        self.poller: Optional[ProcScanner] = None
+        self._next_poll = 0
+        # Drops of sources closed since (a restart opens new ones, whose counters start at 0).
+        self._closed_drops: Counter[str] = Counter()
+
+    def _settings(self) -> ProcessConfig:
+        assert self.config is not None
+        section = self.config.process
+        assert isinstance(section, ProcessConfig)
+        return section
+
+    def start(self) -> CollectorState:
+        mode = self._settings().mode
+        why: list[str] = []
+        if mode in (ProcessMode.AUTO, ProcessMode.AUDIT):
+            audit = audit_source(self.env)
+            if audit.subscribe(self, exec_rules=True):
+                self.source = "audit"
+                return CollectorState.running("audit", audit.state)
+            audit.unsubscribe(self)
+            why.append(f"audit: {audit.state}")
+            if mode is ProcessMode.AUDIT:
+                return CollectorState.unavailable("; ".join(why))
+        if mode in (ProcessMode.AUTO, ProcessMode.NETLINK):
+            try:
+                self.cnproc = ProcConnector()
+            except OSError as err:
+                why.append(f"proc connector: {err}")
+                if mode is ProcessMode.NETLINK:
+                    return CollectorState.unavailable("; ".join(why))
+            else:
+                self.source = "cnproc"
+                self.env.watch(self.cnproc.fileno(), self._on_cnproc)
+                return CollectorState.running("cnproc", "; ".join(why))
+        self.poller = ProcScanner(ProcScanOptions(changes=True))
+        self.source = "polling"
+        self._next_poll = 0
+        return CollectorState.running("polling", "; ".join(why))
+
+    def stop(self) -> None:
+        if self.source == "audit":
+            audit_source(self.env).unsubscribe(self)
+        if self.cnproc is not None:
+            self.env.unwatch(self.cnproc.fileno())
+            self._on_cnproc()
+            self._closed_drops.update(self._source_drops())
+            self.cnproc.close()
+            self.cnproc = None
+        if self.poller is not None:
+            self._closed_drops.update(self._source_drops())
+            self.poller.close()
+            self.poller = None
+        self._pass_raw(seal=True)
+        self.source = ""
+
+    def _pass_raw(self, seal: bool = False) -> None:
+        if self.lane is None:
+            return
+        for batch in self.raw.seal() if seal else self.raw.take():
+            self.route(batch, self.lane)
+
+    def _on_cnproc(self) -> None:
+        if self.cnproc is None:
+            return
+        while True:
+            self.cnproc.drain(self.raw)
+            full = self.raw.full()
+            self._pass_raw()
+            if not full:
+                return
+
+    def tick(self, now: int, lane: Lane) -> None:
+        if self.source == "audit":
+            audit_source(self.env).tick(now)
+        elif self.poller is not None and now >= self._next_poll:
+            self._next_poll = now + max(1, self._settings().polling_interval_us // 1000)
+            self.poller.scan(self.raw, take=lambda batches: [self.route(b, lane) for b in batches])
+        self._pass_raw(seal=True)
+
+    def _source_drops(self) -> dict[str, int]:
+        if self.cnproc is not None:
+            s = self.cnproc.stats()
+            return {"cnproc_enobufs": s.enobufs, "cnproc_lost": s.lost, "cnproc_malformed": s.malformed,
+                    "cnproc_dropped": s.dropped}
+        if self.poller is not None:
+            ps = self.poller.stats()
+            return {"polling_dropped": ps.dropped, "polling_untracked": ps.untracked}
+        return {}
+
+    def drops(self) -> dict[str, int]:
+        total = self._closed_drops + Counter(self._source_drops())
+        sink = self.raw.stats()
+        total["sink_full"] = sink.dropped_full
+        total["too_large"] = sink.dropped_encode
+        return dict(total)
