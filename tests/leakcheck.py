@@ -1,5 +1,10 @@
-"""RSS-flat checks in the style of psutil's memory leak tests: call a function many times and
-require the process's resident set to stay flat.
+"""Memory-flat checks in the style of psutil's memory leak tests: call a function many times
+and require the process's memory to stay flat.
+
+Two measures, and the larger growth counts: the resident set (RSS), and the bytes malloc has
+handed out (glibc's mallinfo2: in-use chunks plus mmapped ones). RSS alone misses a leak that
+fills memory the heap had already freed (a long test session leaves plenty); malloc's count
+sees every C allocation the core makes and does not free.
 
 A few calls warm up (allocator arenas, caches, lazily built tables); then rounds of `calls`
 calls run and RSS may grow by at most `tolerance` bytes in a round. A leak of 16 bytes per
@@ -9,6 +14,7 @@ rounds in a row each grew past the tolerance: allocator noise comes once, a leak
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 from typing import Callable
@@ -16,18 +22,38 @@ from typing import Callable
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+_libc = ctypes.CDLL(None)
+_mallinfo2 = getattr(_libc, "mallinfo2", None)
+if _mallinfo2 is not None:
+    _mallinfo2.restype = _Mallinfo2
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm", "rb") as statm:
         return int(statm.read().split()[1]) * PAGE
 
 
+def malloc_bytes() -> int:
+    """Bytes malloc has handed out and not had back (0 where glibc lacks mallinfo2)."""
+    if _mallinfo2 is None:
+        return 0
+    info = _mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
 def growth(fn: Callable[[], object], calls: int) -> int:
     gc.collect()
-    before = rss_bytes()
+    rss, heap = rss_bytes(), malloc_bytes()
     for _ in range(calls):
         fn()
     gc.collect()
-    return rss_bytes() - before
+    return max(rss_bytes() - rss, malloc_bytes() - heap)
 
 
 def assert_rss_flat(
@@ -44,7 +70,7 @@ def assert_rss_flat(
             return
     label = name or getattr(fn, "__name__", repr(fn))
     raise AssertionError(
-        f"{label}: RSS grew in each of 3 rounds of {calls:,} calls: "
+        f"{label}: memory grew in each of 3 rounds of {calls:,} calls: "
         + ", ".join(f"{d / 1024:.0f} KiB" for d in grew)
         + f" (tolerance {tolerance / 1024:.0f} KiB)"
     )
