@@ -16,7 +16,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 # Days a throwaway certificate lives: long enough for any test session, short enough that a
 # stray copy is useless.
@@ -70,7 +69,7 @@ class Certificates:
                 "subjectAltName=" + ",".join(self.SERVER_NAMES),
             ],
         )
-        self._other: Optional[CertPair] = None
+        self._other: CertPair | None = None
 
     @property
     def ca_pem(self) -> str:
@@ -83,7 +82,7 @@ class Certificates:
             self._other = self._make_ca("other-ca", "unrelated test CA")
         return self._other
 
-    def client(self, common_name: str, signer: Optional[CertPair] = None) -> CertPair:
+    def client(self, common_name: str, signer: CertPair | None = None) -> CertPair:
         """A client certificate with subject CN=common_name, signed by `signer` (default: the
         stand-in's CA). Made once per (name, signer)."""
         signer = signer or self.ca
@@ -106,13 +105,28 @@ class Certificates:
         pair = CertPair(self.dir / f"{stem}.pem", self.dir / f"{stem}.key")
         _run(
             [
-                "openssl", "req", "-x509", "-newkey", "ec",
-                "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", str(pair.key), "-out", str(pair.cert),
-                "-days", str(CERT_DAYS), "-subj", f"/CN={subject}",
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-                "-addext", "subjectKeyIdentifier=hash",
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(pair.key),
+                "-out",
+                str(pair.cert),
+                "-days",
+                str(CERT_DAYS),
+                "-subj",
+                f"/CN={subject}",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+                "-addext",
+                "subjectKeyIdentifier=hash",
             ],
             self.dir,
         )
@@ -126,24 +140,48 @@ class Certificates:
         ext = self.dir / f"{stem}.ext"
         ext.write_text(
             "\n".join(
-                extensions
-                + ["subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid,issuer"]
+                extensions + ["subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid,issuer"]
             )
             + "\n"
         )
         _run(
             [
-                "openssl", "req", "-new", "-newkey", "ec",
-                "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", str(pair.key), "-out", str(csr), "-subj", f"/CN={common_name}",
+                "openssl",
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                str(pair.key),
+                "-out",
+                str(csr),
+                "-subj",
+                f"/CN={common_name}",
             ],
             self.dir,
         )
         _run(
             [
-                "openssl", "x509", "-req", "-in", str(csr),
-                "-CA", str(signer.cert), "-CAkey", str(signer.key), "-CAcreateserial",
-                "-days", str(CERT_DAYS), "-sha256", "-extfile", str(ext), "-out", str(pair.cert),
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                str(csr),
+                "-CA",
+                str(signer.cert),
+                "-CAkey",
+                str(signer.key),
+                "-CAcreateserial",
+                "-days",
+                str(CERT_DAYS),
+                "-sha256",
+                "-extfile",
+                str(ext),
+                "-out",
+                str(pair.cert),
             ],
             self.dir,
         )
@@ -172,7 +210,9 @@ def free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_listening(host: str, port: int, timeout: float, alive: Optional[subprocess.Popen[bytes]] = None) -> bool:
+def wait_listening(
+    host: str, port: int, timeout: float, alive: subprocess.Popen[bytes] | None = None
+) -> bool:
     """Poll until a TCP connect to host:port succeeds; False on timeout or when `alive` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -203,7 +243,7 @@ class Mosquitto:
       front of it, and the listener is loopback only.
     """
 
-    def __init__(self, directory: Path, host: str = "127.0.0.1", port: Optional[int] = None) -> None:
+    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.access(binary, os.X_OK):
             raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
@@ -243,7 +283,7 @@ class Mosquitto:
                 ]
             )
         )
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def running(self) -> bool:

@@ -60,12 +60,16 @@ def _fresh(hub: Hub) -> Hub:
 
 
 @pytest.fixture(scope="session")
-def iothub_session(hub_certs: Certificates, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def iothub_session(
+    hub_certs: Certificates, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Hub]:
     yield from _session_hub(hub_certs, "127.0.0.1", tmp_path_factory.mktemp("hub-1"))
 
 
 @pytest.fixture(scope="session")
-def iothub2_session(hub_certs: Certificates, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def iothub2_session(
+    hub_certs: Certificates, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Hub]:
     yield from _session_hub(hub_certs, "127.0.0.2", tmp_path_factory.mktemp("hub-2"))
 
 

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 # MQTT 3.1.1 CONNACK return codes.
 CONNACK_ACCEPTED = 0
@@ -60,8 +60,8 @@ class Credential:
     X.509 certificate whose CN is the device id."""
 
     device_id: str
-    module_id: Optional[str]
-    key: Optional[str]
+    module_id: str | None
+    key: str | None
     x509: bool
 
     @property
@@ -76,8 +76,8 @@ class ConnectPacket:
     protocol: str
     level: int
     client_id: str
-    username: Optional[str]
-    password: Optional[bytes]
+    username: str | None
+    password: bytes | None
 
 
 @dataclass
@@ -127,8 +127,8 @@ def parse_connect(body: bytes) -> ConnectPacket:
     if flags & 0x04:  # will flag: topic and message precede the credentials
         _, offset = _read_field(body, offset)
         _, offset = _read_field(body, offset)
-    username: Optional[bytes] = None
-    password: Optional[bytes] = None
+    username: bytes | None = None
+    password: bytes | None = None
     if flags & 0x80:
         username, offset = _read_field(body, offset)
     if flags & 0x40:
@@ -160,7 +160,7 @@ def make_sas_token(key: str, resource_uri: str, ttl: int = 3600) -> str:
     return f"SharedAccessSignature sr={sr}&sig={signature}&se={expiry}"
 
 
-def check_sas(token: str, resource_uri: str, key: str, now: float) -> Optional[str]:
+def check_sas(token: str, resource_uri: str, key: str, now: float) -> str | None:
     """None when the token is valid for resource_uri under key, else why not."""
     prefix = "SharedAccessSignature "
     if not token.startswith(prefix):
@@ -191,7 +191,7 @@ def check_sas(token: str, resource_uri: str, key: str, now: float) -> Optional[s
     return None
 
 
-def _subject_cn(peercert: Mapping[str, Any]) -> Optional[str]:
+def _subject_cn(peercert: Mapping[str, Any]) -> str | None:
     for rdn in peercert.get("subject", ()):
         for name, value in rdn:
             if name == "commonName":
@@ -234,9 +234,11 @@ class Gate:
         self._context.verify_mode = ssl.CERT_OPTIONAL
         self._loop = asyncio.new_event_loop()
         self._loop.set_exception_handler(self._on_loop_error)
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"gate-{host}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"gate-{host}", daemon=True
+        )
         self._thread.start()
-        self._server: Optional[asyncio.base_events.Server] = None
+        self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -327,10 +329,10 @@ class Gate:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
+        self._tasks.add(task)
         self._writers.add(writer)
         peer = str(writer.get_extra_info("peername"))
-        upstream_writer: Optional[asyncio.StreamWriter] = None
+        upstream_writer: asyncio.StreamWriter | None = None
         try:
             _nodelay(writer)
             try:
@@ -362,14 +364,16 @@ class Gate:
             _nodelay(upstream_writer)
             upstream_writer.write(raw)
             await asyncio.gather(
-                _pump(reader, upstream_writer), _pump(upstream_reader, writer), return_exceptions=True
+                _pump(reader, upstream_writer),
+                _pump(upstream_reader, writer),
+                return_exceptions=True,
             )
         finally:
             for each in (writer, upstream_writer):
                 if each is not None:
                     self._writers.discard(each)
                     each.transport.abort()
-            self._tasks.discard(task)  # type: ignore[arg-type]
+            self._tasks.discard(task)
 
     async def _read_packet(self, reader: asyncio.StreamReader) -> bytes:
         first = await reader.readexactly(1)
@@ -390,7 +394,7 @@ class Gate:
         return bytes(header) + await reader.readexactly(length)
 
     def _authenticate(
-        self, packet: ConnectPacket, peercert: Optional[Mapping[str, Any]]
+        self, packet: ConnectPacket, peercert: Mapping[str, Any] | None
     ) -> tuple[int, str]:
         if packet.protocol != "MQTT" or packet.level != 4:
             return CONNACK_IDENTIFIER_REJECTED, f"protocol {packet.protocol} level {packet.level}"

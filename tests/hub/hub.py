@@ -29,11 +29,11 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import paho.mqtt.client as mqtt
+import paho.mqtt.client as mqtt  # type: ignore[import-untyped]
 
-from .broker import BrokerError, CertPair, Certificates, Mosquitto, port_is_free
+from .broker import BrokerError, Certificates, CertPair, Mosquitto, port_is_free
 from .gate import Credential, Gate, make_sas_token
 
 IOTHUB_PORT = 8883  # the SDK always connects here
@@ -67,9 +67,9 @@ class Identity:
     hostname: str
     gateway: str
     device_id: str
-    module_id: Optional[str]
-    key: Optional[str]
-    x509: Optional[CertPair]
+    module_id: str | None
+    key: str | None
+    x509: CertPair | None
 
     @property
     def client_id(self) -> str:
@@ -80,7 +80,7 @@ class Identity:
         uri = f"{self.hostname}/devices/{self.device_id}"
         return uri if self.module_id is None else f"{uri}/modules/{self.module_id}"
 
-    def connection_string(self, key: Optional[str] = None, gateway: Optional[str] = None) -> str:
+    def connection_string(self, key: str | None = None, gateway: str | None = None) -> str:
         """A connection string for this identity through the stand-in: HostName stays a normal
         hub name, GatewayHostName redirects the SDK to the gate. `key` overrides the key (a
         wrong key for refusal tests); `gateway` the address."""
@@ -105,7 +105,7 @@ class Telemetry:
 
     topic: str
     device_id: str
-    module_id: Optional[str]
+    module_id: str | None
     payload: bytes
     properties: dict[str, str]  # the whole property bag, url-decoded, keys as sent ("$.ct")
     system: dict[str, str]  # system properties by SDK name: content_type, message_id, ...
@@ -114,15 +114,15 @@ class Telemetry:
     retained: bool = False
 
     @property
-    def content_type(self) -> Optional[str]:
+    def content_type(self) -> str | None:
         return self.system.get("content_type")
 
     @property
-    def content_encoding(self) -> Optional[str]:
+    def content_encoding(self) -> str | None:
         return self.system.get("content_encoding")
 
     @property
-    def message_id(self) -> Optional[str]:
+    def message_id(self) -> str | None:
         return self.system.get("message_id")
 
 
@@ -180,9 +180,9 @@ class Hub:
         self,
         certs: Certificates,
         host: str = "127.0.0.1",
-        gateway: Optional[str] = None,
+        gateway: str | None = None,
         hostname: str = DEFAULT_HOSTNAME,
-        workdir: Optional[Path] = None,
+        workdir: Path | None = None,
         port: int = IOTHUB_PORT,
     ) -> None:
         self.certs = certs
@@ -208,7 +208,7 @@ class Hub:
             upstream_port=self.broker.port,
             credentials=self._credentials,
         )
-        self._client: Optional[mqtt.Client] = None
+        self._client: mqtt.Client | None = None
         self._connected = threading.Event()
         self._subscribed = threading.Event()
 
@@ -236,7 +236,9 @@ class Hub:
             self._client.connect_async(self.broker.host, self.broker.port, keepalive=30)
             self._client.loop_start()
         if not self._subscribed.wait(timeout):
-            raise BrokerError(f"the hub client did not subscribe within {timeout} s\n{self.broker.log_tail()}")
+            raise BrokerError(
+                f"the hub client did not subscribe within {timeout} s\n{self.broker.log_tail()}"
+            )
         self.gate.start()
 
     def stop(self) -> None:
@@ -298,7 +300,7 @@ class Hub:
     # --- identities ---------------------------------------------------------------------
 
     def identity(
-        self, device_id: str, module_id: Optional[str] = None, key: Optional[str] = None
+        self, device_id: str, module_id: str | None = None, key: str | None = None
     ) -> Identity:
         """Register (or return) a SAS identity. The key defaults to one derived from the ids,
         so the same identity has the same key in every session."""
@@ -308,15 +310,21 @@ class Hub:
             if known is not None and known.key is not None and key in (None, known.key):
                 return known
             if key is None:
-                key = base64.b64encode(hashlib.sha256(f"sas:{client_id}".encode()).digest()).decode()
+                key = base64.b64encode(
+                    hashlib.sha256(f"sas:{client_id}".encode()).digest()
+                ).decode()
             identity = Identity(
-                self.hostname, self.gateway, device_id, module_id, key,
+                self.hostname,
+                self.gateway,
+                device_id,
+                module_id,
+                key,
                 known.x509 if known is not None else None,
             )
             self._identities[client_id] = identity
             return identity
 
-    def x509_identity(self, device_id: str, module_id: Optional[str] = None) -> Identity:
+    def x509_identity(self, device_id: str, module_id: str | None = None) -> Identity:
         """Register (or return) an X.509 identity with a client certificate signed by the test
         CA, subject CN = device id (IoT Hub's CA-signed rule)."""
         client_id = device_id if module_id is None else f"{device_id}/{module_id}"
@@ -325,8 +333,12 @@ class Hub:
             if known is not None and known.x509 is not None:
                 return known
             identity = Identity(
-                self.hostname, self.gateway, device_id, module_id,
-                known.key if known is not None else None, self.certs.client(device_id),
+                self.hostname,
+                self.gateway,
+                device_id,
+                module_id,
+                known.key if known is not None else None,
+                self.certs.client(device_id),
             )
             self._identities[client_id] = identity
             return identity
@@ -347,7 +359,9 @@ class Hub:
         that is offline now once it reconnects (a real hub does not queue patches: a device
         then catches up through get_twin)."""
         if not self._connected.wait(timeout):
-            raise HubError(f"the hub client is not connected (broker running: {self.broker.running})")
+            raise HubError(
+                f"the hub client is not connected (broker running: {self.broker.running})"
+            )
         with self._lock:
             merge_patch(self._state.desired, patch)
             self._state.desired_version += 1
@@ -359,7 +373,7 @@ class Hub:
         )
         return version
 
-    def set_twin(self, desired: dict[str, Any], reported: Optional[dict[str, Any]] = None) -> None:
+    def set_twin(self, desired: dict[str, Any], reported: dict[str, Any] | None = None) -> None:
         """Replace the twin without telling the device (as if it was edited while nothing was
         connected); versions go up by one."""
         with self._lock:
@@ -430,7 +444,9 @@ class Hub:
                     return reported  # type: ignore[no-any-return]
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise HubError(f"reported properties never matched within {timeout} s: {reported}")
+                    raise HubError(
+                        f"reported properties never matched within {timeout} s: {reported}"
+                    )
                 self._lock.wait(left)
 
     def reset(self, sessions: bool = False) -> None:
@@ -472,7 +488,9 @@ class Hub:
     def _make_client(self) -> mqtt.Client:
         # A persistent session with a fixed id: whatever devices publish while the hub client
         # is reconnecting is queued for it by mosquitto (and saved across broker restarts).
-        client = mqtt.Client(client_id=f"{HUB_CLIENT_ID}-{self.host}", clean_session=False, protocol=mqtt.MQTTv311)
+        client = mqtt.Client(
+            client_id=f"{HUB_CLIENT_ID}-{self.host}", clean_session=False, protocol=mqtt.MQTTv311
+        )
         client.max_queued_messages_set(0)
         client.max_inflight_messages_set(1000)
         client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
@@ -482,7 +500,9 @@ class Hub:
         client.on_message = self._on_message
         return client
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: dict[str, Any], rc: int) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: dict[str, Any], rc: int
+    ) -> None:
         if rc != 0:
             return
         self._connected.set()
@@ -530,13 +550,16 @@ class Hub:
         rid = _request_id(topic)
         try:
             patch = json.loads(payload)
-            if not isinstance(patch, dict):
-                raise ValueError("a reported patch is a JSON object")
+            problem = None if isinstance(patch, dict) else "a reported patch is a JSON object"
         except ValueError as error:
+            problem = str(error)
+        if problem is not None:
             with self._lock:
-                self._state.unexpected.append(f"{topic}: {error}")
+                self._state.unexpected.append(f"{topic}: {problem}")
                 self._lock.notify_all()
-            client.publish(f"$iothub/twin/res/400/?$rid={rid}", json.dumps({"message": str(error)}), qos=1)
+            client.publish(
+                f"$iothub/twin/res/400/?$rid={rid}", json.dumps({"message": problem}), qos=1
+            )
             return
         with self._lock:
             merge_patch(self._state.reported, patch)
@@ -546,7 +569,9 @@ class Hub:
             self._lock.notify_all()
         client.publish(f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"", qos=1)
 
-    def _record_telemetry(self, match: re.Match[str], topic: str, payload: bytes, retained: bool) -> None:
+    def _record_telemetry(
+        self, match: re.Match[str], topic: str, payload: bytes, retained: bool
+    ) -> None:
         properties = parse_property_bag(match.group(3))
         system = {SYSTEM_PROPERTIES[k]: v for k, v in properties.items() if k in SYSTEM_PROPERTIES}
         custom = {k: v for k, v in properties.items() if k not in SYSTEM_PROPERTIES}
