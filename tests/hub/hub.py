@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -505,6 +506,11 @@ class Hub:
     ) -> None:
         if rc != 0:
             return
+        # Without this a twin round trip takes about 45 ms instead of 2 (Nagle against
+        # delayed ACK on the hub's replies); paho 1.x does not set it.
+        sock = client.socket()
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._connected.set()
         # `#` does not match `$` topics: the twin topics are subscribed explicitly. Subscribing
         # again on each connect is harmless and covers a broker that lost its database.
