@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import conftest
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # The SDK builds its TLS contexts with ssl.PROTOCOL_TLSv1_2, deprecated since Python 3.10.
 pytestmark = pytest.mark.filterwarnings(
@@ -32,7 +34,7 @@ if not hasattr(conftest, "iothub"):
     from hub.fixtures import hub_certs, iothub, iothub2, iothub2_session, iothub_session  # noqa: F401
 
 from hub.broker import Certificates
-from hub.gate import check_sas, make_sas_token, parse_connect, sas_signature
+from hub.gate import ProtocolError, check_sas, make_sas_token, parse_connect, sas_signature
 from hub.hub import Hub, Identity, merge_patch, parse_property_bag
 
 azure_device = pytest.importorskip("azure.iot.device")
@@ -572,6 +574,26 @@ def test_connect_parser_reads_will_and_credentials() -> None:
     packet = parse_connect(body)
     assert (packet.protocol, packet.level, packet.client_id) == ("MQTT", 4, "dev1/mod")
     assert (packet.username, packet.password) == ("user", b"pw")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        # A valid start with any flags, then anything: reaches the will and credential fields.
+        st.builds(
+            lambda flags, tail: b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c" + tail,
+            st.integers(0, 255),
+            st.binary(max_size=300),
+        ),
+    )
+)
+def test_connect_parser_refuses_any_garbage_cleanly(body: bytes) -> None:
+    try:
+        packet = parse_connect(body)
+    except ProtocolError:
+        return
+    assert isinstance(packet.client_id, str)
 
 
 def test_property_bag_and_merge_patch() -> None:

@@ -30,7 +30,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt  # type: ignore[import-untyped]
 
@@ -435,7 +435,9 @@ class Hub:
                 self._lock.wait(left)
             return list(self._state.telemetry)
 
-    def wait_for_reported(self, predicate: Any, timeout: float = 5.0) -> dict[str, Any]:
+    def wait_for_reported(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+    ) -> dict[str, Any]:
         """Wait until predicate(reported document) is true; returns that document."""
         deadline = time.monotonic() + timeout
         with self._lock:
