@@ -438,6 +438,25 @@ def test_x509_identity(iothub: Hub, hub_certs: Certificates, clients: list[Any])
     assert iothub.wait_for_telemetry(1)[0].device_id == "dev-x509"
 
 
+def test_x509_module_identity(iothub: Hub, hub_certs: Certificates, clients: list[Any]) -> None:
+    identity = iothub.x509_identity("dev-x509", "iot-micro-agent")
+    assert identity.x509 is not None
+    client = IoTHubModuleClient.create_from_x509_certificate(
+        X509(str(identity.x509.cert), str(identity.x509.key)),
+        hostname=iothub.hostname,
+        device_id=identity.device_id,
+        module_id=identity.module_id,
+        gateway_hostname=iothub.gateway,
+        server_verification_cert=hub_certs.ca_pem,
+    )
+    clients.append(client)
+    call(client.connect)
+    assert iothub.gate.decisions()[-1] == ("dev-x509/iot-micro-agent", True, "X.509 CN=dev-x509")
+    call(lambda: client.send_message(Message(b"module cert")))
+    (record,) = iothub.wait_for_telemetry(1)
+    assert (record.device_id, record.module_id) == ("dev-x509", "iot-micro-agent")
+
+
 def test_x509_certificate_of_another_device_is_rejected(
     iothub: Hub, hub_certs: Certificates, clients: list[Any]
 ) -> None:
