@@ -312,6 +312,24 @@ def test_queued_messages_survive_a_kill(
     assert payloads == sorted(payloads)
 
 
+def test_broker_down_behind_the_gate(
+    iothub: Hub, hub_certs: Certificates, clients: list[Any]
+) -> None:
+    identity = iothub.identity(*MODULE)
+    iothub.broker.stop()
+    client = module_client(clients, iothub, hub_certs, identity.connection_string())
+    with pytest.raises(azure_exceptions.ConnectionFailedError):
+        call(client.connect)
+    who, accepted, reason = iothub.gate.decisions()[-1]
+    assert (who, accepted) == (identity.client_id, False) and reason.startswith(
+        "broker unreachable"
+    )
+    iothub.start()
+    call(client.connect)
+    call(lambda: client.send_message(Message(b"back")))
+    assert iothub.wait_for_telemetry(1)[0].payload == b"back"
+
+
 # --- identities -------------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ from typing import Any, Callable
 # MQTT 3.1.1 CONNACK return codes.
 CONNACK_ACCEPTED = 0
 CONNACK_IDENTIFIER_REJECTED = 2
+CONNACK_SERVER_UNAVAILABLE = 3
 CONNACK_BAD_USERNAME_OR_PASSWORD = 4
 CONNACK_NOT_AUTHORIZED = 5
 
@@ -351,14 +352,14 @@ class Gate:
             code, reason = self._authenticate(packet, writer.get_extra_info("peercert"))
             self._record(packet.client_id or peer, code == CONNACK_ACCEPTED, reason)
             if code != CONNACK_ACCEPTED:
-                writer.write(bytes([0x20, 0x02, 0x00, code]))
-                await writer.drain()
+                await _refuse(writer, code)
                 return
             try:
                 upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
             except OSError as error:
-                # The broker is down while the front door is up: the device sees a refusal.
+                # The broker is down while the front door is up.
                 self._record(packet.client_id, False, f"broker unreachable: {error}")
+                await _refuse(writer, CONNACK_SERVER_UNAVAILABLE)
                 return
             self._writers.add(upstream_writer)
             _nodelay(upstream_writer)
@@ -432,6 +433,16 @@ class Gate:
         if problem is not None:
             return CONNACK_NOT_AUTHORIZED, problem
         return CONNACK_ACCEPTED, "SAS token valid"
+
+
+async def _refuse(writer: asyncio.StreamWriter, code: int) -> None:
+    """A refused CONNACK, then a clean close (TLS close_notify, FIN), as IoT Hub does."""
+    writer.write(bytes([0x20, 0x02, 0x00, code]))
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        pass  # the client left first; the finally of _serve aborts what is left
 
 
 def _fixed_header_size(raw: bytes) -> int:
