@@ -135,3 +135,7 @@ def skip_unless_ci(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI lacks a prerequisite: {reason}")
     pytest.skip(reason)
+
+
+# The local IoT Hub stand-in (tests/hub/README.md): session broker and hubs, reset per test.
+from hub.fixtures import hub_certs, iothub, iothub2, iothub2_session, iothub_session  # noqa: E402,F401

@@ -18,7 +18,6 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any, Callable
 
-import conftest
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,17 +27,12 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
 )
 
-if not hasattr(conftest, "iothub"):
-    # Until tests/conftest.py imports the stand-in's fixtures, this module does. Never both:
-    # two definitions of a session fixture would start two hubs on the same port.
-    from hub.fixtures import hub_certs, iothub, iothub2, iothub2_session, iothub_session  # noqa: F401
-
 from hub.broker import Certificates
 from hub.gate import ProtocolError, check_sas, make_sas_token, parse_connect, sas_signature
 from hub.hub import Hub, Identity, merge_patch, parse_property_bag
 
-azure_device = pytest.importorskip("azure.iot.device")
-azure_exceptions = pytest.importorskip("azure.iot.device.exceptions")
+import azure.iot.device as azure_device  # noqa: E402 (a dependency of the package)
+import azure.iot.device.exceptions as azure_exceptions  # noqa: E402
 IoTHubDeviceClient = azure_device.IoTHubDeviceClient
 IoTHubModuleClient = azure_device.IoTHubModuleClient
 Message = azure_device.Message
