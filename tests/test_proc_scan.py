@@ -105,7 +105,9 @@ def test_details_match_psutil() -> None:
 def test_own_child_exactly() -> None:
     marker = f"scan-{uuid.uuid4().hex}"
     args = ["/bin/sh", "-c", "sleep 30; :", marker, "with space", "é"]
-    child = subprocess.Popen(args)
+    # A plain shell: under tests/test_sanitizers.py the preloaded ASan runtime would start
+    # with it too and move its rss between the two reads.
+    child = subprocess.Popen(args, env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
     try:
         deadline = time.monotonic() + 5
         while psutil.Process(child.pid).cmdline() != args:  # until it has exec'd
