@@ -17,7 +17,8 @@ struct am_pscan_options {
     /* 0: every run is a snapshot (`process` events). 1: polling for changes: a run emits an
      * `exec` event (src "proc") for each process that was not there at the previous run
      * (a new pid, or a pid reused: other start time) and an `exit` event for each process
-     * that is gone; the first run only learns what runs (no events). 0 */
+     * that is gone; the first run only learns what runs (no events). Kernel threads are
+     * never reported (no program runs in them). 0 */
     uint32_t changes;
     uint32_t max_tracked;    /* changes: processes remembered, beyond: counted. 1 << 22 */
 };

@@ -45,6 +45,7 @@ struct tracked {
     uint64_t starttime;
     char comm[16];
     uint8_t comm_len;
+    uint8_t kthread;      /* kernel threads are tracked but never reported: no program runs */
 };
 
 static uint64_t now_ms(void)
@@ -365,7 +366,7 @@ static int sweep(am_pscan *p, am_sink *sink, uint64_t *appended)
             p->sweep_at++;
             continue;
         }
-        if (p->learned) {
+        if (p->learned && !t->kthread) {
             if (am_sink_full(sink))
                 return AM_ERR_FULL;
             if (commit(p, sink, encode_exit(p, sink_begin(sink), t)) == AM_OK) {
@@ -411,8 +412,9 @@ static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
             size_t n = pr->stat.comm_len < sizeof t->comm ? pr->stat.comm_len : sizeof t->comm;
             memcpy(t->comm, pr->stat.comm, n);
             t->comm_len = (uint8_t)n;
+            t->kthread = (pr->stat.flags & PF_FLAG_KTHREAD) != 0;
         }
-        if (!p->learned)
+        if (!p->learned || (pr->stat.flags & PF_FLAG_KTHREAD))
             return 1;
         p->st.started++;
         type = "exec";

@@ -68,6 +68,10 @@ class ProcessCollector(Collector):
                 self.env.watch(self.cnproc.fileno(), self._on_cnproc)
                 return CollectorState.running("cnproc", "; ".join(why))
         self.poller = ProcScanner(ProcScanOptions(changes=True))
+        # The first walk learns what runs now: what starts from here on is new.
+        learn = EventSink()
+        self.poller.scan(learn, take=lambda batches: None)
+        learn.seal()
         self.source = "polling"
         self._next_poll = 0
         return CollectorState.running("polling", "; ".join(why))

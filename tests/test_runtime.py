@@ -1,0 +1,286 @@
+"""The agent runtime (agent.pipeline) in this process, on the real kernel: configuration
+patches applied live, aggregation, lanes and batch sizes, sequence numbers across restarts.
+
+Each test runs an Agent over a temporary data directory with the local delivery uplink, turns
+its loop while it makes real processes and connections, stops it (as SIGTERM does) and decodes
+what was delivered. The periodic inventory collectors are disabled unless a test is about
+them: they are slow and beside the point here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import __version__
+from agent.collectors import Environment, build_collectors
+from agent.config import ConfigStore
+from agent.envelope import Identity, decode_envelope
+from agent.outbox import Outbox
+from agent.pipeline import Agent
+from agent.uplink.files import LocalDelivery
+
+QUIET = {
+    "SystemInformation_Disabled": True,
+    "Baseline_Disabled": True,
+    "SBoM_Disabled": True,
+    "LocalUsers_Disabled": True,
+    "Firewall_Disabled": True,
+    "ListeningPorts_Disabled": True,
+    "Heartbeat_Disabled": True,
+    "Statistics_Disabled": True,
+    "Login_Disabled": True,
+    "NetworkActivity_Disabled": True,
+}
+
+
+def audit_state() -> tuple[str, str]:
+    status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
+    rules = subprocess.run(["auditctl", "-l"], capture_output=True, text=True, check=True).stdout
+    keep = [line for line in status.splitlines() if line.split(" ")[0] in ("enabled", "pid", "backlog_limit")]
+    return "\n".join(keep), rules
+
+
+class Harness:
+    def __init__(self, data: Path, config_path: Path) -> None:
+        self.data = data
+        self.store = ConfigStore(str(config_path))
+        self.env = Environment(data_dir=data)
+        cfg = self.store.config
+        self.outbox = Outbox(data, cfg.outbox.max_bytes, cfg.iothub_module.message_timeout_minutes * 60)
+        self.agent = Agent(self.store, self.env, self.outbox, LocalDelivery(data / "delivered"),
+                           Identity("test-agent", __version__, "dev1", "iot-micro-agent"),
+                           build_collectors(self.env))
+
+    def spin(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.agent.turn(timeout=0.05)
+
+    def run_while(self, work: Callable[[], None]) -> None:
+        """Runs work() in a thread while the loop turns, then turns 1.5 s more."""
+        thread = threading.Thread(target=work)
+        thread.start()
+        while thread.is_alive():
+            self.agent.turn(timeout=0.05)
+        thread.join()
+        self.spin(1.5)
+
+    def patch(self, patch: dict[str, Any]) -> None:
+        """As the twin's desired-patch handler does: from another thread, via call_soon."""
+        done = threading.Event()
+
+        def apply() -> None:
+            self.agent.apply(self.store.apply_patch(patch))
+            done.set()
+
+        threading.Thread(target=lambda: self.agent.call_soon(apply)).start()
+        while not done.is_set():
+            self.agent.turn(timeout=0.05)
+
+
+@contextmanager
+def agent(tmp_path: Path, config: dict[str, Any], name: str = "data") -> Iterator[Harness]:
+    before = audit_state()
+    config_path = tmp_path / f"{name}.json"
+    config_path.write_text(json.dumps({**QUIET, **config}))
+    harness = Harness(tmp_path / name, config_path)
+    harness.agent.start()
+    try:
+        yield harness
+    finally:
+        harness.agent.shutdown()
+        # The kernel's audit is as it was: rules removed, enable flag and owner restored.
+        assert audit_state() == before
+
+
+def delivered(data: Path) -> list[dict[str, Any]]:
+    """Every delivered envelope, in sequence order."""
+    envelopes = [decode_envelope(p.read_bytes()) for p in sorted((data / "delivered").glob("*.msgpack"))]
+    return sorted(envelopes, key=lambda e: e["seq"])
+
+
+def events_of(data: Path) -> list[dict[str, Any]]:
+    return [event for env in delivered(data) for event in env["events"]]
+
+
+def run_commands(argvs: list[list[str]]) -> Callable[[], None]:
+    def work() -> None:
+        for argv in argvs:
+            subprocess.run(argv, check=True)
+
+    return work
+
+
+def execs_with(events: list[dict[str, Any]], token: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["t"] == "exec" and token in [str(a) for a in e.get("argv") or []]]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_500_runs_of_one_command_are_one_entry_with_hit_count_500(tmp_path: Path) -> None:
+    token = f"agg-{uuid.uuid4()}"
+    with agent(tmp_path, {}) as h:
+        assert h.agent.collectors["Process"].collector.state.source == "audit"
+        h.run_while(run_commands([["/bin/true", token]] * 500))
+    (entry,) = execs_with(events_of(h.data), token)
+    assert entry["hits"] == 500
+    assert entry["argv"] == ["/bin/true", token] and entry["exe"] == "/usr/bin/true"
+    assert entry["first"] <= entry["last"]
+
+
+def test_process_disabled_stops_events_within_1s_and_false_restarts_them(tmp_path: Path) -> None:
+    before, during, after = (f"{name}-{uuid.uuid4()}" for name in ("before", "during", "after"))
+    with agent(tmp_path, {"NetworkActivity_Disabled": False}) as h:
+        network = h.agent.collectors["NetworkActivity"].collector
+        table = network.table  # type: ignore[attr-defined]
+        h.run_while(run_commands([["/bin/echo", before]]))
+        h.patch({"Process_Disabled": True})
+        h.spin(1.0)
+        assert h.agent.collectors["Process"].collector.state.state == "disabled"
+        h.run_while(run_commands([["/bin/echo", during]]))
+        h.patch({"Process_Disabled": False})
+        h.spin(1.0)
+        h.run_while(run_commands([["/bin/echo", after]]))
+        # Only the collector whose settings changed was touched.
+        assert network.table is table  # type: ignore[attr-defined]
+    events = events_of(h.data)
+    assert len(execs_with(events, before)) == 1
+    assert execs_with(events, during) == []
+    assert len(execs_with(events, after)) == 1
+
+
+def test_message_frequency_moves_a_collector_to_that_lane(tmp_path: Path) -> None:
+    token = f"lane-{uuid.uuid4()}"
+    with agent(tmp_path, {"Process_MessageFrequency": "High", "Heartbeat_Disabled": False}) as h:
+        h.run_while(run_commands([["/bin/echo", token]]))
+    envelopes = delivered(h.data)
+    (with_exec,) = [e for e in envelopes if execs_with(e["events"], token)]
+    assert with_exec["prio"] == "High" and "Process" in with_exec["coll"]
+    heartbeat = [e for e in envelopes if any(ev["t"] == "heartbeat" for ev in e["events"])]
+    assert [e["prio"] for e in heartbeat] == ["Low"]
+
+
+def test_upload_max_message_bytes_bounds_every_batch(tmp_path: Path) -> None:
+    tokens = [f"size-{i}-{uuid.uuid4()}" for i in range(300)]
+    with agent(tmp_path, {"Upload_MaxMessageBytes": 8192}) as h:
+        h.run_while(run_commands([["/bin/echo", t] for t in tokens]))
+    files = list((h.data / "delivered").glob("*.msgpack"))
+    assert len(files) > 1
+    assert max(f.stat().st_size for f in files) <= 8192
+    events = events_of(h.data)
+    assert all(len(execs_with(events, t)) == 1 for t in tokens)
+
+
+def test_cache_size_bounds_entries_and_evictions_are_counted(tmp_path: Path) -> None:
+    tokens = [f"cache-{i}-{uuid.uuid4()}" for i in range(20)]
+    with agent(tmp_path, {"Process_CacheSize": 4}) as h:
+        h.run_while(run_commands([["/bin/echo", t] for t in tokens]))
+        stats = h.agent.collectors["Process"].collector.stats()
+    events = events_of(h.data)
+    assert all(len(execs_with(events, t)) == 1 for t in tokens)  # nothing lost
+    assert stats["evicted"] >= 16
+
+
+def test_process_mode_picks_the_source(tmp_path: Path) -> None:
+    for mode, source, src in ((2, "cnproc", "cnproc"), (3, "polling", "proc")):
+        token = f"mode{mode}-{uuid.uuid4()}"
+        # The shell stays (two commands: no exec of the last) long enough for polling to see it.
+        with agent(tmp_path, {"Process_Mode": mode, "Process_PollingInterval": 50_000},
+                   name=f"mode{mode}") as h:
+            assert h.agent.collectors["Process"].collector.state.source == source
+            h.run_while(run_commands([["/bin/sh", "-c", "sleep 0.5; true", token]]))
+        found = execs_with(events_of(h.data), token)
+        assert found and all(e["src"] == src for e in found), (mode, found)
+
+
+def test_invalid_values_are_listed_and_the_previous_value_stays(tmp_path: Path) -> None:
+    with agent(tmp_path, {"Process_CacheSize": 64}) as h:
+        h.patch({"Process_CacheSize": "huge", "Process_Nonsense": 1, "Upload_Format": {"a": 1}})
+        assert h.store.latest_state == "failed"
+        assert {"Process_CacheSize", "Process_Nonsense", "Upload_Format"} <= set(h.store.latest_invalid_fields)
+        assert h.store.config.process.cache_size == 64
+        h.spin(2.5)  # the status file is rewritten every 2 s
+        status = json.loads((h.data / "status.json").read_text())
+        assert status["config"]["latest_state"] == "failed"
+        h.patch({"Process_CacheSize": 32, "Process_Nonsense": None, "Upload_Format": None})
+        assert h.store.latest_state == "success" and h.store.config.process.cache_size == 32
+
+
+def test_system_information_override_and_disabled_baseline_check(tmp_path: Path) -> None:
+    with agent(tmp_path, {"SystemInformation_Disabled": False, "Baseline_Disabled": False,
+                          "SystemInformation_HardwareVendor": "Acme Test Boards",
+                          "Baseline_ChecksDisabled": "BL-ACC-001"}) as h:
+        h.spin(0.2)
+    events = events_of(h.data)
+    (info,) = [e for e in events if e["t"] == "sysinfo"]
+    assert info["hwvendor"] == "Acme Test Boards"
+    ids = {e["id"] for e in events if e["t"] == "baseline"}
+    assert "BL-ACC-001" not in ids and len(ids) >= 30
+
+
+def test_sequence_numbers_continue_across_restarts(tmp_path: Path) -> None:
+    seqs: list[int] = []
+    for round_ in range(3):
+        with agent(tmp_path, {"Heartbeat_Disabled": False}) as h:
+            h.spin(0.2)
+        seqs = [e["seq"] for e in delivered(h.data)]
+        assert seqs == list(range(len(seqs))) and len(seqs) >= round_ + 1
+    assert len(seqs) >= 3
+    boots = {e["boot"] for e in delivered(h.data)}
+    assert len(boots) == 3
+
+
+CONNECTOR = """
+import socket, sys, time
+listeners = []
+for _ in range(5):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    listeners.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in listeners), flush=True)
+for s in listeners:
+    c = socket.create_connection(s.getsockname())
+    a, _ = s.accept()
+    c.sendall(b"x" * 1000)
+    a.recv(4096)
+    time.sleep(2.5)  # alive across a sock_diag snapshot
+    c.close()
+    a.close()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_network_activity_finds_connections_through_audit_and_sock_diag(tmp_path: Path) -> None:
+    # The connections come from a child: audit never reports its own daemon's system calls.
+    ports: set[int] = set()
+
+    def connect_all() -> None:
+        child = subprocess.run([sys.executable, "-c", CONNECTOR], capture_output=True,
+                               text=True, check=True)
+        ports.update(int(p) for p in child.stdout.split())
+
+    with agent(tmp_path, {"NetworkActivity_Disabled": False}) as h:
+        h.run_while(connect_all)
+        h.spin(2.5)
+    assert len(ports) == 5
+    events = events_of(h.data)
+    audit_out = {e["rport"] for e in events if e["t"] == "net" and e.get("dir") == "out" and e.get("rport") in ports}
+    assert audit_out == ports
+    opened = {e["rport"] for e in events if e["t"] == "conn" and e.get("op") == "open" and e.get("dir") == "out"
+              and e.get("rport") in ports}
+    assert opened == ports
+    closed = [e for e in events if e["t"] == "conn" and e.get("op") == "close" and e.get("rport") in ports]
+    assert closed and all(e["tx"] == 1000 for e in closed)
