@@ -782,12 +782,13 @@ def test_merge_patch_diff_applies_back(old: dict[str, Any], new: dict[str, Any])
 # docs/configuration.md agrees with the schema
 
 
-def test_docs_table_equals_schema() -> None:
-    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize("document", ["docs/configuration.md", "README.md"])
+def test_docs_table_equals_schema(document: str) -> None:
+    text = (REPO / document).read_text(encoding="utf-8")
     begin = text.index(TABLE_BEGIN) + len(TABLE_BEGIN)
     end = text.index(TABLE_END)
     assert text[begin:end].strip() == render_table().strip(), (
-        "docs/configuration.md is stale: run `PYTHONPATH=src python3 -m agent.config docs`"
+        f"{document} is stale: run `PYTHONPATH=src python3 -m agent.config docs`"
     )
     assert replace_table(text) == text
     documented = re.findall(r"^\| `([A-Za-z]+_[A-Za-z]+)` \|", text[begin:end], re.MULTILINE)

@@ -34,7 +34,15 @@ from typing import Any, Optional, Protocol
 
 from agent import __version__
 from agent.collectors.base import Collector, Environment, now_ms
-from agent.config import COLLECTORS, CollectorState, Config, ConfigStore, ConfigUpdate, Frequency
+from agent.config import (
+    COLLECTORS,
+    CollectorState,
+    Config,
+    ConfigStore,
+    ConfigUpdate,
+    Frequency,
+    build_reported,
+)
 from agent.envelope import Identity, batch_bytes_for, envelope_overhead, event_count, sealer
 from agent.native.sink import EventSink, SinkOptions
 from agent.outbox import Outbox
@@ -68,6 +76,7 @@ class PriorityLane:
         self.batch_bytes = batch_bytes
         self.sink = EventSink(SinkOptions(batch_bytes=batch_bytes, max_batches=LANE_MAX_BATCHES))
         self.collectors: list[str] = []
+        self.on_drop: Callable[[str, int], None] = outbox.drops.add
         self.deadline = 0.0
         self.stored = 0
         self.not_stored = 0
@@ -105,7 +114,7 @@ class PriorityLane:
             total = int(getattr(stats, reason))
             delta = total - self._sink_drops[reason]
             if delta > 0:
-                self.outbox.drops.add(f"{self.prio.value}.{reason}", delta)
+                self.on_drop(f"{self.prio.value}.{reason}", delta)
             self._sink_drops[reason] = total
 
 
@@ -143,6 +152,8 @@ class Agent:
         self.collectors = {c.name: Running(c) for c in collectors}
         batch_bytes = lane_batch_bytes(self.config, ident)
         self.lanes = {f: PriorityLane(f, outbox, ident, batch_bytes) for f in Frequency}
+        for lane in self.lanes.values():
+            lane.on_drop = self._drop
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -158,6 +169,8 @@ class Agent:
         self._last_status = 0.0
         self._rates: dict[str, tuple[float, int, float]] = {}
         self._source_drops: dict[str, dict[str, int]] = {}
+        # Every drop reported so far, by reason (the reported properties' counters).
+        self.dropped: dict[str, int] = {}
         env.shared["statistics"] = self.statistics
 
     # -- control from signal handlers and other threads ---------------------------------------
@@ -362,7 +375,7 @@ class Agent:
             for reason, total in drops.items():
                 delta = total - seen.get(reason, 0)
                 if delta > 0:
-                    self.outbox.drops.add(f"{name}.{reason}", delta)
+                    self._drop(f"{name}.{reason}", delta)
             running.drops_seen = dict(drops)
         for source_name, source in self.env.sources.items():
             drops = source.drops()
@@ -370,10 +383,14 @@ class Agent:
             for reason, total in drops.items():
                 delta = total - seen.get(reason, 0)
                 if delta > 0:
-                    self.outbox.drops.add(f"{source_name}.{reason}", delta)
+                    self._drop(f"{source_name}.{reason}", delta)
                 seen[reason] = total
         for lane in self.lanes.values():
             lane.account_drops()
+
+    def _drop(self, reason: str, count: int) -> None:
+        self.outbox.drops.add(reason, count)
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
 
     def shutdown(self) -> None:
         """SIGTERM or the end: every collector's entries are stored, every lane sealed, the
@@ -423,6 +440,19 @@ class Agent:
     def collector_states(self) -> dict[str, CollectorState]:
         return {name: r.collector.state for name, r in self.collectors.items()}
 
+    def reported_document(self) -> dict[str, Any]:
+        """The module twin's reported properties (agent.config.reported): the effective
+        configuration, latest_state and latest_invalid_fields, each collector's state, the
+        counters (collected per collector, dropped by reason, the outbox's), the agent's
+        version and the outbox depth."""
+        collected = {name: int(r.collector.stats().get("collected", 0))
+                     for name, r in self.collectors.items()}
+        depth = sum(d.count for d in self.outbox.depth().values())
+        counters = {"collected": collected, "dropped": dict(self.dropped),
+                    "outbox": dict(vars(self.outbox.counters()))}
+        return build_reported(self.config, self.store.invalid_reasons, self.collector_states(),
+                              counters, agent_version=__version__, outbox_depth=depth)
+
     def write_status(self, stopped: bool = False) -> None:
         now = time.time()
         collectors: dict[str, Any] = {}
@@ -453,6 +483,7 @@ class Agent:
             "collectors": collectors,
             "outbox": {"depth": depth, "counters": vars(self.outbox.counters()),
                        "pending_drops": self.outbox.drops.peek()},
+            "reported": self.reported_document(),
         }
         tmp = self._status_path.with_suffix(".tmp")
         try:

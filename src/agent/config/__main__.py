@@ -1,5 +1,5 @@
-"""python3 -m agent.config docs [PATH]: rewrite the generated property table of
-docs/configuration.md (default PATH) from the schema; `table` prints it."""
+"""python3 -m agent.config docs [PATH]: rewrite the generated property table of PATH (default:
+docs/configuration.md and README.md) from the schema; `table` prints it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.config.schema import TABLE_BEGIN, TABLE_END, render_table
+
+
+# The files that carry the table (paths from the repository's root).
+DOCUMENTS = ("docs/configuration.md", "README.md")
 
 
 def replace_table(text: str) -> str:
@@ -22,8 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(render_table())
         return 0
     if args[:1] == ["docs"] and len(args) <= 2:
-        path = Path(args[1] if len(args) == 2 else "docs/configuration.md")
-        path.write_text(replace_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+        paths = [Path(args[1])] if len(args) == 2 else [Path(p) for p in DOCUMENTS]
+        for path in paths:
+            path.write_text(replace_table(path.read_text(encoding="utf-8")), encoding="utf-8")
         return 0
     print("usage: python3 -m agent.config table | docs [PATH]", file=sys.stderr)
     return 2
