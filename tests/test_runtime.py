@@ -284,3 +284,21 @@ def test_network_activity_finds_connections_through_audit_and_sock_diag(tmp_path
     assert opened == ports
     closed = [e for e in events if e["t"] == "conn" and e.get("op") == "close" and e.get("rport") in ports]
     assert closed and all(e["tx"] == 1000 for e in closed)
+
+
+def test_reported_document_says_what_runs_and_what_it_counted(tmp_path: Path) -> None:
+    token = f"rep-{uuid.uuid4()}"
+    with agent(tmp_path, {"Process_CacheSize": 300}) as h:
+        h.run_while(run_commands([["/bin/echo", token]]))
+        doc = h.agent.reported_document()
+        h.patch({"Process_CacheSize": -1})
+        failed = h.agent.reported_document()
+    assert doc["latest_state"] == "success" and doc["latest_invalid_fields"] == []
+    assert doc["Process_CacheSize"] == 300 and doc["agent_version"] == __version__
+    assert doc["collectors"]["Process"] == {"state": "running", "reason": "owner", "source": "audit"}
+    assert doc["collectors"]["SBoM"] == {"state": "disabled"}
+    assert doc["collectors"]["FileSystem"]["state"] == "unavailable"
+    assert doc["counters"]["collected"]["Process"] >= 1
+    assert failed["latest_state"] == "failed" and failed["latest_invalid_fields"] == ["Process_CacheSize"]
+    assert failed["Process_CacheSize"] == 300
+    json.dumps(doc)  # a twin takes JSON
