@@ -9,7 +9,7 @@
 #include "msgpack.h"
 #include "sink.h"
 
-enum { MAX_KEY_FIELDS = 16, MAX_ACCEPT = 16 };
+enum { MAX_KEY_FIELDS = 16, MAX_ACCEPT = 16, MAX_LADDRS = 256, MAX_ADDR_CHARS = 45 };
 
 /* The fields that make two events the same, per kind; ports are handled apart (the
  * ephemeral one is left out of the key). */
@@ -39,6 +39,9 @@ struct am_agg {
     mp_buf scratch;     /* the key being built */
     struct { const char *name; size_t len; } accept[MAX_ACCEPT];
     uint32_t accept_count; /* 0: every type is taken */
+    struct { char text[MAX_ADDR_CHARS]; uint8_t len; } *laddrs; /* the address filter */
+    uint32_t laddr_count;
+    int laddr_filter;      /* 0: no filter */
     struct am_agg_stats st;
 };
 
@@ -126,6 +129,7 @@ void am_agg_free(am_agg *a)
         release_entry(&a->ring[(a->head + i) % a->opt.cache_size]);
     free(a->ring);
     free(a->index);
+    free(a->laddrs);
     mp_release(&a->scratch);
     free(a);
 }
@@ -263,9 +267,11 @@ typedef struct span {
     uint32_t n;
 } span;
 
+static int laddr_passes(const am_agg *a, span laddr);
+
 typedef struct fields {
     span key[MAX_KEY_FIELDS];
-    span lport, rport, dir;
+    span lport, rport, dir, laddr;
     int has_ts, has_rx, has_tx;
     int64_t ts, rx, tx;
 } fields;
@@ -341,6 +347,8 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
         if (!mpr_skip(r))
             return AM_ERR_ARG;
         span v = {r->data + vstart, (uint32_t)(r->pos - vstart)};
+        if (key_eq(k, kl, "laddr"))
+            f.laddr = v;
         if (key_eq(k, kl, "lport"))
             f.lport = v;
         else if (key_eq(k, kl, "rport"))
@@ -361,6 +369,10 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
     span t = f.key[0];
     if (!accepted(a, t)) {
         a->st.skipped++;
+        return AM_OK;
+    }
+    if (!laddr_passes(a, f.laddr)) {
+        a->st.filtered++;
         return AM_OK;
     }
     int wanted = a->opt.kind == AM_AGG_PROCESS   ? span_is(t, "exec")
@@ -462,6 +474,63 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
     slot = find_slot(a, hash, kb->data, (uint32_t)kb->len, &found);
     a->index[slot] = (uint64_t)ring_slot + 1;
     return AM_OK;
+}
+
+int am_agg_filter_laddr(am_agg *a, int enabled, const char *list, size_t len)
+{
+    if (a == NULL || (list == NULL && len > 0) || (enabled != 0 && enabled != 1))
+        return AM_ERR_ARG;
+    if (!enabled || len == 0) {
+        a->laddr_count = 0;
+        a->laddr_filter = enabled;
+        return AM_OK;
+    }
+    /* Validate the whole list before touching the filter. */
+    uint32_t count = 0;
+    size_t start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && list[i] != ',')
+            continue;
+        size_t n = i - start;
+        if (n == 0 || n > MAX_ADDR_CHARS || count == MAX_LADDRS)
+            return AM_ERR_ARG;
+        count++;
+        start = i + 1;
+    }
+    if (a->laddrs == NULL) {
+        a->laddrs = calloc(MAX_LADDRS, sizeof *a->laddrs);
+        if (a->laddrs == NULL)
+            return AM_ERR_NOMEM;
+    }
+    count = 0;
+    start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && list[i] != ',')
+            continue;
+        memcpy(a->laddrs[count].text, list + start, i - start);
+        a->laddrs[count].len = (uint8_t)(i - start);
+        count++;
+        start = i + 1;
+    }
+    a->laddr_count = count;
+    a->laddr_filter = 1;
+    return AM_OK;
+}
+
+/* Whether the raw `laddr` value passes the address filter. */
+static int laddr_passes(const am_agg *a, span laddr)
+{
+    if (!a->laddr_filter || laddr.p == NULL)
+        return 1;
+    mpr r = {laddr.p, laddr.n, 0};
+    const uint8_t *s;
+    uint32_t n;
+    if (!mpr_str(&r, &s, &n))
+        return 0;
+    for (uint32_t i = 0; i < a->laddr_count; i++)
+        if (a->laddrs[i].len == n && memcmp(a->laddrs[i].text, s, n) == 0)
+            return 1;
+    return 0;
 }
 
 int am_agg_add_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next_event,

@@ -39,6 +39,7 @@ struct am_agg_stats {
     uint64_t evicted;     /* of those, written before flush because the cache was full */
     uint64_t passed;      /* events passed through unchanged (not of this kind, or too large) */
     uint64_t skipped;     /* events of a type not in accept, left out */
+    uint64_t filtered;    /* events whose local address is not one of the filter's, left out */
     uint64_t malformed;   /* batches or events that are not what a source writes, skipped */
     uint64_t memory;      /* bytes held now */
     uint64_t memory_bound;
@@ -59,6 +60,12 @@ int am_agg_add_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next
  * AM_ERR_FULL: take out's batches and call again. */
 int am_agg_flush(am_agg *a, am_sink *out);
 void am_agg_stats(const am_agg *a, struct am_agg_stats *out);
+/* Local address filter (NetworkActivity_Devices). enabled 0 (the default): nothing is
+ * filtered. enabled 1: list is a comma-separated list of addresses as the sources write them
+ * (IPv4 dotted, IPv6 RFC 5952), at most 256 of at most 45 characters, possibly empty; an event
+ * with an `laddr` not in the list is left out (counted in `filtered`), an event without
+ * `laddr` passes. AM_ERR_ARG when malformed (the filter is then unchanged). */
+int am_agg_filter_laddr(am_agg *a, int enabled, const char *list, size_t len);
 /* CDEF-END */
 
 #endif

@@ -169,6 +169,27 @@ def test_accept_routes_one_sources_batches_to_each_collector() -> None:
     assert run(everything, events) == events
 
 
+def test_the_local_address_filter_keeps_the_watched_interfaces_only() -> None:
+    base = {"t": "conn", "op": "open", "dir": "out", "raddr": "192.0.2.9", "rport": 443}
+    events = [dict(base, ts=1, laddr="10.0.0.2", lport=40000),
+              dict(base, ts=2, laddr="127.0.0.1", lport=40001),
+              dict(base, ts=3, laddr="fd00::2", lport=40002),
+              {"t": "net", "ts": 4, "dir": "out", "raddr": "192.0.2.9", "rport": 443}]  # no laddr
+    agg = Aggregator("network", accept=["conn", "net"])
+    agg.filter_local_addresses(["10.0.0.2", "fd00::2"])
+    out = run(agg, events)
+    assert sorted(e["ts"] for e in out) == [1, 3, 4]
+    assert agg.stats().filtered == 1
+    agg.filter_local_addresses([])  # no address is watched: only events without laddr pass
+    assert [e["ts"] for e in run(agg, events)] == [4]
+    agg.filter_local_addresses(None)  # no filter again
+    assert len(run(agg, events)) == 4
+    with pytest.raises(CoreArgumentError):
+        agg.filter_local_addresses(["10.0.0.1", ""])
+    with pytest.raises(CoreArgumentError):
+        agg.filter_local_addresses(["1.2.3.4"] * 257)
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(CoreArgumentError):
         Aggregator("process", accept=["exec", ""])
@@ -213,7 +234,7 @@ def test_entries_match_a_model_of_the_keys(kind: str, data: st.DataObject, cache
             got[model_key(kind, e)] += e["hits"]
     assert got == expected
     stats = agg.stats()
-    assert stats.events_in == stats.merged + stats.passed + stats.emitted + stats.skipped
+    assert stats.events_in == stats.merged + stats.passed + stats.emitted + stats.skipped + stats.filtered
     if len(expected) <= cache:
         assert len([e for e in out if "hits" in e]) == len(expected)
 

@@ -302,3 +302,121 @@ def test_reported_document_says_what_runs_and_what_it_counted(tmp_path: Path) ->
     assert failed["latest_state"] == "failed" and failed["latest_invalid_fields"] == ["Process_CacheSize"]
     assert failed["Process_CacheSize"] == 300
     json.dumps(doc)  # a twin takes JSON
+
+
+PERIODIC = {
+    "SystemInformation": {"sysinfo", "netif"},
+    "LocalUsers": {"user", "group"},
+    "SBoM": {"pkg"},
+    "Baseline": {"baseline"},
+    "Heartbeat": {"heartbeat"},
+    "Statistics": {"stats"},
+    "ListeningPorts": {"listen"},
+}
+NO_AUDIT = {"Process_Disabled": True}
+
+
+@pytest.mark.parametrize("name", sorted(PERIODIC))
+def test_each_periodic_collector_follows_disabled_and_message_frequency(name: str, tmp_path: Path) -> None:
+    types = PERIODIC[name]
+    with agent(tmp_path, {**NO_AUDIT, f"{name}_Disabled": False, f"{name}_MessageFrequency": "High"},
+               name="on") as h:
+        h.spin(0.2)
+    envelopes = delivered(h.data)
+    mine = [e for e in envelopes if any(ev["t"] in types for ev in e["events"])]
+    assert mine and all(e["prio"] == "High" and name in e["coll"] for e in mine)
+    with agent(tmp_path, {**NO_AUDIT, f"{name}_Disabled": True}, name="off") as h:
+        h.spin(0.2)
+        assert h.agent.collectors[name].collector.state.state == "disabled"
+    assert not [ev for ev in events_of(h.data) if ev["t"] in types]
+
+
+def test_message_frequency_patched_live_moves_the_next_events(tmp_path: Path) -> None:
+    with agent(tmp_path, {**NO_AUDIT, "Heartbeat_Disabled": False}) as h:
+        h.spin(0.2)
+        h.patch({"Heartbeat_MessageFrequency": "High"})
+        h.spin(0.2)
+    prios = [e["prio"] for e in delivered(h.data) if any(ev["t"] == "heartbeat" for ev in e["events"])]
+    # The first snapshot went with Low; the restart on the patch took a snapshot into High.
+    assert sorted(prios) == ["High", "Low"]
+
+
+def test_every_system_information_override_and_a_disabled_baseline_group(tmp_path: Path) -> None:
+    overrides = {
+        "SystemInformation_HardwareVendor": ("hwvendor", "Acme"),
+        "SystemInformation_HardwareModel": ("hwmodel", "Board 7"),
+        "SystemInformation_HardwareSerialNumber": ("hwserial", "SN-0042"),
+        "SystemInformation_FirmwareVendor": ("fwvendor", "Acme Firmware"),
+        "SystemInformation_FirmwareVersion": ("fwver", "1.2.3"),
+    }
+    config = {**NO_AUDIT, "SystemInformation_Disabled": False, "Baseline_Disabled": False,
+              "Baseline_GroupsDisabled": "SSH,Kernel"}
+    config.update({name: value for name, (_, value) in overrides.items()})
+    with agent(tmp_path, config) as h:
+        h.spin(0.2)
+    events = events_of(h.data)
+    (info,) = [e for e in events if e["t"] == "sysinfo"]
+    assert {key: info.get(key) for key, _ in overrides.values()} == dict(overrides.values())
+    groups = {e["group"] for e in events if e["t"] == "baseline"}
+    assert groups and not groups & {"SSH", "Kernel"} and "Accounts" in groups
+
+
+def test_audit_backlog_limit_and_own_if_free(tmp_path: Path) -> None:
+    with agent(tmp_path, {"Audit_BacklogLimit": 4321}, name="backlog") as h:
+        status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
+        assert "backlog_limit 4321" in status.splitlines()
+        assert h.agent.collectors["Process"].collector.state.source == "audit"
+    with agent(tmp_path, {"Audit_OwnIfFree": False}, name="notown") as h:
+        # Audit is free (no auditd) but the agent may not take it: Auto falls to cn_proc.
+        state = h.agent.collectors["Process"].collector.state
+        assert state.source == "cnproc" and "audit" in state.reason
+
+
+def test_login_use_pam_reports_pam_records(tmp_path: Path) -> None:
+    with agent(tmp_path, {"Login_Disabled": False, "Login_UsePAM": True}, name="pam") as h:
+        assert h.agent.collectors["Login"].collector.state.source == "utmp+audit"
+        h.run_while(run_commands([["su", "-s", "/bin/sh", "-c", "true", "nobody"]]))
+    auth = [e for e in events_of(h.data) if e["t"] == "auth"]
+    assert auth, "su's PAM records (USER_START, CRED_ACQ, ...) did not arrive"
+    with agent(tmp_path, {"Login_Disabled": False, "Login_UsePAM": False}, name="nopam") as h:
+        assert h.agent.collectors["Login"].collector.state.source == "utmp"
+        h.run_while(run_commands([["su", "-s", "/bin/sh", "-c", "true", "nobody"]]))
+    assert not [e for e in events_of(h.data) if e["t"] == "auth"]
+
+
+@pytest.mark.timeout(180)
+def test_priority_intervals_send_each_lane_at_its_interval(tmp_path: Path) -> None:
+    token = f"interval-{uuid.uuid4()}"
+    with agent(tmp_path, {"CollectorsCore_PriorityIntervals": "1,1,1"}) as h:
+        h.run_while(run_commands([["/bin/echo", token]]))
+        started = time.monotonic()
+        while time.monotonic() - started < 70 and not any((h.data / "delivered").glob("*.msgpack")):
+            h.agent.turn(timeout=0.5)
+        sent_before_stop = [decode_envelope(p.read_bytes()) for p in (h.data / "delivered").glob("*.msgpack")]
+    assert sent_before_stop, "nothing was sent within the 1-minute interval"
+    assert any(execs_with(e["events"], token) for e in sent_before_stop)
+
+
+@pytest.mark.timeout(120)
+def test_network_activity_devices_keeps_the_connections_of_those_interfaces(tmp_path: Path) -> None:
+    results = {}
+    for devices in ("lo", "nosuchif0"):
+        ports: set[int] = set()
+
+        def connect_all() -> None:
+            child = subprocess.run([sys.executable, "-c", CONNECTOR], capture_output=True,
+                                   text=True, check=True)
+            ports.update(int(p) for p in child.stdout.split())
+
+        with agent(tmp_path, {"NetworkActivity_Disabled": False, "NetworkActivity_Devices": devices},
+                   name=devices) as h:
+            reason = h.agent.collectors["NetworkActivity"].collector.state.reason
+            h.run_while(connect_all)
+            h.spin(2.5)
+        conns = [e for e in events_of(h.data) if e["t"] == "conn" and e.get("rport") in ports]
+        results[devices] = (reason, conns)
+    reason, conns = results["lo"]
+    assert "devices lo:" in reason and conns
+    assert all(e["laddr"] == "127.0.0.1" for e in conns)
+    reason, conns = results["nosuchif0"]
+    assert "no interface named nosuchif0" in reason and conns == []

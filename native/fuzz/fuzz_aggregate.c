@@ -2,7 +2,7 @@
  * arbitrary batches. byte 0 picks the kind and the cache size; the rest is split at 0xff 0xfe
  * marks into batches, each added to the aggregator, then one flush.
  * Oracles: no crash or sanitizer report; every event read is accounted for exactly once
- * (events_in == merged + passed + emitted + skipped after the flush); no event is dropped by the output
+ * (events_in == merged + passed + emitted + skipped + filtered after the flush); no event is dropped by the output
  * sink; each output batch is one array32 of whole items; memory stays within its bound. */
 #include <stddef.h>
 #include <stdint.h>
@@ -47,6 +47,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     am_sink *out = am_sink_new(&so);
     CHECK(a != NULL && out != NULL);
     CHECK(am_agg_add_batch(NULL, data, size, NULL, out) == AM_ERR_ARG);
+    if (data[0] & 0x80)
+        CHECK(am_agg_filter_laddr(a, 1, "10.0.0.2,::1", 12) == AM_OK);
+    if (data[0] & 0x08)
+        CHECK(am_agg_filter_laddr(a, 1, "", 0) == AM_OK); /* nothing with laddr passes */
+    CHECK(am_agg_filter_laddr(a, 1, ",", 1) == AM_ERR_ARG);
 
     size_t start = 1;
     for (size_t i = 1; i <= size; i++) {
@@ -76,7 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct am_sink_stats ss;
     am_sink_stats(out, &ss);
     CHECK(s.entries == 0);
-    CHECK(s.events_in == s.merged + s.passed + s.emitted + s.skipped);
+    CHECK(s.events_in == s.merged + s.passed + s.emitted + s.skipped + s.filtered);
     CHECK(s.evicted <= s.emitted);
     CHECK(ss.dropped_full == 0 && ss.dropped_encode == 0);
     CHECK(ss.events == s.passed + s.emitted);

@@ -25,7 +25,7 @@ def main(out: Path) -> None:
              for i in range(6)]
     other = [{"t": "auth", "ts": 1, "op": "login", "acct": "root"}]
     out.mkdir(parents=True, exist_ok=True)
-    for kind in (0x00, 0x01, 0x06, 0x07, 0x10, 0x11, 0x21, 0x40, 0x60):
+    for kind in (0x00, 0x01, 0x06, 0x07, 0x10, 0x11, 0x21, 0x40, 0x60, 0x81, 0xa1):
         for name, events in (("exec", execs), ("net", nets), ("conn", conns)):
             data = bytes([kind]) + array32(events + other) + b"\xff\xfe" + array32(events[:3])
             (out / f"{name}-{kind:02x}").write_bytes(data)

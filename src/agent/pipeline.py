@@ -262,6 +262,10 @@ class Agent:
             return
         running.lane = lane
         lane.collectors.append(name)
+        if c.periodic:
+            # A periodic collector (re)started takes its snapshot at once: at the agent's start
+            # and after a patch (Baseline_ChecksDisabled, an override) alike.
+            self._guard(c, "collect", lambda: c.collect(now_ms(), lane))
         log.info("%s: running (%s)%s", name, state.source or "-",
                  f": {state.reason}" if state.reason else "")
 
@@ -284,10 +288,6 @@ class Agent:
             lane.deadline = now + self._interval(lane.prio)
         for name in self.collectors:
             self._restart(name, None)
-        # Periodic collectors take their first snapshot at start (sent with their lane).
-        for running in self.collectors.values():
-            if running.lane is not None and running.collector.periodic:
-                running.collector.collect(now_ms(), running.lane)
 
     def run(self) -> int:
         self.start()

@@ -83,7 +83,11 @@ class AuditSource:
             self.nl = None
             self._opened_with = wanted
             return
-        if self.nl.mode == "unavailable":
+        found = self.nl.found_status
+        silent = self.nl.mode == "multicast" and found is not None and found.enabled == 0
+        if self.nl.mode == "unavailable" or silent:
+            # Multicast with audit disabled delivers nothing: no better than unavailable, and
+            # the collectors must fall back to their next source.
             self.state = self.nl.state
             log.warning("audit: %s", self.state)
             self._account_closed(self.nl)

@@ -19,6 +19,28 @@ from agent.native.sink import EventSink
 from agent.native.sock_diag import SocketTable, SocketTableOptions
 
 SNAPSHOT_EVERY_MS = 2000
+DEVICES_EVERY_MS = 30_000
+
+
+def interface_addresses(devices: tuple[str, ...]) -> tuple[set[str], list[str]]:
+    """The IPv4 and IPv6 addresses (as the sources write them) of the named interfaces, and
+    the names that are no interface here."""
+    import ipaddress
+
+    from pyroute2 import IPRoute
+
+    found: set[str] = set()
+    with IPRoute() as ipr:
+        index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+        wanted = {index[name] for name in devices if name in index}
+        for msg in ipr.get_addr():
+            if msg["index"] in wanted:
+                # IFA_LOCAL is the local end of a point-to-point IPv4 link, where IFA_ADDRESS
+                # is the peer; elsewhere only IFA_ADDRESS is given.
+                address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                if address:
+                    found.add(ipaddress.ip_address(address).compressed)
+    return found, [name for name in devices if name not in index]
 
 
 def _open_table(options: SocketTableOptions | None = None) -> SocketTable:
@@ -92,6 +114,7 @@ class NetworkActivityCollector(Collector):
         self.table: SocketTable | None = None
         self.raw = EventSink()
         self._next_snapshot = 0
+        self._next_devices = 0
         self._closed_drops: Counter[str] = Counter()
 
     def start(self) -> CollectorState:
@@ -103,7 +126,24 @@ class NetworkActivityCollector(Collector):
         if audit.subscribe(self, net_rules=True):
             sources.append("audit")
         reasons.append(f"audit: {audit.state}")
+        reasons.append(self._apply_devices())
         return CollectorState.running("+".join(sources), "; ".join(r for r in reasons if r))
+
+    def _apply_devices(self) -> str:
+        """NetworkActivity_Devices: only connections whose local address belongs to one of
+        these interfaces are reported (audit's connect events carry no local address and
+        always pass). Addresses are read again every DEVICES_EVERY_MS (DHCP moves them)."""
+        assert self.config is not None and self.aggregator is not None
+        devices = tuple(getattr(self.config.network_activity, "devices", ()))
+        if not devices:
+            self.aggregator.filter_local_addresses(None)
+            return ""
+        found, missing = interface_addresses(devices)
+        self.aggregator.filter_local_addresses(sorted(found))
+        text = f"devices {','.join(devices)}: {len(found)} local addresses"
+        if missing:
+            text += f"; no interface named {','.join(missing)}"
+        return text
 
     def stop(self) -> None:
         audit_source(self.env).unsubscribe(self)
@@ -114,6 +154,9 @@ class NetworkActivityCollector(Collector):
 
     def tick(self, now: int, lane: Lane) -> None:
         audit_source(self.env).tick(now)
+        if now >= self._next_devices:
+            self._next_devices = now + DEVICES_EVERY_MS
+            self._apply_devices()
         if self.table is None or now < self._next_snapshot:
             return
         self._next_snapshot = now + SNAPSHOT_EVERY_MS

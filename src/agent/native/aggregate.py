@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from agent.native._base import CoreArgumentError, check, ffi, lib
 from agent.native.sink import EventSink
@@ -23,6 +23,7 @@ class AggregatorStats:
     evicted: int
     passed: int
     skipped: int
+    filtered: int
     malformed: int
     memory: int
     memory_bound: int
@@ -93,6 +94,18 @@ class Aggregator:
                 check(status, "am_agg_flush")
                 return taken
             taken += out.take()
+
+    def filter_local_addresses(self, addresses: Optional[Sequence[str]]) -> None:
+        """Leaves out the events whose `laddr` is not one of these (NetworkActivity_Devices:
+        the addresses of the watched interfaces; an empty list leaves out every event with an
+        `laddr`); events without `laddr` pass. None: no filter."""
+        if addresses is None:
+            check(lib.am_agg_filter_laddr(self._a, 0, ffi.NULL, 0), "am_agg_filter_laddr")
+            return
+        if any(not a or "," in a for a in addresses):
+            raise CoreArgumentError(f"addresses {list(addresses)!r}: empty or with a comma")
+        text = ",".join(addresses).encode("ascii", "replace")
+        check(lib.am_agg_filter_laddr(self._a, 1, text, len(text)), "am_agg_filter_laddr")
 
     def stats(self) -> AggregatorStats:
         lib.am_agg_stats(self._a, self._stats)
