@@ -120,6 +120,11 @@ class HubAgent:
         assert info is not None
         return info.seq
 
+    def telemetry(self, hub: Hub, n: int, timeout: float = 10.0) -> list[Telemetry]:
+        """Turns the loop until the hub has n messages; all of them."""
+        self.until(lambda: len(hub.telemetry) >= n, timeout, f"{n} messages at the hub")
+        return hub.telemetry
+
     def depth(self) -> int:
         return sum(d.count for d in self.outbox.depth().values())
 
@@ -204,7 +209,7 @@ def test_reported_properties_only_when_changed_and_counters_rate_limited(
     iothub: Hub, hub_certs: Certificates, tmp_path: Path, agents: list[HubAgent]
 ) -> None:
     options = UplinkOptions(backoff_min_s=0.2, backoff_max_s=1.0, report_check_s=0.1,
-                            counters_every_s=3.0)
+                            counters_every_s=5.0)
     a = start(agents, tmp_path, module(iothub, hub_certs), options=options)
     a.connected()
     iothub.wait_for_reported(lambda r: "latest_state" in r, timeout=5)
@@ -218,7 +223,7 @@ def test_reported_properties_only_when_changed_and_counters_rate_limited(
     a.spin(0.5)
     assert len(iothub.reported_patches) == first
     # ... until counters_every_s since the last report that carried counters.
-    a.until(lambda: len(iothub.reported_patches) == first + 1, 5, "the counters-only patch")
+    a.until(lambda: len(iothub.reported_patches) == first + 1, 8, "the counters-only patch")
     patch = iothub.reported_patches[-1]
     assert set(patch) <= {"counters", "outbox_depth"}
     assert iothub.reported["counters"]["outbox"]["confirmed"] == 3
@@ -270,7 +275,7 @@ def test_json_format_content_type_encoding_and_security_marker(
     a.connected()
     events = [{"t": "exec", "pid": 7, "argv": [b"caf\xc3\xa9", b"\xff"], "comm": "sh"}]
     seq = a.put("High", events)
-    (record,) = iothub.wait_for_telemetry(1, timeout=10)
+    (record,) = a.telemetry(iothub, 1)
     assert record.content_type == JSON_TYPE and record.content_encoding == "utf-8"
     assert record.system["iothub_interface_id"] == "urn:azureiot:Security:SecurityAgent:1"
     assert record.custom == {"v": "1", "seq": str(seq), "prio": "High", "agent": AGENT_ID}
@@ -440,7 +445,7 @@ def test_device_connection_string(
     a = start(agents, tmp_path, hub_identity(identity.connection_string(), hub_certs))
     a.connected()
     seq = a.put("High", [{"t": "test"}])
-    (record,) = iothub.wait_for_telemetry(1, timeout=10)
+    (record,) = a.telemetry(iothub, 1)
     assert (record.device_id, record.module_id) == ("dev-plain", None)
     assert record.custom["seq"] == str(seq)
     iothub.wait_for_reported(lambda r: r.get("latest_state") == "success", timeout=5)
@@ -465,7 +470,7 @@ def test_x509_identity(
     a.connected()
     assert iothub.gate.decisions()[-1][1:] == (True, "X.509 CN=dev-x509")
     a.put("Low", [{"t": "test"}])
-    (record,) = iothub.wait_for_telemetry(1, timeout=10)
+    (record,) = a.telemetry(iothub, 1)
     assert (record.device_id, record.module_id) == ("dev-x509", module_id)
 
 
@@ -623,7 +628,7 @@ def test_micro_agent_run_uses_the_hub_and_status_shows_it(
     envs = [decode_envelope(r.payload) for r in records]
     assert any(e["t"] == "heartbeat" for env in envs for e in env["events"])
     assert all(env["dev"] == "dev1" and env["mod"] == "iot-micro-agent" for env in envs)
-    assert f"{iothub.hostname} as dev1/iot-micro-agent" in err
+    assert f"sending batches to IoT Hub {iothub.hostname} via localhost as dev1/iot-micro-agent (SAS key from {cs_file}" in err
     assert key not in err
     final = status()["uplink"]
     assert final["last_seq"] == max(env["seq"] for env in envs) and final["state"] == "closed"
