@@ -25,6 +25,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hub.broker import Certificates
+from hub.hub import Hub, Telemetry
 
 from agent import __version__
 from agent.collectors import Environment
@@ -47,8 +49,6 @@ from agent.uplink.iothub import (
     backoff_delay,
     encode_batch,
 )
-from hub.broker import Certificates
-from hub.hub import Hub, Telemetry
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
@@ -565,7 +565,7 @@ def test_connection_string_file_readable_by_others_is_refused(mode: int, tmp_pat
     proc = subprocess.run(
         [sys.executable, "-m", "agent.cli", "run", "--data-dir", str(tmp_path / "data"),
          "--config", str(tmp_path / "none.json"), "--connection-string-file", str(cs_file)],
-        capture_output=True, text=True, timeout=60,
+        check=False, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2
     assert f"refusing connection-string file {cs_file}: mode {mode:04o}" in proc.stderr
@@ -616,7 +616,7 @@ def test_micro_agent_run_uses_the_hub_and_status_shows_it(
             assert time.monotonic() < deadline, status()
             time.sleep(0.2)
         shown = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--data-dir", str(data)],
-                               capture_output=True, text=True, timeout=30)
+                               check=True, capture_output=True, text=True, timeout=30)
         assert "IoT Hub test-hub.azure-devices.net as dev1/iot-micro-agent (sas): connected" in shown.stdout
         iothub.wait_for_reported(lambda r: r.get("Heartbeat_Disabled") is False, timeout=10)
     finally:
@@ -633,5 +633,6 @@ def test_micro_agent_run_uses_the_hub_and_status_shows_it(
     final = status()["uplink"]
     assert final["last_seq"] == max(env["seq"] for env in envs) and final["state"] == "closed"
     shown = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--data-dir", str(data)],
-                           capture_output=True, text=True, timeout=30)
+                           check=False, capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 3  # not running any more
     assert f"last confirmed batch seq {final['last_seq']} at" in shown.stdout

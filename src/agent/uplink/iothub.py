@@ -109,7 +109,7 @@ def call_with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
     def run() -> None:
         try:
             box.append((True, fn()))
-        except BaseException as err:  # handed to the caller's thread
+        except BaseException as err:  # handed to the caller's thread  # noqa: BLE001
             box.append((False, err))
         finally:
             done.set()
@@ -455,14 +455,16 @@ class IotHubUplink:
             self._stopping.set()
             self._lock.notify_all()
         if self._thread is not None:
-            self._thread.join(self.options.call_timeout_s + 1)
+            # A worker inside a blocking call is abandoned (a daemon thread): the agent's
+            # exit must not wait for a hub that does not answer.
+            self._thread.join(min(self.options.call_timeout_s, 5.0))
         if outbox is not None:
             self._take_results(outbox)
         client, self._client = self._client, None
         if client is not None:
             try:
                 call_with_timeout(client.shutdown, 5.0, "shutdown")
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001
                 log.debug("iothub: shutdown: %s", err)
         self._set_state("closed")
 
@@ -629,6 +631,8 @@ class IotHubUplink:
             call_with_timeout(client.connect, opts.connect_timeout_s, "connect")
             twin = call_with_timeout(client.get_twin, opts.call_timeout_s, "get_twin")
             doc = self._apply_in_loop(twin.get("desired", {}), epoch)
+            if self._stopping.is_set():
+                return
             if not self._handler_set:
                 call_with_timeout(
                     lambda: setattr(client, "on_twin_desired_properties_patch_received", self._on_patch),
@@ -643,7 +647,7 @@ class IotHubUplink:
             self._reported.reset(twin.get("reported") or {})
             if doc is not None:
                 self._send_report(doc, force=True)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001
             self._connect_failed(err)
             return
         with self._lock:
@@ -708,7 +712,7 @@ class IotHubUplink:
         def shut() -> None:
             try:
                 call_with_timeout(client.shutdown, 10.0, "shutdown")
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001
                 log.debug("iothub: shutting an old client down: %s", err)
 
         threading.Thread(target=shut, name="iothub-discard", daemon=True).start()
@@ -731,7 +735,7 @@ class IotHubUplink:
         if doc is not None:
             try:
                 self._send_report(doc)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001
                 if type(err).__name__ == "ServiceError":
                     log.error("iothub: the hub refused the reported properties: %s", err)
                     return
@@ -788,7 +792,7 @@ class IotHubUplink:
                 log.error("iothub: batch %d refused by the SDK: %s", item.seq, err)
                 self._result(item, _REJECTED)
                 return
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001
                 self._failed_call(err, item)
                 return
             self.counters["messages"] += 1
