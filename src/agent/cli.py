@@ -163,7 +163,14 @@ def run(args: argparse.Namespace) -> int:
     log.info("micro-agent %s starting: data in %s, %s", __version__, data_dir, where)
     if hub is not None:
         uplink.attach(agent)
-    return agent.run()
+    rc = agent.run()
+    if getattr(uplink, "abandoned", False):
+        # Everything is stored and the status written; only an SDK call to an unanswering
+        # hub is left, and the SDK's threads would keep the process alive until it returns.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(rc)
+    return rc
 
 
 def _decode_one(path: Path, envelope: bool, out: BinaryIO) -> None:

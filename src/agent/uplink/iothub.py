@@ -344,6 +344,9 @@ class IotHubUplink:
             "rejected": 0, "confirm_missing": 0, "timeouts": 0,
         }
         self.last_seq: int | None = None
+        # close() left an SDK call blocked: the SDK's own (non-daemon) threads would hold
+        # the interpreter's exit until it returns, so the caller should end the process.
+        self.abandoned = False
         self.last_confirmed: float | None = None
         self._quiet_sdk_loggers()
 
@@ -458,14 +461,19 @@ class IotHubUplink:
             # A worker inside a blocking call is abandoned (a daemon thread): the agent's
             # exit must not wait for a hub that does not answer.
             self._thread.join(min(self.options.call_timeout_s, 5.0))
+            self.abandoned = self._thread.is_alive()
         if outbox is not None:
             self._take_results(outbox)
         client, self._client = self._client, None
         if client is not None:
             try:
                 call_with_timeout(client.shutdown, 5.0, "shutdown")
+            except CallTimeout:
+                self.abandoned = True
             except Exception as err:  # noqa: BLE001
                 log.debug("iothub: shutdown: %s", err)
+        if self.abandoned:
+            log.warning("iothub: an SDK call is still blocked; it is abandoned")
         self._set_state("closed")
 
     # -- desired properties (run in the loop's thread) ------------------------------------------
