@@ -105,9 +105,21 @@ def run(args: argparse.Namespace) -> int:
     from agent.outbox import Outbox, OutboxBusy
     from agent.pipeline import Agent, install_signal_handlers
     from agent.uplink.files import LocalDelivery
+    from agent.uplink.identity import HubIdentity, IdentityError, load_identity
 
     _setup_logging(args.log_level)
     log = logging.getLogger("agent")
+
+    def load_hub() -> tuple[HubIdentity | None, str]:
+        return load_identity(args.connection_string_file, args.ca_file, args.x509_cert_file,
+                             args.x509_key_file)
+
+    try:
+        hub, hub_why = load_hub()
+    except IdentityError as err:
+        log.error("IoT Hub identity: %s", err)
+        print(f"micro-agent: {err}", file=sys.stderr)
+        return 2
     data_dir = Path(args.data_dir)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -119,21 +131,46 @@ def run(args: argparse.Namespace) -> int:
     for name in store.latest_invalid_fields:
         log.warning("config: %s is invalid: %s", name, store.invalid_reasons.get(name, ""))
     config = store.config
-    ident = Identity(agent=_agent_id(data_dir), ver=__version__, dev=socket.gethostname(),
-                     mod="iot-micro-agent")
+    if hub is None:
+        ident = Identity(agent=_agent_id(data_dir), ver=__version__, dev=socket.gethostname(),
+                         mod="iot-micro-agent")
+    else:  # the envelope names the identity the hub knows
+        ident = Identity(agent=_agent_id(data_dir), ver=__version__, dev=hub.device_id,
+                         mod=hub.module_id or "")
     try:
         outbox = Outbox(data_dir, config.outbox.max_bytes,
                         config.iothub_module.message_timeout_minutes * 60)
     except OutboxBusy:
         log.error("another micro-agent is running with the data directory %s", data_dir)
         return 2
-    uplink = LocalDelivery(data_dir / "delivered")
     env = Environment(data_dir=data_dir, root=Path(args.root))
+    uplink: Any
+    if hub is None:
+        uplink = LocalDelivery(data_dir / "delivered")
+        where = f"{hub_why}: delivering batches to {uplink.describe()}"
+    else:
+        from agent.uplink.iothub import IotHubUplink
+
+        first: HubIdentity = hub
+
+        def reload_hub() -> HubIdentity:
+            return load_hub()[0] or first
+
+        uplink = IotHubUplink(hub, ident.agent, reload_identity=reload_hub)
+        where = f"{hub_why}: sending batches to {uplink.describe()}"
     agent = Agent(store, env, outbox, uplink, ident, build_collectors(env))
     install_signal_handlers(agent)
-    log.info("micro-agent %s starting: data in %s, no IoT Hub configured: delivering batches to %s",
-             __version__, data_dir, uplink.describe())
-    return agent.run()
+    log.info("micro-agent %s starting: data in %s, %s", __version__, data_dir, where)
+    if hub is not None:
+        uplink.attach(agent)
+    rc = agent.run()
+    if getattr(uplink, "abandoned", False):
+        # Everything is stored and the status written; only an SDK call to an unanswering
+        # hub is left, and the SDK's threads would keep the process alive until it returns.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(rc)
+    return rc
 
 
 def _decode_one(path: Path, envelope: bool, out: BinaryIO) -> None:
@@ -217,8 +254,19 @@ def _print_status(doc: dict[str, Any], as_json: bool) -> int:
     print(f"configuration: {cfg.get('latest_state')}"
           + (f", invalid: {', '.join(cfg['latest_invalid_fields'])}" if cfg.get("latest_invalid_fields") else ""))
     up = doc.get("uplink", {})
-    print(f"uplink: {up.get('kind')} {up.get('dir', '')} delivered {up.get('delivered')}, "
-          f"last batch {up.get('last_seq')}")
+    if up.get("kind") == "iothub":
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(up.get("since", 0)))
+        confirmed = up.get("last_confirmed")
+        last = ("none yet" if up.get("last_seq") is None else
+                f"seq {up.get('last_seq')} at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(confirmed or 0))}")
+        print(f"uplink: IoT Hub {up.get('hub')} as {up.get('identity')} ({up.get('auth')}): "
+              f"{up.get('state')} since {since}")
+        print(f"uplink: delivered {up.get('delivered')} batches, last confirmed batch {last}, "
+              f"in flight {up.get('in_flight')}, send errors {up.get('send_errors')}")
+    else:
+        print(f"uplink: {up.get('kind')} {up.get('dir', '')} delivered {up.get('delivered')}, "
+              f"last batch {up.get('last_seq')}")
     print(f"{'collector':<18} {'state':<12} {'source':<22} {'freq':<7} {'ev/s':>8} {'collected':>10} {'dropped':>8}")
     for name, c in doc.get("collectors", {}).items():
         counters = c.get("counters", {})
@@ -302,6 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run the agent: collectors, outbox and uplink. With no IoT "
                         "Hub configured, batches are delivered to DATA_DIR/delivered.")
     common(ru)
+    from agent.uplink.identity import (
+        DEFAULT_CONNECTION_STRING_FILE,
+        ENV_CA_FILE,
+        ENV_CERT_FILE,
+        ENV_CONNECTION_STRING,
+        ENV_KEY_FILE,
+    )
+
+    ru.add_argument("--connection-string-file", default=None, metavar="PATH",
+                    help="the device or module connection string, in a file only its owner "
+                    f"can read (else ${ENV_CONNECTION_STRING}, else "
+                    f"{DEFAULT_CONNECTION_STRING_FILE} when it exists)")
+    ru.add_argument("--ca-file", default=None, metavar="PATH",
+                    help=f"trusted CA certificate(s), PEM, for a gateway or test hub (else ${ENV_CA_FILE})")
+    ru.add_argument("--x509-cert-file", default=None, metavar="PATH",
+                    help=f"X.509 device certificate, PEM, with x509=true in the connection string (else ${ENV_CERT_FILE})")
+    ru.add_argument("--x509-key-file", default=None, metavar="PATH",
+                    help=f"its private key, readable by its owner only (else ${ENV_KEY_FILE})")
     ru.set_defaults(func=run)
 
     de = sub.add_parser("decode", help="print batch files as JSON lines",
