@@ -321,6 +321,11 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
 {
     size_t start = r->pos;
     uint32_t n;
+    /* The whole event first: what passes here is what a reader of the output can read (the
+     * depth bound counts from the map, not from each value). */
+    mpr whole = *r;
+    if (!mpr_skip(&whole))
+        return AM_ERR_ARG;
     if (!mpr_map(r, &n))
         return AM_ERR_ARG;
     const char *const *names = a->opt.kind == AM_AGG_NETWORK ? network_fields : process_fields;

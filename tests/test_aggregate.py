@@ -263,3 +263,22 @@ def test_add_and_flush_leave_rss_flat() -> None:
 
     assert_rss_flat(cycle, name="am_agg_add_batch + am_agg_flush + am_agg_stats")
     assert_rss_flat(lambda: Aggregator("process", cache_size=64), name="am_agg_new/free")
+
+
+def test_what_an_aggregator_writes_another_can_read() -> None:
+    """An event is checked whole (its nesting counted from the event map), so nothing that
+    passes through is beyond the reader's depth bound: found by fuzz_aggregate."""
+    deep: Any = 1
+    for _ in range(31):
+        deep = [deep]
+    # (a malformed event ends its batch: the events after it could not be found; last here)
+    events = [{"t": "x", "ts": 2, "v": [[1]]}, {"t": "x", "ts": 1, "v": deep}]
+    first = Aggregator("none")
+    out = EventSink()
+    first.add(msgpack.packb(events), out)
+    batches = out.seal()
+    assert first.stats().malformed == 1 and first.stats().passed == 1
+    second = Aggregator("none")
+    for batch in batches:
+        second.add(batch, EventSink())
+    assert second.stats().malformed == 0 and second.stats().passed == 1
