@@ -283,33 +283,59 @@ def _print_status(doc: dict[str, Any], as_json: bool) -> int:
     return 0 if alive else 3
 
 
+class _ListLane:
+    """A lane for one snapshot on the command line: batches are kept in a list."""
+
+    def __init__(self) -> None:
+        from agent.native.sink import EventSink
+
+        self.sink = EventSink()
+        self.batches: list[bytes] = []
+
+    def spill(self, batches: list[bytes]) -> None:
+        self.batches += batches
+
+
+# What `micro-agent collect` takes: the periodic collectors, and Login (its files' history).
+COLLECTABLE = ("SystemInformation", "LocalUsers", "Firewall", "SBoM", "Baseline",
+               "ListeningPorts", "Login", "Heartbeat")
+
+
 def collect(args: argparse.Namespace) -> int:
     from agent.collectors import CLASSES, Environment
+    from agent.collectors.login import read_history
     from agent.config import ConfigStore
-    from agent.jsonl import event_line
+    from agent.jsonl import batch_events, event_line
 
     _setup_logging(args.log_level)
-    cls = CLASSES.get(args.name)
-    if cls is None or not cls.periodic:
-        names = sorted(n for n, c in CLASSES.items() if c.periodic)
-        print(f"micro-agent collect: {args.name!r} is not a periodic collector; one of {', '.join(names)}",
+    if args.name not in COLLECTABLE:
+        print(f"micro-agent collect: {args.name!r} is not one of {', '.join(COLLECTABLE)}",
               file=sys.stderr)
         return 2
-    store = ConfigStore(args.config)
-    collector = cls(Environment(data_dir=Path(args.data_dir), root=Path(args.root)))
-    collector.configure(store.config)
-    state = collector.start()
-    if state.state != "running":
-        print(f"micro-agent collect: {args.name} is {state.state}: {state.reason}", file=sys.stderr)
-        return 1
-    try:
-        events = list(collector.snapshot(int(time.time() * 1000)))
-    finally:
-        collector.stop()
+    lane = _ListLane()
+    env = Environment(data_dir=Path(args.data_dir), root=Path(args.root))
+    if args.name == "Login":
+        read_history(env.root, lane)
+    else:
+        store = ConfigStore(args.config)
+        collector = CLASSES[args.name](env)
+        collector.configure(store.config)
+        collector.lane = lane
+        state = collector.start()
+        if state.state != "running":
+            print(f"micro-agent collect: {args.name} is {state.state}: {state.reason}",
+                  file=sys.stderr)
+            return 1
+        try:
+            collector.collect(int(time.time() * 1000), lane)
+        finally:
+            collector.stop()
+    lane.spill(lane.sink.seal())
     out = sys.stdout.buffer
     try:
-        for event in events:
-            out.write(event_line(event))
+        for batch in lane.batches:
+            for event in batch_events(batch):
+                out.write(event_line(event))
         out.flush()
     except BrokenPipeError:
         sys.stderr.close()
@@ -383,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="the whole status document")
     st.set_defaults(func=status)
 
-    co = sub.add_parser("collect", help="print one snapshot of a periodic collector as JSON lines")
-    co.add_argument("name", help="the collector's twin prefix, e.g. SystemInformation")
+    co = sub.add_parser("collect", help="print one snapshot of a collector as JSON lines")
+    co.add_argument("name", help="the collector's twin prefix: " + ", ".join(COLLECTABLE)
+                    + " (Login: the whole history of wtmp and btmp)")
     common(co)
     co.set_defaults(func=collect)
     return top

@@ -147,3 +147,14 @@ class LoginCollector(Collector):
         for reader in self.readers.values():
             total.update(self._reader_drops(reader))
         return dict(total)
+
+
+def read_history(root: Path, lane: Lane) -> None:
+    """Every record of wtmp and btmp from their start (`micro-agent collect Login`)."""
+    for kind, path in FILES.items():
+        with UtmpReader(str(root / path.lstrip("/")), kind) as reader:
+            while True:
+                reader.read(lane.sink)
+                lane.spill(lane.sink.take())
+                if not reader.more:
+                    break
