@@ -24,7 +24,7 @@ import pytest
 
 from agent import __version__
 from agent.collectors import Environment, build_collectors
-from agent.config import ConfigStore
+from agent.config import ConfigStore, Frequency
 from agent.envelope import Identity, decode_envelope
 from agent.outbox import Outbox
 from agent.pipeline import Agent
@@ -317,18 +317,34 @@ NO_AUDIT = {"Process_Disabled": True}
 
 
 @pytest.mark.parametrize("name", sorted(PERIODIC))
-def test_each_periodic_collector_follows_disabled_and_message_frequency(name: str, tmp_path: Path) -> None:
+def test_each_periodic_collector_follows_disabled_and_message_frequency_live(
+    name: str, tmp_path: Path
+) -> None:
+    """Started with its defaults, then patched live (as the twin does): to High, then
+    disabled. Its events go to the lane it is in when it takes each snapshot, and none after
+    it is disabled (the patch restarts only this collector, and a restart snapshots at once)."""
     types = PERIODIC[name]
-    with agent(tmp_path, {**NO_AUDIT, f"{name}_Disabled": False, f"{name}_MessageFrequency": "High"},
-               name="on") as h:
+    with agent(tmp_path, {**NO_AUDIT, f"{name}_Disabled": False}) as h:
+        h.spin(0.2)
+        h.patch({f"{name}_MessageFrequency": "High"})
+        h.spin(0.2)
+        h.patch({f"{name}_Disabled": True})
+        h.spin(0.2)
+        assert h.agent.collectors[name].collector.state.state == "disabled"
+        h.agent.close_lane(h.agent.lanes[Frequency.HIGH])  # the High interval ends
+        h.agent.close_lane(h.agent.lanes[Frequency.LOW])
+        h.agent.close_lane(h.agent.lanes[Frequency.MEDIUM])
+        h.spin(0.1)
+        count = len(delivered(h.data))
+        h.patch({"Heartbeat_Disabled": False} if name != "Heartbeat" else {"Statistics_Disabled": False})
         h.spin(0.2)
     envelopes = delivered(h.data)
     mine = [e for e in envelopes if any(ev["t"] in types for ev in e["events"])]
-    assert mine and all(e["prio"] == "High" and name in e["coll"] for e in mine)
-    with agent(tmp_path, {**NO_AUDIT, f"{name}_Disabled": True}, name="off") as h:
-        h.spin(0.2)
-        assert h.agent.collectors[name].collector.state.state == "disabled"
-    assert not [ev for ev in events_of(h.data) if ev["t"] in types]
+    default = h.store.config.collector(name).message_frequency
+    prios = sorted({e["prio"] for e in mine})
+    assert prios == sorted({"High", Frequency(default).value}), prios
+    # Nothing of it after it was disabled.
+    assert not [e for e in envelopes[count:] if any(ev["t"] in types for ev in e["events"])]
 
 
 def test_message_frequency_patched_live_moves_the_next_events(tmp_path: Path) -> None:
