@@ -72,6 +72,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 pytestmark = pytest.mark.benchmark(group="inventory")
 
 ROUNDS = 7
+WARM_RUNS = 5
 RULES = 200
 RULES_QUICK = 40
 RESULTS_MD = Path(__file__).resolve().parents[1] / ".benchmarks" / "inventory.md"
@@ -95,7 +96,7 @@ class Lane:
     def spill(self, batches):
         self.batches += batches
 
-name, data_dir = sys.argv[1], sys.argv[2]
+name, data_dir, warm = sys.argv[1], sys.argv[2], int(sys.argv[3])
 lane = Lane()
 collector = CLASSES[name](Environment(data_dir=Path(data_dir)))
 collector.configure(Config.defaults())
@@ -103,15 +104,25 @@ collector.lane = lane
 state = collector.start()
 if state.state != "running":
     sys.exit(f"{name} is {state.state}: {state.reason}")
+warm_ns = []
 try:
     collector.collect(time.time_ns() // 1_000_000, lane)
+    lane.spill(lane.sink.seal())
+    t2 = time.perf_counter_ns()
+    # More runs in the same process: what each interval costs a running agent, whose
+    # imports (pyroute2 above all) are done once.
+    for _ in range(warm):
+        again = Lane()
+        collector.lane = again
+        t = time.perf_counter_ns()
+        collector.collect(time.time_ns() // 1_000_000, again)
+        again.spill(again.sink.seal())
+        warm_ns.append(time.perf_counter_ns() - t)
 finally:
     collector.stop()
-lane.spill(lane.sink.seal())
-t2 = time.perf_counter_ns()
 stats = collector.stats()
 sys.stdout.buffer.write(msgpack.packb({
-    "import_ns": t1 - t0, "run_ns": t2 - t1, "batches": lane.batches,
+    "import_ns": t1 - t0, "run_ns": t2 - t1, "warm_ns": warm_ns, "batches": lane.batches,
     "errors": stats.get("errors", 0), "skipped": getattr(collector, "last_skipped", []),
 }))
 """
@@ -239,13 +250,15 @@ class Ours:
     events: list[dict[str, Any]]
     import_s: float
     run_s: float
+    warm_s: list[float]
     errors: int
     skipped: list[str]
 
 
-def ours_argv(name: str, data_dir: Path, netns: str | None = None) -> list[str]:
+def ours_argv(name: str, data_dir: Path, netns: str | None = None, warm: int = 0) -> list[str]:
+    """Our child; `warm` more runs after the first, timed apart (not for the timed rounds)."""
     prefix = ["ip", "netns", "exec", netns] if netns else []
-    return prefix + [sys.executable, "-c", OURS, name, str(data_dir)]
+    return prefix + [sys.executable, "-c", OURS, name, str(data_dir), str(warm)]
 
 
 def decode_ours(out: bytes) -> Ours:
@@ -253,8 +266,8 @@ def decode_ours(out: bytes) -> Ours:
 
     doc = msgpack.unpackb(out, raw=False)
     events = [e for batch in doc["batches"] for e in batch_events(batch)]
-    return Ours(events, doc["import_ns"] / 1e9, doc["run_ns"] / 1e9, doc["errors"],
-                list(doc["skipped"]))
+    return Ours(events, doc["import_ns"] / 1e9, doc["run_ns"] / 1e9,
+                [ns / 1e9 for ns in doc["warm_ns"]], doc["errors"], list(doc["skipped"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +284,7 @@ class Side:
     items: str  # what the side produced, for the table
     imports: list[float] = field(default_factory=list)  # Python sides: imports in the child
     inner: list[float] = field(default_factory=list)  # Python sides: the run in the child
+    warm: list[float] = field(default_factory=list)  # ours: later runs in one child
 
     @property
     def median(self) -> float:
@@ -284,8 +298,11 @@ class Side:
     def inside(self) -> str:
         if not self.inner:
             return ""
-        return (f"{statistics.median(self.imports) * 1000:.1f} + "
+        text = (f"{statistics.median(self.imports) * 1000:.1f} + "
                 f"{statistics.median(self.inner) * 1000:.1f}")
+        if self.warm:
+            text += f" ({statistics.median(self.warm) * 1000:.1f})"
+        return text
 
     @property
     def cpu_share(self) -> float:
@@ -322,9 +339,10 @@ def record(
     items: str,
     peak: int | None,
     inside: Sequence[tuple[float, float]] = (),
+    warm: Sequence[float] = (),
 ) -> None:
     result = Side(collector, side, [r.wall for r in runs], [r.cpu for r in runs], peak, items,
-                  [i for i, _ in inside], [r for _, r in inside])
+                  [i for i, _ in inside], [r for _, r in inside], list(warm))
     _SIDES[(collector, side)] = result
     benchmark.extra_info.update({
         "collector": collector, "side": side, "items": items,
@@ -350,9 +368,10 @@ def run_ours(
     counts: dict[str, int] = {}
     for event in last.events:
         counts[event["t"]] = counts.get(event["t"], 0) + 1
+    warm = decode_ours(spawn(ours_argv(name, data_dir, netns, WARM_RUNS), env).out).warm_s
     record(benchmark, name, "ours", runs,
            ", ".join(f"{n} {t}" for t, n in sorted(counts.items())),
-           peak_kib([argv], env), [(d.import_s, d.run_s) for d in decoded])
+           peak_kib([argv], env), [(d.import_s, d.run_s) for d in decoded], warm)
     return last
 
 
@@ -369,8 +388,8 @@ def reference(name: str, data_dir: Path, netns: str | None = None) -> Ours:
 
 def table() -> list[str]:
     lines = [
-        "| collector | ours ms | peer | peer ms | ours / peer | ours peak MB | peer peak MB "
-        "| ours in child: imports + run ms | ours made | peer made |",
+        ("| collector | ours ms | peer | peer ms | ours / peer | ours peak MB | peer peak MB "
+         "| ours in child: imports + run (warm run) ms | ours made | peer made |"),
         "|---|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for collector in _ORDER:
@@ -390,6 +409,10 @@ def table() -> list[str]:
                          f"| {peer.items} |")
     notes = [f"- {s.collector} / {s.side} in its child: imports + run {s.inside} ms"
              for s in _SIDES.values() if s.side != "ours" and s.inner]
+    python = _SIDES.get(("Python", "python3 -c pass"))
+    if python is not None:
+        notes.append(f"- for scale, a bare interpreter (`python3 -c pass`, this one): "
+                     f"{python.median * 1000:.1f} ms, peak {python.peak} MB")
     if any(s.peak_kib is None for s in _SIDES.values()):
         notes.append(f"- no peak memory: {GNU_TIME} (GNU time) is not installed")
     contended = [f"{s.collector}/{s.side}" for s in _SIDES.values() if s.cpu_share < 0.8]
@@ -400,15 +423,17 @@ def table() -> list[str]:
     rounds = max((len(s.walls) for s in _SIDES.values()), default=0)
     lines += [
         "",
-        "ours / peer: median wall time of ours over the peer's (below 1: ours is faster). "
-        "Every side is a fresh child, spawn to reaped; ours is a Python child (interpreter "
-        "start-up and imports included). Peak MB: max RSS of one more run under GNU time.",
-        f"{rounds} round(s) each" + (" after a warm-up" if timed else "")
-        + "; pinned to one CPU; "
-        f"{platform.python_implementation()} {platform.python_version()}; "
-        f"kernel {platform.release()}; "
-        + ("timed by pytest-benchmark." if timed
-           else "--benchmark-disable: one run each, figures are indicative only."),
+        ("ours / peer: median wall time of ours over the peer's (below 1: ours is faster). "
+         "Every side is a fresh child, spawn to reaped; ours is a Python child (interpreter "
+         "start-up and imports included); in its child it times its imports, its run and "
+         f"(in one more child) the median of {WARM_RUNS} more runs in the same process, as "
+         "each interval of a running agent costs. Peak MB: max RSS of one more run under "
+         "GNU time."),
+        (f"{rounds} round(s) each" + (" after a warm-up" if timed else "")
+         + f"; pinned to one CPU; {platform.python_implementation()} "
+         f"{platform.python_version()}; kernel {platform.release()}; "
+         + ("timed by pytest-benchmark." if timed
+            else "--benchmark-disable: one run each, figures are indicative only.")),
     ]
     if notes:
         lines += [""] + notes
@@ -594,7 +619,8 @@ def _netns(prefix: str) -> Iterator[str]:
     if shutil.which("ip") is None:
         pytest.skip("iproute2 (ip) is not installed")
     name = f"{prefix}-{os.getpid()}"
-    done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True,
+                          check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot create a network namespace: {done.stderr.strip()}")
     try:
@@ -740,6 +766,17 @@ def test_baseline_ours(benchmark: BenchmarkFixture, request: pytest.FixtureReque
 
 # ---------------------------------------------------------------------------------------------
 # the table
+
+
+@pytest.mark.benchmark(group="inventory-python")
+def test_python_startup(benchmark: BenchmarkFixture, request: pytest.FixtureRequest,
+                        bench_cpu: int) -> None:
+    """For scale, not a peer: what any Python side pays before its first line."""
+    argv = [sys.executable, "-c", "pass"]
+    env = _agent_env()
+    runs = measure(benchmark, rounds_of(request), lambda: spawn(argv, env))
+    assert all(r.out == b"" for r in runs)
+    record(benchmark, "Python", "python3 -c pass", runs, "nothing", peak_kib([argv], env))
 
 
 def test_zz_table(capsys: pytest.CaptureFixture[str]) -> None:
