@@ -1,10 +1,12 @@
-"""The inventory collectors, one full run each, beside the obvious alternative: time and peak memory.
+"""Inventory collectors: one full run each beside the obvious alternative, time and peak memory.
 
 Every side runs in a fresh child process, timed end to end from spawn to reaped (median of the
 rounds). So both sides pay their own start-up: ours is a Python interpreter importing the agent
 (python start-up included), the peers are C programs except psutil's, which is Python too.
 The Python children also time themselves (imports, then the run alone) and those figures are
-printed beside them.
+printed beside them; one more child of ours runs the collector WARM_RUNS more times after the
+first and times those (what each interval costs a running agent, whose imports are done once).
+A bare `python3 -c pass` is timed too, for scale (no peer).
 
 Peak memory is the ru_maxrss of one more run of each side under GNU time (`/usr/bin/time -f
 %M`, the `time` package), not the ru_maxrss of a child of this process: the kernel folds the
@@ -38,7 +40,8 @@ sink), stopped, its batches sealed and written to stdout as msgpack.
   addresses, so that no other work on the machine adds or removes an interface between the
   two sides. Same work: the same interface names, MACs and IPv4 addresses, the same memory
   total.
-- Baseline: no peer; ours alone, checked to give one event per built-in check.
+- Baseline: no peer; ours alone, checked to give one event per check the default
+  configuration enables (at least 30), each with a Pass, Fail, Skip or Error result.
 
 Every side runs pinned to one CPU (conftest.bench_cpu; children inherit it). The table is
 printed at the end of the module (test_zz_table) and, for a timed run, written to
