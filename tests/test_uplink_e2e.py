@@ -563,9 +563,13 @@ def test_sigkilled_agent_restarts_with_the_next_seq_and_resends_only_what_was_in
     assert run2_first == last_stored + 1
     assert all(env["seq"] <= last_stored for env in envs if env["boot"] == boots[0])
     # Nothing confirmed was sent twice: a duplicate is a batch that had arrived but was still
-    # in the outbox at the kill (sent, its confirm not yet done), at most the window's worth,
-    # and byte-identical (check_sequence) with the same message id.
-    assert set(duplicates) == arrived1 & pending
+    # in the outbox at the kill (sent, its confirm not yet done): one of the last `window`
+    # batches run 1 sent (one lane: send order is seq order), sent again once, byte-identical
+    # (check_sequence) with the same message id. (A file still in the outbox is not always
+    # pending: a confirm logs the removal in the state file before it unlinks the file, and
+    # the next open finishes it; so `pending` may hold a confirmed batch or two.)
+    assert set(duplicates) <= arrived1 & pending
+    assert set(duplicates) <= set(sorted(arrived1)[-WINDOW:])
     assert len(duplicates) <= WINDOW and all(n == 2 for n in duplicates.values())
     for seq in duplicates:
         assert len({r.message_id for r in records if int(r.custom["seq"]) == seq}) == 1
