@@ -50,6 +50,8 @@ from agent.outbox import Outbox
 log = logging.getLogger("agent")
 
 TICK_S = 1.0
+# After a busy wake-up the loop waits this long before the next one (at most this much latency).
+COALESCE_S = 0.05
 STATUS_EVERY_S = 2.0
 LANE_MAX_BATCHES = 4
 
@@ -167,6 +169,8 @@ class Agent:
         env.unwatch = self._unwatch
         self._status_path = env.data_dir / "status.json"
         self._last_status = 0.0
+        self._next_housekeeping = 0.0
+        self._coalesce_until = 0.0
         self._rates: dict[str, tuple[float, int, float]] = {}
         self._source_drops: dict[str, dict[str, int]] = {}
         # Every drop reported so far, by reason (the reported properties' counters).
@@ -299,37 +303,55 @@ class Agent:
         return 0
 
     def turn(self, timeout: float = TICK_S) -> None:
+        """One turn: wait for a source (or a timer, a signal, a call from another thread),
+        drain what is readable, store full batches, feed the uplink. The sources' timers,
+        the lanes' deadlines, the drop accounting and the status file run once a second, not
+        once a turn: at a high event rate a turn follows every wake-up."""
         now = time.monotonic()
-        next_deadline = min(lane.deadline for lane in self.lanes.values())
-        wait = max(0.0, min(timeout, next_deadline - now))
+        if now < self._coalesce_until:
+            # The sources were busy a moment ago: let their sockets gather a few more
+            # datagrams (the kernel buffers hold megabytes) rather than wake for each one.
+            time.sleep(self._coalesce_until - now)
+            now = time.monotonic()
+        next_due = min(self._next_housekeeping, *(lane.deadline for lane in self.lanes.values()))
+        wait = max(0.0, min(timeout, next_due - now))
+        busy = False
         for key, _ in self.selector.select(wait):
             if key.data is None:
                 self._drain_wake()
                 continue
+            busy = True
             try:
                 key.data()
             except Exception:
                 log.exception("reading fd %d failed", key.fd)
+        if busy:
+            self._coalesce_until = time.monotonic() + COALESCE_S
         self._run_calls()
         if self._reload:
             self._reload = False
             log.info("config: rereading %s", self.store.path)
             self.apply(self.store.reload_file())
+        now = time.monotonic()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + TICK_S
+            self.housekeeping(now)
+        for lane in self.lanes.values():
+            lane.store_full()
+        self.uplink.pump(self.outbox)
+
+    def housekeeping(self, now: float) -> None:
         wall = now_ms()
         for running in self.collectors.values():
             if running.lane is not None:
                 lane = running.lane
                 self._guard(running.collector, "tick",
                             lambda c=running.collector, lane=lane: c.tick(wall, lane))
-        now = time.monotonic()
         for lane in self.lanes.values():
             if now >= lane.deadline:
                 self.close_lane(lane)
                 lane.deadline = now + self._interval(lane.prio)
         self.account_drops()
-        for lane in self.lanes.values():
-            lane.store_full()
-        self.uplink.pump(self.outbox)
         if now - self._last_status >= STATUS_EVERY_S:
             self._last_status = now
             self.write_status()

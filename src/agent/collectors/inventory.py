@@ -4,13 +4,19 @@ a gatherer of agent.inventory (docs/inventory.md). A gatherer's errors are count
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
+
+import msgpack
 
 from agent.collectors.base import Collector
 from agent.config import BaselineConfig, SystemInformationConfig
-from agent.inventory import Snapshot, baseline, firewall, sbom, sysinfo, users
+from agent.inventory import Snapshot, baseline, sbom, users
 
 log = logging.getLogger("agent.collectors")
 
@@ -42,6 +48,34 @@ class InventoryCollector(Collector):
         return snap.events
 
 
+# A child's snapshot that takes longer than this is abandoned (counted as an error).
+CHILD_TIMEOUT_S = 120
+
+
+def gather_in_child(name: str, root: Path, *args: str) -> Snapshot:
+    """A gatherer run by `python3 -m agent.inventory` in a child process (see its docstring:
+    pyroute2 stays out of the agent's memory)."""
+    snap = Snapshot()
+    try:
+        run = subprocess.run([sys.executable, "-m", "agent.inventory", name, str(root), *args],
+                             capture_output=True, timeout=CHILD_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        snap.error(name, f"the gatherer's child process failed: {err}")
+        return snap
+    if run.returncode != 0:
+        last = run.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        snap.error(name, f"the gatherer's child exited {run.returncode}: {last[0][:200]}")
+        return snap
+    try:
+        doc = msgpack.unpackb(run.stdout, raw=False)
+        snap.events = list(doc["events"])
+        snap.errors = list(doc["errors"])
+        snap.skipped = list(doc["skipped"])
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as err:
+        snap.error(name, f"the gatherer's child wrote no snapshot: {err}")
+    return snap
+
+
 class SystemInformationCollector(InventoryCollector):
     name = "SystemInformation"
     accept = ("sysinfo", "netif")
@@ -57,7 +91,8 @@ class SystemInformationCollector(InventoryCollector):
             "FirmwareVendor": section.firmware_vendor,
             "FirmwareVersion": section.firmware_version,
         }
-        return sysinfo.gather(self.env.root, overrides={k: v for k, v in overrides.items() if v})
+        return gather_in_child("sysinfo", self.env.root,
+                               json.dumps({k: v for k, v in overrides.items() if v}))
 
 
 class LocalUsersCollector(InventoryCollector):
@@ -73,7 +108,7 @@ class FirewallCollector(InventoryCollector):
     accept = ("fwchain", "fwrule")
 
     def gather(self) -> Snapshot:
-        return firewall.gather(self.env.root)
+        return gather_in_child("firewall", self.env.root)
 
 
 class SBoMCollector(InventoryCollector):
