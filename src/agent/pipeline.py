@@ -125,6 +125,7 @@ class Running:
     collector: Collector
     lane: Optional[PriorityLane] = None  # None while disabled or unavailable
     drops_seen: dict[str, int] | None = None
+    next_tick: float = 0.0  # monotonic time of the collector's next tick
 
 
 def lane_batch_bytes(config: Config, ident: Identity) -> int:
@@ -304,16 +305,19 @@ class Agent:
 
     def turn(self, timeout: float = TICK_S) -> None:
         """One turn: wait for a source (or a timer, a signal, a call from another thread),
-        drain what is readable, store full batches, feed the uplink. The sources' timers,
-        the lanes' deadlines, the drop accounting and the status file run once a second, not
-        once a turn: at a high event rate a turn follows every wake-up."""
+        drain what is readable, run the timers that are due, store full batches, feed the
+        uplink. Each collector's timer runs at its own pace (a second; polling: the polling
+        interval), the drop accounting and the status file once a second: at a high event
+        rate a turn follows every wake-up, and it must stay cheap."""
         now = time.monotonic()
         if now < self._coalesce_until:
             # The sources were busy a moment ago: let their sockets gather a few more
             # datagrams (the kernel buffers hold megabytes) rather than wake for each one.
             time.sleep(self._coalesce_until - now)
             now = time.monotonic()
-        next_due = min(self._next_housekeeping, *(lane.deadline for lane in self.lanes.values()))
+        next_due = min(self._next_housekeeping,
+                       *(lane.deadline for lane in self.lanes.values()),
+                       *(r.next_tick for r in self.collectors.values() if r.lane is not None))
         wait = max(0.0, min(timeout, next_due - now))
         busy = False
         for key, _ in self.selector.select(wait):
@@ -333,28 +337,26 @@ class Agent:
             log.info("config: rereading %s", self.store.path)
             self.apply(self.store.reload_file())
         now = time.monotonic()
-        if now >= self._next_housekeeping:
-            self._next_housekeeping = now + TICK_S
-            self.housekeeping(now)
-        for lane in self.lanes.values():
-            lane.store_full()
-        self.uplink.pump(self.outbox)
-
-    def housekeeping(self, now: float) -> None:
         wall = now_ms()
         for running in self.collectors.values():
-            if running.lane is not None:
-                lane = running.lane
-                self._guard(running.collector, "tick",
-                            lambda c=running.collector, lane=lane: c.tick(wall, lane))
+            lane = running.lane
+            if lane is not None and now >= running.next_tick:
+                c = running.collector
+                running.next_tick = now + c.tick_interval()
+                self._guard(c, "tick", lambda c=c, lane=lane: c.tick(wall, lane))
         for lane in self.lanes.values():
             if now >= lane.deadline:
                 self.close_lane(lane)
                 lane.deadline = now + self._interval(lane.prio)
-        self.account_drops()
-        if now - self._last_status >= STATUS_EVERY_S:
-            self._last_status = now
-            self.write_status()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + TICK_S
+            self.account_drops()
+            if now - self._last_status >= STATUS_EVERY_S:
+                self._last_status = now
+                self.write_status()
+        for lane in self.lanes.values():
+            lane.store_full()
+        self.uplink.pump(self.outbox)
 
     def close_lane(self, lane: PriorityLane) -> None:
         wall = now_ms()

@@ -109,7 +109,11 @@ class Collector:
     # -- work -----------------------------------------------------------------------------------
 
     def tick(self, now: int, lane: Lane) -> None:
-        """About once a second: timers of the sources (expiry, polls, snapshots to diff)."""
+        """Every tick_interval(): timers of the sources (expiry, polls, snapshots to diff)."""
+
+    def tick_interval(self) -> float:
+        """Seconds between two ticks."""
+        return 1.0
 
     def collect(self, now: int, lane: Lane) -> None:
         """The end of the collector's interval: periodic collectors take their snapshot; every

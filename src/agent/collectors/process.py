@@ -116,6 +116,11 @@ class ProcessCollector(Collector):
             self.poller.scan(self.raw, take=lambda batches: [self.route(b, lane) for b in batches])
         self._pass_raw(seal=True)
 
+    def tick_interval(self) -> float:
+        if self.poller is not None:
+            return max(0.01, min(1.0, self._settings().polling_interval_us / 1e6))
+        return 1.0
+
     def _source_drops(self) -> dict[str, int]:
         if self.cnproc is not None:
             s = self.cnproc.stats()
