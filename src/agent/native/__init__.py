@@ -8,7 +8,7 @@ msgpack bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import Any, Optional
 
 from agent.native._base import (
     AM_EMPTY,
@@ -166,13 +166,16 @@ class AuditParser:
         if handle == ffi.NULL:
             raise CoreArgumentError(f"the core rejected the audit options {options}")
         self._p = ffi.gc(handle, lib.am_audit_free)
+        # The am_audit handle, for the wrappers that feed it another way (NetlinkDecoder).
+        self.handle: Any = self._p
         self._consumed = ffi.new("size_t *")
         self._data = ffi.new("uint8_t **")
         self._len = ffi.new("size_t *")
         self._events = ffi.new("uint32_t *")
         self._stats = ffi.new("struct am_audit_stats *")
 
-    def _take_all(self, out: list[bytes]) -> None:
+    def take_all(self, out: list[bytes]) -> None:
+        """Appends every sealed batch to out, oldest first."""
         while lib.am_audit_take(self._p, self._data, self._len, self._events) == AM_OK:
             out.append(bytes(ffi.buffer(self._data[0], self._len[0])))
 
@@ -185,7 +188,7 @@ class AuditParser:
         while True:
             status = lib.am_audit_feed(self._p, view + offset, total - offset, self._consumed)
             offset += self._consumed[0]
-            self._take_all(out)
+            self.take_all(out)
             if status != lib.AM_ERR_FULL:
                 _check(status, "am_audit_feed")
                 return out
@@ -197,7 +200,7 @@ class AuditParser:
         out: list[bytes] = []
         while True:
             status = lib.am_audit_feed_record(self._p, record_type, payload, len(payload))
-            self._take_all(out)
+            self.take_all(out)
             if status != lib.AM_ERR_FULL:
                 _check(status, "am_audit_feed_record")
                 return out
@@ -207,7 +210,7 @@ class AuditParser:
         out: list[bytes] = []
         while True:
             status = lib.am_audit_expire(self._p, now_ms)
-            self._take_all(out)
+            self.take_all(out)
             if status != lib.AM_ERR_FULL:
                 _check(status, "am_audit_expire")
                 return out
@@ -216,7 +219,7 @@ class AuditParser:
         """Seal the open batch and return every ready batch."""
         out: list[bytes] = []
         _check(lib.am_audit_seal(self._p), "am_audit_seal")
-        self._take_all(out)
+        self.take_all(out)
         return out
 
     def flush(self) -> list[bytes]:
@@ -224,7 +227,7 @@ class AuditParser:
         out: list[bytes] = []
         while True:
             status = lib.am_audit_flush(self._p)
-            self._take_all(out)
+            self.take_all(out)
             if status != lib.AM_ERR_FULL:
                 _check(status, "am_audit_flush")
                 return out

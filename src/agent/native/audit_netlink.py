@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any, Optional
 
-from agent.native import AuditOptions, AuditStats
+from agent.native import AuditOptions, AuditParser, AuditStats
 from agent.native._base import AM_OK, CoreArgumentError, check, ffi, lib
 
 MODE_UNAVAILABLE = "unavailable"
@@ -320,28 +320,9 @@ class NetlinkDecoder:
     over a parser of its own): for tests, replays and fuzz-found inputs."""
 
     def __init__(self, options: Optional[AuditOptions] = None) -> None:
-        parser = ffi.NULL
-        if options is not None:
-            parser = ffi.new("struct am_audit_options *")
-            lib.am_audit_default_options(parser)
-            for f in fields(AuditOptions):
-                value = getattr(options, f.name)
-                if value is not None:
-                    setattr(parser, f.name, value)
-        handle = lib.am_audit_new(parser)
-        if handle == ffi.NULL:
-            raise CoreArgumentError(f"the core rejected the audit options {options}")
-        self._p = ffi.gc(handle, lib.am_audit_free)
+        self._parser = AuditParser(options)
         self._st = ffi.new("struct am_anl_stats *")
         self._consumed = ffi.new("size_t *")
-        self._data = ffi.new("uint8_t **")
-        self._len = ffi.new("size_t *")
-        self._events = ffi.new("uint32_t *")
-        self._pstats = ffi.new("struct am_audit_stats *")
-
-    def _take_all(self, out: list[bytes]) -> None:
-        while lib.am_audit_take(self._p, self._data, self._len, self._events) == AM_OK:
-            out.append(bytes(ffi.buffer(self._data[0], self._len[0])))
 
     def feed(self, datagram: bytes) -> list[bytes]:
         """One datagram as recv() returned it."""
@@ -350,29 +331,23 @@ class NetlinkDecoder:
         offset = 0
         while True:
             status = lib.am_audit_nl_decode(
-                self._p, view + offset, len(datagram) - offset, self._consumed, self._st
+                self._parser.handle, view + offset, len(datagram) - offset, self._consumed,
+                self._st,
             )
             offset += self._consumed[0]
-            self._take_all(out)
+            self._parser.take_all(out)
             if status != lib.AM_ERR_FULL:
                 check(status, "am_audit_nl_decode")
                 return out
 
     def flush(self) -> list[bytes]:
-        out: list[bytes] = []
-        while True:
-            status = lib.am_audit_flush(self._p)
-            self._take_all(out)
-            if status != lib.AM_ERR_FULL:
-                check(status, "am_audit_flush")
-                return out
+        return self._parser.flush()
 
     def stats(self) -> AuditNetlinkStats:
         """The netlink counters (the socket-only ones stay 0) and the parser's."""
-        lib.am_audit_stats(self._p, self._pstats)
-        parser = AuditStats(**{name: int(getattr(self._pstats, name)) for name in _PARSER_STATS})
         return AuditNetlinkStats(
-            **{name: int(getattr(self._st, name)) for name in _NL_STATS}, parser=parser
+            **{name: int(getattr(self._st, name)) for name in _NL_STATS},
+            parser=self._parser.stats(),
         )
 
 
