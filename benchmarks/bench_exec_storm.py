@@ -30,6 +30,8 @@ import msgpack
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from conftest import skip_unless_ci
+
 pytestmark = pytest.mark.benchmark(group="exec-storm")
 
 SECONDS = 10
@@ -89,10 +91,10 @@ int main(int argc, char **argv)
 @pytest.fixture(scope="module")
 def spawner(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0:
-        pytest.skip("the exec storm needs root (the audit source owns or reads kernel audit)")
+        skip_unless_ci("the exec storm needs root (the audit source owns or reads kernel audit)")
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
-        pytest.skip("no C compiler for the spawner")
+        skip_unless_ci("no C compiler for the spawner")
     folder = tmp_path_factory.mktemp("spawner")
     source = folder / "spawner.c"
     source.write_text(SPAWNER_C)

@@ -72,6 +72,8 @@ import msgpack
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from conftest import skip_unless_ci
+
 pytestmark = pytest.mark.benchmark(group="inventory")
 
 ROUNDS = 7
@@ -451,7 +453,7 @@ def table() -> list[str]:
 def test_sbom_ours(benchmark: BenchmarkFixture, request: pytest.FixtureRequest,
                    tmp_path: Path, bench_cpu: int) -> None:
     if not Path("/var/lib/dpkg/status").is_file():
-        pytest.skip("no dpkg database on this machine")
+        skip_unless_ci("no dpkg database on this machine")
     ours = run_ours(benchmark, request, "SBoM", tmp_path)
     assert sum(1 for e in ours.events if e["t"] == "pkg") > 50
 
@@ -464,7 +466,7 @@ def _dpkg_name(event: dict[str, Any]) -> str:
 def _dpkg_query() -> str:
     tool = shutil.which("dpkg-query")
     if tool is None:
-        pytest.skip("dpkg-query is not installed")
+        skip_unless_ci("dpkg-query is not installed")
     return tool
 
 
@@ -541,7 +543,7 @@ def test_users_getent(benchmark: BenchmarkFixture, request: pytest.FixtureReques
                       tmp_path: Path, bench_cpu: int) -> None:
     tool = shutil.which("getent")
     if tool is None:
-        pytest.skip("getent is not installed")
+        skip_unless_ci("getent is not installed")
     argvs = [[tool, "passwd"], [tool, "group"]]
     runs = measure(benchmark, rounds_of(request), lambda: spawn_all(argvs))
     passwd_out, group_out = runs[-1].out.split(b"\0")
@@ -620,12 +622,12 @@ class Namespace:
 
 def _netns(prefix: str) -> Iterator[str]:
     if shutil.which("ip") is None:
-        pytest.skip("iproute2 (ip) is not installed")
+        skip_unless_ci("iproute2 (ip) is not installed")
     name = f"{prefix}-{os.getpid()}"
     done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {done.stderr.strip()}")
+        skip_unless_ci(f"cannot create a network namespace: {done.stderr.strip()}")
     try:
         yield name
     finally:
@@ -635,7 +637,7 @@ def _netns(prefix: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def fw_netns(request: pytest.FixtureRequest) -> Iterator[Namespace]:
     if shutil.which("nft") is None:
-        pytest.skip("nft is not installed")
+        skip_unless_ci("nft is not installed")
     count = RULES_QUICK if quick(request) else RULES
     for name in _netns("inv-bench-fw"):
         subprocess.run(["ip", "netns", "exec", name, "nft", "-f", "-"], input=ruleset(count),
@@ -723,7 +725,7 @@ def test_sysinfo_ours(benchmark: BenchmarkFixture, request: pytest.FixtureReques
 @pytest.mark.benchmark(group="inventory-sysinfo")
 def test_sysinfo_psutil(benchmark: BenchmarkFixture, request: pytest.FixtureRequest,
                         tmp_path: Path, si_netns: Namespace, bench_cpu: int) -> None:
-    pytest.importorskip("psutil")
+    import psutil  # noqa: F401 (a test dependency; the child imports it too)
     argv = _psutil_argv(si_netns.name)
     runs = measure(benchmark, rounds_of(request), lambda: spawn(argv))
     theirs = msgpack.unpackb(runs[-1].out, raw=False)

@@ -49,6 +49,8 @@ from typing import Any
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from conftest import skip_unless_ci
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -83,10 +85,10 @@ def quick(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(scope="module")
 def standin() -> Iterator[Hub]:
     if os.geteuid() != 0:
-        pytest.skip("the agent's Process collector needs root (kernel audit)")
+        skip_unless_ci("the agent's Process collector needs root (kernel audit)")
     for binary in ("mosquitto", "openssl"):
         if shutil.which(binary) is None and not Path(f"/usr/sbin/{binary}").exists():
-            pytest.skip(f"{binary} is not installed (apt-get install {binary})")
+            skip_unless_ci(f"{binary} is not installed (apt-get install {binary})")
     work = Path(tempfile.mkdtemp(prefix="bench-uplink-"))
     certs = Certificates(work / "certs")
     hub = Hub(certs, workdir=work / "hub")

@@ -401,7 +401,7 @@ def test_bounds(core_parse: Parse, reference_parse: Parse) -> None:
 
 def test_netlink_records() -> None:
     """feed_record: the number comes with the message, the text starts at audit(."""
-    native = pytest.importorskip("agent.native")
+    import agent.native as native
     import msgpack
 
     from agent.audit_reference import ReferenceAuditParser

@@ -34,10 +34,8 @@ import pytest
 
 from conftest import skip_unless_ci
 
-audit_netlink = pytest.importorskip("agent.native.audit_netlink")
-AuditNetlink = audit_netlink.AuditNetlink
-AuditNetlinkOptions = audit_netlink.AuditNetlinkOptions
-NetlinkDecoder = audit_netlink.NetlinkDecoder
+from agent.native import audit_netlink
+from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions, NetlinkDecoder
 KEY = audit_netlink.RULE_KEY
 
 Event = dict[str, Any]

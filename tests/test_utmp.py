@@ -18,6 +18,7 @@ from typing import Any, Optional
 import msgpack
 import pytest
 
+from conftest import skip_unless_ci
 from agent.native import CoreArgumentError, SinkOptions
 from agent.native.sink import EventSink
 from agent.native.utmp import UtmpDecoder, UtmpOptions, UtmpReader, UtmpState
@@ -527,7 +528,7 @@ def python_records(data: bytes) -> list[tuple[Any, ...]]:
 
 def test_records_written_by_utmpdump(tmp_path: Path) -> None:
     if UTMPDUMP is None:
-        pytest.skip("utmpdump (util-linux) is not installed")
+        skip_unless_ci("utmpdump (util-linux) is not installed")
     text = "".join(
         f"[7] [{2000 + i:05d}] [ts/{i}] [user{i}  ] [pts/{i}     ] [host{i}.example  ] "
         f"[{'2001:db8::' + format(i + 1, 'x') if i % 2 else '198.51.100.' + str(i + 1)}] "
