@@ -11,17 +11,12 @@ import msgpack
 import pytest
 
 from agent.config import FIELDS
-
 from agent.envelope import (
-    CORE_MIN_BATCH_BYTES,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    HUB_MESSAGE_LIMIT,
     MAX_DROP_REASONS,
     MAX_REASON_LEN,
     OTHER_REASON,
     PRIORITIES,
     SCHEMA_VERSION,
-    UNIT,
     DropLedger,
     EnvelopeError,
     Identity,
@@ -33,6 +28,8 @@ from agent.envelope import (
     sealer,
     wrap,
 )
+from agent.limits import CORE_MIN_BATCH_BYTES, DEFAULT_MAX_MESSAGE_BYTES, HUB_MESSAGE_LIMIT
+from agent.limits import HUB_BILLING_UNIT as UNIT
 
 IDENT = Identity(agent="agent-7f3a", ver="0.1.0", dev="gateway-0042", mod="SecurityModule")
 U64 = (1 << 64) - 1
