@@ -31,9 +31,10 @@ from hub.hub import Hub, Telemetry
 from agent import __version__
 from agent.collectors import Environment
 from agent.config import COLLECTORS, ConfigStore
-from agent.envelope import Identity, decode_envelope, sealer
+from agent.envelope import JSON_TYPE, MSGPACK_TYPE, Identity, decode_envelope, encode_batch, sealer
 from agent.outbox import Outbox
 from agent.pipeline import Agent
+from agent.uplink.connection import backoff_delay
 from agent.uplink.identity import (
     HubIdentity,
     IdentityError,
@@ -41,14 +42,7 @@ from agent.uplink.identity import (
     load_identity,
     parse_connection_string,
 )
-from agent.uplink.iothub import (
-    JSON_TYPE,
-    MSGPACK_TYPE,
-    IotHubUplink,
-    UplinkOptions,
-    backoff_delay,
-    encode_batch,
-)
+from agent.uplink.iothub import IotHubUplink, UplinkOptions
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
