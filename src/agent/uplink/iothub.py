@@ -12,6 +12,10 @@ thread: the only place batches leave the outbox) and hands the next ones over, a
 they arrive in that order; when a send fails, the batch and those queued behind it go back
 (they stay in the outbox) and the worker reconnects with exponential backoff and jitter.
 
+Parts. The connection's states and their transitions, what a failed SDK call means
+(classify: reconnect, refused or rejected) and the counters (one lock) are in
+agent.uplink.connection; the messages a batch becomes (encode_batch) are in agent.envelope.
+
 Twin. On every (re)connect the worker reads the whole twin, has the loop apply its desired
 document (ConfigStore.apply_desired, then Agent.apply) and build the reported document, sets
 the desired-patch handler (once per client; the SDK keeps the subscription in its session),
