@@ -636,4 +636,9 @@ class IotHubUplink:
                 self._queue.appendleft(item)  # returned with the rest, in order
         if failure.abandon_client:
             self.counters.add("timeouts")
-        self._lost(f"send failed: {failure.reason}", discard=failure.abandon_client)
+        # Never reconnect a client whose call failed: when the connection drops under a
+        # send, the SDK raises OperationCancelled but paho keeps the PUBLISH and sends it
+        # again (DUP) when that client reconnects, and the worker sends the batch again too:
+        # two copies on one connection (seen with the stand-in). A new client has nothing
+        # queued, so each connection carries the batch once (docs/uplink.md, the bound).
+        self._lost(f"send failed: {failure.reason}", discard=True)
