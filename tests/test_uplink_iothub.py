@@ -358,7 +358,8 @@ def check_sends(hub: Hub, records: list[Telemetry], seqs: list[int]) -> dict[int
     for seq in seqs:
         arrived = [r for r in records if int(r.custom["seq"]) == seq]
         if len(sends[seq]) > 1 or len(arrived) > 1:  # shown when an assertion fails
-            print(f"seq {seq}: sent on connections {[p.connection for p in sends[seq]]}, "
+            print(f"seq {seq}: sent (connection, DUP, packet id) "
+                  f"{[(p.connection, p.dup, p.packet_id) for p in sends[seq]]}, "
                   f"redelivered flags of the arrivals {[r.redelivered for r in arrived]}")
     connections: dict[int, set[int]] = {}
     again_after: defaultdict[int, set[int]] = defaultdict(set)
