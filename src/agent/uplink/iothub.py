@@ -636,9 +636,10 @@ class IotHubUplink:
                 self._queue.appendleft(item)  # returned with the rest, in order
         if failure.abandon_client:
             self.counters.add("timeouts")
-        # Never reconnect a client whose call failed: when the connection drops under a
-        # send, the SDK raises OperationCancelled but paho keeps the PUBLISH and sends it
-        # again (DUP) when that client reconnects, and the worker sends the batch again too:
-        # two copies on one connection (seen with the stand-in). A new client has nothing
-        # queued, so each connection carries the batch once (docs/uplink.md, the bound).
+        # Never reconnect a client whose call failed: when the connection goes under a send,
+        # the SDK raises at once but paho keeps the PUBLISH (sent and unacknowledged: again
+        # with DUP; only queued: for the first time) and sends it when that client
+        # reconnects, while the worker sends the batch again too: two copies on one
+        # connection (seen at the stand-in's gate). A new client has nothing queued, so each
+        # connection carries a batch once (docs/uplink.md, the bound on copies).
         self._lost(f"send failed: {failure.reason}", discard=True)
