@@ -26,10 +26,19 @@ from typing import Any, Union
 import msgpack
 import orjson
 
-from agent.limits import CORE_MIN_BATCH_BYTES, HUB_BILLING_UNIT, MAX_MESSAGE_BYTES
+from agent.limits import (
+    CORE_MIN_BATCH_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    HUB_BILLING_UNIT,
+    HUB_MESSAGE_LIMIT,
+    MAX_MESSAGE_BYTES,
+)
 
 SCHEMA_VERSION = 1
 PRIORITIES = ("High", "Medium", "Low")
+
+# The sizes were defined here before agent.limits; still importable from here.
+UNIT = HUB_BILLING_UNIT
 
 MSGPACK_TYPE = "application/msgpack"
 JSON_TYPE = "application/json"
@@ -44,6 +53,14 @@ _U64_MAX = (1 << 64) - 1
 _U32_MAX = (1 << 32) - 1
 
 Collectors = Union[str, Sequence[str]]
+
+__all__ = [
+    "CORE_MIN_BATCH_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "HUB_MESSAGE_LIMIT", "JSON_TYPE",
+    "MAX_DROP_REASONS", "MAX_REASON_LEN", "MSGPACK_TYPE", "OTHER_REASON", "PRIORITIES",
+    "SCHEMA_VERSION", "UNIT", "Collectors", "DropLedger", "EnvelopeError", "Identity", "Part",
+    "Stamp", "UnsendableBatch", "batch_bytes_for", "decode_envelope", "encode_batch",
+    "envelope_overhead", "event_count", "sealer", "split_envelope", "wrap",
+]
 
 
 class EnvelopeError(ValueError):
