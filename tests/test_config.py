@@ -9,6 +9,7 @@ import math
 import os
 import re
 import threading
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from agent.config import (
     render_table,
 )
 from agent.config.__main__ import replace_table
-from agent.config.schema import TABLE_BEGIN, TABLE_END
+from agent.config.schema import SECTIONS, TABLE_BEGIN, TABLE_END
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -252,7 +253,8 @@ def test_several_invalid_fields_are_sorted_and_cleared_one_by_one() -> None:
     s.apply_patch({"Upload_Format": "xml", "Audit_BacklogLimit": 0, "Bogus_Name": 1})
     assert s.latest_invalid_fields == ("Audit_BacklogLimit", "Bogus_Name", "Upload_Format")
     s.apply_patch({"Upload_Format": "json"})
-    assert s.latest_invalid_fields == ("Audit_BacklogLimit", "Bogus_Name")
+    still_invalid: tuple[str, ...] = s.latest_invalid_fields  # (mypy kept the first tuple)
+    assert still_invalid == ("Audit_BacklogLimit", "Bogus_Name")
     assert s.config.upload.format is UploadFormat.JSON
     s.apply_patch({"Bogus_Name": None, "Audit_BacklogLimit": 128})
     assert s.latest_state == "success"
@@ -338,7 +340,8 @@ def test_full_document_replaces_the_twin_layer_patch_does_not(tmp_path: Path) ->
     assert not s.config.heartbeat.disabled
     # A full document: absent names revert (Process_Mode to the file's, Login to default).
     update = s.apply_desired({"$version": 9, "Heartbeat_Disabled": True})
-    assert s.config.process.mode is ProcessMode.POLLING
+    config = s.config  # a new Config (mypy kept the narrowing of the old one)
+    assert config.process.mode is ProcessMode.POLLING
     assert not s.config.login.disabled and s.config.heartbeat.disabled
     assert update.changed_sections == {"Process", "Login", "Heartbeat"}
 
@@ -801,3 +804,12 @@ def test_docs_table_rows_carry_type_default_and_range() -> None:
         assert len(cells) == 6 and all(cells), row
         name = cells[0].strip("`")
         assert json.loads(cells[2].strip("`")) == FIELDS[name].default_json()
+
+
+def test_every_section_attribute_is_one_twin_property_and_nothing_else() -> None:
+    # The schema is declared once, on the section dataclasses: each attribute is a property,
+    # each property an attribute; a name given twice would hide one of them.
+    attrs = [(name, a.name) for name, (_, cls) in SECTIONS.items() for a in fields(cls)]
+    assert len(FIELDS) == len(attrs)
+    assert sorted((f.section, f.attr) for f in FIELDS.values()) == sorted(attrs)
+    assert Config.defaults().values() == {name: f.default for name, f in FIELDS.items()}

@@ -11,17 +11,12 @@ import msgpack
 import pytest
 
 from agent.config import FIELDS
-
 from agent.envelope import (
-    CORE_MIN_BATCH_BYTES,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    HUB_MESSAGE_LIMIT,
     MAX_DROP_REASONS,
     MAX_REASON_LEN,
     OTHER_REASON,
     PRIORITIES,
     SCHEMA_VERSION,
-    UNIT,
     DropLedger,
     EnvelopeError,
     Identity,
@@ -33,6 +28,14 @@ from agent.envelope import (
     sealer,
     wrap,
 )
+from agent.inventory import DEFAULT_BATCH_BYTES
+from agent.limits import (
+    CORE_MIN_BATCH_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    HUB_MESSAGE_LIMIT,
+    MAX_MESSAGE_BYTES,
+)
+from agent.limits import HUB_BILLING_UNIT as UNIT
 
 IDENT = Identity(agent="agent-7f3a", ver="0.1.0", dev="gateway-0042", mod="SecurityModule")
 U64 = (1 << 64) - 1
@@ -223,3 +226,19 @@ def test_wrap_keeps_memory_flat() -> None:
                              drops={"sink_full": 1}))
 
     assert_rss_flat(once, name="wrap+decode_envelope")
+
+
+def test_the_cores_default_batch_size_is_the_default_message_size() -> None:
+    # native/sink.c and native/audit.c write the number themselves; agent.limits is the one
+    # the Python side uses (Upload_MaxMessageBytes, inventory batches, the uplink).
+    from agent._core import ffi, lib
+
+    sink = ffi.new("struct am_sink_options *")
+    lib.am_sink_default_options(sink)
+    audit = ffi.new("struct am_audit_options *")
+    lib.am_audit_default_options(audit)
+    assert sink.batch_bytes == audit.batch_bytes == DEFAULT_MAX_MESSAGE_BYTES
+    assert DEFAULT_MAX_MESSAGE_BYTES % UNIT == 0
+    assert DEFAULT_MAX_MESSAGE_BYTES < MAX_MESSAGE_BYTES < HUB_MESSAGE_LIMIT
+    assert FIELDS["Upload_MaxMessageBytes"].default == DEFAULT_MAX_MESSAGE_BYTES
+    assert DEFAULT_BATCH_BYTES == DEFAULT_MAX_MESSAGE_BYTES

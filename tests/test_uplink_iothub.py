@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,17 @@ from typing import Any
 import msgpack
 import pytest
 from hub.broker import Certificates
-from hub.hub import Hub, Telemetry
+from hub.gate import Publish
+from hub.hub import _TELEMETRY as TELEMETRY_TOPIC
+from hub.hub import Hub, Telemetry, parse_property_bag
 
 from agent import __version__
 from agent.collectors import Environment
 from agent.config import COLLECTORS, ConfigStore
-from agent.envelope import Identity, decode_envelope, sealer
+from agent.envelope import JSON_TYPE, MSGPACK_TYPE, Identity, decode_envelope, encode_batch, sealer
 from agent.outbox import Outbox
 from agent.pipeline import Agent
+from agent.uplink.connection import backoff_delay
 from agent.uplink.identity import (
     HubIdentity,
     IdentityError,
@@ -41,14 +45,7 @@ from agent.uplink.identity import (
     load_identity,
     parse_connection_string,
 )
-from agent.uplink.iothub import (
-    JSON_TYPE,
-    MSGPACK_TYPE,
-    IotHubUplink,
-    UplinkOptions,
-    backoff_delay,
-    encode_batch,
-)
+from agent.uplink.iothub import IotHubUplink, UplinkOptions
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
@@ -332,6 +329,85 @@ def test_encode_batch_splits_and_keeps_oversized_events_as_msgpack() -> None:
 # --- outages -----------------------------------------------------------------------------------
 
 
+WINDOW = UplinkOptions().window  # batches handed to the SDK and not yet confirmed
+
+
+def sends_by_seq(hub: Hub) -> defaultdict[int, list[Publish]]:
+    """The telemetry PUBLISH packets the device sent through the gate, by batch seq."""
+    out: defaultdict[int, list[Publish]] = defaultdict(list)
+    for publish in hub.device_publishes():
+        match = TELEMETRY_TOPIC.match(publish.topic)
+        if match is not None:
+            out[int(parse_property_bag(match.group(3))["seq"])].append(publish)
+    return out
+
+
+def check_sends(hub: Hub, records: list[Telemetry], seqs: list[int]) -> dict[int, set[int]]:
+    """The at-least-once bound of docs/uplink.md, counted where the device's bytes enter the
+    hub (the gate records every PUBLISH with the connection it came on):
+
+    - a batch is sent at most once on each connection it was in flight on;
+    - every copy the hub got is one of those sends, or mosquitto handing the hub client
+      again a message it had before the hub side went away (`redelivered`, MQTT DUP: the
+      stand-in's own QoS 1, not a send of the device);
+    - when a connection ends, at most `window` of the batches sent on it are sent again
+      later (what was in flight: sent, not yet confirmed).
+
+    Returns seq -> the connections it was sent on."""
+    sends = sends_by_seq(hub)
+    for seq in seqs:
+        arrived = [r for r in records if int(r.custom["seq"]) == seq]
+        if len(sends[seq]) > 1 or len(arrived) > 1:  # shown when an assertion fails
+            print(f"seq {seq}: sent (connection, DUP, packet id) "
+                  f"{[(p.connection, p.dup, p.packet_id) for p in sends[seq]]}, "
+                  f"redelivered flags of the arrivals {[r.redelivered for r in arrived]}")
+    connections: dict[int, set[int]] = {}
+    again_after: defaultdict[int, set[int]] = defaultdict(set)
+    for seq in seqs:
+        per_connection = Counter(p.connection for p in sends[seq])
+        assert set(per_connection.values()) == {1}, (seq, sends[seq])
+        connections[seq] = set(per_connection)
+        arrived = [r for r in records if int(r.custom["seq"]) == seq]
+        fresh = [r for r in arrived if not r.redelivered]
+        assert 1 <= len(fresh) <= len(per_connection), (seq, sends[seq], arrived)
+        assert not arrived[0].redelivered  # a redelivery repeats an earlier arrival
+        assert len({r.message_id for r in arrived}) == 1
+        for connection in sorted(per_connection)[:-1]:
+            again_after[connection].add(seq)
+    for connection, again in again_after.items():
+        assert len(again) <= WINDOW, (connection, sorted(again))
+    return connections
+
+
+@pytest.mark.timeout(120)
+def test_a_send_cut_by_the_hub_going_away_goes_out_once_per_connection(
+    iothub: Hub, hub_certs: Certificates, tmp_path: Path, agents: list[HubAgent]
+) -> None:
+    """A backlog drains back to back, so a kill lands on a send in flight: the SDK cancels
+    that send, the batch goes back and out again on the next connection, once. (A client
+    reconnected after such a cancel used to publish it again by itself as well: two copies
+    on one connection.)"""
+    a = start(agents, tmp_path, module(iothub, hub_certs))
+    stored = [a.put("Medium", [{"t": "test", "n": n, "pad": "x" * 200}]) for n in range(240)]
+    a.connected()
+    def arrived(n: int) -> Callable[[], bool]:
+        return lambda: len(iothub.telemetry) >= n
+
+    for kill_at in (40, 100, 160):
+        a.until(arrived(kill_at), 60, f"{kill_at} messages")
+        iothub.kill()
+        a.spin(0.5)
+        iothub.start()
+        a.connected(timeout=30)
+    a.until(lambda: a.depth() == 0, 60, "the backlog drained")
+    records = iothub.telemetry
+    seqs = seqs_of(records)
+    assert set(seqs) == set(stored), f"missing {sorted(set(stored) - set(seqs))}"
+    connections = check_sends(iothub, records, sorted(set(seqs)))
+    assert len(set().union(*connections.values())) >= 4  # four connections carried batches
+    assert a.uplink.status()["disconnects"] >= 3
+
+
 @pytest.mark.timeout(120)
 def test_hub_killed_and_restarted_nothing_is_lost(
     iothub: Hub, hub_certs: Certificates, tmp_path: Path, agents: list[HubAgent]
@@ -341,7 +417,11 @@ def test_hub_killed_and_restarted_nothing_is_lost(
     a = start(agents, tmp_path, module(iothub, hub_certs))
     a.connected()
     stored: list[int] = []
-    killer = threading.Thread(target=lambda: (time.sleep(1.0), iothub.restart(kill=True, downtime=3.0)))
+    def kill_and_restart() -> None:
+        time.sleep(1.0)
+        iothub.restart(kill=True, downtime=3.0)
+
+    killer = threading.Thread(target=kill_and_restart)
     killer.start()
     end = time.monotonic() + 7.0
     outage_turns = 0

@@ -8,7 +8,12 @@ packed with msgpack-python, the event array is appended as it is. docs/outbox.md
 Sizing: `envelope_overhead()` bounds the bytes an envelope adds to its events, and
 `batch_bytes_for()` picks the core's batch_bytes so that envelope + events never exceed
 Upload_MaxMessageBytes and a full batch fills whole 4 KB units (IoT Hub meters device-to-cloud
-messages in 4 KB blocks).
+messages in 4 KB blocks; agent.limits holds the numbers).
+
+Reading: `split_envelope()` is the one decoder of an envelope (header and events);
+`decode_envelope()` checks what it returns, and `encode_batch()` turns a stored envelope into
+the IoT Hub messages that carry it (msgpack as stored, or JSON, split into parts when larger
+than a message may be).
 """
 
 from __future__ import annotations
@@ -19,18 +24,24 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import msgpack
+import orjson
+
+from agent.limits import (
+    CORE_MIN_BATCH_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    HUB_BILLING_UNIT,
+    HUB_MESSAGE_LIMIT,
+    MAX_MESSAGE_BYTES,
+)
 
 SCHEMA_VERSION = 1
 PRIORITIES = ("High", "Medium", "Low")
 
-# IoT Hub refuses device-to-cloud messages over 256 KiB (body plus properties). The default
-# message size is the configuration's (Upload_MaxMessageBytes, agent.config: 60 units of 4 KiB,
-# and at most 62, so that the properties the uplink adds always fit).
-HUB_MESSAGE_LIMIT = 256 * 1024
-UNIT = 4096
-DEFAULT_MAX_MESSAGE_BYTES = 245760
-# The core rejects smaller batches (batches_init).
-CORE_MIN_BATCH_BYTES = 1024
+# The sizes were defined here before agent.limits; still importable from here.
+UNIT = HUB_BILLING_UNIT
+
+MSGPACK_TYPE = "application/msgpack"
+JSON_TYPE = "application/json"
 
 # The drops map is bounded so that the overhead bound holds: DropLedger folds reasons beyond
 # MAX_DROP_REASONS into OTHER_REASON, and no reason name is longer than MAX_REASON_LEN.
@@ -42,6 +53,14 @@ _U64_MAX = (1 << 64) - 1
 _U32_MAX = (1 << 32) - 1
 
 Collectors = Union[str, Sequence[str]]
+
+__all__ = [
+    "CORE_MIN_BATCH_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "HUB_MESSAGE_LIMIT", "JSON_TYPE",
+    "MAX_DROP_REASONS", "MAX_REASON_LEN", "MSGPACK_TYPE", "OTHER_REASON", "PRIORITIES",
+    "SCHEMA_VERSION", "UNIT", "Collectors", "DropLedger", "EnvelopeError", "Identity", "Part",
+    "Stamp", "UnsendableBatch", "batch_bytes_for", "decode_envelope", "encode_batch",
+    "envelope_overhead", "event_count", "sealer", "split_envelope", "wrap",
+]
 
 
 class EnvelopeError(ValueError):
@@ -171,7 +190,8 @@ def batch_bytes_for(max_message_bytes: int, overhead: int) -> int:
     unit are used as they are."""
     if max_message_bytes <= 0 or overhead < 0:
         raise ValueError(f"max_message_bytes={max_message_bytes}, overhead={overhead}")
-    budget = max_message_bytes // UNIT * UNIT if max_message_bytes >= UNIT else max_message_bytes
+    unit = HUB_BILLING_UNIT
+    budget = max_message_bytes // unit * unit if max_message_bytes >= unit else max_message_bytes
     # With a large envelope, rounding down can leave less than the core's minimum: then the
     # unrounded budget is the better choice.
     if budget - overhead < CORE_MIN_BATCH_BYTES:
@@ -185,23 +205,146 @@ def batch_bytes_for(max_message_bytes: int, overhead: int) -> int:
     return min(batch, _U32_MAX)
 
 
-def decode_envelope(data: bytes) -> dict[str, Any]:
-    """The envelope as a dict, its `events` decoded (a list of maps; msgpack bin as bytes).
-    For tests, `micro-agent decode` and receivers; the agent itself never decodes events."""
+def split_envelope(data: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """The one decoder of an envelope: its header (every key but `events`) and its events
+    (maps; msgpack bin as bytes, str that is not UTF-8 with \\xNN escapes). Checks only the
+    shape, a map with an events array: the uplink sends whatever has that shape."""
     try:
-        env = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        env = msgpack.unpackb(data, raw=False, strict_map_key=False,
+                              unicode_errors="backslashreplace")
     except (ValueError, msgpack.UnpackException) as err:
         raise EnvelopeError(f"not a msgpack envelope: {err}") from err
     if not isinstance(env, dict):
         raise EnvelopeError("an envelope is a msgpack map")
-    for key in ("v", "seq", "ts", "prio", "drops", "n", "events"):
+    events = env.pop("events", None)
+    if not isinstance(events, list):
+        raise EnvelopeError("the envelope lacks its events array")
+    return env, events
+
+
+def decode_envelope(data: bytes) -> dict[str, Any]:
+    """The envelope as a dict, its `events` decoded (a list of maps; msgpack bin as bytes),
+    every key and the schema version checked. For tests, `micro-agent decode` and receivers;
+    the agent itself never decodes events."""
+    env, events = split_envelope(data)
+    for key in ("v", "seq", "ts", "prio", "drops", "n"):
         if key not in env:
             raise EnvelopeError(f"the envelope lacks {key!r}")
     if env["v"] != SCHEMA_VERSION:
         raise EnvelopeError(f"envelope schema {env['v']!r}; this agent reads {SCHEMA_VERSION}")
-    if not isinstance(env["events"], list) or len(env["events"]) != env["n"]:
+    if len(events) != env["n"]:
         raise EnvelopeError("the envelope's n does not match its events")
+    env["events"] = events
     return env
+
+
+# -- the IoT Hub messages of a batch --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """One IoT Hub message of a batch: the whole batch, or part `index` of `count`."""
+
+    body: bytes
+    content_type: str
+    content_encoding: str | None
+    index: int
+    count: int
+    security: bool
+
+
+class UnsendableBatch(ValueError):
+    """A batch that no message can carry (never expected: batches are sized for the hub)."""
+
+
+def _json_default(value: Any) -> str:
+    # As agent.jsonl: msgpack bin as text, \xNN for the bytes that are not UTF-8.
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    raise TypeError(f"{type(value).__name__} has no JSON form")
+
+
+def _json(obj: Any) -> bytes:
+    return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def _msgpack(obj: Any) -> bytes:
+    return bytes(msgpack.packb(obj, use_bin_type=True))
+
+
+def _split_for_send(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
+    try:
+        return split_envelope(payload)
+    except EnvelopeError as err:
+        raise UnsendableBatch(str(err)) from err
+
+
+def encode_batch(payload: bytes, fmt: str, max_bytes: int) -> list[Part]:
+    """The messages that carry one stored batch (an envelope, docs/outbox.md).
+
+    msgpack: the envelope as stored, one message. json: the same envelope as JSON (orjson; bin
+    values as text with \\xNN escapes, as `micro-agent decode` prints them), content encoding
+    utf-8, marked as a security message. A JSON form longer than max_bytes (JSON is larger
+    than msgpack) is split into parts: each part is a whole envelope with the same header and
+    seq, its share of the events in order, `n` its own count, `part` (1-based) and `parts`;
+    the first part carries the drops, the others an empty map. A part of a single event still
+    too long as JSON is sent as msgpack instead (content type application/msgpack), so that no
+    event is lost. A msgpack envelope longer than the hub allows (never made by the agent) is
+    split the same way."""
+    if fmt != "json":
+        if len(payload) <= MAX_MESSAGE_BYTES:
+            return [Part(payload, MSGPACK_TYPE, None, 1, 1, False)]
+        head, events = _split_for_send(payload)
+        return _split(head, events, _msgpack, MSGPACK_TYPE, None, False,
+                      min(max_bytes, MAX_MESSAGE_BYTES))
+    try:
+        head, events = _split_for_send(payload)
+    except UnsendableBatch:
+        if len(payload) <= MAX_MESSAGE_BYTES:
+            return [Part(payload, MSGPACK_TYPE, None, 1, 1, False)]  # as stored, not lost
+        raise
+    body = _json({**head, "events": events})
+    if len(body) <= max_bytes:
+        return [Part(body, JSON_TYPE, "utf-8", 1, 1, True)]
+    return _split(head, events, _json, JSON_TYPE, "utf-8", True, max_bytes)
+
+
+def _split(head: dict[str, Any], events: list[Any], dumps: Callable[[Any], bytes], ctype: str,
+           encoding: str | None, security: bool, max_bytes: int) -> list[Part]:
+    sizes = [len(dumps(e)) + 1 for e in events]  # +1: the comma between JSON elements
+    # The header of any part, with the widest n / part / parts and an array32 header.
+    probe = dict(head, n=0xFFFFFFFF, part=0xFFFF, parts=0xFFFF, events=[])
+    budget = max_bytes - len(dumps(probe)) - 8
+    chunks: list[list[Any]] = []
+    current: list[Any] = []
+    used = 0
+    for event, size in zip(events, sizes):
+        if current and used + size > budget:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(event)
+        used += size
+    if current or not chunks:
+        chunks.append(current)
+    parts: list[Part] = []
+    for i, chunk in enumerate(chunks):
+        doc = dict(head)
+        doc["n"] = len(chunk)
+        if i > 0:
+            doc["drops"] = {}
+        if len(chunks) > 1:
+            doc["part"] = i + 1
+            doc["parts"] = len(chunks)
+        doc["events"] = chunk
+        body = dumps(doc)
+        if len(body) <= max_bytes:
+            parts.append(Part(body, ctype, encoding, i + 1, len(chunks), security))
+            continue
+        packed = _msgpack(doc)  # one event too long as JSON: msgpack keeps it whole
+        if len(packed) > MAX_MESSAGE_BYTES:
+            raise UnsendableBatch(f"an event of {len(packed)} bytes exceeds any message")
+        parts.append(Part(packed, MSGPACK_TYPE, None, i + 1, len(chunks), False))
+    return parts
 
 
 class DropLedger:

@@ -81,12 +81,64 @@ class ConnectPacket:
     password: bytes | None
 
 
+@dataclass(frozen=True)
+class Publish:
+    """One PUBLISH a device sent through the gate: on which of its connections (numbered from
+    1 in the order the gate accepted them), the topic (with the property bag), the DUP flag
+    (the device's MQTT client sending it again after a reconnect) and the packet id."""
+
+    connection: int
+    client_id: str
+    topic: str
+    dup: bool
+    packet_id: int | None
+
+
 @dataclass
 class GateLog:
-    """Every decision of the gate, in order: (client id or peer, accepted, reason)."""
+    """Every decision of the gate, in order: (client id or peer, accepted, reason); and every
+    PUBLISH devices sent, in order."""
 
     decisions: list[tuple[str, bool, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    publishes: list[Publish] = field(default_factory=list)
+
+
+class PublishCounter:
+    """Splits the device-to-broker byte stream of one connection into MQTT packets and
+    records each PUBLISH (the rest of the stream is forwarded unread). A packet is kept only
+    until it is whole; the gate's stream is bounded by the hub's message size."""
+
+    def __init__(self, connection: int, client_id: str, record: Callable[[Publish], None]) -> None:
+        self.connection = connection
+        self.client_id = client_id
+        self._record = record
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        while True:
+            try:
+                length, offset = _read_remaining_length(bytes(self._buffer[:5]), 1)
+            except ProtocolError:
+                return  # the header is not whole yet (or not MQTT: mosquitto will say so)
+            end = offset + length
+            if len(self._buffer) < end:
+                return
+            packet = bytes(self._buffer[:end])
+            del self._buffer[:end]
+            if packet[0] >> 4 == 3:
+                self._publish(packet[0], packet[offset:])
+
+    def _publish(self, flags: int, body: bytes) -> None:
+        try:
+            topic, offset = _read_field(body, 0)
+        except ProtocolError:
+            return
+        qos = (flags >> 1) & 3
+        packet_id = int.from_bytes(body[offset : offset + 2], "big") if qos else None
+        self._record(Publish(self.connection, self.client_id,
+                             topic.decode("utf-8", "replace"), bool(flags & 0x08), packet_id))
 
 
 class ProtocolError(ValueError):
@@ -242,6 +294,7 @@ class Gate:
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._connections = 0
 
     # --- control, from any thread -------------------------------------------------------
 
@@ -268,6 +321,20 @@ class Gate:
     def decisions(self) -> list[tuple[str, bool, str]]:
         with self._lock:
             return list(self.log.decisions)
+
+    def publishes(self) -> list[Publish]:
+        """Every PUBLISH devices sent through the gate, in order (what each connection sent,
+        whether or not mosquitto got it before the connection ended)."""
+        with self._lock:
+            return list(self.log.publishes)
+
+    def forget_publishes(self) -> None:
+        with self._lock:
+            self.log.publishes.clear()
+
+    def _record_publish(self, publish: Publish) -> None:
+        with self._lock:
+            self.log.publishes.append(publish)
 
     def _call(self, coroutine: Any) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
@@ -364,8 +431,10 @@ class Gate:
             self._writers.add(upstream_writer)
             _nodelay(upstream_writer)
             upstream_writer.write(raw)
+            self._connections += 1
+            counter = PublishCounter(self._connections, packet.client_id, self._record_publish)
             await asyncio.gather(
-                _pump(reader, upstream_writer, writer.get_extra_info("socket")),
+                _pump(reader, upstream_writer, writer.get_extra_info("socket"), counter),
                 _pump(upstream_reader, writer),
                 return_exceptions=True,
             )
@@ -457,14 +526,17 @@ def _nodelay(writer: asyncio.StreamWriter) -> None:
 
 
 async def _pump(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, quickack: Any = None
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    quickack: Any = None,
+    counter: PublishCounter | None = None,
 ) -> None:
     """Copy until EOF or error, then close the far side (its pump then ends too).
 
     `quickack`: the device's socket, re-armed with TCP_QUICKACK after each read (Linux clears
     it again by itself). The SDK leaves Nagle on and, between two twin calls, writes a PUBACK
     and then the next PUBLISH; held back until our delayed ACK, each back-to-back twin call
-    took about 45 ms instead of about 6 ms."""
+    took about 45 ms instead of about 6 ms. `counter`: records the PUBLISH packets on the way."""
     try:
         while True:
             chunk = await reader.read(PUMP_CHUNK)
@@ -472,6 +544,8 @@ async def _pump(
                 break
             if quickack is not None and hasattr(socket, "TCP_QUICKACK"):
                 quickack.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            if counter is not None:
+                counter.feed(chunk)
             writer.write(chunk)
             await writer.drain()
     finally:

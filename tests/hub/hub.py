@@ -30,12 +30,15 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import paho.mqtt.client as mqtt  # type: ignore[import-untyped]
 
 from .broker import BrokerError, Certificates, CertPair, Mosquitto, port_is_free
-from .gate import Credential, Gate, make_sas_token
+from .gate import Credential, Gate, Publish, make_sas_token
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 IOTHUB_PORT = 8883  # the SDK always connects here
 DEFAULT_HOSTNAME = "test-hub.azure-devices.net"
@@ -113,6 +116,10 @@ class Telemetry:
     custom: dict[str, str]  # the custom properties
     arrived: float  # time.time() at arrival
     retained: bool = False
+    # mosquitto delivered this message to the hub client again (MQTT DUP): the hub client had
+    # it, but its PUBACK did not reach mosquitto before the hub side went away (stop(),
+    # kill()). A stand-in artifact: not a message the device sent again (gate.publishes()).
+    redelivered: bool = False
 
     @property
     def content_type(self) -> str | None:
@@ -215,7 +222,7 @@ class Hub:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def __enter__(self) -> Hub:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -289,6 +296,11 @@ class Hub:
         self.broker.stop()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def device_publishes(self) -> list[Publish]:
+        """Every PUBLISH devices sent through the gate since the last reset, in order, with the
+        gate connection it came on (gate.Publish)."""
+        return self.gate.publishes()
 
     def _mark_down(self) -> None:
         self._connected.clear()
@@ -460,6 +472,7 @@ class Hub:
         with self._lock:
             self._state = _State()
             client_ids = sorted(self._identities)
+        self.gate.forget_publishes()
         if sessions:
             for client_id in client_ids:
                 self._end_session(client_id)
@@ -544,7 +557,9 @@ class Hub:
                     self._state.unexpected.append(topic)
                     self._lock.notify_all()
                 return
-            self._record_telemetry(match, topic, bytes(message.payload), bool(message.retain))
+            self._record_telemetry(
+                match, topic, bytes(message.payload), bool(message.retain), bool(message.dup)
+            )
 
     def _answer_get(self, client: mqtt.Client, topic: str) -> None:
         rid = _request_id(topic)
@@ -578,7 +593,7 @@ class Hub:
         client.publish(f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"", qos=1)
 
     def _record_telemetry(
-        self, match: re.Match[str], topic: str, payload: bytes, retained: bool
+        self, match: re.Match[str], topic: str, payload: bytes, retained: bool, redelivered: bool
     ) -> None:
         properties = parse_property_bag(match.group(3))
         system = {SYSTEM_PROPERTIES[k]: v for k, v in properties.items() if k in SYSTEM_PROPERTIES}
@@ -593,6 +608,7 @@ class Hub:
             custom=custom,
             arrived=time.time(),
             retained=retained,
+            redelivered=redelivered,
         )
         with self._lock:
             self._state.telemetry.append(record)

@@ -1,22 +1,29 @@
 """The configuration schema: every twin property, its type, default, range and meaning, and
 the typed, immutable `Config` built from validated values.
 
-One `Field` per flat twin property name. A field parses a JSON value (as `json.loads` or the
-IoT Hub SDK gives it) into a typed value or raises `InvalidValue` with a one-line reason, and
-dumps a typed value back to its twin form (for the reported properties). Values are grouped
-into one frozen dataclass per section: the name's prefix (`Process_Mode` -> `Process`), so a
-change is found by comparing sections and the runtime touches only the collectors whose
-section changed. docs/configuration.md's table is rendered from this module
-(`render_table()`); a test keeps the two equal.
+Declared once: each section is a frozen dataclass (the name's prefix: `Process_Mode` ->
+`Process`), and each of its attributes carries its twin property in the field's metadata
+(`prop()`: the name's suffix, the kind of value, the default, the meaning). Everything else is
+derived from those declarations: `FIELDS` (one `Field` per flat twin property name, in
+declaration order), the parsing and the reported form, `Config`'s sections and
+docs/configuration.md's table (`render_table()`; a test keeps the two equal). Adding a
+property is one attribute with its `prop()`.
+
+A field parses a JSON value (as `json.loads` or the IoT Hub SDK gives it) into a typed value
+or raises `InvalidValue` with a one-line reason, and dumps a typed value back to its twin form
+(for the reported properties). A change is found by comparing sections, so the runtime touches
+only the collectors whose section changed.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields
 from enum import Enum, IntEnum
 from typing import Any, TypeVar, Union
+
+from agent.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
 
 # The JSON values a twin carries (what json.loads and the SDK hand us).
 Json = Union[None, bool, int, float, str, list[Any], dict[str, Any]]
@@ -63,144 +70,6 @@ class PriorityIntervals:
         if frequency is Frequency.MEDIUM:
             return self.medium
         return self.low
-
-
-# ---------------------------------------------------------------------------------------------
-# Sections: one frozen dataclass per name prefix.
-
-
-@dataclass(frozen=True)
-class CollectorsCoreConfig:
-    priority_intervals: PriorityIntervals
-
-
-@dataclass(frozen=True)
-class IothubModuleConfig:
-    message_timeout_minutes: int
-
-
-@dataclass(frozen=True)
-class CollectorConfig:
-    """What every collector has."""
-
-    disabled: bool
-    message_frequency: Frequency
-
-
-@dataclass(frozen=True)
-class EventCollectorConfig(CollectorConfig):
-    """A collector that aggregates events between sends keeps at most cache_size entries."""
-
-    cache_size: int
-
-
-@dataclass(frozen=True)
-class ProcessConfig(EventCollectorConfig):
-    mode: ProcessMode
-    polling_interval_us: int
-
-
-@dataclass(frozen=True)
-class NetworkActivityConfig(EventCollectorConfig):
-    devices: tuple[str, ...]  # empty: every interface
-
-
-@dataclass(frozen=True)
-class LoginConfig(EventCollectorConfig):
-    use_pam: bool
-
-
-@dataclass(frozen=True)
-class FileSystemConfig(EventCollectorConfig):
-    paths: tuple[str, ...]
-    recursive: bool
-
-
-@dataclass(frozen=True)
-class SystemInformationConfig(CollectorConfig):
-    # Empty: detect (DMI, device tree, os-release); else report this text instead.
-    hardware_vendor: str
-    hardware_model: str
-    hardware_serial_number: str
-    firmware_vendor: str
-    firmware_version: str
-
-
-@dataclass(frozen=True)
-class BaselineConfig(CollectorConfig):
-    groups_disabled: tuple[str, ...]
-    checks_disabled: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class UploadConfig:
-    format: UploadFormat
-    max_message_bytes: int
-
-
-@dataclass(frozen=True)
-class OutboxConfig:
-    max_bytes: int
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    own_if_free: bool
-    backlog_limit: int
-
-
-@dataclass(frozen=True)
-class CompatConfig:
-    """Properties of the Defender for IoT micro agent this agent has no use for. They are
-    accepted (and type-checked) so that a twin written for that agent does not report
-    "failed"; they change nothing."""
-
-    log_collector_disabled: bool
-    log_collector_message_frequency: Frequency
-    peripheral_disabled: bool
-    peripheral_message_frequency: Frequency
-    peripheral_cache_size: int
-    network_activity_packet_buffer_size: int
-    statistics_cache_size: int
-
-
-# The collectors, in the order the docs list them.
-COLLECTORS: tuple[str, ...] = (
-    "Process",
-    "NetworkActivity",
-    "Login",
-    "FileSystem",
-    "SystemInformation",
-    "Baseline",
-    "SBoM",
-    "Heartbeat",
-    "ListeningPorts",
-    "LocalUsers",
-    "Firewall",
-    "Statistics",
-)
-
-# section name -> (Config attribute, section class)
-SECTIONS: dict[str, tuple[str, type]] = {
-    "CollectorsCore": ("collectors_core", CollectorsCoreConfig),
-    "IothubModule": ("iothub_module", IothubModuleConfig),
-    "Process": ("process", ProcessConfig),
-    "NetworkActivity": ("network_activity", NetworkActivityConfig),
-    "Login": ("login", LoginConfig),
-    "FileSystem": ("file_system", FileSystemConfig),
-    "SystemInformation": ("system_information", SystemInformationConfig),
-    "Baseline": ("baseline", BaselineConfig),
-    "SBoM": ("sbom", CollectorConfig),
-    "Heartbeat": ("heartbeat", CollectorConfig),
-    "ListeningPorts": ("listening_ports", CollectorConfig),
-    "LocalUsers": ("local_users", CollectorConfig),
-    "Firewall": ("firewall", CollectorConfig),
-    "Statistics": ("statistics", CollectorConfig),
-    "Upload": ("upload", UploadConfig),
-    "Outbox": ("outbox", OutboxConfig),
-    "Audit": ("audit", AuditConfig),
-    "Compat": ("compat", CompatConfig),
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,23 +252,7 @@ def parse_intervals(value: object) -> PriorityIntervals:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fields
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str  # the twin property name
-    section: str  # a key of SECTIONS
-    attr: str  # the attribute of the section's dataclass
-    default: Any  # typed
-    parse: Callable[[object], Any]  # JSON value -> typed value, or InvalidValue
-    dump: Callable[[Any], Json]  # typed value -> JSON value (reported form)
-    type_doc: str
-    range_doc: str
-    meaning: str
-
-    def default_json(self) -> Json:
-        return self.dump(self.default)
+# Kinds of values and the declaration of a property
 
 
 def _identity(value: Any) -> Json:
@@ -418,101 +271,102 @@ def _intervals_text(value: Any) -> Json:
     return f"{value.high},{value.medium},{value.low}"
 
 
-def _bool(section: str, attr: str, suffix: str, default: bool, meaning: str) -> Field:
-    return Field(
-        f"{section}_{suffix}",
-        section,
-        attr,
-        default,
-        parse_bool,
-        _identity,
-        "bool",
-        "true, false",
-        meaning,
-    )
+@dataclass(frozen=True)
+class Kind:
+    """A kind of twin value: how it is parsed, dumped and documented."""
+
+    parse: Callable[[object], Any]  # JSON value -> typed value, or InvalidValue
+    dump: Callable[[Any], Json]  # typed value -> JSON value (reported form)
+    type_doc: str
+    range_doc: str
 
 
-def _int(
-    section: str, attr: str, suffix: str, default: int, lo: int, hi: int, unit: str, meaning: str
-) -> Field:
+BOOL = Kind(parse_bool, _identity, "bool", "true, false")
+
+
+def integer(lo: int, hi: int, unit: str = "") -> Kind:
     def parse(value: object) -> int:
         return parse_int(value, lo, hi)
 
-    unit_doc = f" {unit}" if unit else ""
-    return Field(
-        f"{section}_{suffix}",
-        section,
-        attr,
-        default,
-        parse,
-        _identity,
-        "int",
-        f"{lo}..{hi}{unit_doc}",
-        meaning,
-    )
+    return Kind(parse, _identity, "int", f"{lo}..{hi}" + (f" {unit}" if unit else ""))
 
 
-def _frequency(section: str, attr: str, default: Frequency, meaning: str) -> Field:
-    def parse(value: object) -> Frequency:
-        return parse_choice(value, Frequency)
+def choice(enum: type[Enum]) -> Kind:
+    def parse(value: object) -> Any:
+        return parse_choice(value, enum)
 
-    return Field(
-        f"{section}_MessageFrequency",
-        section,
-        attr,
-        default,
-        parse,
-        _enum_value,
-        "string",
-        "High, Medium, Low",
-        meaning,
-    )
+    return Kind(parse, _enum_value, "string", ", ".join(str(m.value) for m in enum))
 
 
-def _list(
-    section: str,
-    attr: str,
-    suffix: str,
-    max_items: int,
-    check: Callable[[str], str | None],
-    range_doc: str,
-    meaning: str,
-) -> Field:
+def comma_list(max_items: int, check: Callable[[str], str | None], range_doc: str) -> Kind:
     def parse(value: object) -> tuple[str, ...]:
         return parse_list(value, max_items, check)
 
-    return Field(
-        f"{section}_{suffix}",
-        section,
-        attr,
-        (),
-        parse,
-        _joined,
-        "string (comma list)",
-        range_doc,
-        meaning,
-    )
+    return Kind(parse, _joined, "string (comma list)", range_doc)
 
 
 OVERRIDE_MAX_CHARS = 128
 
 
-def _override(attr: str, suffix: str, what: str) -> Field:
-    def parse(value: object) -> str:
-        return parse_override(value, OVERRIDE_MAX_CHARS)
+def _parse_override(value: object) -> str:
+    return parse_override(value, OVERRIDE_MAX_CHARS)
 
-    return Field(
-        f"SystemInformation_{suffix}",
-        "SystemInformation",
-        attr,
-        "",
-        parse,
-        _identity,
-        "string",
-        f"0..{OVERRIDE_MAX_CHARS} printable characters",
-        f'Reported as the {what} instead of the detected one; "" detects it.',
-    )
 
+OVERRIDE = Kind(_parse_override, _identity, "string",
+                f"0..{OVERRIDE_MAX_CHARS} printable characters")
+INTERVALS = Kind(
+    parse_intervals, _intervals_text, 'string "High,Medium,Low"',
+    f"three whole minutes, each 1..{INTERVAL_MAX_MINUTES}, High <= Medium <= Low")
+PROCESS_MODE = Kind(parse_process_mode, _enum_value, "int",
+                    "1 Auto, 2 Netlink, 3 Polling, 4 Audit")
+FREQUENCY = choice(Frequency)
+
+
+@dataclass(frozen=True)
+class PerSection:
+    """A default that depends on the section (an attribute of a base shared by sections)."""
+
+    defaults: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Prop:
+    """The twin property of one section attribute. Its name is "{section}_{suffix}" unless
+    `name` gives it whole (the Compat section keeps other prefixes); "{section}" in the
+    meaning is the section's name."""
+
+    suffix: str
+    kind: Kind
+    default: Any  # typed, or PerSection
+    meaning: str
+    name: str | None = None
+
+
+def prop(suffix: str, kind: Kind, default: Any, meaning: str, *, name: str | None = None
+         ) -> dict[str, Prop]:
+    """The metadata of a section attribute that is a twin property:
+    `attr: type = field(metadata=prop(...))`."""
+    return {"prop": Prop(suffix, kind, default, meaning, name)}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # the twin property name
+    section: str  # a key of SECTIONS
+    attr: str  # the attribute of the section's dataclass
+    default: Any  # typed
+    parse: Callable[[object], Any]  # JSON value -> typed value, or InvalidValue
+    dump: Callable[[Any], Json]  # typed value -> JSON value (reported form)
+    type_doc: str
+    range_doc: str
+    meaning: str
+
+    def default_json(self) -> Json:
+        return self.dump(self.default)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections: one frozen dataclass per name prefix, each attribute a twin property.
 
 # Defaults of MessageFrequency: the Defender for IoT micro agent's documented defaults
 # (Process, NetworkActivity and Login Medium; the rest Low); ListeningPorts, LocalUsers and
@@ -533,256 +387,225 @@ _FREQUENCY_DEFAULTS: dict[str, Frequency] = {
     "Statistics": Frequency.LOW,
 }
 
-EVENT_COLLECTORS: tuple[str, ...] = ("Process", "NetworkActivity", "Login", "FileSystem")
-
 CACHE_SIZE_DEFAULT = 256
 CACHE_SIZE_MAX = 65536
 
 
-def _collector_fields(name: str) -> list[Field]:
-    out = [
-        _bool(name, "disabled", "Disabled", False, f"Stops the {name} collector."),
-        _frequency(
-            name,
-            "message_frequency",
-            _FREQUENCY_DEFAULTS[name],
-            f"Which priority interval sends {name} events.",
-        ),
-    ]
-    if name in EVENT_COLLECTORS:
-        out.append(
-            _int(
-                name,
-                "cache_size",
-                "CacheSize",
-                CACHE_SIZE_DEFAULT,
-                1,
-                CACHE_SIZE_MAX,
-                "entries",
-                f"{name} entries (after aggregation) kept between sends; past it the oldest "
-                "is dropped and counted.",
-            )
-        )
+@dataclass(frozen=True)
+class CollectorsCoreConfig:
+    priority_intervals: PriorityIntervals = field(metadata=prop(
+        "PriorityIntervals", INTERVALS, PriorityIntervals(30, 120, 1440),
+        "Minutes between sends of High, Medium and Low frequency collectors' events."))
+
+
+@dataclass(frozen=True)
+class IothubModuleConfig:
+    message_timeout_minutes: int = field(metadata=prop(
+        "MessageTimeout", integer(1, 43200, "minutes"), 2880,
+        "A batch not sent within this time is dropped from the outbox (counted as dropped, "
+        "reason message_timeout)."))
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """What every collector has."""
+
+    disabled: bool = field(metadata=prop("Disabled", BOOL, False, "Stops the {section} collector."))
+    message_frequency: Frequency = field(metadata=prop(
+        "MessageFrequency", FREQUENCY, PerSection(_FREQUENCY_DEFAULTS),
+        "Which priority interval sends {section} events."))
+
+
+@dataclass(frozen=True)
+class EventCollectorConfig(CollectorConfig):
+    """A collector that aggregates events between sends keeps at most cache_size entries."""
+
+    cache_size: int = field(metadata=prop(
+        "CacheSize", integer(1, CACHE_SIZE_MAX, "entries"), CACHE_SIZE_DEFAULT,
+        "{section} entries (after aggregation) kept between sends; past it the oldest is "
+        "dropped and counted."))
+
+
+@dataclass(frozen=True)
+class ProcessConfig(EventCollectorConfig):
+    mode: ProcessMode = field(metadata=prop(
+        "Mode", PROCESS_MODE, ProcessMode.AUTO,
+        "Process event source. Auto: audit, else the proc connector, else polling /proc; "
+        "Netlink: the proc connector; Audit: audit netlink."))
+    polling_interval_us: int = field(metadata=prop(
+        "PollingInterval", integer(10000, 60000000, "microseconds"), 100000,
+        "How often /proc is scanned in Polling mode."))
+
+
+@dataclass(frozen=True)
+class NetworkActivityConfig(EventCollectorConfig):
+    devices: tuple[str, ...] = field(metadata=prop(  # empty: every interface
+        "Devices", comma_list(64, check_interface, "0..64 interface names"), (),
+        'Interfaces whose connections are reported; "" (the default) watches every '
+        "interface."))
+
+
+@dataclass(frozen=True)
+class LoginConfig(EventCollectorConfig):
+    use_pam: bool = field(metadata=prop(
+        "UsePAM", BOOL, False,
+        "true: logins from audit's PAM records (USER_LOGIN, USER_AUTH, USER_START; needs "
+        "audit); false: from utmp, wtmp and btmp."))
+
+
+@dataclass(frozen=True)
+class FileSystemConfig(EventCollectorConfig):
+    paths: tuple[str, ...] = field(metadata=prop(
+        "Paths", comma_list(64, check_path, "0..64 absolute paths"), (),
+        "Paths watched with inotify (a path cannot contain a comma)."))
+    recursive: bool = field(metadata=prop(
+        "Recursive", BOOL, True, "Also watch every directory under each path."))
+
+
+def _override(suffix: str, what: str) -> dict[str, Prop]:
+    return prop(suffix, OVERRIDE, "",
+                f'Reported as the {what} instead of the detected one; "" detects it.')
+
+
+@dataclass(frozen=True)
+class SystemInformationConfig(CollectorConfig):
+    # Empty: detect (DMI, device tree, os-release); else report this text instead.
+    hardware_vendor: str = field(metadata=_override("HardwareVendor", "hardware vendor"))
+    hardware_model: str = field(metadata=_override("HardwareModel", "hardware model"))
+    hardware_serial_number: str = field(
+        metadata=_override("HardwareSerialNumber", "hardware serial number"))
+    firmware_vendor: str = field(metadata=_override("FirmwareVendor", "firmware vendor"))
+    firmware_version: str = field(metadata=_override("FirmwareVersion", "firmware version"))
+
+
+@dataclass(frozen=True)
+class BaselineConfig(CollectorConfig):
+    groups_disabled: tuple[str, ...] = field(metadata=prop(
+        "GroupsDisabled", comma_list(256, check_name(128), "0..256 names of 1..128 characters"),
+        (), "Baseline check groups not run."))
+    checks_disabled: tuple[str, ...] = field(metadata=prop(
+        "ChecksDisabled", comma_list(1024, check_name(128), "0..1024 IDs of 1..128 characters"),
+        (), "Baseline check IDs not run."))
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    format: UploadFormat = field(metadata=prop(
+        "Format", choice(UploadFormat), UploadFormat.MSGPACK,
+        "Encoding of uploaded messages: msgpack (application/msgpack) or JSON "
+        "(application/json, utf-8)."))
+    max_message_bytes: int = field(metadata=prop(
+        "MaxMessageBytes", integer(MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES, "bytes"),
+        DEFAULT_MAX_MESSAGE_BYTES,
+        "Largest message sent to IoT Hub; batches are packed towards multiples of 4 KiB (the "
+        "billing unit). The maximum leaves 8 KiB of IoT Hub's 256 KiB for properties."))
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_bytes: int = field(metadata=prop(
+        "MaxBytes", integer(1 << 20, 4 << 30, "bytes"), 16 << 20,
+        "Disk the outbox may use; when full, the lowest priority, oldest batches are dropped "
+        "and counted (reason outbox_full)."))
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    own_if_free: bool = field(metadata=prop(
+        "OwnIfFree", BOOL, True,
+        "Become the kernel audit owner when no process (auditd) is; else, and always when "
+        "auditd runs, read audit's multicast group."))
+    backlog_limit: int = field(metadata=prop(
+        "BacklogLimit", integer(64, 1048576, "records"), 8192,
+        "Kernel audit backlog set while the agent owns audit (the previous value is restored "
+        "on exit)."))
+
+
+_COMPAT = "Accepted for Defender for IoT micro agent twins; no effect here."
+
+
+@dataclass(frozen=True)
+class CompatConfig:
+    """Properties of the Defender for IoT micro agent this agent has no use for. They are
+    accepted (and type-checked) so that a twin written for that agent does not report
+    "failed"; they change nothing. Their names keep that agent's prefixes."""
+
+    log_collector_disabled: bool = field(metadata=prop(
+        "", BOOL, False, _COMPAT, name="LogCollector_Disabled"))
+    log_collector_message_frequency: Frequency = field(metadata=prop(
+        "", FREQUENCY, Frequency.LOW, _COMPAT, name="LogCollector_MessageFrequency"))
+    peripheral_disabled: bool = field(metadata=prop(
+        "", BOOL, False, _COMPAT, name="Peripheral_Disabled"))
+    peripheral_message_frequency: Frequency = field(metadata=prop(
+        "", FREQUENCY, Frequency.LOW, _COMPAT, name="Peripheral_MessageFrequency"))
+    peripheral_cache_size: int = field(metadata=prop(
+        "", integer(1, CACHE_SIZE_MAX), 256, _COMPAT, name="Peripheral_CacheSize"))
+    network_activity_packet_buffer_size: int = field(metadata=prop(
+        "", integer(1, 1 << 30, "bytes"), 2097152, _COMPAT,
+        name="NetworkActivity_PacketBufferSize"))
+    statistics_cache_size: int = field(metadata=prop(
+        "", integer(1, CACHE_SIZE_MAX), 256, _COMPAT, name="Statistics_CacheSize"))
+
+
+# The collectors, in the order the docs list them.
+COLLECTORS: tuple[str, ...] = (
+    "Process",
+    "NetworkActivity",
+    "Login",
+    "FileSystem",
+    "SystemInformation",
+    "Baseline",
+    "SBoM",
+    "Heartbeat",
+    "ListeningPorts",
+    "LocalUsers",
+    "Firewall",
+    "Statistics",
+)
+
+# section name -> (Config attribute, section class), in the order of the twin's properties.
+SECTIONS: dict[str, tuple[str, type]] = {
+    "CollectorsCore": ("collectors_core", CollectorsCoreConfig),
+    "IothubModule": ("iothub_module", IothubModuleConfig),
+    "Process": ("process", ProcessConfig),
+    "NetworkActivity": ("network_activity", NetworkActivityConfig),
+    "Login": ("login", LoginConfig),
+    "FileSystem": ("file_system", FileSystemConfig),
+    "SystemInformation": ("system_information", SystemInformationConfig),
+    "Baseline": ("baseline", BaselineConfig),
+    "SBoM": ("sbom", CollectorConfig),
+    "Heartbeat": ("heartbeat", CollectorConfig),
+    "ListeningPorts": ("listening_ports", CollectorConfig),
+    "LocalUsers": ("local_users", CollectorConfig),
+    "Firewall": ("firewall", CollectorConfig),
+    "Statistics": ("statistics", CollectorConfig),
+    "Upload": ("upload", UploadConfig),
+    "Outbox": ("outbox", OutboxConfig),
+    "Audit": ("audit", AuditConfig),
+    "Compat": ("compat", CompatConfig),
+}
+
+EVENT_COLLECTORS: tuple[str, ...] = tuple(
+    name for name in COLLECTORS if issubclass(SECTIONS[name][1], EventCollectorConfig))
+
+
+def _section_fields(section: str, cls: type) -> list[Field]:
+    out: list[Field] = []
+    for attr in fields(cls):
+        spec: Prop = attr.metadata["prop"]
+        default = spec.default
+        if isinstance(default, PerSection):
+            default = default.defaults[section]
+        out.append(Field(
+            spec.name or f"{section}_{spec.suffix}", section, attr.name, default,
+            spec.kind.parse, spec.kind.dump, spec.kind.type_doc, spec.kind.range_doc,
+            spec.meaning.replace("{section}", section)))
     return out
 
 
-def _build_fields() -> list[Field]:
-    out: list[Field] = [
-        Field(
-            "CollectorsCore_PriorityIntervals",
-            "CollectorsCore",
-            "priority_intervals",
-            PriorityIntervals(30, 120, 1440),
-            parse_intervals,
-            _intervals_text,
-            'string "High,Medium,Low"',
-            f"three whole minutes, each 1..{INTERVAL_MAX_MINUTES}, High <= Medium <= Low",
-            "Minutes between sends of High, Medium and Low frequency collectors' events.",
-        ),
-        _int(
-            "IothubModule",
-            "message_timeout_minutes",
-            "MessageTimeout",
-            2880,
-            1,
-            43200,
-            "minutes",
-            "A batch not sent within this time is dropped from the outbox (counted as "
-            "dropped, reason message_timeout).",
-        ),
-    ]
-    for name in COLLECTORS:
-        out += _collector_fields(name)
-        if name == "Process":
-            out += [
-                Field(
-                    "Process_Mode",
-                    "Process",
-                    "mode",
-                    ProcessMode.AUTO,
-                    parse_process_mode,
-                    _enum_value,
-                    "int",
-                    "1 Auto, 2 Netlink, 3 Polling, 4 Audit",
-                    "Process event source. Auto: audit, else the proc connector, else "
-                    "polling /proc; Netlink: the proc connector; Audit: audit netlink.",
-                ),
-                _int(
-                    "Process",
-                    "polling_interval_us",
-                    "PollingInterval",
-                    100000,
-                    10000,
-                    60000000,
-                    "microseconds",
-                    "How often /proc is scanned in Polling mode.",
-                ),
-            ]
-        elif name == "NetworkActivity":
-            out.append(
-                _list(
-                    "NetworkActivity",
-                    "devices",
-                    "Devices",
-                    64,
-                    check_interface,
-                    "0..64 interface names",
-                    'Interfaces whose connections are reported; "" '
-                    "(the default) watches every interface.",
-                )
-            )
-        elif name == "Login":
-            out.append(
-                _bool(
-                    "Login",
-                    "use_pam",
-                    "UsePAM",
-                    False,
-                    "true: logins from audit's PAM records (USER_LOGIN, USER_AUTH, "
-                    "USER_START; needs audit); false: from utmp, wtmp and btmp.",
-                )
-            )
-        elif name == "FileSystem":
-            out += [
-                _list(
-                    "FileSystem",
-                    "paths",
-                    "Paths",
-                    64,
-                    check_path,
-                    "0..64 absolute paths",
-                    "Paths watched with inotify (a path cannot contain a comma).",
-                ),
-                _bool(
-                    "FileSystem",
-                    "recursive",
-                    "Recursive",
-                    True,
-                    "Also watch every directory under each path.",
-                ),
-            ]
-        elif name == "SystemInformation":
-            out += [
-                _override("hardware_vendor", "HardwareVendor", "hardware vendor"),
-                _override("hardware_model", "HardwareModel", "hardware model"),
-                _override(
-                    "hardware_serial_number", "HardwareSerialNumber", "hardware serial number"
-                ),
-                _override("firmware_vendor", "FirmwareVendor", "firmware vendor"),
-                _override("firmware_version", "FirmwareVersion", "firmware version"),
-            ]
-        elif name == "Baseline":
-            out += [
-                _list(
-                    "Baseline",
-                    "groups_disabled",
-                    "GroupsDisabled",
-                    256,
-                    check_name(128),
-                    "0..256 names of 1..128 characters",
-                    "Baseline check groups not run.",
-                ),
-                _list(
-                    "Baseline",
-                    "checks_disabled",
-                    "ChecksDisabled",
-                    1024,
-                    check_name(128),
-                    "0..1024 IDs of 1..128 characters",
-                    "Baseline check IDs not run.",
-                ),
-            ]
-
-    def parse_format(value: object) -> UploadFormat:
-        return parse_choice(value, UploadFormat)
-
-    out += [
-        Field(
-            "Upload_Format",
-            "Upload",
-            "format",
-            UploadFormat.MSGPACK,
-            parse_format,
-            _enum_value,
-            "string",
-            "msgpack, json",
-            "Encoding of uploaded messages: msgpack (application/msgpack) or JSON "
-            "(application/json, utf-8).",
-        ),
-        _int(
-            "Upload",
-            "max_message_bytes",
-            "MaxMessageBytes",
-            245760,
-            4096,
-            253952,
-            "bytes",
-            "Largest message sent to IoT Hub; batches are packed towards multiples of 4 KiB "
-            "(the billing unit). The maximum leaves 8 KiB of IoT Hub's 256 KiB for properties.",
-        ),
-        _int(
-            "Outbox",
-            "max_bytes",
-            "MaxBytes",
-            16 << 20,
-            1 << 20,
-            4 << 30,
-            "bytes",
-            "Disk the outbox may use; when full, the lowest priority, oldest batches are "
-            "dropped and counted (reason outbox_full).",
-        ),
-        _bool(
-            "Audit",
-            "own_if_free",
-            "OwnIfFree",
-            True,
-            "Become the kernel audit owner when no process (auditd) is; else, and always when "
-            "auditd runs, read audit's multicast group.",
-        ),
-        _int(
-            "Audit",
-            "backlog_limit",
-            "BacklogLimit",
-            8192,
-            64,
-            1048576,
-            "records",
-            "Kernel audit backlog set while the agent owns audit (the previous value is "
-            "restored on exit).",
-        ),
-    ]
-
-    compat = "Accepted for Defender for IoT micro agent twins; no effect here."
-    out += [
-        _bool("LogCollector", "log_collector_disabled", "Disabled", False, compat),
-        _frequency("LogCollector", "log_collector_message_frequency", Frequency.LOW, compat),
-        _bool("Peripheral", "peripheral_disabled", "Disabled", False, compat),
-        _frequency("Peripheral", "peripheral_message_frequency", Frequency.LOW, compat),
-        _int(
-            "Peripheral", "peripheral_cache_size", "CacheSize", 256, 1, CACHE_SIZE_MAX, "", compat
-        ),
-        _int(
-            "NetworkActivity",
-            "network_activity_packet_buffer_size",
-            "PacketBufferSize",
-            2097152,
-            1,
-            1 << 30,
-            "bytes",
-            compat,
-        ),
-        _int(
-            "Statistics", "statistics_cache_size", "CacheSize", 256, 1, CACHE_SIZE_MAX, "", compat
-        ),
-    ]
-    # The compat fields carry their twin prefix in their name but live in the Compat section.
-    return [
-        replace(f, section="Compat") if f.attr in {x.name for x in fields(CompatConfig)} else f
-        for f in out
-    ]
-
-
-FIELDS: dict[str, Field] = {f.name: f for f in _build_fields()}
+FIELDS: dict[str, Field] = {
+    f.name: f for name, (_, cls) in SECTIONS.items() for f in _section_fields(name, cls)
+}
 
 
 # ---------------------------------------------------------------------------------------------

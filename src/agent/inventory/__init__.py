@@ -17,11 +17,13 @@ from pathlib import Path
 
 import msgpack
 
+from agent.limits import DEFAULT_MAX_MESSAGE_BYTES
+
 Event = dict[str, object]
 
 # A batch never exceeds this many bytes unless told otherwise: the sink's default, which keeps
 # one IoT Hub message (256 KB) with room for the envelope.
-DEFAULT_BATCH_BYTES = 245760
+DEFAULT_BATCH_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass

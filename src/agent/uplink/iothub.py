@@ -12,6 +12,10 @@ thread: the only place batches leave the outbox) and hands the next ones over, a
 they arrive in that order; when a send fails, the batch and those queued behind it go back
 (they stay in the outbox) and the worker reconnects with exponential backoff and jitter.
 
+Parts. The connection's states and their transitions, what a failed SDK call means
+(classify: reconnect, refused or rejected) and the counters (one lock) are in
+agent.uplink.connection; the messages a batch becomes (encode_batch) are in agent.envelope.
+
 Twin. On every (re)connect the worker reads the whole twin, has the loop apply its desired
 document (ConfigStore.apply_desired, then Agent.apply) and build the reported document, sets
 the desired-patch handler (once per client; the SDK keeps the subscription in its session),
@@ -31,25 +35,27 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
-
-import msgpack
-import orjson
+from typing import Any, Protocol
 
 from agent.config import Config, ConfigStore, ConfigUpdate, ReportedState
-from agent.envelope import SCHEMA_VERSION
+from agent.envelope import JSON_TYPE, SCHEMA_VERSION, UnsendableBatch, encode_batch
+from agent.limits import MAX_MESSAGE_BYTES
 from agent.outbox import Outbox, OutboxError
+from agent.uplink.connection import (
+    CallTimeout,
+    ConnectionStateMachine,
+    Failure,
+    LinkState,
+    Outcome,
+    UplinkCounters,
+    backoff_delay,
+    call_with_timeout,
+    classify,
+)
 from agent.uplink.identity import HubIdentity, IdentityError, file_signature
 
 log = logging.getLogger("agent.uplink")
 
-T = TypeVar("T")
-
-MSGPACK_TYPE = "application/msgpack"
-JSON_TYPE = "application/json"
-# The largest Upload_MaxMessageBytes (agent.config): a body this size plus the properties the
-# uplink adds stays under IoT Hub's 256 KiB.
-HUB_BODY_LIMIT = 253952
 # Reported keys that change all the time: a patch of only these is rate-limited.
 VOLATILE_REPORTED = frozenset({"counters", "outbox_depth"})
 
@@ -96,153 +102,6 @@ class UplinkOptions:
             raise ValueError("backoff bounds: 0 < min <= max")
 
 
-class CallTimeout(Exception):
-    """A blocking SDK call did not return in time (it is left running in its thread)."""
-
-
-def call_with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
-    """fn() in a daemon thread; its result or its exception, or CallTimeout after `timeout`
-    seconds (the call is abandoned; the caller treats the client as unusable)."""
-    box: list[tuple[bool, Any]] = []
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            box.append((True, fn()))
-        except BaseException as err:  # handed to the caller's thread  # noqa: BLE001
-            box.append((False, err))
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name=f"iothub-{what}", daemon=True).start()
-    if not done.wait(timeout):
-        raise CallTimeout(f"{what} did not return within {timeout:g} s")
-    ok, value = box[0]
-    if ok:
-        return value  # type: ignore[no-any-return]
-    raise value
-
-
-def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
-    """Seconds before reconnect attempt `attempt` (1, 2, ...): exponential, capped, jittered
-    so that a fleet that lost the hub together does not come back together."""
-    base = min(hi, lo * 2.0 ** min(max(attempt, 1) - 1, 40))
-    return min(hi, max(lo, base * rng.uniform(0.75, 1.25)))
-
-
-# -- message encoding ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Part:
-    """One IoT Hub message of a batch: the whole batch, or part `index` of `count`."""
-
-    body: bytes
-    content_type: str
-    content_encoding: str | None
-    index: int
-    count: int
-    security: bool
-
-
-class UnsendableBatch(ValueError):
-    """A batch that no message can carry (never expected: batches are sized for the hub)."""
-
-
-def _json_default(value: Any) -> str:
-    # As agent.jsonl: msgpack bin as text, \xNN for the bytes that are not UTF-8.
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    raise TypeError(f"{type(value).__name__} has no JSON form")
-
-
-def _json(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
-
-
-def _msgpack(obj: Any) -> bytes:
-    return bytes(msgpack.packb(obj, use_bin_type=True))
-
-
-def _decode(payload: bytes) -> tuple[dict[str, Any], list[Any]]:
-    try:
-        env = msgpack.unpackb(payload, raw=False, strict_map_key=False,
-                              unicode_errors="backslashreplace")
-    except (ValueError, msgpack.UnpackException) as err:
-        raise UnsendableBatch(f"not a msgpack envelope: {err}") from err
-    if not isinstance(env, dict) or not isinstance(env.get("events"), list):
-        raise UnsendableBatch("not an envelope (a map with an events array)")
-    events = env.pop("events")
-    return env, events
-
-
-def encode_batch(payload: bytes, fmt: str, max_bytes: int) -> list[Part]:
-    """The messages that carry one stored batch (an envelope, docs/outbox.md).
-
-    msgpack: the envelope as stored, one message. json: the same envelope as JSON (orjson; bin
-    values as text with \\xNN escapes, as `micro-agent decode` prints them), content encoding
-    utf-8, marked as a security message. A JSON form longer than max_bytes (JSON is larger
-    than msgpack) is split into parts: each part is a whole envelope with the same header and
-    seq, its share of the events in order, `n` its own count, `part` (1-based) and `parts`;
-    the first part carries the drops, the others an empty map. A part of a single event still
-    too long as JSON is sent as msgpack instead (content type application/msgpack), so that no
-    event is lost. A msgpack envelope longer than the hub allows (never made by the agent) is
-    split the same way."""
-    if fmt != "json":
-        if len(payload) <= HUB_BODY_LIMIT:
-            return [Part(payload, MSGPACK_TYPE, None, 1, 1, False)]
-        head, events = _decode(payload)
-        return _split(head, events, _msgpack, MSGPACK_TYPE, None, False, min(max_bytes, HUB_BODY_LIMIT))
-    try:
-        head, events = _decode(payload)
-    except UnsendableBatch:
-        if len(payload) <= HUB_BODY_LIMIT:
-            return [Part(payload, MSGPACK_TYPE, None, 1, 1, False)]  # as stored, not lost
-        raise
-    body = _json({**head, "events": events})
-    if len(body) <= max_bytes:
-        return [Part(body, JSON_TYPE, "utf-8", 1, 1, True)]
-    return _split(head, events, _json, JSON_TYPE, "utf-8", True, max_bytes)
-
-
-def _split(head: dict[str, Any], events: list[Any], dumps: Callable[[Any], bytes], ctype: str,
-           encoding: str | None, security: bool, max_bytes: int) -> list[Part]:
-    sizes = [len(dumps(e)) + 1 for e in events]  # +1: the comma between JSON elements
-    # The header of any part, with the widest n / part / parts and an array32 header.
-    probe = dict(head, n=0xFFFFFFFF, part=0xFFFF, parts=0xFFFF, events=[])
-    budget = max_bytes - len(dumps(probe)) - 8
-    chunks: list[list[Any]] = []
-    current: list[Any] = []
-    used = 0
-    for event, size in zip(events, sizes):
-        if current and used + size > budget:
-            chunks.append(current)
-            current, used = [], 0
-        current.append(event)
-        used += size
-    if current or not chunks:
-        chunks.append(current)
-    parts: list[Part] = []
-    for i, chunk in enumerate(chunks):
-        doc = dict(head)
-        doc["n"] = len(chunk)
-        if i > 0:
-            doc["drops"] = {}
-        if len(chunks) > 1:
-            doc["part"] = i + 1
-            doc["parts"] = len(chunks)
-        doc["events"] = chunk
-        body = dumps(doc)
-        if len(body) <= max_bytes:
-            parts.append(Part(body, ctype, encoding, i + 1, len(chunks), security))
-            continue
-        packed = _msgpack(doc)  # one event too long as JSON: msgpack keeps it whole
-        if len(packed) > HUB_BODY_LIMIT:
-            raise UnsendableBatch(f"an event of {len(packed)} bytes exceeds any message")
-        parts.append(Part(packed, MSGPACK_TYPE, None, i + 1, len(chunks), False))
-    return parts
-
-
 # -- the uplink ---------------------------------------------------------------------------------
 
 
@@ -257,41 +116,6 @@ class _Item:
 
 
 _SENT, _RETURNED, _REJECTED = "sent", "returned", "rejected"
-
-
-def _cause_chain(err: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    seen: set[int] = set()
-    cur: BaseException | None = err
-    while cur is not None and id(cur) not in seen:
-        chain.append(cur)
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return chain
-
-
-def classify(err: BaseException) -> tuple[str, bool]:
-    """(reason, permanent) of a failed connect or call. Permanent: the hub refused the
-    credentials, or TLS failed on a certificate; retrying cannot help until the identity or
-    the CA changes."""
-    chain = _cause_chain(err)
-    names = [type(e).__name__ for e in chain]
-    ssl_text = next((str(e) for e in chain if type(e).__name__ in ("SSLError", "SSLCertVerificationError")), "")
-    if "TlsExchangeAuthError" in names:
-        why = ssl_text or "certificate verify failed"
-        return (f"TLS: the hub's certificate is not trusted ({why}); check --ca-file / "
-                "$IOTHUB_CA_FILE"), True
-    if "CredentialError" in names or "UnauthorizedError" in names:
-        return ("authentication refused by the hub (wrong key or certificate, or the identity "
-                "is disabled or unknown)"), True
-    if ssl_text and re.search(r"alert (unknown ca|bad certificate|certificate)", ssl_text):
-        return f"TLS: the hub refused the client certificate ({ssl_text})", True
-    if isinstance(err, CallTimeout):
-        return str(err), False
-    inner = chain[-1]
-    if inner is not err and str(inner):
-        return f"{type(err).__name__}: {type(inner).__name__}: {inner}", False
-    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__, False
 
 
 _SIG = re.compile(r"(sig=|SharedAccessKey=|SharedAccessSignature )[^&;\s]+")
@@ -323,7 +147,7 @@ class IotHubUplink:
         self._thread: threading.Thread | None = None
         self._client: Any = None
         self._handler_set = False
-        self._connected = False
+        self._link = ConnectionStateMachine(self._redact)
         self._epoch = 0
         self._attempts = 0
         self._retry_at = 0.0
@@ -336,13 +160,7 @@ class IotHubUplink:
         self._rejected: set[str] = set()
         self._patched = (0, -1)  # (epoch, version) of the last desired patch applied
         self._last_offer = 0.0
-        self._state = "connecting"
-        self._state_since = time.time()
-        self.counters = {
-            "delivered": 0, "messages": 0, "parts": 0, "json_fallback": 0, "send_errors": 0,
-            "connects": 0, "disconnects": 0, "reported_patches": 0, "desired_patches": 0,
-            "rejected": 0, "confirm_missing": 0, "timeouts": 0,
-        }
+        self.counters = UplinkCounters()
         self.last_seq: int | None = None
         # close() left an SDK call blocked: the SDK's own (non-daemon) threads would hold
         # the interpreter's exit until it returns, so the caller should end the process.
@@ -368,7 +186,7 @@ class IotHubUplink:
         self._outbox = outbox
         self._take_results(outbox)
         now = time.monotonic()
-        if (self._agent is not None and self._connected
+        if (self._agent is not None and self._link.is_(LinkState.CONNECTED)
                 and now - self._last_offer >= self.options.report_check_s):
             self._last_offer = now
             self.offer_report(self._agent.reported_document())
@@ -376,7 +194,7 @@ class IotHubUplink:
             return
         config = self._agent.config if self._agent is not None else None
         fmt = config.upload.format.value if config is not None else "msgpack"
-        max_bytes = config.upload.max_message_bytes if config is not None else HUB_BODY_LIMIT
+        max_bytes = config.upload.max_message_bytes if config is not None else MAX_MESSAGE_BYTES
         for info in outbox.pending():
             if len(self._inflight) >= self.options.window:
                 break
@@ -410,14 +228,14 @@ class IotHubUplink:
                     log.error("iothub: cannot confirm batch %d: %s", seq, err)
                     continue
                 if confirmed:
-                    self.counters["delivered"] += 1
+                    self.counters.add("delivered")
                 else:
-                    self.counters["confirm_missing"] += 1  # evicted or expired meanwhile
+                    self.counters.add("confirm_missing")  # evicted or expired meanwhile
                 self.last_seq = seq
                 self.last_confirmed = time.time()
             elif outcome == _REJECTED:
                 self._rejected.add(batch_id)
-                self.counters["rejected"] += 1
+                self.counters.add("rejected")
 
     def offer_report(self, doc: dict[str, Any]) -> None:
         """The reported document as it is now; the worker sends what changed."""
@@ -432,14 +250,14 @@ class IotHubUplink:
 
     def status(self) -> dict[str, Any]:
         ident = self.identity
-        retry = max(0.0, self._retry_at - time.monotonic()) if not self._connected else 0.0
+        retry = max(0.0, self._retry_at - time.monotonic()) if not self._link.is_(LinkState.CONNECTED) else 0.0
         return {
             "kind": "iothub", "hub": ident.hostname, "gateway": ident.gateway,
-            "identity": ident.client_id, "auth": ident.auth, "state": self._state,
-            "since": int(self._state_since), "last_seq": self.last_seq,
+            "identity": ident.client_id, "auth": ident.auth, "state": self._link.describe(),
+            "since": int(self._link.since), "state_changes": self._link.entered(), "last_seq": self.last_seq,
             "last_confirmed": None if self.last_confirmed is None else int(self.last_confirmed),
             "in_flight": len(self._inflight), "retry_in_s": round(retry, 1),
-            **self.counters,
+            **self.counters.snapshot(),
         }
 
     def close(self) -> None:
@@ -447,7 +265,7 @@ class IotHubUplink:
         stop the worker and shut the client down (with a deadline)."""
         outbox = self._outbox
         deadline = time.monotonic() + self.options.close_grace_s
-        while (self._inflight and self._connected and outbox is not None
+        while (self._inflight and self._link.is_(LinkState.CONNECTED) and outbox is not None
                and time.monotonic() < deadline):
             with self._lock:
                 if not self._results:
@@ -474,7 +292,7 @@ class IotHubUplink:
                 log.debug("iothub: shutdown: %s", err)
         if self.abandoned:
             log.warning("iothub: an SDK call is still blocked; it is abandoned")
-        self._set_state("closed")
+        self._link.to(LinkState.CLOSED)
 
     # -- desired properties (run in the loop's thread) ------------------------------------------
 
@@ -495,7 +313,7 @@ class IotHubUplink:
     def _on_patch(self, patch: Any) -> None:
         """The SDK's desired-patch handler (its thread): queue it for the loop, never block."""
         epoch = self._epoch
-        self.counters["desired_patches"] += 1
+        self.counters.add("desired_patches")
         agent = self._agent
         if agent is None:
             return
@@ -526,12 +344,6 @@ class IotHubUplink:
             text = text.replace(secret, "***")
         return _SIG.sub(lambda m: m.group(1) + "***", text)
 
-    def _set_state(self, state: str) -> None:
-        state = self._redact(state)
-        if state != self._state:
-            self._state = state
-            self._state_since = time.time()
-
     def _run(self) -> None:
         log.info("iothub: connecting to %s", self.describe())
         while not self._stopping.is_set():
@@ -544,9 +356,10 @@ class IotHubUplink:
 
     def _link_up(self) -> bool:
         client = self._client
-        if self._connected and client is not None and client.connected:
+        connected = self._link.is_(LinkState.CONNECTED)
+        if connected and client is not None and client.connected:
             return True
-        if self._connected:
+        if connected:
             self._lost("connection lost", discard=False)
         now = time.monotonic()
         if self._refused:
@@ -559,7 +372,7 @@ class IotHubUplink:
                     self.identity = self._reload_identity()
                 except IdentityError as err:
                     self._refused_sig = sig
-                    self._set_state(f"failed: {err}")
+                    self._link.to(LinkState.FAILED, str(err))
                     return False
                 log.info("iothub: the identity changed: %s", self.describe())
                 self._discard_client()
@@ -570,7 +383,7 @@ class IotHubUplink:
         if self._stopping.is_set():
             return False
         self._connect()
-        return self._connected
+        return self._link.is_(LinkState.CONNECTED)
 
     def _make_client(self) -> Any:
         from azure.iot.device import X509, IoTHubDeviceClient, IoTHubModuleClient
@@ -628,7 +441,7 @@ class IotHubUplink:
 
     def _connect(self) -> None:
         opts = self.options
-        self._set_state("connecting")
+        self._link.to(LinkState.CONNECTING)
         self._epoch += 1
         epoch = self._epoch
         try:
@@ -659,29 +472,29 @@ class IotHubUplink:
             self._connect_failed(err)
             return
         with self._lock:
-            self._connected = True
+            self._link.to(LinkState.CONNECTED)
             self._accepting = True
         self._attempts = 0
-        self.counters["connects"] += 1
-        self._set_state("connected")
+        self.counters.add("connects")
         log.info("iothub: connected to %s", self.identity.hostname)
         self._wake_loop()
 
     def _connect_failed(self, err: Exception) -> None:
-        reason, permanent = classify(err)
-        reason = self._redact(reason)
-        if isinstance(err, CallTimeout):
-            self.counters["timeouts"] += 1
+        failure = classify(err)
+        reason = self._redact(failure.reason)
+        if failure.abandon_client:
+            self.counters.add("timeouts")
             self._discard_client()
-        if permanent:
+        if failure.outcome is Outcome.REFUSED:
             self._refused = True
             self._refused_sig = file_signature(self.identity.source_path)
             self._retry_at = time.monotonic() + self.options.refused_retry_s
-            self._set_state(f"failed: {reason}")
+            self._link.to(LinkState.FAILED, reason)
             log.error("iothub: %s: %s; not retrying until the identity changes (or %g s)",
                       self.identity.client_id, reason, self.options.refused_retry_s)
             self._discard_client()
             return
+        # RECONNECT, and REJECTED (a request of the connect sequence refused): try again.
         self._attempts += 1
         delay = backoff_delay(self._attempts, self.options.backoff_min_s,
                               self.options.backoff_max_s, self._rng)
@@ -689,24 +502,23 @@ class IotHubUplink:
         if self._attempts <= 3 or self._attempts % 20 == 0:
             log.warning("iothub: cannot connect (attempt %d): %s; retrying in %.1f s",
                         self._attempts, reason, delay)
-        self._set_state(f"disconnected: {reason}")
+        self._link.to(LinkState.DISCONNECTED, reason)
 
     def _lost(self, reason: str, *, discard: bool) -> None:
         """The connection is gone: return what was queued, schedule a reconnect."""
         with self._lock:
-            self._connected = False
+            self._link.to(LinkState.DISCONNECTED, reason)
             self._accepting = False
             while self._queue:
                 item = self._queue.popleft()
                 self._results.append((item.batch_id, item.seq, _RETURNED))
-        self.counters["disconnects"] += 1
+        self.counters.add("disconnects")
         self._attempts += 1
         delay = backoff_delay(self._attempts, self.options.backoff_min_s,
                               self.options.backoff_max_s, self._rng)
         self._retry_at = time.monotonic() + delay
         reason = self._redact(reason)
         log.warning("iothub: %s; reconnecting in %.1f s", reason, delay)
-        self._set_state(f"disconnected: {reason}")
         if discard:
             self._discard_client()
         self._wake_loop()
@@ -744,10 +556,12 @@ class IotHubUplink:
             try:
                 self._send_report(doc)
             except Exception as err:  # noqa: BLE001
-                if type(err).__name__ == "ServiceError":
-                    log.error("iothub: the hub refused the reported properties: %s", err)
+                failure = classify(err)
+                if failure.outcome is Outcome.REJECTED:
+                    log.error("iothub: the reported properties were refused: %s",
+                              self._redact(failure.reason))
                     return
-                self._failed_call(err, None)
+                self._failed_call(failure, None)
             return
         if item is not None:
             self._send(item)
@@ -764,7 +578,7 @@ class IotHubUplink:
         call_with_timeout(lambda: client.patch_twin_reported_properties(patch),
                           self.options.call_timeout_s, "patch_reported")
         self._reported.mark_sent(patch)
-        self.counters["reported_patches"] += 1
+        self.counters.add("reported_patches")
         if set(patch) & VOLATILE_REPORTED:
             self._last_counters = now
 
@@ -792,20 +606,22 @@ class IotHubUplink:
             if part.security:
                 msg.set_as_security_message()  # type: ignore[no-untyped-call]
             if item.fmt == "json" and part.content_type != JSON_TYPE:
-                self.counters["json_fallback"] += 1
+                self.counters.add("json_fallback")
             try:
                 call_with_timeout(lambda m=msg: client.send_message(m),  # type: ignore[misc]
                                   self.options.call_timeout_s, "send_message")
-            except ValueError as err:  # the SDK's size check: no retry can help
-                log.error("iothub: batch %d refused by the SDK: %s", item.seq, err)
-                self._result(item, _REJECTED)
-                return
             except Exception as err:  # noqa: BLE001
-                self._failed_call(err, item)
+                failure = classify(err)
+                if failure.outcome is Outcome.REJECTED:  # e.g. the SDK's size check
+                    log.error("iothub: batch %d cannot be sent: %s", item.seq,
+                              self._redact(failure.reason))
+                    self._result(item, _REJECTED)
+                    return
+                self._failed_call(failure, item)
                 return
-            self.counters["messages"] += 1
+            self.counters.add("messages")
         if len(parts) > 1:
-            self.counters["parts"] += len(parts)
+            self.counters.add("parts", len(parts))
         self._result(item, _SENT)
 
     def _result(self, item: _Item, outcome: str) -> None:
@@ -813,13 +629,17 @@ class IotHubUplink:
             self._results.append((item.batch_id, item.seq, outcome))
         self._wake_loop()
 
-    def _failed_call(self, err: Exception, item: _Item | None) -> None:
-        self.counters["send_errors"] += 1
+    def _failed_call(self, failure: Failure, item: _Item | None) -> None:
+        self.counters.add("send_errors")
         if item is not None:
             with self._lock:
                 self._queue.appendleft(item)  # returned with the rest, in order
-        reason, _ = classify(err)
-        timed_out = isinstance(err, CallTimeout)
-        if timed_out:
-            self.counters["timeouts"] += 1
-        self._lost(f"send failed: {reason}", discard=timed_out)
+        if failure.abandon_client:
+            self.counters.add("timeouts")
+        # Never reconnect a client whose call failed: when the connection goes under a send,
+        # the SDK raises at once but paho keeps the PUBLISH (sent and unacknowledged: again
+        # with DUP; only queued: for the first time) and sends it when that client
+        # reconnects, while the worker sends the batch again too: two copies on one
+        # connection (seen at the stand-in's gate). A new client has nothing queued, so each
+        # connection carries a batch once (docs/uplink.md, the bound on copies).
+        self._lost(f"send failed: {failure.reason}", discard=True)
