@@ -2,7 +2,8 @@
 
 `audit_impl` runs a test against the C core (agent.native.AuditParser, its msgpack batches
 decoded with msgpack.unpackb(raw=False)) and against the pure-Python reference
-(agent.audit_reference.ReferenceAuditParser): one behaviour, two implementations. Both give
+(oracle.audit_reference.ReferenceAuditParser, tests/oracle/): one behaviour, two
+implementations. Both give
 `parse(data, options=None, chunk=None) -> (events, stats)`, where options is a dict of
 AuditOptions field names or an options dataclass (AuditOptions, ReferenceOptions), chunk
 feeds the data in slices of that many bytes (None: at once), and stats holds the counters of
@@ -89,7 +90,7 @@ def parse_core(data: bytes, options: Options = None, chunk: int | None = None) -
 
 def parse_reference(data: bytes, options: Options = None, chunk: int | None = None) -> ParseResult:
     """The pure-Python reference parser."""
-    from agent.audit_reference import ReferenceAuditParser, ReferenceOptions
+    from oracle.audit_reference import ReferenceAuditParser, ReferenceOptions
 
     parser = ReferenceAuditParser(ReferenceOptions(**option_values(options)))
     events: list[Event] = []

@@ -404,7 +404,7 @@ def test_netlink_records() -> None:
     import agent.native as native
     import msgpack
 
-    from agent.audit_reference import ReferenceAuditParser
+    from oracle.audit_reference import ReferenceAuditParser
 
     records: list[tuple[int, bytes]] = [
         (1300, syscall(1).split(b"msg=", 1)[1]),
