@@ -228,6 +228,9 @@ def status(args: argparse.Namespace) -> int:
         print(f"micro-agent status: cannot read {path}: {err}", file=sys.stderr)
         return 1
     try:
+        if args.modules:
+            print("\n".join(doc.get("modules", [])))
+            return 0
         return _print_status(doc, args.json)
     except BrokenPipeError:
         sys.stderr.close()
@@ -407,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show what the running agent is doing")
     common(st, config=False)
     st.add_argument("--json", action="store_true", help="the whole status document")
+    st.add_argument("--modules", action="store_true",
+                    help="the top-level Python modules the agent process has loaded, one a line")
     st.set_defaults(func=status)
 
     co = sub.add_parser("collect", help="print one snapshot of a collector as JSON lines")
