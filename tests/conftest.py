@@ -130,6 +130,17 @@ def reference_parse() -> Parse:
     return parse_reference
 
 
+# Markers that follow from a fixture, so they cannot drift from what a test uses.
+MARKS_OF_FIXTURES = {"corpus_dir": "corpus", "iothub_session": "live", "iothub2_session": "live"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & MARKS_OF_FIXTURES.keys():
+            item.add_marker(MARKS_OF_FIXTURES[fixture])
+
+
 def skip_unless_ci(reason: str) -> None:
     """A prerequisite is missing: skip on a developer's machine, but fail in CI, where
     scripts/test installs every prerequisite and a skip would hide a missing test."""

@@ -20,6 +20,8 @@ import pytest
 
 from test_runtime import QUIET, audit_state
 
+pytestmark = [pytest.mark.live, pytest.mark.root]
+
 AGENT = [sys.executable, "-m", "agent.cli"]
 
 

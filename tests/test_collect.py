@@ -94,6 +94,8 @@ def test_login_reads_the_history_of_a_prepared_tree(tmp_path: Path) -> None:
     assert events[2]["dur"] == 300_000 and events[3]["host"] == "198.51.100.9"
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_firewall_in_a_fresh_namespace() -> None:
     if shutil.which("nft") is None:
         skip_unless_ci("nft is not installed (Debian package nftables)")

@@ -146,6 +146,7 @@ def test_at_least_30_checks_with_unique_ids_and_documented() -> None:
         assert f"`{check.id}`" in doc, f"{check.id} is not in docs/inventory.md"
 
 
+@pytest.mark.root
 def test_good_tree_passes_every_check(good_tree: Path) -> None:
     results = _results(good_tree)
     assert set(results) == {c.id for c in CHECKS}
@@ -156,6 +157,7 @@ def test_good_tree_passes_every_check(good_tree: Path) -> None:
         assert isinstance(event["ts"], int) and event["ts"] > 0
 
 
+@pytest.mark.root
 def test_bad_tree_fails_every_check(bad_tree: Path) -> None:
     results = _results(bad_tree)
     passed = {i: (e["res"], e["why"]) for i, e in results.items() if e["res"] != "Fail"}
@@ -170,6 +172,7 @@ def test_bad_tree_fails_every_check(bad_tree: Path) -> None:
     assert HASH not in repr(results)
 
 
+@pytest.mark.root
 def test_sshd_defaults_and_missing_sshd(good_tree: Path) -> None:
     (good_tree / "etc/ssh/sshd_config").write_text("# all defaults\n")
     results = _results(good_tree)
@@ -187,6 +190,7 @@ def test_sshd_defaults_and_missing_sshd(good_tree: Path) -> None:
     assert ssh and all(e["res"] == "Skip" for e in ssh)
 
 
+@pytest.mark.root
 def test_not_applicable_and_unreadable(good_tree: Path) -> None:
     (good_tree / "proc/sys/net/ipv6/conf/all/accept_redirects").unlink()
     (good_tree / "etc/login.defs").unlink()
@@ -203,6 +207,7 @@ def test_not_applicable_and_unreadable(good_tree: Path) -> None:
         assert "fields" in str(results[check]["why"])
 
 
+@pytest.mark.root
 def test_disabling_a_group_or_a_check_removes_it(good_tree: Path) -> None:
     everything = _results(good_tree)
     without_ssh = _results(good_tree, groups_disabled={"ssh"}, checks_disabled={"BL-NET-001"})

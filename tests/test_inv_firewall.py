@@ -16,6 +16,8 @@ from conftest import skip_unless_ci
 
 from agent.inventory import Snapshot, firewall
 
+pytestmark = [pytest.mark.live, pytest.mark.root]
+
 RULESET = """\
 table inet filt {
   set blocked { type ipv4_addr; elements = { 10.9.9.9, 10.8.8.8 }; }

@@ -53,6 +53,8 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_veth_pair_appears_and_equals_ip_addr(netns: str) -> None:
     ip = ["ip", "-n", netns]
     for cmd in (["link", "add", "invA", "type", "veth", "peer", "name", "invB"],

@@ -36,6 +36,8 @@ from conftest import skip_unless_ci
 
 from agent.native import audit_netlink
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions, NetlinkDecoder
+
+pytestmark = [pytest.mark.live, pytest.mark.root]
 KEY = audit_netlink.RULE_KEY
 
 Event = dict[str, Any]

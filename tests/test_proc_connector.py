@@ -121,6 +121,8 @@ class Collector:
         return [e for e in self.events if all(e.get(k) == v for k, v in want.items())]
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_fork_exec_exit(connector: ProcConnector) -> None:
     marker = f"cnproc-{uuid.uuid4().hex}"
     col = Collector(connector)
@@ -155,6 +157,8 @@ def test_live_fork_exec_exit(connector: ProcConnector) -> None:
     assert stats.malformed == 0 and stats.unknown == 0 and stats.foreign == 0
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_exit_by_signal(connector: ProcConnector) -> None:
     col = Collector(connector)
     child = subprocess.Popen(["/bin/sleep", "30"])
@@ -170,6 +174,8 @@ def _python_child(code: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)])
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_uid_gid_change(connector: ProcConnector) -> None:
     col = Collector(connector)
     child = _python_child(
@@ -189,6 +195,8 @@ def test_live_uid_gid_change(connector: ProcConnector) -> None:
     assert gid_event["ts"] <= uid_event["ts"]
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_comm_change(connector: ProcConnector) -> None:
     col = Collector(connector)
     child = _python_child(
@@ -203,6 +211,8 @@ def test_live_comm_change(connector: ProcConnector) -> None:
     assert [e["comm"] for e in col.find(t="comm", pid=child.pid)] == ["cnproc-newname"]
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_ptrace_attach_detach(connector: ProcConnector) -> None:
     col = Collector(connector)
     # A helper traces its own child: attach, wait for the stop, detach.
@@ -238,6 +248,8 @@ def test_live_ptrace_attach_detach(connector: ProcConnector) -> None:
     assert "tracer" not in ops[1]
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_coredump(connector: ProcConnector) -> None:
     col = Collector(connector)
     import resource
@@ -256,6 +268,8 @@ def test_live_coredump(connector: ProcConnector) -> None:
     assert exit_event["sig"] == 3
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_sid(connector: ProcConnector) -> None:
     col = Collector(connector)
     child = subprocess.Popen(["/bin/sleep", "0.2"], start_new_session=True)
@@ -264,6 +278,8 @@ def test_live_sid(connector: ProcConnector) -> None:
     assert len(col.find(t="sid", pid=child.pid)) == 1
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_burst_of_short_processes(connector: ProcConnector) -> None:
     """Processes that exit before they are read still give exec events, flagged `gone`."""
     col = Collector(connector)
@@ -284,6 +300,8 @@ def test_live_burst_of_short_processes(connector: ProcConnector) -> None:
     assert stats.gone >= len(gone)
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_threads_filtered_unless_asked() -> None:
     code = """
         import threading
@@ -312,6 +330,8 @@ def test_live_threads_filtered_unless_asked() -> None:
                 assert pc.stats().threads_filtered >= 2  # the thread's fork and exit
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_listen_twice_and_fileno() -> None:
     try:
         a, b = ProcConnector(), ProcConnector()
@@ -583,6 +603,8 @@ def test_decoder_has_no_socket() -> None:
 # leaks
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_leaks() -> None:
     from leakcheck import assert_rss_flat
 

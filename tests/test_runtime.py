@@ -30,6 +30,8 @@ from agent.outbox import Outbox
 from agent.pipeline import Agent
 from agent.uplink.files import LocalDelivery
 
+pytestmark = [pytest.mark.live, pytest.mark.root]
+
 QUIET = {
     "SystemInformation_Disabled": True,
     "Baseline_Disabled": True,
