@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Callable, Protocol, TypeVar
 
 import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
-
 from conftest import skip_unless_ci
+from pytest_benchmark.fixture import BenchmarkFixture
 
 pytestmark = pytest.mark.benchmark(group="audit-parse")
 

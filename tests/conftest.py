@@ -150,4 +150,4 @@ def skip_unless_ci(reason: str) -> None:
 
 
 # The local IoT Hub stand-in (tests/hub/README.md): session broker and hubs, reset per test.
-from hub.fixtures import hub_certs, iothub, iothub2, iothub2_session, iothub_session  # noqa: E402,F401
+from hub.fixtures import hub_certs, iothub, iothub2, iothub2_session, iothub_session  # noqa: F401

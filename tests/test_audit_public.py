@@ -35,7 +35,6 @@ from typing import Any, Callable, Literal
 
 import pytest
 from conftest import skip_unless_ci
-
 from oracle.audit_names import RECORD_TYPES
 
 Event = dict[str, Any]

@@ -11,7 +11,6 @@ import msgpack
 import pytest
 
 from agent.config import FIELDS
-
 from agent.envelope import (
     CORE_MIN_BATCH_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,

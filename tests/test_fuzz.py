@@ -8,8 +8,8 @@ the failure message): replay it with `native/fuzz/out/<harness> <that file>` aft
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path

@@ -51,21 +51,21 @@ BAD_SYSCTL = {
 HASH = "$6$saltsalt$" + "A" * 86
 
 GOOD_FILES = {
-    "etc/passwd": ("root:x:0:0:root:/root:/bin/sh\n"
+    "etc/passwd": (("root:x:0:0:root:/root:/bin/sh\n"
                    "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
-                   "alice:x:1000:1000:Alice:/home/alice:/bin/sh\n", 0o644),
-    "etc/shadow": (f"root:{HASH}:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
-                   f"alice:!{HASH}:19000:1:365:7:::\n", 0o640),
+                   "alice:x:1000:1000:Alice:/home/alice:/bin/sh\n"), 0o644),
+    "etc/shadow": ((f"root:{HASH}:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+                   f"alice:!{HASH}:19000:1:365:7:::\n"), 0o640),
     "etc/group": "root:x:0:\ndaemon:x:1:\nshadow:x:42:\nalice:x:1000:\n",
     "etc/gshadow": ("root:*::\ndaemon:*::\nshadow:*::\nalice:!::\n", 0o640),
     "etc/crontab": ("# m h dom mon dow user command\n", 0o600),
-    "etc/ssh/sshd_config": ("# hardened\nInclude /etc/ssh/sshd_config.d/*.conf\n"
+    "etc/ssh/sshd_config": (("# hardened\nInclude /etc/ssh/sshd_config.d/*.conf\n"
                             "PermitRootLogin no\nPasswordAuthentication no\n"
-                            "Match User alice\n    PasswordAuthentication yes\n", 0o600),
+                            "Match User alice\n    PasswordAuthentication yes\n"), 0o600),
     # Settings of an included file count where the Include stands, before the main file's.
     "etc/ssh/sshd_config.d/10-site.conf": (
-        "Protocol 2\nPermitEmptyPasswords no\nHostbasedAuthentication no\nIgnoreRhosts yes\n"
-        "MaxAuthTries 3\nX11Forwarding no\nPermitUserEnvironment no\nLoginGraceTime 1m\n",
+        ("Protocol 2\nPermitEmptyPasswords no\nHostbasedAuthentication no\nIgnoreRhosts yes\n"
+        "MaxAuthTries 3\nX11Forwarding no\nPermitUserEnvironment no\nLoginGraceTime 1m\n"),
         0o600),
     "etc/security/limits.conf": "# limits\n*    hard    core    0\n",
     "etc/login.defs": "PASS_MAX_DAYS 90\nPASS_MIN_DAYS 1\nPASS_WARN_AGE 14\nUMASK 027\n",
@@ -74,22 +74,22 @@ GOOD_FILES = {
 }
 
 BAD_FILES = {
-    "etc/passwd": ("root:x:0:1:root:/root:/bin/sh\n"
+    "etc/passwd": (("root:x:0:1:root:/root:/bin/sh\n"
                    "toor:x:0:0:backdoor:/root:/bin/sh\n"
                    "guest::1001:1001::/home/guest:/bin/sh\n"
                    "guest:x:1002:1001::/home/guest2:/bin/sh\n"
                    f"old:{HASH}:1001:4242::/home/old:/bin/sh\n"
-                   "+::::::\n", 0o666),
-    "etc/shadow": (f"root:{HASH}:19000:0:99999:7:::\ntoor::19000:0:99999:7:::\n"
-                   "guest::19000:0:99999:7:::\n", 0o644),
+                   "+::::::\n"), 0o666),
+    "etc/shadow": ((f"root:{HASH}:19000:0:99999:7:::\ntoor::19000:0:99999:7:::\n"
+                   "guest::19000:0:99999:7:::\n"), 0o644),
     "etc/group": ("root:x:0:\ndaemon:x:1:\nguest:x:1001:\nguest:x:1002:\nstaff:x:1002:\n",
                   0o666),
     "etc/gshadow": ("root:*::\n", 0o644),
     "etc/crontab": ("# m h dom mon dow user command\n", 0o644),
-    "etc/ssh/sshd_config": ("PermitRootLogin yes\nPasswordAuthentication yes\nProtocol 2,1\n"
+    "etc/ssh/sshd_config": (("PermitRootLogin yes\nPasswordAuthentication yes\nProtocol 2,1\n"
                             "PermitEmptyPasswords yes\nHostbasedAuthentication yes\n"
                             "IgnoreRhosts no\nMaxAuthTries 10\nX11Forwarding yes\n"
-                            "PermitUserEnvironment yes\nLoginGraceTime 0\n", 0o644),
+                            "PermitUserEnvironment yes\nLoginGraceTime 0\n"), 0o644),
     "etc/security/limits.conf": "# no core limit\n*    soft    core    0\n",
     "etc/login.defs": "PASS_MAX_DAYS 99999\nPASS_MIN_DAYS 0\nPASS_WARN_AGE 3\nUMASK 022\n",
     "usr/bin/tool": ("#!/bin/sh\n", 0o777),

@@ -11,8 +11,9 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable
 
 import msgpack
 import pytest
@@ -57,7 +58,7 @@ def events_of(batches: Iterable[bytes]) -> list[Event]:
     return out
 
 
-def decode(data: bytes, options: Optional[ProcConnectorOptions] = None) -> tuple[list[Event], Any]:
+def decode(data: bytes, options: ProcConnectorOptions | None = None) -> tuple[list[Event], Any]:
     pc = ProcConnector(options or ProcConnectorOptions(listen=False))
     sink = EventSink()
     try:
@@ -257,7 +258,7 @@ def test_live_coredump(connector: ProcConnector) -> None:
     def no_core_file() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    child = subprocess.Popen(["/bin/sleep", "30"], preexec_fn=no_core_file)
+    child = subprocess.Popen(["/bin/sleep", "30"], preexec_fn=no_core_file)  # noqa: PLW1509
     col.until(lambda evs: bool(col.find(t="exec", pid=child.pid)))
     child.send_signal(3)  # SIGQUIT dumps core (none is written with RLIMIT_CORE 0)
     child.wait(timeout=10)
@@ -320,7 +321,8 @@ def test_live_threads_filtered_unless_asked() -> None:
             col = Collector(pc)
             child = _python_child(code)
             assert child.wait(timeout=10) == 0
-            col.until(lambda evs: bool(col.find(t="exit", pid=child.pid, code=0)), timeout=3)
+            col.until(lambda evs: bool(col.find(t="exit", pid=child.pid, code=0)),  # noqa: B023
+                      timeout=3)  # (the lambda runs within this iteration)
             thread_forks = [e for e in col.find(t="fork", pid=child.pid) if "tid" in e]
             if threads:
                 assert len(thread_forks) == 1 and thread_forks[0]["tid"] != child.pid
@@ -346,7 +348,7 @@ def test_listen_twice_and_fileno() -> None:
         child = subprocess.Popen(["/bin/true"])
         child.wait()
         for col in (ca, cb):
-            col.until(lambda evs: bool(col.find(t="exit", pid=child.pid)))
+            col.until(lambda evs: bool(col.find(t="exit", pid=child.pid)))  # noqa: B023 (now)
             assert col.find(t="exec", pid=child.pid)
     with pytest.raises(CoreArgumentError):
         a.fileno()

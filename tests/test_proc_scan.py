@@ -7,7 +7,8 @@ import os
 import subprocess
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgpack
 import psutil

@@ -153,10 +153,10 @@ def test_listening_matches_ss(source: str, extra_listeners: list[tuple[str, str,
     assert not missing, f"ss saw these listening both before and after, we did not: {missing}"
     extra = set(ours) - seen_by_ss
     assert not extra, f"we report listening sockets ss never saw: {extra}"
-    for key in stable:
+    for key, ss_pids in stable.items():
         pid = ours[key].get("pid")
-        if stable[key]:
-            assert pid in stable[key], f"{key}: pid {pid}, ss says {stable[key]}"
+        if ss_pids:
+            assert pid in ss_pids, f"{key}: pid {pid}, ss says {ss_pids}"
         else:
             assert pid is None, f"{key}: we say pid {pid}, ss found no process"
     for key in extra_listeners:

@@ -7,8 +7,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Optional, Sequence
+from typing import Any, BinaryIO
 
 from agent import __version__
 
@@ -188,8 +189,7 @@ def _decode_one(path: Path, envelope: bool, out: BinaryIO) -> None:
             out.write(event_line({"envelope": doc, "file": str(path)}))
     except EnvelopeError:
         events = batch_events(data)  # a bare batch of the core (parse-audit --format msgpack)
-    for event in events:
-        out.write(event_line(event))
+    out.writelines(event_line(event) for event in events)
 
 
 def decode(args: argparse.Namespace) -> int:
@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

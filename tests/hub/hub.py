@@ -215,7 +215,7 @@ class Hub:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def __enter__(self) -> Hub:
+    def __enter__(self) -> Hub:  # noqa: PYI034 (typing.Self needs Python 3.11)
         self.start()
         return self
 
