@@ -6,6 +6,7 @@ not what the generator writes from this machine's headers and libaudit."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import string
@@ -307,10 +308,16 @@ def test_record_type_number_matches_table(name: str) -> None:
 # the generator
 
 
+# The generator needs only the standard library and libaudit's bindings: a PYTHONHOME or
+# PYTHONPATH meant for this interpreter would only confuse another one.
+GENERATOR_ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
+
+
 def generator_python() -> str:
     """An interpreter with libaudit's bindings (python3-audit: Debian's /usr/bin/python3)."""
     for python in (sys.executable, "/usr/bin/python3"):
-        probe = subprocess.run([python, "-c", "import audit"], capture_output=True, check=False)
+        probe = subprocess.run([python, "-c", "import audit"], capture_output=True, check=False,
+                               env=GENERATOR_ENV)
         if probe.returncode == 0:
             return python
     skip_unless_ci("no Python can import audit (apt-get install python3-audit)")
@@ -319,7 +326,7 @@ def generator_python() -> str:
 
 def run_generator(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([generator_python(), str(GENERATOR), *args], capture_output=True,
-                          text=True, check=False, timeout=120)
+                          text=True, check=False, timeout=120, env=GENERATOR_ENV)
 
 
 def test_generated_tables_are_current() -> None:
