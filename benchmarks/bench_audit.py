@@ -9,7 +9,7 @@ Same input (conftest.py: the device log replicated to ~300,000 records), same ru
   `translate.universal` is on (arch, syscall and sockaddr names: what the core interprets).
 - auparse: Debian's /usr/bin/python3 with python3-audit in a subprocess, walking every event,
   record and field of the file and calling interpret_field on each; timed end to end.
-- reference: the pure-Python parser (agent.audit_reference) in this process.
+- reference: the pure-Python parser (tests/oracle/audit_reference.py) in this process.
 
 Each runs `rounds` times (fewer for the reference if one round would take over a minute);
 records/second use the median round. With --benchmark-disable each runs once, only to check
@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Callable, Protocol, TypeVar
 
 import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
-
 from conftest import skip_unless_ci
+from pytest_benchmark.fixture import BenchmarkFixture
 
 pytestmark = pytest.mark.benchmark(group="audit-parse")
 
@@ -393,7 +392,7 @@ def test_auparse(
 def test_reference(
     benchmark: BenchmarkFixture, audit_bench_input: BenchInput, record_peer: RecordPeer
 ) -> None:
-    import agent.audit_reference as reference
+    import oracle.audit_reference as reference
 
     def parse(path: Path) -> int:
         parser = reference.ReferenceAuditParser()

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
-
 from conftest import skip_unless_ci
+from pytest_benchmark.fixture import BenchmarkFixture
 
 pytestmark = pytest.mark.benchmark(group="exec-storm")
 
@@ -188,9 +187,7 @@ def storm(spawner: Path, rate: int, seconds: int) -> StormResult:
             batches += got
             if child.poll() is not None:
                 # The storm is over: drain until the stream has been quiet for 0.5 s.
-                if ready or got:
-                    quiet_until = now + 0.5
-                elif quiet_until is None:
+                if ready or got or quiet_until is None:
                     quiet_until = now + 0.5
                 elif now >= quiet_until:
                     break

@@ -47,9 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
-
 from conftest import skip_unless_ci
+from pytest_benchmark.fixture import BenchmarkFixture
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))

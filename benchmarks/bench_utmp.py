@@ -28,9 +28,8 @@ from typing import Any, Callable
 
 import msgpack
 import pytest
-from pytest_benchmark.fixture import BenchmarkFixture
-
 from conftest import skip_unless_ci
+from pytest_benchmark.fixture import BenchmarkFixture
 
 pytestmark = pytest.mark.benchmark(group="utmp-read")
 

@@ -24,7 +24,7 @@ def _api_headers() -> list[Path]:
 def _cdef_text() -> str:
     blocks = []
     for header in _api_headers():
-        match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", header.read_text(), re.S)
+        match = re.search(r"/\* CDEF-BEGIN \*/(.*)/\* CDEF-END \*/", header.read_text(), re.DOTALL)
         if match is None:
             raise RuntimeError(f"native/{header.name} lacks its CDEF-BEGIN/CDEF-END markers")
         blocks.append(match.group(1))

@@ -2,7 +2,8 @@
 
 `audit_impl` runs a test against the C core (agent.native.AuditParser, its msgpack batches
 decoded with msgpack.unpackb(raw=False)) and against the pure-Python reference
-(agent.audit_reference.ReferenceAuditParser): one behaviour, two implementations. Both give
+(oracle.audit_reference.ReferenceAuditParser, tests/oracle/): one behaviour, two
+implementations. Both give
 `parse(data, options=None, chunk=None) -> (events, stats)`, where options is a dict of
 AuditOptions field names or an options dataclass (AuditOptions, ReferenceOptions), chunk
 feeds the data in slices of that many bytes (None: at once), and stats holds the counters of
@@ -89,7 +90,7 @@ def parse_core(data: bytes, options: Options = None, chunk: int | None = None) -
 
 def parse_reference(data: bytes, options: Options = None, chunk: int | None = None) -> ParseResult:
     """The pure-Python reference parser."""
-    from agent.audit_reference import ReferenceAuditParser, ReferenceOptions
+    from oracle.audit_reference import ReferenceAuditParser, ReferenceOptions
 
     parser = ReferenceAuditParser(ReferenceOptions(**option_values(options)))
     events: list[Event] = []
@@ -129,6 +130,17 @@ def reference_parse() -> Parse:
     return parse_reference
 
 
+# Markers that follow from a fixture, so they cannot drift from what a test uses.
+MARKS_OF_FIXTURES = {"corpus_dir": "corpus", "iothub_session": "live", "iothub2_session": "live"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & MARKS_OF_FIXTURES.keys():
+            item.add_marker(MARKS_OF_FIXTURES[fixture])
+
+
 def skip_unless_ci(reason: str) -> None:
     """A prerequisite is missing: skip on a developer's machine, but fail in CI, where
     scripts/test installs every prerequisite and a skip would hide a missing test."""
@@ -138,4 +150,4 @@ def skip_unless_ci(reason: str) -> None:
 
 
 # The local IoT Hub stand-in (tests/hub/README.md): session broker and hubs, reset per test.
-from hub.fixtures import hub_certs, iothub, iothub2, iothub2_session, iothub_session  # noqa: E402,F401
+from hub.fixtures import hub_certs, iothub, iothub2, iothub2_session, iothub_session  # noqa: F401

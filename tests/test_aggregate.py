@@ -14,10 +14,10 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from leakcheck import assert_rss_flat
 
 from agent.native import CoreArgumentError, EventSink, SinkOptions
 from agent.native.aggregate import Aggregator
-from leakcheck import assert_rss_flat
 
 Event = dict[str, Any]
 

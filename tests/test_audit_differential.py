@@ -401,10 +401,10 @@ def test_bounds(core_parse: Parse, reference_parse: Parse) -> None:
 
 def test_netlink_records() -> None:
     """feed_record: the number comes with the message, the text starts at audit(."""
-    import agent.native as native
     import msgpack
+    from oracle.audit_reference import ReferenceAuditParser
 
-    from agent.audit_reference import ReferenceAuditParser
+    from agent import native
 
     records: list[tuple[int, bytes]] = [
         (1300, syscall(1).split(b"msg=", 1)[1]),

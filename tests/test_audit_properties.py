@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import msgpack
 from hypothesis import HealthCheck, given, settings
@@ -135,7 +135,7 @@ class Exec:
     pid: int
     ppid: int
     uid: int
-    auid: Optional[int]
+    auid: int | None
     argv: list[bytes]
     exe: str
     cwd: str
@@ -145,10 +145,10 @@ class Exec:
         stamp = f"audit({self.ts_ms // 1000}.{self.ts_ms % 1000:03d}:{self.serial})"
         auid = 4294967295 if self.auid is None else self.auid
         out = [
-            f"type=SYSCALL msg={stamp}: arch=c000003e syscall=59 success=yes exit=0 a0=1 "
+            (f"type=SYSCALL msg={stamp}: arch=c000003e syscall=59 success=yes exit=0 a0=1 "
             f"a1=2 a2=3 a3=4 items=1 ppid={self.ppid} pid={self.pid} auid={auid} "
             f"uid={self.uid} gid=0 euid={self.uid} suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 "
-            f'tty=(none) ses=4294967295 comm="x" exe="{self.exe}" key=(null)'
+            f'tty=(none) ses=4294967295 comm="x" exe="{self.exe}" key=(null)')
         ]
         fields = [f"argc={len(self.argv)}"]
         for i, arg in enumerate(self.argv):
@@ -202,10 +202,10 @@ class Connect:
             raw = b"\x0a\x00" + self.port.to_bytes(2, "big") + bytes(4) + ip.packed + bytes(4)
         result = "success=yes exit=0" if self.ok else "success=no exit=-111"
         return [
-            f"type=SYSCALL msg={stamp}: arch=c000003e syscall=42 {result} a0=3 a1=2 a2=10 "
+            (f"type=SYSCALL msg={stamp}: arch=c000003e syscall=42 {result} a0=3 a1=2 a2=10 "
             f"a3=0 items=0 ppid=1 pid={self.pid} auid=1000 uid=1000 gid=1000 euid=1000 "
             f'suid=1000 fsuid=1000 egid=1000 sgid=1000 fsgid=1000 tty=pts0 ses=2 comm="nc" '
-            f'exe="/usr/bin/nc" key="net"',
+            f'exe="/usr/bin/nc" key="net"'),
             f"type=SOCKADDR msg={stamp}: saddr={raw.hex().upper()}",
             f"type=PROCTITLE msg={stamp}: proctitle=6E63",
         ]
@@ -237,9 +237,9 @@ class UserLogin:
         acct = self.acct.encode().hex().upper() if " " in self.acct else f'"{self.acct}"'
         res = "success" if self.ok else "failed"
         return [
-            f"type=USER_LOGIN msg={stamp}: pid={self.pid} uid=0 auid=4294967295 "
+            (f"type=USER_LOGIN msg={stamp}: pid={self.pid} uid=0 auid=4294967295 "
             f"ses=4294967295 msg='op=login acct={acct} exe=\"/usr/sbin/sshd\" hostname=? "
-            f"addr={self.addr} terminal=ssh res={res}'"
+            f"addr={self.addr} terminal=ssh res={res}'")
         ]
 
     def check(self, event: dict[str, Any]) -> None:

@@ -35,8 +35,7 @@ from typing import Any, Callable, Literal
 
 import pytest
 from conftest import skip_unless_ci
-
-from agent.audit_names import RECORD_TYPES
+from oracle.audit_names import RECORD_TYPES
 
 Event = dict[str, Any]
 Stats = dict[str, int]

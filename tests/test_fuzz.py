@@ -8,8 +8,8 @@ the failure message): replay it with `native/fuzz/out/<harness> <that file>` aft
 
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,10 +22,10 @@ SECONDS = 20
 MIN_RUNS = 1000
 
 # In CI (where scripts/test installs clang-14) a missing compiler fails the build, never skips.
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     shutil.which("clang-14") is None and not os.environ.get("CI"),
     reason="clang-14 is not installed (scripts/test installs it with libclang-rt-14-dev)",
-)
+)]
 
 
 def _report(output: str, lines: int = 60) -> str:

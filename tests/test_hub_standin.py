@@ -27,12 +27,12 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
 )
 
+import azure.iot.device as azure_device
+import azure.iot.device.exceptions as azure_exceptions
 from hub.broker import Certificates
 from hub.gate import ProtocolError, check_sas, make_sas_token, parse_connect, sas_signature
 from hub.hub import Hub, Identity, merge_patch, parse_property_bag
 
-import azure.iot.device as azure_device  # noqa: E402 (a dependency of the package)
-import azure.iot.device.exceptions as azure_exceptions  # noqa: E402
 IoTHubDeviceClient = azure_device.IoTHubDeviceClient
 IoTHubModuleClient = azure_device.IoTHubModuleClient
 Message = azure_device.Message
@@ -53,7 +53,7 @@ def call(fn: Callable[[], Any], timeout: float = CALL_TIMEOUT) -> Any:
     def run() -> None:
         try:
             outcome.append((True, fn()))
-        except BaseException as error:  # handed to the test thread
+        except BaseException as error:  # noqa: BLE001 (handed to the test thread)
             outcome.append((False, error))
 
     worker = threading.Thread(target=run, daemon=True)

@@ -51,21 +51,21 @@ BAD_SYSCTL = {
 HASH = "$6$saltsalt$" + "A" * 86
 
 GOOD_FILES = {
-    "etc/passwd": ("root:x:0:0:root:/root:/bin/sh\n"
+    "etc/passwd": (("root:x:0:0:root:/root:/bin/sh\n"
                    "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
-                   "alice:x:1000:1000:Alice:/home/alice:/bin/sh\n", 0o644),
-    "etc/shadow": (f"root:{HASH}:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
-                   f"alice:!{HASH}:19000:1:365:7:::\n", 0o640),
+                   "alice:x:1000:1000:Alice:/home/alice:/bin/sh\n"), 0o644),
+    "etc/shadow": ((f"root:{HASH}:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"
+                   f"alice:!{HASH}:19000:1:365:7:::\n"), 0o640),
     "etc/group": "root:x:0:\ndaemon:x:1:\nshadow:x:42:\nalice:x:1000:\n",
     "etc/gshadow": ("root:*::\ndaemon:*::\nshadow:*::\nalice:!::\n", 0o640),
     "etc/crontab": ("# m h dom mon dow user command\n", 0o600),
-    "etc/ssh/sshd_config": ("# hardened\nInclude /etc/ssh/sshd_config.d/*.conf\n"
+    "etc/ssh/sshd_config": (("# hardened\nInclude /etc/ssh/sshd_config.d/*.conf\n"
                             "PermitRootLogin no\nPasswordAuthentication no\n"
-                            "Match User alice\n    PasswordAuthentication yes\n", 0o600),
+                            "Match User alice\n    PasswordAuthentication yes\n"), 0o600),
     # Settings of an included file count where the Include stands, before the main file's.
     "etc/ssh/sshd_config.d/10-site.conf": (
-        "Protocol 2\nPermitEmptyPasswords no\nHostbasedAuthentication no\nIgnoreRhosts yes\n"
-        "MaxAuthTries 3\nX11Forwarding no\nPermitUserEnvironment no\nLoginGraceTime 1m\n",
+        ("Protocol 2\nPermitEmptyPasswords no\nHostbasedAuthentication no\nIgnoreRhosts yes\n"
+        "MaxAuthTries 3\nX11Forwarding no\nPermitUserEnvironment no\nLoginGraceTime 1m\n"),
         0o600),
     "etc/security/limits.conf": "# limits\n*    hard    core    0\n",
     "etc/login.defs": "PASS_MAX_DAYS 90\nPASS_MIN_DAYS 1\nPASS_WARN_AGE 14\nUMASK 027\n",
@@ -74,22 +74,22 @@ GOOD_FILES = {
 }
 
 BAD_FILES = {
-    "etc/passwd": ("root:x:0:1:root:/root:/bin/sh\n"
+    "etc/passwd": (("root:x:0:1:root:/root:/bin/sh\n"
                    "toor:x:0:0:backdoor:/root:/bin/sh\n"
                    "guest::1001:1001::/home/guest:/bin/sh\n"
                    "guest:x:1002:1001::/home/guest2:/bin/sh\n"
                    f"old:{HASH}:1001:4242::/home/old:/bin/sh\n"
-                   "+::::::\n", 0o666),
-    "etc/shadow": (f"root:{HASH}:19000:0:99999:7:::\ntoor::19000:0:99999:7:::\n"
-                   "guest::19000:0:99999:7:::\n", 0o644),
+                   "+::::::\n"), 0o666),
+    "etc/shadow": ((f"root:{HASH}:19000:0:99999:7:::\ntoor::19000:0:99999:7:::\n"
+                   "guest::19000:0:99999:7:::\n"), 0o644),
     "etc/group": ("root:x:0:\ndaemon:x:1:\nguest:x:1001:\nguest:x:1002:\nstaff:x:1002:\n",
                   0o666),
     "etc/gshadow": ("root:*::\n", 0o644),
     "etc/crontab": ("# m h dom mon dow user command\n", 0o644),
-    "etc/ssh/sshd_config": ("PermitRootLogin yes\nPasswordAuthentication yes\nProtocol 2,1\n"
+    "etc/ssh/sshd_config": (("PermitRootLogin yes\nPasswordAuthentication yes\nProtocol 2,1\n"
                             "PermitEmptyPasswords yes\nHostbasedAuthentication yes\n"
                             "IgnoreRhosts no\nMaxAuthTries 10\nX11Forwarding yes\n"
-                            "PermitUserEnvironment yes\nLoginGraceTime 0\n", 0o644),
+                            "PermitUserEnvironment yes\nLoginGraceTime 0\n"), 0o644),
     "etc/security/limits.conf": "# no core limit\n*    soft    core    0\n",
     "etc/login.defs": "PASS_MAX_DAYS 99999\nPASS_MIN_DAYS 0\nPASS_WARN_AGE 3\nUMASK 022\n",
     "usr/bin/tool": ("#!/bin/sh\n", 0o777),
@@ -146,6 +146,7 @@ def test_at_least_30_checks_with_unique_ids_and_documented() -> None:
         assert f"`{check.id}`" in doc, f"{check.id} is not in docs/inventory.md"
 
 
+@pytest.mark.root
 def test_good_tree_passes_every_check(good_tree: Path) -> None:
     results = _results(good_tree)
     assert set(results) == {c.id for c in CHECKS}
@@ -156,6 +157,7 @@ def test_good_tree_passes_every_check(good_tree: Path) -> None:
         assert isinstance(event["ts"], int) and event["ts"] > 0
 
 
+@pytest.mark.root
 def test_bad_tree_fails_every_check(bad_tree: Path) -> None:
     results = _results(bad_tree)
     passed = {i: (e["res"], e["why"]) for i, e in results.items() if e["res"] != "Fail"}
@@ -170,6 +172,7 @@ def test_bad_tree_fails_every_check(bad_tree: Path) -> None:
     assert HASH not in repr(results)
 
 
+@pytest.mark.root
 def test_sshd_defaults_and_missing_sshd(good_tree: Path) -> None:
     (good_tree / "etc/ssh/sshd_config").write_text("# all defaults\n")
     results = _results(good_tree)
@@ -187,6 +190,7 @@ def test_sshd_defaults_and_missing_sshd(good_tree: Path) -> None:
     assert ssh and all(e["res"] == "Skip" for e in ssh)
 
 
+@pytest.mark.root
 def test_not_applicable_and_unreadable(good_tree: Path) -> None:
     (good_tree / "proc/sys/net/ipv6/conf/all/accept_redirects").unlink()
     (good_tree / "etc/login.defs").unlink()
@@ -203,6 +207,7 @@ def test_not_applicable_and_unreadable(good_tree: Path) -> None:
         assert "fields" in str(results[check]["why"])
 
 
+@pytest.mark.root
 def test_disabling_a_group_or_a_check_removes_it(good_tree: Path) -> None:
     everything = _results(good_tree)
     without_ssh = _results(good_tree, groups_disabled={"ssh"}, checks_disabled={"BL-NET-001"})

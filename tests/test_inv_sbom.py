@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import skip_unless_ci
 
-from agent.inventory import decode_batches, encode_batches, sbom
+from agent.inventory import sbom
 
 
 def _dpkg_query(fmt: str) -> list[list[str]]:
@@ -119,23 +119,3 @@ def test_rpm_absent_is_skipped_with_the_reason() -> None:
         assert "rpm: the rpm tool is not installed" in snap.skipped
     else:
         assert not any(s.startswith("rpm:") for s in snap.skipped)
-
-
-def test_every_package_in_batches_of_bounded_size() -> None:
-    snap = sbom.gather(rpm=False)
-    limit = 4096
-    batches = encode_batches(snap.events, max_bytes=limit)
-    assert batches.dropped_too_large == 0
-    assert batches.events == len(snap.events)
-    assert len(batches.batches) > 1
-    assert all(len(b) <= limit for b in batches.batches)
-    assert decode_batches(batches.batches) == snap.events
-
-
-def test_an_event_larger_than_a_batch_is_counted_not_lost_silently() -> None:
-    events: list[dict[str, object]] = [{"t": "pkg", "name": "small"},
-                                       {"t": "pkg", "name": "x" * 5000},
-                                       {"t": "pkg", "name": "tail"}]
-    batches = encode_batches(events, max_bytes=1024)
-    assert batches.dropped_too_large == 1 and batches.events == 2
-    assert decode_batches(batches.batches) == [events[0], events[2]]

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from agent.inventory import users
 from agent.inventory.users import password_state
@@ -22,6 +23,7 @@ def _local_names(path: str) -> set[str]:
             if line and not line.startswith(("#", "+", "-"))}
 
 
+@pytest.mark.root
 def test_users_equal_getent_passwd() -> None:
     snap = users.gather()
     assert snap.errors == []
@@ -105,6 +107,7 @@ def test_no_hash_leaves_the_gatherer(tmp_path: Path) -> None:
     assert by_name["bob"]["groups"] == ["bob", "users"]
 
 
+@pytest.mark.root
 def test_real_shadow_hashes_never_in_events() -> None:
     shadow = Path("/etc/shadow").read_text()
     secrets = [f.split(":")[1].lstrip("!") for f in shadow.splitlines() if f.count(":") >= 2]

@@ -9,6 +9,7 @@ import ctypes
 from pathlib import Path
 
 import pytest
+from leakcheck import assert_rss_flat
 
 from agent.native import (
     AuditOptions,
@@ -20,7 +21,6 @@ from agent.native import (
     record_type_number,
     syscall_name,
 )
-from leakcheck import assert_rss_flat
 
 SAMPLE = (
     b'type=SYSCALL msg=audit(1700000000.100:7): arch=c000003e syscall=59 success=yes exit=0 '

@@ -352,6 +352,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+@pytest.mark.root
 def test_full_disk_fails_cleanly(small_tmpfs: Path) -> None:
     stored: list[BatchInfo] = []
     filler = small_tmpfs / "filler"
@@ -398,6 +399,7 @@ def _read_lines(proc: subprocess.Popen[bytes]) -> list[list[str]]:
     return [line.split(" ", 2) for line in complete.splitlines()]
 
 
+@pytest.mark.slow
 def test_sigkill_at_100_random_moments(tmp_path: Path) -> None:
     """A child stores batches, adds drops and delivers batches until SIGKILL; after each kill
     the outbox recovers with counts that add up, a confirmed batch never comes back, no

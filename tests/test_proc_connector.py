@@ -11,8 +11,9 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable
 
 import msgpack
 import pytest
@@ -57,7 +58,7 @@ def events_of(batches: Iterable[bytes]) -> list[Event]:
     return out
 
 
-def decode(data: bytes, options: Optional[ProcConnectorOptions] = None) -> tuple[list[Event], Any]:
+def decode(data: bytes, options: ProcConnectorOptions | None = None) -> tuple[list[Event], Any]:
     pc = ProcConnector(options or ProcConnectorOptions(listen=False))
     sink = EventSink()
     try:
@@ -121,6 +122,8 @@ class Collector:
         return [e for e in self.events if all(e.get(k) == v for k, v in want.items())]
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_fork_exec_exit(connector: ProcConnector) -> None:
     marker = f"cnproc-{uuid.uuid4().hex}"
     col = Collector(connector)
@@ -155,6 +158,8 @@ def test_live_fork_exec_exit(connector: ProcConnector) -> None:
     assert stats.malformed == 0 and stats.unknown == 0 and stats.foreign == 0
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_exit_by_signal(connector: ProcConnector) -> None:
     col = Collector(connector)
     child = subprocess.Popen(["/bin/sleep", "30"])
@@ -170,6 +175,8 @@ def _python_child(code: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)])
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_uid_gid_change(connector: ProcConnector) -> None:
     col = Collector(connector)
     child = _python_child(
@@ -189,6 +196,8 @@ def test_live_uid_gid_change(connector: ProcConnector) -> None:
     assert gid_event["ts"] <= uid_event["ts"]
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_comm_change(connector: ProcConnector) -> None:
     col = Collector(connector)
     child = _python_child(
@@ -203,6 +212,8 @@ def test_live_comm_change(connector: ProcConnector) -> None:
     assert [e["comm"] for e in col.find(t="comm", pid=child.pid)] == ["cnproc-newname"]
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_ptrace_attach_detach(connector: ProcConnector) -> None:
     col = Collector(connector)
     # A helper traces its own child: attach, wait for the stop, detach.
@@ -238,6 +249,8 @@ def test_live_ptrace_attach_detach(connector: ProcConnector) -> None:
     assert "tracer" not in ops[1]
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_coredump(connector: ProcConnector) -> None:
     col = Collector(connector)
     import resource
@@ -245,7 +258,7 @@ def test_live_coredump(connector: ProcConnector) -> None:
     def no_core_file() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    child = subprocess.Popen(["/bin/sleep", "30"], preexec_fn=no_core_file)
+    child = subprocess.Popen(["/bin/sleep", "30"], preexec_fn=no_core_file)  # noqa: PLW1509
     col.until(lambda evs: bool(col.find(t="exec", pid=child.pid)))
     child.send_signal(3)  # SIGQUIT dumps core (none is written with RLIMIT_CORE 0)
     child.wait(timeout=10)
@@ -256,6 +269,8 @@ def test_live_coredump(connector: ProcConnector) -> None:
     assert exit_event["sig"] == 3
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_sid(connector: ProcConnector) -> None:
     col = Collector(connector)
     child = subprocess.Popen(["/bin/sleep", "0.2"], start_new_session=True)
@@ -264,6 +279,8 @@ def test_live_sid(connector: ProcConnector) -> None:
     assert len(col.find(t="sid", pid=child.pid)) == 1
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_burst_of_short_processes(connector: ProcConnector) -> None:
     """Processes that exit before they are read still give exec events, flagged `gone`."""
     col = Collector(connector)
@@ -284,6 +301,8 @@ def test_live_burst_of_short_processes(connector: ProcConnector) -> None:
     assert stats.gone >= len(gone)
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_live_threads_filtered_unless_asked() -> None:
     code = """
         import threading
@@ -302,7 +321,8 @@ def test_live_threads_filtered_unless_asked() -> None:
             col = Collector(pc)
             child = _python_child(code)
             assert child.wait(timeout=10) == 0
-            col.until(lambda evs: bool(col.find(t="exit", pid=child.pid, code=0)), timeout=3)
+            col.until(lambda evs: bool(col.find(t="exit", pid=child.pid, code=0)),  # noqa: B023
+                      timeout=3)  # (the lambda runs within this iteration)
             thread_forks = [e for e in col.find(t="fork", pid=child.pid) if "tid" in e]
             if threads:
                 assert len(thread_forks) == 1 and thread_forks[0]["tid"] != child.pid
@@ -312,6 +332,8 @@ def test_live_threads_filtered_unless_asked() -> None:
                 assert pc.stats().threads_filtered >= 2  # the thread's fork and exit
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_listen_twice_and_fileno() -> None:
     try:
         a, b = ProcConnector(), ProcConnector()
@@ -326,7 +348,7 @@ def test_listen_twice_and_fileno() -> None:
         child = subprocess.Popen(["/bin/true"])
         child.wait()
         for col in (ca, cb):
-            col.until(lambda evs: bool(col.find(t="exit", pid=child.pid)))
+            col.until(lambda evs: bool(col.find(t="exit", pid=child.pid)))  # noqa: B023 (now)
             assert col.find(t="exec", pid=child.pid)
     with pytest.raises(CoreArgumentError):
         a.fileno()
@@ -583,6 +605,8 @@ def test_decoder_has_no_socket() -> None:
 # leaks
 
 
+@pytest.mark.live
+@pytest.mark.root
 def test_leaks() -> None:
     from leakcheck import assert_rss_flat
 

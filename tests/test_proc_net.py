@@ -140,6 +140,7 @@ def test_odd_lines_are_counted(tmp_path: Path) -> None:
         table.feed_procnet(6, 99, b"")
 
 
+@pytest.mark.live
 def test_live_files_agree_with_sock_diag() -> None:
     """Both sources see this test's sockets with the same keys (no counters from /proc/net)."""
     listener = socket.socket(V6)

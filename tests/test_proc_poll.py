@@ -13,10 +13,10 @@ from typing import Any
 
 import msgpack
 import pytest
+from leakcheck import assert_rss_flat
 
 from agent.native import CoreArgumentError, EventSink
 from agent.native.proc_scan import ProcScanner, ProcScanOptions
-from leakcheck import assert_rss_flat
 
 
 def run_scan(scanner: ProcScanner) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ import os
 import subprocess
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgpack
 import psutil
@@ -65,6 +66,7 @@ def test_pid_set_matches_psutil() -> None:
     assert len({e["ts"] for e in ours.values()}) == 1
 
 
+@pytest.mark.root
 def test_details_match_psutil() -> None:
     ours = snapshot()
     compared = 0
@@ -254,6 +256,7 @@ def test_bad_options_and_closed() -> None:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_leaks() -> None:
     from leakcheck import assert_rss_flat
 

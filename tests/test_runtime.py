@@ -30,6 +30,8 @@ from agent.outbox import Outbox
 from agent.pipeline import Agent
 from agent.uplink.files import LocalDelivery
 
+pytestmark = [pytest.mark.live, pytest.mark.root]
+
 QUIET = {
     "SystemInformation_Disabled": True,
     "Baseline_Disabled": True,
@@ -422,7 +424,7 @@ def test_network_activity_devices_keeps_the_connections_of_those_interfaces(tmp_
         def connect_all() -> None:
             child = subprocess.run([sys.executable, "-c", CONNECTOR], capture_output=True,
                                    text=True, check=True)
-            ports.update(int(p) for p in child.stdout.split())
+            ports.update(int(p) for p in child.stdout.split())  # noqa: B023 (run in this loop)
 
         with agent(tmp_path, {"NetworkActivity_Disabled": False, "NetworkActivity_Devices": devices},
                    name=devices) as h:

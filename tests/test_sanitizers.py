@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.live, pytest.mark.root, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parent.parent
 # -fno-wrapv: Python's own CFLAGS, which extensions inherit, say -fwrapv, under which signed
 # overflow is defined and UBSan does not check it.

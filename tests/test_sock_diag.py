@@ -138,6 +138,7 @@ def _listen_map(events: list[Event]) -> dict[tuple[str, str, int], Event]:
 
 
 @pytest.mark.parametrize("source", ["diag", "procnet"])
+@pytest.mark.live
 def test_listening_matches_ss(source: str, extra_listeners: list[tuple[str, str, int]]) -> None:
     with SocketTable(SocketTableOptions(source=source)) as table:  # type: ignore[arg-type]
         assert table.source == source
@@ -152,10 +153,10 @@ def test_listening_matches_ss(source: str, extra_listeners: list[tuple[str, str,
     assert not missing, f"ss saw these listening both before and after, we did not: {missing}"
     extra = set(ours) - seen_by_ss
     assert not extra, f"we report listening sockets ss never saw: {extra}"
-    for key in stable:
+    for key, ss_pids in stable.items():
         pid = ours[key].get("pid")
-        if stable[key]:
-            assert pid in stable[key], f"{key}: pid {pid}, ss says {stable[key]}"
+        if ss_pids:
+            assert pid in ss_pids, f"{key}: pid {pid}, ss says {ss_pids}"
         else:
             assert pid is None, f"{key}: we say pid {pid}, ss found no process"
     for key in extra_listeners:
@@ -166,6 +167,7 @@ def test_listening_matches_ss(source: str, extra_listeners: list[tuple[str, str,
     assert all(isinstance(e["ts"], int) and e["ts"] > 1_600_000_000_000 for e in events)
 
 
+@pytest.mark.live
 def test_listening_resumes_when_the_sink_fills(extra_listeners: list[Any]) -> None:
     more = [socket.socket() for _ in range(40)]
     try:
@@ -216,6 +218,7 @@ def _recv_exactly(s: socket.socket, n: int) -> bytes:
 
 @pytest.mark.parametrize("source", ["diag", "procnet"])
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+@pytest.mark.live
 def test_tcp_connection_open_and_close(source: str, family: int) -> None:
     loop = "127.0.0.1" if family == socket.AF_INET else "::1"
     table = SocketTable(SocketTableOptions(source=source, first_existing=False))  # type: ignore[arg-type]
@@ -274,6 +277,7 @@ def test_tcp_connection_open_and_close(source: str, family: int) -> None:
 
 
 @pytest.mark.parametrize("source", ["diag", "procnet"])
+@pytest.mark.live
 def test_udp_connected_socket(source: str) -> None:
     table = SocketTable(SocketTableOptions(source=source, first_existing=False))  # type: ignore[arg-type]
     table.snapshot()
@@ -305,6 +309,7 @@ def test_udp_connected_socket(source: str) -> None:
                                                             for inode_of_closed in mine}
 
 
+@pytest.mark.live
 def test_first_snapshot_existing_flag() -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -330,6 +335,7 @@ def test_first_snapshot_existing_flag() -> None:
         listener.close()
 
 
+@pytest.mark.live
 def test_source_choice_and_fileno() -> None:
     with SocketTable() as auto:
         assert auto.source == "diag" and auto.source_reason.startswith("diag")
@@ -459,6 +465,7 @@ def test_snapshot_cap_counts_overflow_and_keeps_connections_open() -> None:
     assert [e for e in drain(table.changes) if e["op"] == "close"] == []
 
 
+@pytest.mark.live
 def test_owner_cache_cap_is_counted() -> None:
     sockets = [socket.socket() for _ in range(5)]
     for s in sockets:
@@ -477,6 +484,7 @@ def test_owner_cache_cap_is_counted() -> None:
             s.close()
 
 
+@pytest.mark.live
 def test_owner_walk_only_for_unknown_sockets() -> None:
     with SocketTable() as table:
         table.snapshot()
@@ -506,6 +514,7 @@ def test_owner_walk_only_for_unknown_sockets() -> None:
 # leaks
 
 
+@pytest.mark.live
 def test_entry_points_keep_rss_flat() -> None:
     """Each C entry point 10,000 times per round; snapshot() 2,000 times per round (a dump of
     the machine's sockets and, when new sockets appear, a /proc walk each)."""

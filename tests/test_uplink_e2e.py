@@ -46,6 +46,8 @@ from agent.uplink.identity import HubIdentity
 from agent.uplink.iothub import IotHubUplink, UplinkOptions
 
 pytestmark = [
+    pytest.mark.live,
+    pytest.mark.root,
     pytest.mark.filterwarnings("ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"),
     # The Process collector owns (or reads) the kernel's audit; a SIGKILLed agent cannot give
     # back what it changed. kernel_audit restores it and fails the test if that is not enough.

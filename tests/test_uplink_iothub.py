@@ -625,6 +625,7 @@ def test_identity_sources_and_their_order(tmp_path: Path, hub_certs: Certificate
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+@pytest.mark.root
 def test_connection_string_file_readable_by_others_is_refused(mode: int, tmp_path: Path) -> None:
     cs_file = tmp_path / "connection_string"
     key = "c2VjcmV0"

@@ -13,12 +13,12 @@ import socket
 import struct
 import subprocess
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import msgpack
 import pytest
-
 from conftest import skip_unless_ci
+
 from agent.native import CoreArgumentError, SinkOptions
 from agent.native.sink import EventSink
 from agent.native.utmp import UtmpDecoder, UtmpOptions, UtmpReader, UtmpState
@@ -68,7 +68,7 @@ def decode_batches(batches: list[bytes]) -> list[dict[str, Any]]:
     return events
 
 
-def read_all(reader: UtmpReader, sink: Optional[EventSink] = None) -> list[dict[str, Any]]:
+def read_all(reader: UtmpReader, sink: EventSink | None = None) -> list[dict[str, Any]]:
     """read() until caught up, taking batches whenever the reader says more wait."""
     sink = sink or EventSink()
     batches: list[bytes] = []
@@ -185,7 +185,7 @@ def expected_known() -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("size", [384, 400])
 @pytest.mark.parametrize("layout", [None, "explicit"])
-def test_known_records_read_back_exactly(tmp_path: Path, size: int, layout: Optional[str]) -> None:
+def test_known_records_read_back_exactly(tmp_path: Path, size: int, layout: str | None) -> None:
     path = tmp_path / "wtmp"
     path.write_bytes(known_records(size))
     options = UtmpOptions(layout=size) if layout else None
@@ -563,7 +563,9 @@ def test_records_written_by_utmpdump(tmp_path: Path) -> None:
             (e["user"], e["tty"], e["host"]) for e in events if e["op"] == "login")
 
 
-REAL_FILES = [("/var/log/wtmp", "wtmp"), ("/var/log/btmp", "btmp"), ("/var/run/utmp", "utmp")]
+REAL_FILES = [("/var/log/wtmp", "wtmp"),
+              pytest.param("/var/log/btmp", "btmp", marks=pytest.mark.root),  # mode 0600
+              ("/var/run/utmp", "utmp")]
 
 
 @pytest.mark.parametrize("path,kind", REAL_FILES)

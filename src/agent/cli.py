@@ -7,8 +7,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Optional, Sequence
+from typing import Any, BinaryIO
 
 from agent import __version__
 
@@ -188,8 +189,7 @@ def _decode_one(path: Path, envelope: bool, out: BinaryIO) -> None:
             out.write(event_line({"envelope": doc, "file": str(path)}))
     except EnvelopeError:
         events = batch_events(data)  # a bare batch of the core (parse-audit --format msgpack)
-    for event in events:
-        out.write(event_line(event))
+    out.writelines(event_line(event) for event in events)
 
 
 def decode(args: argparse.Namespace) -> int:
@@ -228,6 +228,9 @@ def status(args: argparse.Namespace) -> int:
         print(f"micro-agent status: cannot read {path}: {err}", file=sys.stderr)
         return 1
     try:
+        if args.modules:
+            print("\n".join(doc.get("modules", [])))
+            return 0
         return _print_status(doc, args.json)
     except BrokenPipeError:
         sys.stderr.close()
@@ -407,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show what the running agent is doing")
     common(st, config=False)
     st.add_argument("--json", action="store_true", help="the whole status document")
+    st.add_argument("--modules", action="store_true",
+                    help="the top-level Python modules the agent process has loaded, one a line")
     st.set_defaults(func=status)
 
     co = sub.add_parser("collect", help="print one snapshot of a collector as JSON lines")
@@ -417,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

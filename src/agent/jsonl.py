@@ -3,7 +3,8 @@ text with \\xNN escapes for the bytes that are not valid UTF-8."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import orjson
@@ -19,7 +20,7 @@ def batch_events(batch: bytes) -> list[dict[str, Any]]:
     """The events of one batch (a msgpack array of maps)."""
     events = msgpack.unpackb(batch, raw=False, strict_map_key=False)
     if not isinstance(events, list):
-        raise ValueError("a batch is a msgpack array of events")
+        raise ValueError("a batch is a msgpack array of events")  # noqa: TRY004 (bad data)
     return events
 
 

@@ -26,6 +26,7 @@ import queue
 import selectors
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -508,6 +509,8 @@ class Agent:
             "outbox": {"depth": depth, "counters": vars(self.outbox.counters()),
                        "pending_drops": self.outbox.drops.peek()},
             "reported": self.reported_document(),
+            # The top-level modules this process has loaded (micro-agent status --modules).
+            "modules": sorted({name.partition(".")[0] for name in list(sys.modules)}),
         }
         tmp = self._status_path.with_suffix(".tmp")
         try:

@@ -30,15 +30,12 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt  # type: ignore[import-untyped]
 
 from .broker import BrokerError, Certificates, CertPair, Mosquitto, port_is_free
 from .gate import Credential, Gate, Publish, make_sas_token
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
 
 IOTHUB_PORT = 8883  # the SDK always connects here
 DEFAULT_HOSTNAME = "test-hub.azure-devices.net"
@@ -222,7 +219,7 @@ class Hub:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Hub:  # noqa: PYI034 (typing.Self needs Python 3.11)
         self.start()
         return self
 

@@ -15,32 +15,12 @@ from typing import Any, ClassVar
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
 from agent.config import CollectorState
+from agent.interface_addresses import interface_addresses
 from agent.native.sink import EventSink
 from agent.native.sock_diag import SocketTable, SocketTableOptions
 
 SNAPSHOT_EVERY_MS = 2000
 DEVICES_EVERY_MS = 30_000
-
-
-def interface_addresses(devices: tuple[str, ...]) -> tuple[set[str], list[str]]:
-    """The IPv4 and IPv6 addresses (as the sources write them) of the named interfaces, and
-    the names that are no interface here."""
-    import ipaddress
-
-    from pyroute2 import IPRoute
-
-    found: set[str] = set()
-    with IPRoute() as ipr:
-        index = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
-        wanted = {index[name] for name in devices if name in index}
-        for msg in ipr.get_addr():
-            if msg["index"] in wanted:
-                # IFA_LOCAL is the local end of a point-to-point IPv4 link, where IFA_ADDRESS
-                # is the peer; elsewhere only IFA_ADDRESS is given.
-                address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-                if address:
-                    found.add(ipaddress.ip_address(address).compressed)
-    return found, [name for name in devices if name not in index]
 
 
 def _open_table(options: SocketTableOptions | None = None) -> SocketTable:

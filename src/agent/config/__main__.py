@@ -9,7 +9,6 @@ from pathlib import Path
 
 from agent.config.schema import TABLE_BEGIN, TABLE_END, render_table
 
-
 # The files that carry the table (paths from the repository's root).
 DOCUMENTS = ("docs/configuration.md", "README.md")
 

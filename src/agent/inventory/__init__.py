@@ -4,26 +4,17 @@ Each gatherer (sysinfo, users, firewall, sbom, baseline) reads the device once a
 `Snapshot`: its events (dicts with `t`, `ts`, `src` and short lowercase keys, see
 docs/inventory.md), the errors it met (an unreadable file, a malformed line: counted with the
 reason, never raised) and what it skipped as not applicable (no rpm, no opkg). Periodic
-snapshots are not the hot path, so plain dicts are fine here; `encode_batches` packs them into
-msgpack batches below the upload size, as many as needed.
+snapshots are not the hot path, so plain dicts are fine here; the collector hands a snapshot
+to the agent's loop, which batches it like any other events.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import msgpack
-
-from agent.limits import DEFAULT_MAX_MESSAGE_BYTES
-
 Event = dict[str, object]
-
-# A batch never exceeds this many bytes unless told otherwise: the sink's default, which keeps
-# one IoT Hub message (256 KB) with room for the envelope.
-DEFAULT_BATCH_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass
@@ -68,71 +59,9 @@ def read_text(root: Path, path: str, snap: Snapshot, *, missing_ok: bool = True)
         return None
 
 
-@dataclass(frozen=True)
-class Batches:
-    """msgpack batches (each one array of event maps) and the events too large for any batch."""
-
-    batches: list[bytes]
-    events: int
-    dropped_too_large: int
-
-
-def encode_batches(
-    events: Iterable[Event], max_bytes: int = DEFAULT_BATCH_BYTES
-) -> Batches:
-    """Pack events into msgpack arrays of at most max_bytes each, in order, as many as needed.
-
-    An event that alone exceeds max_bytes cannot be sent; it is counted in dropped_too_large,
-    never silently lost."""
-    if max_bytes < 16:
-        raise ValueError(f"max_bytes={max_bytes} is too small for any batch")
-    packer = msgpack.Packer(use_bin_type=True)
-    batches: list[bytes] = []
-    pending: list[bytes] = []
-    pending_bytes = 0
-    count = 0
-    dropped = 0
-
-    def seal() -> None:
-        nonlocal pending, pending_bytes
-        if pending:
-            batches.append(packer.pack_array_header(len(pending)) + b"".join(pending))
-            pending = []
-            pending_bytes = 0
-
-    for event in events:
-        body = packer.pack(event)
-        # The array header is at most 5 bytes (array32).
-        if len(body) + 5 > max_bytes:
-            dropped += 1
-            continue
-        if pending_bytes + len(body) + 5 > max_bytes:
-            seal()
-        pending.append(body)
-        pending_bytes += len(body)
-        count += 1
-    seal()
-    return Batches(batches, count, dropped)
-
-
-def decode_batches(batches: Sequence[bytes]) -> list[Event]:
-    """The events of encode_batches' batches, in order (for tests and `micro-agent decode`)."""
-    events: list[Event] = []
-    for batch in batches:
-        decoded = msgpack.unpackb(batch, raw=False)
-        if not isinstance(decoded, list):
-            raise ValueError("a batch is one msgpack array")
-        events.extend(decoded)
-    return events
-
-
 __all__ = [
-    "DEFAULT_BATCH_BYTES",
-    "Batches",
     "Event",
     "Snapshot",
-    "decode_batches",
-    "encode_batches",
     "now_ms",
     "read_text",
     "under",

@@ -255,7 +255,7 @@ class _NftReader:
         result: list[str] | None
         try:
             replies = list(self.socket(family).request_get(msg, NFT_MSG_GETSETELEM))
-        except Exception as exc:  # pyroute2 raises NetlinkError and friends
+        except Exception as exc:  # noqa: BLE001 (pyroute2 raises NetlinkError and friends)
             self.snap.error(f"nft set {table}/{name}", exc)
             self.elements[cache_key] = None
             return None
@@ -513,7 +513,7 @@ def _gather_nft(snap: Snapshot, ts: int) -> int:
         chains = reader.dump("chains")
         sets = reader.dump("sets")
         rules = reader.dump("rules")
-    except Exception as exc:  # NetlinkError, OSError: no nf_tables in the kernel, no privilege
+    except Exception as exc:  # noqa: BLE001 (NetlinkError, OSError: no nf_tables, no privilege)
         snap.error("nftables", exc)
         reader.close()
         return -1

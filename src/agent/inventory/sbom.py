@@ -1,6 +1,6 @@
 """SBoM: the installed software packages, from every package database the device has: the dpkg
 status database (Debian, Ubuntu, Raspberry Pi OS), the opkg status file (OpenWrt, Yocto) and
-rpm when its tool is installed. No cap on the count: encode_batches sends them in as many
+rpm when its tool is installed. No cap on the count: the agent's loop sends them in as many
 batches as needed."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
-from agent.audit_names import ARCHES, RECORD_TYPES, SYSCALLS
+from oracle.audit_names import ARCHES, RECORD_TYPES, SYSCALLS
 
 Event = dict[str, Any]
 Text = Union[str, bytes]
