@@ -28,7 +28,6 @@ from agent.envelope import (
     sealer,
     wrap,
 )
-from agent.inventory import DEFAULT_BATCH_BYTES
 from agent.limits import (
     CORE_MIN_BATCH_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -241,4 +240,3 @@ def test_the_cores_default_batch_size_is_the_default_message_size() -> None:
     assert DEFAULT_MAX_MESSAGE_BYTES % UNIT == 0
     assert DEFAULT_MAX_MESSAGE_BYTES < MAX_MESSAGE_BYTES < HUB_MESSAGE_LIMIT
     assert FIELDS["Upload_MaxMessageBytes"].default == DEFAULT_MAX_MESSAGE_BYTES
-    assert DEFAULT_BATCH_BYTES == DEFAULT_MAX_MESSAGE_BYTES
