@@ -377,10 +377,36 @@ def test_every_system_information_override_and_a_disabled_baseline_group(tmp_pat
     assert groups and not groups & {"SSH", "Kernel"} and "Accounts" in groups
 
 
+def kernel_backlog_limit() -> int:
+    status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
+    (value,) = [line.split()[1] for line in status.splitlines() if line.startswith("backlog_limit ")]
+    return int(value)
+
+
+@contextmanager
+def backlog_limit_set_to(value: int) -> Iterator[None]:
+    """The kernel's backlog_limit at a known value for the test (whatever an earlier run left
+    there), and back to what it was afterwards."""
+    found = kernel_backlog_limit()
+    subprocess.run(["auditctl", "-b", str(value)], capture_output=True, check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["auditctl", "-b", str(found)], capture_output=True, check=True)
+
+
 def test_audit_backlog_limit_and_own_if_free(tmp_path: Path) -> None:
-    with agent(tmp_path, {"Audit_BacklogLimit": 4321}, name="backlog") as h:
-        status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
-        assert "backlog_limit 4321" in status.splitlines()
+    # As the owner the agent raises a lower backlog_limit to Audit_BacklogLimit, and puts the
+    # one it found back when it stops (the harness checks that) ...
+    with backlog_limit_set_to(64):
+        with agent(tmp_path, {"Audit_BacklogLimit": 4321}, name="backlog") as h:
+            assert kernel_backlog_limit() == 4321
+            assert h.agent.collectors["Process"].collector.state.source == "audit"
+        assert kernel_backlog_limit() == 64
+    # ... and never lowers a higher one.
+    with backlog_limit_set_to(10_000), \
+            agent(tmp_path, {"Audit_BacklogLimit": 4321}, name="higher") as h:
+        assert kernel_backlog_limit() == 10_000
         assert h.agent.collectors["Process"].collector.state.source == "audit"
     with agent(tmp_path, {"Audit_OwnIfFree": False}, name="notown") as h:
         # Audit is free (no auditd) but the agent may not take it: Auto falls to cn_proc.
@@ -419,7 +445,7 @@ def test_network_activity_devices_keeps_the_connections_of_those_interfaces(tmp_
     for devices in ("lo", "nosuchif0"):
         ports: set[int] = set()
 
-        def connect_all() -> None:
+        def connect_all(ports: set[int] = ports) -> None:
             child = subprocess.run([sys.executable, "-c", CONNECTOR], capture_output=True,
                                    text=True, check=True)
             ports.update(int(p) for p in child.stdout.split())
