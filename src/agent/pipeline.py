@@ -81,7 +81,7 @@ class Agent:
         self.drops = DropTotals(outbox)
         self.reconfiguration = Reconfiguration(self.collectors, self.lanes, outbox, ident,
                                                self.drops, lambda: store.invalid_reasons)
-        self.status = StatusWriter(env.data_dir / "status.json", self.started)
+        self.status_file = StatusWriter(env.data_dir / "status.json", self.started)
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -294,7 +294,7 @@ class Agent:
                                  self.drops.totals(), self.outbox)
 
     def write_status(self, stopped: bool = False) -> None:
-        doc = self.status.document(
+        doc = self.status_file.document(
             now=time.time(),
             running=not stopped,
             config_state={"latest_state": self.store.latest_state,
@@ -305,7 +305,7 @@ class Agent:
             outbox=self.outbox,
             reported=self.reported_document(),
         )
-        self.status.write(doc, final=stopped)
+        self.status_file.write(doc, final=stopped)
 
 
 def install_signal_handlers(agent: Agent) -> None:
