@@ -18,14 +18,14 @@ import pytest
 from agent import __version__
 from agent.collectors import Environment, build_collectors
 from agent.collectors.agent_state import HeartbeatCollector, StatisticsCollector
-from agent.config import ConfigStore, Frequency
+from agent.config import CollectorState, ConfigStore, Frequency
 from agent.envelope import DropLedger, Identity, decode_envelope
 from agent.native.aggregate import Aggregator
 from agent.outbox import Outbox
 from agent.pipeline import Agent
 from agent.runtime.drops import DropTotals
 from agent.runtime.lanes import PriorityLane, lane_batch_bytes
-from agent.runtime.reconfigure import Changes, changes_of
+from agent.runtime.reconfigure import Changes, Running, changes_of
 from agent.runtime.reported import reported_document
 from agent.runtime.status import StatusWriter
 from agent.uplink.files import LocalDelivery
@@ -180,6 +180,28 @@ def test_a_patch_restarts_exactly_the_collector_it_changed(tmp_path: Path) -> No
     # Heartbeat snapshotted at the start (Low) and at its restart (High); none after disabled.
     prios = [e["prio"] for e in delivered(agent) if any(ev["t"] == "heartbeat" for ev in e["events"])]
     assert sorted(prios) == ["High", "Low"]
+
+
+class BrokenHeartbeat(HeartbeatCollector):
+    """A collector whose start raises, as one whose source is missing may."""
+
+    def start(self) -> CollectorState:
+        raise OSError(19, "No such device")
+
+
+def test_a_collector_that_cannot_start_is_unavailable_and_the_others_run(tmp_path: Path) -> None:
+    agent = own_agent(tmp_path, {})
+    env = agent.env
+    broken = BrokenHeartbeat(env)
+    agent.collectors["Heartbeat"] = Running(broken)
+    agent.start()
+    try:
+        assert broken.state.state == "unavailable" and "No such device" in broken.state.reason
+        assert agent.collectors["Heartbeat"].lane is None and broken.lane is None
+        assert agent.lanes[Frequency.LOW].collectors == ["Statistics"]
+        assert agent.collectors["Statistics"].collector.state.state == "running"
+    finally:
+        agent.shutdown()
 
 
 def test_a_new_message_size_resizes_every_lane_and_an_interval_change_shortens_them(
