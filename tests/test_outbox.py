@@ -1,4 +1,4 @@
-"""The outbox (src/agent/outbox.py): crash safety under SIGKILL, exact eviction and expiry,
+"""The outbox (src/agent/outbox/): crash safety under SIGKILL, exact eviction and expiry,
 corrupt and half-written files, a full disk, sequence numbers and counters across restarts.
 
 Real files on the real file system; the kill test kills a real child process
