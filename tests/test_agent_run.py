@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_runtime import QUIET, audit_state
+
+from test_runtime import QUIET, audit_state, audit_state_before_start
 
 pytestmark = [pytest.mark.live, pytest.mark.root]
 
@@ -56,7 +57,7 @@ def decoded(data: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(180)
 def test_run_20s_finds_300_commands_and_50_connections(tmp_path: Path) -> None:
-    before = audit_state()
+    before = audit_state_before_start()
     data, config = tmp_path / "data", tmp_path / "config.json"
     config.write_text(json.dumps({}))  # the defaults: every collector on
     proc = start_agent(data, config)

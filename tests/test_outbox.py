@@ -1,4 +1,4 @@
-"""The outbox (src/agent/outbox.py): crash safety under SIGKILL, exact eviction and expiry,
+"""The outbox (src/agent/outbox/): crash safety under SIGKILL, exact eviction and expiry,
 corrupt and half-written files, a full disk, sequence numbers and counters across restarts.
 
 Real files on the real file system; the kill test kills a real child process
@@ -281,14 +281,15 @@ def test_a_failed_state_write_removes_nothing(tmp_path: Path) -> None:
         info = put(ob, "High", 5)
         assert info is not None
         ob.drops.add("sink_full", 2)
-        writable = ob._state_fd
-        ob._state_fd = os.open(ob.dir / "state", os.O_RDONLY)
+        journal = ob._journal  # the state file moved into agent.outbox.journal
+        writable = journal._fd
+        journal._fd = os.open(ob.dir / "state", os.O_RDONLY)
         try:
             with pytest.raises(OutboxStateError):
                 ob.confirm(info.id)
         finally:
-            os.close(ob._state_fd)
-            ob._state_fd = writable
+            os.close(journal._fd)
+            journal._fd = writable
         assert ob.pending() == [info] and (ob.dir / info.id).exists()
         assert ob.counters() == counters(written=1, state_errors=1)
         assert ob.drops.peek() == {"sink_full": 2}

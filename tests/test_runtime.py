@@ -10,6 +10,7 @@ them: they are slow and beside the point here.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from agent import __version__
 from agent.collectors import Environment, build_collectors
 from agent.config import FIELDS, ConfigStore, Frequency
 from agent.envelope import Identity, decode_envelope
+from agent.native.audit_netlink import RULE_KEY
 from agent.outbox import Outbox
 from agent.pipeline import Agent
 from agent.uplink.files import LocalDelivery
@@ -46,11 +48,38 @@ QUIET = {
 }
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def audit_state() -> tuple[str, str]:
+    """What the agent must leave as it found it: the kernel's audit enabled flag, owner and
+    backlog_limit, and the rules. An owner whose process is gone counts as none: the agent
+    takes a dead owner's place (an earlier run killed) and leaves audit unowned."""
     status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
     rules = subprocess.run(["auditctl", "-l"], capture_output=True, text=True, check=True).stdout
-    keep = [line for line in status.splitlines() if line.split(" ")[0] in ("enabled", "pid", "backlog_limit")]
+    keep = []
+    for line in status.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "pid" and value.isdigit() and int(value) and not _alive(int(value)):
+            line = "pid 0"
+        if name in ("enabled", "pid", "backlog_limit"):
+            keep.append(line)
     return "\n".join(keep), rules
+
+
+def audit_state_before_start() -> tuple[str, str]:
+    """audit_state() once the rules with the agent's key that an earlier killed run left are
+    removed: the agent removes them at its start, as it should, so a test that compares the
+    state before and after the agent sets that state up without them."""
+    subprocess.run(["auditctl", "-D", "-k", RULE_KEY], capture_output=True, check=True)
+    return audit_state()
 
 
 class Harness:
@@ -93,7 +122,7 @@ class Harness:
 
 @contextmanager
 def agent(tmp_path: Path, config: dict[str, Any], name: str = "data") -> Iterator[Harness]:
-    before = audit_state()
+    before = audit_state_before_start()
     config_path = tmp_path / f"{name}.json"
     config_path.write_text(json.dumps({**QUIET, **config}))
     harness = Harness(tmp_path / name, config_path)
@@ -379,15 +408,53 @@ def test_every_system_information_override_and_a_disabled_baseline_group(tmp_pat
     assert groups and not groups & {"SSH", "Kernel"} and "Accounts" in groups
 
 
+def kernel_audit_status(name: str) -> int:
+    status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
+    (value,) = [line.split()[1] for line in status.splitlines() if line.split()[0] == name]
+    return int(value)
+
+
+AUDITCTL_FLAG = {"enabled": "-e", "backlog_limit": "-b"}
+
+
+@contextmanager
+def kernel_audit_set_to(name: str, value: int) -> Iterator[None]:
+    """The kernel's audit `enabled` or `backlog_limit` at a known value for the test (whatever
+    an earlier run left there: a killed owner leaves audit enabled and its backlog_limit
+    raised), and back to what it was afterwards."""
+    found = kernel_audit_status(name)
+    subprocess.run(["auditctl", AUDITCTL_FLAG[name], str(value)], capture_output=True, check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["auditctl", AUDITCTL_FLAG[name], str(found)], capture_output=True,
+                       check=True)
+
+
 def test_audit_backlog_limit_and_own_if_free(tmp_path: Path) -> None:
-    with agent(tmp_path, {"Audit_BacklogLimit": 4321}, name="backlog") as h:
-        status = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=True).stdout
-        assert "backlog_limit 4321" in status.splitlines()
+    # As the owner the agent raises a lower backlog_limit to Audit_BacklogLimit, and puts the
+    # one it found back when it stops (the harness checks that) ...
+    with kernel_audit_set_to("backlog_limit", 64):
+        with agent(tmp_path, {"Audit_BacklogLimit": 4321}, name="backlog") as h:
+            assert kernel_audit_status("backlog_limit") == 4321
+            assert h.agent.collectors["Process"].collector.state.source == "audit"
+        assert kernel_audit_status("backlog_limit") == 64
+    # ... and never lowers a higher one.
+    with kernel_audit_set_to("backlog_limit", 10_000), \
+            agent(tmp_path, {"Audit_BacklogLimit": 4321}, name="higher") as h:
+        assert kernel_audit_status("backlog_limit") == 10_000
         assert h.agent.collectors["Process"].collector.state.source == "audit"
-    with agent(tmp_path, {"Audit_OwnIfFree": False}, name="notown") as h:
-        # Audit is free (no auditd) but the agent may not take it: Auto falls to cn_proc.
+    # Audit is free (no auditd) but the agent may not take it. With audit off, nothing comes to
+    # the multicast group: Auto falls to cn_proc ...
+    with kernel_audit_set_to("enabled", 0), \
+            agent(tmp_path, {"Audit_OwnIfFree": False}, name="notown") as h:
         state = h.agent.collectors["Process"].collector.state
         assert state.source == "cnproc" and "audit" in state.reason
+    # ... with audit on (and nobody owning it), the agent reads the multicast group.
+    with kernel_audit_set_to("enabled", 1), \
+            agent(tmp_path, {"Audit_OwnIfFree": False}, name="notown-on") as h:
+        state = h.agent.collectors["Process"].collector.state
+        assert state.source == "audit" and "taking ownership is off" in state.reason
 
 
 def test_login_use_pam_reports_pam_records(tmp_path: Path) -> None:
@@ -421,7 +488,7 @@ def test_network_activity_devices_keeps_the_connections_of_those_interfaces(tmp_
     for devices in ("lo", "nosuchif0"):
         ports: set[int] = set()
 
-        def connect_all() -> None:
+        def connect_all(ports: set[int] = ports) -> None:
             child = subprocess.run([sys.executable, "-c", CONNECTOR], capture_output=True,
                                    text=True, check=True)
             ports.update(int(p) for p in child.stdout.split())  # noqa: B023 (run in this loop)

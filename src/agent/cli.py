@@ -90,10 +90,10 @@ def _agent_id(data_dir: Path) -> str:
             return text
     except FileNotFoundError:
         pass
+    from agent.durable import replace_file
+
     ident = str(uuid.uuid4())
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(ident + "\n")
-    os.replace(tmp, path)
+    replace_file(path, (ident + "\n").encode(), tmp=path.with_suffix(".tmp"), mode=0o644)
     return ident
 
 

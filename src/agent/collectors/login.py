@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +19,7 @@ from typing import Any, ClassVar
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
 from agent.config import CollectorState, LoginConfig
+from agent.durable import replace_file
 from agent.native.sink import EventSink
 from agent.native.utmp import UtmpReader
 
@@ -61,10 +61,9 @@ class LoginCollector(Collector):
         doc = {kind: r.state().to_dict() for kind, r in self.readers.items()}
         if doc == self._saved:
             return
-        tmp = self._state_path().with_suffix(".tmp")
+        path = self._state_path()
         try:
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, self._state_path())
+            replace_file(path, json.dumps(doc).encode(), tmp=path.with_suffix(".tmp"))
             self._saved = doc
         except OSError as err:
             self.counters["state_errors"] += 1

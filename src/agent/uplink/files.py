@@ -1,21 +1,21 @@
 """The embedded default uplink: with no IoT Hub, batches are delivered into a local directory.
 
 Each delivered batch is one file, `<seq:020d>-<prio>.msgpack`, holding the envelope exactly as
-it would be sent (docs/outbox.md); `micro-agent decode` prints it. A file is written to a
-temporary name, fsynced and renamed, and only then is the batch confirmed (removed from the
-outbox): a crash between the two delivers the batch twice, under the same name (the same
-bytes), never zero times. The directory is bounded: beyond max_files files or max_bytes bytes
-the oldest delivered files are removed, counted in `rotated` (they were delivered; whoever
-reads the directory has had them).
+it would be sent (docs/outbox.md); `micro-agent decode` prints it. A file is written through
+agent.durable (a temporary name, fsynced, renamed, the directory fsynced), and only then is
+the batch confirmed (removed from the outbox): a crash between the two delivers the batch
+twice, under the same name (the same bytes), never zero times. The directory is bounded:
+beyond max_files files or max_bytes bytes the oldest delivered files are removed, counted in
+`rotated` (they were delivered; whoever reads the directory has had them).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from agent.durable import replace_file
 from agent.outbox import Outbox
 
 log = logging.getLogger("agent.uplink")
@@ -71,24 +71,7 @@ class LocalDelivery:
             self._rotate()
 
     def _write(self, name: str, payload: bytes) -> None:
-        tmp = self.dir / (name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, self.dir / name)
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(self.dir / name, payload)
         self._files = [f for f in self._files if f[0] != name]
         self._files.append((name, len(payload)))
         self._bytes = sum(size for _, size in self._files)

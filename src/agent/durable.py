@@ -1,0 +1,52 @@
+"""Replacing a file so that a reader, or the next start after a crash, sees either the old
+file or the whole new one: write a temporary file, fsync it, rename it over the final name,
+fsync the directory. The outbox's batch and state files, the local delivery directory and the
+agent's small state files (agent-id, status.json, login-state.json) all write through here.
+
+`sync=False` keeps the rename (a reader never sees half a file) but skips both fsyncs: for a
+file rewritten every few seconds whose loss in a power cut costs nothing (status.json).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory's entries (a rename, an unlink) survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_file(final: Path, data: bytes, *, tmp: Path | None = None, sync: bool = True,
+                 mode: int = 0o600) -> None:
+    """Write data to `tmp` (default: final's name plus ".tmp", beside it), fsync it, rename it
+    over `final`, fsync final's directory. `tmp` must be on final's file system. On a failure
+    before the rename the tmp file is removed and the error raised: final is untouched. A
+    failure of the directory's fsync is raised too; final holds the new data then, but a
+    power cut may still undo the rename."""
+    if tmp is None:
+        tmp = final.with_name(final.name + ".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if sync:
+        fsync_dir(final.parent)

@@ -1,0 +1,85 @@
+"""The priority lanes: one per message frequency (High, Medium, Low), each an event sink that
+every collector of that frequency writes into (through its aggregator), closed at the lane's
+interval (CollectorsCore_PriorityIntervals). A batch that fills up on the way is stored at
+once; at the interval the lane's last batch is sealed and stored. Each stored batch is sealed
+in its envelope (agent.envelope) by the outbox's `put`."""
+
+from __future__ import annotations
+
+from agent.config import COLLECTORS, Config, Frequency
+from agent.envelope import Identity, batch_bytes_for, envelope_overhead, event_count, sealer
+from agent.native.sink import EventSink, SinkOptions
+from agent.outbox import Outbox
+
+LANE_MAX_BATCHES = 4
+# The sink's counters that are drops, by reason.
+SINK_DROPS = ("dropped_full", "dropped_encode")
+
+
+def lane_batch_bytes(config: Config, ident: Identity) -> int:
+    # The envelope bound with every collector named is the largest a lane can need.
+    return batch_bytes_for(config.upload.max_message_bytes, envelope_overhead(ident, list(COLLECTORS)))
+
+
+def lane_interval_s(config: Config, prio: Frequency) -> float:
+    return 60.0 * config.collectors_core.priority_intervals.minutes(prio)
+
+
+class PriorityLane:
+    """One message frequency: its sink, its interval and the way to the outbox."""
+
+    def __init__(self, prio: Frequency, outbox: Outbox, ident: Identity, batch_bytes: int,
+                 interval_s: float) -> None:
+        self.prio = prio
+        self.outbox = outbox
+        self.ident = ident
+        self.batch_bytes = batch_bytes
+        self.sink = EventSink(SinkOptions(batch_bytes=batch_bytes, max_batches=LANE_MAX_BATCHES))
+        self.collectors: list[str] = []
+        self.interval_s = interval_s
+        self.deadline = 0.0  # monotonic time the interval ends
+        self.stored = 0
+        self.not_stored = 0
+        # The drops of the sinks replaced by resize(), so that drops() never goes back.
+        self._retired_drops = dict.fromkeys(SINK_DROPS, 0)
+
+    def spill(self, batches: list[bytes]) -> None:
+        for batch in batches:
+            n = event_count(batch)
+            seal = sealer(batch, self.ident, self.prio.value, sorted(self.collectors))
+            if self.outbox.put(self.prio.value, seal, events=n) is None:
+                self.not_stored += 1  # counted by the outbox, in its drops ledger
+            else:
+                self.stored += 1
+
+    def store_full(self) -> None:
+        """Batches the sink sealed because they were full go to the outbox at once."""
+        self.spill(self.sink.take())
+
+    def close_interval(self) -> None:
+        self.spill(self.sink.seal())
+
+    def start_interval(self, now: float) -> None:
+        self.deadline = now + self.interval_s
+
+    def set_interval(self, interval_s: float, now: float) -> None:
+        """A new interval length: the running interval ends no later than the new one would."""
+        self.interval_s = interval_s
+        self.deadline = min(self.deadline, now + interval_s)
+
+    def resize(self, batch_bytes: int) -> bool:
+        """A new batch size (Upload_MaxMessageBytes): the open batch is stored and a new sink
+        made. False when the size is the same (nothing done)."""
+        if batch_bytes == self.batch_bytes:
+            return False
+        self.close_interval()
+        self._retired_drops = self.drops()
+        self.batch_bytes = batch_bytes
+        self.sink = EventSink(SinkOptions(batch_bytes=batch_bytes, max_batches=LANE_MAX_BATCHES))
+        return True
+
+    def drops(self) -> dict[str, int]:
+        """Events the lane's sinks lost, by reason, since the lane was made."""
+        stats = self.sink.stats()
+        return {reason: self._retired_drops[reason] + int(getattr(stats, reason))
+                for reason in SINK_DROPS}

@@ -1,0 +1,27 @@
+"""The module twin's reported properties (agent.config.reported) from what runs: the
+effective configuration, latest_state and latest_invalid_fields, each collector's state, the
+counters (collected per collector, dropped by reason, the outbox's), the agent's version and
+the outbox depth."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agent import __version__
+from agent.collectors.base import Collector
+from agent.config import Config, build_reported
+from agent.outbox import Outbox
+
+
+def reported_document(config: Config, invalid_reasons: Mapping[str, str],
+                      collectors: Mapping[str, Collector], dropped: Mapping[str, int],
+                      outbox: Outbox) -> dict[str, Any]:
+    """`dropped`: the drops counted since the agent started, by reason (DropTotals)."""
+    collected = {name: int(c.stats().get("collected", 0)) for name, c in collectors.items()}
+    depth = sum(d.count for d in outbox.depth().values())
+    counters = {"collected": collected, "dropped": dict(dropped),
+                "outbox": dict(vars(outbox.counters()))}
+    states = {name: c.state for name, c in collectors.items()}
+    return build_reported(config, invalid_reasons, states, counters,
+                          agent_version=__version__, outbox_depth=depth)

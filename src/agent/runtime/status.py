@@ -1,0 +1,87 @@
+"""DATA/status.json, what `micro-agent status` prints: the process, the configuration's
+latest state, the uplink, each collector (state, frequency, events per second, counters),
+the outbox (depth, counters, the drops waiting for the next envelope) and the reported
+properties. Rewritten every 2 s while the agent runs, and once more when it stops.
+
+The file is replaced by a rename (a reader never sees half of it) without fsync: it is
+rewritten often and worth nothing after a power cut.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.collectors.base import Collector
+from agent.config import Frequency
+from agent.durable import replace_file
+from agent.outbox import Outbox
+
+log = logging.getLogger("agent")
+
+
+class StatusWriter:
+    def __init__(self, path: Path, started: float) -> None:
+        self.path = path
+        self.started = started
+        # Per collector: (time, collected, rate) at the last document.
+        self._rates: dict[str, tuple[float, int, float]] = {}
+
+    def _rate(self, name: str, collected: int, now: float) -> float:
+        """Events per second since the previous document (0 at the first, or when a counter
+        went back)."""
+        last = self._rates.get(name)
+        rate = 0.0
+        if last is not None and now > last[0]:
+            rate = max(0.0, (collected - last[1]) / (now - last[0]))
+        self._rates[name] = (now, collected, rate)
+        return rate
+
+    def document(self, *, now: float, running: bool, config_state: Mapping[str, Any],
+                 uplink: Mapping[str, Any], collectors: Mapping[str, Collector],
+                 frequencies: Mapping[str, Frequency], outbox: Outbox,
+                 reported: Mapping[str, Any]) -> dict[str, Any]:
+        """The status document at wall time `now` (it advances the events-per-second rates)."""
+        entries: dict[str, Any] = {}
+        for name, c in collectors.items():
+            stats = c.stats()
+            rate = self._rate(name, int(stats.get("collected", 0)), now)
+            entries[name] = {
+                **c.state.to_json(),
+                "frequency": frequencies[name].value,
+                "events_per_s": round(rate, 2),
+                "counters": stats,
+            }
+        depth = {prio: {"count": d.count, "bytes": d.bytes} for prio, d in outbox.depth().items()}
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "running": running,
+            "started": int(self.started),
+            "updated": int(now),
+            "config": dict(config_state),
+            "uplink": dict(uplink),
+            "collectors": entries,
+            "outbox": {"depth": depth, "counters": vars(outbox.counters()),
+                       "pending_drops": outbox.drops.peek()},
+            "reported": dict(reported),
+            # The top-level modules this process has loaded (micro-agent status --modules).
+            "modules": sorted({name.partition(".")[0] for name in list(sys.modules)}),
+        }
+
+    def write(self, doc: Mapping[str, Any], *, final: bool = False) -> None:
+        """Replace the file with doc. A failure is logged, except a full disk at the last
+        write (the agent is stopping, and said so before)."""
+        try:
+            replace_file(self.path, json.dumps(doc, indent=1, sort_keys=True).encode(),
+                         tmp=self.path.with_suffix(".tmp"), sync=False, mode=0o644)
+        except OSError as err:
+            if err.errno != errno.ENOSPC or not final:
+                log.warning("status: cannot write %s: %s", self.path, err)
