@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from test_runtime import QUIET, audit_state, audit_state_before_start
 
 pytestmark = [pytest.mark.live, pytest.mark.root]
