@@ -1,18 +1,19 @@
 """Differential tests: the C core and the pure-Python reference (the oracle of
 docs/audit-parsing.md) must give the same events, in the same order, and the same counters.
 
-Inputs: the two device logs, every file under the corpus's public/ (other projects' test logs,
-some of them not audit logs at all), the device log under tight bounds, and small crafted
-inputs for the corner cases of the parsing rules.
+Inputs: the recorded logs of tests/fixtures/audit/, the device log under tight bounds, small
+crafted inputs for the corner cases of the parsing rules and, when $AGENT_CORPUS_DIR names a
+larger corpus, its device logs and every file under its public/ (other projects' test logs,
+some of them not audit logs at all).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import DEVICE_LOGS, FIXTURES, external_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,18 +21,24 @@ Event = dict[str, Any]
 ParseResult = tuple[list[Event], dict[str, int]]
 Parse = Callable[..., ParseResult]
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _corpus_files() -> list[str]:
-    """Paths relative to the corpus, collected at import time (empty without the corpus)."""
-    configured = os.environ.get("AGENT_CORPUS_DIR")
-    root = Path(configured) if configured else REPO.parent / "shared" / "corpus"
-    files = ["device-raw.log", "device-enriched.log"]
-    public = root / "public"
-    if public.is_dir():
-        files += sorted(str(p.relative_to(root)) for p in public.rglob("*") if p.is_file())
+def _corpus_files() -> list[Path]:
+    """The fixtures' logs, then the external corpus's device logs and public/ files (collected
+    at import time: parametrization needs them)."""
+    files = [FIXTURES / name for name in DEVICE_LOGS]
+    external = external_corpus()
+    if external is not None:
+        files += [external / name for name in DEVICE_LOGS]
+        public = external / "public"
+        if public.is_dir():
+            files += sorted(p for p in public.rglob("*") if p.is_file())
     return files
+
+
+def _file_id(path: Path) -> str:
+    external = external_corpus()
+    if external is not None and path.is_relative_to(external):
+        return f"corpus/{path.relative_to(external)}"
+    return f"fixtures/{path.relative_to(FIXTURES)}"
 
 
 def _describe(core: Event, ref: Event) -> str:
@@ -49,11 +56,9 @@ def assert_same(core: ParseResult, ref: ParseResult) -> None:
     assert core_stats == ref_stats
 
 
-@pytest.mark.parametrize("name", _corpus_files())
-def test_corpus_file(
-    core_parse: Parse, reference_parse: Parse, corpus_dir: Path, name: str
-) -> None:
-    data = (corpus_dir / name).read_bytes()
+@pytest.mark.parametrize("path", _corpus_files(), ids=_file_id)
+def test_corpus_file(core_parse: Parse, reference_parse: Parse, path: Path) -> None:
+    data = path.read_bytes()
     core = core_parse(data)
     ref = reference_parse(data)
     assert ref[1]["bytes"] == len(data)
