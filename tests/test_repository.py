@@ -1,7 +1,8 @@
 """The repository stands on its own: no tracked file names a path outside it.
 
-A fresh clone has nothing beside it, so a file that reads `../shared/...` sends its reader, or
-a test, to a file they do not have. Only .ci/run may look there (it hands a larger corpus to
+A fresh clone has nothing beside it, so a file that names a path beside the repository sends
+its reader, or a test, to a file they do not have. Only .ci/run may look there (it hands a
+larger corpus to
 the tests through AGENT_CORPUS_DIR when one sits beside the repository).
 """
 
