@@ -5,7 +5,7 @@ not copied into this repository: without $AGENT_CORPUS_DIR these tests skip, and
 recorded logs of tests/fixtures/audit/ (tests/test_audit_corpus.py) are what always runs.
 
 - Every file, fed whole and in small chunks: no crash, the same events both ways, and counters
-  that agree with a line-by-line reading of the file.
+  that agree with a line-by-line reading of the file (the recorded fixtures too, always).
 - laurel: record-*.txt against laurel's own record-*.json beside it.
 - go-libaudit: *.log against auparse's *.log.golden (one JSON object per line of the log), and
   the aucoalesce *.yaml tests against *.json.golden (one coalesced event per test).
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import pytest
-from conftest import external_corpus, skip_unless_ci
+from conftest import DEVICE_LOGS, FIXTURES, external_corpus, skip_unless_ci
 
 from agent.audit_names import RECORD_TYPES
 
@@ -314,9 +314,26 @@ def _chunk_for(size: int) -> int:
     return 7 if size <= 64 * 1024 else 4093
 
 
-@pytest.mark.parametrize("name", _public_files())
-def test_every_public_file(audit_impl: Parse, public: Path, name: str) -> None:
-    data = (public / name).read_bytes()
+def _every_file() -> list[Path]:
+    """The recorded fixtures (always), then every public file (with the external corpus)."""
+    files = [FIXTURES / name for name in DEVICE_LOGS]
+    if _PUBLIC_AT_COLLECTION is not None:
+        files += [_PUBLIC_AT_COLLECTION / name for name in _public_files()]
+    return files
+
+
+def _file_id(path: Path) -> str:
+    if path.parent == FIXTURES:
+        return f"fixtures/{path.name}"
+    assert _PUBLIC_AT_COLLECTION is not None
+    return str(path.relative_to(_PUBLIC_AT_COLLECTION))
+
+
+@pytest.mark.parametrize("path", _every_file(), ids=_file_id)
+def test_every_file(audit_impl: Parse, path: Path) -> None:
+    """Any log, whole and in small chunks: no crash, the same events both ways, and counters
+    that agree with a line-by-line reading of the file."""
+    data = path.read_bytes()
     events, stats = audit_impl(data)
     chunk = _chunk_for(len(data))
     chunked_events, chunked_stats = audit_impl(data, chunk=chunk)
