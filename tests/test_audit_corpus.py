@@ -156,10 +156,10 @@ RAW, ENRICHED = DEVICE_LOGS
 LOOPS = 60  # workload.sh's `for i in $(seq 1 60)`
 
 # Per log: the IPv4 and IPv6 listeners' ephemeral ports and the login session. From the text:
-# saddr=0200A6F5 7F000001 (42741) and 0A00DEB5... (57013) thirty and ten times in the RAW log,
-# 0200CE81... (52865) and 0A00D16F... (53615) in the ENRICHED one; the LOGIN record gave the
-# workload ses=2, then ses=3.
-FACTS = {RAW: (42741, 57013, 2), ENRICHED: (52865, 53615, 3)}
+# saddr=0200D3D3 7F000001 (54227) and 0A00A875... (43125) thirty and ten times in the RAW log,
+# 0200A6BB... (42683) and 0A00E675... (58997) in the ENRICHED one; the LOGIN record gave the
+# workload ses=4, then ses=5.
+FACTS = {RAW: (54227, 43125, 4), ENRICHED: (42683, 58997, 5)}
 
 ECHO_REST = ["arg with spaces", 'quote"inside']
 PRINTF_ARGS = ["/usr/bin/printf", "%s\\n", "tab\targ", "newline\narg"]
@@ -353,7 +353,7 @@ def test_su_pam_records(results: dict[Path, ParseResult], log: str) -> None:
 
 @pytest.mark.parametrize("log", DEVICE_LOGS)
 def test_login_sets_the_login_uid(results: dict[Path, ParseResult], log: str) -> None:
-    """type=LOGIN ... old-auid=4294967295 auid=4242 tty=(none) old-ses=4294967295 ses=2 res=1,
+    """type=LOGIN ... old-auid=4294967295 auid=4242 tty=(none) old-ses=4294967295 ses=4 res=1,
     with the SYSCALL (write to /proc/self/loginuid) of the same event."""
     [login] = [e for e in events_of(results, log) if "old_auid" in e]
     assert login["t"] == "auth" and login["rt"] == "SYSCALL"
