@@ -1,5 +1,5 @@
-"""The whole agent (DESIGN, Budgets: "whole agent: RSS, CPU per 1,000 events, idle CPU and
-wake-ups per minute"; target under 30 MB RSS and under 1 % of one core at 100 exec/s).
+"""The whole agent (docs/architecture.md, Budgets: "the whole agent: RSS, CPU per 1,000 events,
+idle wake-ups"; target under 30 MB RSS and under 1 % of one core at 100 exec/s).
 
 `micro-agent run` on its embedded default (every collector on, no IoT Hub) in a child process;
 after it settles: idle for a while (CPU seconds, wake-ups as voluntary context switches, from

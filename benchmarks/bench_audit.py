@@ -1,6 +1,8 @@
-"""Audit log text -> grouped, interpreted events: the C core beside its peers (DESIGN, Budgets).
+"""Audit log text -> grouped, interpreted events: the C core beside its peers
+(docs/architecture.md, Budgets).
 
-Same input (conftest.py: the device log replicated to ~300,000 records), same run, one CPU:
+Same input (conftest.py: the recorded device log, or $AGENT_CORPUS_DIR's, replicated to
+~300,000 records), same run, one CPU:
 
 - core: agent.native.AuditParser fed in 1 MiB chunks, flushed; output is msgpack batches.
 - laurel: Debian's /usr/sbin/laurel reading the log on stdin, as auditd would feed it, and

@@ -1,4 +1,5 @@
-"""Connection snapshot of ~10,000 sockets: the C core beside its peers (DESIGN, Budgets).
+"""Connection snapshot of ~10,000 sockets: the C core beside its peers
+(docs/architecture.md, Budgets).
 
 The fixture opens PAIRS loopback TCP connections in this process (a client and its accepted
 end each: 2 x PAIRS sockets, plus the listener), raising RLIMIT_NOFILE as needed. Same sockets,
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.benchmark(group="connections")
 PAIRS = 5_000
 QUICK_PAIRS = 250
 ROUNDS = 5
-# The DESIGN budget of the core against each peer (core >= N x).
+# The budget (docs/architecture.md) of the core against each peer (core >= N x).
 BUDGET = {"psutil": 5.0}
 
 

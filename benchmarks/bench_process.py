@@ -1,4 +1,5 @@
-"""Process snapshot and proc connector decoding: the C core beside its peers (DESIGN, Budgets).
+"""Process snapshot and proc connector decoding: the C core beside its peers
+(docs/architecture.md, Budgets).
 
 snapshot (group process-snapshot), with 2,000 extra sleeping processes (200 under
 --benchmark-disable), same fields on both sides (pid, ppid, uids, gids, name, exe, cmdline,

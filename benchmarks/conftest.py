@@ -1,7 +1,9 @@
 """Fixtures of the side-by-side benchmarks: the shared input, one-CPU pinning, the results table.
 
-The audit input is the real device log of the corpus (`../shared/corpus/device-raw.log`)
-replicated until it holds about AGENT_BENCH_RECORDS records (default 300,000); each copy
+The audit input is a real device log, the repository's recorded
+tests/fixtures/audit/device-raw.log, or device-raw.log of the larger corpus that
+AGENT_CORPUS_DIR names when it is set, replicated until it holds about AGENT_BENCH_RECORDS
+records (default 300,000); each copy
 shifts every serial past the previous copy's and every timestamp past its end, so serials stay
 unique and increasing and the content is otherwise the same. CI's quick mode
 (`--benchmark-disable`) sets AGENT_BENCH_RECORDS to a small value.
@@ -28,12 +30,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus"
-DEVICE_LOG = CORPUS / "device-raw.log"
+FIXTURE_LOG = REPO / "tests" / "fixtures" / "audit" / "device-raw.log"
 RESULTS_MD = REPO / ".benchmarks" / "audit-parse.md"
 DEFAULT_RECORDS = 300_000
 
-# The peers in table order, with the DESIGN budget of the core against each (core >= N x).
+# The peers in table order, with the budget of the core against each (docs/architecture.md, core >= N x).
 PEERS: dict[str, float | None] = {
     "core": None,
     "laurel": 10.0,
@@ -65,6 +66,17 @@ class AuditBenchInput:
             f"{self.source.name} x {self.copies}: {self.records:,} records, "
             f"{self.events:,} events, {self.size / 1e6:.1f} MB"
         )
+
+
+def device_log() -> Path:
+    """device-raw.log of $AGENT_CORPUS_DIR when it is set, else the recorded fixture."""
+    configured = os.environ.get("AGENT_CORPUS_DIR")
+    if not configured:
+        return FIXTURE_LOG
+    log = Path(configured) / "device-raw.log"
+    if not log.is_file():
+        raise pytest.UsageError(f"AGENT_CORPUS_DIR={configured!r} holds no device-raw.log")
+    return log
 
 
 def bench_records() -> int:
@@ -165,10 +177,8 @@ def skip_unless_ci(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def audit_bench_input(tmp_path_factory: pytest.TempPathFactory) -> AuditBenchInput:
-    if not DEVICE_LOG.is_file():
-        skip_unless_ci(f"the corpus is not at {CORPUS}")
     out = tmp_path_factory.mktemp("audit-bench") / "device-replicated.log"
-    return replicate_audit_log(DEVICE_LOG, bench_records(), out)
+    return replicate_audit_log(device_log(), bench_records(), out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""Shared fixtures: the audit log corpus and the two implementations of the audit parser.
+"""Shared fixtures: the recorded audit logs and the two implementations of the audit parser.
+
+`corpus_dir` is tests/fixtures/audit/: device-raw.log and device-enriched.log, recorded by
+scripts/record-fixtures from a real kernel and auditd, with the events the C parser gives for
+each (*.events.jsonl) and counts read from their text (counts.json). `external_corpus()`
+names a larger corpus of the same layout (plus public/, other projects' test logs) when
+$AGENT_CORPUS_DIR is set; tests use it in addition to the fixtures, never instead.
 
 `audit_impl` runs a test against the C core (agent.native.AuditParser, its msgpack batches
 decoded with msgpack.unpackb(raw=False)) and against the pure-Python reference
@@ -21,6 +27,8 @@ from typing import Any, Callable, Optional, Union
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "audit"
+DEVICE_LOGS = ("device-raw.log", "device-enriched.log")
 
 # The counters of docs/events.md, in its order.
 STAT_NAMES = (
@@ -106,11 +114,22 @@ IMPLEMENTATIONS: dict[str, Parse] = {"core": parse_core, "reference": parse_refe
 
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    """The shared audit log corpus: $AGENT_CORPUS_DIR, else ../shared/corpus beside the repo."""
+    """The recorded audit logs of the repository (tests/fixtures/audit/)."""
+    return FIXTURES
+
+
+def external_corpus() -> Path | None:
+    """The larger corpus named by $AGENT_CORPUS_DIR, or None when the variable is not set.
+
+    Read at collection time (tests parametrize over its files). A variable that names no
+    directory is a mistake in the caller's setup and fails the run rather than passing it
+    with fewer tests."""
     configured = os.environ.get("AGENT_CORPUS_DIR")
-    path = Path(configured) if configured else REPO.parent / "shared" / "corpus"
+    if not configured:
+        return None
+    path = Path(configured)
     if not path.is_dir():
-        skip_unless_ci(f"the audit log corpus is not at {path} (set AGENT_CORPUS_DIR)")
+        raise pytest.UsageError(f"AGENT_CORPUS_DIR={configured!r} is not a directory")
     return path
 
 

@@ -1,18 +1,20 @@
 """Differential tests: the C core and the pure-Python reference (the oracle of
 docs/audit-parsing.md) must give the same events, in the same order, and the same counters.
 
-Inputs: the two device logs, every file under the corpus's public/ (other projects' test logs,
-some of them not audit logs at all), the device log under tight bounds, and small crafted
-inputs for the corner cases of the parsing rules.
+Inputs: the recorded logs of tests/fixtures/audit/, the device log under tight bounds, small
+crafted inputs for the corner cases of the parsing rules and, when $AGENT_CORPUS_DIR names a
+larger corpus, its device logs and every file under its public/ (other projects' test logs,
+some of them not audit logs at all).
 """
 
 from __future__ import annotations
 
-import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from conftest import DEVICE_LOGS, FIXTURES, external_corpus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,18 +22,24 @@ Event = dict[str, Any]
 ParseResult = tuple[list[Event], dict[str, int]]
 Parse = Callable[..., ParseResult]
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _corpus_files() -> list[str]:
-    """Paths relative to the corpus, collected at import time (empty without the corpus)."""
-    configured = os.environ.get("AGENT_CORPUS_DIR")
-    root = Path(configured) if configured else REPO.parent / "shared" / "corpus"
-    files = ["device-raw.log", "device-enriched.log"]
-    public = root / "public"
-    if public.is_dir():
-        files += sorted(str(p.relative_to(root)) for p in public.rglob("*") if p.is_file())
+def _corpus_files() -> list[Path]:
+    """The fixtures' logs, then the external corpus's device logs and public/ files (collected
+    at import time: parametrization needs them)."""
+    files = [FIXTURES / name for name in DEVICE_LOGS]
+    external = external_corpus()
+    if external is not None:
+        files += [external / name for name in DEVICE_LOGS]
+        public = external / "public"
+        if public.is_dir():
+            files += sorted(p for p in public.rglob("*") if p.is_file())
     return files
+
+
+def _file_id(path: Path) -> str:
+    external = external_corpus()
+    if external is not None and path.is_relative_to(external):
+        return f"corpus/{path.relative_to(external)}"
+    return f"fixtures/{path.relative_to(FIXTURES)}"
 
 
 def _describe(core: Event, ref: Event) -> str:
@@ -49,11 +57,9 @@ def assert_same(core: ParseResult, ref: ParseResult) -> None:
     assert core_stats == ref_stats
 
 
-@pytest.mark.parametrize("name", _corpus_files())
-def test_corpus_file(
-    core_parse: Parse, reference_parse: Parse, corpus_dir: Path, name: str
-) -> None:
-    data = (corpus_dir / name).read_bytes()
+@pytest.mark.parametrize("path", _corpus_files(), ids=_file_id)
+def test_corpus_file(core_parse: Parse, reference_parse: Parse, path: Path) -> None:
+    data = path.read_bytes()
     core = core_parse(data)
     ref = reference_parse(data)
     assert ref[1]["bytes"] == len(data)
@@ -72,10 +78,41 @@ TIGHT: dict[str, int] = {
 TINY = {**TIGHT, "max_line_bytes": 256, "max_event_bytes": 264, "max_pending_bytes": 264}
 
 
+_SERIAL = re.compile(rb"msg=audit\([0-9.]+:([0-9]+)\)")
+
+
+def interleaved(data: bytes, ways: int = 2) -> bytes:
+    """The log's events dealt in turn to `ways` streams, whose lines are then taken one from
+    each stream in turn: the records of concurrent events interleave as they do when several
+    CPUs write at once, so events are cut by the bounds, time out and come back late. The
+    recorded fixture, from a quiet machine, has almost no such interleaving of its own."""
+    events: dict[bytes | None, list[bytes]] = {}
+    for line in data.splitlines(keepends=True):
+        match = _SERIAL.search(line)
+        events.setdefault(match.group(1) if match else None, []).append(line)
+    streams: list[list[bytes]] = [[] for _ in range(ways)]
+    for i, lines in enumerate(events.values()):
+        streams[i % ways].extend(lines)
+    longest = max(len(stream) for stream in streams)
+    return b"".join(stream[i] for i in range(longest) for stream in streams if i < len(stream))
+
+
+def _tight_inputs() -> list[tuple[str, Path, bool]]:
+    """(id, log, interleave): the fixture's RAW log interleaved; the external corpus's RAW log
+    as it is (it was recorded while its events interleaved)."""
+    inputs = [("fixtures-interleaved", FIXTURES / "device-raw.log", True)]
+    external = external_corpus()
+    if external is not None:
+        inputs.append(("corpus", external / "device-raw.log", False))
+    return inputs
+
+
+@pytest.mark.parametrize(("log", "interleave"), [i[1:] for i in _tight_inputs()],
+                         ids=[i[0] for i in _tight_inputs()])
 @pytest.mark.parametrize(
     ("options", "exercised"),
     [
-        (TIGHT, ("long_lines", "truncated", "forced", "timeouts", "duplicates")),
+        (TIGHT, ("long_lines", "forced", "timeouts", "duplicates")),
         ({**TIGHT, "timeout_ms": 100000, "max_in_flight": 2}, ("forced", "duplicates")),
         (TINY, ("long_lines", "truncated", "forced")),
     ],
@@ -83,18 +120,28 @@ TINY = {**TIGHT, "max_line_bytes": 256, "max_event_bytes": 264, "max_pending_byt
 def test_device_log_under_tight_bounds(
     core_parse: Parse,
     reference_parse: Parse,
-    corpus_dir: Path,
+    log: Path,
+    interleave: bool,
     options: dict[str, int],
     exercised: tuple[str, ...],
 ) -> None:
     """Long lines skipped, events cut and forced out or timed out, many batches."""
-    data = (corpus_dir / "device-raw.log").read_bytes()
+    data = log.read_bytes()
+    if interleave:
+        data = interleaved(data)
     core = core_parse(data, options)
     ref = reference_parse(data, options)
     stats = ref[1]
     assert all(stats[name] > 0 for name in exercised), stats
     assert stats["batches"] > 10
     assert_same(core, ref)
+
+
+def test_interleaving_keeps_every_line() -> None:
+    data = (FIXTURES / "device-raw.log").read_bytes()
+    mixed = interleaved(data)
+    assert mixed != data
+    assert sorted(mixed.splitlines()) == sorted(data.splitlines())
 
 
 # ---------------------------------------------------------------------------------------------

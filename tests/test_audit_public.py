@@ -1,8 +1,11 @@
-"""The public audit logs of other projects (../shared/corpus/public, see its SOURCES.tsv)
-through both implementations (fixture `audit_impl`: the C core and the pure-Python reference).
+"""The public audit logs of other projects (public/ of the corpus that $AGENT_CORPUS_DIR names,
+see its SOURCES.tsv) through both implementations (fixture `audit_impl`: the C core and the
+pure-Python reference). These logs and their expected outputs belong to their projects and are
+not copied into this repository: without $AGENT_CORPUS_DIR these tests skip, and the
+recorded logs of tests/fixtures/audit/ (tests/test_audit_corpus.py) are what always runs.
 
 - Every file, fed whole and in small chunks: no crash, the same events both ways, and counters
-  that agree with a line-by-line reading of the file.
+  that agree with a line-by-line reading of the file (the recorded fixtures too, always).
 - laurel: record-*.txt against laurel's own record-*.json beside it.
 - go-libaudit: *.log against auparse's *.log.golden (one JSON object per line of the log), and
   the aucoalesce *.yaml tests against *.json.golden (one coalesced event per test).
@@ -23,7 +26,6 @@ import errno
 import functools
 import ipaddress
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,22 +36,16 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import pytest
-from conftest import skip_unless_ci
+from conftest import DEVICE_LOGS, FIXTURES, external_corpus, skip_unless_ci
 from oracle.audit_names import RECORD_TYPES
 
 Event = dict[str, Any]
 Stats = dict[str, int]
 Parse = Callable[..., tuple[list[Event], Stats]]
 
-# Parametrization needs the file list at collection time; the tests themselves read through
-# the `corpus_dir` fixture (the same place: $AGENT_CORPUS_DIR, else ../shared/corpus).
-_PUBLIC_AT_COLLECTION = (
-    Path(
-        os.environ.get("AGENT_CORPUS_DIR")
-        or Path(__file__).resolve().parents[2] / "shared" / "corpus"
-    )
-    / "public"
-)
+# Parametrization needs the file list at collection time.
+_EXTERNAL = external_corpus()
+_PUBLIC_AT_COLLECTION = _EXTERNAL / "public" if _EXTERNAL is not None else None
 
 LAUREL = "threathunters-io_laurel"
 GOLIBAUDIT = "elastic_go-libaudit"
@@ -67,7 +63,7 @@ HEX_FIELDS = {
 
 
 def _public_files() -> list[str]:
-    if not _PUBLIC_AT_COLLECTION.is_dir():
+    if _PUBLIC_AT_COLLECTION is None or not _PUBLIC_AT_COLLECTION.is_dir():
         return []
     return sorted(
         str(p.relative_to(_PUBLIC_AT_COLLECTION))
@@ -77,11 +73,14 @@ def _public_files() -> list[str]:
 
 
 @pytest.fixture
-def public(corpus_dir: Path) -> Path:
-    path = Path(corpus_dir) / "public"
-    if not path.is_dir():
-        skip_unless_ci(f"no public corpus at {path}")
-    return path
+def public() -> Path:
+    """public/ of the external corpus. Optional by design (other projects' files, not ours to
+    copy): a plain skip without $AGENT_CORPUS_DIR, even in CI."""
+    if _PUBLIC_AT_COLLECTION is None:
+        pytest.skip("other projects' public audit logs: set AGENT_CORPUS_DIR to a corpus with public/")
+    if not _PUBLIC_AT_COLLECTION.is_dir():
+        skip_unless_ci(f"no public/ in the corpus at {_EXTERNAL}")
+    return _PUBLIC_AT_COLLECTION
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,9 +313,26 @@ def _chunk_for(size: int) -> int:
     return 7 if size <= 64 * 1024 else 4093
 
 
-@pytest.mark.parametrize("name", _public_files())
-def test_every_public_file(audit_impl: Parse, public: Path, name: str) -> None:
-    data = (public / name).read_bytes()
+def _every_file() -> list[Path]:
+    """The recorded fixtures (always), then every public file (with the external corpus)."""
+    files = [FIXTURES / name for name in DEVICE_LOGS]
+    if _PUBLIC_AT_COLLECTION is not None:
+        files += [_PUBLIC_AT_COLLECTION / name for name in _public_files()]
+    return files
+
+
+def _file_id(path: Path) -> str:
+    if path.parent == FIXTURES:
+        return f"fixtures/{path.name}"
+    assert _PUBLIC_AT_COLLECTION is not None
+    return str(path.relative_to(_PUBLIC_AT_COLLECTION))
+
+
+@pytest.mark.parametrize("path", _every_file(), ids=_file_id)
+def test_every_file(audit_impl: Parse, path: Path) -> None:
+    """Any log, whole and in small chunks: no crash, the same events both ways, and counters
+    that agree with a line-by-line reading of the file."""
+    data = path.read_bytes()
     events, stats = audit_impl(data)
     chunk = _chunk_for(len(data))
     chunked_events, chunked_stats = audit_impl(data, chunk=chunk)

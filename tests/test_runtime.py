@@ -491,7 +491,7 @@ def test_network_activity_devices_keeps_the_connections_of_those_interfaces(tmp_
         def connect_all(ports: set[int] = ports) -> None:
             child = subprocess.run([sys.executable, "-c", CONNECTOR], capture_output=True,
                                    text=True, check=True)
-            ports.update(int(p) for p in child.stdout.split())  # noqa: B023 (run in this loop)
+            ports.update(int(p) for p in child.stdout.split())
 
         with agent(tmp_path, {"NetworkActivity_Disabled": False, "NetworkActivity_Devices": devices},
                    name=devices) as h:

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # native/fuzz/build.sh [OUT]: builds the libFuzzer harnesses (ASan + UBSan) into OUT (default
 # native/fuzz/out) and writes their seed corpora into OUT/seeds/<harness>/, cut from a few
-# real lines of ../shared/corpus/device-{raw,enriched}.log (AUDIT_CORPUS overrides the folder).
+# real lines of the recorded tests/fixtures/audit/device-{raw,enriched}.log (AUDIT_CORPUS
+# names another folder with the same two logs).
 #
 # Then, for example:  native/fuzz/out/fuzz_audit_text -max_total_time=60 \
 #                         native/fuzz/corpus-text native/fuzz/out/seeds/fuzz_audit_text
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 out=$(mkdir -p "${1:-$root/native/fuzz/out}" && cd "${1:-$root/native/fuzz/out}" && pwd)
-corpus=${AUDIT_CORPUS:-$root/../shared/corpus}
+corpus=${AUDIT_CORPUS:-$root/tests/fixtures/audit}
 cc=${CC:-clang-14}
 cd "$root"
 
