@@ -108,9 +108,10 @@ class AuditSource:
             return
         self.env.unwatch(nl.fileno())
         try:
-            batches = nl.close()
+            batches = nl.finish()
         finally:
             self._account_closed(nl)
+            nl.close()
         self._route(batches, also)
         self.state = "closed"
 

@@ -140,6 +140,11 @@ class Collector:
         assert self.aggregator is not None, "configure() first"
         lane.spill(self.aggregator.add(batch, lane.sink))
 
+    def route_all(self, batches: list[bytes], lane: Lane) -> None:
+        """Batches of a source (a pump's delivery) into the lane, through the aggregator."""
+        for batch in batches:
+            self.route(batch, lane)
+
     def flush(self, lane: Lane) -> None:
         if self.aggregator is not None:
             lane.spill(self.aggregator.flush(lane.sink))

@@ -7,31 +7,40 @@ msgpack bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Optional
 
 from agent.native._base import (
     AM_EMPTY,
     AM_OK,
     CoreArgumentError,
+    CoreClosedError,
     CoreError,
     CoreFullError,
     CoreLimitError,
     CoreMemoryError,
+    NativeHandle,
+    c_options,
     check as _check,
     cstr as _cstr,
     ffi,
     lib,
+    more,
+    read_stats,
+    stats_type,
 )
-from agent.native.sink import EventSink, SinkOptions, SinkStats
+from agent.native.sink import EventSink, SinkOptions, SinkStats, pump
 
 # ---------------------------------------------------------------------------------------------
 # msgpack writer
 
 
-class MsgpackWriter:
+class MsgpackWriter(NativeHandle):
     """The core's msgpack writer over a buffer capped at `cap` bytes (used by tests and by
     encoders that build small documents)."""
+
+    _what = "msgpack writer"
 
     def __init__(self, cap: int) -> None:
         if cap < 0:
@@ -39,42 +48,42 @@ class MsgpackWriter:
         handle = lib.am_mpw_new(cap)
         if handle == ffi.NULL:
             raise CoreMemoryError(f"am_mpw_new({cap})")
-        self._w = ffi.gc(handle, lib.am_mpw_free)
+        self._own(handle, lib.am_mpw_free)
 
     def write_nil(self) -> None:
-        _check(lib.am_mpw_nil(self._w), "nil")
+        _check(lib.am_mpw_nil(self._live()), "nil")
 
     def write_bool(self, value: bool) -> None:
-        _check(lib.am_mpw_bool(self._w, 1 if value else 0), "bool")
+        _check(lib.am_mpw_bool(self._live(), 1 if value else 0), "bool")
 
     def write_int(self, value: int) -> None:
         if value >= 0:
-            _check(lib.am_mpw_uint(self._w, value), "uint")
+            _check(lib.am_mpw_uint(self._live(), value), "uint")
         else:
-            _check(lib.am_mpw_int(self._w, value), "int")
+            _check(lib.am_mpw_int(self._live(), value), "int")
 
     def write_float(self, value: float) -> None:
-        _check(lib.am_mpw_float(self._w, value), "float")
+        _check(lib.am_mpw_float(self._live(), value), "float")
 
     def write_str(self, value: str) -> None:
         data = value.encode("utf-8")
-        _check(lib.am_mpw_str(self._w, data, len(data)), "str")
+        _check(lib.am_mpw_str(self._live(), data, len(data)), "str")
 
     def write_bin(self, value: bytes) -> None:
-        _check(lib.am_mpw_bin(self._w, value, len(value)), "bin")
+        _check(lib.am_mpw_bin(self._live(), value, len(value)), "bin")
 
     def write_array(self, count: int) -> None:
-        _check(lib.am_mpw_array(self._w, count), "array")
+        _check(lib.am_mpw_array(self._live(), count), "array")
 
     def write_map(self, count: int) -> None:
-        _check(lib.am_mpw_map(self._w, count), "map")
+        _check(lib.am_mpw_map(self._live(), count), "map")
 
     def reset(self) -> None:
-        lib.am_mpw_reset(self._w)
+        lib.am_mpw_reset(self._live())
 
     def getvalue(self) -> bytes:
         size = ffi.new("size_t *")
-        data = lib.am_mpw_data(self._w, size)
+        data = lib.am_mpw_data(self._live(), size)
         return bytes(ffi.buffer(data, size[0]))
 
 
@@ -123,6 +132,7 @@ class AuditOptions:
     max_batches: Optional[int] = None
 
 
+@stats_type("struct am_audit_stats")
 @dataclass(frozen=True)
 class AuditStats:
     bytes: int
@@ -141,10 +151,7 @@ class AuditStats:
     memory_bound: int
 
 
-_STAT_NAMES = [f.name for f in fields(AuditStats)]
-
-
-class AuditParser:
+class AuditParser(NativeHandle):
     """Audit text or netlink records in, msgpack batches out (see docs/events.md).
 
     Every method returns the batches that became ready, oldest first; each batch is the bytes
@@ -152,90 +159,83 @@ class AuditParser:
     the input.
     """
 
+    _what = "audit parser"
+
     def __init__(self, options: Optional[AuditOptions] = None) -> None:
-        opts = ffi.new("struct am_audit_options *")
-        lib.am_audit_default_options(opts)
-        if options is not None:
-            for name in _option_names():
-                value = getattr(options, name)
-                if value is not None:
-                    if not 0 <= value <= 0xFFFFFFFF:
-                        raise CoreArgumentError(f"{name}={value} is out of range")
-                    setattr(opts, name, value)
+        opts = c_options(options, "struct am_audit_options", lib.am_audit_default_options)
         handle = lib.am_audit_new(opts)
         if handle == ffi.NULL:
             raise CoreArgumentError(f"the core rejected the audit options {options}")
-        self._p = ffi.gc(handle, lib.am_audit_free)
-        # The am_audit handle, for the wrappers that feed it another way (NetlinkDecoder).
-        self.handle: Any = self._p
+        self._own(handle, lib.am_audit_free)
         self._consumed = ffi.new("size_t *")
         self._data = ffi.new("uint8_t **")
         self._len = ffi.new("size_t *")
         self._events = ffi.new("uint32_t *")
         self._stats = ffi.new("struct am_audit_stats *")
 
+    @property
+    def handle(self) -> Any:
+        """The am_audit handle, for the wrappers that feed it another way (NetlinkDecoder)."""
+        return self._live()
+
     def take_all(self, out: list[bytes]) -> None:
         """Appends every sealed batch to out, oldest first."""
-        while lib.am_audit_take(self._p, self._data, self._len, self._events) == AM_OK:
+        while lib.am_audit_take(self._live(), self._data, self._len, self._events) == AM_OK:
             out.append(bytes(ffi.buffer(self._data[0], self._len[0])))
+
+    def _until_done(self, call: Callable[[], int], what: str) -> list[bytes]:
+        """Runs a call that stops with AM_ERR_FULL when the batch queue is full: its batches
+        are taken and the call is made again, until it completes."""
+        out: list[bytes] = []
+        while True:
+            resume = more(call(), what)
+            self.take_all(out)
+            if not resume:
+                return out
 
     def feed(self, data: bytes) -> list[bytes]:
         """Log text in any chunking (a partial last line waits for the next call)."""
-        out: list[bytes] = []
+        handle = self._live()
         view = ffi.from_buffer(data)
         offset = 0
-        total = len(data)
-        while True:
-            status = lib.am_audit_feed(self._p, view + offset, total - offset, self._consumed)
+
+        def feed_rest() -> int:
+            nonlocal offset
+            status = int(lib.am_audit_feed(handle, view + offset, len(data) - offset,
+                                           self._consumed))
             offset += self._consumed[0]
-            self.take_all(out)
-            if status != lib.AM_ERR_FULL:
-                _check(status, "am_audit_feed")
-                return out
+            return status
+
+        return self._until_done(feed_rest, "am_audit_feed")
 
     def feed_record(self, record_type: int, payload: bytes) -> list[bytes]:
         """One record as netlink delivers it: message type and text."""
         if not 0 <= record_type <= 0xFFFF:
             raise CoreArgumentError(f"record type {record_type} is out of range")
-        out: list[bytes] = []
-        while True:
-            status = lib.am_audit_feed_record(self._p, record_type, payload, len(payload))
-            self.take_all(out)
-            if status != lib.AM_ERR_FULL:
-                _check(status, "am_audit_feed_record")
-                return out
+        handle = self._live()
+        return self._until_done(
+            lambda: int(lib.am_audit_feed_record(handle, record_type, payload, len(payload))),
+            "am_audit_feed_record",
+        )
 
     def expire(self, now_ms: int) -> list[bytes]:
         """Complete events idle for timeout_ms of wall time."""
-        out: list[bytes] = []
-        while True:
-            status = lib.am_audit_expire(self._p, now_ms)
-            self.take_all(out)
-            if status != lib.AM_ERR_FULL:
-                _check(status, "am_audit_expire")
-                return out
+        handle = self._live()
+        return self._until_done(lambda: int(lib.am_audit_expire(handle, now_ms)),
+                                "am_audit_expire")
 
     def seal(self) -> list[bytes]:
         """Seal the open batch and return every ready batch."""
         out: list[bytes] = []
-        _check(lib.am_audit_seal(self._p), "am_audit_seal")
+        _check(lib.am_audit_seal(self._live()), "am_audit_seal")
         self.take_all(out)
         return out
 
     def flush(self) -> list[bytes]:
         """End of input: complete every open event and return all remaining batches."""
-        out: list[bytes] = []
-        while True:
-            status = lib.am_audit_flush(self._p)
-            self.take_all(out)
-            if status != lib.AM_ERR_FULL:
-                _check(status, "am_audit_flush")
-                return out
+        handle = self._live()
+        return self._until_done(lambda: int(lib.am_audit_flush(handle)), "am_audit_flush")
 
     def stats(self) -> AuditStats:
-        lib.am_audit_stats(self._p, self._stats)
-        return AuditStats(**{name: int(getattr(self._stats, name)) for name in _STAT_NAMES})
-
-
-def _option_names() -> list[str]:
-    return [f.name for f in fields(AuditOptions)]
+        lib.am_audit_stats(self._live(), self._stats)
+        return read_stats(AuditStats, self._stats)
