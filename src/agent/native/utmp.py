@@ -183,13 +183,12 @@ class UtmpDecoder(_Handle):
         super().__init__(handle)
         self._consumed = ffi.new("size_t *")
 
-    def decode(self, sink: EventSink, data: bytes) -> int:
-        """Decodes records into the sink; returns the bytes of whole records used. Fewer than
-        the whole records of data: the sink filled or the per-call bound was reached; take the
-        sink's batches and decode the rest."""
+    def feed(self, sink: EventSink, data: bytes) -> tuple[int, int]:
+        """(events appended, bytes of whole records used); the rest waits for the caller (the
+        sink filled or the per-call bound was reached: take the sink's batches, feed the rest)."""
         status = lib.am_utmp_feed(
             self._live(), ffi.from_buffer(data), len(data), sink.handle, self._consumed,
             self._events,
         )
         more(status, "am_utmp_feed", limit=True)
-        return int(self._consumed[0])
+        return int(self._events[0]), int(self._consumed[0])
