@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Optional
 
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions
+from agent.native.sink import EventSink, pump
 
 if TYPE_CHECKING:
     from agent.collectors.base import Collector, Environment
@@ -29,6 +30,7 @@ class AuditSource:
     def __init__(self, env: Environment) -> None:
         self.env = env
         self.nl: Optional[AuditNetlink] = None
+        self.raw = EventSink()  # the socket's events, before they go to each subscriber
         self.subscribers: dict[str, tuple[Collector, bool, bool]] = {}
         self.state = "closed"
         self._config: Optional[Config] = None
@@ -108,11 +110,10 @@ class AuditSource:
             return
         self.env.unwatch(nl.fileno())
         try:
-            batches = nl.finish()
+            pump(nl.finish, self.raw, lambda batches: self._route(batches, also), seal=True)
         finally:
             self._account_closed(nl)
             nl.close()
-        self._route(batches, also)
         self.state = "closed"
 
     def close(self) -> None:
@@ -134,7 +135,7 @@ class AuditSource:
 
     def on_readable(self) -> None:
         if self.nl is not None:
-            self._route(self.nl.drain())
+            pump(self.nl.drain, self.raw, self._route)
 
     def tick(self, now: int) -> None:
         """Called by each subscriber's tick; runs at most once per second: completes idle
@@ -143,8 +144,9 @@ class AuditSource:
         if self.nl is None or now - self._last_tick < 1000:
             return
         self._last_tick = now
-        self.nl.poll_status()
-        self._route(self.nl.expire(now) + self.nl.seal())
+        nl = self.nl
+        nl.poll_status()
+        pump(lambda sink: nl.expire(sink, now), self.raw, self._route, seal=True)
 
     # -- loss -----------------------------------------------------------------------------------
 

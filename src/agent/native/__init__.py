@@ -129,7 +129,6 @@ class AuditOptions:
     max_event_bytes: Optional[int] = None
     max_pending_bytes: Optional[int] = None
     batch_bytes: Optional[int] = None
-    max_batches: Optional[int] = None
 
 
 @stats_type("struct am_audit_stats")
@@ -146,7 +145,6 @@ class AuditStats:
     timeouts: int
     duplicates: int
     gaps: int
-    batches: int
     memory: int
     memory_bound: int
 
@@ -154,23 +152,25 @@ class AuditStats:
 class AuditParser(NativeHandle):
     """Audit text or netlink records in, msgpack batches out (see docs/events.md).
 
-    Every method returns the batches that became ready, oldest first; each batch is the bytes
-    of one msgpack array of event maps. Memory stays within `stats().memory_bound` whatever
-    the input.
+    The parser writes its events into an EventSink of its own (batch_bytes as the options',
+    max_batches as given); every method returns the batches that became ready, oldest first;
+    each batch is the bytes of one msgpack array of event maps. Memory stays within
+    `stats().memory_bound` whatever the input.
     """
 
     _what = "audit parser"
 
-    def __init__(self, options: Optional[AuditOptions] = None) -> None:
+    def __init__(
+        self, options: Optional[AuditOptions] = None, max_batches: Optional[int] = None
+    ) -> None:
         opts = c_options(options, "struct am_audit_options", lib.am_audit_default_options)
         handle = lib.am_audit_new(opts)
         if handle == ffi.NULL:
             raise CoreArgumentError(f"the core rejected the audit options {options}")
         self._own(handle, lib.am_audit_free)
+        self.sink = EventSink(SinkOptions(batch_bytes=int(opts.batch_bytes),
+                                          max_batches=max_batches))
         self._consumed = ffi.new("size_t *")
-        self._data = ffi.new("uint8_t **")
-        self._len = ffi.new("size_t *")
-        self._events = ffi.new("uint32_t *")
         self._stats = ffi.new("struct am_audit_stats *")
 
     @property
@@ -178,20 +178,11 @@ class AuditParser(NativeHandle):
         """The am_audit handle, for the wrappers that feed it another way (NetlinkDecoder)."""
         return self._live()
 
-    def take_all(self, out: list[bytes]) -> None:
-        """Appends every sealed batch to out, oldest first."""
-        while lib.am_audit_take(self._live(), self._data, self._len, self._events) == AM_OK:
-            out.append(bytes(ffi.buffer(self._data[0], self._len[0])))
-
-    def _until_done(self, call: Callable[[], int], what: str) -> list[bytes]:
-        """Runs a call that stops with AM_ERR_FULL when the batch queue is full: its batches
-        are taken and the call is made again, until it completes."""
+    def run(self, call: Callable[[EventSink], bool]) -> list[bytes]:
+        """Pumps one of the parser's resumable calls into the own sink; the batches sealed."""
         out: list[bytes] = []
-        while True:
-            resume = more(call(), what)
-            self.take_all(out)
-            if not resume:
-                return out
+        pump(call, self.sink, out.extend)
+        return out
 
     def feed(self, data: bytes) -> list[bytes]:
         """Log text in any chunking (a partial last line waits for the next call)."""
@@ -199,43 +190,42 @@ class AuditParser(NativeHandle):
         view = ffi.from_buffer(data)
         offset = 0
 
-        def feed_rest() -> int:
+        def feed_rest(sink: EventSink) -> bool:
             nonlocal offset
-            status = int(lib.am_audit_feed(handle, view + offset, len(data) - offset,
-                                           self._consumed))
+            status = lib.am_audit_feed(handle, sink.handle, view + offset, len(data) - offset,
+                                       self._consumed)
             offset += self._consumed[0]
-            return status
+            return more(status, "am_audit_feed")
 
-        return self._until_done(feed_rest, "am_audit_feed")
+        return self.run(feed_rest)
 
     def feed_record(self, record_type: int, payload: bytes) -> list[bytes]:
         """One record as netlink delivers it: message type and text."""
         if not 0 <= record_type <= 0xFFFF:
             raise CoreArgumentError(f"record type {record_type} is out of range")
         handle = self._live()
-        return self._until_done(
-            lambda: int(lib.am_audit_feed_record(handle, record_type, payload, len(payload))),
-            "am_audit_feed_record",
-        )
+        return self.run(lambda sink: more(
+            lib.am_audit_feed_record(handle, sink.handle, record_type, payload, len(payload)),
+            "am_audit_feed_record"))
 
     def expire(self, now_ms: int) -> list[bytes]:
         """Complete events idle for timeout_ms of wall time."""
         handle = self._live()
-        return self._until_done(lambda: int(lib.am_audit_expire(handle, now_ms)),
-                                "am_audit_expire")
+        return self.run(lambda sink: more(lib.am_audit_expire(handle, sink.handle, now_ms),
+                                          "am_audit_expire"))
 
     def seal(self) -> list[bytes]:
         """Seal the open batch and return every ready batch."""
-        out: list[bytes] = []
-        _check(lib.am_audit_seal(self._live()), "am_audit_seal")
-        self.take_all(out)
-        return out
+        self._live()
+        return self.sink.seal()
 
     def flush(self) -> list[bytes]:
         """End of input: complete every open event and return all remaining batches."""
         handle = self._live()
-        return self._until_done(lambda: int(lib.am_audit_flush(handle)), "am_audit_flush")
+        return self.run(lambda sink: more(lib.am_audit_flush(handle, sink.handle),
+                                          "am_audit_flush"))
 
     def stats(self) -> AuditStats:
-        lib.am_audit_stats(self._live(), self._stats)
+        """The parser's counters; memory and memory_bound include its sink's."""
+        lib.am_audit_stats(self._live(), self.sink.handle, self._stats)
         return read_stats(AuditStats, self._stats)

@@ -1,14 +1,14 @@
 """The live audit source (native/audit_netlink.c): kernel audit records over NETLINK_AUDIT,
-assembled and encoded by the core's audit parser into msgpack batches.
+assembled and encoded by the core's audit parser into the EventSink given to each call, like
+every other source (the drain contract: a call returns `more`; native.pump drives it).
 
     with AuditNetlink() as audit:
         print(audit.state)                    # "owner", "multicast: owned by pid 812 (auditd)"
         selector.register(audit.fileno(), EVENT_READ)
         ...
-        batches = audit.drain()               # on readable
-        batches += audit.expire(now_ms)       # on a timer, with poll_status() every second
-        batches += audit.seal()               # when the pipeline wants what is assembled
-        batches += audit.finish()             # the last events; rules removed, kernel restored
+        pump(audit.drain, sink, deliver)      # on readable
+        pump(lambda s: audit.expire(s, now_ms), sink, deliver, seal=True)  # every second
+        pump(audit.finish, sink, deliver)     # the last events; rules removed, kernel restored
     # leaving the block (or close(), or garbage collection) frees the handle; if finish() was
     # not called, the C destructor still removes the rules and restores the kernel state
 
@@ -18,7 +18,6 @@ counters; records never become Python objects (see docs/sources/audit-netlink.md
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -36,6 +35,7 @@ from agent.native._base import (
     read_stats,
     stats_type,
 )
+from agent.native.sink import EventSink
 
 MODE_UNAVAILABLE = "unavailable"
 MODE_OWNER = "owner"
@@ -143,9 +143,7 @@ class AuditNetlink(NativeHandle):
         if handle == ffi.NULL:
             raise CoreArgumentError(f"the core rejected the audit netlink options {options}")
         self._own(handle, lib.am_anl_free)
-        self._data = ffi.new("uint8_t **")
-        self._len = ffi.new("size_t *")
-        self._events = ffi.new("uint32_t *")
+        self._finished_reading = False
         self._stats = ffi.new("struct am_anl_stats *")
         self._pstats = ffi.new("struct am_audit_stats *")
         self._status = ffi.new("struct am_anl_status *")
@@ -183,40 +181,36 @@ class AuditNetlink(NativeHandle):
         """The event socket, non-blocking, for selectors (-1 after finish())."""
         return int(lib.am_anl_fileno(self._live()))
 
-    # -- the stream
+    # -- the stream: the drain contract (native.pump)
 
-    def _take_all(self, out: list[bytes]) -> None:
-        handle = self._live()
-        while lib.am_anl_take(handle, self._data, self._len, self._events) == AM_OK:
-            out.append(bytes(ffi.buffer(self._data[0], self._len[0])))
+    def drain(self, sink: EventSink) -> bool:
+        """Reads everything readable into events in the sink; True (more): the sink is full,
+        take its batches and call again."""
+        return more(lib.am_anl_drain(self._live(), sink.handle, 0), "am_anl_drain")
 
-    def _until_done(self, call: Callable[[], int], what: str) -> list[bytes]:
-        out: list[bytes] = []
-        while True:
-            resume = more(call(), what)
-            self._take_all(out)
-            if not resume:
-                return out
-
-    def drain(self) -> list[bytes]:
-        """Reads everything readable; returns the batches that became ready."""
-        handle = self._live()
-        return self._until_done(lambda: int(lib.am_anl_drain(handle, 0)), "am_anl_drain")
-
-    def expire(self, now_ms: int) -> list[bytes]:
-        """Completes events idle for the parser's timeout_ms of wall time (ms since epoch)."""
+    def expire(self, sink: EventSink, now_ms: int) -> bool:
+        """Completes events idle for the parser's timeout_ms of wall time (ms since epoch);
+        more as drain()."""
         if now_ms < 0:
             raise CoreArgumentError("now_ms must be >= 0")
-        handle = self._live()
-        return self._until_done(lambda: int(lib.am_anl_expire(handle, now_ms)),
-                                "am_anl_expire")
+        return more(lib.am_anl_expire(self._live(), sink.handle, now_ms), "am_anl_expire")
 
-    def seal(self) -> list[bytes]:
-        """Seals the open batch and returns every ready batch."""
-        check(lib.am_anl_seal(self._live()), "am_anl_seal")
-        out: list[bytes] = []
-        self._take_all(out)
-        return out
+    def finish(self, sink: EventSink) -> bool:
+        """Reads what is left, removes the agent's rules, restores what open changed in the
+        kernel, completes every open event and seals the sink's open batch; more as drain().
+        The counters stay readable until close()."""
+        handle = self._live()
+        if not self._finished_reading:
+            try:
+                pending = more(lib.am_anl_drain(handle, sink.handle, 0), "am_anl_drain")
+            except BaseException:
+                lib.am_anl_close(handle)
+                raise
+            if pending:
+                return True
+            check(lib.am_anl_close(handle), "am_anl_close")
+            self._finished_reading = True
+        return more(lib.am_anl_flush(handle, sink.handle), "am_anl_flush")
 
     def poll_status(self) -> Optional[KernelStatus]:
         """AUDIT_GET now (call it every second or so): keeps kernel_lost_delta current and
@@ -229,19 +223,6 @@ class AuditNetlink(NativeHandle):
         lib.am_anl_stats(self._live(), self._stats, self._pstats)
         return read_stats(AuditNetlinkStats, self._stats,
                           parser=read_stats(AuditStats, self._pstats))
-
-    def finish(self) -> list[bytes]:
-        """Reads what is left, removes the agent's rules, restores what open changed in the
-        kernel, and returns the last batches (every open event completed). The counters stay
-        readable until close(); a second call returns []."""
-        handle = self._live()
-        out: list[bytes] = []
-        try:
-            out += self.drain()
-        finally:
-            check(lib.am_anl_close(handle), "am_anl_close")
-        out += self._until_done(lambda: int(lib.am_anl_flush(handle)), "am_anl_flush")
-        return out
 
 
 class NetlinkDecoder(NativeHandle):
@@ -267,14 +248,14 @@ class NetlinkDecoder(NativeHandle):
         view = ffi.from_buffer(datagram)
         offset = 0
 
-        def decode_rest() -> int:
+        def decode_rest(sink: EventSink) -> bool:
             nonlocal offset
-            status = int(lib.am_audit_nl_decode(handle, view + offset, len(datagram) - offset,
-                                                self._consumed, self._st))
+            status = lib.am_audit_nl_decode(handle, sink.handle, view + offset,
+                                            len(datagram) - offset, self._consumed, self._st)
             offset += self._consumed[0]
-            return status
+            return more(status, "am_audit_nl_decode")
 
-        return self._parser._until_done(decode_rest, "am_audit_nl_decode")
+        return self._parser.run(decode_rest)
 
     def flush(self) -> list[bytes]:
         self._live()
