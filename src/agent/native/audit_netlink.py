@@ -68,6 +68,7 @@ class AuditNetlinkOptions:
 class KernelStatus:
     """The kernel's audit status (struct audit_status)."""
 
+    mask: int  # which fields a request sets; 0 in the kernel's replies
     enabled: int
     failure: int
     pid: int
