@@ -56,7 +56,8 @@ def parse_audit(args: argparse.Namespace) -> int:
         return 0
     s = parser.stats()
     print(
-        f"parse-audit: {s.records} records, {s.events} events, {s.batches} batches, "
+        f"parse-audit: {s.records} records, {s.events} events, "
+        f"{parser.sink.stats().batches} batches, "
         f"lost {s.gaps} (serial gaps), {s.duplicates} duplicate serials, "
         f"{s.malformed} malformed lines, {s.long_lines} long lines, "
         f"{s.truncated} truncated events",
