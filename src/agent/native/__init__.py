@@ -11,26 +11,35 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, Optional
 
-from agent.native._base import (
-    AM_EMPTY,
-    AM_OK,
-    CoreArgumentError,
-    CoreClosedError,
-    CoreError,
-    CoreFullError,
-    CoreLimitError,
-    CoreMemoryError,
-    NativeHandle,
-    c_options,
-    check as _check,
-    cstr as _cstr,
-    ffi,
-    lib,
-    more,
-    read_stats,
-    stats_type,
-)
+from agent.native._base import AM_EMPTY, AM_OK, CoreArgumentError, CoreClosedError, CoreError
+from agent.native._base import CoreFullError, CoreLimitError, CoreMemoryError, NativeHandle
+from agent.native._base import c_options, check as _check, cstr as _cstr, ffi, lib, more
+from agent.native._base import stats_type
 from agent.native.sink import EventSink, SinkOptions, SinkStats, pump
+
+__all__ = [
+    "AM_EMPTY",
+    "AM_OK",
+    "AuditOptions",
+    "AuditParser",
+    "AuditStats",
+    "CoreArgumentError",
+    "CoreClosedError",
+    "CoreError",
+    "CoreFullError",
+    "CoreLimitError",
+    "CoreMemoryError",
+    "EventSink",
+    "MsgpackWriter",
+    "NativeHandle",
+    "SinkOptions",
+    "SinkStats",
+    "arch_name",
+    "pump",
+    "record_type_name",
+    "record_type_number",
+    "syscall_name",
+]
 
 # ---------------------------------------------------------------------------------------------
 # msgpack writer
@@ -46,8 +55,6 @@ class MsgpackWriter(NativeHandle):
         if cap < 0:
             raise CoreArgumentError("cap must be >= 0")
         handle = lib.am_mpw_new(cap)
-        if handle == ffi.NULL:
-            raise CoreMemoryError(f"am_mpw_new({cap})")
         self._own(handle, lib.am_mpw_free)
 
     def write_nil(self) -> None:
@@ -165,13 +172,10 @@ class AuditParser(NativeHandle):
     ) -> None:
         opts = c_options(options, "struct am_audit_options", lib.am_audit_default_options)
         handle = lib.am_audit_new(opts)
-        if handle == ffi.NULL:
-            raise CoreArgumentError(f"the core rejected the audit options {options}")
-        self._own(handle, lib.am_audit_free)
+        self._own(handle, lib.am_audit_free, options)
         self.sink = EventSink(SinkOptions(batch_bytes=int(opts.batch_bytes),
                                           max_batches=max_batches))
         self._consumed = ffi.new("size_t *")
-        self._stats = ffi.new("struct am_audit_stats *")
 
     @property
     def handle(self) -> Any:
@@ -184,20 +188,27 @@ class AuditParser(NativeHandle):
         pump(call, self.sink, out.extend)
         return out
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Log text in any chunking (a partial last line waits for the next call)."""
-        handle = self._live()
+    def consume(self, data: bytes, call: Callable[[Any, Any, int, Any], int], what: str
+                ) -> list[bytes]:
+        """Pumps `call(sink, bytes, length, consumed)`, a C call that uses a prefix of its
+        input and says how much in *consumed, over all of data."""
         view = ffi.from_buffer(data)
         offset = 0
 
-        def feed_rest(sink: EventSink) -> bool:
+        def rest(sink: EventSink) -> bool:
             nonlocal offset
-            status = lib.am_audit_feed(handle, sink.handle, view + offset, len(data) - offset,
-                                       self._consumed)
+            status = call(sink.handle, view + offset, len(data) - offset, self._consumed)
             offset += self._consumed[0]
-            return more(status, "am_audit_feed")
+            return more(status, what)
 
-        return self.run(feed_rest)
+        return self.run(rest)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Log text in any chunking (a partial last line waits for the next call)."""
+        handle = self._live()
+        return self.consume(
+            data, lambda sink, text, n, used: lib.am_audit_feed(handle, sink, text, n, used),
+            "am_audit_feed")
 
     def feed_record(self, record_type: int, payload: bytes) -> list[bytes]:
         """One record as netlink delivers it: message type and text."""
@@ -227,5 +238,5 @@ class AuditParser(NativeHandle):
 
     def stats(self) -> AuditStats:
         """The parser's counters; memory and memory_bound include its sink's."""
-        lib.am_audit_stats(self._live(), self.sink.handle, self._stats)
-        return read_stats(AuditStats, self._stats)
+        sink = self.sink.handle
+        return self._read_stats(AuditStats, lambda h, out: lib.am_audit_stats(h, sink, out))

@@ -20,29 +20,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Optional, TypeVar
 
-from agent._core import ffi, lib
-
-__all__ = [
-    "AM_EMPTY",
-    "AM_OK",
-    "C_ONLY_IN_PYTHON",
-    "CoreArgumentError",
-    "CoreClosedError",
-    "CoreError",
-    "CoreFullError",
-    "CoreLimitError",
-    "CoreMemoryError",
-    "NativeHandle",
-    "STATS_TYPES",
-    "c_options",
-    "check",
-    "cstr",
-    "ffi",
-    "lib",
-    "more",
-    "read_stats",
-    "stats_type",
-]
+from agent._core import ffi as ffi, lib as lib
 
 AM_OK = lib.AM_OK
 AM_EMPTY = lib.AM_EMPTY
@@ -104,6 +82,7 @@ def cstr(ptr: object) -> Optional[str]:
 # one lifecycle
 
 _Self = TypeVar("_Self", bound="NativeHandle")
+_T = TypeVar("_T")
 
 
 class NativeHandle:
@@ -114,14 +93,29 @@ class NativeHandle:
     _what = "handle"  # named in the closed error
     _h: Any = None
 
-    def _own(self, handle: Any, destructor: Callable[[Any], None]) -> None:
-        """Takes ownership of a fresh handle (NULL: the caller raises, nothing to own)."""
+    def _own(self, handle: Any, destructor: Callable[[Any], None], options: object = None) -> None:
+        """Takes ownership of a fresh handle. NULL: the core refused `options` (given) or
+        could not allocate (options None)."""
+        if handle == ffi.NULL:
+            if options is not None:
+                raise CoreArgumentError(f"the core rejected the {self._what} options {options}")
+            raise CoreMemoryError(f"the core could not make the {self._what}")
         self._h = ffi.gc(handle, destructor)
 
     def _live(self) -> Any:
         if self._h is None:
             raise CoreClosedError(f"the {self._what} is closed")
         return self._h
+
+    def _read_stats(self, cls: type[_T], fill: Callable[[Any, Any], object], **extra: Any) -> _T:
+        """Stats type `cls` from its C stats call `fill(handle, out)` (and fields C has not)."""
+        handle = self._live()
+        buffers: dict[type, Any] = self.__dict__.setdefault("_stats_buffers", {})
+        raw = buffers.get(cls)
+        if raw is None:
+            raw = buffers[cls] = ffi.new(f"{cls.__c_struct__} *")  # type: ignore[attr-defined]
+        fill(handle, raw)
+        return read_stats(cls, raw, **extra)
 
     @property
     def closed(self) -> bool:
@@ -195,8 +189,6 @@ def c_options(options: Any, struct: str, defaults: Callable[[Any], None]) -> Any
 
 # ---------------------------------------------------------------------------------------------
 # stats from the C struct's own fields
-
-_T = TypeVar("_T")
 
 # C stats struct -> its Python type: every field of the struct must be a field of the type
 # (tests/test_native_protocol.py checks it for every stats struct of the core).

@@ -7,17 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from agent.native._base import (
-    CoreArgumentError,
-    NativeHandle,
-    c_options,
-    check,
-    ffi,
-    lib,
-    more,
-    read_stats,
-    stats_type,
-)
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, ffi, lib, more
+from agent.native._base import stats_type
 from agent.native.sink import EventSink, pump
 
 AggregateKind = Literal["none", "process", "network"]
@@ -66,23 +57,16 @@ class Aggregator(NativeHandle):
     ) -> None:
         if kind not in _KINDS:
             raise CoreArgumentError(f"unknown aggregation kind {kind!r}")
-        opts = c_options(AggregatorOptions(cache_size, max_bytes), "struct am_agg_options",
-                         lib.am_agg_default_options)
+        options = AggregatorOptions(cache_size, max_bytes)
+        opts = c_options(options, "struct am_agg_options", lib.am_agg_default_options)
         opts.kind = _KINDS[kind]
         accept_text = ",".join(accept).encode("ascii", "replace")
         if len(accept_text) >= 128 or any(not name or "," in name for name in accept):
             raise CoreArgumentError(f"accept={list(accept)!r}: at most 127 characters of names")
         opts.accept = accept_text
         handle = lib.am_agg_new(opts)
-        if handle == ffi.NULL:
-            raise CoreArgumentError(
-                f"the core rejected the aggregator options cache_size={cache_size} "
-                f"max_bytes={max_bytes}"
-            )
-        self.kind = kind
-        self._own(handle, lib.am_agg_free)
+        self._own(handle, lib.am_agg_free, options)
         self._next = ffi.new("uint32_t *")
-        self._stats = ffi.new("struct am_agg_stats *")
 
     def add(self, batch: bytes, out: EventSink) -> list[bytes]:
         """Reads one batch of a source into `out`; returns the batches `out` sealed meanwhile
@@ -120,5 +104,4 @@ class Aggregator(NativeHandle):
         check(lib.am_agg_filter_laddr(self._live(), 1, text, len(text)), "am_agg_filter_laddr")
 
     def stats(self) -> AggregatorStats:
-        lib.am_agg_stats(self._live(), self._stats)
-        return read_stats(AggregatorStats, self._stats)
+        return self._read_stats(AggregatorStats, lib.am_agg_stats)

@@ -19,22 +19,11 @@ counters; records never become Python objects (see docs/sources/audit-netlink.md
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from agent.native import AuditOptions, AuditParser, AuditStats
-from agent.native._base import (
-    AM_OK,
-    C_ONLY_IN_PYTHON,
-    CoreArgumentError,
-    NativeHandle,
-    c_options,
-    check,
-    ffi,
-    lib,
-    more,
-    read_stats,
-    stats_type,
-)
+from agent.native._base import AM_OK, C_ONLY_IN_PYTHON, CoreArgumentError, NativeHandle, c_options
+from agent.native._base import check, ffi, lib, more, read_stats, stats_type
 from agent.native.sink import EventSink
 
 MODE_UNAVAILABLE = "unavailable"
@@ -141,12 +130,8 @@ class AuditNetlink(NativeHandle):
             parser = c_options(options.parser, "struct am_audit_options",
                                lib.am_audit_default_options)
         handle = lib.am_anl_new(opts, parser)
-        if handle == ffi.NULL:
-            raise CoreArgumentError(f"the core rejected the audit netlink options {options}")
-        self._own(handle, lib.am_anl_free)
+        self._own(handle, lib.am_anl_free, options)
         self._finished_reading = False
-        self._stats = ffi.new("struct am_anl_stats *")
-        self._pstats = ffi.new("struct am_audit_stats *")
         self._status = ffi.new("struct am_anl_status *")
         try:
             check(lib.am_anl_open(handle), "am_anl_open")
@@ -221,9 +206,9 @@ class AuditNetlink(NativeHandle):
         return read_stats(KernelStatus, self._status)
 
     def stats(self) -> AuditNetlinkStats:
-        lib.am_anl_stats(self._live(), self._stats, self._pstats)
-        return read_stats(AuditNetlinkStats, self._stats,
-                          parser=read_stats(AuditStats, self._pstats))
+        parser = self._read_stats(AuditStats, lambda h, out: lib.am_anl_stats(h, ffi.NULL, out))
+        return self._read_stats(AuditNetlinkStats,
+                                lambda h, out: lib.am_anl_stats(h, out, ffi.NULL), parser=parser)
 
 
 class NetlinkDecoder(NativeHandle):
@@ -237,7 +222,6 @@ class NetlinkDecoder(NativeHandle):
         self._parser = AuditParser(options)
         self._h = self._parser.handle
         self._st = ffi.new("struct am_anl_stats *")
-        self._consumed = ffi.new("size_t *")
 
     def close(self) -> None:
         self._h = None
@@ -245,18 +229,11 @@ class NetlinkDecoder(NativeHandle):
 
     def feed(self, datagram: bytes) -> list[bytes]:
         """One datagram as recv() returned it."""
-        handle = self._live()
-        view = ffi.from_buffer(datagram)
-        offset = 0
-
-        def decode_rest(sink: EventSink) -> bool:
-            nonlocal offset
-            status = lib.am_audit_nl_decode(handle, sink.handle, view + offset,
-                                            len(datagram) - offset, self._consumed, self._st)
-            offset += self._consumed[0]
-            return more(status, "am_audit_nl_decode")
-
-        return self._parser.run(decode_rest)
+        handle, st = self._live(), self._st
+        return self._parser.consume(
+            datagram,
+            lambda sink, data, n, used: lib.am_audit_nl_decode(handle, sink, data, n, used, st),
+            "am_audit_nl_decode")
 
     def flush(self) -> list[bytes]:
         self._live()

@@ -17,18 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from agent.native._base import (
-    C_ONLY_IN_PYTHON,
-    CoreArgumentError,
-    NativeHandle,
-    c_options,
-    check,
-    ffi,
-    lib,
-    more,
-    read_stats,
-    stats_type,
-)
+from agent.native._base import C_ONLY_IN_PYTHON, NativeHandle, c_options, check, ffi, lib, more
+from agent.native._base import stats_type
 from agent.native.sink import EventSink
 
 
@@ -94,12 +84,9 @@ class ProcConnector(NativeHandle):
         options = options or ProcConnectorOptions()
         opts = c_options(options, "struct am_cnproc_options", lib.am_cnproc_default_options)
         handle = lib.am_cnproc_new(opts)
-        if handle == ffi.NULL:
-            raise CoreArgumentError(f"the core rejected the proc connector options {options}")
-        self._own(handle, lib.am_cnproc_free)
+        self._own(handle, lib.am_cnproc_free, options)
         self._appended = ffi.new("uint64_t *")
         self._consumed = ffi.new("size_t *")
-        self._stats = ffi.new("struct am_cnproc_stats *")
         if options.listen:
             status = lib.am_cnproc_listen(handle)
             if status != lib.AM_OK:
@@ -135,12 +122,5 @@ class ProcConnector(NativeHandle):
         return int(self._consumed[0])
 
     def stats(self) -> ProcConnectorStats:
-        lib.am_cnproc_stats(self._live(), self._stats)
-        return read_stats(ProcConnectorStats, self._stats)
+        return self._read_stats(ProcConnectorStats, lib.am_cnproc_stats)
 
-
-__all__ = [
-    "ProcConnector",
-    "ProcConnectorOptions",
-    "ProcConnectorStats",
-]

@@ -12,17 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from agent.native._base import (
-    CoreArgumentError,
-    CoreMemoryError,
-    NativeHandle,
-    c_options,
-    ffi,
-    lib,
-    more,
-    read_stats,
-    stats_type,
-)
+from agent.native._base import NativeHandle, c_options, ffi, lib, more, stats_type
 from agent.native.sink import EventSink
 
 
@@ -63,13 +53,8 @@ class ProcScanner(NativeHandle):
     def __init__(self, options: Optional[ProcScanOptions] = None) -> None:
         opts = c_options(options, "struct am_pscan_options", lib.am_pscan_default_options)
         handle = lib.am_pscan_new(opts)
-        if handle == ffi.NULL:
-            if options is not None:
-                raise CoreArgumentError(f"the core rejected the scan options {options}")
-            raise CoreMemoryError("am_pscan_new: no memory or no /proc")
-        self._own(handle, lib.am_pscan_free)
+        self._own(handle, lib.am_pscan_free, options)
         self._appended = ffi.new("uint64_t *")
-        self._stats = ffi.new("struct am_pscan_stats *")
 
     def scan(self, sink: EventSink) -> bool:
         """Walks on until the walk is complete (False) or the sink is full (True, more: take
@@ -82,12 +67,5 @@ class ProcScanner(NativeHandle):
         return more(status, "am_pscan_run")
 
     def stats(self) -> ProcScanStats:
-        lib.am_pscan_stats(self._live(), self._stats)
-        return read_stats(ProcScanStats, self._stats)
+        return self._read_stats(ProcScanStats, lib.am_pscan_stats)
 
-
-__all__ = [
-    "ProcScanOptions",
-    "ProcScanStats",
-    "ProcScanner",
-]

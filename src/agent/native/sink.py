@@ -8,18 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
-from agent.native._base import (
-    AM_OK,
-    CoreArgumentError,
-    CoreMemoryError,
-    NativeHandle,
-    c_options,
-    check,
-    ffi,
-    lib,
-    read_stats,
-    stats_type,
-)
+from agent.native._base import AM_OK, NativeHandle, c_options, check, ffi, lib
+from agent.native._base import stats_type
 
 
 @dataclass(frozen=True)
@@ -50,15 +40,10 @@ class EventSink(NativeHandle):
     def __init__(self, options: Optional[SinkOptions] = None) -> None:
         opts = c_options(options, "struct am_sink_options", lib.am_sink_default_options)
         handle = lib.am_sink_new(opts)
-        if handle == ffi.NULL:
-            if options is not None:
-                raise CoreArgumentError(f"the core rejected the sink options {options}")
-            raise CoreMemoryError("am_sink_new")
-        self._own(handle, lib.am_sink_free)
+        self._own(handle, lib.am_sink_free, options)
         self._data = ffi.new("uint8_t **")
         self._len = ffi.new("size_t *")
         self._events = ffi.new("uint32_t *")
-        self._stats = ffi.new("struct am_sink_stats *")
 
     @property
     def handle(self) -> object:
@@ -82,8 +67,7 @@ class EventSink(NativeHandle):
         return self.take()
 
     def stats(self) -> SinkStats:
-        lib.am_sink_stats(self._live(), self._stats)
-        return read_stats(SinkStats, self._stats)
+        return self._read_stats(SinkStats, lib.am_sink_stats)
 
 
 def pump(

@@ -16,20 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from agent.native._base import (
-    C_ONLY_IN_PYTHON,
-    CoreArgumentError,
-    CoreError,
-    CoreLimitError,
-    NativeHandle,
-    c_options,
-    check,
-    ffi,
-    lib,
-    more,
-    read_stats,
-    stats_type,
-)
+from agent.native._base import C_ONLY_IN_PYTHON, CoreArgumentError, CoreLimitError, NativeHandle
+from agent.native._base import c_options, check, ffi, lib, more, stats_type
 from agent.native.sink import EventSink
 
 Source = Literal["auto", "diag", "procnet"]
@@ -110,13 +98,10 @@ class SocketTable(NativeHandle):
                 f"sock_diag is unavailable: {os.strerror(err[0]) if err[0] else 'no answer'}"
             )
         handle = lib.am_sock_new(opts)
-        if handle == ffi.NULL:
-            raise CoreError("am_sock_new failed (no memory, or the source went away)")
-        self._own(handle, lib.am_sock_free)
+        self._own(handle, lib.am_sock_free, self.options)
         self.source: str = _NAMES[int(lib.am_sock_source(handle, err))]
         self.source_reason: str = self._reason(int(err[0]))
         self._events = ffi.new("uint32_t *")
-        self._stats = ffi.new("struct am_sock_stats *")
 
     def _reason(self, err: int) -> str:
         if self.options.source != "auto":
@@ -173,5 +158,4 @@ class SocketTable(NativeHandle):
         check(lib.am_sock_commit(self._live(), now_ms, 1 if map_owners else 0), "am_sock_commit")
 
     def stats(self) -> SocketTableStats:
-        lib.am_sock_stats(self._live(), self._stats)
-        return read_stats(SocketTableStats, self._stats)
+        return self._read_stats(SocketTableStats, lib.am_sock_stats)

@@ -10,18 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional, Union
 
-from agent.native._base import (
-    CoreArgumentError,
-    CoreMemoryError,
-    NativeHandle,
-    c_options,
-    check,
-    ffi,
-    lib,
-    more,
-    read_stats,
-    stats_type,
-)
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, ffi, lib, more
+from agent.native._base import stats_type
 from agent.native.sink import EventSink
 
 KINDS: dict[str, int] = {
@@ -114,14 +104,12 @@ class _Handle(NativeHandle):
 
     _what = "utmp reader"
 
-    def __init__(self, handle: Any) -> None:
-        self._own(handle, lib.am_utmp_close)
+    def __init__(self, handle: Any, options: Optional[UtmpOptions]) -> None:
+        self._own(handle, lib.am_utmp_close, options)
         self._events = ffi.new("uint32_t *")
-        self._stats = ffi.new("struct am_utmp_stats *")
 
     def stats(self) -> UtmpStats:
-        lib.am_utmp_stats(self._live(), self._stats)
-        return read_stats(UtmpStats, self._stats)
+        return self._read_stats(UtmpStats, lib.am_utmp_stats)
 
 
 class UtmpReader(_Handle):
@@ -142,11 +130,7 @@ class UtmpReader(_Handle):
         if not raw or b"\0" in raw:
             raise CoreArgumentError(f"bad path {path!r}")
         handle = lib.am_utmp_open(raw, _kind_number(kind), _options(options))
-        if handle == ffi.NULL:
-            if options is not None:
-                raise CoreArgumentError(f"the core rejected the utmp options {options}")
-            raise CoreMemoryError("am_utmp_open")
-        super().__init__(handle)
+        super().__init__(handle, options)
         self.path = raw.decode(errors="surrogateescape")
         self._state = ffi.new("struct am_utmp_state *")
 
@@ -178,9 +162,7 @@ class UtmpDecoder(_Handle):
 
     def __init__(self, kind: Union[str, int] = "wtmp", options: Optional[UtmpOptions] = None):
         handle = lib.am_utmp_new(_kind_number(kind), _options(options))
-        if handle == ffi.NULL:
-            raise CoreArgumentError(f"the core rejected the utmp options {options}")
-        super().__init__(handle)
+        super().__init__(handle, options or UtmpOptions())
         self._consumed = ffi.new("size_t *")
 
     def feed(self, sink: EventSink, data: bytes) -> tuple[int, int]:
