@@ -12,7 +12,7 @@ serial gaps) are reported once, as the "Audit" source's drops.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions
 from agent.native.sink import EventSink, pump
@@ -29,11 +29,11 @@ SOURCE_NAME = "Audit"
 class AuditSource:
     def __init__(self, env: Environment) -> None:
         self.env = env
-        self.nl: Optional[AuditNetlink] = None
+        self.nl: AuditNetlink | None = None
         self.raw = EventSink()  # the socket's events, before they go to each subscriber
         self.subscribers: dict[str, tuple[Collector, bool, bool]] = {}
         self.state = "closed"
-        self._config: Optional[Config] = None
+        self._config: Config | None = None
         self._opened_with: tuple[bool, bool, bool, int] | None = None
         self._closed_drops: dict[str, int] = {}
         self._last_tick = 0
@@ -65,7 +65,7 @@ class AuditSource:
             backlog = self._config.audit.backlog_limit
         return exec_rules, net_rules, own, backlog
 
-    def _reopen(self, also: Optional[Collector] = None) -> None:
+    def _reopen(self, also: Collector | None = None) -> None:
         if self._closed:
             return
         wanted = self._wanted() if self.subscribers else None
@@ -79,7 +79,8 @@ class AuditSource:
             self.nl = AuditNetlink(AuditNetlinkOptions(
                 take_ownership=own, backlog_limit=backlog,
                 exec_rules=exec_rules, net_rules=net_rules))
-        except Exception as err:  # no CAP_AUDIT_*, no audit in the kernel
+        # No CAP_AUDIT_*, no audit in the kernel, or anything else: the collectors fall back.
+        except Exception as err:  # noqa: BLE001
             self.state = f"unavailable: {type(err).__name__}: {err}"
             log.warning("audit: %s", self.state)
             self.nl = None
@@ -103,7 +104,7 @@ class AuditSource:
         self.env.watch(self.nl.fileno(), self.on_readable)
         log.info("audit: %s; %s", self.state, self.nl.rules_report)
 
-    def _close(self, also: Optional[Collector] = None) -> None:
+    def _close(self, also: Collector | None = None) -> None:
         nl, self.nl = self.nl, None
         self._opened_with = None
         if nl is None:
@@ -124,7 +125,7 @@ class AuditSource:
 
     # -- events ----------------------------------------------------------------------------------
 
-    def _route(self, batches: list[bytes], also: Optional[Collector] = None) -> None:
+    def _route(self, batches: list[bytes], also: Collector | None = None) -> None:
         targets = [c for c, _, _ in self.subscribers.values()]
         if also is not None and also not in targets:
             targets.append(also)

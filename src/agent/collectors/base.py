@@ -121,7 +121,8 @@ class Collector:
         if self.periodic:
             try:
                 events = self.snapshot(now)
-            except Exception as err:  # a gatherer bug must not stop the agent: count and say
+            # A gatherer bug must not stop the agent: count and say.
+            except Exception as err:  # noqa: BLE001
                 self.counters["errors"] += 1
                 log.error("%s: snapshot failed: %s: %s", self.name, type(err).__name__, err)
                 events = []

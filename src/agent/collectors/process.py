@@ -12,7 +12,7 @@ available (Process_Mode):
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
@@ -32,8 +32,8 @@ class ProcessCollector(Collector):
         super().__init__(*args, **kwargs)
         self.source = ""
         self.raw = EventSink()
-        self.cnproc: Optional[ProcConnector] = None
-        self.poller: Optional[ProcScanner] = None
+        self.cnproc: ProcConnector | None = None
+        self.poller: ProcScanner | None = None
         self._next_poll = 0
         # Drops of sources closed since (a restart opens new ones, whose counters start at 0).
         self._closed_drops: Counter[str] = Counter()

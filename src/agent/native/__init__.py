@@ -1,5 +1,5 @@
-"""The only importer of agent._core (this package: _base.py imports it, one module per C
-concern wraps it): owns the C handles and turns C status codes into exceptions.
+"""The only importer of agent._core (this package: one module per C concern wraps it, all on
+the protocol of _base.py): owns the C handles and turns C status codes into exceptions.
 
 Nothing outside agent.native touches ffi or lib; the rest sees Python objects and batches of
 msgpack bytes.
@@ -7,14 +7,27 @@ msgpack bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any
 
-from agent.native._base import AM_EMPTY, AM_OK, CoreArgumentError, CoreClosedError, CoreError
-from agent.native._base import CoreFullError, CoreLimitError, CoreMemoryError, NativeHandle
-from agent.native._base import c_options, check as _check, cstr as _cstr, ffi, lib, more
-from agent.native._base import stats_type
+from agent._core import ffi, lib
+from agent.native._base import (
+    AM_EMPTY,
+    AM_OK,
+    CoreArgumentError,
+    CoreClosedError,
+    CoreError,
+    CoreFullError,
+    CoreLimitError,
+    CoreMemoryError,
+    NativeHandle,
+    c_options,
+    more,
+    stats_type,
+)
+from agent.native._base import check as _check
+from agent.native._base import cstr as _cstr
 from agent.native.sink import EventSink, SinkOptions, SinkStats, pump
 
 __all__ = [
@@ -98,25 +111,25 @@ class MsgpackWriter(NativeHandle):
 # audit lookup tables
 
 
-def arch_name(arch: int) -> Optional[str]:
+def arch_name(arch: int) -> str | None:
     """Name of an AUDIT_ARCH_* value, None when unknown."""
     return _cstr(lib.am_arch_name(arch & 0xFFFFFFFF))
 
 
-def syscall_name(arch: int, number: int) -> Optional[str]:
+def syscall_name(arch: int, number: int) -> str | None:
     """Syscall name for an AUDIT_ARCH_* value and number, None when unknown."""
     if not 0 <= number <= 0xFFFFFFFF:
         return None
     return _cstr(lib.am_syscall_name(arch & 0xFFFFFFFF, number))
 
 
-def record_type_name(number: int) -> Optional[str]:
+def record_type_name(number: int) -> str | None:
     if not 0 <= number <= 0xFFFFFFFF:
         return None
     return _cstr(lib.am_record_type_name(number))
 
 
-def record_type_number(name: str) -> Optional[int]:
+def record_type_number(name: str) -> int | None:
     data = name.encode("ascii", "replace")
     number = lib.am_record_type_number(data, len(data))
     return None if number < 0 else int(number)
@@ -130,12 +143,12 @@ def record_type_number(name: str) -> Optional[int]:
 class AuditOptions:
     """Bounds of one parser; see native/core.h for their meaning. None keeps the default."""
 
-    max_in_flight: Optional[int] = None
-    timeout_ms: Optional[int] = None
-    max_line_bytes: Optional[int] = None
-    max_event_bytes: Optional[int] = None
-    max_pending_bytes: Optional[int] = None
-    batch_bytes: Optional[int] = None
+    max_in_flight: int | None = None
+    timeout_ms: int | None = None
+    max_line_bytes: int | None = None
+    max_event_bytes: int | None = None
+    max_pending_bytes: int | None = None
+    batch_bytes: int | None = None
 
 
 @stats_type("struct am_audit_stats")
@@ -168,7 +181,7 @@ class AuditParser(NativeHandle):
     _what = "audit parser"
 
     def __init__(
-        self, options: Optional[AuditOptions] = None, max_batches: Optional[int] = None
+        self, options: AuditOptions | None = None, max_batches: int | None = None
     ) -> None:
         opts = c_options(options, "struct am_audit_options", lib.am_audit_default_options)
         handle = lib.am_audit_new(opts)

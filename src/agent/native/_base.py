@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
-from agent._core import ffi as ffi, lib as lib
+from typing_extensions import Self
+
+from agent._core import ffi, lib
 
 AM_OK = lib.AM_OK
 AM_EMPTY = lib.AM_EMPTY
@@ -74,14 +76,13 @@ def more(status: int, what: str, limit: bool = False) -> bool:
     return False
 
 
-def cstr(ptr: object) -> Optional[str]:
+def cstr(ptr: object) -> str | None:
     return None if ptr == ffi.NULL else ffi.string(ptr).decode("ascii")
 
 
 # ---------------------------------------------------------------------------------------------
 # one lifecycle
 
-_Self = TypeVar("_Self", bound="NativeHandle")
 _T = TypeVar("_T")
 
 
@@ -127,14 +128,14 @@ class NativeHandle:
         if handle is not None:
             ffi.release(handle)
 
-    def __enter__(self: _Self) -> _Self:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -154,7 +155,7 @@ def _range(ctype: Any) -> tuple[int, int]:
         bits = 8 * ffi.sizeof(ctype)
         if name == "_Bool":
             _INTEGER_RANGES[name] = (0, 1)
-        elif name.startswith("u") or name.startswith("unsigned"):
+        elif name.startswith(("u", "unsigned")):
             _INTEGER_RANGES[name] = (0, (1 << bits) - 1)
         else:
             _INTEGER_RANGES[name] = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
-from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, ffi, lib, more
-from agent.native._base import stats_type
+from agent._core import ffi, lib
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
 from agent.native.sink import EventSink, pump
 
 AggregateKind = Literal["none", "process", "network"]
@@ -91,7 +91,7 @@ class Aggregator(NativeHandle):
              taken.extend)
         return taken
 
-    def filter_local_addresses(self, addresses: Optional[Sequence[str]]) -> None:
+    def filter_local_addresses(self, addresses: Sequence[str] | None) -> None:
         """Leaves out the events whose `laddr` is not one of these (NetworkActivity_Devices:
         the addresses of the watched interfaces; an empty list leaves out every event with an
         `laddr`); events without `laddr` pass. None: no filter."""

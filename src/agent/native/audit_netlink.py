@@ -19,11 +19,10 @@ counters; records never become Python objects (see docs/sources/audit-netlink.md
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
-from agent.native import AuditOptions, AuditParser, AuditStats
-from agent.native._base import AM_OK, C_ONLY_IN_PYTHON, CoreArgumentError, NativeHandle, c_options
-from agent.native._base import check, ffi, lib, more, read_stats, stats_type
+from agent._core import ffi, lib
+from agent.native import AuditOptions, AuditParser, AuditStats, _base
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
 from agent.native.sink import EventSink
 
 MODE_UNAVAILABLE = "unavailable"
@@ -42,14 +41,14 @@ RULE_KEY = "iot-micro-agent"
 class AuditNetlinkOptions:
     """What the source may do; see native/core_audit_netlink.h. None keeps the default."""
 
-    take_ownership: Optional[bool] = None  # become the audit daemon when none is alive (True)
-    backlog_limit: Optional[int] = None  # as owner, raise backlog_limit to this (8192)
-    exec_rules: Optional[bool] = None  # execve/execveat rules (True)
-    net_rules: Optional[bool] = None  # connect/accept/accept4/bind rules (True)
-    compat_arch: Optional[bool] = None  # also the 32-bit compat arch (True)
-    rcvbuf_bytes: Optional[int] = None  # event socket buffer (4 MiB)
-    reply_timeout_ms: Optional[int] = None  # per kernel reply (2000)
-    parser: Optional[AuditOptions] = field(default=None, metadata=C_ONLY_IN_PYTHON)
+    take_ownership: bool | None = None  # become the audit daemon when none is alive (True)
+    backlog_limit: int | None = None  # as owner, raise backlog_limit to this (8192)
+    exec_rules: bool | None = None  # execve/execveat rules (True)
+    net_rules: bool | None = None  # connect/accept/accept4/bind rules (True)
+    compat_arch: bool | None = None  # also the 32-bit compat arch (True)
+    rcvbuf_bytes: int | None = None  # event socket buffer (4 MiB)
+    reply_timeout_ms: int | None = None  # per kernel reply (2000)
+    parser: AuditOptions | None = field(default=None, metadata=_base.C_ONLY_IN_PYTHON)
 
 
 @stats_type("struct am_anl_status")
@@ -122,7 +121,7 @@ class AuditNetlink(NativeHandle):
 
     _what = "audit netlink source"
 
-    def __init__(self, options: Optional[AuditNetlinkOptions] = None) -> None:
+    def __init__(self, options: AuditNetlinkOptions | None = None) -> None:
         options = options or AuditNetlinkOptions()
         opts = c_options(options, "struct am_anl_options", lib.am_anl_default_options)
         parser = ffi.NULL
@@ -157,11 +156,11 @@ class AuditNetlink(NativeHandle):
         return str(ffi.string(lib.am_anl_rules_report(self._live())).decode("utf-8", "replace"))
 
     @property
-    def found_status(self) -> Optional[KernelStatus]:
+    def found_status(self) -> KernelStatus | None:
         """The kernel's audit status when this source opened (what close() restores)."""
-        if lib.am_anl_found_status(self._live(), self._status) != AM_OK:
+        if lib.am_anl_found_status(self._live(), self._status) != _base.AM_OK:
             return None
-        return read_stats(KernelStatus, self._status)
+        return _base.read_stats(KernelStatus, self._status)
 
     def fileno(self) -> int:
         """The event socket, non-blocking, for selectors (-1 after finish())."""
@@ -198,12 +197,12 @@ class AuditNetlink(NativeHandle):
             self._finished_reading = True
         return more(lib.am_anl_flush(handle, sink.handle), "am_anl_flush")
 
-    def poll_status(self) -> Optional[KernelStatus]:
+    def poll_status(self) -> KernelStatus | None:
         """AUDIT_GET now (call it every second or so): keeps kernel_lost_delta current and
         notices a lost ownership. None when the kernel did not answer (counted)."""
-        if lib.am_anl_poll_status(self._live(), self._status) != AM_OK:
+        if lib.am_anl_poll_status(self._live(), self._status) != _base.AM_OK:
             return None
-        return read_stats(KernelStatus, self._status)
+        return _base.read_stats(KernelStatus, self._status)
 
     def stats(self) -> AuditNetlinkStats:
         parser = self._read_stats(AuditStats, lambda h, out: lib.am_anl_stats(h, ffi.NULL, out))
@@ -218,7 +217,7 @@ class NetlinkDecoder(NativeHandle):
 
     _what = "audit netlink decoder"
 
-    def __init__(self, options: Optional[AuditOptions] = None) -> None:
+    def __init__(self, options: AuditOptions | None = None) -> None:
         self._parser = AuditParser(options)
         self._h = self._parser.handle
         self._st = ffi.new("struct am_anl_stats *")
@@ -242,17 +241,17 @@ class NetlinkDecoder(NativeHandle):
     def stats(self) -> AuditNetlinkStats:
         """The netlink counters (the socket-only ones stay 0) and the parser's."""
         self._live()
-        return read_stats(AuditNetlinkStats, self._st, parser=self._parser.stats())
+        return _base.read_stats(AuditNetlinkStats, self._st, parser=self._parser.stats())
 
 
 __all__ = [
-    "NetlinkDecoder",
-    "AuditNetlink",
-    "AuditNetlinkOptions",
-    "AuditNetlinkStats",
-    "KernelStatus",
     "MODE_MULTICAST",
     "MODE_OWNER",
     "MODE_UNAVAILABLE",
     "RULE_KEY",
+    "AuditNetlink",
+    "AuditNetlinkOptions",
+    "AuditNetlinkStats",
+    "KernelStatus",
+    "NetlinkDecoder",
 ]

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
-from agent.native._base import C_ONLY_IN_PYTHON, NativeHandle, c_options, check, ffi, lib, more
-from agent.native._base import stats_type
+from agent._core import ffi, lib
+from agent.native._base import C_ONLY_IN_PYTHON, NativeHandle, c_options, check, more, stats_type
 from agent.native.sink import EventSink
 
 
@@ -29,11 +28,11 @@ class ProcConnectorOptions:
     listen: open the socket and subscribe (False: a decoder for `decode` only).
     """
 
-    rcvbuf: Optional[int] = None
-    enrich: Optional[bool] = None
-    threads: Optional[bool] = None
-    max_argv_bytes: Optional[int] = None
-    max_args: Optional[int] = None
+    rcvbuf: int | None = None
+    enrich: bool | None = None
+    threads: bool | None = None
+    max_argv_bytes: int | None = None
+    max_args: int | None = None
     listen: bool = field(default=True, metadata=C_ONLY_IN_PYTHON)
 
 
@@ -80,7 +79,7 @@ class ProcConnector(NativeHandle):
 
     _what = "proc connector"
 
-    def __init__(self, options: Optional[ProcConnectorOptions] = None) -> None:
+    def __init__(self, options: ProcConnectorOptions | None = None) -> None:
         options = options or ProcConnectorOptions()
         opts = c_options(options, "struct am_cnproc_options", lib.am_cnproc_default_options)
         handle = lib.am_cnproc_new(opts)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
-from agent.native._base import NativeHandle, c_options, ffi, lib, more, stats_type
+from agent._core import ffi, lib
+from agent.native._base import NativeHandle, c_options, more, stats_type
 from agent.native.sink import EventSink
 
 
@@ -20,11 +20,11 @@ from agent.native.sink import EventSink
 class ProcScanOptions:
     """See native/core_proc_scan.h. None keeps the core's default."""
 
-    max_argv_bytes: Optional[int] = None
-    max_args: Optional[int] = None
+    max_argv_bytes: int | None = None
+    max_args: int | None = None
     # Polling: each run reports new processes (`exec`) and gone ones (`exit`), not all.
-    changes: Optional[bool] = None
-    max_tracked: Optional[int] = None
+    changes: bool | None = None
+    max_tracked: int | None = None
 
 
 @stats_type("struct am_pscan_stats")
@@ -50,7 +50,7 @@ class ProcScanner(NativeHandle):
 
     _what = "/proc scanner"
 
-    def __init__(self, options: Optional[ProcScanOptions] = None) -> None:
+    def __init__(self, options: ProcScanOptions | None = None) -> None:
         opts = c_options(options, "struct am_pscan_options", lib.am_pscan_default_options)
         handle = lib.am_pscan_new(opts)
         self._own(handle, lib.am_pscan_free, options)

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
 
-from agent.native._base import AM_OK, NativeHandle, c_options, check, ffi, lib
-from agent.native._base import stats_type
+from agent._core import ffi, lib
+from agent.native._base import AM_OK, NativeHandle, c_options, check, stats_type
 
 
 @dataclass(frozen=True)
@@ -17,8 +16,8 @@ class SinkOptions:
     """batch_bytes: a batch never exceeds it (default 245760); max_batches: sealed batches
     held before the sources stop reading (default 8). None keeps the default."""
 
-    batch_bytes: Optional[int] = None
-    max_batches: Optional[int] = None
+    batch_bytes: int | None = None
+    max_batches: int | None = None
 
 
 @stats_type("struct am_sink_stats")
@@ -37,7 +36,7 @@ class EventSink(NativeHandle):
 
     _what = "event sink"
 
-    def __init__(self, options: Optional[SinkOptions] = None) -> None:
+    def __init__(self, options: SinkOptions | None = None) -> None:
         opts = c_options(options, "struct am_sink_options", lib.am_sink_default_options)
         handle = lib.am_sink_new(opts)
         self._own(handle, lib.am_sink_free, options)

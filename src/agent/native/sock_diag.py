@@ -14,10 +14,11 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
-from agent.native._base import C_ONLY_IN_PYTHON, CoreArgumentError, CoreLimitError, NativeHandle
-from agent.native._base import c_options, check, ffi, lib, more, stats_type
+from agent._core import ffi, lib
+from agent.native import _base
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
 from agent.native.sink import EventSink
 
 Source = Literal["auto", "diag", "procnet"]
@@ -38,12 +39,12 @@ class SocketTableOptions:
     """source: "auto" (sock_diag if a probe dump works, else /proc/net), "diag" or "procnet".
     The bounds (None keeps the core's default): see native/core_sock_diag.h."""
 
-    source: Source = field(default="auto", metadata=C_ONLY_IN_PYTHON)
-    max_sockets: Optional[int] = None
-    max_owners: Optional[int] = None
-    map_owners: Optional[bool] = None
-    first_existing: Optional[bool] = None
-    timeout_ms: Optional[int] = None
+    source: Source = field(default="auto", metadata=_base.C_ONLY_IN_PYTHON)
+    max_sockets: int | None = None
+    max_owners: int | None = None
+    map_owners: bool | None = None
+    first_existing: bool | None = None
+    timeout_ms: int | None = None
 
 
 @stats_type("struct am_sock_stats")
@@ -86,7 +87,7 @@ class SocketTable(NativeHandle):
 
     _what = "socket table"
 
-    def __init__(self, options: Optional[SocketTableOptions] = None) -> None:
+    def __init__(self, options: SocketTableOptions | None = None) -> None:
         self.options = options if options is not None else SocketTableOptions()
         opts = _c_options(self.options)
         err = ffi.new("int *")
@@ -94,7 +95,7 @@ class SocketTable(NativeHandle):
         if chosen == lib.AM_ERR_ARG:
             raise CoreArgumentError(f"the core rejected the socket table options {options}")
         if chosen < 0:
-            raise CoreLimitError(
+            raise _base.CoreLimitError(
                 f"sock_diag is unavailable: {os.strerror(err[0]) if err[0] else 'no answer'}"
             )
         handle = lib.am_sock_new(opts)

@@ -7,11 +7,12 @@ and encodes the events into the sink's msgpack batches.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
-from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, ffi, lib, more
-from agent.native._base import stats_type
+from agent._core import ffi, lib
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
 from agent.native.sink import EventSink
 
 KINDS: dict[str, int] = {
@@ -32,10 +33,10 @@ class UtmpOptions:
     decodes at most (4096); chunk_records: records per pread (64); max_sessions: open logins
     remembered to complete logouts (256)."""
 
-    layout: Optional[int] = None
-    max_records: Optional[int] = None
-    chunk_records: Optional[int] = None
-    max_sessions: Optional[int] = None
+    layout: int | None = None
+    max_records: int | None = None
+    chunk_records: int | None = None
+    max_sessions: int | None = None
 
 
 @stats_type("struct am_utmp_stats")
@@ -71,7 +72,7 @@ class UtmpState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "UtmpState":
+    def from_dict(cls, data: Mapping[str, Any]) -> UtmpState:
         try:
             return cls(**{f.name: int(data[f.name]) for f in fields(cls)})
         except (KeyError, TypeError, ValueError) as exc:
@@ -81,7 +82,7 @@ class UtmpState:
 _STATE_NAMES = [f.name for f in fields(UtmpState)]
 
 
-def _kind_number(kind: Union[str, int]) -> int:
+def _kind_number(kind: str | int) -> int:
     if isinstance(kind, str):
         if kind not in KINDS:
             raise CoreArgumentError(f"kind must be one of {sorted(KINDS)}, not {kind!r}")
@@ -91,7 +92,7 @@ def _kind_number(kind: Union[str, int]) -> int:
     return int(kind)
 
 
-def _options(options: Optional[UtmpOptions]) -> Any:
+def _options(options: UtmpOptions | None) -> Any:
     return c_options(options, "struct am_utmp_options", lib.am_utmp_default_options)
 
 
@@ -104,7 +105,7 @@ class _Handle(NativeHandle):
 
     _what = "utmp reader"
 
-    def __init__(self, handle: Any, options: Optional[UtmpOptions]) -> None:
+    def __init__(self, handle: Any, options: UtmpOptions | None) -> None:
         self._own(handle, lib.am_utmp_close, options)
         self._events = ffi.new("uint32_t *")
 
@@ -122,9 +123,9 @@ class UtmpReader(_Handle):
 
     def __init__(
         self,
-        path: Union[str, bytes],
-        kind: Union[str, int] = "wtmp",
-        options: Optional[UtmpOptions] = None,
+        path: str | bytes,
+        kind: str | int = "wtmp",
+        options: UtmpOptions | None = None,
     ) -> None:
         raw = path.encode() if isinstance(path, str) else bytes(path)
         if not raw or b"\0" in raw:
@@ -149,7 +150,7 @@ class UtmpReader(_Handle):
         check(lib.am_utmp_state(self._live(), self._state), "am_utmp_state")
         return UtmpState(**{name: int(getattr(self._state, name)) for name in _STATE_NAMES})
 
-    def restore(self, state: Union[UtmpState, Mapping[str, Any]]) -> None:
+    def restore(self, state: UtmpState | Mapping[str, Any]) -> None:
         """Resume at a state taken earlier (by this process or a previous one)."""
         if not isinstance(state, UtmpState):
             state = UtmpState.from_dict(state)
@@ -160,7 +161,7 @@ class UtmpReader(_Handle):
 class UtmpDecoder(_Handle):
     """Records from memory (not a file), with the same decoding and login matching."""
 
-    def __init__(self, kind: Union[str, int] = "wtmp", options: Optional[UtmpOptions] = None):
+    def __init__(self, kind: str | int = "wtmp", options: UtmpOptions | None = None):
         handle = lib.am_utmp_new(_kind_number(kind), _options(options))
         super().__init__(handle, options or UtmpOptions())
         self._consumed = ffi.new("size_t *")
