@@ -4,10 +4,10 @@
     with ProcConnector() as source:          # needs CAP_NET_ADMIN in the initial namespaces
         selector.register(source.fileno(), EVENT_READ)
         ...
-        source.drain(sink)                   # every readable datagram -> events in the sink
+        pump(source.drain, sink, outbox.put) # every readable datagram -> events in the sink
 
-`drain` returns early when the sink is full (`sink.full()`): take its batches and call again;
-the datagrams not yet read stay with the kernel. `decode` feeds datagram bytes instead of the
+`drain(sink)` returns True (more) when it stopped because the sink is full: take its batches
+and call again (native.pump does); the datagrams not yet read stay with the kernel. `decode` feeds datagram bytes instead of the
 socket (tests, fuzz seeds, benchmarks).
 """
 
