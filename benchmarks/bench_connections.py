@@ -130,7 +130,7 @@ def measure(benchmark: BenchmarkFixture, peer: str, target: Callable[[], T],
 
 
 def test_core(benchmark: BenchmarkFixture, sockets: Sockets, bench_cpu: int) -> None:
-    from agent.native.sink import EventSink
+    from agent.native.sink import EventSink, pump
     from agent.native.sock_diag import SocketTable, SocketTableOptions
 
     tables: list[Any] = []
@@ -147,11 +147,7 @@ def test_core(benchmark: BenchmarkFixture, sockets: Sockets, bench_cpu: int) -> 
         table.snapshot()
         batches: list[bytes] = []
         for product in (table.listening, table.changes):
-            while True:
-                product(sink)
-                batches += sink.take()
-                if not table.more:
-                    break
+            pump(product, sink, batches.extend)
         return batches + sink.seal()
 
     def count(batches: list[bytes]) -> int:
@@ -174,23 +170,19 @@ def test_core_steady(benchmark: BenchmarkFixture, sockets: Sockets, bench_cpu: i
     rounds: snapshot() (dump of every socket; owners of known sockets from the cache, so no
     walk unless other processes opened sockets), listening() (every listening socket) and
     changes() (nothing opened or closed on the fixture's port)."""
-    from agent.native.sink import EventSink, SinkOptions
+    from agent.native.sink import EventSink, SinkOptions, pump
     from agent.native.sock_diag import SocketTable, SocketTableOptions
 
     table = SocketTable(SocketTableOptions(source="diag", max_sockets=65536, max_owners=65536))
     table.snapshot()
-    table.changes(EventSink(SinkOptions(max_batches=64)))
+    pump(table.changes, EventSink(SinkOptions(max_batches=64)), lambda batches: None)
 
     def run() -> list[bytes]:
         sink = EventSink()
         table.snapshot()
         batches: list[bytes] = []
         for product in (table.listening, table.changes):
-            while True:
-                product(sink)
-                batches += sink.take()
-                if not table.more:
-                    break
+            pump(product, sink, batches.extend)
         return batches + sink.seal()
 
     def count(batches: list[bytes]) -> int:

@@ -163,9 +163,11 @@ def _cpu() -> float:
 
 def storm(spawner: Path, rate: int, seconds: int) -> StormResult:
     from agent.native.audit_netlink import AuditNetlink
+    from agent.native.sink import EventSink, pump
 
     tag = f"storm-{uuid.uuid4().hex[:10]}"
     batches: list[bytes] = []
+    sink = EventSink()
     with AuditNetlink() as source:
         assert source.mode in ("owner", "multicast"), source.state
         state = source.state
@@ -178,23 +180,23 @@ def storm(spawner: Path, rate: int, seconds: int) -> StormResult:
         quiet_until = None
         while True:
             ready, _, _ = select.select([fd], [], [], 0.1)
-            got = source.drain()
+            got = pump(source.drain, sink, batches.extend)
             now = time.monotonic()
-            got += source.expire(time.time_ns() // 1_000_000)
+            now_ms = time.time_ns() // 1_000_000
+            got += pump(lambda s, t=now_ms: source.expire(s, t), sink, batches.extend)
             if now >= next_poll:
                 source.poll_status()
                 next_poll = now + 1
-            batches += got
             if child.poll() is not None:
                 # The storm is over: drain until the stream has been quiet for 0.5 s.
                 if ready or got or quiet_until is None:
                     quiet_until = now + 0.5
                 elif now >= quiet_until:
                     break
-        batches += source.seal()
+        batches += sink.seal()
         source.poll_status()
         cpu, wall = _cpu() - cpu0, time.monotonic() - wall0
-        batches += source.close()
+        pump(source.finish, sink, batches.extend)
         stats = source.stats()
     out = child.stdout.read().split() if child.stdout else []
     execs, took = int(out[0]), float(out[1])

@@ -4,7 +4,7 @@
 snapshot (group process-snapshot), with 2,000 extra sleeping processes (200 under
 --benchmark-disable), same fields on both sides (pid, ppid, uids, gids, name, exe, cmdline,
 create time, status):
-- core: agent.native.proc_scan.scan_processes into an EventSink, batches taken.
+- core: agent.native.proc_scan.ProcScanner.scan pumped into an EventSink, batches taken.
 - psutil: list(psutil.process_iter(attrs=[...])) with psutil's process cache cleared first,
   so that each round reads every process as a first scan would.
 Target: core >= 5x psutil.
@@ -118,14 +118,14 @@ def test_snapshot_core(
     import msgpack
 
     from agent.native.proc_scan import ProcScanner
-    from agent.native.sink import EventSink
+    from agent.native.sink import EventSink, pump
 
     scanner = ProcScanner()
     sink = EventSink()
 
     def run() -> int:
         batches: list[bytes] = []
-        scanner.scan(sink, take=batches.extend)
+        pump(scanner.scan, sink, batches.extend)
         batches += sink.seal()
         return sum(int.from_bytes(b[1:5], "big") for b in batches)
 
@@ -137,7 +137,7 @@ def test_snapshot_core(
     assert events >= sleepers
     # Spot check: the same fields psutil is asked for are there.
     batches: list[bytes] = []
-    scanner.scan(sink, take=batches.extend)
+    pump(scanner.scan, sink, batches.extend)
     decoded = [e for b in batches + sink.seal() for e in msgpack.unpackb(b, raw=False)]
     sleeping = [e for e in decoded if e.get("argv") == ["/bin/sleep", "1000"]]
     assert len(sleeping) >= sleepers
@@ -198,10 +198,10 @@ def _decode_core(data: bytes, enrich: bool) -> tuple[int, int]:
     events = 0
     offset = 0
     while offset < len(data):
-        events += pc.decode(sink, data[offset:] if offset else data)
-        offset += pc.last_consumed
+        offset += pc.decode(sink, data[offset:] if offset else data)
         sink.take()
     sink.seal()
+    events = sink.stats().events
     messages = pc.stats().messages
     pc.close()
     return events, messages

@@ -89,17 +89,13 @@ def _measure(benchmark: BenchmarkFixture, target: Callable[[], Any]) -> Any:
 
 
 def _core_events(path: Path) -> list[bytes]:
-    from agent.native.sink import EventSink
+    from agent.native.sink import EventSink, pump
     from agent.native.utmp import UtmpReader
 
     sink = EventSink()
     batches: list[bytes] = []
     with UtmpReader(str(path)) as reader:
-        while True:
-            reader.read(sink)
-            batches += sink.take()
-            if not reader.more:
-                break
+        pump(reader.read, sink, batches.extend)
         stats = reader.stats()
     batches += sink.seal()
     assert stats.malformed == 0 and stats.dropped == 0

@@ -1,12 +1,12 @@
 /* audit.c: the audit parser handle: lines -> records -> open events -> completed events ->
- * batches, with the loss counters (docs/audit-parsing.md sections 1, 3 and 4). */
+ * an am_sink given by the caller, with the loss counters (docs/audit-parsing.md sections 1, 3 and 4). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "audit_event.h"
 #include "audit_record.h"
-#include "batch.h"
 #include "core.h"
+#include "sink.h"
 
 enum {
     NO_SLOT = -1,
@@ -56,7 +56,6 @@ struct am_audit {
     uint64_t stream_ms;
     serial_tracker trackers[MAX_TRACKERS];
     am_encoder enc;
-    am_batches batches;
 };
 
 void am_audit_default_options(struct am_audit_options *o)
@@ -69,7 +68,6 @@ void am_audit_default_options(struct am_audit_options *o)
     o->max_event_bytes = 131072;
     o->max_pending_bytes = 1048576;
     o->batch_bytes = 245760;
-    o->max_batches = 8;
 }
 
 static int options_valid(const struct am_audit_options *o)
@@ -78,7 +76,7 @@ static int options_valid(const struct am_audit_options *o)
            o->max_line_bytes <= (1u << 24) && o->max_event_bytes >= o->max_line_bytes + 8 &&
            o->max_event_bytes <= (1u << 26) && o->max_pending_bytes >= o->max_event_bytes &&
            o->max_pending_bytes <= (1u << 30) && o->batch_bytes >= 4096 &&
-           o->batch_bytes <= (1u << 28) && o->max_batches >= 1 && o->max_batches <= 1024;
+           o->batch_bytes <= (1u << 28);
 }
 
 static uint32_t hash_key(const char *node, size_t node_len, uint64_t serial)
@@ -89,7 +87,7 @@ static uint32_t hash_key(const char *node, size_t node_len, uint64_t serial)
     return (uint32_t)(h ^ (h >> 32));
 }
 
-/* What the parser may ever hold with these options (checked by the property tests). */
+/* What the parser itself may ever hold with these options (checked by the property tests). */
 static size_t memory_bound(const struct am_audit_options *o)
 {
     size_t in_flight = o->max_in_flight, pending = o->max_pending_bytes;
@@ -100,16 +98,17 @@ static size_t memory_bound(const struct am_audit_options *o)
                    in_flight * sizeof(ev_slot);
     /* Open events: kept text with doubling slack, plus buffers kept for reuse. */
     size_t events = 2 * pending + in_flight * (2 * MAX_NODE + 512 + KEEP_SLOT_BYTES);
-    /* Batches: open, taken, spare and the queue, all at most batch_bytes (sealed ones are
-     * shrunk to fit); plus what one record can complete at once: every open event, whose
-     * encoding is at most 11x its kept text (text, fields and process keys, each at most the
-     * text; 64 bytes of map overhead per 8-byte record header) plus 1 KiB each. */
-    size_t burst = 11 * pending + in_flight * 1024;
-    size_t batches = ((size_t)o->max_batches + 3) * o->batch_bytes + burst +
-                     2 * (in_flight + o->max_batches + 4) * (sizeof(mp_buf) + sizeof(uint32_t));
     size_t encoder = (4096 + 256) * sizeof(am_field) + o->max_event_bytes +
                      3 * (size_t)o->batch_bytes;
-    return fixed + events + batches + encoder;
+    return fixed + events + encoder;
+}
+
+/* What one record can complete at once, and so append to a sink beyond its max_batches: every
+ * open event, whose encoding is at most 11x its kept text (text, fields and process keys, each
+ * at most the text; 64 bytes of map overhead per 8-byte record header) plus 1 KiB each. */
+static size_t burst_bound(const struct am_audit_options *o)
+{
+    return 11 * (size_t)o->max_pending_bytes + (size_t)o->max_in_flight * 1024;
 }
 
 am_audit *am_audit_new(const struct am_audit_options *opts)
@@ -133,8 +132,7 @@ am_audit *am_audit_new(const struct am_audit_options *opts)
     p->slots = calloc(o.max_in_flight, sizeof *p->slots);
     p->table = malloc(table * sizeof *p->table);
     if (p->partial == NULL || p->slots == NULL || p->table == NULL ||
-        encoder_init(&p->enc, o.batch_bytes - 5, o.max_event_bytes) != AM_OK ||
-        batches_init(&p->batches, o.batch_bytes) != AM_OK) {
+        encoder_init(&p->enc, o.batch_bytes - 5, o.max_event_bytes) != AM_OK) {
         am_audit_free(p);
         return NULL;
     }
@@ -159,7 +157,6 @@ void am_audit_free(am_audit *p)
     free(p->table);
     free(p->partial);
     encoder_release(&p->enc);
-    batches_release(&p->batches);
     free(p);
 }
 
@@ -357,7 +354,7 @@ static void final_gaps(am_audit *p)
 
 /* ---- completing an event ---- */
 
-static int complete(am_audit *p, int32_t i)
+static int complete(am_audit *p, am_sink *sink, int32_t i)
 {
     ev_slot *s = &p->slots[i];
     table_remove(p, i);
@@ -386,7 +383,7 @@ static int complete(am_audit *p, int32_t i)
     int cut = 0;
     int st = event_encode(&p->enc, &ev, &cut);
     if (st == AM_OK)
-        st = batches_append(&p->batches, p->enc.event.data, p->enc.event.len);
+        st = sink_put(sink, p->enc.event.data, p->enc.event.len);
     if (st == AM_OK) {
         p->st.events++;
         if (cut)
@@ -407,9 +404,9 @@ static int complete(am_audit *p, int32_t i)
     return st;
 }
 
-static int complete_oldest(am_audit *p)
+static int complete_oldest(am_audit *p, am_sink *sink)
 {
-    return p->oldest == NO_SLOT ? AM_OK : complete(p, p->oldest);
+    return p->oldest == NO_SLOT ? AM_OK : complete(p, sink, p->oldest);
 }
 
 static int is_single_record_type(uint32_t t)
@@ -417,7 +414,7 @@ static int is_single_record_type(uint32_t t)
     return (t >= 1100 && t <= 1299) || (t >= 2100 && t <= 2999);
 }
 
-static int handle_record(am_audit *p, const am_record_head *h)
+static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
 {
     int st = AM_OK;
     p->st.records++;
@@ -427,12 +424,12 @@ static int handle_record(am_audit *p, const am_record_head *h)
     int32_t i = find_slot(p, h, hash);
     if (h->type == AT_EOE) {
         if (i != NO_SLOT)
-            st = complete(p, i);
+            st = complete(p, sink, i);
     } else {
         if (i == NO_SLOT) {
             if (p->open_count >= p->opt.max_in_flight) {
                 p->st.forced++;
-                st = complete_oldest(p);
+                st = complete_oldest(p, sink);
                 if (st != AM_OK)
                     return st;
             }
@@ -450,7 +447,7 @@ static int handle_record(am_audit *p, const am_record_head *h)
             while (p->pending + n > p->opt.max_pending_bytes && p->oldest != NO_SLOT) {
                 int32_t victim = p->oldest;
                 p->st.forced++;
-                st = complete(p, victim);
+                st = complete(p, sink, victim);
                 if (st != AM_OK)
                     return st;
                 if (victim == i) {
@@ -473,12 +470,12 @@ static int handle_record(am_audit *p, const am_record_head *h)
         if (h->ts_ms > s->last_ts)
             s->last_ts = h->ts_ms;
         if (h->type == AT_PROCTITLE || is_single_record_type(h->type))
-            st = complete(p, i);
+            st = complete(p, sink, i);
     }
     while (st == AM_OK && p->oldest != NO_SLOT &&
            p->stream_ms - p->slots[p->oldest].last_ts > p->opt.timeout_ms) {
         p->st.timeouts++;
-        st = complete_oldest(p);
+        st = complete_oldest(p, sink);
     }
     return st;
 }
@@ -491,7 +488,7 @@ static int blank(const char *s, size_t n)
     return 1;
 }
 
-static int handle_line(am_audit *p, const char *line, size_t n)
+static int handle_line(am_audit *p, am_sink *sink, const char *line, size_t n)
 {
     p->st.lines++;
     if (n > 0 && line[n - 1] == '\r')
@@ -507,15 +504,10 @@ static int handle_line(am_audit *p, const char *line, size_t n)
         p->st.malformed++;
         return AM_OK;
     }
-    return handle_record(p, &h);
+    return handle_record(p, sink, &h);
 }
 
-static int queue_full(const am_audit *p)
-{
-    return p->batches.count >= p->opt.max_batches;
-}
-
-int am_audit_feed(am_audit *p, const char *data, size_t len, size_t *consumed)
+int am_audit_feed(am_audit *p, am_sink *sink, const char *data, size_t len, size_t *consumed)
 {
     if (consumed != NULL)
         *consumed = 0;
@@ -524,7 +516,7 @@ int am_audit_feed(am_audit *p, const char *data, size_t len, size_t *consumed)
     size_t i = 0;
     int st = AM_OK;
     while (i < len) {
-        if (queue_full(p)) {
+        if (am_sink_full(sink)) {
             st = AM_ERR_FULL;
             break;
         }
@@ -551,9 +543,9 @@ int am_audit_feed(am_audit *p, const char *data, size_t len, size_t *consumed)
             p->st.long_lines++;
         } else if (p->partial_len > 0) {
             memcpy(p->partial + p->partial_len, data + i, piece);
-            st = handle_line(p, p->partial, p->partial_len + piece);
+            st = handle_line(p, sink, p->partial, p->partial_len + piece);
         } else {
-            st = handle_line(p, data + i, piece);
+            st = handle_line(p, sink, data + i, piece);
         }
         p->partial_skipping = 0;
         p->partial_len = 0;
@@ -566,11 +558,12 @@ int am_audit_feed(am_audit *p, const char *data, size_t len, size_t *consumed)
     return st;
 }
 
-int am_audit_feed_record(am_audit *p, uint16_t type, const char *payload, size_t len)
+int am_audit_feed_record(am_audit *p, am_sink *sink, uint16_t type, const char *payload,
+                         size_t len)
 {
     if (p == NULL || (payload == NULL && len > 0))
         return AM_ERR_ARG;
-    if (queue_full(p))
+    if (am_sink_full(sink))
         return AM_ERR_FULL;
     p->st.bytes += len;
     p->st.lines++;
@@ -583,21 +576,21 @@ int am_audit_feed_record(am_audit *p, uint16_t type, const char *payload, size_t
         p->st.malformed++;
         return AM_OK;
     }
-    return handle_record(p, &h);
+    return handle_record(p, sink, &h);
 }
 
-int am_audit_expire(am_audit *p, uint64_t now_ms)
+int am_audit_expire(am_audit *p, am_sink *sink, uint64_t now_ms)
 {
-    if (p == NULL)
+    if (p == NULL || sink == NULL)
         return AM_ERR_ARG;
     int32_t i = p->oldest;
     while (i != NO_SLOT) {
         int32_t next = p->slots[i].next;
         if (now_ms > p->slots[i].last_ts && now_ms - p->slots[i].last_ts > p->opt.timeout_ms) {
-            if (queue_full(p))
+            if (am_sink_full(sink))
                 return AM_ERR_FULL;
             p->st.timeouts++;
-            int st = complete(p, i);
+            int st = complete(p, sink, i);
             if (st != AM_OK)
                 return st;
         }
@@ -606,9 +599,9 @@ int am_audit_expire(am_audit *p, uint64_t now_ms)
     return AM_OK;
 }
 
-int am_audit_flush(am_audit *p)
+int am_audit_flush(am_audit *p, am_sink *sink)
 {
-    if (p == NULL)
+    if (p == NULL || sink == NULL)
         return AM_ERR_ARG;
     if (p->partial_skipping) {
         p->st.lines++;
@@ -618,45 +611,37 @@ int am_audit_flush(am_audit *p)
     } else if (p->partial_len > 0) {
         size_t n = p->partial_len;
         p->partial_len = 0;
-        int st = handle_line(p, p->partial, n);
+        int st = handle_line(p, sink, p->partial, n);
         if (st != AM_OK)
             return st;
     }
     while (p->oldest != NO_SLOT) {
-        if (queue_full(p))
+        if (am_sink_full(sink))
             return AM_ERR_FULL;
-        int st = complete_oldest(p);
+        int st = complete_oldest(p, sink);
         if (st != AM_OK)
             return st;
     }
     final_gaps(p);
-    return batches_seal(&p->batches);
+    return am_sink_seal(sink);
 }
 
-int am_audit_seal(am_audit *p)
-{
-    if (p == NULL)
-        return AM_ERR_ARG;
-    return batches_seal(&p->batches);
-}
-
-int am_audit_take(am_audit *p, const uint8_t **data, size_t *len, uint32_t *events)
-{
-    if (p == NULL || data == NULL || len == NULL)
-        return AM_ERR_ARG;
-    return batches_take(&p->batches, data, len, events);
-}
-
-void am_audit_stats(const am_audit *p, struct am_audit_stats *out)
+void am_audit_stats(const am_audit *p, const am_sink *sink, struct am_audit_stats *out)
 {
     if (p == NULL || out == NULL)
         return;
     *out = p->st;
-    out->batches = p->batches.sealed_total;
     size_t mem = sizeof *p + p->opt.max_line_bytes + 1 + (p->table_mask + 1) * sizeof *p->table +
                  p->opt.max_in_flight * sizeof *p->slots;
     for (uint32_t i = 0; i < p->opt.max_in_flight; i++)
         mem += p->slots[i].cap;
-    mem += encoder_memory(&p->enc) + batches_memory(&p->batches);
+    mem += encoder_memory(&p->enc);
     out->memory = mem;
+    if (sink != NULL) {
+        struct am_sink_stats ss;
+        am_sink_stats(sink, &ss);
+        out->memory += ss.memory;
+        out->memory_bound += sink_memory_bound(&sink->opt, burst_bound(&p->opt),
+                                               p->opt.max_in_flight);
+    }
 }

@@ -89,8 +89,8 @@ static int is_record_type(uint16_t type)
     return type >= AUDIT_FIRST_USER_MSG && type <= AUDIT_LAST_USER_MSG2 && type != AUDIT_REPLACE;
 }
 
-static int decode(am_audit *p, const uint8_t *buf, size_t len, size_t *consumed,
-                  struct am_anl_stats *st, am_anl *ack_to)
+static int decode(am_audit *p, am_sink *sink, const uint8_t *buf, size_t len,
+                  size_t *consumed, struct am_anl_stats *st, am_anl *ack_to)
 {
     size_t off = 0;
     int status = AM_OK;
@@ -111,7 +111,7 @@ static int decode(am_audit *p, const uint8_t *buf, size_t len, size_t *consumed,
             const char *nul = memchr(text, '\0', n);
             if (nul != NULL)
                 n = (size_t)(nul - text);
-            int s = am_audit_feed_record(p, h.nlmsg_type, text, n);
+            int s = am_audit_feed_record(p, sink, h.nlmsg_type, text, n);
             if (s == AM_ERR_FULL) {
                 status = s;
                 break;
@@ -157,14 +157,14 @@ static int decode(am_audit *p, const uint8_t *buf, size_t len, size_t *consumed,
     return status;
 }
 
-int am_audit_nl_decode(am_audit *p, const uint8_t *buf, size_t len, size_t *consumed,
-                       struct am_anl_stats *st)
+int am_audit_nl_decode(am_audit *p, am_sink *sink, const uint8_t *buf, size_t len,
+                       size_t *consumed, struct am_anl_stats *st)
 {
     if (consumed != NULL)
         *consumed = 0;
     if (p == NULL || consumed == NULL || st == NULL || (buf == NULL && len > 0))
         return AM_ERR_ARG;
-    return decode(p, buf, len, consumed, st, NULL);
+    return decode(p, sink, buf, len, consumed, st, NULL);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -368,31 +368,31 @@ static int recv_datagram(am_anl *a)
 }
 
 /* Decodes what is left of the held datagram. */
-static int decode_held(am_anl *a)
+static int decode_held(am_anl *a, am_sink *sink)
 {
     if (a->ev_off >= a->ev_len)
         return AM_OK;
     size_t used = 0;
-    int s = decode(a->parser, a->ev_buf + a->ev_off, a->ev_len - a->ev_off, &used, &a->st, a);
+    int s = decode(a->parser, sink, a->ev_buf + a->ev_off, a->ev_len - a->ev_off, &used, &a->st, a);
     a->ev_off += used;
-    if (s == AM_ERR_FULL)
+    if (s == AM_ERR_FULL && sink != NULL)
         a->st.parser_full++;
     return s;
 }
 
-int am_anl_drain(am_anl *a, uint32_t max_datagrams)
+int am_anl_drain(am_anl *a, am_sink *sink, uint32_t max_datagrams)
 {
     if (a == NULL)
         return AM_ERR_ARG;
     if (a->ev_fd < 0)
         return AM_OK;
-    int s = decode_held(a);
+    int s = decode_held(a, sink);
     if (s != AM_OK)
         return s;
     for (uint32_t got = 0; max_datagrams == 0 || got < max_datagrams; got++) {
         if (!recv_datagram(a))
             return AM_OK;
-        s = decode_held(a);
+        s = decode_held(a, sink);
         if (s != AM_OK)
             return s;
     }
@@ -715,8 +715,8 @@ static int become_owner(am_anl *a)
         struct pollfd pfd = {.fd = a->ev_fd, .events = POLLIN};
         if (poll(&pfd, 1, (int)(deadline - now)) <= 0)
             continue;
-        if (am_anl_drain(a, 1) == AM_ERR_FULL)
-            break; /* the parser is full already: ask the kernel instead */
+        if (am_anl_drain(a, NULL, 1) == AM_ERR_FULL)
+            break; /* a record came first (no sink yet: it waits): ask the kernel instead */
     }
     a->ack_seq = 0;
     if (a->ack_seen && a->ack_error != 0)
@@ -934,26 +934,14 @@ int am_anl_poll_status(am_anl *a, struct am_anl_status *out)
     return AM_OK;
 }
 
-int am_anl_expire(am_anl *a, uint64_t now_ms)
+int am_anl_expire(am_anl *a, am_sink *sink, uint64_t now_ms)
 {
-    return a == NULL ? AM_ERR_ARG : am_audit_expire(a->parser, now_ms);
+    return a == NULL ? AM_ERR_ARG : am_audit_expire(a->parser, sink, now_ms);
 }
 
-int am_anl_seal(am_anl *a)
+int am_anl_flush(am_anl *a, am_sink *sink)
 {
-    return a == NULL ? AM_ERR_ARG : am_audit_seal(a->parser);
-}
-
-int am_anl_flush(am_anl *a)
-{
-    return a == NULL ? AM_ERR_ARG : am_audit_flush(a->parser);
-}
-
-int am_anl_take(am_anl *a, const uint8_t **data, size_t *len, uint32_t *events)
-{
-    if (a == NULL)
-        return AM_ERR_ARG;
-    return am_audit_take(a->parser, data, len, events);
+    return a == NULL ? AM_ERR_ARG : am_audit_flush(a->parser, sink);
 }
 
 void am_anl_stats(const am_anl *a, struct am_anl_stats *out, struct am_audit_stats *parser)
@@ -967,7 +955,7 @@ void am_anl_stats(const am_anl *a, struct am_anl_stats *out, struct am_audit_sta
     if (out != NULL)
         *out = a->st;
     if (parser != NULL)
-        am_audit_stats(a->parser, parser);
+        am_audit_stats(a->parser, NULL, parser);
 }
 
 int am_anl_close(am_anl *a)

@@ -44,56 +44,6 @@ const char *am_record_type_name(uint32_t type);
 /* The number of a record type name, -1 when unknown. */
 int am_record_type_number(const char *name, size_t len);
 
-/* ---- audit parser: log text or netlink records -> events -> msgpack batches ---- */
-struct am_audit_options {
-    uint32_t max_in_flight;     /* events assembled at once; the oldest completes first. 256 */
-    uint32_t timeout_ms;        /* stream-time age at which an open event completes. 2000 */
-    uint32_t max_line_bytes;    /* longer lines are skipped and counted. 65536 */
-    uint32_t max_event_bytes;   /* record text (+8 per record) kept per event, else cut. 131072 */
-    uint32_t max_pending_bytes; /* the same, of all open events together. 1048576 */
-    uint32_t batch_bytes;       /* a batch never exceeds this. 245760 */
-    uint32_t max_batches;       /* sealed batches held before feed stops with AM_ERR_FULL. 8 */
-};
-
-struct am_audit_stats {
-    uint64_t bytes;
-    uint64_t lines;
-    uint64_t records;
-    uint64_t events;
-    uint64_t malformed;
-    uint64_t long_lines;
-    uint64_t truncated;
-    uint64_t forced;
-    uint64_t timeouts;
-    uint64_t duplicates;
-    uint64_t gaps;
-    uint64_t batches;
-    uint64_t memory;       /* bytes the parser holds now */
-    uint64_t memory_bound; /* what it may ever hold with these options */
-};
-
-typedef struct am_audit am_audit;
-void am_audit_default_options(struct am_audit_options *out);
-/* opts may be NULL for the defaults; returns NULL on a bad option or no memory. */
-am_audit *am_audit_new(const struct am_audit_options *opts);
-void am_audit_free(am_audit *p);
-/* Log text, any chunking: partial lines are kept until the next call. *consumed says how
- * much was used; AM_ERR_FULL means the batch queue is full: take batches, feed the rest. */
-int am_audit_feed(am_audit *p, const char *data, size_t len, size_t *consumed);
-/* One record from netlink: its message type and payload ("audit(SEC.MS:SERIAL): ..."). */
-int am_audit_feed_record(am_audit *p, uint16_t type, const char *payload, size_t len);
-/* Complete events whose last record is older than timeout_ms before now_ms (wall time, for
- * live sources where the stream may go quiet). */
-int am_audit_expire(am_audit *p, uint64_t now_ms);
-/* End of input: an unterminated last line is parsed, every open event completes, the open
- * batch is sealed. AM_ERR_FULL: take batches and call again. */
-int am_audit_flush(am_audit *p);
-/* Seal the open batch (if it holds any event) so that it can be taken. */
-int am_audit_seal(am_audit *p);
-/* The oldest sealed batch: *data stays valid until the next call on p. AM_EMPTY if none. */
-int am_audit_take(am_audit *p, const uint8_t **data, size_t *len, uint32_t *events);
-void am_audit_stats(const am_audit *p, struct am_audit_stats *out);
-
 /* ---- event sink: where the live sources put their events ----
  * Each live source (audit netlink, proc connector, sock_diag, /proc scanner, utmp reader)
  * encodes its events, one msgpack map each, into a sink given to its drain/scan call. The sink
@@ -125,6 +75,58 @@ int am_sink_seal(am_sink *s);
 /* The oldest sealed batch; *data stays valid until the next call on s. AM_EMPTY if none. */
 int am_sink_take(am_sink *s, const uint8_t **data, size_t *len, uint32_t *events);
 void am_sink_stats(const am_sink *s, struct am_sink_stats *out);
+/* ---- audit parser: log text or netlink records -> events, into an am_sink ---- */
+struct am_audit_options {
+    uint32_t max_in_flight;     /* events assembled at once; the oldest completes first. 256 */
+    uint32_t timeout_ms;        /* stream-time age at which an open event completes. 2000 */
+    uint32_t max_line_bytes;    /* longer lines are skipped and counted. 65536 */
+    uint32_t max_event_bytes;   /* record text (+8 per record) kept per event, else cut. 131072 */
+    uint32_t max_pending_bytes; /* the same, of all open events together. 1048576 */
+    uint32_t batch_bytes;       /* events are encoded (and cut) to fit a batch of this size: the
+                                   sinks given to the calls should have the same. 245760 */
+};
+
+struct am_audit_stats {
+    uint64_t bytes;
+    uint64_t lines;
+    uint64_t records;
+    uint64_t events;
+    uint64_t malformed;
+    uint64_t long_lines;
+    uint64_t truncated;
+    uint64_t forced;
+    uint64_t timeouts;
+    uint64_t duplicates;
+    uint64_t gaps;
+    uint64_t memory;       /* bytes the parser (and the sink given to am_audit_stats) hold now */
+    uint64_t memory_bound; /* what they may ever hold with these options */
+};
+
+/* The parser writes every completed event into the sink given to the call. It reads no more
+ * input while am_sink_full(sink) (AM_ERR_FULL: take the sink's batches, call again with the
+ * rest); one input may still complete several events at once (forced by max_in_flight or
+ * max_pending_bytes, or timed out), which the sink takes beyond its max_batches: that burst is
+ * part of memory_bound. The feed calls take a NULL sink as a full one. */
+typedef struct am_audit am_audit;
+void am_audit_default_options(struct am_audit_options *out);
+/* opts may be NULL for the defaults; returns NULL on a bad option or no memory. */
+am_audit *am_audit_new(const struct am_audit_options *opts);
+void am_audit_free(am_audit *p);
+/* Log text, any chunking: partial lines are kept until the next call. *consumed says how
+ * much was used; AM_ERR_FULL: the sink is full, take its batches, feed the rest. */
+int am_audit_feed(am_audit *p, am_sink *sink, const char *data, size_t len, size_t *consumed);
+/* One record from netlink: its message type and payload ("audit(SEC.MS:SERIAL): ..."). */
+int am_audit_feed_record(am_audit *p, am_sink *sink, uint16_t type, const char *payload,
+                         size_t len);
+/* Complete events whose last record is older than timeout_ms before now_ms (wall time, for
+ * live sources where the stream may go quiet). */
+int am_audit_expire(am_audit *p, am_sink *sink, uint64_t now_ms);
+/* End of input: an unterminated last line is parsed, every open event completes, the sink's
+ * open batch is sealed. AM_ERR_FULL: take the sink's batches and call again. */
+int am_audit_flush(am_audit *p, am_sink *sink);
+/* sink may be NULL (the parser alone). */
+void am_audit_stats(const am_audit *p, const am_sink *sink, struct am_audit_stats *out);
+
 /* CDEF-END */
 
 /* The live sources, each in its own header with its own CDEF block (native/build_core.py

@@ -2,7 +2,8 @@
  * audit status, becomes the audit daemon when nobody is (or reads the multicast log group
  * when auditd or another process owns audit), installs the agent's syscall rules, and feeds
  * every record it receives to an am_audit parser of its own (the same parser as log text).
- * Python takes the parser's sealed batches. See docs/sources/audit-netlink.md. */
+ * The parser writes the events into the am_sink given to each call. See
+ * docs/sources/audit-netlink.md. */
 #ifndef AM_CORE_AUDIT_NETLINK_H
 #define AM_CORE_AUDIT_NETLINK_H
 
@@ -61,7 +62,7 @@ struct am_anl_stats {
     uint64_t rules_removed;     /* our rules removed at close */
     uint64_t rules_remove_failed;
     uint64_t stale_rules_removed; /* rules with our key found at open (a killed previous run) */
-    uint64_t parser_full;       /* drain calls that stopped because the parser's queue was full */
+    uint64_t parser_full;       /* drain calls that stopped because the sink was full */
 };
 
 enum am_anl_mode {
@@ -88,14 +89,14 @@ int am_anl_found_status(const am_anl *a, struct am_anl_status *out);
 /* The event socket (non-blocking), -1 when closed. */
 int am_anl_fileno(const am_anl *a);
 /* Receives up to max_datagrams (0: no limit) until nothing is readable; each record goes to
- * the parser. AM_ERR_FULL: the parser's batch queue is full, take batches and call again. */
-int am_anl_drain(am_anl *a, uint32_t max_datagrams);
+ * the parser, whose events go to sink. AM_ERR_FULL: the sink is full, take its batches and
+ * call again (a datagram read and not yet decoded waits in the handle). */
+int am_anl_drain(am_anl *a, am_sink *sink, uint32_t max_datagrams);
 /* AUDIT_GET now: updates kernel_lost_delta and ownership; out may be NULL. */
 int am_anl_poll_status(am_anl *a, struct am_anl_status *out);
-int am_anl_expire(am_anl *a, uint64_t now_ms);
-int am_anl_seal(am_anl *a);
-int am_anl_flush(am_anl *a);
-int am_anl_take(am_anl *a, const uint8_t **data, size_t *len, uint32_t *events);
+/* The parser's am_audit_expire and am_audit_flush into sink. */
+int am_anl_expire(am_anl *a, am_sink *sink, uint64_t now_ms);
+int am_anl_flush(am_anl *a, am_sink *sink);
 void am_anl_stats(const am_anl *a, struct am_anl_stats *out, struct am_audit_stats *parser);
 /* Removes our rules, restores what open changed (enabled, backlog_limit, ownership), closes
  * the sockets. Safe to call twice; in a forked child it only closes the sockets. */
@@ -103,10 +104,11 @@ int am_anl_close(am_anl *a);
 /* Closes (if needed) and frees. */
 void am_anl_free(am_anl *a);
 /* The decoder of one received datagram, without a socket: every audit record in buf goes to
- * p, every message is counted in st. *consumed: bytes used; AM_ERR_FULL: p's batch queue is
- * full, take batches and call again with the rest (buf + *consumed is a message boundary). */
-int am_audit_nl_decode(am_audit *p, const uint8_t *buf, size_t len, size_t *consumed,
-                       struct am_anl_stats *st);
+ * p (its events to sink), every message is counted in st. *consumed: bytes used; AM_ERR_FULL:
+ * the sink is full, take its batches and call again with the rest (buf + *consumed is a
+ * message boundary). */
+int am_audit_nl_decode(am_audit *p, am_sink *sink, const uint8_t *buf, size_t len,
+                       size_t *consumed, struct am_anl_stats *st);
 /* CDEF-END */
 
 #endif

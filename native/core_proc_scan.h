@@ -1,6 +1,6 @@
-/* core_proc_scan.h: the /proc scanner: a snapshot of every process (one event each) and the
- * system facts (memory, CPU, uptime, load, boot time, kernel, host name) as one event, both
- * into an am_sink (docs/sources/proc-scan.md). */
+/* core_proc_scan.h: the /proc scanner: a snapshot of every process (one event each), or the
+ * processes started and ended since the previous walk, into an am_sink
+ * (docs/sources/proc-scan.md). */
 #ifndef AM_CORE_PROC_SCAN_H
 #define AM_CORE_PROC_SCAN_H
 
@@ -32,7 +32,6 @@ struct am_pscan_stats {
     uint64_t kthreads;       /* kernel threads among the processes (`kthread`) */
     uint64_t argv_truncated; /* argv cut to max_argv_bytes / max_args (`trunc`) */
     uint64_t oversize;       /* events sent without argv and exe: larger than a batch */
-    uint64_t facts;          /* system facts events appended */
     uint64_t dropped;        /* events the sink refused */
     uint64_t started;        /* changes: new processes found (`exec` events) */
     uint64_t exited;         /* changes: processes found gone (`exit` events) */
@@ -49,10 +48,6 @@ void am_pscan_free(am_pscan *p);
  * complete (the next call starts a new one); AM_ERR_FULL: the sink is full: take batches and
  * call again to go on where it stopped. *appended: events appended by this call. */
 int am_pscan_run(am_pscan *p, am_sink *sink, uint64_t *appended);
-/* Drops an unfinished snapshot: the next run starts afresh. */
-void am_pscan_reset(am_pscan *p);
-/* One `sysinfo` event. AM_ERR_FULL when the sink has no room (nothing appended). */
-int am_pscan_system_facts(am_pscan *p, am_sink *sink);
 int am_pscan_errno(const am_pscan *p);
 void am_pscan_stats(const am_pscan *p, struct am_pscan_stats *out);
 /* CDEF-END */

@@ -1,4 +1,4 @@
-/* proc_scan.c: a process snapshot and the system facts from /proc (see core_proc_scan.h and
+/* proc_scan.c: a process snapshot, or the changes since the last walk, from /proc (see core_proc_scan.h and
  * docs/sources/proc-scan.md). Each small file is read with one read(2) into a buffer the
  * handle or the stack owns and parsed by hand (procfs.c); every file of a process is opened
  * relative to its /proc/PID directory fd. */
@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -94,7 +93,7 @@ am_pscan *am_pscan_new(const struct am_pscan_options *opts)
     return p;
 }
 
-void am_pscan_reset(am_pscan *p)
+static void pscan_reset(am_pscan *p)
 {
     if (p != NULL && p->walk != NULL) {
         closedir(p->walk);
@@ -108,7 +107,7 @@ void am_pscan_free(am_pscan *p)
 {
     if (p == NULL)
         return;
-    am_pscan_reset(p);
+    pscan_reset(p);
     if (p->proc_fd >= 0)
         close(p->proc_fd);
     free(p->cmdline);
@@ -476,7 +475,7 @@ int am_pscan_run(am_pscan *p, am_sink *sink, uint64_t *appended)
         struct dirent *d = readdir(p->walk);
         if (d == NULL) {
             int err = errno;
-            am_pscan_reset(p);
+            pscan_reset(p);
             if (err != 0) {
                 p->err = err;
                 return AM_PSCAN_ERR_SYS;
@@ -495,99 +494,4 @@ int am_pscan_run(am_pscan *p, am_sink *sink, uint64_t *appended)
         if (scan_one(p, sink, dir_fd, pid) == 0)
             (*appended)++;
     }
-}
-
-int am_pscan_system_facts(am_pscan *p, am_sink *sink)
-{
-    if (p == NULL || sink == NULL)
-        return AM_ERR_ARG;
-    if (am_sink_full(sink))
-        return AM_ERR_FULL;
-    char buf[8192];
-    struct pf_meminfo mem;
-    ssize_t n = pf_read_file(p->proc_fd, "meminfo", buf, sizeof buf);
-    int have_mem = n > 0 && pf_parse_meminfo(buf, (size_t)n, &mem) == 0;
-
-    struct pf_cpuinfo cpu;
-    pf_cpuinfo_init(&cpu);
-    int fd = openat(p->proc_fd, "cpuinfo", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        struct pf_lines r;
-        pf_lines_init(&r, fd, buf, sizeof buf);
-        const char *line;
-        size_t len;
-        int cut;
-        while (pf_lines_next(&r, &line, &len, &cut) == 1)
-            pf_cpuinfo_line(&cpu, line, len);
-        close(fd);
-    }
-    if (cpu.processors == 0) {
-        /* Old ARM kernels list no "processor" lines. */
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        cpu.processors = online > 0 ? (uint32_t)online : 0;
-    }
-    double uptime = 0;
-    n = pf_read_file(p->proc_fd, "uptime", buf, sizeof buf);
-    int have_uptime = n > 0 && pf_parse_uptime(buf, (size_t)n, &uptime) == 0;
-    struct pf_loadavg load;
-    n = pf_read_file(p->proc_fd, "loadavg", buf, sizeof buf);
-    int have_load = n > 0 && pf_parse_loadavg(buf, (size_t)n, &load) == 0;
-    uint64_t btime = 0;
-    int have_btime = read_btime(p->proc_fd, &btime) == 0;
-    struct utsname u;
-    int have_uname = uname(&u) == 0;
-
-    uint32_t count = 3 + 5 * have_mem + (cpu.model_len > 0) + (cpu.processors > 0) +
-                     have_uptime + 5 * have_load + have_btime + 4 * have_uname;
-    mp_buf *e = sink_begin(sink);
-    int st;
-    TRY(mp_map(e, count));
-    TRY(mp_cstr(e, "t"));
-    TRY(mp_cstr(e, "sysinfo"));
-    TRY(put_uint(e, "ts", now_ms()));
-    TRY(mp_cstr(e, "src"));
-    TRY(mp_cstr(e, "proc"));
-    if (have_mem) {
-        TRY(put_uint(e, "mem_total", mem.total));
-        TRY(put_uint(e, "mem_free", mem.free));
-        TRY(put_uint(e, "mem_avail", mem.available));
-        TRY(put_uint(e, "swap_total", mem.swap_total));
-        TRY(put_uint(e, "swap_free", mem.swap_free));
-    }
-    if (cpu.model_len > 0) {
-        TRY(mp_cstr(e, "cpu_model"));
-        TRY(mp_text(e, cpu.model, cpu.model_len));
-    }
-    if (cpu.processors > 0)
-        TRY(put_uint(e, "ncpu", cpu.processors));
-    if (have_uptime) {
-        TRY(mp_cstr(e, "uptime"));
-        TRY(mp_float(e, uptime));
-    }
-    if (have_load) {
-        static const char *const keys[3] = {"load1", "load5", "load15"};
-        for (int k = 0; k < 3; k++) {
-            TRY(mp_cstr(e, keys[k]));
-            TRY(mp_float(e, load.load[k]));
-        }
-        TRY(put_uint(e, "running", load.running));
-        TRY(put_uint(e, "tasks", load.total));
-    }
-    if (have_btime)
-        TRY(put_uint(e, "boot", btime * 1000u));
-    if (have_uname) {
-        TRY(mp_cstr(e, "kernel"));
-        TRY(mp_text(e, u.release, strnlen(u.release, sizeof u.release)));
-        TRY(mp_cstr(e, "kver"));
-        TRY(mp_text(e, u.version, strnlen(u.version, sizeof u.version)));
-        TRY(mp_cstr(e, "arch"));
-        TRY(mp_text(e, u.machine, strnlen(u.machine, sizeof u.machine)));
-        TRY(mp_cstr(e, "host"));
-        TRY(mp_text(e, u.nodename, strnlen(u.nodename, sizeof u.nodename)));
-    }
-done:
-    st = commit(p, sink, st);
-    if (st == AM_OK)
-        p->st.facts++;
-    return st;
 }

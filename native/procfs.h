@@ -66,33 +66,6 @@ struct pf_status {
 /* /proc/PID/status: Uid, Gid, PPid. 0 when Uid and Gid were found, else -1. */
 int pf_parse_status(const char *buf, size_t len, struct pf_status *out);
 
-struct pf_meminfo {
-    uint64_t total, free, available, swap_total, swap_free; /* bytes */
-    unsigned have; /* bit per field in that order */
-};
-int pf_parse_meminfo(const char *buf, size_t len, struct pf_meminfo *out);
-
-struct pf_cpuinfo {
-    char model[128];
-    size_t model_len;
-    int model_rank; /* 3 "model name", 2 "Hardware", 1 "Processor", 0 none */
-    uint32_t processors;
-};
-void pf_cpuinfo_init(struct pf_cpuinfo *c);
-/* One line of /proc/cpuinfo (without its '\n'). */
-void pf_cpuinfo_line(struct pf_cpuinfo *c, const char *line, size_t len);
-/* A whole /proc/cpuinfo in a buffer. */
-void pf_parse_cpuinfo(const char *buf, size_t len, struct pf_cpuinfo *c);
-
-/* /proc/uptime: seconds (first field). -1 when malformed. */
-int pf_parse_uptime(const char *buf, size_t len, double *uptime);
-
-struct pf_loadavg {
-    double load[3];
-    uint32_t running, total;
-};
-int pf_parse_loadavg(const char *buf, size_t len, struct pf_loadavg *out);
-
 /* The value of a "btime N" line of /proc/stat. -1 when this is not that line. */
 int pf_parse_btime_line(const char *line, size_t len, uint64_t *btime);
 

@@ -67,12 +67,30 @@ int sink_commit(am_sink *s)
         s->dropped_full++;
         return AM_ERR_FULL;
     }
-    int st = batches_append(&s->batches, s->event.data, s->event.len);
+    return sink_put(s, s->event.data, s->event.len);
+}
+
+int sink_put(am_sink *s, const uint8_t *event, size_t len)
+{
+    if (len + 5 > s->opt.batch_bytes) {
+        s->dropped_encode++;
+        return AM_OK;
+    }
+    int st = batches_append(&s->batches, event, len);
     if (st == AM_OK)
         s->events++;
     else
         s->dropped_full++;
     return st;
+}
+
+size_t sink_memory_bound(const struct am_sink_options *o, size_t burst, size_t burst_events)
+{
+    /* Batches: open, taken, spare and the queue, all at most batch_bytes (sealed ones are
+     * shrunk to fit), the burst, the ring's slots, and the scratch event. */
+    return sizeof(am_sink) + ((size_t)o->max_batches + 3) * o->batch_bytes + burst +
+           2 * (burst_events + o->max_batches + 4) * (sizeof(mp_buf) + sizeof(uint32_t)) +
+           o->batch_bytes;
 }
 
 void sink_drop(am_sink *s)

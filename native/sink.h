@@ -27,5 +27,13 @@ mp_buf *sink_begin(am_sink *s);
  * read more input, so that this stays a last resort. */
 int sink_commit(am_sink *s);
 void sink_drop(am_sink *s);
+/* Appends one event encoded elsewhere, even beyond max_batches: for a source one input of
+ * which can complete several events at once (the audit parser; it checks am_sink_full before
+ * each input and bounds such a burst itself). An event larger than batch_bytes - 5 is dropped
+ * and counted in dropped_encode (AM_OK). */
+int sink_put(am_sink *s, const uint8_t *event, size_t len);
+/* The most a sink with these options holds beyond `burst`, the bytes of events appended past
+ * max_batches (the audit parser's memory_bound). */
+size_t sink_memory_bound(const struct am_sink_options *o, size_t burst, size_t burst_events);
 
 #endif

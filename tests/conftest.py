@@ -82,7 +82,10 @@ def parse_core(data: bytes, options: Options = None, chunk: int | None = None) -
 
     from agent.native import AuditOptions, AuditParser
 
-    parser = AuditParser(AuditOptions(**option_values(options)))
+    values = option_values(options)
+    # The reference parser's max_batches is the core parser's sink's.
+    max_batches = values.pop("max_batches", None)
+    parser = AuditParser(AuditOptions(**values), max_batches=max_batches)
     batches: list[bytes] = []
     for piece in _slices(data, chunk):
         batches += parser.feed(piece)
@@ -92,7 +95,8 @@ def parse_core(data: bytes, options: Options = None, chunk: int | None = None) -
         decoded = msgpack.unpackb(batch, raw=False)
         assert isinstance(decoded, list), "a batch is one msgpack array"
         events += decoded
-    stats = asdict(parser.stats())
+    # The parser's counters, and the batches its sink sealed.
+    stats = {**asdict(parser.stats()), "batches": parser.sink.stats().batches}
     return events, {name: int(stats[name]) for name in STAT_NAMES}
 
 

@@ -5,6 +5,7 @@ JSON lines, checked against the system's own tools (or a prepared tree, through 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -54,6 +55,24 @@ def test_listening_ports_include_a_listener_of_ours() -> None:
         events = collect("ListeningPorts")
     mine = [e for e in events if e["lport"] == port]
     assert len(mine) == 1 and mine[0]["proto"] == "tcp" and mine[0]["laddr"] == "127.0.0.1"
+
+
+def test_process_snapshot_has_a_child_of_ours() -> None:
+    """`collect Process`: the /proc scanner's snapshot, one `process` event per process (the
+    one producer of that event)."""
+    token = f"collect-{uuid.uuid4().hex}"
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", token]
+    child = subprocess.Popen(argv)
+    try:
+        events = collect("Process")
+    finally:
+        child.kill()
+        child.wait()
+    assert events and all(e["t"] == "process" for e in events)
+    pids = [e["pid"] for e in events]
+    assert len(pids) == len(set(pids)) and os.getpid() in pids
+    (mine,) = [e for e in events if e["pid"] == child.pid]
+    assert mine["argv"] == argv and mine["ppid"] == os.getpid()
 
 
 def test_system_information_and_heartbeat() -> None:

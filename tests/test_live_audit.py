@@ -34,7 +34,9 @@ import pytest
 from conftest import skip_unless_ci
 
 from agent.native import audit_netlink
+from agent.native._base import CoreClosedError
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions, NetlinkDecoder
+from agent.native.sink import EventSink, pump
 
 pytestmark = [pytest.mark.live, pytest.mark.root]
 KEY = audit_netlink.RULE_KEY
@@ -160,9 +162,13 @@ def collect(
     """Select on the source, drain, expire and seal until done(events) or timeout."""
     events = [] if events is None else events
     deadline = time.monotonic() + timeout
+    sink = EventSink()
     while True:
         select.select([source.fileno()], [], [], 0.05)
-        events += decode(source.drain() + source.expire(now_ms()) + source.seal())
+        batches: list[bytes] = []
+        pump(source.drain, sink, batches.extend)
+        pump(lambda s: source.expire(s, now_ms()), sink, batches.extend, seal=True)
+        events += decode(batches)
         if done(events) or time.monotonic() > deadline:
             return events
 
@@ -374,9 +380,12 @@ def test_owner_mode_restores_state_and_removes_only_stale_rules(kernel_audit: Au
         assert found is not None and found.pid == 0
         assert found.backlog_limit == kernel_audit.backlog_limit
     finally:
+        pump(source.finish, EventSink(), lambda batches: None)
+        finished = source.stats()
         source.close()
-    assert source.close() == [] and source.closed
-    assert source.stats().rules_removed == stats.rules_installed
+    source.close()
+    assert source.closed
+    assert finished.rules_removed == stats.rules_installed
     status = audit_status()
     assert status["enabled"] == kernel_audit.enabled
     assert status["backlog_limit"] == kernel_audit.backlog_limit
@@ -403,7 +412,8 @@ def test_options_select_rules(kernel_audit: AuditState) -> None:
 
 
 def test_close_at_interpreter_exit_and_on_half_open_objects(kernel_audit: AuditState) -> None:
-    # A program that forgets close(): weakref.finalize restores the kernel state at exit.
+    # A program that forgets close(): the handle's C destructor (ffi.gc) restores the kernel
+    # state at exit.
     script = textwrap.dedent(
         """
         from agent.native.audit_netlink import AuditNetlink
@@ -418,10 +428,17 @@ def test_close_at_interpreter_exit_and_on_half_open_objects(kernel_audit: AuditS
     assert snapshot() == kernel_audit
     # An object whose __init__ never ran, and one closed twice.
     half = AuditNetlink.__new__(AuditNetlink)
-    assert half.close() == [] and half.closed and half.fileno() == -1
+    half.close()
+    assert half.closed
+    with pytest.raises(CoreClosedError):
+        half.fileno()
     source = AuditNetlink()
     source.close()
-    assert source.close() == [] and source.drain() == [] and source.mode == "unavailable"
+    source.close()
+    assert source.closed and snapshot() == kernel_audit
+    for call in (lambda: source.drain(EventSink()), lambda: source.mode, source.stats):
+        with pytest.raises(CoreClosedError):
+            call()
 
 
 def test_killed_previous_run_leaves_stale_rules_that_the_next_open_removes(
@@ -649,15 +666,16 @@ def test_entry_points_keep_rss_flat(kernel_audit: AuditState) -> None:
     assert_rss_flat(decode_one, name="am_audit_nl_decode")
 
     with AuditNetlink(AuditNetlinkOptions(exec_rules=False, net_rules=False)) as source:
+        sink = EventSink()
+
         def read_side() -> None:
-            source.drain()
-            source.expire(now_ms())
-            source.seal()
+            pump(source.drain, sink, lambda batches: None)
+            pump(lambda s: source.expire(s, now_ms()), sink, lambda batches: None, seal=True)
             source.stats()
             source.fileno()
             _ = (source.mode, source.state, source.rules_report, source.found_status)
 
-        assert_rss_flat(read_side, name="drain/expire/seal/take/stats/state/...")
+        assert_rss_flat(read_side, name="drain/expire/seal/stats/state/...")
         assert_rss_flat(source.poll_status, name="am_anl_poll_status")
 
     # open/close talk to the kernel several times each (status, ownership, enable, backlog):

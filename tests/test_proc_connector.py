@@ -18,9 +18,9 @@ from typing import Any, Callable
 import msgpack
 import pytest
 
-from agent.native._base import CoreArgumentError
+from agent.native._base import CoreArgumentError, CoreClosedError
 from agent.native.proc_connector import ProcConnector, ProcConnectorOptions
-from agent.native.sink import EventSink, SinkOptions
+from agent.native.sink import EventSink, SinkOptions, pump
 
 Event = dict[str, Any]
 
@@ -62,7 +62,8 @@ def decode(data: bytes, options: ProcConnectorOptions | None = None) -> tuple[li
     pc = ProcConnector(options or ProcConnectorOptions(listen=False))
     sink = EventSink()
     try:
-        appended = pc.decode(sink, data)
+        assert pc.decode(sink, data) == len(data)
+        appended = sink.stats().events
         events = events_of(sink.seal())
         assert appended == len(events)
         return events, pc.stats()
@@ -114,9 +115,11 @@ class Collector:
             if left <= 0:
                 break
             if self.selector.select(left):
-                self.pc.drain(self.sink)
-                self.events += events_of(self.sink.seal())
+                pump(self.pc.drain, self.sink, self.take, seal=True)
         return self.events
+
+    def take(self, batches: list[bytes]) -> None:
+        self.events += events_of(batches)
 
     def find(self, **want: Any) -> list[Event]:
         return [e for e in self.events if all(e.get(k) == v for k, v in want.items())]
@@ -350,7 +353,7 @@ def test_listen_twice_and_fileno() -> None:
         for col in (ca, cb):
             col.until(lambda evs: bool(col.find(t="exit", pid=child.pid)))  # noqa: B023 (now)
             assert col.find(t="exec", pid=child.pid)
-    with pytest.raises(CoreArgumentError):
+    with pytest.raises(CoreClosedError):
         a.fileno()
 
 
@@ -567,8 +570,7 @@ def test_sink_full_resumes_without_loss() -> None:
     offset = 0
     rounds = 0
     while True:
-        pc.decode(sink, data[offset:])
-        offset += pc.last_consumed
+        offset += pc.decode(sink, data[offset:])
         batches += sink.take()
         rounds += 1
         if offset == len(data):

@@ -15,13 +15,13 @@ import msgpack
 import pytest
 from leakcheck import assert_rss_flat
 
-from agent.native import CoreArgumentError, EventSink
+from agent.native import CoreArgumentError, EventSink, pump
 from agent.native.proc_scan import ProcScanner, ProcScanOptions
 
 
 def run_scan(scanner: ProcScanner) -> list[dict[str, Any]]:
     sink = EventSink()
-    scanner.scan(sink)
+    assert scanner.scan(sink) is False
     return [e for b in sink.seal() for e in msgpack.unpackb(b, raw=False)]
 
 
@@ -87,7 +87,7 @@ def test_a_tiny_sink_resumes_without_losing_changes() -> None:
         time.sleep(0.2)
         sink = EventSink(SinkOptions(batch_bytes=1024, max_batches=1))
         batches: list[bytes] = []
-        scanner.scan(sink, take=batches.extend)
+        pump(scanner.scan, sink, batches.extend)
         batches += sink.seal()
         pids = {e["pid"] for b in batches for e in msgpack.unpackb(b) if e["t"] == "exec"}
         assert {c.pid for c in children} <= pids
@@ -108,7 +108,7 @@ def test_polling_leaves_rss_flat() -> None:
     sink = EventSink()
 
     def cycle() -> None:
-        scanner.scan(sink)
+        assert scanner.scan(sink) is False
         sink.seal()
 
     assert_rss_flat(cycle, calls=1000, name="am_pscan_run in changes mode (1,000 walks)")

@@ -14,15 +14,9 @@ import msgpack
 import psutil
 import pytest
 
-from agent.native._base import CoreArgumentError, CoreFullError
-from agent.native.proc_scan import (
-    ProcScanner,
-    ProcScanOptions,
-    scan_processes,
-    scan_stats,
-    system_facts,
-)
-from agent.native.sink import EventSink, SinkOptions
+from agent.native._base import CoreArgumentError, CoreClosedError
+from agent.native.proc_scan import ProcScanner, ProcScanOptions
+from agent.native.sink import EventSink, SinkOptions, pump
 
 Event = dict[str, Any]
 
@@ -37,9 +31,11 @@ def events_of(batches: Iterable[bytes]) -> list[Event]:
 def snapshot(scanner: ProcScanner | None = None) -> dict[int, Event]:
     sink = EventSink()
     if scanner is None:
-        appended = scan_processes(sink)
+        with ProcScanner() as own:
+            assert own.scan(sink) is False
+        appended = sink.stats().events
     else:
-        appended = scanner.scan(sink)
+        appended = pump(scanner.scan, sink, lambda batches: None)
     events = events_of(sink.seal())
     assert appended == len(events)
     by_pid = {e["pid"]: e for e in events}
@@ -185,7 +181,7 @@ def test_small_sink_resumes_the_walk() -> None:
     handed: list[bytes] = []
     with ProcScanner() as scanner:
         before = set(psutil.pids())
-        total = scanner.scan(sink, take=handed.extend)
+        total = pump(scanner.scan, sink, handed.extend)
         after = set(psutil.pids())
         handed += sink.seal()
         events = events_of(handed)
@@ -197,52 +193,13 @@ def test_small_sink_resumes_the_walk() -> None:
         # Events larger than a 1 KiB batch (long command lines) come without argv and exe.
         lean = [e for e in events if e.get("trunc") and "argv" not in e and not e.get("kthread")]
         assert len(lean) == scanner.stats().oversize
-        # Without somewhere to put batches, a full sink is an error, and the next scan
-        # starts afresh.
+        # A full sink stops the walk (more); the next call goes on where it stopped.
         small = EventSink(SinkOptions(batch_bytes=1024, max_batches=1))
-        with pytest.raises(CoreFullError):
-            scanner.scan(small)
-        small.take()
-        small.seal()
-        assert scanner.scan(EventSink()) >= len(before & after)
-
-
-def test_system_facts_match_psutil_and_os() -> None:
-    sink = EventSink()
-    system_facts(sink)
-    (facts,) = events_of(sink.seal())
-    assert facts["t"] == "sysinfo" and facts["src"] == "proc"
-    vm = psutil.virtual_memory()
-    assert facts["mem_total"] == vm.total
-    assert abs(facts["mem_avail"] - vm.available) < 256 << 20
-    swap = psutil.swap_memory()
-    assert facts["swap_total"] == swap.total
-    assert facts["ncpu"] == psutil.cpu_count()
-    assert abs(facts["boot"] / 1000 - psutil.boot_time()) <= 1
-    uptime = time.clock_gettime(time.CLOCK_BOOTTIME)
-    assert abs(facts["uptime"] - uptime) < 2
-    load = os.getloadavg()
-    for key, value in zip(("load1", "load5", "load15"), load):
-        assert abs(facts[key] - value) < 2
-    assert 1 <= facts["running"] <= facts["tasks"]
-    uname = os.uname()
-    assert facts["kernel"] == uname.release and facts["host"] == uname.nodename
-    assert facts["arch"] == uname.machine and facts["kver"] == uname.version
-    with open("/proc/cpuinfo") as f:
-        models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    if models:
-        assert facts["cpu_model"] == models[0]
-    assert scan_stats().facts >= 1
-
-
-def test_system_facts_full_sink() -> None:
-    sink = EventSink(SinkOptions(batch_bytes=1024, max_batches=1))
-    with ProcScanner() as scanner:
-        with pytest.raises(CoreFullError):
-            for _ in range(100):
-                scanner.system_facts(sink)
-        assert sink.full()
-        assert len(events_of(sink.take())) >= 1
+        assert scanner.scan(small) is True
+        rest = EventSink()
+        assert scanner.scan(rest) is False
+        resumed = [e["pid"] for e in events_of(small.seal() + rest.seal())]
+        assert len(resumed) == len(set(resumed)) >= len(before & after)
 
 
 def test_bad_options_and_closed() -> None:
@@ -251,8 +208,11 @@ def test_bad_options_and_closed() -> None:
             ProcScanner(bad)
     scanner = ProcScanner()
     scanner.close()
-    with pytest.raises(CoreArgumentError):
+    scanner.close()
+    with pytest.raises(CoreClosedError):
         scanner.stats()
+    with pytest.raises(CoreClosedError):
+        scanner.scan(EventSink())
 
 
 @pytest.mark.timeout(900)
@@ -267,12 +227,7 @@ def test_leaks() -> None:
         scanner.scan(sink)
         sink.seal()
 
-    def facts_once() -> None:
-        scanner.system_facts(sink)
-        sink.seal()
-
     assert_rss_flat(scan_once, name="am_pscan_run")
-    assert_rss_flat(facts_once, name="am_pscan_system_facts")
     assert_rss_flat(scanner.stats, name="am_pscan_stats")
     assert_rss_flat(lambda: ProcScanner().close(), name="am_pscan_new/free")
     scanner.close()

@@ -44,6 +44,7 @@ SANITIZED_TESTS = (
     "test_sock_diag.py",
     "test_proc_net.py",
     "test_utmp.py",
+    "test_native_protocol.py",
 )
 
 # Imported by the child pytest (-p) before it collects anything: it binds `agent` to the

@@ -27,7 +27,8 @@ import msgpack
 import pytest
 from conftest import skip_unless_ci
 
-from agent.native.sink import EventSink, SinkOptions
+from agent.native._base import CoreClosedError
+from agent.native.sink import EventSink, SinkOptions, pump
 from agent.native.sock_diag import SocketTable, SocketTableOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,20 +47,12 @@ def _load(name: str) -> ModuleType:
 diag = _load("seeds_inet_diag")
 
 
-def drain(call: Callable[[EventSink], int], sink: EventSink | None = None) -> list[Event]:
+def drain(call: Callable[[EventSink], bool], sink: EventSink | None = None) -> list[Event]:
     """Every event of one listening()/changes() product, taking batches whenever it fills."""
     sink = sink if sink is not None else EventSink()
-    events: list[Event] = []
-    count = 0
-    table = call.__self__  # type: ignore[attr-defined]
-    for _ in range(10_000):
-        count += call(sink)
-        for batch in sink.take():
-            events += msgpack.unpackb(batch, raw=False)
-        if not table.more:
-            break
-    for batch in sink.seal():
-        events += msgpack.unpackb(batch, raw=False)
+    batches: list[bytes] = []
+    count = pump(call, sink, batches.extend, seal=True)
+    events: list[Event] = [e for batch in batches for e in msgpack.unpackb(batch, raw=False)]
     assert count == len(events), "the returned count disagrees with the events written"
     return events
 
@@ -348,7 +341,7 @@ def test_source_choice_and_fileno() -> None:
         SocketTable(SocketTableOptions(source="bogus"))  # type: ignore[arg-type]
     table = SocketTable()
     table.close()
-    with pytest.raises(ValueError):
+    with pytest.raises(CoreClosedError):
         table.snapshot()
 
 

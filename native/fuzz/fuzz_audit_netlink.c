@@ -12,16 +12,16 @@
 #include "core_audit_netlink.h"
 #include "fuzz_check.h"
 
-static void decode_all(am_audit *p, const struct am_audit_options *o, struct fuzz_totals *t,
-                       const uint8_t *buf, size_t len, struct am_anl_stats *st)
+static void decode_all(struct fuzz_audit *f, const uint8_t *buf, size_t len,
+                       struct am_anl_stats *st)
 {
     size_t off = 0;
     unsigned rounds = 0;
     for (;;) {
         size_t used = 0;
         uint64_t records = st->records;
-        int s = am_audit_nl_decode(p, buf + off, len - off, &used, st);
-        fuzz_check_memory(p);
+        int s = am_audit_nl_decode(f->p, f->sink, buf + off, len - off, &used, st);
+        fuzz_check_memory(f);
         CHECK(used <= len - off);
         off += used;
         /* A record takes at least a header: no more records than headers fit. */
@@ -31,7 +31,7 @@ static void decode_all(am_audit *p, const struct am_audit_options *o, struct fuz
             CHECK(off == len);
             return;
         }
-        fuzz_on_full(p, o, t, used > 0, &rounds);
+        fuzz_on_full(f, used > 0, &rounds);
     }
 }
 
@@ -40,27 +40,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct am_anl_stats st;
     memset(&st, 0, sizeof st);
     size_t consumed = 1;
-    CHECK(am_audit_nl_decode(NULL, data, size, &consumed, &st) == AM_ERR_ARG && consumed == 0);
-
-    struct am_audit_options o;
-    struct fuzz_totals t = {0, 0};
-    am_audit *p = fuzz_audit_new(&o);
-    CHECK(am_audit_nl_decode(p, data, size, NULL, &st) == AM_ERR_ARG);
-    CHECK(am_audit_nl_decode(p, data, size, &consumed, NULL) == AM_ERR_ARG);
-    decode_all(p, &o, &t, data, size, &st);
+    struct fuzz_audit f;
+    fuzz_audit_new(&f);
+    CHECK(am_audit_nl_decode(NULL, f.sink, data, size, &consumed, &st) == AM_ERR_ARG &&
+          consumed == 0);
+    CHECK(am_audit_nl_decode(f.p, f.sink, data, size, NULL, &st) == AM_ERR_ARG);
+    CHECK(am_audit_nl_decode(f.p, f.sink, data, size, &consumed, NULL) == AM_ERR_ARG);
+    decode_all(&f, data, size, &st);
     CHECK(st.messages >= st.records);
     CHECK(st.bytes <= size);
     if (size > 1) {
         size_t cut = 1 + data[0] % (size - 1);
-        decode_all(p, &o, &t, data, cut, &st);
-        decode_all(p, &o, &t, data + cut, size - cut, &st);
+        decode_all(&f, data, cut, &st);
+        decode_all(&f, data + cut, size - cut, &st);
     }
     unsigned rounds = 0;
     int s;
-    while ((s = am_audit_expire(p, UINT64_MAX)) == AM_ERR_FULL)
-        fuzz_on_full(p, &o, &t, 0, &rounds);
+    while ((s = am_audit_expire(f.p, f.sink, UINT64_MAX)) == AM_ERR_FULL)
+        fuzz_on_full(&f, 0, &rounds);
     CHECK(s == AM_OK);
-    fuzz_finish(p, &o, &t);
-    am_audit_free(p);
+    fuzz_finish(&f);
+    fuzz_audit_free(&f);
     return 0;
 }

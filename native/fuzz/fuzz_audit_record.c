@@ -8,51 +8,48 @@
 #include "core.h"
 #include "fuzz_check.h"
 
-static void feed_record(am_audit *p, const struct am_audit_options *o, struct fuzz_totals *t,
-                        uint16_t type, const char *payload, size_t len)
+static void feed_record(struct fuzz_audit *f, uint16_t type, const char *payload, size_t len)
 {
     unsigned rounds = 0;
     int s;
-    while ((s = am_audit_feed_record(p, type, payload, len)) == AM_ERR_FULL) {
-        fuzz_check_memory(p);
-        fuzz_on_full(p, o, t, 0, &rounds);
+    while ((s = am_audit_feed_record(f->p, f->sink, type, payload, len)) == AM_ERR_FULL) {
+        fuzz_check_memory(f);
+        fuzz_on_full(f, 0, &rounds);
     }
-    fuzz_check_memory(p);
+    fuzz_check_memory(f);
     /* A record the parser cannot use is counted, not refused. */
     CHECK(s == AM_OK);
 }
 
-static void expire(am_audit *p, const struct am_audit_options *o, struct fuzz_totals *t,
-                   uint64_t now_ms)
+static void expire(struct fuzz_audit *f, uint64_t now_ms)
 {
     unsigned rounds = 0;
     int s;
-    while ((s = am_audit_expire(p, now_ms)) == AM_ERR_FULL) {
-        fuzz_check_memory(p);
-        fuzz_on_full(p, o, t, 0, &rounds);
+    while ((s = am_audit_expire(f->p, f->sink, now_ms)) == AM_ERR_FULL) {
+        fuzz_check_memory(f);
+        fuzz_on_full(f, 0, &rounds);
     }
-    fuzz_check_memory(p);
+    fuzz_check_memory(f);
     CHECK(s == AM_OK);
-    fuzz_take_all(p, o, t);
+    fuzz_take_all(f);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_check_null_handles();
     if (size < 2)
         return 0;
     uint16_t type = (uint16_t)(data[0] | data[1] << 8);
     const char *payload = (const char *)data + 2;
     size_t len = size - 2;
 
-    struct am_audit_options o;
-    struct fuzz_totals t = {0, 0};
-    am_audit *p = fuzz_audit_new(&o);
-    feed_record(p, &o, &t, type, payload, len);
-    feed_record(p, &o, &t, type, payload, len);
-    expire(p, &o, &t, 0);
-    expire(p, &o, &t, UINT64_MAX);
-    fuzz_finish(p, &o, &t);
-    am_audit_free(p);
+    struct fuzz_audit f;
+    fuzz_audit_new(&f);
+    fuzz_check_null_handles(&f);
+    feed_record(&f, type, payload, len);
+    feed_record(&f, type, payload, len);
+    expire(&f, 0);
+    expire(&f, UINT64_MAX);
+    fuzz_finish(&f);
+    fuzz_audit_free(&f);
     return 0;
 }

@@ -7,15 +7,14 @@
 #include "core.h"
 #include "fuzz_check.h"
 
-static void feed_chunk(am_audit *p, const struct am_audit_options *o, struct fuzz_totals *t,
-                       const char *data, size_t len)
+static void feed_chunk(struct fuzz_audit *f, const char *data, size_t len)
 {
     size_t off = 0;
     unsigned rounds = 0;
     for (;;) {
         size_t consumed = (size_t)-1;
-        int s = am_audit_feed(p, data + off, len - off, &consumed);
-        fuzz_check_memory(p);
+        int s = am_audit_feed(f->p, f->sink, data + off, len - off, &consumed);
+        fuzz_check_memory(f);
         CHECK(consumed <= len - off);
         off += consumed;
         if (s != AM_ERR_FULL) {
@@ -23,14 +22,12 @@ static void feed_chunk(am_audit *p, const struct am_audit_options *o, struct fuz
             CHECK(s == AM_OK && off == len);
             return;
         }
-        fuzz_on_full(p, o, t, consumed > 0, &rounds);
+        fuzz_on_full(f, consumed > 0, &rounds);
     }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    fuzz_check_null_handles();
-
     /* FNV-1a of the input chooses the chunk count and the cuts. */
     uint32_t h = 2166136261u;
     for (size_t k = 0; k < size; k++)
@@ -47,18 +44,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cuts[1] = tmp;
     }
 
-    struct am_audit_options o;
-    struct fuzz_totals t = {0, 0};
-    am_audit *p = fuzz_audit_new(&o);
+    struct fuzz_audit f;
+    fuzz_audit_new(&f);
+    fuzz_check_null_handles(&f);
     const char *text = (const char *)data;
-    feed_chunk(p, &o, &t, text, cuts[0]);
-    feed_chunk(p, &o, &t, text + cuts[0], cuts[1] - cuts[0]);
-    feed_chunk(p, &o, &t, text + cuts[1], size - cuts[1]);
-    fuzz_finish(p, &o, &t);
+    feed_chunk(&f, text, cuts[0]);
+    feed_chunk(&f, text + cuts[0], cuts[1] - cuts[0]);
+    feed_chunk(&f, text + cuts[1], size - cuts[1]);
+    fuzz_finish(&f);
 
     struct am_audit_stats st;
-    am_audit_stats(p, &st);
+    am_audit_stats(f.p, NULL, &st);
     CHECK(st.bytes == size);
-    am_audit_free(p);
+    fuzz_audit_free(&f);
     return 0;
 }

@@ -171,100 +171,111 @@ static inline void mpc_check_batch(const uint8_t *p, size_t len, uint32_t events
 
 /* ---- audit parser harness support ---- */
 
-/* Options small enough that every bound is reachable from a few KB of input. */
-static inline am_audit *fuzz_audit_new(struct am_audit_options *o)
-{
-    am_audit_default_options(o);
-    o->max_in_flight = 4;
-    o->max_line_bytes = 1024;
-    o->max_event_bytes = 2048;
-    o->max_pending_bytes = 6144;
-    o->batch_bytes = 4096;
-    o->max_batches = 2;
-    am_audit *p = am_audit_new(o);
-    CHECK(p != NULL);
-    return p;
-}
-
-static inline void fuzz_check_memory(const am_audit *p)
-{
-    struct am_audit_stats st;
-    am_audit_stats(p, &st);
-    CHECK(st.memory <= st.memory_bound);
-}
-
-struct fuzz_totals {
+/* A parser, the sink it writes into, its options and what was taken from the sink. */
+struct fuzz_audit {
+    am_audit *p;
+    am_sink *sink;
+    struct am_audit_options o;
     uint64_t batches;
     uint64_t events;
 };
 
+/* Options small enough that every bound is reachable from a few KB of input. */
+static inline void fuzz_audit_new(struct fuzz_audit *f)
+{
+    memset(f, 0, sizeof *f);
+    am_audit_default_options(&f->o);
+    f->o.max_in_flight = 4;
+    f->o.max_line_bytes = 1024;
+    f->o.max_event_bytes = 2048;
+    f->o.max_pending_bytes = 6144;
+    f->o.batch_bytes = 4096;
+    f->p = am_audit_new(&f->o);
+    struct am_sink_options so = {.batch_bytes = f->o.batch_bytes, .max_batches = 2};
+    f->sink = am_sink_new(&so);
+    CHECK(f->p != NULL && f->sink != NULL);
+}
+
+static inline void fuzz_audit_free(struct fuzz_audit *f)
+{
+    am_audit_free(f->p);
+    am_sink_free(f->sink);
+}
+
+static inline void fuzz_check_memory(const struct fuzz_audit *f)
+{
+    struct am_audit_stats st;
+    am_audit_stats(f->p, f->sink, &st);
+    CHECK(st.memory <= st.memory_bound);
+}
+
 /* Takes every sealed batch, checking each; returns how many it took. */
-static inline unsigned fuzz_take_all(am_audit *p, const struct am_audit_options *o,
-                                     struct fuzz_totals *t)
+static inline unsigned fuzz_take_all(struct fuzz_audit *f)
 {
     unsigned taken = 0;
     for (;;) {
         const uint8_t *data = NULL;
         size_t len = 0;
         uint32_t events = 0;
-        int s = am_audit_take(p, &data, &len, &events);
-        fuzz_check_memory(p);
+        int s = am_sink_take(f->sink, &data, &len, &events);
+        fuzz_check_memory(f);
         if (s == AM_EMPTY)
             return taken;
         CHECK(s == AM_OK);
-        CHECK(data != NULL && len <= o->batch_bytes && events > 0);
+        CHECK(data != NULL && len <= f->o.batch_bytes && events > 0);
         mpc_check_batch(data, len, events);
         taken++;
-        t->batches++;
-        t->events += events;
+        f->batches++;
+        f->events += events;
     }
 }
 
 /* After an AM_ERR_FULL: takes the batches. The call must have used input or left batches to
  * take: a call that is full again with nothing to take and nothing used would spin the Python
- * wrapper's retry loop forever. */
-static inline void fuzz_on_full(am_audit *p, const struct am_audit_options *o,
-                                struct fuzz_totals *t, int progressed, unsigned *rounds)
+ * pump forever. */
+static inline void fuzz_on_full(struct fuzz_audit *f, int progressed, unsigned *rounds)
 {
-    unsigned taken = fuzz_take_all(p, o, t);
+    unsigned taken = fuzz_take_all(f);
     CHECK(taken > 0 || progressed);
     CHECK(++*rounds < 1000000u);
 }
 
 /* End of input: flush until done, then nothing may stay behind. */
-static inline void fuzz_finish(am_audit *p, const struct am_audit_options *o,
-                               struct fuzz_totals *t)
+static inline void fuzz_finish(struct fuzz_audit *f)
 {
     unsigned rounds = 0;
     int s;
-    while ((s = am_audit_flush(p)) == AM_ERR_FULL) {
-        fuzz_check_memory(p);
-        fuzz_on_full(p, o, t, 0, &rounds);
+    while ((s = am_audit_flush(f->p, f->sink)) == AM_ERR_FULL) {
+        fuzz_check_memory(f);
+        fuzz_on_full(f, 0, &rounds);
     }
-    fuzz_check_memory(p);
+    fuzz_check_memory(f);
     CHECK(s == AM_OK);
-    fuzz_take_all(p, o, t);
+    fuzz_take_all(f);
     const uint8_t *data;
     size_t len;
     uint32_t events;
-    CHECK(am_audit_take(p, &data, &len, &events) == AM_EMPTY);
+    CHECK(am_sink_take(f->sink, &data, &len, &events) == AM_EMPTY);
     struct am_audit_stats st;
-    am_audit_stats(p, &st);
-    CHECK(st.batches == t->batches && st.events == t->events);
+    am_audit_stats(f->p, f->sink, &st);
+    struct am_sink_stats ss;
+    am_sink_stats(f->sink, &ss);
+    CHECK(ss.batches == f->batches && st.events == f->events && ss.events == f->events);
 }
 
-/* Every entry point refuses a NULL handle with AM_ERR_ARG. */
-static inline void fuzz_check_null_handles(void)
+/* Every entry point refuses a NULL handle with AM_ERR_ARG, and the feed calls take a NULL
+ * sink as a full one. */
+static inline void fuzz_check_null_handles(const struct fuzz_audit *f)
 {
     size_t consumed = 0;
-    const uint8_t *data;
-    size_t len;
-    CHECK(am_audit_take(NULL, &data, &len, NULL) == AM_ERR_ARG);
-    CHECK(am_audit_feed(NULL, "x", 1, &consumed) == AM_ERR_ARG);
-    CHECK(am_audit_feed_record(NULL, 1300, "x", 1) == AM_ERR_ARG);
-    CHECK(am_audit_expire(NULL, 0) == AM_ERR_ARG);
-    CHECK(am_audit_flush(NULL) == AM_ERR_ARG);
-    CHECK(am_audit_seal(NULL) == AM_ERR_ARG);
+    CHECK(am_audit_feed(NULL, f->sink, "x", 1, &consumed) == AM_ERR_ARG);
+    CHECK(am_audit_feed_record(NULL, f->sink, 1300, "x", 1) == AM_ERR_ARG);
+    CHECK(am_audit_expire(NULL, f->sink, 0) == AM_ERR_ARG);
+    CHECK(am_audit_flush(NULL, f->sink) == AM_ERR_ARG);
+    CHECK(am_audit_expire(f->p, NULL, 0) == AM_ERR_ARG);
+    CHECK(am_audit_flush(f->p, NULL) == AM_ERR_ARG);
+    CHECK(am_audit_feed(f->p, NULL, "x", 1, &consumed) == AM_ERR_FULL && consumed == 0);
+    CHECK(am_audit_feed_record(f->p, NULL, 1300, "x", 1) == AM_ERR_FULL);
 }
 
 #endif

@@ -57,7 +57,8 @@ def parse_audit(args: argparse.Namespace) -> int:
         return 0
     s = parser.stats()
     print(
-        f"parse-audit: {s.records} records, {s.events} events, {s.batches} batches, "
+        f"parse-audit: {s.records} records, {s.events} events, "
+        f"{parser.sink.stats().batches} batches, "
         f"lost {s.gaps} (serial gaps), {s.duplicates} duplicate serials, "
         f"{s.malformed} malformed lines, {s.long_lines} long lines, "
         f"{s.truncated} truncated events",
@@ -301,12 +302,13 @@ class _ListLane:
 
 # What `micro-agent collect` takes: the periodic collectors, and Login (its files' history).
 COLLECTABLE = ("SystemInformation", "LocalUsers", "Firewall", "SBoM", "Baseline",
-               "ListeningPorts", "Login", "Heartbeat")
+               "ListeningPorts", "Login", "Process", "Heartbeat")
 
 
 def collect(args: argparse.Namespace) -> int:
     from agent.collectors import CLASSES, Environment
     from agent.collectors.login import read_history
+    from agent.collectors.process import snapshot as process_snapshot
     from agent.config import ConfigStore
     from agent.jsonl import batch_events, event_line
 
@@ -319,6 +321,8 @@ def collect(args: argparse.Namespace) -> int:
     env = Environment(data_dir=Path(args.data_dir), root=Path(args.root))
     if args.name == "Login":
         read_history(env.root, lane)
+    elif args.name == "Process":
+        process_snapshot(lane)
     else:
         store = ConfigStore(args.config)
         collector = CLASSES[args.name](env)
@@ -416,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("collect", help="print one snapshot of a collector as JSON lines")
     co.add_argument("name", help="the collector's twin prefix: " + ", ".join(COLLECTABLE)
-                    + " (Login: the whole history of wtmp and btmp)")
+                    + " (Login: the whole history of wtmp and btmp; Process: a `process` event"
+                    " per running process)")
     common(co)
     co.set_defaults(func=collect)
     return top

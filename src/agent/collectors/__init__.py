@@ -7,9 +7,6 @@ from typing import Any, ClassVar
 
 from agent.collectors.agent_state import HeartbeatCollector, StatisticsCollector
 from agent.collectors.base import Collector, Environment
-from agent.collectors.login import LoginCollector
-from agent.collectors.network import ListeningPortsCollector, NetworkActivityCollector
-from agent.collectors.process import ProcessCollector
 from agent.collectors.inventory import (
     BaselineCollector,
     FirewallCollector,
@@ -17,6 +14,9 @@ from agent.collectors.inventory import (
     SBoMCollector,
     SystemInformationCollector,
 )
+from agent.collectors.login import LoginCollector
+from agent.collectors.network import ListeningPortsCollector, NetworkActivityCollector
+from agent.collectors.process import ProcessCollector
 from agent.config import COLLECTORS, CollectorState
 
 

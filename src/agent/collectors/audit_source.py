@@ -12,9 +12,10 @@ serial gaps) are reported once, as the "Audit" source's drops.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions
+from agent.native.sink import EventSink, pump
 
 if TYPE_CHECKING:
     from agent.collectors.base import Collector, Environment
@@ -28,10 +29,11 @@ SOURCE_NAME = "Audit"
 class AuditSource:
     def __init__(self, env: Environment) -> None:
         self.env = env
-        self.nl: Optional[AuditNetlink] = None
+        self.nl: AuditNetlink | None = None
+        self.raw = EventSink()  # the socket's events, before they go to each subscriber
         self.subscribers: dict[str, tuple[Collector, bool, bool]] = {}
         self.state = "closed"
-        self._config: Optional[Config] = None
+        self._config: Config | None = None
         self._opened_with: tuple[bool, bool, bool, int] | None = None
         self._closed_drops: dict[str, int] = {}
         self._last_tick = 0
@@ -63,7 +65,7 @@ class AuditSource:
             backlog = self._config.audit.backlog_limit
         return exec_rules, net_rules, own, backlog
 
-    def _reopen(self, also: Optional[Collector] = None) -> None:
+    def _reopen(self, also: Collector | None = None) -> None:
         if self._closed:
             return
         wanted = self._wanted() if self.subscribers else None
@@ -77,7 +79,8 @@ class AuditSource:
             self.nl = AuditNetlink(AuditNetlinkOptions(
                 take_ownership=own, backlog_limit=backlog,
                 exec_rules=exec_rules, net_rules=net_rules))
-        except Exception as err:  # no CAP_AUDIT_*, no audit in the kernel
+        # No CAP_AUDIT_*, no audit in the kernel, or anything else: the collectors fall back.
+        except Exception as err:  # noqa: BLE001
             self.state = f"unavailable: {type(err).__name__}: {err}"
             log.warning("audit: %s", self.state)
             self.nl = None
@@ -101,17 +104,17 @@ class AuditSource:
         self.env.watch(self.nl.fileno(), self.on_readable)
         log.info("audit: %s; %s", self.state, self.nl.rules_report)
 
-    def _close(self, also: Optional[Collector] = None) -> None:
+    def _close(self, also: Collector | None = None) -> None:
         nl, self.nl = self.nl, None
         self._opened_with = None
         if nl is None:
             return
         self.env.unwatch(nl.fileno())
         try:
-            batches = nl.close()
+            pump(nl.finish, self.raw, lambda batches: self._route(batches, also), seal=True)
         finally:
             self._account_closed(nl)
-        self._route(batches, also)
+            nl.close()
         self.state = "closed"
 
     def close(self) -> None:
@@ -122,7 +125,7 @@ class AuditSource:
 
     # -- events ----------------------------------------------------------------------------------
 
-    def _route(self, batches: list[bytes], also: Optional[Collector] = None) -> None:
+    def _route(self, batches: list[bytes], also: Collector | None = None) -> None:
         targets = [c for c, _, _ in self.subscribers.values()]
         if also is not None and also not in targets:
             targets.append(also)
@@ -133,7 +136,7 @@ class AuditSource:
 
     def on_readable(self) -> None:
         if self.nl is not None:
-            self._route(self.nl.drain())
+            pump(self.nl.drain, self.raw, self._route)
 
     def tick(self, now: int) -> None:
         """Called by each subscriber's tick; runs at most once per second: completes idle
@@ -142,8 +145,9 @@ class AuditSource:
         if self.nl is None or now - self._last_tick < 1000:
             return
         self._last_tick = now
-        self.nl.poll_status()
-        self._route(self.nl.expire(now) + self.nl.seal())
+        nl = self.nl
+        nl.poll_status()
+        pump(lambda sink: nl.expire(sink, now), self.raw, self._route, seal=True)
 
     # -- loss -----------------------------------------------------------------------------------
 

@@ -121,7 +121,8 @@ class Collector:
         if self.periodic:
             try:
                 events = self.snapshot(now)
-            except Exception as err:  # a gatherer bug must not stop the agent: count and say
+            # A gatherer bug must not stop the agent: count and say.
+            except Exception as err:  # noqa: BLE001
                 self.counters["errors"] += 1
                 log.error("%s: snapshot failed: %s: %s", self.name, type(err).__name__, err)
                 events = []
@@ -139,6 +140,11 @@ class Collector:
         """One batch of a source into the lane, through the aggregator."""
         assert self.aggregator is not None, "configure() first"
         lane.spill(self.aggregator.add(batch, lane.sink))
+
+    def route_all(self, batches: list[bytes], lane: Lane) -> None:
+        """Batches of a source (a pump's delivery) into the lane, through the aggregator."""
+        for batch in batches:
+            self.route(batch, lane)
 
     def flush(self, lane: Lane) -> None:
         if self.aggregator is not None:

@@ -20,7 +20,7 @@ from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
 from agent.config import CollectorState, LoginConfig
 from agent.durable import replace_file
-from agent.native.sink import EventSink
+from agent.native.sink import EventSink, pump
 from agent.native.utmp import UtmpReader
 
 log = logging.getLogger("agent.collectors")
@@ -99,12 +99,7 @@ class LoginCollector(Collector):
 
     def _skip_history(self, reader: UtmpReader) -> None:
         throwaway = EventSink()
-        while True:
-            self.counters["history_skipped"] += reader.read(throwaway)
-            throwaway.take()
-            if not reader.more:
-                break
-        throwaway.seal()
+        self.counters["history_skipped"] += pump(reader.read, throwaway, _discard, seal=True)
 
     def stop(self) -> None:
         if self.pam:
@@ -119,15 +114,13 @@ class LoginCollector(Collector):
         self.readers = {}
 
     def _read(self, lane: Lane) -> None:
+        def deliver(batches: list[bytes]) -> None:
+            for batch in batches:
+                self.route(batch, lane)
+
         for reader in self.readers.values():
-            while True:
-                reader.read(self.raw)
-                for batch in self.raw.take():
-                    self.route(batch, lane)
-                if not reader.more:
-                    break
-        for batch in self.raw.seal():
-            self.route(batch, lane)
+            pump(reader.read, self.raw, deliver)
+        deliver(self.raw.seal())
 
     def tick(self, now: int, lane: Lane) -> None:
         if self.pam:
@@ -152,8 +145,8 @@ def read_history(root: Path, lane: Lane) -> None:
     """Every record of wtmp and btmp from their start (`micro-agent collect Login`)."""
     for kind, path in FILES.items():
         with UtmpReader(str(root / path.lstrip("/")), kind) as reader:
-            while True:
-                reader.read(lane.sink)
-                lane.spill(lane.sink.take())
-                if not reader.more:
-                    break
+            pump(reader.read, lane.sink, lane.spill)
+
+
+def _discard(batches: list[bytes]) -> None:
+    """The history skipped at the first start."""

@@ -16,7 +16,7 @@ from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
 from agent.config import CollectorState
 from agent.interface_addresses import interface_addresses
-from agent.native.sink import EventSink
+from agent.native.sink import EventSink, pump
 from agent.native.sock_diag import SocketTable, SocketTableOptions
 
 SNAPSHOT_EVERY_MS = 2000
@@ -57,11 +57,7 @@ class ListeningPortsCollector(Collector):
         self.table.snapshot()
         self.counters["snapshots"] += 1
         # The table writes `listen` events straight into the lane's sink (no aggregation).
-        while True:
-            self.table.listening(lane.sink)
-            if not self.table.more:
-                break
-            lane.spill(lane.sink.take())
+        pump(self.table.listening, lane.sink, lane.spill)
 
     def drops(self) -> dict[str, int]:
         current = table_drops(self.table) if self.table is not None else Counter()
@@ -141,14 +137,8 @@ class NetworkActivityCollector(Collector):
             return
         self._next_snapshot = now + SNAPSHOT_EVERY_MS
         self.table.snapshot()
-        while True:
-            self.table.changes(self.raw)
-            for batch in self.raw.take():
-                self.route(batch, lane)
-            if not self.table.more:
-                break
-        for batch in self.raw.seal():
-            self.route(batch, lane)
+        pump(self.table.changes, self.raw, lambda batches: self.route_all(batches, lane),
+             seal=True)
 
     def drops(self) -> dict[str, int]:
         current = table_drops(self.table) if self.table is not None else Counter()

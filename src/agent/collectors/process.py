@@ -12,14 +12,14 @@ available (Process_Mode):
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
 from agent.config import CollectorState, ProcessConfig, ProcessMode
 from agent.native.proc_connector import ProcConnector
 from agent.native.proc_scan import ProcScanner, ProcScanOptions
-from agent.native.sink import EventSink
+from agent.native.sink import EventSink, pump
 
 
 class ProcessCollector(Collector):
@@ -32,8 +32,8 @@ class ProcessCollector(Collector):
         super().__init__(*args, **kwargs)
         self.source = ""
         self.raw = EventSink()
-        self.cnproc: Optional[ProcConnector] = None
-        self.poller: Optional[ProcScanner] = None
+        self.cnproc: ProcConnector | None = None
+        self.poller: ProcScanner | None = None
         self._next_poll = 0
         # Drops of sources closed since (a restart opens new ones, whose counters start at 0).
         self._closed_drops: Counter[str] = Counter()
@@ -69,9 +69,7 @@ class ProcessCollector(Collector):
                 return CollectorState.running("cnproc", "; ".join(why))
         self.poller = ProcScanner(ProcScanOptions(changes=True))
         # The first walk learns what runs now: what starts from here on is new.
-        learn = EventSink()
-        self.poller.scan(learn, take=lambda batches: None)
-        learn.seal()
+        pump(self.poller.scan, EventSink(), _discard, seal=True)
         self.source = "polling"
         self._next_poll = 0
         return CollectorState.running("polling", "; ".join(why))
@@ -95,25 +93,20 @@ class ProcessCollector(Collector):
     def _pass_raw(self, seal: bool = False) -> None:
         if self.lane is None:
             return
-        for batch in self.raw.seal() if seal else self.raw.take():
-            self.route(batch, self.lane)
+        self.route_all(self.raw.seal() if seal else self.raw.take(), self.lane)
 
     def _on_cnproc(self) -> None:
-        if self.cnproc is None:
+        if self.cnproc is None or self.lane is None:
             return
-        while True:
-            self.cnproc.drain(self.raw)
-            full = self.raw.full()
-            self._pass_raw()
-            if not full:
-                return
+        lane = self.lane
+        pump(self.cnproc.drain, self.raw, lambda batches: self.route_all(batches, lane))
 
     def tick(self, now: int, lane: Lane) -> None:
         if self.source == "audit":
             audit_source(self.env).tick(now)
         elif self.poller is not None and now >= self._next_poll:
             self._next_poll = now + max(1, self._settings().polling_interval_us // 1000)
-            self.poller.scan(self.raw, take=lambda batches: [self.route(b, lane) for b in batches])
+            pump(self.poller.scan, self.raw, lambda batches: self.route_all(batches, lane))
         self._pass_raw(seal=True)
 
     def tick_interval(self) -> float:
@@ -137,3 +130,14 @@ class ProcessCollector(Collector):
         total["sink_full"] = sink.dropped_full
         total["too_large"] = sink.dropped_encode
         return dict(total)
+
+
+def _discard(batches: list[bytes]) -> None:
+    """What the first walk finds runs already: not new."""
+
+
+def snapshot(lane: Lane) -> None:
+    """One `process` event per running process into the lane (`micro-agent collect Process`):
+    the /proc scanner in snapshot mode."""
+    with ProcScanner() as scanner:
+        pump(scanner.scan, lane.sink, lane.spill)

@@ -1,24 +1,28 @@
-"""The ffi handle of agent._core, the status codes and the exceptions every wrapper shares."""
+"""The ffi handle of agent._core, the status codes, the exceptions every wrapper shares, and
+the one protocol every wrapper follows:
+
+- NativeHandle: one C handle under ffi.gc (its C destructor runs once: at close() or when the
+  wrapper is collected), an idempotent close(), a context manager, and CoreClosedError from
+  every call on a closed handle;
+- c_options: an options dataclass -> its C struct, each value range-checked against the C
+  field's own type;
+- read_stats: a C stats struct -> its frozen dataclass, field for field (tests check that every
+  C field is surfaced);
+- the drain contract: a source's read/drain/scan call writes events into an EventSink and
+  returns `more` (True: the sink filled or a per-call bound was reached; take the batches and
+  call again); native.pump runs that loop for every collector.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from typing_extensions import Self
 
 from agent._core import ffi, lib
-
-__all__ = [
-    "AM_EMPTY",
-    "AM_OK",
-    "CoreArgumentError",
-    "CoreError",
-    "CoreFullError",
-    "CoreLimitError",
-    "CoreMemoryError",
-    "check",
-    "cstr",
-    "ffi",
-    "lib",
-]
 
 AM_OK = lib.AM_OK
 AM_EMPTY = lib.AM_EMPTY
@@ -44,6 +48,10 @@ class CoreLimitError(CoreError):
     """A configured bound would be exceeded."""
 
 
+class CoreClosedError(CoreError):
+    """A call on a handle after its close()."""
+
+
 _ERRORS: dict[int, type[CoreError]] = {
     lib.AM_ERR_ARG: CoreArgumentError,
     lib.AM_ERR_NOMEM: CoreMemoryError,
@@ -58,5 +66,154 @@ def check(status: int, what: str) -> int:
     return status
 
 
-def cstr(ptr: object) -> Optional[str]:
+def more(status: int, what: str, limit: bool = False) -> bool:
+    """The drain contract's answer from a C status: True when the sink is full (AM_ERR_FULL)
+    or, with limit=True, when a per-call bound was reached (AM_ERR_LIMIT): take the sink's
+    batches and call again. False when the call completed; errors raise."""
+    if status == lib.AM_ERR_FULL or (limit and status == lib.AM_ERR_LIMIT):
+        return True
+    check(status, what)
+    return False
+
+
+def cstr(ptr: object) -> str | None:
     return None if ptr == ffi.NULL else ffi.string(ptr).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------
+# one lifecycle
+
+_T = TypeVar("_T")
+
+
+class NativeHandle:
+    """Owns one C handle: `destructor` runs exactly once, at close() or at garbage collection
+    (ffi.gc), whichever comes first. Every call goes through `_live()`, which raises
+    CoreClosedError once the handle is closed."""
+
+    _what = "handle"  # named in the closed error
+    _h: Any = None
+
+    def _own(self, handle: Any, destructor: Callable[[Any], None], options: object = None) -> None:
+        """Takes ownership of a fresh handle. NULL: the core refused `options` (given) or
+        could not allocate (options None)."""
+        if handle == ffi.NULL:
+            if options is not None:
+                raise CoreArgumentError(f"the core rejected the {self._what} options {options}")
+            raise CoreMemoryError(f"the core could not make the {self._what}")
+        self._h = ffi.gc(handle, destructor)
+
+    def _live(self) -> Any:
+        if self._h is None:
+            raise CoreClosedError(f"the {self._what} is closed")
+        return self._h
+
+    def _read_stats(self, cls: type[_T], fill: Callable[[Any, Any], object], **extra: Any) -> _T:
+        """Stats type `cls` from its C stats call `fill(handle, out)` (and fields C has not)."""
+        handle = self._live()
+        buffers: dict[type, Any] = self.__dict__.setdefault("_stats_buffers", {})
+        raw = buffers.get(cls)
+        if raw is None:
+            raw = buffers[cls] = ffi.new(f"{cls.__c_struct__} *")  # type: ignore[attr-defined]
+        fill(handle, raw)
+        return read_stats(cls, raw, **extra)
+
+    @property
+    def closed(self) -> bool:
+        return self._h is None
+
+    def close(self) -> None:
+        """Runs the C destructor now; later calls do nothing."""
+        handle, self._h = self._h, None
+        if handle is not None:
+            ffi.release(handle)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# declarative options
+
+# Field metadata of an options field that has no C field of its own name (the wrapper uses it).
+C_ONLY_IN_PYTHON = {"c": False}
+
+_INTEGER_RANGES: dict[str, tuple[int, int]] = {}
+
+
+def _range(ctype: Any) -> tuple[int, int]:
+    name = str(ctype.cname)
+    if name not in _INTEGER_RANGES:
+        bits = 8 * ffi.sizeof(ctype)
+        if name == "_Bool":
+            _INTEGER_RANGES[name] = (0, 1)
+        elif name.startswith(("u", "unsigned")):
+            _INTEGER_RANGES[name] = (0, (1 << bits) - 1)
+        else:
+            _INTEGER_RANGES[name] = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+    return _INTEGER_RANGES[name]
+
+
+def c_options(options: Any, struct: str, defaults: Callable[[Any], None]) -> Any:
+    """A new `struct` filled with the core's defaults (`defaults`, the am_*_default_options
+    call) and then with every field of the `options` dataclass that is not None. Each value is
+    checked against its C field's type (uint32_t: 0..2**32-1; bool values are 0 or 1).
+    Fields marked C_ONLY_IN_PYTHON are left to the wrapper."""
+    raw = ffi.new(f"{struct} *")
+    defaults(raw)
+    if options is None:
+        return raw
+    c_fields = dict(ffi.typeof(struct).fields)
+    for f in dataclasses.fields(options):
+        if f.metadata.get("c", True) is False:
+            continue
+        value = getattr(options, f.name)
+        if value is None:
+            continue
+        if f.name not in c_fields:
+            raise TypeError(f"{type(options).__name__}.{f.name} has no field in {struct}")
+        number = int(value)
+        low, high = _range(c_fields[f.name].type)
+        if not low <= number <= high:
+            raise CoreArgumentError(f"{f.name}={value} is out of range ({low}..{high})")
+        setattr(raw, f.name, number)
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------
+# stats from the C struct's own fields
+
+# C stats struct -> its Python type: every field of the struct must be a field of the type
+# (tests/test_native_protocol.py checks it for every stats struct of the core).
+STATS_TYPES: dict[str, type] = {}
+
+
+def stats_type(struct: str) -> Callable[[type[_T]], type[_T]]:
+    """Class decorator: the frozen dataclass that surfaces C `struct`."""
+
+    def register(cls: type[_T]) -> type[_T]:
+        STATS_TYPES[struct] = cls
+        cls.__c_struct__ = struct  # type: ignore[attr-defined]
+        return cls
+
+    return register
+
+
+_C_FIELDS: dict[str, list[str]] = {}
+
+
+def read_stats(cls: type[_T], raw: Any, **extra: Any) -> _T:
+    """An instance of stats type `cls` from its C struct `raw` (plus fields C has not)."""
+    struct: str = cls.__c_struct__  # type: ignore[attr-defined]
+    names = _C_FIELDS.get(struct)
+    if names is None:
+        names = _C_FIELDS[struct] = [name for name, _ in ffi.typeof(struct).fields]
+    return cls(**{name: int(getattr(raw, name)) for name in names}, **extra)

@@ -3,17 +3,27 @@ native/core_aggregate.h): batches in, batches out, no per-event Python object.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from collections.abc import Sequence
-from typing import Any, Literal, Optional
+from dataclasses import dataclass
+from typing import Literal
 
-from agent.native._base import CoreArgumentError, check, ffi, lib
-from agent.native.sink import EventSink
+from agent._core import ffi, lib
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
+from agent.native.sink import EventSink, pump
 
 AggregateKind = Literal["none", "process", "network"]
 _KINDS = {"none": lib.AM_AGG_NONE, "process": lib.AM_AGG_PROCESS, "network": lib.AM_AGG_NETWORK}
 
 
+@dataclass(frozen=True)
+class AggregatorOptions:
+    """The bounds of native/core_aggregate.h (kind and accept are set by the Aggregator)."""
+
+    cache_size: int = 256
+    max_bytes: int = 1 << 20
+
+
+@stats_type("struct am_agg_stats")
 @dataclass(frozen=True)
 class AggregatorStats:
     events_in: int
@@ -29,10 +39,7 @@ class AggregatorStats:
     memory_bound: int
 
 
-_STAT_NAMES = [f.name for f in fields(AggregatorStats)]
-
-
-class Aggregator:
+class Aggregator(NativeHandle):
     """Merges the `exec` events (kind "process": same command line, program and user) or the
     `net` / `conn` events (kind "network": same addresses, service port, protocol, direction and
     program) of an interval into entries with `hits`, `first` and `last`; kind "none" merges
@@ -50,63 +57,51 @@ class Aggregator:
     ) -> None:
         if kind not in _KINDS:
             raise CoreArgumentError(f"unknown aggregation kind {kind!r}")
-        opts = ffi.new("struct am_agg_options *")
-        lib.am_agg_default_options(opts)
+        options = AggregatorOptions(cache_size, max_bytes)
+        opts = c_options(options, "struct am_agg_options", lib.am_agg_default_options)
         opts.kind = _KINDS[kind]
-        for name, value in (("cache_size", cache_size), ("max_bytes", max_bytes)):
-            if not 0 <= value <= 0xFFFFFFFF:
-                raise CoreArgumentError(f"{name}={value} is out of range")
-            setattr(opts, name, value)
         accept_text = ",".join(accept).encode("ascii", "replace")
         if len(accept_text) >= 128 or any(not name or "," in name for name in accept):
             raise CoreArgumentError(f"accept={list(accept)!r}: at most 127 characters of names")
         opts.accept = accept_text
         handle = lib.am_agg_new(opts)
-        if handle == ffi.NULL:
-            raise CoreArgumentError(
-                f"the core rejected the aggregator options cache_size={cache_size} "
-                f"max_bytes={max_bytes}"
-            )
-        self.kind = kind
-        self._a: Any = ffi.gc(handle, lib.am_agg_free)
+        self._own(handle, lib.am_agg_free, options)
         self._next = ffi.new("uint32_t *")
-        self._stats = ffi.new("struct am_agg_stats *")
 
     def add(self, batch: bytes, out: EventSink) -> list[bytes]:
-        """Reads one batch of a source. Returns the batches of `out` that had to be taken to
-        make room (the rest stay in `out`)."""
-        taken: list[bytes] = []
+        """Reads one batch of a source into `out`; returns the batches `out` sealed meanwhile
+        (the open one stays)."""
+        handle = self._live()
         self._next[0] = 0
-        while True:
-            status = lib.am_agg_add_batch(self._a, batch, len(batch), self._next, out.handle)
-            if status != lib.AM_ERR_FULL:
-                check(status, "am_agg_add_batch")
-                return taken
-            taken += out.take()
+        taken: list[bytes] = []
+
+        def add_rest(sink: EventSink) -> bool:
+            return more(lib.am_agg_add_batch(handle, batch, len(batch), self._next, sink.handle),
+                        "am_agg_add_batch")
+
+        pump(add_rest, out, taken.extend)
+        return taken
 
     def flush(self, out: EventSink) -> list[bytes]:
-        """The end of an interval: every entry goes to `out`. Returns the batches of `out` that
-        had to be taken to make room."""
+        """The end of an interval: every entry goes to `out`; returns the batches `out` sealed
+        meanwhile."""
+        handle = self._live()
         taken: list[bytes] = []
-        while True:
-            status = lib.am_agg_flush(self._a, out.handle)
-            if status != lib.AM_ERR_FULL:
-                check(status, "am_agg_flush")
-                return taken
-            taken += out.take()
+        pump(lambda sink: more(lib.am_agg_flush(handle, sink.handle), "am_agg_flush"), out,
+             taken.extend)
+        return taken
 
-    def filter_local_addresses(self, addresses: Optional[Sequence[str]]) -> None:
+    def filter_local_addresses(self, addresses: Sequence[str] | None) -> None:
         """Leaves out the events whose `laddr` is not one of these (NetworkActivity_Devices:
         the addresses of the watched interfaces; an empty list leaves out every event with an
         `laddr`); events without `laddr` pass. None: no filter."""
         if addresses is None:
-            check(lib.am_agg_filter_laddr(self._a, 0, ffi.NULL, 0), "am_agg_filter_laddr")
+            check(lib.am_agg_filter_laddr(self._live(), 0, ffi.NULL, 0), "am_agg_filter_laddr")
             return
         if any(not a or "," in a for a in addresses):
             raise CoreArgumentError(f"addresses {list(addresses)!r}: empty or with a comma")
         text = ",".join(addresses).encode("ascii", "replace")
-        check(lib.am_agg_filter_laddr(self._a, 1, text, len(text)), "am_agg_filter_laddr")
+        check(lib.am_agg_filter_laddr(self._live(), 1, text, len(text)), "am_agg_filter_laddr")
 
     def stats(self) -> AggregatorStats:
-        lib.am_agg_stats(self._a, self._stats)
-        return AggregatorStats(**{n: int(getattr(self._stats, n)) for n in _STAT_NAMES})
+        return self._read_stats(AggregatorStats, lib.am_agg_stats)

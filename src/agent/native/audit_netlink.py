@@ -1,28 +1,29 @@
 """The live audit source (native/audit_netlink.c): kernel audit records over NETLINK_AUDIT,
-assembled and encoded by the core's audit parser into msgpack batches.
+assembled and encoded by the core's audit parser into the EventSink given to each call, like
+every other source (the drain contract: a call returns `more`; native.pump drives it).
 
     with AuditNetlink() as audit:
         print(audit.state)                    # "owner", "multicast: owned by pid 812 (auditd)"
         selector.register(audit.fileno(), EVENT_READ)
         ...
-        batches = audit.drain()               # on readable
-        batches += audit.expire(now_ms)       # on a timer, with poll_status() every second
-        batches += audit.seal()               # when the pipeline wants what is assembled
+        pump(audit.drain, sink, deliver)      # on readable
+        pump(lambda s: audit.expire(s, now_ms), sink, deliver, seal=True)  # every second
+        pump(audit.finish, sink, deliver)     # the last events; rules removed, kernel restored
+    # leaving the block (or close(), or garbage collection) frees the handle; if finish() was
+    # not called, the C destructor still removes the rules and restores the kernel state
 
 Python sees only batches (bytes of one msgpack array of event maps, docs/events.md) and
-counters; records never become Python objects. close() removes the agent's rules and gives
-back what open changed (see docs/sources/audit-netlink.md).
+counters; records never become Python objects (see docs/sources/audit-netlink.md).
 """
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass, fields
-from types import TracebackType
-from typing import Any, Optional
+from dataclasses import dataclass, field
 
-from agent.native import AuditOptions, AuditParser, AuditStats
-from agent.native._base import AM_OK, CoreArgumentError, check, ffi, lib
+from agent._core import ffi, lib
+from agent.native import AuditOptions, AuditParser, AuditStats, _base
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
+from agent.native.sink import EventSink
 
 MODE_UNAVAILABLE = "unavailable"
 MODE_OWNER = "owner"
@@ -40,20 +41,22 @@ RULE_KEY = "iot-micro-agent"
 class AuditNetlinkOptions:
     """What the source may do; see native/core_audit_netlink.h. None keeps the default."""
 
-    take_ownership: Optional[bool] = None  # become the audit daemon when none is alive (True)
-    backlog_limit: Optional[int] = None  # as owner, raise backlog_limit to this (8192)
-    exec_rules: Optional[bool] = None  # execve/execveat rules (True)
-    net_rules: Optional[bool] = None  # connect/accept/accept4/bind rules (True)
-    compat_arch: Optional[bool] = None  # also the 32-bit compat arch (True)
-    rcvbuf_bytes: Optional[int] = None  # event socket buffer (4 MiB)
-    reply_timeout_ms: Optional[int] = None  # per kernel reply (2000)
-    parser: Optional[AuditOptions] = None  # the audit parser's bounds
+    take_ownership: bool | None = None  # become the audit daemon when none is alive (True)
+    backlog_limit: int | None = None  # as owner, raise backlog_limit to this (8192)
+    exec_rules: bool | None = None  # execve/execveat rules (True)
+    net_rules: bool | None = None  # connect/accept/accept4/bind rules (True)
+    compat_arch: bool | None = None  # also the 32-bit compat arch (True)
+    rcvbuf_bytes: int | None = None  # event socket buffer (4 MiB)
+    reply_timeout_ms: int | None = None  # per kernel reply (2000)
+    parser: AuditOptions | None = field(default=None, metadata=_base.C_ONLY_IN_PYTHON)
 
 
+@stats_type("struct am_anl_status")
 @dataclass(frozen=True)
 class KernelStatus:
     """The kernel's audit status (struct audit_status)."""
 
+    mask: int  # which fields a request sets; 0 in the kernel's replies
     enabled: int
     failure: int
     pid: int
@@ -66,6 +69,7 @@ class KernelStatus:
     backlog_wait_time_actual: int
 
 
+@stats_type("struct am_anl_stats")
 @dataclass(frozen=True)
 class AuditNetlinkStats:
     """Counters of the netlink side (see core_audit_netlink.h) and of its parser."""
@@ -106,259 +110,148 @@ class AuditNetlinkStats:
         return self.kernel_lost_delta + self.enobufs + self.parser.gaps + self.ownership_lost
 
 
-_NL_STATS = [f.name for f in fields(AuditNetlinkStats) if f.name != "parser"]
-_PARSER_STATS = [f.name for f in fields(AuditStats)]
-_STATUS = [f.name for f in fields(KernelStatus)]
-_OPTIONS = [f.name for f in fields(AuditNetlinkOptions) if f.name != "parser"]
-
-
-def _release(handle: Any) -> None:
-    """Restores the kernel state and frees the handle (close(), or interpreter exit)."""
-    lib.am_anl_close(handle)
-    lib.am_anl_free(handle)
-
-
-def _status(raw: Any) -> KernelStatus:
-    return KernelStatus(**{name: int(getattr(raw, name)) for name in _STATUS})
-
-
-class AuditNetlink:
+class AuditNetlink(NativeHandle):
     """The kernel audit stream as batches. Opening reads the audit status and chooses a mode:
     `owner` (no live audit daemon: this process becomes it, enables audit and raises the
     backlog), `multicast` (auditd or another process owns audit: read AUDIT_NLGRP_READLOG,
-    change nothing of theirs) or `unavailable` (with the reason in `state`)."""
+    change nothing of theirs) or `unavailable` (with the reason in `state`).
 
-    def __init__(self, options: Optional[AuditNetlinkOptions] = None) -> None:
-        self._remaining: list[bytes] = []
-        self._last_stats: Optional[AuditNetlinkStats] = None
+    The handle's C destructor (am_anl_free, run by close() or at garbage collection, also at
+    interpreter exit) removes the agent's rules and restores what open changed."""
+
+    _what = "audit netlink source"
+
+    def __init__(self, options: AuditNetlinkOptions | None = None) -> None:
         options = options or AuditNetlinkOptions()
-        opts = ffi.new("struct am_anl_options *")
-        lib.am_anl_default_options(opts)
-        for name in _OPTIONS:
-            value = getattr(options, name)
-            if value is None:
-                continue
-            value = int(value)
-            if not 0 <= value <= 0xFFFFFFFF:
-                raise CoreArgumentError(f"{name}={value} is out of range")
-            setattr(opts, name, value)
+        opts = c_options(options, "struct am_anl_options", lib.am_anl_default_options)
         parser = ffi.NULL
         if options.parser is not None:
-            parser = ffi.new("struct am_audit_options *")
-            lib.am_audit_default_options(parser)
-            for f in fields(AuditOptions):
-                value = getattr(options.parser, f.name)
-                if value is not None:
-                    if not 0 <= value <= 0xFFFFFFFF:
-                        raise CoreArgumentError(f"parser {f.name}={value} is out of range")
-                    setattr(parser, f.name, value)
+            parser = c_options(options.parser, "struct am_audit_options",
+                               lib.am_audit_default_options)
         handle = lib.am_anl_new(opts, parser)
-        if handle == ffi.NULL:
-            raise CoreArgumentError(f"the core rejected the audit netlink options {options}")
-        self._h: Any = handle
-        # Runs close at interpreter exit if the user forgot; close() runs it once.
-        self._finalizer = weakref.finalize(self, _release, handle)
-        self._data = ffi.new("uint8_t **")
-        self._len = ffi.new("size_t *")
-        self._events = ffi.new("uint32_t *")
-        self._stats = ffi.new("struct am_anl_stats *")
-        self._pstats = ffi.new("struct am_audit_stats *")
+        self._own(handle, lib.am_anl_free, options)
+        self._finished_reading = False
         self._status = ffi.new("struct am_anl_status *")
         try:
             check(lib.am_anl_open(handle), "am_anl_open")
         except BaseException:
-            self._finalizer()
+            self.close()
             raise
 
     # -- properties
 
-    def _handle(self) -> Any:
-        finalizer = getattr(self, "_finalizer", None)
-        if finalizer is None or not finalizer.alive:
-            return None
-        return self._h
-
-    @property
-    def closed(self) -> bool:
-        return self._handle() is None
-
     @property
     def mode(self) -> str:
         """`owner`, `multicast` or `unavailable`."""
-        handle = self._handle()
-        return MODE_UNAVAILABLE if handle is None else _MODES[lib.am_anl_mode(handle)]
+        return _MODES[lib.am_anl_mode(self._live())]
 
     @property
     def state(self) -> str:
         """One line for the agent's reported properties: the mode and why."""
-        handle = self._handle()
-        if handle is None:
-            return "closed"
-        return str(ffi.string(lib.am_anl_state(handle)).decode("utf-8", "replace"))
+        return str(ffi.string(lib.am_anl_state(self._live())).decode("utf-8", "replace"))
 
     @property
     def rules_report(self) -> str:
         """What the rules step did: installed, skipped syscalls, refusals, stale rules."""
-        handle = self._handle()
-        if handle is None:
-            return ""
-        return str(ffi.string(lib.am_anl_rules_report(handle)).decode("utf-8", "replace"))
+        return str(ffi.string(lib.am_anl_rules_report(self._live())).decode("utf-8", "replace"))
 
     @property
-    def found_status(self) -> Optional[KernelStatus]:
+    def found_status(self) -> KernelStatus | None:
         """The kernel's audit status when this source opened (what close() restores)."""
-        handle = self._handle()
-        if handle is None or lib.am_anl_found_status(handle, self._status) != AM_OK:
+        if lib.am_anl_found_status(self._live(), self._status) != _base.AM_OK:
             return None
-        return _status(self._status)
+        return _base.read_stats(KernelStatus, self._status)
 
     def fileno(self) -> int:
-        """The event socket, non-blocking, for selectors (-1 when closed)."""
-        handle = self._handle()
-        return -1 if handle is None else int(lib.am_anl_fileno(handle))
+        """The event socket, non-blocking, for selectors (-1 after finish())."""
+        return int(lib.am_anl_fileno(self._live()))
 
-    # -- the stream
+    # -- the stream: the drain contract (native.pump)
 
-    def _take_all(self, out: list[bytes]) -> None:
-        while lib.am_anl_take(self._h, self._data, self._len, self._events) == AM_OK:
-            out.append(bytes(ffi.buffer(self._data[0], self._len[0])))
+    def drain(self, sink: EventSink) -> bool:
+        """Reads everything readable into events in the sink; True (more): the sink is full,
+        take its batches and call again."""
+        return more(lib.am_anl_drain(self._live(), sink.handle, 0), "am_anl_drain")
 
-    def _until_done(self, call: Any, what: str, *args: Any) -> list[bytes]:
-        out: list[bytes] = []
-        handle = self._handle()
-        if handle is None:
-            return out
-        while True:
-            status = call(handle, *args)
-            self._take_all(out)
-            if status != lib.AM_ERR_FULL:
-                check(status, what)
-                return out
-
-    def drain(self, seal: bool = False) -> list[bytes]:
-        """Reads everything readable; returns the batches that became ready (with seal=True
-        also the open one). After a `with` block closed the source, returns its last batches
-        once."""
-        if self._handle() is None:
-            out, self._remaining = getattr(self, "_remaining", []), []
-            return out
-        out = self._until_done(lib.am_anl_drain, "am_anl_drain", 0)
-        if seal:
-            out += self.seal()
-        return out
-
-    def expire(self, now_ms: int) -> list[bytes]:
-        """Completes events idle for the parser's timeout_ms of wall time (ms since epoch)."""
+    def expire(self, sink: EventSink, now_ms: int) -> bool:
+        """Completes events idle for the parser's timeout_ms of wall time (ms since epoch);
+        more as drain()."""
         if now_ms < 0:
             raise CoreArgumentError("now_ms must be >= 0")
-        return self._until_done(lib.am_anl_expire, "am_anl_expire", now_ms)
+        return more(lib.am_anl_expire(self._live(), sink.handle, now_ms), "am_anl_expire")
 
-    def seal(self) -> list[bytes]:
-        """Seals the open batch and returns every ready batch."""
-        handle = self._handle()
-        if handle is None:
-            return []
-        check(lib.am_anl_seal(handle), "am_anl_seal")
-        out: list[bytes] = []
-        self._take_all(out)
-        return out
+    def finish(self, sink: EventSink) -> bool:
+        """Reads what is left, removes the agent's rules, restores what open changed in the
+        kernel, completes every open event and seals the sink's open batch; more as drain().
+        The counters stay readable until close()."""
+        handle = self._live()
+        if not self._finished_reading:
+            try:
+                pending = more(lib.am_anl_drain(handle, sink.handle, 0), "am_anl_drain")
+            except BaseException:
+                lib.am_anl_close(handle)
+                raise
+            if pending:
+                return True
+            check(lib.am_anl_close(handle), "am_anl_close")
+            self._finished_reading = True
+        return more(lib.am_anl_flush(handle, sink.handle), "am_anl_flush")
 
-    def poll_status(self) -> Optional[KernelStatus]:
+    def poll_status(self) -> KernelStatus | None:
         """AUDIT_GET now (call it every second or so): keeps kernel_lost_delta current and
         notices a lost ownership. None when the kernel did not answer (counted)."""
-        handle = self._handle()
-        if handle is None or lib.am_anl_poll_status(handle, self._status) != AM_OK:
+        if lib.am_anl_poll_status(self._live(), self._status) != _base.AM_OK:
             return None
-        return _status(self._status)
+        return _base.read_stats(KernelStatus, self._status)
 
     def stats(self) -> AuditNetlinkStats:
-        """Counters; after close, those at close."""
-        handle = self._handle()
-        last: Optional[AuditNetlinkStats] = getattr(self, "_last_stats", None)
-        if handle is None and last is not None:
-            return last
-        lib.am_anl_stats(handle if handle is not None else ffi.NULL, self._stats, self._pstats)
-        parser = AuditStats(**{name: int(getattr(self._pstats, name)) for name in _PARSER_STATS})
-        return AuditNetlinkStats(
-            **{name: int(getattr(self._stats, name)) for name in _NL_STATS}, parser=parser
-        )
-
-    # -- closing
-
-    def close(self) -> list[bytes]:
-        """Reads what is left, removes the agent's rules, restores what open changed in the
-        kernel, and returns the last batches (every open event completed). Safe to call
-        again: later calls return []."""
-        handle = self._handle()
-        if handle is None:
-            return []
-        out: list[bytes] = []
-        try:
-            out += self.drain()
-        finally:
-            check(lib.am_anl_close(handle), "am_anl_close")
-        out += self._until_done(lib.am_anl_flush, "am_anl_flush")
-        self._last_stats = self.stats()
-        self._finalizer()
-        return out
-
-    def __enter__(self) -> AuditNetlink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        # The last batches stay for one drain() call: leaving the block loses nothing.
-        self._remaining += self.close()
+        parser = self._read_stats(AuditStats, lambda h, out: lib.am_anl_stats(h, ffi.NULL, out))
+        return self._read_stats(AuditNetlinkStats,
+                                lambda h, out: lib.am_anl_stats(h, out, ffi.NULL), parser=parser)
 
 
-class NetlinkDecoder:
+class NetlinkDecoder(NativeHandle):
     """The decoder of received audit netlink datagrams without a socket (am_audit_nl_decode
-    over a parser of its own): for tests, replays and fuzz-found inputs."""
+    over a parser of its own, whose handle this one is): for tests, replays and fuzz-found
+    inputs."""
 
-    def __init__(self, options: Optional[AuditOptions] = None) -> None:
+    _what = "audit netlink decoder"
+
+    def __init__(self, options: AuditOptions | None = None) -> None:
         self._parser = AuditParser(options)
+        self._h = self._parser.handle
         self._st = ffi.new("struct am_anl_stats *")
-        self._consumed = ffi.new("size_t *")
+
+    def close(self) -> None:
+        self._h = None
+        self._parser.close()
 
     def feed(self, datagram: bytes) -> list[bytes]:
         """One datagram as recv() returned it."""
-        out: list[bytes] = []
-        view = ffi.from_buffer(datagram)
-        offset = 0
-        while True:
-            status = lib.am_audit_nl_decode(
-                self._parser.handle, view + offset, len(datagram) - offset, self._consumed,
-                self._st,
-            )
-            offset += self._consumed[0]
-            self._parser.take_all(out)
-            if status != lib.AM_ERR_FULL:
-                check(status, "am_audit_nl_decode")
-                return out
+        handle, st = self._live(), self._st
+        return self._parser.consume(
+            datagram,
+            lambda sink, data, n, used: lib.am_audit_nl_decode(handle, sink, data, n, used, st),
+            "am_audit_nl_decode")
 
     def flush(self) -> list[bytes]:
+        self._live()
         return self._parser.flush()
 
     def stats(self) -> AuditNetlinkStats:
         """The netlink counters (the socket-only ones stay 0) and the parser's."""
-        return AuditNetlinkStats(
-            **{name: int(getattr(self._st, name)) for name in _NL_STATS},
-            parser=self._parser.stats(),
-        )
+        self._live()
+        return _base.read_stats(AuditNetlinkStats, self._st, parser=self._parser.stats())
 
 
 __all__ = [
-    "NetlinkDecoder",
-    "AuditNetlink",
-    "AuditNetlinkOptions",
-    "AuditNetlinkStats",
-    "KernelStatus",
     "MODE_MULTICAST",
     "MODE_OWNER",
     "MODE_UNAVAILABLE",
     "RULE_KEY",
+    "AuditNetlink",
+    "AuditNetlinkOptions",
+    "AuditNetlinkStats",
+    "KernelStatus",
+    "NetlinkDecoder",
 ]

@@ -1,26 +1,18 @@
 """The /proc scanner (native/proc_scan.c; events in docs/sources/proc-scan.md): a snapshot of
-every process, one `process` event each, and the system facts as one `sysinfo` event.
+every process, one `process` event each (`micro-agent collect Process`), or, polling for
+changes, the `exec` and `exit` events since the previous walk (Process_Mode Polling).
 
-    sink = EventSink()
-    scan_processes(sink, take=outbox.put)    # batches handed over whenever the sink fills
-    system_facts(sink)
+    with ProcScanner() as scanner:
+        pump(scanner.scan, sink, outbox.put)     # batches handed over whenever the sink fills
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
-from types import TracebackType
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
 
-from agent.native._base import (
-    CoreArgumentError,
-    CoreFullError,
-    CoreMemoryError,
-    check,
-    ffi,
-    lib,
-)
+from agent._core import ffi, lib
+from agent.native._base import NativeHandle, c_options, more, stats_type
 from agent.native.sink import EventSink
 
 
@@ -28,13 +20,14 @@ from agent.native.sink import EventSink
 class ProcScanOptions:
     """See native/core_proc_scan.h. None keeps the core's default."""
 
-    max_argv_bytes: Optional[int] = None
-    max_args: Optional[int] = None
+    max_argv_bytes: int | None = None
+    max_args: int | None = None
     # Polling: each run reports new processes (`exec`) and gone ones (`exit`), not all.
-    changes: Optional[bool] = None
-    max_tracked: Optional[int] = None
+    changes: bool | None = None
+    max_tracked: int | None = None
 
 
+@stats_type("struct am_pscan_stats")
 @dataclass(frozen=True)
 class ProcScanStats:
     scans: int
@@ -45,7 +38,6 @@ class ProcScanStats:
     kthreads: int
     argv_truncated: int
     oversize: int
-    facts: int
     dropped: int
     started: int
     exited: int
@@ -53,127 +45,27 @@ class ProcScanStats:
     tracked: int
 
 
-_STAT_NAMES = [f.name for f in fields(ProcScanStats)]
-
-
-class ProcScanner:
+class ProcScanner(NativeHandle):
     """A /proc scanner handle: keeps its buffers and counters across snapshots."""
 
-    def __init__(self, options: Optional[ProcScanOptions] = None) -> None:
-        opts = ffi.new("struct am_pscan_options *")
-        lib.am_pscan_default_options(opts)
-        if options is not None:
-            for f in fields(ProcScanOptions):
-                value = getattr(options, f.name)
-                if value is not None:
-                    value = int(value)
-                    if not 0 <= value <= 0xFFFFFFFF:
-                        raise CoreArgumentError(f"{f.name}={value} is out of range")
-                    setattr(opts, f.name, value)
+    _what = "/proc scanner"
+
+    def __init__(self, options: ProcScanOptions | None = None) -> None:
+        opts = c_options(options, "struct am_pscan_options", lib.am_pscan_default_options)
         handle = lib.am_pscan_new(opts)
-        if handle == ffi.NULL:
-            if options is not None:
-                raise CoreArgumentError(f"the core rejected the scan options {options}")
-            raise CoreMemoryError("am_pscan_new: no memory or no /proc")
-        self._p: Any = handle
+        self._own(handle, lib.am_pscan_free, options)
         self._appended = ffi.new("uint64_t *")
-        self._stats = ffi.new("struct am_pscan_stats *")
 
-    def _handle(self) -> Any:
-        if self._p is None:
-            raise CoreArgumentError("the scanner is closed")
-        return self._p
-
-    def scan_step(self, sink: EventSink) -> tuple[int, bool]:
-        """Walks on until the snapshot is complete or the sink is full: (events appended,
-        complete). After (n, False) take the sink's batches and call again."""
-        status = lib.am_pscan_run(self._handle(), sink.handle, self._appended)
+    def scan(self, sink: EventSink) -> bool:
+        """Walks on until the walk is complete (False) or the sink is full (True, more: take
+        the sink's batches and call again; the walk resumes where it stopped)."""
+        handle = self._live()
+        status = lib.am_pscan_run(handle, sink.handle, self._appended)
         if status == lib.AM_PSCAN_ERR_SYS:
-            err = int(lib.am_pscan_errno(self._p))
+            err = int(lib.am_pscan_errno(handle))
             raise OSError(err, f"/proc scan: {os.strerror(err)}")
-        if status != lib.AM_ERR_FULL:
-            check(status, "am_pscan_run")
-        return int(self._appended[0]), status == lib.AM_OK
-
-    def scan(
-        self, sink: EventSink, take: Optional[Callable[[list[bytes]], object]] = None
-    ) -> int:
-        """One whole snapshot; returns the events appended. When the sink fills midway its
-        batches go to `take` and the walk goes on; without `take` a full sink raises
-        CoreFullError (the events so far stay in the sink; the next call starts afresh)."""
-        total = 0
-        while True:
-            appended, complete = self.scan_step(sink)
-            total += appended
-            if complete:
-                return total
-            if take is None:
-                lib.am_pscan_reset(self._p)
-                raise CoreFullError(f"the sink filled after {total} process events")
-            take(sink.take())
-
-    def system_facts(self, sink: EventSink) -> None:
-        """Appends one `sysinfo` event; CoreFullError when the sink has no room."""
-        check(lib.am_pscan_system_facts(self._handle(), sink.handle), "am_pscan_system_facts")
+        return more(status, "am_pscan_run")
 
     def stats(self) -> ProcScanStats:
-        lib.am_pscan_stats(self._handle(), self._stats)
-        return ProcScanStats(**{n: int(getattr(self._stats, n)) for n in _STAT_NAMES})
+        return self._read_stats(ProcScanStats, lib.am_pscan_stats)
 
-    def close(self) -> None:
-        if self._p is None:
-            return
-        handle, self._p = self._p, None
-        lib.am_pscan_free(handle)
-
-    def __enter__(self) -> "ProcScanner":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_p", None) is not None:
-            self.close()
-
-
-_default: Optional[ProcScanner] = None
-
-
-def _scanner() -> ProcScanner:
-    global _default
-    if _default is None:
-        _default = ProcScanner()
-    return _default
-
-
-def scan_processes(
-    sink: EventSink, take: Optional[Callable[[list[bytes]], object]] = None
-) -> int:
-    """A snapshot of every process into the sink (see ProcScanner.scan)."""
-    return _scanner().scan(sink, take)
-
-
-def system_facts(sink: EventSink) -> None:
-    """One `sysinfo` event into the sink."""
-    _scanner().system_facts(sink)
-
-
-def scan_stats() -> ProcScanStats:
-    """Counters of the scanner behind scan_processes / system_facts."""
-    return _scanner().stats()
-
-
-__all__ = [
-    "ProcScanOptions",
-    "ProcScanStats",
-    "ProcScanner",
-    "scan_processes",
-    "scan_stats",
-    "system_facts",
-]

@@ -1,12 +1,14 @@
-"""The event sink the live sources write into (native/sink.c): their events, packed into
-msgpack batches, taken by Python a batch at a time."""
+"""The event sink every live source writes into (native/sink.c): their events, packed into
+msgpack batches, taken by Python a batch at a time; and `pump`, the one loop that drives a
+source's resumable call (`drain(sink) -> more`) until it is done."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Optional
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from agent.native._base import AM_OK, CoreArgumentError, CoreMemoryError, check, ffi, lib
+from agent._core import ffi, lib
+from agent.native._base import AM_OK, NativeHandle, c_options, check, stats_type
 
 
 @dataclass(frozen=True)
@@ -14,10 +16,11 @@ class SinkOptions:
     """batch_bytes: a batch never exceeds it (default 245760); max_batches: sealed batches
     held before the sources stop reading (default 8). None keeps the default."""
 
-    batch_bytes: Optional[int] = None
-    max_batches: Optional[int] = None
+    batch_bytes: int | None = None
+    max_batches: int | None = None
 
 
+@stats_type("struct am_sink_stats")
 @dataclass(frozen=True)
 class SinkStats:
     events: int
@@ -28,48 +31,63 @@ class SinkStats:
     memory: int
 
 
-_STAT_NAMES = [f.name for f in fields(SinkStats)]
-
-
-class EventSink:
+class EventSink(NativeHandle):
     """Batches of events from the live sources; pass it to a source's drain or scan call."""
 
-    def __init__(self, options: Optional[SinkOptions] = None) -> None:
-        opts = ffi.new("struct am_sink_options *")
-        lib.am_sink_default_options(opts)
-        if options is not None:
-            for f in fields(SinkOptions):
-                value = getattr(options, f.name)
-                if value is not None:
-                    if not 0 <= value <= 0xFFFFFFFF:
-                        raise CoreArgumentError(f"{f.name}={value} is out of range")
-                    setattr(opts, f.name, value)
+    _what = "event sink"
+
+    def __init__(self, options: SinkOptions | None = None) -> None:
+        opts = c_options(options, "struct am_sink_options", lib.am_sink_default_options)
         handle = lib.am_sink_new(opts)
-        if handle == ffi.NULL:
-            if options is not None:
-                raise CoreArgumentError(f"the core rejected the sink options {options}")
-            raise CoreMemoryError("am_sink_new")
-        self.handle: Any = ffi.gc(handle, lib.am_sink_free)
+        self._own(handle, lib.am_sink_free, options)
         self._data = ffi.new("uint8_t **")
         self._len = ffi.new("size_t *")
         self._events = ffi.new("uint32_t *")
-        self._stats = ffi.new("struct am_sink_stats *")
+
+    @property
+    def handle(self) -> object:
+        """The am_sink pointer, for the sources' calls."""
+        return self._live()
 
     def full(self) -> bool:
-        return bool(lib.am_sink_full(self.handle))
+        return bool(lib.am_sink_full(self._live()))
 
     def take(self) -> list[bytes]:
         """Every sealed batch, oldest first (each the bytes of one msgpack array)."""
+        handle = self._live()
         out: list[bytes] = []
-        while lib.am_sink_take(self.handle, self._data, self._len, self._events) == AM_OK:
+        while lib.am_sink_take(handle, self._data, self._len, self._events) == AM_OK:
             out.append(bytes(ffi.buffer(self._data[0], self._len[0])))
         return out
 
     def seal(self) -> list[bytes]:
         """Seal the open batch and return every sealed batch."""
-        check(lib.am_sink_seal(self.handle), "am_sink_seal")
+        check(lib.am_sink_seal(self._live()), "am_sink_seal")
         return self.take()
 
     def stats(self) -> SinkStats:
-        lib.am_sink_stats(self.handle, self._stats)
-        return SinkStats(**{name: int(getattr(self._stats, name)) for name in _STAT_NAMES})
+        return self._read_stats(SinkStats, lib.am_sink_stats)
+
+
+def pump(
+    call: Callable[[EventSink], bool],
+    sink: EventSink,
+    deliver: Callable[[list[bytes]], object],
+    seal: bool = False,
+) -> int:
+    """Runs a source's resumable call until it says no more: after each call the sink's sealed
+    batches go to `deliver` (with seal=True also the open batch at the end). Returns the events
+    the sink took in meanwhile."""
+    before = sink.stats().events
+    while True:
+        more = call(sink)
+        batches = sink.take()
+        if batches:
+            deliver(batches)
+        if not more:
+            break
+    if seal:
+        batches = sink.seal()
+        if batches:
+            deliver(batches)
+    return int(sink.stats().events - before)

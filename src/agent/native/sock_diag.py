@@ -5,26 +5,20 @@ events). docs/sources/sock-diag.md describes the events and counters.
 
     with SocketTable() as table:
         table.snapshot()
-        table.listening(sink)   # when table.more: take the sink's batches, call again
-        table.changes(sink)
+        pump(table.listening, sink, outbox.put)
+        pump(table.changes, sink, outbox.put)
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, fields
-from types import TracebackType
-from typing import Any, Literal, Optional
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from agent.native._base import (
-    CoreArgumentError,
-    CoreError,
-    CoreLimitError,
-    check,
-    ffi,
-    lib,
-)
+from agent._core import ffi, lib
+from agent.native import _base
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
 from agent.native.sink import EventSink
 
 Source = Literal["auto", "diag", "procnet"]
@@ -45,14 +39,15 @@ class SocketTableOptions:
     """source: "auto" (sock_diag if a probe dump works, else /proc/net), "diag" or "procnet".
     The bounds (None keeps the core's default): see native/core_sock_diag.h."""
 
-    source: Source = "auto"
-    max_sockets: Optional[int] = None
-    max_owners: Optional[int] = None
-    map_owners: Optional[bool] = None
-    first_existing: Optional[bool] = None
-    timeout_ms: Optional[int] = None
+    source: Source = field(default="auto", metadata=_base.C_ONLY_IN_PYTHON)
+    max_sockets: int | None = None
+    max_owners: int | None = None
+    map_owners: bool | None = None
+    first_existing: bool | None = None
+    timeout_ms: int | None = None
 
 
+@stats_type("struct am_sock_stats")
 @dataclass(frozen=True)
 class SocketTableStats:
     snapshots: int
@@ -79,32 +74,20 @@ class SocketTableStats:
     memory: int
 
 
-_STAT_NAMES = [f.name for f in fields(SocketTableStats)]
-
-
 def _c_options(options: SocketTableOptions) -> Any:
-    opts = ffi.new("struct am_sock_options *")
-    lib.am_sock_default_options(opts)
     if options.source not in _SOURCES:
         raise CoreArgumentError(f"source={options.source!r}: expected auto, diag or procnet")
+    opts = c_options(options, "struct am_sock_options", lib.am_sock_default_options)
     opts.source = _SOURCES[options.source]
-    for name in ("max_sockets", "max_owners", "timeout_ms"):
-        value = getattr(options, name)
-        if value is not None:
-            if not 1 <= value <= 0xFFFFFFFF:
-                raise CoreArgumentError(f"{name}={value} is out of range")
-            setattr(opts, name, value)
-    for name in ("map_owners", "first_existing"):
-        value = getattr(options, name)
-        if value is not None:
-            setattr(opts, name, 1 if value else 0)
     return opts
 
 
-class SocketTable:
+class SocketTable(NativeHandle):
     """One socket table; `source` and `source_reason` say what it reads and why."""
 
-    def __init__(self, options: Optional[SocketTableOptions] = None) -> None:
+    _what = "socket table"
+
+    def __init__(self, options: SocketTableOptions | None = None) -> None:
         self.options = options if options is not None else SocketTableOptions()
         opts = _c_options(self.options)
         err = ffi.new("int *")
@@ -112,20 +95,14 @@ class SocketTable:
         if chosen == lib.AM_ERR_ARG:
             raise CoreArgumentError(f"the core rejected the socket table options {options}")
         if chosen < 0:
-            raise CoreLimitError(
+            raise _base.CoreLimitError(
                 f"sock_diag is unavailable: {os.strerror(err[0]) if err[0] else 'no answer'}"
             )
         handle = lib.am_sock_new(opts)
-        if handle == ffi.NULL:
-            raise CoreError("am_sock_new failed (no memory, or the source went away)")
-        self._t: Any = ffi.gc(handle, lib.am_sock_free)
-        self.source: str = _NAMES[int(lib.am_sock_source(self._t, err))]
+        self._own(handle, lib.am_sock_free, self.options)
+        self.source: str = _NAMES[int(lib.am_sock_source(handle, err))]
         self.source_reason: str = self._reason(int(err[0]))
         self._events = ffi.new("uint32_t *")
-        # True after a listening()/changes() call that stopped because the sink filled: take
-        # the batches and make the same call again (it resumes). False once a call completed.
-        self.more = False
-        self._stats = ffi.new("struct am_sock_stats *")
 
     def _reason(self, err: int) -> str:
         if self.options.source != "auto":
@@ -135,48 +112,36 @@ class SocketTable:
         name = errno.errorcode.get(err, str(err))
         return f"procnet: sock_diag unavailable ({name}: {os.strerror(err)})"
 
-    def _handle(self) -> Any:
-        if self._t is None:
-            raise CoreArgumentError("the socket table is closed")
-        return self._t
-
     def fileno(self) -> int:
         """The sock_diag netlink socket (non-blocking); -1 when reading /proc/net."""
-        return int(lib.am_sock_fileno(self._handle()))
+        return int(lib.am_sock_fileno(self._live()))
 
     def snapshot(self) -> None:
         """Take a snapshot (dump, owner walk, commit). A dump that stays incomplete after one
         retry keeps the previous snapshot and is counted in stats().incomplete."""
-        status = lib.am_sock_snapshot(self._handle())
+        status = lib.am_sock_snapshot(self._live())
         if status != lib.AM_ERR_LIMIT:
             check(status, "am_sock_snapshot")
 
-    def listening(self, sink: EventSink) -> int:
-        """`listen` events of the last snapshot into sink; returns how many. When `more` is
-        True afterwards, take the sink's batches and call again: the listing resumes (a call
-        after a completed listing starts a new one)."""
-        status = lib.am_sock_listening(self._handle(), sink.handle, self._events)
-        self.more = status == lib.AM_ERR_FULL
-        if not self.more:
-            check(status, "am_sock_listening")
-        return int(self._events[0])
+    def listening(self, sink: EventSink) -> bool:
+        """`listen` events of the last snapshot into sink. True (more): the sink filled; take
+        its batches and call again, the listing resumes (a call after a completed listing
+        starts a new one)."""
+        return more(lib.am_sock_listening(self._live(), sink.handle, self._events),
+                    "am_sock_listening")
 
-    def changes(self, sink: EventSink) -> int:
-        """`conn` open/close events since the last call into sink; returns how many. When
-        `more` is True afterwards, take the sink's batches and call again."""
-        status = lib.am_sock_changes(self._handle(), sink.handle, self._events)
-        self.more = status == lib.AM_ERR_FULL
-        if not self.more:
-            check(status, "am_sock_changes")
-        return int(self._events[0])
+    def changes(self, sink: EventSink) -> bool:
+        """`conn` open/close events since the last call into sink; more as listening()."""
+        return more(lib.am_sock_changes(self._live(), sink.handle, self._events),
+                    "am_sock_changes")
 
     # The decoders on their own (tests, fuzzing, replay).
     def begin(self) -> None:
-        check(lib.am_sock_begin(self._handle()), "am_sock_begin")
+        check(lib.am_sock_begin(self._live()), "am_sock_begin")
 
     def feed_diag(self, protocol: int, data: bytes) -> bool:
         """Netlink messages of one dump of `protocol` (6, 17); True at NLMSG_DONE."""
-        status = lib.am_sock_feed_diag(self._handle(), protocol, data, len(data))
+        status = lib.am_sock_feed_diag(self._live(), protocol, data, len(data))
         if status == lib.AM_ERR_LIMIT:
             return True  # NLMSG_ERROR ends the dump (counted in dump_errors)
         return bool(check(status, "am_sock_feed_diag") == lib.AM_EMPTY)
@@ -184,31 +149,14 @@ class SocketTable:
     def feed_procnet(self, protocol: int, family: int, data: bytes) -> None:
         """The text of one /proc/net file (family 2 or 10)."""
         check(
-            lib.am_sock_feed_procnet(self._handle(), protocol, family, data, len(data)),
+            lib.am_sock_feed_procnet(self._live(), protocol, family, data, len(data)),
             "am_sock_feed_procnet",
         )
 
     def commit(self, now_ms: int, map_owners: bool = True) -> None:
         if not 0 <= now_ms <= 0xFFFFFFFFFFFFFFFF:
             raise CoreArgumentError(f"now_ms={now_ms} is out of range")
-        check(lib.am_sock_commit(self._handle(), now_ms, 1 if map_owners else 0), "am_sock_commit")
+        check(lib.am_sock_commit(self._live(), now_ms, 1 if map_owners else 0), "am_sock_commit")
 
     def stats(self) -> SocketTableStats:
-        lib.am_sock_stats(self._handle(), self._stats)
-        return SocketTableStats(**{n: int(getattr(self._stats, n)) for n in _STAT_NAMES})
-
-    def close(self) -> None:
-        if self._t is not None:
-            handle, self._t = self._t, None
-            ffi.release(handle)
-
-    def __enter__(self) -> SocketTable:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
+        return self._read_stats(SocketTableStats, lib.am_sock_stats)

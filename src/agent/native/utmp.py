@@ -7,18 +7,12 @@ and encodes the events into the sink's msgpack batches.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from types import TracebackType
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
-from agent.native._base import (
-    CoreArgumentError,
-    CoreError,
-    CoreMemoryError,
-    check,
-    ffi,
-    lib,
-)
+from agent._core import ffi, lib
+from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
 from agent.native.sink import EventSink
 
 KINDS: dict[str, int] = {
@@ -39,12 +33,13 @@ class UtmpOptions:
     decodes at most (4096); chunk_records: records per pread (64); max_sessions: open logins
     remembered to complete logouts (256)."""
 
-    layout: Optional[int] = None
-    max_records: Optional[int] = None
-    chunk_records: Optional[int] = None
-    max_sessions: Optional[int] = None
+    layout: int | None = None
+    max_records: int | None = None
+    chunk_records: int | None = None
+    max_sessions: int | None = None
 
 
+@stats_type("struct am_utmp_stats")
 @dataclass(frozen=True)
 class UtmpStats:
     records: int
@@ -77,18 +72,17 @@ class UtmpState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "UtmpState":
+    def from_dict(cls, data: Mapping[str, Any]) -> UtmpState:
         try:
             return cls(**{f.name: int(data[f.name]) for f in fields(cls)})
         except (KeyError, TypeError, ValueError) as exc:
             raise CoreArgumentError(f"not a utmp reader state: {data!r}") from exc
 
 
-_STAT_NAMES = [f.name for f in fields(UtmpStats)]
 _STATE_NAMES = [f.name for f in fields(UtmpState)]
 
 
-def _kind_number(kind: Union[str, int]) -> int:
+def _kind_number(kind: str | int) -> int:
     if isinstance(kind, str):
         if kind not in KINDS:
             raise CoreArgumentError(f"kind must be one of {sorted(KINDS)}, not {kind!r}")
@@ -98,51 +92,25 @@ def _kind_number(kind: Union[str, int]) -> int:
     return int(kind)
 
 
-def _options(options: Optional[UtmpOptions]) -> Any:
-    opts = ffi.new("struct am_utmp_options *")
-    lib.am_utmp_default_options(opts)
-    if options is not None:
-        for f in fields(UtmpOptions):
-            value = getattr(options, f.name)
-            if value is not None:
-                if not 0 <= value <= 0xFFFFFFFF:
-                    raise CoreArgumentError(f"{f.name}={value} is out of range")
-                setattr(opts, f.name, value)
-    return opts
+def _options(options: UtmpOptions | None) -> Any:
+    return c_options(options, "struct am_utmp_options", lib.am_utmp_default_options)
 
 
-class _Handle:
+def _no_defaults(raw: Any) -> None:
+    """A state has no defaults: every field is given."""
+
+
+class _Handle(NativeHandle):
     """The C reader handle, its scratch out-parameters and the shared calls."""
 
-    def __init__(self, handle: Any) -> None:
-        self._u: Any = ffi.gc(handle, lib.am_utmp_close)
+    _what = "utmp reader"
+
+    def __init__(self, handle: Any, options: UtmpOptions | None) -> None:
+        self._own(handle, lib.am_utmp_close, options)
         self._events = ffi.new("uint32_t *")
-        self._stats = ffi.new("struct am_utmp_stats *")
-        self.more = False
-
-    def _live(self) -> Any:
-        if self._u is None:
-            raise CoreError("the utmp reader is closed")
-        return self._u
-
-    def _finish(self, status: int, what: str) -> int:
-        """AM_ERR_FULL (take the sink's batches) and AM_ERR_LIMIT (the per-call bound) mean
-        more records wait: `more` says so; the events appended are returned either way."""
-        self.more = status in (lib.AM_ERR_FULL, lib.AM_ERR_LIMIT)
-        if not self.more:
-            check(status, what)
-        return int(self._events[0])
 
     def stats(self) -> UtmpStats:
-        lib.am_utmp_stats(self._live(), self._stats)
-        return UtmpStats(**{name: int(getattr(self._stats, name)) for name in _STAT_NAMES})
-
-    def close(self) -> None:
-        """Closes the file(s) and frees the reader now (also done when it is collected)."""
-        if self._u is not None:
-            handle = self._u
-            self._u = None
-            ffi.release(handle)
+        return self._read_stats(UtmpStats, lib.am_utmp_stats)
 
 
 class UtmpReader(_Handle):
@@ -150,93 +118,60 @@ class UtmpReader(_Handle):
     the last call; `snapshot(sink)` the sessions a utmp file lists now.
 
     kind: "wtmp" (history), "btmp" (failed logins) or "utmp" (current sessions). The file need
-    not exist yet. After read() or snapshot(), `more` is True when records are still waiting
-    (the sink filled up: take its batches; or the per-call bound was reached): call again.
+    not exist yet. read() and snapshot() follow the drain contract (native.pump).
     """
 
     def __init__(
         self,
-        path: Union[str, bytes],
-        kind: Union[str, int] = "wtmp",
-        options: Optional[UtmpOptions] = None,
+        path: str | bytes,
+        kind: str | int = "wtmp",
+        options: UtmpOptions | None = None,
     ) -> None:
         raw = path.encode() if isinstance(path, str) else bytes(path)
         if not raw or b"\0" in raw:
             raise CoreArgumentError(f"bad path {path!r}")
         handle = lib.am_utmp_open(raw, _kind_number(kind), _options(options))
-        if handle == ffi.NULL:
-            if options is not None:
-                raise CoreArgumentError(f"the core rejected the utmp options {options}")
-            raise CoreMemoryError("am_utmp_open")
-        super().__init__(handle)
+        super().__init__(handle, options)
         self.path = raw.decode(errors="surrogateescape")
         self._state = ffi.new("struct am_utmp_state *")
 
-    def read(self, sink: EventSink) -> int:
-        """Events appended for the new whole records (a partial last record waits)."""
-        return self._finish(lib.am_utmp_read(self._live(), sink.handle, self._events),
-                            "am_utmp_read")
+    def read(self, sink: EventSink) -> bool:
+        """The events of the new whole records (a partial last record waits); True (more)
+        when records are still waiting: take the sink's batches and call again."""
+        return more(lib.am_utmp_read(self._live(), sink.handle, self._events),
+                    "am_utmp_read", limit=True)
 
-    def snapshot(self, sink: EventSink) -> int:
-        """`active` events for the USER_PROCESS records of the whole file."""
-        return self._finish(lib.am_utmp_snapshot(self._live(), sink.handle, self._events),
-                            "am_utmp_snapshot")
+    def snapshot(self, sink: EventSink) -> bool:
+        """`active` events for the USER_PROCESS records of the whole file; more as read()."""
+        return more(lib.am_utmp_snapshot(self._live(), sink.handle, self._events),
+                    "am_utmp_snapshot", limit=True)
 
     def state(self) -> UtmpState:
         check(lib.am_utmp_state(self._live(), self._state), "am_utmp_state")
         return UtmpState(**{name: int(getattr(self._state, name)) for name in _STATE_NAMES})
 
-    def restore(self, state: Union[UtmpState, Mapping[str, Any]]) -> None:
+    def restore(self, state: UtmpState | Mapping[str, Any]) -> None:
         """Resume at a state taken earlier (by this process or a previous one)."""
         if not isinstance(state, UtmpState):
             state = UtmpState.from_dict(state)
-        raw = ffi.new("struct am_utmp_state *")
-        for name in _STATE_NAMES:
-            value = getattr(state, name)
-            limit = 0xFFFFFFFF if name == "layout" else 0xFFFFFFFFFFFFFFFF
-            if not 0 <= value <= limit:
-                raise CoreArgumentError(f"state {name}={value} is out of range")
-            setattr(raw, name, value)
+        raw = c_options(state, "struct am_utmp_state", _no_defaults)
         check(lib.am_utmp_restore(self._live(), raw), "am_utmp_restore")
-
-    def __enter__(self) -> "UtmpReader":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
 
 
 class UtmpDecoder(_Handle):
     """Records from memory (not a file), with the same decoding and login matching."""
 
-    def __init__(self, kind: Union[str, int] = "wtmp", options: Optional[UtmpOptions] = None):
+    def __init__(self, kind: str | int = "wtmp", options: UtmpOptions | None = None):
         handle = lib.am_utmp_new(_kind_number(kind), _options(options))
-        if handle == ffi.NULL:
-            raise CoreArgumentError(f"the core rejected the utmp options {options}")
-        super().__init__(handle)
+        super().__init__(handle, options or UtmpOptions())
         self._consumed = ffi.new("size_t *")
 
     def feed(self, sink: EventSink, data: bytes) -> tuple[int, int]:
-        """(events appended, bytes of whole records used); the rest waits for the caller."""
+        """(events appended, bytes of whole records used); the rest waits for the caller (the
+        sink filled or the per-call bound was reached: take the sink's batches, feed the rest)."""
         status = lib.am_utmp_feed(
             self._live(), ffi.from_buffer(data), len(data), sink.handle, self._consumed,
             self._events,
         )
-        events = self._finish(status, "am_utmp_feed")
-        return events, int(self._consumed[0])
-
-    def __enter__(self) -> "UtmpDecoder":
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        self.close()
+        more(status, "am_utmp_feed", limit=True)
+        return int(self._events[0]), int(self._consumed[0])

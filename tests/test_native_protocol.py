@@ -1,0 +1,162 @@
+"""The one protocol of the native wrappers (agent/native/_base.py): every C stats struct is
+surfaced field for field by its Python type, option values are range-checked against their C
+field's type, and every wrapper raises CoreClosedError from every call after close()."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import native
+from agent._core import ffi
+from agent.native import _base
+from agent.native._base import CoreArgumentError, CoreClosedError, NativeHandle
+from agent.native.aggregate import Aggregator, AggregatorStats
+from agent.native.audit_netlink import AuditNetlinkStats, KernelStatus, NetlinkDecoder
+from agent.native.proc_connector import (
+    ProcConnector,
+    ProcConnectorOptions,
+    ProcConnectorStats,
+)
+from agent.native.proc_scan import ProcScanner, ProcScanOptions, ProcScanStats
+from agent.native.sink import EventSink, SinkOptions, SinkStats
+from agent.native.sock_diag import SocketTable, SocketTableOptions, SocketTableStats
+from agent.native.utmp import UtmpDecoder, UtmpReader, UtmpStats
+
+NATIVE = Path(__file__).resolve().parents[1] / "native"
+
+# Every stats type the wrappers define (importing them registers them).
+SURFACED = (native.AuditStats, AggregatorStats, AuditNetlinkStats, KernelStatus,
+            ProcConnectorStats, ProcScanStats, SinkStats, SocketTableStats, UtmpStats)
+
+
+def c_stats_structs() -> set[str]:
+    """Every `struct am_*_stats` the C API headers declare."""
+    found: set[str] = set()
+    for header in [NATIVE / "core.h", *sorted(NATIVE.glob("core_*.h"))]:
+        found |= set(re.findall(r"^struct (am_\w+_stats) \{", header.read_text(), re.MULTILINE))
+    return {f"struct {name}" for name in found}
+
+
+def test_every_c_stats_struct_has_a_python_type() -> None:
+    structs = c_stats_structs()
+    assert len(structs) >= 8
+    assert structs <= set(_base.STATS_TYPES), structs - set(_base.STATS_TYPES)
+    assert {cls.__c_struct__ for cls in SURFACED} == set(_base.STATS_TYPES)
+
+
+@pytest.mark.parametrize("struct", sorted(_base.STATS_TYPES))
+def test_every_c_field_is_surfaced(struct: str) -> None:
+    cls = _base.STATS_TYPES[struct]
+    c_fields = [name for name, _ in ffi.typeof(struct).fields]
+    py_fields = [f.name for f in dataclasses.fields(cls)]
+    missing = [name for name in c_fields if name not in py_fields]
+    assert not missing, f"{cls.__name__} does not surface {struct} fields {missing}"
+    # And nothing is made up: the extra fields are other stats objects (the parser's).
+    extra = [f for f in dataclasses.fields(cls) if f.name not in c_fields]
+    assert all(f.name == "parser" for f in extra), extra
+
+
+def test_read_stats_copies_every_field() -> None:
+    raw = ffi.new("struct am_sink_stats *")
+    for k, (name, _) in enumerate(ffi.typeof("struct am_sink_stats").fields):
+        setattr(raw, name, 1000 + k)
+    stats = _base.read_stats(SinkStats, raw)
+    assert [getattr(stats, f.name) for f in dataclasses.fields(SinkStats)] == [
+        1000 + k for k in range(len(dataclasses.fields(SinkStats)))]
+
+
+def test_option_ranges_come_from_the_c_types() -> None:
+    # uint32_t fields: 0..2**32-1, whatever the option.
+    with pytest.raises(CoreArgumentError, match="max_batches"):
+        EventSink(SinkOptions(max_batches=1 << 32))
+    with pytest.raises(CoreArgumentError, match="max_args"):
+        ProcScanner(ProcScanOptions(max_args=-1))
+    with pytest.raises(CoreArgumentError, match="rcvbuf"):
+        ProcConnector(ProcConnectorOptions(listen=False, rcvbuf=1 << 40))
+    # In range for the type, but refused by the core's own checks: still CoreArgumentError.
+    with pytest.raises(CoreArgumentError):
+        EventSink(SinkOptions(max_batches=0))
+    # The options that are not C fields are marked, and a stray name is a programming error.
+    opts = _base.c_options(SocketTableOptions(source="procnet", max_sockets=7),
+                           "struct am_sock_options", _base.lib.am_sock_default_options)
+    assert opts.max_sockets == 7
+
+    @dataclasses.dataclass(frozen=True)
+    class Stray:
+        no_such_field: int = 1
+
+    with pytest.raises(TypeError, match="no_such_field"):
+        _base.c_options(Stray(), "struct am_sink_options", _base.lib.am_sink_default_options)
+
+
+def _closable(tmp_path: Path) -> list[tuple[NativeHandle, list[Callable[[NativeHandle], Any]]]]:
+    """Every wrapper the agent uses without privileges, with every call of its own."""
+    sink = EventSink()
+    wtmp = tmp_path / "wtmp"
+    wtmp.write_bytes(b"")
+    return [
+        (EventSink(), [lambda h: h.take(), lambda h: h.seal(), lambda h: h.full(),
+                       lambda h: h.stats(), lambda h: h.handle]),
+        (native.MsgpackWriter(64), [lambda h: h.write_nil(), lambda h: h.write_int(1),
+                                    lambda h: h.write_str("x"), lambda h: h.getvalue(),
+                                    lambda h: h.reset()]),
+        (native.AuditParser(), [lambda h: h.feed(b"x\n"), lambda h: h.feed_record(1300, b"x"),
+                                lambda h: h.expire(0), lambda h: h.seal(),
+                                lambda h: h.flush(), lambda h: h.stats(), lambda h: h.handle]),
+        (NetlinkDecoder(), [lambda h: h.feed(b""), lambda h: h.flush(), lambda h: h.stats()]),
+        (Aggregator("process"), [lambda h: h.add(b"\x90", sink), lambda h: h.flush(sink),
+                                 lambda h: h.filter_local_addresses(None),
+                                 lambda h: h.stats()]),
+        (ProcScanner(), [lambda h: h.scan(sink), lambda h: h.stats()]),
+        (ProcConnector(ProcConnectorOptions(listen=False)),
+         [lambda h: h.fileno(), lambda h: h.drain(sink), lambda h: h.decode(sink, b""),
+          lambda h: h.stats()]),
+        (SocketTable(SocketTableOptions(source="procnet")),
+         [lambda h: h.fileno(), lambda h: h.snapshot(), lambda h: h.listening(sink),
+          lambda h: h.changes(sink), lambda h: h.begin(),
+          lambda h: h.feed_procnet(6, 2, b""), lambda h: h.feed_diag(6, b""),
+          lambda h: h.commit(0), lambda h: h.stats()]),
+        (UtmpReader(str(wtmp)), [lambda h: h.read(sink), lambda h: h.snapshot(sink),
+                                 lambda h: h.state(), lambda h: h.restore(h_state),
+                                 lambda h: h.stats()]),
+        (UtmpDecoder(), [lambda h: h.feed(sink, b""), lambda h: h.stats()]),
+    ]
+
+
+h_state = {"dev": 0, "ino": 0, "offset": 0, "size": 0, "layout": 0}
+
+
+def test_every_wrapper_raises_the_one_closed_error(tmp_path: Path) -> None:
+    wrappers = _closable(tmp_path)
+    # Every NativeHandle subclass of agent.native is here (AuditNetlink: test_live_audit).
+    covered = {type(w).__name__ for w, _ in wrappers} | {"AuditNetlink"}
+    subclasses: set[str] = set()
+    todo = list(NativeHandle.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if not cls.__name__.startswith("_"):
+            subclasses.add(cls.__name__)
+    assert subclasses <= covered, subclasses - covered
+    for wrapper, calls in wrappers:
+        assert not wrapper.closed
+        with wrapper:
+            pass
+        assert wrapper.closed
+        wrapper.close()  # idempotent
+        for call in calls:
+            with pytest.raises(CoreClosedError):
+                call(wrapper)
+
+
+def test_a_sink_given_to_a_source_after_its_close_is_refused() -> None:
+    sink = EventSink()
+    sink.close()
+    with ProcScanner() as scanner, pytest.raises(CoreClosedError):
+        scanner.scan(sink)
