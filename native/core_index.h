@@ -37,6 +37,8 @@ int am_index_test_delete(am_index_test *t, const uint8_t *key, size_t len);
 /* Removes, in one walk over the entries, every entry whose value is below `below` (the way
  * the tables prune); returns how many. */
 uint32_t am_index_test_prune(am_index_test *t, uint64_t below);
+/* Every entry gone (the seed and the memory stay). */
+void am_index_test_clear(am_index_test *t);
 /* AM_OK when every invariant holds (each entry found at its position through its own key,
  * each non-empty slot names a distinct entry, no run has a gap between an entry's home slot
  * and its slot); AM_ERR_LIMIT otherwise. */

@@ -10,7 +10,7 @@
 
 #include "core.h"
 
-enum { MAX_BOUND = 1u << 24, FIRST_ALLOC = 64 };
+enum { MAX_BOUND = 1u << 24, FIRST_ALLOC = 16 };
 
 /* ---- SipHash (Aumasson and Bernstein, "SipHash: a fast short-input PRF", 2012) ---- */
 

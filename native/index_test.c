@@ -112,6 +112,12 @@ uint32_t am_index_test_prune(am_index_test *t, uint64_t below)
     return removed;
 }
 
+void am_index_test_clear(am_index_test *t)
+{
+    if (t != NULL)
+        am_index_clear(&t->x);
+}
+
 int am_index_test_check(am_index_test *t)
 {
     if (t == NULL)
