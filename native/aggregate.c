@@ -23,6 +23,7 @@ typedef struct entry {
     uint8_t *key;       /* key bytes, then the first event's map */
     uint32_t key_len;
     uint32_t event_len;
+    uint32_t index_pos; /* where the index holds this entry's ring slot */
     uint64_t hits;
     int64_t first_ts, last_ts;
     uint64_t rx, tx;    /* network: summed byte counters */
@@ -142,12 +143,16 @@ void am_agg_free(am_agg *a)
 
 /* ---- the index: ring slots by key ---- */
 
+/* Out of the index by its position (no second lookup); the entry whose ring slot moved into
+ * that position learns it. */
 static void remove_key(am_agg *a, uint32_t ring_slot)
 {
-    const entry *e = &a->ring[ring_slot];
-    uint32_t pos = am_index_find(&a->index, e->key, e->key_len);
-    if (pos != AM_INDEX_NONE)
-        am_index_remove_at(&a->index, pos);
+    uint32_t pos = a->ring[ring_slot].index_pos;
+    if (am_index_remove_at(&a->index, pos) != AM_INDEX_NONE) {
+        uint32_t moved;
+        memcpy(&moved, am_index_at(&a->index, pos), sizeof moved);
+        a->ring[moved].index_pos = pos;
+    }
 }
 
 void agg_index_stats(const am_agg *a, struct am_index_stats *out)
@@ -424,6 +429,7 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
     memcpy(mem + kb->len, event, event_len);
     memcpy(am_index_at(&a->index, pos), &ring_slot, sizeof ring_slot);
     entry *e = &a->ring[ring_slot];
+    e->index_pos = pos;
     e->key = mem;
     e->key_len = (uint32_t)kb->len;
     e->event_len = (uint32_t)event_len;

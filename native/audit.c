@@ -21,6 +21,7 @@ typedef struct ev_slot {
     uint64_t serial;
     uint64_t first_ts, last_ts;
     int32_t prev, next; /* creation order */
+    uint32_t index_pos; /* where the index holds this slot's number while it is in use */
     int in_use;
     int truncated;
     uint32_t node_len; /* the node's bytes come first in buf */
@@ -203,16 +204,20 @@ static int table_insert(am_audit *p, int32_t s, const ev_key *k)
     if (am_index_add(&p->index, k->bytes, k->len, &pos) != AM_INDEX_ADDED)
         return AM_ERR_NOMEM;
     memcpy(am_index_at(&p->index, pos), &s, sizeof s);
+    p->slots[s].index_pos = pos;
     return AM_OK;
 }
 
+/* Slot s completes: out of the index by its position (no second lookup); the slot whose
+ * number moved into that position learns it. */
 static void table_remove(am_audit *p, int32_t s)
 {
-    ev_key k;
-    make_key(&k, (const char *)p->slots[s].buf, p->slots[s].node_len, p->slots[s].serial);
-    uint32_t pos = am_index_find(&p->index, k.bytes, k.len);
-    if (pos != AM_INDEX_NONE)
-        am_index_remove_at(&p->index, pos);
+    uint32_t pos = p->slots[s].index_pos;
+    if (am_index_remove_at(&p->index, pos) != AM_INDEX_NONE) {
+        int32_t moved;
+        memcpy(&moved, am_index_at(&p->index, pos), sizeof moved);
+        p->slots[moved].index_pos = pos;
+    }
 }
 
 static int slot_reserve(ev_slot *s, size_t extra)
