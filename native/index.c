@@ -293,8 +293,11 @@ static uint32_t slot_of(am_index *x, uint32_t pos)
 
 uint32_t am_index_remove_at(am_index *x, uint32_t pos)
 {
-    /* The slot side: backward shift, so that no run is ever cut by a tombstone. Each later
-     * member of the run moves into the hole unless its home lies cyclically in (hole, j]. */
+    if (pos >= x->count)
+        return AM_INDEX_NONE; /* no entry there: nothing to remove */
+    /* The slot side: backward shift (no tombstones, so runs do not lengthen with churn).
+     * Each later member of the run moves into the hole unless its home lies cyclically in
+     * (hole, j]: moving it there would put it before its home, where no lookup looks. */
     uint32_t hole = slot_of(x, pos);
     for (uint32_t j = (hole + 1) & x->mask; x->slots[j] != 0; j = (j + 1) & x->mask) {
         x->st.probes++;
