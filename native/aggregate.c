@@ -96,6 +96,12 @@ static int same_key(const void *index_entry, const void *key, size_t len, const 
     return e->key_len == len && memcmp(e->key, key, len) == 0;
 }
 
+/* An index entry (the ring slot's number) moved: the entry learns where it is now. */
+static void slot_moved(void *index_entry, uint32_t pos, void *ctx)
+{
+    ((am_agg *)ctx)->ring[*(const uint32_t *)index_entry].index_pos = pos;
+}
+
 am_agg *am_agg_new(const struct am_agg_options *opts)
 {
     struct am_agg_options o;
@@ -115,7 +121,7 @@ am_agg *am_agg_new(const struct am_agg_options *opts)
     }
     a->ring = calloc(o.cache_size, sizeof *a->ring);
     if (a->ring == NULL || mp_init(&a->scratch, scratch_cap(&o)) != AM_OK ||
-        am_index_init(&a->index, sizeof(uint32_t), o.cache_size, same_key, a) != AM_OK) {
+        am_index_init(&a->index, sizeof(uint32_t), o.cache_size, same_key, slot_moved, a) != AM_OK) {
         am_agg_free(a);
         return NULL;
     }
@@ -142,18 +148,6 @@ void am_agg_free(am_agg *a)
 }
 
 /* ---- the index: ring slots by key ---- */
-
-/* Out of the index by its position (no second lookup); the entry whose ring slot moved into
- * that position learns it. */
-static void remove_key(am_agg *a, uint32_t ring_slot)
-{
-    uint32_t pos = a->ring[ring_slot].index_pos;
-    if (am_index_remove_at(&a->index, pos) != AM_INDEX_NONE) {
-        uint32_t moved;
-        memcpy(&moved, am_index_at(&a->index, pos), sizeof moved);
-        a->ring[moved].index_pos = pos;
-    }
-}
 
 void agg_index_stats(const am_agg *a, struct am_index_stats *out)
 {
@@ -227,7 +221,7 @@ static void pop_oldest(am_agg *a, am_sink *out)
     uint32_t slot = a->head;
     entry *e = &a->ring[slot];
     emit(a, e, out); /* a failure is counted by the sink */
-    remove_key(a, slot);
+    am_index_remove_at(&a->index, e->index_pos); /* by position: no second lookup */
     a->bytes -= (size_t)e->key_len + e->event_len;
     release_entry(e);
     a->head = (a->head + 1) % a->opt.cache_size;

@@ -111,6 +111,12 @@ static int same_event(const void *index_entry, const void *key, size_t len, cons
            (node_len == 0 || memcmp(s->buf, (const uint8_t *)key + sizeof serial, node_len) == 0);
 }
 
+/* An index entry (an open slot's number) moved: the slot learns where it is now. */
+static void slot_moved(void *index_entry, uint32_t pos, void *ctx)
+{
+    ((am_audit *)ctx)->slots[*(const int32_t *)index_entry].index_pos = pos;
+}
+
 /* What the parser may ever hold with these options (checked by the property tests). */
 static size_t memory_bound(const struct am_audit_options *o)
 {
@@ -148,7 +154,7 @@ am_audit *am_audit_new(const struct am_audit_options *opts)
     p->partial = malloc((size_t)o.max_line_bytes + 1);
     p->slots = calloc(o.max_in_flight, sizeof *p->slots);
     if (p->partial == NULL || p->slots == NULL ||
-        am_index_init(&p->index, sizeof(int32_t), o.max_in_flight, same_event, p) != AM_OK ||
+        am_index_init(&p->index, sizeof(int32_t), o.max_in_flight, same_event, slot_moved, p) != AM_OK ||
         encoder_init(&p->enc, o.batch_bytes - 5, o.max_event_bytes) != AM_OK ||
         batches_init(&p->batches, o.batch_bytes) != AM_OK) {
         am_audit_free(p);
@@ -208,16 +214,10 @@ static int table_insert(am_audit *p, int32_t s, const ev_key *k)
     return AM_OK;
 }
 
-/* Slot s completes: out of the index by its position (no second lookup); the slot whose
- * number moved into that position learns it. */
+/* Slot s completes: out of the index by its position (no second lookup). */
 static void table_remove(am_audit *p, int32_t s)
 {
-    uint32_t pos = p->slots[s].index_pos;
-    if (am_index_remove_at(&p->index, pos) != AM_INDEX_NONE) {
-        int32_t moved;
-        memcpy(&moved, am_index_at(&p->index, pos), sizeof moved);
-        p->slots[moved].index_pos = pos;
-    }
+    am_index_remove_at(&p->index, p->slots[s].index_pos);
 }
 
 static int slot_reserve(ev_slot *s, size_t extra)

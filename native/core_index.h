@@ -39,9 +39,10 @@ int am_index_test_delete(am_index_test *t, const uint8_t *key, size_t len);
 uint32_t am_index_test_prune(am_index_test *t, uint64_t below);
 /* Every entry gone (the seed and the memory stay). */
 void am_index_test_clear(am_index_test *t);
-/* AM_OK when every invariant holds (each entry found at its position through its own key,
- * each non-empty slot names a distinct entry, no run has a gap between an entry's home slot
- * and its slot); AM_ERR_LIMIT otherwise. */
+/* AM_OK when every invariant holds: each entry is found at its position through its own key
+ * and was told that position (at its add, then by the index's `moved` calls); each non-empty
+ * slot names a distinct entry; no run has a gap between an entry's home slot and its slot.
+ * AM_ERR_LIMIT otherwise. */
 int am_index_test_check(am_index_test *t);
 void am_index_test_stats(const am_index_test *t, struct am_index_stats *out);
 void am_index_test_seed(const am_index_test *t, uint64_t *k0, uint64_t *k1);

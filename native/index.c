@@ -151,7 +151,7 @@ static uint32_t slots_for(uint32_t alloc)
 }
 
 int am_index_init(am_index *x, size_t entry_size, uint32_t bound, am_index_same_fn same,
-                  const void *ctx)
+                  am_index_moved_fn moved, void *ctx)
 {
     if (x == NULL)
         return AM_ERR_ARG;
@@ -162,6 +162,7 @@ int am_index_init(am_index *x, size_t entry_size, uint32_t bound, am_index_same_
     x->entry_size = entry_size;
     x->bound = bound;
     x->same = same;
+    x->moved = moved;
     x->ctx = ctx;
     am_index_reseed(x, 1);
     return AM_OK;
@@ -291,10 +292,10 @@ static uint32_t slot_of(am_index *x, uint32_t pos)
     return s;
 }
 
-uint32_t am_index_remove_at(am_index *x, uint32_t pos)
+void am_index_remove_at(am_index *x, uint32_t pos)
 {
     if (pos >= x->count)
-        return AM_INDEX_NONE; /* no entry there: nothing to remove */
+        return; /* no entry there: nothing to remove */
     /* The slot side: backward shift (no tombstones, so runs do not lengthen with churn).
      * Each later member of the run moves into the hole unless its home lies cyclically in
      * (hole, j]: moving it there would put it before its home, where no lookup looks. */
@@ -313,11 +314,12 @@ uint32_t am_index_remove_at(am_index *x, uint32_t pos)
     /* The dense side: the last entry fills the gap. */
     uint32_t last = --x->count;
     if (pos == last)
-        return AM_INDEX_NONE;
+        return;
     x->slots[slot_of(x, last)] = pos + 1;
     memcpy(am_index_at(x, pos), am_index_at(x, last), x->entry_size);
     x->hashes[pos] = x->hashes[last];
-    return last;
+    if (x->moved != NULL)
+        x->moved(am_index_at(x, pos), pos, x->ctx);
 }
 
 size_t am_index_memory(const am_index *x)

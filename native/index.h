@@ -24,6 +24,8 @@
 
 /* Whether `entry` has the key (key, len); ctx is the one given to am_index_init. */
 typedef int (*am_index_same_fn)(const void *entry, const void *key, size_t len, const void *ctx);
+/* A removal moved `entry` to position pos: for a table that keeps its entries' positions. */
+typedef void (*am_index_moved_fn)(void *entry, uint32_t pos, void *ctx);
 
 enum {
     AM_INDEX_NONE = UINT32_MAX, /* no position */
@@ -40,7 +42,8 @@ typedef struct am_index {
     uint32_t count, alloc, bound;
     size_t entry_size;
     am_index_same_fn same;
-    const void *ctx;
+    am_index_moved_fn moved; /* NULL: nobody keeps positions */
+    void *ctx;
     struct am_index_stats st;
 } am_index;
 
@@ -48,7 +51,7 @@ typedef struct am_index {
  * by doubling up to the bound as entries come. AM_OK or AM_ERR_ARG; nothing is allocated yet,
  * am_index_release frees what later calls allocate. */
 int am_index_init(am_index *x, size_t entry_size, uint32_t bound, am_index_same_fn same,
-                  const void *ctx);
+                  am_index_moved_fn moved, void *ctx);
 void am_index_release(am_index *x);
 /* Every entry gone; the memory and the seed stay. */
 void am_index_clear(am_index *x);
@@ -59,10 +62,9 @@ uint32_t am_index_find(am_index *x, const void *key, size_t len);
  * a new entry of zero bytes that the caller fills (so that `same` knows it) before the next
  * call; AM_ERR_LIMIT when the index holds `bound` entries (counted in st.full), AM_ERR_NOMEM. */
 int am_index_add(am_index *x, const void *key, size_t len, uint32_t *pos);
-/* Removes the entry at pos (< count). The last entry moves into pos: returns its former
- * position (count - 1 before the call) when one moved, else AM_INDEX_NONE. A walk that removes
- * as it goes looks at pos again. */
-uint32_t am_index_remove_at(am_index *x, uint32_t pos);
+/* Removes the entry at pos (< count). The last entry moves into pos (`moved` is told): a walk
+ * that removes as it goes looks at pos again. */
+void am_index_remove_at(am_index *x, uint32_t pos);
 
 static inline uint32_t am_index_count(const am_index *x)
 {

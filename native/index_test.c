@@ -13,6 +13,7 @@ enum { KEY_MAX = 64 };
 
 struct test_entry {
     uint64_t value;
+    uint32_t pos;     /* kept by entry_moved: checks the index's `moved` calls */
     uint8_t len;
     uint8_t key[KEY_MAX];
 };
@@ -28,12 +29,18 @@ static int same_key(const void *entry, const void *key, size_t len, const void *
     return e->len == len && memcmp(e->key, key, len) == 0;
 }
 
+static void entry_moved(void *entry, uint32_t pos, void *ctx)
+{
+    (void)ctx;
+    ((struct test_entry *)entry)->pos = pos;
+}
+
 am_index_test *am_index_test_new(uint32_t bound, int getrandom)
 {
     am_index_test *t = calloc(1, sizeof *t);
     if (t == NULL)
         return NULL;
-    if (am_index_init(&t->x, sizeof(struct test_entry), bound, same_key, NULL) != AM_OK) {
+    if (am_index_init(&t->x, sizeof(struct test_entry), bound, same_key, entry_moved, NULL) != AM_OK) {
         free(t);
         return NULL;
     }
@@ -65,6 +72,7 @@ int am_index_test_put(am_index_test *t, const uint8_t *key, size_t len, uint64_t
         return st;
     struct test_entry *e = am_index_at(&t->x, pos);
     if (st == AM_INDEX_ADDED) {
+        e->pos = pos;
         e->len = (uint8_t)len;
         if (len > 0)
             memcpy(e->key, key, len);
@@ -143,7 +151,7 @@ int am_index_test_check(am_index_test *t)
     struct am_index_stats before = x->st;
     for (uint32_t i = 0; i < x->count; i++) {
         const struct test_entry *e = am_index_at(x, i);
-        if (am_index_find(x, e->key, e->len) != i)
+        if (e->pos != i || am_index_find(x, e->key, e->len) != i)
             return AM_ERR_LIMIT;
     }
     x->st = before; /* the check's own lookups are not the caller's */

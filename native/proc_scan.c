@@ -95,7 +95,7 @@ am_pscan *am_pscan_new(const struct am_pscan_options *opts)
     p->cmdline = malloc(o.max_argv_bytes);
     p->proc_fd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (p->cmdline == NULL || p->proc_fd < 0 ||
-        am_index_init(&p->tracked, sizeof(struct tracked), o.max_tracked, same_pid, NULL) != AM_OK) {
+        am_index_init(&p->tracked, sizeof(struct tracked), o.max_tracked, same_pid, NULL, NULL) != AM_OK) {
         am_pscan_free(p);
         return NULL;
     }

@@ -106,7 +106,7 @@ static int same_sock(const void *entry, const void *key, size_t len, const void 
 
 static int tab_init(struct sock_tab *t, uint32_t cap)
 {
-    return am_index_init(&t->x, sizeof(struct sock_entry), cap, same_sock, NULL);
+    return am_index_init(&t->x, sizeof(struct sock_entry), cap, same_sock, NULL, NULL);
 }
 
 static uint32_t tab_count(const struct sock_tab *t)

@@ -24,7 +24,7 @@ static int same_inode(const void *entry, const void *key, size_t len, const void
 int owners_init(struct owner_map *m, uint32_t cap)
 {
     memset(m, 0, sizeof *m);
-    return am_index_init(&m->x, sizeof(struct owner), cap, same_inode, NULL);
+    return am_index_init(&m->x, sizeof(struct owner), cap, same_inode, NULL, NULL);
 }
 
 static struct owner *owner_at(const struct owner_map *m, uint32_t i)
