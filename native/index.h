@@ -12,8 +12,8 @@
  * A key is a byte string the caller builds for a lookup; the index hashes it and asks the
  * caller's `same` function whether a stored entry has that key (the index stores no key, so
  * a record may hold its key in any form: inline, behind a pointer, or in the caller's own
- * storage that the record names). Entry pointers and positions stay valid until the next
- * add or removal. */
+ * storage that the record names). An entry's position changes only when a removal moves it;
+ * a pointer to it holds until the next add (the arrays may move) or removal. */
 #ifndef AM_INDEX_H
 #define AM_INDEX_H
 
@@ -27,10 +27,11 @@ typedef int (*am_index_same_fn)(const void *entry, const void *key, size_t len, 
 /* A removal moved `entry` to position pos: for a table that keeps its entries' positions. */
 typedef void (*am_index_moved_fn)(void *entry, uint32_t pos, void *ctx);
 
+#define AM_INDEX_NONE UINT32_MAX /* no position (beyond what an enum may hold in C11) */
+
 enum {
-    AM_INDEX_NONE = UINT32_MAX, /* no position */
-    AM_INDEX_FOUND = 0,         /* am_index_add: the key was there */
-    AM_INDEX_ADDED = 1          /* am_index_add: a new entry */
+    AM_INDEX_FOUND = 0, /* am_index_add: the key was there */
+    AM_INDEX_ADDED = 1  /* am_index_add: a new entry */
 };
 
 typedef struct am_index {
