@@ -1,10 +1,11 @@
 /* aggregate.c: identical events within an interval -> one entry with a hit count (see
  * core_aggregate.h). Entries live in a FIFO ring in first-seen order (eviction and flush both
- * take the oldest first) with an open-addressing hash index over them. */
+ * take the oldest first), found by their key through a keyed index (index.h) of ring slots. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core_aggregate.h"
+#include "index.h"
 #include "mpread.h"
 #include "msgpack.h"
 #include "sink.h"
@@ -19,10 +20,10 @@ static const char *const network_fields[] = {"t", "src", "node", "op", "dir", "f
                                              "laddr", "raddr", "path", "exe", "ok", NULL};
 
 typedef struct entry {
-    uint64_t hash;
     uint8_t *key;       /* key bytes, then the first event's map */
     uint32_t key_len;
     uint32_t event_len;
+    uint32_t index_pos; /* where the index holds this entry's ring slot */
     uint64_t hits;
     int64_t first_ts, last_ts;
     uint64_t rx, tx;    /* network: summed byte counters */
@@ -33,8 +34,7 @@ struct am_agg {
     struct am_agg_options opt;
     entry *ring;        /* cache_size slots */
     uint32_t head, count;
-    uint64_t *index;    /* index_cap slots: 0 empty, else 1 + the ring slot */
-    uint32_t index_cap;
+    am_index index;     /* key -> ring slot (a uint32_t per entry) */
     size_t bytes;       /* key + event bytes of held entries */
     mp_buf scratch;     /* the key being built */
     struct { const char *name; size_t len; } accept[MAX_ACCEPT];
@@ -86,6 +86,22 @@ static size_t scratch_cap(const struct am_agg_options *o)
     return half < 262144 ? half : 262144;
 }
 
+/* Whether the ring slot an index entry names holds the key. */
+static int same_key(const void *index_entry, const void *key, size_t len, const void *ctx)
+{
+    const am_agg *a = ctx;
+    uint32_t slot;
+    memcpy(&slot, index_entry, sizeof slot);
+    const entry *e = &a->ring[slot];
+    return e->key_len == len && memcmp(e->key, key, len) == 0;
+}
+
+/* An index entry (the ring slot's number) moved: the entry learns where it is now. */
+static void slot_moved(void *index_entry, uint32_t pos, void *ctx)
+{
+    ((am_agg *)ctx)->ring[*(const uint32_t *)index_entry].index_pos = pos;
+}
+
 am_agg *am_agg_new(const struct am_agg_options *opts)
 {
     struct am_agg_options o;
@@ -103,12 +119,9 @@ am_agg *am_agg_new(const struct am_agg_options *opts)
         free(a);
         return NULL;
     }
-    a->index_cap = 4;
-    while (a->index_cap < 2 * o.cache_size)
-        a->index_cap *= 2;
     a->ring = calloc(o.cache_size, sizeof *a->ring);
-    a->index = calloc(a->index_cap, sizeof *a->index);
-    if (a->ring == NULL || a->index == NULL || mp_init(&a->scratch, scratch_cap(&o)) != AM_OK) {
+    if (a->ring == NULL || mp_init(&a->scratch, scratch_cap(&o)) != AM_OK ||
+        am_index_init(&a->index, sizeof(uint32_t), o.cache_size, same_key, slot_moved, a) != AM_OK) {
         am_agg_free(a);
         return NULL;
     }
@@ -128,62 +141,17 @@ void am_agg_free(am_agg *a)
     for (uint32_t i = 0; a->ring != NULL && i < a->count; i++)
         release_entry(&a->ring[(a->head + i) % a->opt.cache_size]);
     free(a->ring);
-    free(a->index);
+    am_index_release(&a->index);
     free(a->laddrs);
     mp_release(&a->scratch);
     free(a);
 }
 
-static uint64_t fnv1a(const uint8_t *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
+/* ---- the index: ring slots by key ---- */
 
-/* ---- the hash index: linear probing, deletion by backward shift ---- */
-
-static uint32_t find_slot(const am_agg *a, uint64_t hash, const uint8_t *key, uint32_t key_len,
-                          int *found)
+void agg_index_stats(const am_agg *a, struct am_index_stats *out)
 {
-    uint32_t mask = a->index_cap - 1;
-    uint32_t i = (uint32_t)hash & mask;
-    for (;;) {
-        uint64_t v = a->index[i];
-        if (v == 0) {
-            *found = 0;
-            return i;
-        }
-        const entry *e = &a->ring[v - 1];
-        if (e->hash == hash && e->key_len == key_len && memcmp(e->key, key, key_len) == 0) {
-            *found = 1;
-            return i;
-        }
-        i = (i + 1) & mask;
-    }
-}
-
-static void index_remove(am_agg *a, uint32_t ring_slot)
-{
-    uint32_t mask = a->index_cap - 1;
-    uint32_t i = (uint32_t)a->ring[ring_slot].hash & mask;
-    while (a->index[i] != (uint64_t)ring_slot + 1)
-        i = (i + 1) & mask;
-    /* Backward shift: move later members of the probe run into the hole. */
-    uint32_t hole = i;
-    for (uint32_t j = (i + 1) & mask; a->index[j] != 0; j = (j + 1) & mask) {
-        uint32_t home = (uint32_t)a->ring[a->index[j] - 1].hash & mask;
-        /* j's entry may move to hole if home is not cyclically in (hole, j]. */
-        int in_range = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
-        if (!in_range) {
-            a->index[hole] = a->index[j];
-            hole = j;
-        }
-    }
-    a->index[hole] = 0;
+    am_index_stats(&a->index, out);
 }
 
 /* ---- output ---- */
@@ -253,7 +221,7 @@ static void pop_oldest(am_agg *a, am_sink *out)
     uint32_t slot = a->head;
     entry *e = &a->ring[slot];
     emit(a, e, out); /* a failure is counted by the sink */
-    index_remove(a, slot);
+    am_index_remove_at(&a->index, e->index_pos); /* by position: no second lookup */
     a->bytes -= (size_t)e->key_len + e->event_len;
     release_entry(e);
     a->head = (a->head + 1) % a->opt.cache_size;
@@ -313,6 +281,18 @@ static int put_span(mp_buf *b, uint8_t tag, span s)
                        (uint8_t)s.n};
     int st = mp_raw(b, head, sizeof head);
     return st == AM_OK ? mp_raw(b, s.p, s.n) : st;
+}
+
+/* The event unchanged into out (a failure is counted by the sink). AM_OK. */
+static int pass_through(am_agg *a, const uint8_t *event, size_t len, am_sink *out)
+{
+    a->st.passed++;
+    mp_buf *m = sink_begin(out);
+    if (mp_raw(m, event, len) != AM_OK)
+        sink_drop(out);
+    else
+        sink_commit(out);
+    return AM_OK;
 }
 
 /* One event map at r: AM_OK with the event aggregated or passed, AM_ERR_ARG when malformed
@@ -384,16 +364,8 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
                  : a->opt.kind == AM_AGG_NETWORK ? (span_is(t, "net") || span_is(t, "conn"))
                                                  : 0;
     /* An entry holds its key and event: one that could never fit passes through. */
-    if (!wanted || event_len > a->opt.max_bytes / 2) {
-        a->st.passed++;
-        mp_buf *m = sink_begin(out);
-        if (mp_raw(m, event, event_len) != AM_OK) {
-            sink_drop(out);
-            return AM_OK;
-        }
-        sink_commit(out);
-        return AM_OK;
-    }
+    if (!wanted || event_len > a->opt.max_bytes / 2)
+        return pass_through(a, event, event_len, out);
 
     /* The key: each field present, tagged with its index; for the network, the service port
      * only (inbound: the local port; outbound: the remote port; else both). */
@@ -411,22 +383,14 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
         if (st == AM_OK && f.rport.p != NULL && !in)
             st = put_span(kb, 101, f.rport);
     }
-    if (st != AM_OK || kb->len > a->opt.max_bytes / 2) {
-        /* A key that does not fit the scratch buffer: the event passes through. */
-        a->st.passed++;
-        mp_buf *m = sink_begin(out);
-        if (mp_raw(m, event, event_len) != AM_OK)
-            sink_drop(out);
-        else
-            sink_commit(out);
-        return AM_OK;
-    }
+    if (st != AM_OK || kb->len > a->opt.max_bytes / 2)
+        return pass_through(a, event, event_len, out); /* a key larger than the scratch buffer */
 
-    uint64_t hash = fnv1a(kb->data, kb->len);
-    int found;
-    uint32_t slot = find_slot(a, hash, kb->data, (uint32_t)kb->len, &found);
-    if (found) {
-        entry *e = &a->ring[a->index[slot] - 1];
+    uint32_t pos = am_index_find(&a->index, kb->data, kb->len);
+    if (pos != AM_INDEX_NONE) {
+        uint32_t ring_slot;
+        memcpy(&ring_slot, am_index_at(&a->index, pos), sizeof ring_slot);
+        entry *e = &a->ring[ring_slot];
         e->hits++;
         a->st.merged++;
         if (f.has_ts) {
@@ -449,20 +413,17 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
         a->st.evicted++;
     }
     uint8_t *mem = malloc(need);
-    if (mem == NULL) {
-        a->st.passed++;
-        mp_buf *m = sink_begin(out);
-        if (mp_raw(m, event, event_len) != AM_OK)
-            sink_drop(out);
-        else
-            sink_commit(out);
-        return AM_OK;
+    uint32_t ring_slot = (a->head + a->count) % a->opt.cache_size;
+    /* The index holds cache_size entries, as the ring does: after the evictions it has room. */
+    if (mem == NULL || am_index_add(&a->index, kb->data, kb->len, &pos) != AM_INDEX_ADDED) {
+        free(mem);
+        return pass_through(a, event, event_len, out);
     }
     memcpy(mem, kb->data, kb->len);
     memcpy(mem + kb->len, event, event_len);
-    uint32_t ring_slot = (a->head + a->count) % a->opt.cache_size;
+    memcpy(am_index_at(&a->index, pos), &ring_slot, sizeof ring_slot);
     entry *e = &a->ring[ring_slot];
-    e->hash = hash;
+    e->index_pos = pos;
     e->key = mem;
     e->key_len = (uint32_t)kb->len;
     e->event_len = (uint32_t)event_len;
@@ -475,9 +436,6 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
     e->tx = e->has_tx ? (uint64_t)f.tx : 0;
     a->count++;
     a->bytes += need;
-    /* Evictions may have moved entries in the index: look the free slot up again. */
-    slot = find_slot(a, hash, kb->data, (uint32_t)kb->len, &found);
-    a->index[slot] = (uint64_t)ring_slot + 1;
     return AM_OK;
 }
 
@@ -593,8 +551,8 @@ void am_agg_stats(const am_agg *a, struct am_agg_stats *out)
         return;
     *out = a->st;
     out->entries = a->count;
-    size_t fixed = sizeof *a + (size_t)a->opt.cache_size * sizeof *a->ring +
-                   (size_t)a->index_cap * sizeof *a->index + a->scratch.cap;
-    out->memory = fixed + a->bytes;
-    out->memory_bound = fixed + a->opt.max_bytes;
+    size_t fixed = sizeof *a + (size_t)a->opt.cache_size * sizeof *a->ring + a->scratch.cap;
+    out->memory = fixed + am_index_memory(&a->index) + a->bytes;
+    out->memory_bound = fixed + am_index_memory_bound(sizeof(uint32_t), a->opt.cache_size) +
+                        a->opt.max_bytes;
 }

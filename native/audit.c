@@ -6,6 +6,7 @@
 #include "audit_event.h"
 #include "audit_record.h"
 #include "core.h"
+#include "index.h"
 #include "sink.h"
 
 enum {
@@ -19,8 +20,8 @@ enum {
 typedef struct ev_slot {
     uint64_t serial;
     uint64_t first_ts, last_ts;
-    uint32_t hash;
     int32_t prev, next; /* creation order */
+    uint32_t index_pos; /* where the index holds this slot's number while it is in use */
     int in_use;
     int truncated;
     uint32_t node_len; /* the node's bytes come first in buf */
@@ -48,8 +49,7 @@ struct am_audit {
     int partial_skipping; /* the carried line is already too long: drop to its end */
     /* open events */
     ev_slot *slots;
-    int32_t *table; /* open addressing: slot index or NO_SLOT */
-    size_t table_mask;
+    am_index index; /* (serial, node) -> slot number (an int32_t per open event) */
     int32_t oldest, newest, free_list, last_hit;
     uint32_t open_count;
     size_t pending; /* fields text of all open events */
@@ -79,22 +79,48 @@ static int options_valid(const struct am_audit_options *o)
            o->batch_bytes <= (1u << 28);
 }
 
-static uint32_t hash_key(const char *node, size_t node_len, uint64_t serial)
+/* An open event's key in the index: its serial, then its node's bytes. */
+typedef struct ev_key {
+    uint8_t bytes[sizeof(uint64_t) + MAX_NODE];
+    size_t len;
+} ev_key;
+
+static void make_key(ev_key *k, const char *node, size_t node_len, uint64_t serial)
 {
-    uint64_t h = serial * 0x9E3779B97F4A7C15ull;
-    for (size_t i = 0; i < node_len; i++)
-        h = (h ^ (unsigned char)node[i]) * 0x100000001B3ull;
-    return (uint32_t)(h ^ (h >> 32));
+    if (node_len > MAX_NODE)
+        node_len = MAX_NODE; /* audit_record.c already bounds a node name so */
+    memcpy(k->bytes, &serial, sizeof serial);
+    if (node_len)
+        memcpy(k->bytes + sizeof serial, node, node_len);
+    k->len = sizeof serial + node_len;
+}
+
+/* Whether the slot an index entry names holds the event of key. */
+static int same_event(const void *index_entry, const void *key, size_t len, const void *ctx)
+{
+    const am_audit *p = ctx;
+    int32_t i;
+    memcpy(&i, index_entry, sizeof i);
+    const ev_slot *s = &p->slots[i];
+    uint64_t serial;
+    memcpy(&serial, key, sizeof serial);
+    size_t node_len = len - sizeof serial;
+    return s->serial == serial && s->node_len == node_len &&
+           (node_len == 0 || memcmp(s->buf, (const uint8_t *)key + sizeof serial, node_len) == 0);
+}
+
+/* An index entry (an open slot's number) moved: the slot learns where it is now. */
+static void slot_moved(void *index_entry, uint32_t pos, void *ctx)
+{
+    ((am_audit *)ctx)->slots[*(const int32_t *)index_entry].index_pos = pos;
 }
 
 /* What the parser itself may ever hold with these options (checked by the property tests). */
 static size_t memory_bound(const struct am_audit_options *o)
 {
     size_t in_flight = o->max_in_flight, pending = o->max_pending_bytes;
-    size_t table = 1;
-    while (table < 2 * in_flight)
-        table <<= 1;
-    size_t fixed = sizeof(struct am_audit) + o->max_line_bytes + 1 + table * sizeof(int32_t) +
+    size_t fixed = sizeof(struct am_audit) + o->max_line_bytes + 1 +
+                   am_index_memory_bound(sizeof(int32_t), o->max_in_flight) +
                    in_flight * sizeof(ev_slot);
     /* Open events: kept text with doubling slack, plus buffers kept for reuse. */
     size_t events = 2 * pending + in_flight * (2 * MAX_NODE + 512 + KEEP_SLOT_BYTES);
@@ -124,20 +150,14 @@ am_audit *am_audit_new(const struct am_audit_options *opts)
     if (p == NULL)
         return NULL;
     p->opt = o;
-    size_t table = 1;
-    while (table < 2 * (size_t)o.max_in_flight)
-        table <<= 1;
-    p->table_mask = table - 1;
     p->partial = malloc((size_t)o.max_line_bytes + 1);
     p->slots = calloc(o.max_in_flight, sizeof *p->slots);
-    p->table = malloc(table * sizeof *p->table);
-    if (p->partial == NULL || p->slots == NULL || p->table == NULL ||
+    if (p->partial == NULL || p->slots == NULL ||
+        am_index_init(&p->index, sizeof(int32_t), o.max_in_flight, same_event, slot_moved, p) != AM_OK ||
         encoder_init(&p->enc, o.batch_bytes - 5, o.max_event_bytes) != AM_OK) {
         am_audit_free(p);
         return NULL;
     }
-    for (size_t i = 0; i < table; i++)
-        p->table[i] = NO_SLOT;
     for (uint32_t i = 0; i < o.max_in_flight; i++)
         p->slots[i].next = i + 1 < o.max_in_flight ? (int32_t)(i + 1) : NO_SLOT;
     p->free_list = 0;
@@ -154,7 +174,7 @@ void am_audit_free(am_audit *p)
         for (uint32_t i = 0; i < p->opt.max_in_flight; i++)
             free(p->slots[i].buf);
     free(p->slots);
-    free(p->table);
+    am_index_release(&p->index);
     free(p->partial);
     encoder_release(&p->enc);
     free(p);
@@ -168,50 +188,33 @@ static int slot_matches(const ev_slot *s, const am_record_head *h)
            (h->node_len == 0 || memcmp(s->buf, h->node, h->node_len) == 0);
 }
 
-static int32_t find_slot(am_audit *p, const am_record_head *h, uint32_t hash)
+static int32_t find_slot(am_audit *p, const am_record_head *h, const ev_key *k)
 {
     if (p->last_hit != NO_SLOT && p->slots[p->last_hit].in_use &&
         slot_matches(&p->slots[p->last_hit], h))
         return p->last_hit;
-    for (size_t i = hash & p->table_mask;; i = (i + 1) & p->table_mask) {
-        int32_t s = p->table[i];
-        if (s == NO_SLOT)
-            return NO_SLOT;
-        if (p->slots[s].hash == hash && slot_matches(&p->slots[s], h))
-            return p->last_hit = s;
-    }
+    uint32_t pos = am_index_find(&p->index, k->bytes, k->len);
+    if (pos == AM_INDEX_NONE)
+        return NO_SLOT;
+    memcpy(&p->last_hit, am_index_at(&p->index, pos), sizeof p->last_hit);
+    return p->last_hit;
 }
 
-static void table_insert(am_audit *p, int32_t s)
+/* Slot s opens for key k: into the index (which holds max_in_flight, as the slots do). */
+static int table_insert(am_audit *p, int32_t s, const ev_key *k)
 {
-    size_t i = p->slots[s].hash & p->table_mask;
-    while (p->table[i] != NO_SLOT)
-        i = (i + 1) & p->table_mask;
-    p->table[i] = s;
+    uint32_t pos;
+    if (am_index_add(&p->index, k->bytes, k->len, &pos) != AM_INDEX_ADDED)
+        return AM_ERR_NOMEM;
+    memcpy(am_index_at(&p->index, pos), &s, sizeof s);
+    p->slots[s].index_pos = pos;
+    return AM_OK;
 }
 
-/* Linear probing deletion by backward shift: no tombstones. */
+/* Slot s completes: out of the index by its position (no second lookup). */
 static void table_remove(am_audit *p, int32_t s)
 {
-    size_t i = p->slots[s].hash & p->table_mask;
-    while (p->table[i] != s)
-        i = (i + 1) & p->table_mask;
-    size_t j = i;
-    for (;;) {
-        p->table[i] = NO_SLOT;
-        for (;;) {
-            j = (j + 1) & p->table_mask;
-            if (p->table[j] == NO_SLOT)
-                return;
-            size_t home = p->slots[p->table[j]].hash & p->table_mask;
-            /* Move j back to i unless its home lies cyclically in (i, j]. */
-            if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
-                continue;
-            break;
-        }
-        p->table[i] = p->table[j];
-        i = j;
-    }
+    am_index_remove_at(&p->index, p->slots[s].index_pos);
 }
 
 static int slot_reserve(ev_slot *s, size_t extra)
@@ -229,14 +232,14 @@ static int slot_reserve(ev_slot *s, size_t extra)
     return AM_OK;
 }
 
-static int32_t open_slot(am_audit *p, const am_record_head *h, uint32_t hash)
+static int32_t open_slot(am_audit *p, const am_record_head *h, const ev_key *k)
 {
     int32_t i = p->free_list;
     ev_slot *s = &p->slots[i];
     p->free_list = s->next;
     size_t node_len = h->node_len > MAX_NODE ? MAX_NODE : h->node_len;
     s->len = 0;
-    if (slot_reserve(s, node_len + 256) != AM_OK) {
+    if (slot_reserve(s, node_len + 256) != AM_OK || table_insert(p, i, k) != AM_OK) {
         s->next = p->free_list;
         p->free_list = i;
         return NO_SLOT;
@@ -247,7 +250,6 @@ static int32_t open_slot(am_audit *p, const am_record_head *h, uint32_t hash)
     s->node_len = (uint32_t)node_len;
     s->serial = h->serial;
     s->first_ts = s->last_ts = h->ts_ms;
-    s->hash = hash;
     s->in_use = 1;
     s->truncated = 0;
     s->kept = 0;
@@ -258,7 +260,6 @@ static int32_t open_slot(am_audit *p, const am_record_head *h, uint32_t hash)
     else
         p->oldest = i;
     p->newest = i;
-    table_insert(p, i);
     p->open_count++;
     return i;
 }
@@ -420,8 +421,9 @@ static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
     p->st.records++;
     if (h->ts_ms > p->stream_ms)
         p->stream_ms = h->ts_ms;
-    uint32_t hash = hash_key(h->node, h->node_len, h->serial);
-    int32_t i = find_slot(p, h, hash);
+    ev_key k;
+    make_key(&k, h->node, h->node_len, h->serial);
+    int32_t i = find_slot(p, h, &k);
     if (h->type == AT_EOE) {
         if (i != NO_SLOT)
             st = complete(p, sink, i);
@@ -433,7 +435,7 @@ static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
                 if (st != AM_OK)
                     return st;
             }
-            i = open_slot(p, h, hash);
+            i = open_slot(p, h, &k);
             if (i == NO_SLOT)
                 return AM_ERR_NOMEM;
         }
@@ -451,7 +453,7 @@ static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
                 if (st != AM_OK)
                     return st;
                 if (victim == i) {
-                    i = open_slot(p, h, hash);
+                    i = open_slot(p, h, &k);
                     if (i == NO_SLOT)
                         return AM_ERR_NOMEM;
                 }
@@ -631,7 +633,7 @@ void am_audit_stats(const am_audit *p, const am_sink *sink, struct am_audit_stat
     if (p == NULL || out == NULL)
         return;
     *out = p->st;
-    size_t mem = sizeof *p + p->opt.max_line_bytes + 1 + (p->table_mask + 1) * sizeof *p->table +
+    size_t mem = sizeof *p + p->opt.max_line_bytes + 1 + am_index_memory(&p->index) +
                  p->opt.max_in_flight * sizeof *p->slots;
     for (uint32_t i = 0; i < p->opt.max_in_flight; i++)
         mem += p->slots[i].cap;

@@ -1,20 +1,16 @@
-/* proc_net.c: the /proc/net/{tcp,tcp6,udp,udp6} parser, the socket table's fallback where
- * sock_diag is unavailable. A line (net/ipv4/tcp_ipv4.c get_tcp4_sock, tcp6_sock_seq_show,
- * udp4_format_sock):
+/* proc_net.c: the /proc/net/{tcp,tcp6,udp,udp6} parser (proc_net.h), the socket table's
+ * fallback where sock_diag is unavailable. A line (net/ipv4/tcp_ipv4.c get_tcp4_sock,
+ * tcp6_sock_seq_show, udp4_format_sock):
  *    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ..."
  *    "   0: 0100007F:0277 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 ..."
  * Addresses are the in-memory (network order) words printed with %08X as the CPU reads them:
  * one u32 for IPv4, four for IPv6; copying each parsed word's bytes back (memcpy of the native
  * u32) restores the address on either endianness. Ports are printed in host order. */
-#include <errno.h>
-#include <fcntl.h>
+#include "proc_net.h"
+
 #include <string.h>
-#include <unistd.h>
 
-#include "core.h"
-#include "sock_diag_int.h"
-
-enum { MAX_LINE = 512, MAX_FIELDS = 12 };
+enum { MAX_FIELDS = 12 };
 
 static int hex_digit(char c)
 {
@@ -77,8 +73,13 @@ static int parse_endpoint(const char *s, size_t n, uint8_t fam, uint8_t addr[16]
 }
 
 /* One line without its newline. */
-static void procnet_line(am_sock *t, uint8_t proto, uint8_t fam, const char *s, size_t n)
+static void parse_line(struct procnet_parser *p, const char *s, size_t n)
 {
+    if (n > PROCNET_MAX_LINE) {
+        p->long_lines++;
+        p->malformed++;
+        return;
+    }
     const char *f[MAX_FIELDS];
     size_t fl[MAX_FIELDS];
     size_t count = 0;
@@ -98,90 +99,79 @@ static void procnet_line(am_sock *t, uint8_t proto, uint8_t fam, const char *s, 
         return; /* an empty line */
     if (fl[0] == 2 && memcmp(f[0], "sl", 2) == 0)
         return; /* the header */
-    struct sock_entry e;
+    struct procnet_sock e;
     memset(&e, 0, sizeof e);
-    uint32_t slot, st, uid, inode;
+    uint32_t slot, st;
     if (count < 10 || fl[0] < 2 || f[0][fl[0] - 1] != ':' || !parse_dec(f[0], fl[0] - 1, &slot) ||
-        !parse_endpoint(f[1], fl[1], fam, e.k.laddr, &e.k.lport) ||
-        !parse_endpoint(f[2], fl[2], fam, e.k.raddr, &e.k.rport) || fl[3] != 2 ||
-        !parse_hex(f[3], 2, &st) || !parse_dec(f[7], fl[7], &uid) ||
-        !parse_dec(f[9], fl[9], &inode)) {
-        t->st.malformed++;
+        !parse_endpoint(f[1], fl[1], p->fam, e.laddr, &e.lport) ||
+        !parse_endpoint(f[2], fl[2], p->fam, e.raddr, &e.rport) || fl[3] != 2 ||
+        !parse_hex(f[3], 2, &st) || !parse_dec(f[7], fl[7], &e.uid) ||
+        !parse_dec(f[9], fl[9], &e.inode)) {
+        p->malformed++;
         return;
     }
-    e.k.fam = fam;
-    e.k.proto = proto;
-    e.k.inode = inode;
-    e.uid = uid;
     e.state = (uint8_t)st;
-    snap_add(t, &e);
+    p->sock(p->ctx, &e);
 }
 
-int procnet_lines(am_sock *t, uint8_t proto, uint8_t fam, const char *data, size_t len)
+void procnet_begin(struct procnet_parser *p, uint8_t fam, procnet_sock_fn sock, void *ctx)
+{
+    p->fam = fam;
+    p->sock = sock;
+    p->ctx = ctx;
+    p->malformed = 0;
+    p->long_lines = 0;
+    p->carry_len = 0;
+    p->skipping = 0;
+}
+
+/* More of the line being carried: a line that grows past the bound is counted once, then
+ * skipped up to its newline. */
+static void carry(struct procnet_parser *p, const char *s, size_t n)
+{
+    if (p->skipping)
+        return;
+    if (n > PROCNET_MAX_LINE - p->carry_len) {
+        p->long_lines++;
+        p->malformed++;
+        p->skipping = 1;
+        p->carry_len = 0;
+        return;
+    }
+    memcpy(p->carry + p->carry_len, s, n);
+    p->carry_len += n;
+}
+
+static void end_carried_line(struct procnet_parser *p)
+{
+    if (!p->skipping)
+        parse_line(p, p->carry, p->carry_len);
+    p->skipping = 0;
+    p->carry_len = 0;
+}
+
+void procnet_feed(struct procnet_parser *p, const char *data, size_t len)
 {
     size_t off = 0;
     while (off < len) {
         const char *nl = memchr(data + off, '\n', len - off);
-        size_t n = nl ? (size_t)(nl - (data + off)) : len - off;
-        if (n > MAX_LINE) {
-            t->st.long_lines++;
-            t->st.malformed++;
-        } else {
-            procnet_line(t, proto, fam, data + off, n);
+        if (nl == NULL) {
+            carry(p, data + off, len - off);
+            return;
         }
-        off += n + (nl ? 1 : 0);
+        size_t n = (size_t)(nl - (data + off));
+        if (p->carry_len > 0 || p->skipping) {
+            carry(p, data + off, n);
+            end_carried_line(p);
+        } else {
+            parse_line(p, data + off, n);
+        }
+        off += n + 1;
     }
-    return AM_OK;
 }
 
-int procnet_read(am_sock *t, const char *path, uint8_t proto, uint8_t fam)
+void procnet_end(struct procnet_parser *p)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return AM_ERR_LIMIT;
-    /* Whole lines are parsed from the buffer; a partial last line moves to its front. A line
-     * longer than MAX_LINE is skipped up to its newline and counted. */
-    size_t have = 0;
-    int skipping = 0;
-    int status = AM_OK;
-    for (;;) {
-        ssize_t r = read(fd, t->buf + have, t->buf_cap - have);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            status = AM_ERR_LIMIT;
-            break;
-        }
-        size_t end = have + (size_t)r;
-        size_t off = 0;
-        for (;;) {
-            char *nl = memchr(t->buf + off, '\n', end - off);
-            if (nl == NULL)
-                break;
-            size_t n = (size_t)((uint8_t *)nl - (t->buf + off));
-            if (skipping)
-                skipping = 0;
-            else
-                procnet_lines(t, proto, fam, (const char *)t->buf + off, n);
-            off += n + 1;
-        }
-        size_t rest = end - off;
-        if (r == 0) {
-            if (rest > 0 && !skipping)
-                procnet_lines(t, proto, fam, (const char *)t->buf + off, rest);
-            break;
-        }
-        if (rest > MAX_LINE) {
-            if (!skipping) {
-                t->st.long_lines++;
-                t->st.malformed++;
-            }
-            skipping = 1;
-            rest = 0;
-        }
-        memmove(t->buf, t->buf + off, rest);
-        have = rest;
-    }
-    close(fd);
-    return status;
+    if (p->carry_len > 0 || p->skipping)
+        end_carried_line(p);
 }

@@ -12,6 +12,7 @@
 
 #include "core.h"
 #include "core_proc_scan.h"
+#include "index.h"
 #include "procfs.h"
 #include "sink.h"
 
@@ -28,10 +29,9 @@ struct am_pscan {
     int have_btime;
     char *cmdline;        /* max_argv_bytes */
     struct pf_process proc;
-    /* changes: the processes of the previous walk, by pid (open addressing, linear probing,
-     * deletion by backward shift), each stamped with the walk that last saw it. */
-    struct tracked *table;
-    uint32_t table_cap, table_count;
+    /* changes: the processes of the previous walk (struct tracked by pid), each stamped with
+     * the walk that last saw it. */
+    am_index tracked;
     uint32_t gen;         /* the walk in progress */
     int learned;          /* a first walk has completed: changes are events from now on */
     int sweeping;         /* the walk is done; gone processes are being reported */
@@ -39,7 +39,7 @@ struct am_pscan {
 };
 
 struct tracked {
-    int32_t pid;          /* 0: free slot */
+    int32_t pid;
     uint32_t gen;
     uint64_t starttime;
     char comm[16];
@@ -65,6 +65,13 @@ void am_pscan_default_options(struct am_pscan_options *out)
     out->max_tracked = 1u << 22;
 }
 
+static int same_pid(const void *entry, const void *key, size_t len, const void *ctx)
+{
+    (void)ctx;
+    const struct tracked *t = entry;
+    return len == sizeof t->pid && memcmp(&t->pid, key, len) == 0;
+}
+
 am_pscan *am_pscan_new(const struct am_pscan_options *opts)
 {
     struct am_pscan_options o;
@@ -86,7 +93,8 @@ am_pscan *am_pscan_new(const struct am_pscan_options *opts)
         p->page_size = 4096;
     p->cmdline = malloc(o.max_argv_bytes);
     p->proc_fd = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (p->cmdline == NULL || p->proc_fd < 0) {
+    if (p->cmdline == NULL || p->proc_fd < 0 ||
+        am_index_init(&p->tracked, sizeof(struct tracked), o.max_tracked, same_pid, NULL, NULL) != AM_OK) {
         am_pscan_free(p);
         return NULL;
     }
@@ -111,7 +119,7 @@ void am_pscan_free(am_pscan *p)
     if (p->proc_fd >= 0)
         close(p->proc_fd);
     free(p->cmdline);
-    free(p->table);
+    am_index_release(&p->tracked);
     free(p);
 }
 
@@ -129,7 +137,7 @@ void am_pscan_stats(const am_pscan *p, struct am_pscan_stats *out)
         return;
     }
     *out = p->st;
-    out->tracked = p->table_count;
+    out->tracked = am_index_count(&p->tracked);
 }
 
 /* "btime N" of /proc/stat; its intr line can be long, hence the line reader. */
@@ -271,70 +279,21 @@ done:
 
 /* ---- changes: the table of processes seen ---- */
 
-static uint32_t slot_of(const am_pscan *p, int32_t pid)
-{
-    /* Fibonacci hashing spreads consecutive pids. */
-    return (uint32_t)(((uint64_t)(uint32_t)pid * 0x9E3779B97F4A7C15ull) >> 32) & (p->table_cap - 1);
-}
-
 static struct tracked *find(am_pscan *p, int32_t pid)
 {
-    if (p->table_cap == 0)
-        return NULL;
-    for (uint32_t i = slot_of(p, pid);; i = (i + 1) & (p->table_cap - 1)) {
-        if (p->table[i].pid == 0)
-            return NULL;
-        if (p->table[i].pid == pid)
-            return &p->table[i];
-    }
+    uint32_t pos = am_index_find(&p->tracked, &pid, sizeof pid);
+    return pos == AM_INDEX_NONE ? NULL : am_index_at(&p->tracked, pos);
 }
 
+/* A new entry for pid (not tracked yet); NULL at max_tracked or without memory. */
 static struct tracked *insert(am_pscan *p, int32_t pid)
 {
-    if ((uint64_t)(p->table_count + 1) * 2 > p->table_cap) {
-        if (p->table_count >= p->opt.max_tracked)
-            return NULL;
-        uint32_t cap = p->table_cap ? p->table_cap * 2 : 256;
-        struct tracked *grown = calloc(cap, sizeof *grown);
-        if (grown == NULL)
-            return NULL;
-        struct tracked *old = p->table;
-        uint32_t old_cap = p->table_cap;
-        p->table = grown;
-        p->table_cap = cap;
-        for (uint32_t i = 0; i < old_cap; i++) {
-            if (old[i].pid == 0)
-                continue;
-            uint32_t j = slot_of(p, old[i].pid);
-            while (grown[j].pid != 0)
-                j = (j + 1) & (cap - 1);
-            grown[j] = old[i];
-        }
-        free(old);
-    }
-    uint32_t i = slot_of(p, pid);
-    while (p->table[i].pid != 0)
-        i = (i + 1) & (p->table_cap - 1);
-    p->table_count++;
-    p->table[i].pid = pid;
-    return &p->table[i];
-}
-
-/* Removes slot i; a later member of its probe run may move into it (backward shift). */
-static void remove_at(am_pscan *p, uint32_t i)
-{
-    uint32_t mask = p->table_cap - 1;
-    uint32_t hole = i;
-    for (uint32_t j = (i + 1) & mask; p->table[j].pid != 0; j = (j + 1) & mask) {
-        uint32_t home = slot_of(p, p->table[j].pid);
-        int stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
-        if (!stays) {
-            p->table[hole] = p->table[j];
-            hole = j;
-        }
-    }
-    memset(&p->table[hole], 0, sizeof p->table[hole]);
-    p->table_count--;
+    uint32_t pos;
+    if (am_index_add(&p->tracked, &pid, sizeof pid, &pos) != AM_INDEX_ADDED)
+        return NULL;
+    struct tracked *t = am_index_at(&p->tracked, pos);
+    t->pid = pid;
+    return t;
 }
 
 static int encode_exit(am_pscan *p, mp_buf *e, const struct tracked *t)
@@ -359,9 +318,9 @@ done:
 /* The events of the processes the last walk did not see; resumable when the sink fills. */
 static int sweep(am_pscan *p, am_sink *sink, uint64_t *appended)
 {
-    while (p->sweep_at < p->table_cap) {
-        struct tracked *t = &p->table[p->sweep_at];
-        if (t->pid == 0 || t->gen == p->gen) {
+    while (p->sweep_at < am_index_count(&p->tracked)) {
+        struct tracked *t = am_index_at(&p->tracked, p->sweep_at);
+        if (t->gen == p->gen) {
             p->sweep_at++;
             continue;
         }
@@ -373,7 +332,7 @@ static int sweep(am_pscan *p, am_sink *sink, uint64_t *appended)
                 p->st.exited++;
             }
         }
-        remove_at(p, p->sweep_at); /* a later entry may have moved here: look again */
+        am_index_remove_at(&p->tracked, p->sweep_at); /* the last one moved here: look again */
     }
     p->sweeping = 0;
     p->learned = 1;

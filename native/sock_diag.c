@@ -6,6 +6,7 @@
  * resumes where it stopped and a snapshot taken in between loses nothing. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
@@ -20,7 +21,10 @@
 
 #include "core.h"
 #include "core_sock_diag.h"
-#include "sock_diag_int.h"
+#include "index.h"
+#include "proc_net.h"
+#include "sink.h"
+#include "sock_owner.h"
 
 enum {
     RECV_BUF = 65536,
@@ -37,148 +41,100 @@ enum {
 
 /* ---- the snapshot tables ---- */
 
-static uint32_t key_hash(const struct sock_key *k)
+/* What identifies a socket across snapshots: the inode and both ends. Packed without holes,
+ * and zeroed before it is filled, so that its bytes are the key. */
+struct sock_key {
+    uint8_t laddr[16];
+    uint8_t raddr[16];
+    uint32_t inode;
+    uint16_t lport, rport;
+    uint8_t proto;  /* IPPROTO_TCP, IPPROTO_UDP */
+    uint8_t fam;    /* 4 or 6 */
+    uint8_t pad[2];
+};
+
+enum sock_kind { SK_LISTEN = 1, SK_CONN = 2 };
+enum sock_flags {
+    SKF_INFO = 1,    /* rx, tx from tcp_info */
+    SKF_SENT = 2,    /* sent from tcp_info */
+    SKF_IN = 4,      /* direction decided at open: inbound */
+    SKF_OUT = 8      /* outbound */
+};
+
+struct sock_entry {
+    struct sock_key k;
+    uint64_t rx, tx, sent;
+    uint32_t uid;
+    int32_t pid;      /* copied from the owner cache at commit; 0 unknown */
+    uint8_t state;    /* TCP state number (UDP: 1 connected, 7 unconnected) */
+    uint8_t kind;
+    uint8_t flags;
+};
+
+/* Sockets by key (index.h); positions are the dense order the events walk. */
+struct sock_tab {
+    am_index x;
+};
+
+struct am_sock {
+    struct am_sock_options opt;
+    int source;        /* AM_SOCK_DIAG or AM_SOCK_PROCNET */
+    int source_err;    /* errno that ruled sock_diag out */
+    int fd;
+    uint32_t seq;
+    uint8_t *buf;      /* receive / read buffer */
+    size_t buf_cap;
+    struct sock_tab build, cur, base;
+    int building;
+    int build_overflow;
+    int cur_overflow;
+    int have_cur;
+    int base_ready;
+    uint64_t cur_ts;
+    uint32_t listen_cursor;
+    uint8_t listen_ports[2][8192]; /* cur's listening ports, tcp and udp: a bit per port */
+    struct owner_map owners;
+    struct am_sock_stats st;
+};
+
+static int same_sock(const void *entry, const void *key, size_t len, const void *ctx)
 {
-    uint32_t w[sizeof *k / 4];
-    memcpy(w, k, sizeof w);
-    uint64_t h = 0x9e3779b97f4a7c15ULL;
-    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) {
-        h ^= w[i];
-        h *= 0xff51afd7ed558ccdULL;
-        h ^= h >> 32;
-    }
-    return (uint32_t)h;
+    (void)ctx;
+    const struct sock_entry *e = entry;
+    return len == sizeof e->k && memcmp(&e->k, key, len) == 0;
 }
 
-static void tab_init(struct sock_tab *t, uint32_t cap)
+static int tab_init(struct sock_tab *t, uint32_t cap)
 {
-    memset(t, 0, sizeof *t);
-    t->cap = cap;
+    return am_index_init(&t->x, sizeof(struct sock_entry), cap, same_sock, NULL, NULL);
 }
 
-static void tab_release(struct sock_tab *t)
+static uint32_t tab_count(const struct sock_tab *t)
 {
-    free(t->e);
-    free(t->slot);
-    memset(t, 0, sizeof *t);
+    return am_index_count(&t->x);
 }
 
-static void tab_reindex(struct sock_tab *t)
+static struct sock_entry *tab_at(const struct sock_tab *t, uint32_t i)
 {
-    memset(t->slot, 0, ((size_t)t->mask + 1) * sizeof *t->slot);
-    for (uint32_t i = 0; i < t->n; i++) {
-        uint32_t s = t->e[i].hash & t->mask;
-        while (t->slot[s] != 0)
-            s = (s + 1) & t->mask;
-        t->slot[s] = i + 1;
-    }
+    return am_index_at(&t->x, i);
 }
 
-static void tab_clear(struct sock_tab *t)
+static struct sock_entry *tab_find(struct sock_tab *t, const struct sock_entry *key)
 {
-    t->n = 0;
-    if (t->slot != NULL)
-        memset(t->slot, 0, ((size_t)t->mask + 1) * sizeof *t->slot);
+    uint32_t pos = am_index_find(&t->x, &key->k, sizeof key->k);
+    return pos == AM_INDEX_NONE ? NULL : tab_at(t, pos);
 }
 
-static int tab_grow(struct sock_tab *t)
-{
-    if (t->n < t->alloc)
-        return AM_OK;
-    if (t->n >= t->cap)
-        return AM_ERR_LIMIT;
-    uint32_t alloc = t->alloc ? t->alloc * 2 : 64;
-    if (alloc > t->cap)
-        alloc = t->cap;
-    struct sock_entry *e = realloc(t->e, (size_t)alloc * sizeof *e);
-    if (e == NULL)
-        return AM_ERR_NOMEM;
-    t->e = e;
-    uint32_t slots = 1;
-    while (slots < alloc * 2u)
-        slots <<= 1;
-    if (t->slot == NULL || slots - 1 != t->mask) {
-        uint32_t *slot = malloc((size_t)slots * sizeof *slot);
-        if (slot == NULL)
-            return AM_ERR_NOMEM;
-        free(t->slot);
-        t->slot = slot;
-        t->mask = slots - 1;
-        tab_reindex(t);
-    }
-    t->alloc = alloc;
-    return AM_OK;
-}
-
-/* The slot that holds key k, or the empty slot where it would go. */
-static uint32_t tab_slot(const struct sock_tab *t, const struct sock_key *k, uint32_t hash)
-{
-    uint32_t s = hash & t->mask;
-    for (;;) {
-        uint32_t v = t->slot[s];
-        if (v == 0)
-            return s;
-        const struct sock_entry *e = &t->e[v - 1];
-        if (e->hash == hash && memcmp(&e->k, k, sizeof *k) == 0)
-            return s;
-        s = (s + 1) & t->mask;
-    }
-}
-
-static struct sock_entry *tab_find(const struct sock_tab *t, const struct sock_entry *key)
-{
-    if (t->slot == NULL || t->n == 0)
-        return NULL;
-    uint32_t v = t->slot[tab_slot(t, &key->k, key->hash)];
-    return v ? &t->e[v - 1] : NULL;
-}
-
-/* Adds e (its key not yet present): AM_OK, AM_ERR_LIMIT at cap, AM_ERR_NOMEM. */
+/* Adds e; a duplicate in one dump replaces the earlier one. AM_OK, AM_ERR_LIMIT at the
+ * bound, AM_ERR_NOMEM. */
 static int tab_add(struct sock_tab *t, const struct sock_entry *e)
 {
-    int st = tab_grow(t);
-    if (st != AM_OK)
+    uint32_t pos;
+    int st = am_index_add(&t->x, &e->k, sizeof e->k, &pos);
+    if (st < 0)
         return st;
-    uint32_t s = tab_slot(t, &e->k, e->hash);
-    if (t->slot[s] != 0) {
-        t->e[t->slot[s] - 1] = *e; /* a duplicate in one dump: the later wins */
-        return AM_OK;
-    }
-    t->e[t->n] = *e;
-    t->slot[s] = ++t->n;
+    *tab_at(t, pos) = *e;
     return AM_OK;
-}
-
-/* Removes entry i: backward-shift deletion in the index, the last entry moved into its place. */
-static void tab_remove(struct sock_tab *t, uint32_t i)
-{
-    uint32_t s = tab_slot(t, &t->e[i].k, t->e[i].hash);
-    uint32_t hole = s;
-    for (uint32_t j = (s + 1) & t->mask; t->slot[j] != 0; j = (j + 1) & t->mask) {
-        uint32_t home = t->e[t->slot[j] - 1].hash & t->mask;
-        /* Move j into the hole unless its home lies cyclically in (hole, j]. */
-        int stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
-        if (!stays) {
-            t->slot[hole] = t->slot[j];
-            hole = j;
-        }
-    }
-    t->slot[hole] = 0;
-    uint32_t last = t->n - 1;
-    if (i != last) {
-        uint32_t ls = tab_slot(t, &t->e[last].k, t->e[last].hash);
-        t->e[i] = t->e[last];
-        t->slot[ls] = i + 1;
-    }
-    t->n--;
-}
-
-static size_t tab_memory(const struct sock_tab *t)
-{
-    size_t bytes = (size_t)t->alloc * sizeof *t->e;
-    if (t->slot != NULL)
-        bytes += ((size_t)t->mask + 1) * sizeof *t->slot;
-    return bytes;
 }
 
 /* ---- options, life cycle ---- */
@@ -391,13 +347,11 @@ am_sock *am_sock_new(const struct am_sock_options *opts)
     t->source = source;
     t->source_err = err;
     t->fd = -1;
-    tab_init(&t->build, o.max_sockets);
-    tab_init(&t->cur, o.max_sockets);
-    tab_init(&t->base, o.max_sockets);
-    owners_init(&t->owners, o.max_owners);
     t->buf_cap = RECV_BUF;
     t->buf = malloc(t->buf_cap);
-    if (t->buf == NULL) {
+    if (t->buf == NULL || tab_init(&t->build, o.max_sockets) != AM_OK ||
+        tab_init(&t->cur, o.max_sockets) != AM_OK || tab_init(&t->base, o.max_sockets) != AM_OK ||
+        owners_init(&t->owners, o.max_owners) != AM_OK) {
         am_sock_free(t);
         return NULL;
     }
@@ -418,9 +372,9 @@ void am_sock_free(am_sock *t)
     if (t->fd >= 0)
         close(t->fd);
     free(t->buf);
-    tab_release(&t->build);
-    tab_release(&t->cur);
-    tab_release(&t->base);
+    am_index_release(&t->build.x);
+    am_index_release(&t->cur.x);
+    am_index_release(&t->base.x);
     owners_release(&t->owners);
     free(t);
 }
@@ -445,13 +399,14 @@ int am_sock_begin(am_sock *t)
 {
     if (t == NULL)
         return AM_ERR_ARG;
-    tab_clear(&t->build);
+    am_index_clear(&t->build.x);
     t->build_overflow = 0;
     t->building = 1;
     return AM_OK;
 }
 
-void snap_add(am_sock *t, struct sock_entry *e)
+/* One decoded socket into the snapshot being built (classified, counted, maybe dropped). */
+static void snap_add(am_sock *t, struct sock_entry *e)
 {
     t->st.sockets++;
     uint8_t kind = 0;
@@ -477,7 +432,6 @@ void snap_add(am_sock *t, struct sock_entry *e)
     if (kind == 0)
         return;
     e->kind = kind;
-    e->hash = key_hash(&e->k);
     int st = tab_add(&t->build, e);
     if (st != AM_OK) {
         t->st.overflow++;
@@ -595,6 +549,37 @@ int am_sock_feed_diag(am_sock *t, uint8_t protocol, const uint8_t *data, size_t 
     return AM_OK;
 }
 
+/* ---- /proc/net: the parser's sockets into the snapshot ---- */
+
+struct procnet_into {
+    am_sock *t;
+    uint8_t proto;
+    uint8_t fam;    /* 4 or 6 */
+};
+
+static void procnet_sock(void *ctx, const struct procnet_sock *s)
+{
+    const struct procnet_into *into = ctx;
+    struct sock_entry e;
+    memset(&e, 0, sizeof e);
+    memcpy(e.k.laddr, s->laddr, sizeof e.k.laddr);
+    memcpy(e.k.raddr, s->raddr, sizeof e.k.raddr);
+    e.k.lport = s->lport;
+    e.k.rport = s->rport;
+    e.k.inode = s->inode;
+    e.k.proto = into->proto;
+    e.k.fam = into->fam;
+    e.uid = s->uid;
+    e.state = s->state;
+    snap_add(into->t, &e);
+}
+
+static void procnet_counted(am_sock *t, const struct procnet_parser *p)
+{
+    t->st.malformed += p->malformed;
+    t->st.long_lines += p->long_lines;
+}
+
 int am_sock_feed_procnet(am_sock *t, uint8_t protocol, uint8_t family, const char *data,
                          size_t len)
 {
@@ -604,7 +589,41 @@ int am_sock_feed_procnet(am_sock *t, uint8_t protocol, uint8_t family, const cha
         return AM_ERR_ARG;
     if (!t->building)
         am_sock_begin(t);
-    return procnet_lines(t, protocol, fam_number(family), data, len);
+    struct procnet_into into = {t, protocol, (uint8_t)fam_number(family)};
+    struct procnet_parser p;
+    procnet_begin(&p, into.fam, procnet_sock, &into);
+    procnet_feed(&p, data, len);
+    procnet_end(&p);
+    procnet_counted(t, &p);
+    return AM_OK;
+}
+
+/* One /proc/net file read in chunks of the receive buffer. AM_OK, or AM_ERR_LIMIT when it
+ * cannot be read (what was read stays in the snapshot). */
+static int procnet_read(am_sock *t, const char *path, uint8_t proto, uint8_t fam)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return AM_ERR_LIMIT;
+    struct procnet_into into = {t, proto, fam};
+    struct procnet_parser p;
+    procnet_begin(&p, fam, procnet_sock, &into);
+    int status = AM_OK;
+    for (;;) {
+        ssize_t r = read(fd, t->buf, t->buf_cap);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            status = AM_ERR_LIMIT;
+        if (r <= 0)
+            break;
+        procnet_feed(&p, (const char *)t->buf, (size_t)r);
+    }
+    if (status == AM_OK)
+        procnet_end(&p);
+    close(fd);
+    procnet_counted(t, &p);
+    return status;
 }
 
 /* ---- commit: owners, the new current snapshot ---- */
@@ -630,16 +649,19 @@ int am_sock_commit(am_sock *t, uint64_t now_ms, int map_owners)
     struct owner_map *m = &t->owners;
     m->gen++;
     uint32_t unmapped = 0;
-    for (uint32_t i = 0; i < t->build.n; i++) {
-        if (t->build.e[i].k.inode == 0)
+    for (uint32_t i = 0; i < tab_count(&t->build); i++) {
+        uint32_t inode = tab_at(&t->build, i)->k.inode;
+        if (inode == 0)
             continue;
-        if (owners_touch(m, t->build.e[i].k.inode) == NULL)
+        if (owners_touch(m, inode) == NULL)
             unmapped++;
     }
     /* Connections not yet reported closed keep their owner for the close event. */
-    for (uint32_t i = 0; i < t->base.n; i++)
-        if (owners_find(m, t->base.e[i].k.inode) != NULL)
-            owners_touch(m, t->base.e[i].k.inode);
+    for (uint32_t i = 0; i < tab_count(&t->base); i++) {
+        uint32_t inode = tab_at(&t->base, i)->k.inode;
+        if (owners_find(m, inode) != NULL)
+            owners_touch(m, inode);
+    }
     owners_prune(m);
     t->st.owner_overflow += unmapped;
     if (map_owners && t->opt.map_owners && m->pending > 0) {
@@ -652,8 +674,8 @@ int am_sock_commit(am_sock *t, uint64_t now_ms, int map_owners)
     }
     memset(t->listen_ports, 0, sizeof t->listen_ports);
     uint64_t listening = 0;
-    for (uint32_t i = 0; i < t->build.n; i++) {
-        struct sock_entry *e = &t->build.e[i];
+    for (uint32_t i = 0; i < tab_count(&t->build); i++) {
+        struct sock_entry *e = tab_at(&t->build, i);
         const struct owner *o = e->k.inode ? owners_find(m, e->k.inode) : NULL;
         e->pid = o != NULL && o->state == OWNER_FOUND ? o->pid : 0;
         if (e->kind == SK_LISTEN) {
@@ -664,14 +686,14 @@ int am_sock_commit(am_sock *t, uint64_t now_ms, int map_owners)
     struct sock_tab old = t->cur;
     t->cur = t->build;
     t->build = old;
-    tab_clear(&t->build);
+    am_index_clear(&t->build.x);
     t->cur_overflow = t->build_overflow;
     t->building = 0;
     t->have_cur = 1;
     t->cur_ts = now_ms;
     t->listen_cursor = 0;
     t->st.snapshots++;
-    t->st.stored = t->cur.n;
+    t->st.stored = tab_count(&t->cur);
     t->st.listening = listening;
     return AM_OK;
 }
@@ -741,7 +763,7 @@ int am_sock_snapshot(am_sock *t)
         drain_socket(t);
         t->st.incomplete++;
         t->building = 0;
-        tab_clear(&t->build);
+        am_index_clear(&t->build.x);
         return AM_ERR_LIMIT;
     }
     return am_sock_commit(t, wall_ms(), 1);
@@ -773,7 +795,7 @@ static int put_addr(mp_buf *b, uint8_t fam, const uint8_t *addr)
 
 /* The keys listen and conn events share: ts, src, proto, fam, laddr, lport, uid, inode and
  * the owner. Returns the number of pairs written (or a status < 0). */
-static int put_common(const am_sock *t, mp_buf *b, const struct sock_entry *e)
+static int put_common(am_sock *t, mp_buf *b, const struct sock_entry *e)
 {
     int pairs = 0;
     PUT(mp_cstr(b, "ts"));
@@ -811,7 +833,7 @@ static int put_common(const am_sock *t, mp_buf *b, const struct sock_entry *e)
 
 /* One event into the sink: AM_OK (written, or dropped and counted by the sink when it cannot
  * be encoded), AM_ERR_FULL when the sink had no room (not written, counted by the sink). */
-static int put_listen(const am_sock *t, am_sink *sink, const struct sock_entry *e)
+static int put_listen(am_sock *t, am_sink *sink, const struct sock_entry *e)
 {
     mp_buf *b = sink_begin(sink);
     int pairs;
@@ -824,7 +846,7 @@ static int put_listen(const am_sock *t, am_sink *sink, const struct sock_entry *
     return sink_commit(sink);
 }
 
-static int put_conn(const am_sock *t, am_sink *sink, const struct sock_entry *e, int open,
+static int put_conn(am_sock *t, am_sink *sink, const struct sock_entry *e, int open,
                     int existing)
 {
     mp_buf *b = sink_begin(sink);
@@ -874,8 +896,8 @@ int am_sock_listening(am_sock *t, am_sink *sink, uint32_t *events)
     if (t == NULL || sink == NULL)
         return AM_ERR_ARG;
     uint32_t written = 0;
-    while (t->listen_cursor < t->cur.n) {
-        const struct sock_entry *e = &t->cur.e[t->listen_cursor];
+    while (t->listen_cursor < tab_count(&t->cur)) {
+        const struct sock_entry *e = tab_at(&t->cur, t->listen_cursor);
         if (e->kind == SK_LISTEN) {
             if (am_sink_full(sink) || put_listen(t, sink, e) == AM_ERR_FULL) {
                 if (events != NULL)
@@ -907,8 +929,8 @@ int am_sock_changes(am_sock *t, am_sink *sink, uint32_t *events)
     /* Closes: reported connections the last snapshot lacks. A snapshot cut short by
      * max_sockets cannot tell a closed connection from a dropped one: no close then. */
     if (!t->cur_overflow) {
-        for (uint32_t i = 0; i < t->base.n;) {
-            struct sock_entry *b = &t->base.e[i];
+        for (uint32_t i = 0; i < tab_count(&t->base);) {
+            struct sock_entry *b = tab_at(&t->base, i);
             if (tab_find(&t->cur, b) != NULL) {
                 i++;
                 continue;
@@ -919,12 +941,12 @@ int am_sock_changes(am_sock *t, am_sink *sink, uint32_t *events)
             }
             written++;
             t->st.closed++;
-            tab_remove(&t->base, i); /* the last entry moves to i: look at i again */
+            am_index_remove_at(&t->base.x, i); /* the last entry moves to i: look at i again */
         }
     }
     /* Opens, and the counters of the connections that stay. */
-    for (uint32_t i = 0; i < t->cur.n; i++) {
-        struct sock_entry *c = &t->cur.e[i];
+    for (uint32_t i = 0; i < tab_count(&t->cur); i++) {
+        struct sock_entry *c = tab_at(&t->cur, i);
         if (c->kind != SK_CONN)
             continue;
         struct sock_entry *b = tab_find(&t->base, c);
@@ -934,7 +956,7 @@ int am_sock_changes(am_sock *t, am_sink *sink, uint32_t *events)
             b->flags = (uint8_t)((c->flags & ~(SKF_IN | SKF_OUT)) | dir);
             continue;
         }
-        if (t->base.n >= t->base.cap) {
+        if (tab_count(&t->base) >= t->base.x.bound) {
             /* Its close could not be reported: neither is its open, counted instead. */
             t->st.overflow++;
             continue;
@@ -967,7 +989,8 @@ void am_sock_stats(const am_sock *t, struct am_sock_stats *out)
     if (t == NULL)
         return;
     *out = t->st;
-    out->owner_entries = t->owners.n;
-    out->memory = sizeof *t + t->buf_cap + tab_memory(&t->build) + tab_memory(&t->cur) +
-                  tab_memory(&t->base) + owners_memory(&t->owners);
+    out->owner_entries = owners_count(&t->owners);
+    out->memory = sizeof *t + t->buf_cap + am_index_memory(&t->build.x) +
+                  am_index_memory(&t->cur.x) + am_index_memory(&t->base.x) +
+                  owners_memory(&t->owners);
 }

@@ -14,106 +14,53 @@
 
 #include "core.h"
 
-static uint32_t inode_hash(uint32_t x)
+static int same_inode(const void *entry, const void *key, size_t len, const void *ctx)
 {
-    x ^= x >> 16;
-    x *= 0x7feb352dU;
-    x ^= x >> 15;
-    x *= 0x846ca68bU;
-    x ^= x >> 16;
-    return x;
+    (void)ctx;
+    const struct owner *o = entry;
+    return len == sizeof o->inode && memcmp(&o->inode, key, len) == 0;
 }
 
 int owners_init(struct owner_map *m, uint32_t cap)
 {
     memset(m, 0, sizeof *m);
-    m->cap = cap;
-    return AM_OK;
+    return am_index_init(&m->x, sizeof(struct owner), cap, same_inode, NULL, NULL);
 }
 
-static void owner_clear(struct owner *o)
+static struct owner *owner_at(const struct owner_map *m, uint32_t i)
 {
-    free(o->exe);
-    o->exe = NULL;
+    return am_index_at(&m->x, i);
 }
 
 void owners_release(struct owner_map *m)
 {
-    for (uint32_t i = 0; i < m->n; i++)
-        owner_clear(&m->e[i]);
-    free(m->e);
-    free(m->slot);
+    for (uint32_t i = 0; i < am_index_count(&m->x); i++)
+        free(owner_at(m, i)->exe);
+    am_index_release(&m->x);
     memset(m, 0, sizeof *m);
 }
 
-static void reindex(struct owner_map *m)
+uint32_t owners_count(const struct owner_map *m)
 {
-    memset(m->slot, 0, ((size_t)m->mask + 1) * sizeof *m->slot);
-    for (uint32_t i = 0; i < m->n; i++) {
-        uint32_t s = inode_hash(m->e[i].inode) & m->mask;
-        while (m->slot[s] != 0)
-            s = (s + 1) & m->mask;
-        m->slot[s] = i + 1;
-    }
+    return am_index_count(&m->x);
 }
 
-/* Room for one more entry: the dense array and the index grow by doubling, up to cap. */
-static int grow(struct owner_map *m)
+struct owner *owners_find(struct owner_map *m, uint32_t inode)
 {
-    if (m->n < m->alloc)
-        return AM_OK;
-    if (m->n >= m->cap)
-        return AM_ERR_LIMIT;
-    uint32_t alloc = m->alloc ? m->alloc * 2 : 64;
-    if (alloc > m->cap)
-        alloc = m->cap;
-    struct owner *e = realloc(m->e, (size_t)alloc * sizeof *e);
-    if (e == NULL)
-        return AM_ERR_NOMEM;
-    m->e = e;
-    uint32_t slots = 1;
-    while (slots < alloc * 2u)
-        slots <<= 1;
-    if (slots - 1 != m->mask || m->slot == NULL) {
-        uint32_t *slot = malloc((size_t)slots * sizeof *slot);
-        if (slot == NULL)
-            return AM_ERR_NOMEM;
-        free(m->slot);
-        m->slot = slot;
-        m->mask = slots - 1;
-        reindex(m);
-    }
-    m->alloc = alloc;
-    return AM_OK;
-}
-
-struct owner *owners_find(const struct owner_map *m, uint32_t inode)
-{
-    if (m->slot == NULL)
-        return NULL;
-    for (uint32_t s = inode_hash(inode) & m->mask;; s = (s + 1) & m->mask) {
-        uint32_t v = m->slot[s];
-        if (v == 0)
-            return NULL;
-        if (m->e[v - 1].inode == inode)
-            return &m->e[v - 1];
-    }
+    uint32_t pos = am_index_find(&m->x, &inode, sizeof inode);
+    return pos == AM_INDEX_NONE ? NULL : owner_at(m, pos);
 }
 
 struct owner *owners_touch(struct owner_map *m, uint32_t inode)
 {
-    struct owner *o = owners_find(m, inode);
-    if (o == NULL) {
-        if (grow(m) != AM_OK)
-            return NULL;
-        o = &m->e[m->n];
-        memset(o, 0, sizeof *o);
+    uint32_t pos;
+    int st = am_index_add(&m->x, &inode, sizeof inode, &pos);
+    if (st < 0)
+        return NULL;
+    struct owner *o = owner_at(m, pos);
+    if (st == AM_INDEX_ADDED) {
         o->inode = inode;
         o->state = OWNER_PENDING;
-        uint32_t s = inode_hash(inode) & m->mask;
-        while (m->slot[s] != 0)
-            s = (s + 1) & m->mask;
-        m->slot[s] = ++m->n;
         m->pending++;
     }
     o->gen = m->gen;
@@ -122,30 +69,24 @@ struct owner *owners_touch(struct owner_map *m, uint32_t inode)
 
 void owners_prune(struct owner_map *m)
 {
-    uint32_t kept = 0;
-    for (uint32_t i = 0; i < m->n; i++) {
-        if (m->e[i].gen == m->gen) {
-            m->e[kept++] = m->e[i];
-        } else {
-            if (m->e[i].state == OWNER_PENDING && m->pending > 0)
-                m->pending--;
-            owner_clear(&m->e[i]);
+    for (uint32_t i = 0; i < am_index_count(&m->x);) {
+        struct owner *o = owner_at(m, i);
+        if (o->gen == m->gen) {
+            i++;
+            continue;
         }
-    }
-    if (kept != m->n) {
-        m->n = kept;
-        if (m->slot != NULL)
-            reindex(m);
+        if (o->state == OWNER_PENDING && m->pending > 0)
+            m->pending--;
+        free(o->exe);
+        am_index_remove_at(&m->x, i); /* the last entry moves to i: look at i again */
     }
 }
 
 size_t owners_memory(const struct owner_map *m)
 {
-    size_t bytes = (size_t)m->alloc * sizeof *m->e;
-    if (m->slot != NULL)
-        bytes += ((size_t)m->mask + 1) * sizeof *m->slot;
-    for (uint32_t i = 0; i < m->n; i++)
-        bytes += m->e[i].exe_len;
+    size_t bytes = am_index_memory(&m->x);
+    for (uint32_t i = 0; i < am_index_count(&m->x); i++)
+        bytes += owner_at(m, i)->exe_len;
     return bytes;
 }
 
@@ -317,9 +258,10 @@ void owners_walk(struct owner_map *m, struct owner_walk *w)
     closedir(d);
     /* Whatever is left belongs to no process we could see: not looked for again while it
      * stays in the snapshots. */
-    for (uint32_t i = 0; i < m->n; i++) {
-        if (m->e[i].state == OWNER_PENDING) {
-            m->e[i].state = OWNER_NONE;
+    for (uint32_t i = 0; i < am_index_count(&m->x); i++) {
+        struct owner *o = owner_at(m, i);
+        if (o->state == OWNER_PENDING) {
+            o->state = OWNER_NONE;
             w->unknown++;
         }
     }

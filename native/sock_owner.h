@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "index.h"
+
 enum owner_state {
     OWNER_PENDING = 1, /* seen in a snapshot, not yet looked for */
     OWNER_FOUND = 2,   /* a walk found it in a process */
@@ -24,10 +26,7 @@ struct owner {
 };
 
 struct owner_map {
-    struct owner *e;   /* dense */
-    uint32_t n, alloc, cap;
-    uint32_t *slot;    /* open addressing over e: index + 1, 0 empty */
-    uint32_t mask;
+    am_index x;        /* struct owner by inode */
     uint32_t gen;
     uint32_t pending;
 };
@@ -38,9 +37,11 @@ struct owner_walk {
     uint64_t vanished;
 };
 
+/* AM_OK, or AM_ERR_ARG for a cap out of the index's range. */
 int owners_init(struct owner_map *m, uint32_t cap);
 void owners_release(struct owner_map *m);
-struct owner *owners_find(const struct owner_map *m, uint32_t inode);
+struct owner *owners_find(struct owner_map *m, uint32_t inode);
+uint32_t owners_count(const struct owner_map *m);
 /* The inode's entry, created PENDING when new; marks it held by generation m->gen. NULL when
  * the cache is full (or no memory). */
 struct owner *owners_touch(struct owner_map *m, uint32_t inode);

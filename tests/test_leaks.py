@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+import msgpack
 import pytest
 from leakcheck import assert_rss_flat
 
@@ -21,6 +22,8 @@ from agent.native import (
     record_type_number,
     syscall_name,
 )
+from agent.native._base import CoreLimitError
+from agent.native.index_probe import IndexProbe, aggregator_index_stats
 
 SAMPLE = (
     b'type=SYSCALL msg=audit(1700000000.100:7): arch=c000003e syscall=59 success=yes exit=0 '
@@ -104,3 +107,34 @@ def test_event_sink_calls() -> None:
         s.stats()
 
     assert_rss_flat(cycle, name="am_sink_*")
+
+
+def test_keyed_index_calls() -> None:
+    """The test-only entry point of the keyed index (native/index_test.c): adds past a growth
+    of its arrays, a refused add at the bound, removals, a pruning walk, the checks."""
+
+    def cycle() -> None:
+        index = IndexProbe(100)
+        for i in range(101):
+            try:
+                index.put(i.to_bytes(2, "little"), i)
+            except CoreLimitError:
+                pass
+        for i in range(0, 100, 3):
+            index.delete(i.to_bytes(2, "little"))
+        index.get(b"\x01\x00")
+        index.prune(50)
+        index.check()
+        index.stats()
+        index.seed()
+
+    assert_rss_flat(cycle, calls=2000, name="am_index_test_* (2,000 indexes of 100 entries)")
+
+
+def test_aggregator_index_probe() -> None:
+    batch = msgpack.packb(
+        [{"t": "exec", "uid": 0, "exe": "/bin/x", "argv": ["/bin/x", str(i % 40)]} for i in range(60)]
+    )
+    assert_rss_flat(
+        lambda: aggregator_index_stats(16, batch), calls=2000, name="am_index_test_aggregate"
+    )
