@@ -96,7 +96,7 @@ def parse_core(data: bytes, options: Options = None, chunk: int | None = None) -
         assert isinstance(decoded, list), "a batch is one msgpack array"
         events += decoded
     # The parser's counters, and the batches its sink sealed.
-    stats = {**asdict(parser.stats()), "batches": parser.sink.stats().batches}
+    stats = {**dict(parser.stats()), "batches": parser.sink.stats().batches}
     return events, {name: int(stats[name]) for name in STAT_NAMES}
 
 

@@ -10,7 +10,6 @@ some of them not audit logs at all).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -477,7 +476,7 @@ def test_netlink_records() -> None:
     for batch in core_batches:
         core_events += msgpack.unpackb(batch, raw=False)
     # The parser's counters, and the batches its sink sealed.
-    stats = {**asdict(core.stats()), "batches": core.sink.stats().batches}
+    stats = {**dict(core.stats()), "batches": core.sink.stats().batches}
     core_stats = {name: stats[name] for name in ref.stats()}
     # USER_LOGIN completes on arrival, the others at the EOE or at flush
     assert [e["rt"] for e in ref_events] == ["SYSCALL", "USER_LOGIN", "BPF", "UNKNOWN[9999]"]

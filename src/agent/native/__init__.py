@@ -21,10 +21,10 @@ from agent.native._base import (
     CoreFullError,
     CoreLimitError,
     CoreMemoryError,
+    CoreStats,
     NativeHandle,
     c_options,
     more,
-    stats_type,
 )
 from agent.native._base import check as _check
 from agent.native._base import cstr as _cstr
@@ -151,22 +151,8 @@ class AuditOptions:
     batch_bytes: int | None = None
 
 
-@stats_type("struct am_audit_stats")
-@dataclass(frozen=True)
-class AuditStats:
-    bytes: int
-    lines: int
-    records: int
-    events: int
-    malformed: int
-    long_lines: int
-    truncated: int
-    forced: int
-    timeouts: int
-    duplicates: int
-    gaps: int
-    memory: int
-    memory_bound: int
+class AuditStats(CoreStats, struct="struct am_audit_stats"):
+    """Counters of struct am_audit_stats (every field, by its C name)."""
 
 
 class AuditParser(NativeHandle):

@@ -6,8 +6,8 @@ the one protocol every wrapper follows:
   every call on a closed handle;
 - c_options: an options dataclass -> its C struct, each value range-checked against the C
   field's own type;
-- read_stats: a C stats struct -> its frozen dataclass, field for field (tests check that every
-  C field is surfaced);
+- CoreStats: a C stats struct -> a read-only mapping of its own fields (nothing to mirror by
+  hand, so no C field can be left out);
 - the drain contract: a source's read/drain/scan call writes events into an EventSink and
   returns `more` (True: the sink filled or a per-call bound was reached; take the batches and
   call again); native.pump runs that loop for every collector.
@@ -16,9 +16,9 @@ the one protocol every wrapper follows:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from typing_extensions import Self
 
@@ -83,7 +83,7 @@ def cstr(ptr: object) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # one lifecycle
 
-_T = TypeVar("_T")
+_S = TypeVar("_S", bound="CoreStats")
 
 
 class NativeHandle:
@@ -108,15 +108,19 @@ class NativeHandle:
             raise CoreClosedError(f"the {self._what} is closed")
         return self._h
 
-    def _read_stats(self, cls: type[_T], fill: Callable[[Any, Any], object], **extra: Any) -> _T:
-        """Stats type `cls` from its C stats call `fill(handle, out)` (and fields C has not)."""
+    def _read_stats(self, cls: type[_S], fill: Callable[[Any, Any], object]) -> _S:
+        """Stats type `cls` from its C stats call `fill(handle, out)`."""
+        return cls.read(self._fill_stats(cls.struct, fill))
+
+    def _fill_stats(self, struct: str, fill: Callable[[Any, Any], object]) -> Any:
+        """This handle's `struct *` buffer (made once), filled by `fill(handle, out)`."""
         handle = self._live()
-        buffers: dict[type, Any] = self.__dict__.setdefault("_stats_buffers", {})
-        raw = buffers.get(cls)
+        buffers: dict[str, Any] = self.__dict__.setdefault("_stats_buffers", {})
+        raw = buffers.get(struct)
         if raw is None:
-            raw = buffers[cls] = ffi.new(f"{cls.__c_struct__} *")  # type: ignore[attr-defined]
+            raw = buffers[struct] = ffi.new(f"{struct} *")
         fill(handle, raw)
-        return read_stats(cls, raw, **extra)
+        return raw
 
     @property
     def closed(self) -> bool:
@@ -191,29 +195,69 @@ def c_options(options: Any, struct: str, defaults: Callable[[Any], None]) -> Any
 # ---------------------------------------------------------------------------------------------
 # stats from the C struct's own fields
 
-# C stats struct -> its Python type: every field of the struct must be a field of the type
-# (tests/test_native_protocol.py checks it for every stats struct of the core).
-STATS_TYPES: dict[str, type] = {}
+# C stats struct -> its Python type (tests/test_native_protocol.py checks that every stats
+# struct of the core has one).
+STATS_TYPES: dict[str, type[CoreStats]] = {}
 
 
-def stats_type(struct: str) -> Callable[[type[_T]], type[_T]]:
-    """Class decorator: the frozen dataclass that surfaces C `struct`."""
+class CoreStats(Mapping[str, int]):
+    """Counters copied from one C stats struct: every field of the struct, under its C name,
+    as an attribute and as a key. The fields are the struct's own (ffi.typeof), so a field
+    added in C is surfaced without a Python change. A subclass names its struct:
 
-    def register(cls: type[_T]) -> type[_T]:
+        class SinkStats(CoreStats, struct="struct am_sink_stats"):
+            \"\"\"...\"\"\"
+    """
+
+    struct: ClassVar[str]
+    _names: ClassVar[tuple[str, ...]]
+    __slots__ = ("_values",)
+
+    def __init_subclass__(cls, *, struct: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.struct = struct
+        cls._names = tuple(name for name, _ in ffi.typeof(struct).fields)
         STATS_TYPES[struct] = cls
-        cls.__c_struct__ = struct  # type: ignore[attr-defined]
-        return cls
 
-    return register
+    def __init__(self, values: Mapping[str, int]) -> None:
+        missing = [name for name in self._names if name not in values]
+        if missing:
+            raise TypeError(f"{type(self).__name__} lacks {self.struct} fields {missing}")
+        self._values = {name: int(values[name]) for name in self._names}
 
+    @classmethod
+    def values_of(cls, raw: Any) -> dict[str, int]:
+        """Every field of the C struct `raw` (a `struct *` filled by the core)."""
+        return {name: int(getattr(raw, name)) for name in cls._names}
 
-_C_FIELDS: dict[str, list[str]] = {}
+    @classmethod
+    def read(cls, raw: Any) -> Self:
+        """A copy of the C struct `raw`."""
+        return cls(cls.values_of(raw))
 
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no counter {name!r}") from None
 
-def read_stats(cls: type[_T], raw: Any, **extra: Any) -> _T:
-    """An instance of stats type `cls` from its C struct `raw` (plus fields C has not)."""
-    struct: str = cls.__c_struct__  # type: ignore[attr-defined]
-    names = _C_FIELDS.get(struct)
-    if names is None:
-        names = _C_FIELDS[struct] = [name for name, _ in ffi.typeof(struct).fields]
-    return cls(**{name: int(getattr(raw, name)) for name in names}, **extra)
+    def __getitem__(self, name: str) -> int:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CoreStats):
+            return type(other) is type(self) and other._values == self._values
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(self._values.values())))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v}" for k, v in self._values.items())
+        return f"{type(self).__name__}({inner})"

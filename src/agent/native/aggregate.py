@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agent._core import ffi, lib
-from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
+from agent.native._base import CoreArgumentError, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink, pump
 
 AggregateKind = Literal["none", "process", "network"]
@@ -23,20 +23,8 @@ class AggregatorOptions:
     max_bytes: int = 1 << 20
 
 
-@stats_type("struct am_agg_stats")
-@dataclass(frozen=True)
-class AggregatorStats:
-    events_in: int
-    merged: int
-    entries: int
-    emitted: int
-    evicted: int
-    passed: int
-    skipped: int
-    filtered: int
-    malformed: int
-    memory: int
-    memory_bound: int
+class AggregatorStats(CoreStats, struct="struct am_agg_stats"):
+    """Counters of struct am_agg_stats (every field, by its C name)."""
 
 
 class Aggregator(NativeHandle):

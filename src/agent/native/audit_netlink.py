@@ -18,11 +18,19 @@ counters; records never become Python objects (see docs/sources/audit-netlink.md
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent._core import ffi, lib
 from agent.native import AuditOptions, AuditParser, AuditStats, _base
-from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
+from agent.native._base import (
+    CoreArgumentError,
+    CoreStats,
+    NativeHandle,
+    c_options,
+    check,
+    more,
+)
 from agent.native.sink import EventSink
 
 MODE_UNAVAILABLE = "unavailable"
@@ -51,56 +59,18 @@ class AuditNetlinkOptions:
     parser: AuditOptions | None = field(default=None, metadata=_base.C_ONLY_IN_PYTHON)
 
 
-@stats_type("struct am_anl_status")
-@dataclass(frozen=True)
-class KernelStatus:
+class KernelStatus(CoreStats, struct="struct am_anl_status"):
     """The kernel's audit status (struct audit_status)."""
 
-    mask: int  # which fields a request sets; 0 in the kernel's replies
-    enabled: int
-    failure: int
-    pid: int
-    rate_limit: int
-    backlog_limit: int
-    lost: int
-    backlog: int
-    feature_bitmap: int
-    backlog_wait_time: int
-    backlog_wait_time_actual: int
 
-
-@stats_type("struct am_anl_stats")
-@dataclass(frozen=True)
-class AuditNetlinkStats:
+class AuditNetlinkStats(CoreStats, struct="struct am_anl_stats"):
     """Counters of the netlink side (see core_audit_netlink.h) and of its parser."""
 
-    datagrams: int
-    messages: int
-    records: int
-    bytes: int
-    enobufs: int
-    recv_errors: int
-    truncated: int
-    foreign: int
-    malformed: int
-    length_mismatch: int
-    acks: int
-    nl_errors: int
-    replaced: int
-    ignored: int
-    kernel_lost_delta: int
-    status_polls: int
-    status_errors: int
-    ownership_lost: int
-    ownership_regained: int
-    rules_installed: int
-    rules_skipped: int
-    rules_failed: int
-    rules_removed: int
-    rules_remove_failed: int
-    stale_rules_removed: int
-    parser_full: int
-    parser: AuditStats
+    __slots__ = ("parser",)
+
+    def __init__(self, values: Mapping[str, int], parser: AuditStats) -> None:
+        super().__init__(values)
+        self.parser = parser  # the parser's own counters
 
     @property
     def loss(self) -> int:
@@ -160,7 +130,7 @@ class AuditNetlink(NativeHandle):
         """The kernel's audit status when this source opened (what close() restores)."""
         if lib.am_anl_found_status(self._live(), self._status) != _base.AM_OK:
             return None
-        return _base.read_stats(KernelStatus, self._status)
+        return KernelStatus.read(self._status)
 
     def fileno(self) -> int:
         """The event socket, non-blocking, for selectors (-1 after finish())."""
@@ -202,12 +172,13 @@ class AuditNetlink(NativeHandle):
         notices a lost ownership. None when the kernel did not answer (counted)."""
         if lib.am_anl_poll_status(self._live(), self._status) != _base.AM_OK:
             return None
-        return _base.read_stats(KernelStatus, self._status)
+        return KernelStatus.read(self._status)
 
     def stats(self) -> AuditNetlinkStats:
         parser = self._read_stats(AuditStats, lambda h, out: lib.am_anl_stats(h, ffi.NULL, out))
-        return self._read_stats(AuditNetlinkStats,
-                                lambda h, out: lib.am_anl_stats(h, out, ffi.NULL), parser=parser)
+        raw = self._fill_stats(AuditNetlinkStats.struct,
+                               lambda h, out: lib.am_anl_stats(h, out, ffi.NULL))
+        return AuditNetlinkStats(AuditNetlinkStats.values_of(raw), parser)
 
 
 class NetlinkDecoder(NativeHandle):
@@ -241,7 +212,7 @@ class NetlinkDecoder(NativeHandle):
     def stats(self) -> AuditNetlinkStats:
         """The netlink counters (the socket-only ones stay 0) and the parser's."""
         self._live()
-        return _base.read_stats(AuditNetlinkStats, self._st, parser=self._parser.stats())
+        return AuditNetlinkStats(AuditNetlinkStats.values_of(self._st), self._parser.stats())
 
 
 __all__ = [

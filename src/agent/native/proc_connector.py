@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from agent._core import ffi, lib
-from agent.native._base import C_ONLY_IN_PYTHON, NativeHandle, c_options, check, more, stats_type
+from agent.native._base import C_ONLY_IN_PYTHON, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink
 
 
@@ -36,38 +36,8 @@ class ProcConnectorOptions:
     listen: bool = field(default=True, metadata=C_ONLY_IN_PYTHON)
 
 
-@stats_type("struct am_cnproc_stats")
-@dataclass(frozen=True)
-class ProcConnectorStats:
-    datagrams: int
-    messages: int
-    events: int
-    fork: int
-    exec: int
-    exit: int
-    uid: int
-    gid: int
-    sid: int
-    ptrace: int
-    comm: int
-    coredump: int
-    acks: int
-    ack_errors: int
-    unknown: int
-    malformed: int
-    foreign: int
-    threads_filtered: int
-    enobufs: int
-    gaps: int
-    lost: int
-    seq_resets: int
-    gone: int
-    partial: int
-    denied: int
-    reused: int
-    argv_truncated: int
-    oversize: int
-    dropped: int
+class ProcConnectorStats(CoreStats, struct="struct am_cnproc_stats"):
+    """Counters of struct am_cnproc_stats (every field, by its C name)."""
 
 
 def _sys_error(status: int, errno_value: int, what: str) -> OSError:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from agent._core import ffi, lib
-from agent.native._base import NativeHandle, c_options, more, stats_type
+from agent.native._base import CoreStats, NativeHandle, c_options, more
 from agent.native.sink import EventSink
 
 
@@ -27,22 +27,8 @@ class ProcScanOptions:
     max_tracked: int | None = None
 
 
-@stats_type("struct am_pscan_stats")
-@dataclass(frozen=True)
-class ProcScanStats:
-    scans: int
-    processes: int
-    vanished: int
-    partial: int
-    denied: int
-    kthreads: int
-    argv_truncated: int
-    oversize: int
-    dropped: int
-    started: int
-    exited: int
-    untracked: int
-    tracked: int
+class ProcScanStats(CoreStats, struct="struct am_pscan_stats"):
+    """Counters of struct am_pscan_stats (every field, by its C name)."""
 
 
 class ProcScanner(NativeHandle):

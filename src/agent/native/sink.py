@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent._core import ffi, lib
-from agent.native._base import AM_OK, NativeHandle, c_options, check, stats_type
+from agent.native._base import AM_OK, CoreStats, NativeHandle, c_options, check
 
 
 @dataclass(frozen=True)
@@ -20,15 +20,8 @@ class SinkOptions:
     max_batches: int | None = None
 
 
-@stats_type("struct am_sink_stats")
-@dataclass(frozen=True)
-class SinkStats:
-    events: int
-    batches: int
-    dropped_full: int
-    dropped_encode: int
-    pending_batches: int
-    memory: int
+class SinkStats(CoreStats, struct="struct am_sink_stats"):
+    """Counters of struct am_sink_stats (every field, by its C name)."""
 
 
 class EventSink(NativeHandle):

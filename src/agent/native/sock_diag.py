@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from agent._core import ffi, lib
 from agent.native import _base
-from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
+from agent.native._base import CoreArgumentError, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink
 
 Source = Literal["auto", "diag", "procnet"]
@@ -47,31 +47,8 @@ class SocketTableOptions:
     timeout_ms: int | None = None
 
 
-@stats_type("struct am_sock_stats")
-@dataclass(frozen=True)
-class SocketTableStats:
-    snapshots: int
-    sockets: int
-    stored: int
-    listening: int
-    messages: int
-    malformed: int
-    long_lines: int
-    dump_errors: int
-    enobufs: int
-    retries: int
-    incomplete: int
-    overflow: int
-    owner_walks: int
-    owner_found: int
-    owner_unknown: int
-    owner_overflow: int
-    owner_vanished: int
-    owner_entries: int
-    listen_events: int
-    opened: int
-    closed: int
-    memory: int
+class SocketTableStats(CoreStats, struct="struct am_sock_stats"):
+    """Counters of struct am_sock_stats (every field, by its C name)."""
 
 
 def _c_options(options: SocketTableOptions) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from agent._core import ffi, lib
-from agent.native._base import CoreArgumentError, NativeHandle, c_options, check, more, stats_type
+from agent.native._base import CoreArgumentError, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink
 
 KINDS: dict[str, int] = {
@@ -39,23 +39,8 @@ class UtmpOptions:
     max_sessions: int | None = None
 
 
-@stats_type("struct am_utmp_stats")
-@dataclass(frozen=True)
-class UtmpStats:
-    records: int
-    events: int
-    partial: int
-    partial_lost: int
-    truncations: int
-    rotations: int
-    malformed: int
-    skipped: int
-    unmatched: int
-    evicted: int
-    dropped: int
-    io_errors: int
-    missing: int
-    layout: int
+class UtmpStats(CoreStats, struct="struct am_utmp_stats"):
+    """Counters of struct am_utmp_stats (every field, by its C name)."""
 
 
 @dataclass(frozen=True)
