@@ -18,6 +18,7 @@ from agent.native import _base
 from agent.native._base import CoreArgumentError, CoreClosedError, NativeHandle
 from agent.native.aggregate import Aggregator, AggregatorStats
 from agent.native.audit_netlink import AuditNetlinkStats, KernelStatus, NetlinkDecoder
+from agent.native.index_probe import IndexProbe, IndexStats
 from agent.native.proc_connector import (
     ProcConnector,
     ProcConnectorOptions,
@@ -32,7 +33,7 @@ NATIVE = Path(__file__).resolve().parents[1] / "native"
 
 # Every stats type the wrappers define (importing them registers them).
 SURFACED = (native.AuditStats, AggregatorStats, AuditNetlinkStats, KernelStatus,
-            ProcConnectorStats, ProcScanStats, SinkStats, SocketTableStats, UtmpStats)
+            ProcConnectorStats, ProcScanStats, SinkStats, SocketTableStats, UtmpStats, IndexStats)
 
 
 def c_stats_structs() -> set[str]:
@@ -132,6 +133,9 @@ def _closable(tmp_path: Path) -> list[tuple[NativeHandle, list[Callable[[NativeH
                                  lambda h: h.state(), lambda h: h.restore(h_state),
                                  lambda h: h.stats()]),
         (UtmpDecoder(), [lambda h: h.feed(sink, b""), lambda h: h.stats()]),
+        (IndexProbe(4), [lambda h: h.put(b"k", 1), lambda h: h.get(b"k"),
+                         lambda h: h.delete(b"k"), lambda h: h.prune(1), lambda h: h.check(),
+                         lambda h: h.stats(), lambda h: h.seed()]),
     ]
 
 
