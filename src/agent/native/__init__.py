@@ -23,7 +23,6 @@ from agent.native._base import (
     CoreMemoryError,
     CoreStats,
     NativeHandle,
-    c_options,
     more,
 )
 from agent.native._base import check as _check
@@ -169,9 +168,8 @@ class AuditParser(NativeHandle):
     def __init__(
         self, options: AuditOptions | None = None, max_batches: int | None = None
     ) -> None:
-        opts = c_options(options, "struct am_audit_options", lib.am_audit_default_options)
-        handle = lib.am_audit_new(opts)
-        self._own(handle, lib.am_audit_free, options)
+        opts = self._make(lib.am_audit_new, lib.am_audit_free, options, "struct am_audit_options",
+                          lib.am_audit_default_options)
         self.sink = EventSink(SinkOptions(batch_bytes=int(opts.batch_bytes),
                                           max_batches=max_batches))
         self._consumed = ffi.new("size_t *")

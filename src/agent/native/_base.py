@@ -103,6 +103,14 @@ class NativeHandle:
             raise CoreMemoryError(f"the core could not make the {self._what}")
         self._h = ffi.gc(handle, destructor)
 
+    def _make(self, new: Callable[[Any], Any], free: Callable[[Any], None], options: Any,
+              struct: str, defaults: Callable[[Any], None]) -> Any:
+        """The one way a wrapper makes its handle from an options dataclass: `new` called with
+        the C options (c_options), its result owned with `free`; returns the C options."""
+        opts = c_options(options, struct, defaults)
+        self._own(new(opts), free, options)
+        return opts
+
     def _live(self) -> Any:
         if self._h is None:
             raise CoreClosedError(f"the {self._what} is closed")

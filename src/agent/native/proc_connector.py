@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 
 from agent._core import ffi, lib
-from agent.native._base import C_ONLY_IN_PYTHON, CoreStats, NativeHandle, c_options, check, more
+from agent.native._base import C_ONLY_IN_PYTHON, CoreStats, NativeHandle, check, more
 from agent.native.sink import EventSink
 
 
@@ -51,15 +51,14 @@ class ProcConnector(NativeHandle):
 
     def __init__(self, options: ProcConnectorOptions | None = None) -> None:
         options = options or ProcConnectorOptions()
-        opts = c_options(options, "struct am_cnproc_options", lib.am_cnproc_default_options)
-        handle = lib.am_cnproc_new(opts)
-        self._own(handle, lib.am_cnproc_free, options)
+        self._make(lib.am_cnproc_new, lib.am_cnproc_free, options, "struct am_cnproc_options",
+                   lib.am_cnproc_default_options)
         self._appended = ffi.new("uint64_t *")
         self._consumed = ffi.new("size_t *")
         if options.listen:
-            status = lib.am_cnproc_listen(handle)
+            status = lib.am_cnproc_listen(self._live())
             if status != lib.AM_OK:
-                err = int(lib.am_cnproc_errno(handle))
+                err = int(lib.am_cnproc_errno(self._live()))
                 self.close()
                 if status == lib.AM_CNPROC_ERR_SYS:
                     raise _sys_error(status, err, "proc connector listen")
@@ -76,7 +75,7 @@ class ProcConnector(NativeHandle):
         handle = self._live()
         status = lib.am_cnproc_drain(handle, sink.handle, self._appended)
         if status == lib.AM_CNPROC_ERR_SYS:
-            raise _sys_error(status, int(lib.am_cnproc_errno(handle)), "proc connector recv")
+            raise _sys_error(status, int(lib.am_cnproc_errno(self._live())), "proc connector recv")
         return more(status, "am_cnproc_drain")
 
     def decode(self, sink: EventSink, data: bytes) -> int:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from agent._core import ffi, lib
-from agent.native._base import CoreStats, NativeHandle, c_options, more
+from agent.native._base import CoreStats, NativeHandle, more
 from agent.native.sink import EventSink
 
 
@@ -37,9 +37,8 @@ class ProcScanner(NativeHandle):
     _what = "/proc scanner"
 
     def __init__(self, options: ProcScanOptions | None = None) -> None:
-        opts = c_options(options, "struct am_pscan_options", lib.am_pscan_default_options)
-        handle = lib.am_pscan_new(opts)
-        self._own(handle, lib.am_pscan_free, options)
+        self._make(lib.am_pscan_new, lib.am_pscan_free, options, "struct am_pscan_options",
+                   lib.am_pscan_default_options)
         self._appended = ffi.new("uint64_t *")
 
     def scan(self, sink: EventSink) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent._core import ffi, lib
-from agent.native._base import AM_OK, CoreStats, NativeHandle, c_options, check
+from agent.native._base import AM_OK, CoreStats, NativeHandle, check
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,8 @@ class EventSink(NativeHandle):
     _what = "event sink"
 
     def __init__(self, options: SinkOptions | None = None) -> None:
-        opts = c_options(options, "struct am_sink_options", lib.am_sink_default_options)
-        handle = lib.am_sink_new(opts)
-        self._own(handle, lib.am_sink_free, options)
+        self._make(lib.am_sink_new, lib.am_sink_free, options, "struct am_sink_options",
+                   lib.am_sink_default_options)
         self._data = ffi.new("uint8_t **")
         self._len = ffi.new("size_t *")
         self._events = ffi.new("uint32_t *")
