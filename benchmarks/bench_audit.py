@@ -156,11 +156,11 @@ def _finish(
 def test_core(
     benchmark: BenchmarkFixture, audit_bench_input: BenchInput, record_peer: RecordPeer
 ) -> None:
-    from agent.native import AuditParser, AuditStats
+    from agent.native import AuditParser, CoreStats
 
     path = audit_bench_input.path
 
-    def run() -> tuple[AuditStats, int, int, int]:
+    def run() -> tuple[CoreStats, int, int, int]:
         parser = AuditParser()
         out_bytes = 0
         header_events = 0

@@ -27,14 +27,13 @@ from agent.native._base import (
 )
 from agent.native._base import check as _check
 from agent.native._base import cstr as _cstr
-from agent.native.sink import EventSink, SinkOptions, SinkStats, pump
+from agent.native.sink import EventSink, SinkOptions, pump
 
 __all__ = [
     "AM_EMPTY",
     "AM_OK",
     "AuditOptions",
     "AuditParser",
-    "AuditStats",
     "CoreArgumentError",
     "CoreClosedError",
     "CoreError",
@@ -45,7 +44,6 @@ __all__ = [
     "MsgpackWriter",
     "NativeHandle",
     "SinkOptions",
-    "SinkStats",
     "arch_name",
     "pump",
     "record_type_name",
@@ -150,10 +148,6 @@ class AuditOptions:
     batch_bytes: int | None = None
 
 
-class AuditStats(CoreStats, struct="struct am_audit_stats"):
-    """Counters of struct am_audit_stats (every field, by its C name)."""
-
-
 class AuditParser(NativeHandle):
     """Audit text or netlink records in, msgpack batches out (see docs/events.md).
 
@@ -233,7 +227,7 @@ class AuditParser(NativeHandle):
         return self.run(lambda sink: more(lib.am_audit_flush(handle, sink.handle),
                                           "am_audit_flush"))
 
-    def stats(self) -> AuditStats:
+    def stats(self) -> CoreStats:
         """The parser's counters; memory and memory_bound include its sink's."""
         sink = self.sink.handle
-        return self._read_stats(AuditStats, lambda h, out: lib.am_audit_stats(h, sink, out))
+        return self._read_stats("struct am_audit_stats", lambda h, out: lib.am_audit_stats(h, sink, out))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
 from typing_extensions import Self
 
@@ -83,7 +83,6 @@ def cstr(ptr: object) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # one lifecycle
 
-_S = TypeVar("_S", bound="CoreStats")
 
 
 class NativeHandle:
@@ -116,9 +115,9 @@ class NativeHandle:
             raise CoreClosedError(f"the {self._what} is closed")
         return self._h
 
-    def _read_stats(self, cls: type[_S], fill: Callable[[Any, Any], object]) -> _S:
-        """Stats type `cls` from its C stats call `fill(handle, out)`."""
-        return cls.read(self._fill_stats(cls.struct, fill))
+    def _read_stats(self, struct: str, fill: Callable[[Any, Any], object]) -> CoreStats:
+        """The counters of C `struct`, from its stats call `fill(handle, out)`."""
+        return CoreStats.read(struct, self._fill_stats(struct, fill))
 
     def _fill_stats(self, struct: str, fill: Callable[[Any, Any], object]) -> Any:
         """This handle's `struct *` buffer (made once), filled by `fill(handle, out)`."""
@@ -203,51 +202,47 @@ def c_options(options: Any, struct: str, defaults: Callable[[Any], None]) -> Any
 # ---------------------------------------------------------------------------------------------
 # stats from the C struct's own fields
 
-# C stats struct -> its Python type (tests/test_native_protocol.py checks that every stats
-# struct of the core has one).
-STATS_TYPES: dict[str, type[CoreStats]] = {}
+_FIELDS: dict[str, tuple[str, ...]] = {}
+
+
+def stats_fields(struct: str) -> tuple[str, ...]:
+    """The field names of C `struct`, in order (ffi.typeof)."""
+    names = _FIELDS.get(struct)
+    if names is None:
+        names = _FIELDS[struct] = tuple(name for name, _ in ffi.typeof(struct).fields)
+    return names
+
+
+def stats_values(struct: str, raw: Any) -> dict[str, int]:
+    """Every field of `raw`, a `struct *` filled by the core, by its C name."""
+    return {name: int(getattr(raw, name)) for name in stats_fields(struct)}
 
 
 class CoreStats(Mapping[str, int]):
     """Counters copied from one C stats struct: every field of the struct, under its C name,
     as an attribute and as a key. The fields are the struct's own (ffi.typeof), so a field
-    added in C is surfaced without a Python change. A subclass names its struct:
+    added in C is surfaced without a Python change: no wrapper mirrors a struct by hand."""
 
-        class SinkStats(CoreStats, struct="struct am_sink_stats"):
-            \"\"\"...\"\"\"
-    """
+    __slots__ = ("_values", "struct")
 
-    struct: ClassVar[str]
-    _names: ClassVar[tuple[str, ...]]
-    __slots__ = ("_values",)
-
-    def __init_subclass__(cls, *, struct: str, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.struct = struct
-        cls._names = tuple(name for name, _ in ffi.typeof(struct).fields)
-        STATS_TYPES[struct] = cls
-
-    def __init__(self, values: Mapping[str, int]) -> None:
-        missing = [name for name in self._names if name not in values]
+    def __init__(self, struct: str, values: Mapping[str, int]) -> None:
+        names = stats_fields(struct)
+        missing = [name for name in names if name not in values]
         if missing:
-            raise TypeError(f"{type(self).__name__} lacks {self.struct} fields {missing}")
-        self._values = {name: int(values[name]) for name in self._names}
+            raise TypeError(f"{struct} values lack fields {missing}")
+        self.struct = struct
+        self._values = {name: int(values[name]) for name in names}
 
     @classmethod
-    def values_of(cls, raw: Any) -> dict[str, int]:
-        """Every field of the C struct `raw` (a `struct *` filled by the core)."""
-        return {name: int(getattr(raw, name)) for name in cls._names}
-
-    @classmethod
-    def read(cls, raw: Any) -> Self:
-        """A copy of the C struct `raw`."""
-        return cls(cls.values_of(raw))
+    def read(cls, struct: str, raw: Any) -> CoreStats:
+        """A copy of `raw`, a `struct *` filled by the core."""
+        return cls(struct, stats_values(struct, raw))
 
     def __getattr__(self, name: str) -> int:
         try:
             return self._values[name]
         except KeyError:
-            raise AttributeError(f"{type(self).__name__} has no counter {name!r}") from None
+            raise AttributeError(f"{self.struct} has no counter {name!r}") from None
 
     def __getitem__(self, name: str) -> int:
         return self._values[name]
@@ -260,12 +255,12 @@ class CoreStats(Mapping[str, int]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, CoreStats):
-            return type(other) is type(self) and other._values == self._values
+            return other.struct == self.struct and other._values == self._values
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((type(self), tuple(self._values.values())))
+        return hash((self.struct, tuple(self._values.values())))
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v}" for k, v in self._values.items())
-        return f"{type(self).__name__}({inner})"
+        return f"CoreStats({self.struct}: {inner})"

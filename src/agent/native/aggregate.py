@@ -23,10 +23,6 @@ class AggregatorOptions:
     max_bytes: int = 1 << 20
 
 
-class AggregatorStats(CoreStats, struct="struct am_agg_stats"):
-    """Counters of struct am_agg_stats (every field, by its C name)."""
-
-
 class Aggregator(NativeHandle):
     """Merges the `exec` events (kind "process": same command line, program and user) or the
     `net` / `conn` events (kind "network": same addresses, service port, protocol, direction and
@@ -91,5 +87,5 @@ class Aggregator(NativeHandle):
         text = ",".join(addresses).encode("ascii", "replace")
         check(lib.am_agg_filter_laddr(self._live(), 1, text, len(text)), "am_agg_filter_laddr")
 
-    def stats(self) -> AggregatorStats:
-        return self._read_stats(AggregatorStats, lib.am_agg_stats)
+    def stats(self) -> CoreStats:
+        return self._read_stats("struct am_agg_stats", lib.am_agg_stats)

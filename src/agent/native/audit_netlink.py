@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent._core import ffi, lib
-from agent.native import AuditOptions, AuditParser, AuditStats, _base
+from agent.native import AuditOptions, AuditParser, _base
 from agent.native._base import (
     CoreArgumentError,
     CoreStats,
@@ -59,18 +59,16 @@ class AuditNetlinkOptions:
     parser: AuditOptions | None = field(default=None, metadata=_base.C_ONLY_IN_PYTHON)
 
 
-class KernelStatus(CoreStats, struct="struct am_anl_status"):
-    """The kernel's audit status (struct audit_status)."""
-
-
-class AuditNetlinkStats(CoreStats, struct="struct am_anl_stats"):
-    """Counters of the netlink side (see core_audit_netlink.h) and of its parser."""
+class AuditNetlinkStats(CoreStats):
+    """The netlink side's counters (struct am_anl_stats, every field by its C name) and, as
+    `parser`, its parser's (struct am_audit_stats)."""
 
     __slots__ = ("parser",)
+    parser: CoreStats
 
-    def __init__(self, values: Mapping[str, int], parser: AuditStats) -> None:
-        super().__init__(values)
-        self.parser = parser  # the parser's own counters
+    def __init__(self, values: Mapping[str, int], parser: CoreStats) -> None:
+        super().__init__("struct am_anl_stats", values)
+        self.parser = parser
 
     @property
     def loss(self) -> int:
@@ -126,11 +124,11 @@ class AuditNetlink(NativeHandle):
         return str(ffi.string(lib.am_anl_rules_report(self._live())).decode("utf-8", "replace"))
 
     @property
-    def found_status(self) -> KernelStatus | None:
+    def found_status(self) -> CoreStats | None:
         """The kernel's audit status when this source opened (what close() restores)."""
         if lib.am_anl_found_status(self._live(), self._status) != _base.AM_OK:
             return None
-        return KernelStatus.read(self._status)
+        return CoreStats.read("struct am_anl_status", self._status)
 
     def fileno(self) -> int:
         """The event socket, non-blocking, for selectors (-1 after finish())."""
@@ -167,18 +165,19 @@ class AuditNetlink(NativeHandle):
             self._finished_reading = True
         return more(lib.am_anl_flush(handle, sink.handle), "am_anl_flush")
 
-    def poll_status(self) -> KernelStatus | None:
+    def poll_status(self) -> CoreStats | None:
         """AUDIT_GET now (call it every second or so): keeps kernel_lost_delta current and
         notices a lost ownership. None when the kernel did not answer (counted)."""
         if lib.am_anl_poll_status(self._live(), self._status) != _base.AM_OK:
             return None
-        return KernelStatus.read(self._status)
+        return CoreStats.read("struct am_anl_status", self._status)
 
     def stats(self) -> AuditNetlinkStats:
-        parser = self._read_stats(AuditStats, lambda h, out: lib.am_anl_stats(h, ffi.NULL, out))
-        raw = self._fill_stats(AuditNetlinkStats.struct,
+        parser = self._read_stats("struct am_audit_stats",
+                                  lambda h, out: lib.am_anl_stats(h, ffi.NULL, out))
+        raw = self._fill_stats("struct am_anl_stats",
                                lambda h, out: lib.am_anl_stats(h, out, ffi.NULL))
-        return AuditNetlinkStats(AuditNetlinkStats.values_of(raw), parser)
+        return AuditNetlinkStats(_base.stats_values("struct am_anl_stats", raw), parser)
 
 
 class NetlinkDecoder(NativeHandle):
@@ -212,7 +211,8 @@ class NetlinkDecoder(NativeHandle):
     def stats(self) -> AuditNetlinkStats:
         """The netlink counters (the socket-only ones stay 0) and the parser's."""
         self._live()
-        return AuditNetlinkStats(AuditNetlinkStats.values_of(self._st), self._parser.stats())
+        return AuditNetlinkStats(_base.stats_values("struct am_anl_stats", self._st),
+                                 self._parser.stats())
 
 
 __all__ = [
@@ -223,6 +223,5 @@ __all__ = [
     "AuditNetlink",
     "AuditNetlinkOptions",
     "AuditNetlinkStats",
-    "KernelStatus",
     "NetlinkDecoder",
 ]

@@ -10,10 +10,6 @@ from agent._core import ffi, lib
 from agent.native._base import AM_EMPTY, AM_OK, CoreStats, NativeHandle, check
 
 
-class IndexStats(CoreStats, struct="struct am_index_stats"):
-    """Counters of one index (native/core_index.h), every field by its C name."""
-
-
 class IndexProbe(NativeHandle):
     """An index of byte keys (at most 64 bytes) to unsigned 64-bit values, holding at most
     `bound` entries. getrandom=False seeds it with the fallback used where getrandom(2) fails."""
@@ -45,8 +41,8 @@ class IndexProbe(NativeHandle):
         """CoreLimitError when an invariant of the index does not hold."""
         check(lib.am_index_test_check(self._live()), "invariants")
 
-    def stats(self) -> IndexStats:
-        return self._read_stats(IndexStats, lib.am_index_test_stats)
+    def stats(self) -> CoreStats:
+        return self._read_stats("struct am_index_stats", lib.am_index_test_stats)
 
     def seed(self) -> tuple[int, int]:
         k = ffi.new("uint64_t[2]")
@@ -59,9 +55,9 @@ def siphash(k0: int, k1: int, data: bytes, c: int, d: int) -> int:
     return int(lib.am_index_test_siphash(k0, k1, data, len(data), c, d))
 
 
-def aggregator_index_stats(cache_size: int, batch: bytes) -> IndexStats:
+def aggregator_index_stats(cache_size: int, batch: bytes) -> CoreStats:
     """The counters of the index of a process aggregator with `cache_size` entries after it
     read `batch` (a msgpack array of events) and was flushed."""
     raw = ffi.new("struct am_index_stats *")
     check(lib.am_index_test_aggregate(cache_size, batch, len(batch), raw), "aggregate")
-    return IndexStats.read(raw)
+    return CoreStats.read("struct am_index_stats", raw)

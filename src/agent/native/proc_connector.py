@@ -36,10 +36,6 @@ class ProcConnectorOptions:
     listen: bool = field(default=True, metadata=C_ONLY_IN_PYTHON)
 
 
-class ProcConnectorStats(CoreStats, struct="struct am_cnproc_stats"):
-    """Counters of struct am_cnproc_stats (every field, by its C name)."""
-
-
 def _sys_error(status: int, errno_value: int, what: str) -> OSError:
     return OSError(errno_value, f"{what}: {os.strerror(errno_value)} (core status {status})")
 
@@ -89,6 +85,6 @@ class ProcConnector(NativeHandle):
         more(status, "am_cnproc_decode")
         return int(self._consumed[0])
 
-    def stats(self) -> ProcConnectorStats:
-        return self._read_stats(ProcConnectorStats, lib.am_cnproc_stats)
+    def stats(self) -> CoreStats:
+        return self._read_stats("struct am_cnproc_stats", lib.am_cnproc_stats)
 

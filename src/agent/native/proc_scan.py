@@ -27,10 +27,6 @@ class ProcScanOptions:
     max_tracked: int | None = None
 
 
-class ProcScanStats(CoreStats, struct="struct am_pscan_stats"):
-    """Counters of struct am_pscan_stats (every field, by its C name)."""
-
-
 class ProcScanner(NativeHandle):
     """A /proc scanner handle: keeps its buffers and counters across snapshots."""
 
@@ -51,6 +47,6 @@ class ProcScanner(NativeHandle):
             raise OSError(err, f"/proc scan: {os.strerror(err)}")
         return more(status, "am_pscan_run")
 
-    def stats(self) -> ProcScanStats:
-        return self._read_stats(ProcScanStats, lib.am_pscan_stats)
+    def stats(self) -> CoreStats:
+        return self._read_stats("struct am_pscan_stats", lib.am_pscan_stats)
 

@@ -20,10 +20,6 @@ class SinkOptions:
     max_batches: int | None = None
 
 
-class SinkStats(CoreStats, struct="struct am_sink_stats"):
-    """Counters of struct am_sink_stats (every field, by its C name)."""
-
-
 class EventSink(NativeHandle):
     """Batches of events from the live sources; pass it to a source's drain or scan call."""
 
@@ -57,8 +53,8 @@ class EventSink(NativeHandle):
         check(lib.am_sink_seal(self._live()), "am_sink_seal")
         return self.take()
 
-    def stats(self) -> SinkStats:
-        return self._read_stats(SinkStats, lib.am_sink_stats)
+    def stats(self) -> CoreStats:
+        return self._read_stats("struct am_sink_stats", lib.am_sink_stats)
 
 
 def pump(

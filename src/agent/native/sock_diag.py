@@ -47,10 +47,6 @@ class SocketTableOptions:
     timeout_ms: int | None = None
 
 
-class SocketTableStats(CoreStats, struct="struct am_sock_stats"):
-    """Counters of struct am_sock_stats (every field, by its C name)."""
-
-
 def _c_options(options: SocketTableOptions) -> Any:
     if options.source not in _SOURCES:
         raise CoreArgumentError(f"source={options.source!r}: expected auto, diag or procnet")
@@ -135,5 +131,5 @@ class SocketTable(NativeHandle):
             raise CoreArgumentError(f"now_ms={now_ms} is out of range")
         check(lib.am_sock_commit(self._live(), now_ms, 1 if map_owners else 0), "am_sock_commit")
 
-    def stats(self) -> SocketTableStats:
-        return self._read_stats(SocketTableStats, lib.am_sock_stats)
+    def stats(self) -> CoreStats:
+        return self._read_stats("struct am_sock_stats", lib.am_sock_stats)

@@ -39,10 +39,6 @@ class UtmpOptions:
     max_sessions: int | None = None
 
 
-class UtmpStats(CoreStats, struct="struct am_utmp_stats"):
-    """Counters of struct am_utmp_stats (every field, by its C name)."""
-
-
 @dataclass(frozen=True)
 class UtmpState:
     """Where a reader is in its file; persist `to_dict()` and give it back to restore()."""
@@ -94,8 +90,8 @@ class _Handle(NativeHandle):
         self._own(handle, lib.am_utmp_close, options)
         self._events = ffi.new("uint32_t *")
 
-    def stats(self) -> UtmpStats:
-        return self._read_stats(UtmpStats, lib.am_utmp_stats)
+    def stats(self) -> CoreStats:
+        return self._read_stats("struct am_utmp_stats", lib.am_utmp_stats)
 
 
 class UtmpReader(_Handle):
