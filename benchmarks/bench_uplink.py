@@ -56,6 +56,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from hub.broker import BrokerError, Certificates
 from hub.hub import Hub, Telemetry
 
+from agent.limits import DEFAULT_MAX_MESSAGE_BYTES
+
 pytestmark = [
     pytest.mark.filterwarnings("ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"),
 ]
@@ -291,8 +293,8 @@ def count_tokens(records: list[Telemetry], fmt: str, wanted: set[str]) -> tuple[
 
 
 @pytest.mark.benchmark(group="uplink-throughput")
-@pytest.mark.parametrize(("fmt", "max_bytes"), [("msgpack", 4096), ("msgpack", 245760),
-                                                ("json", 4096), ("json", 245760)])
+@pytest.mark.parametrize(("fmt", "max_bytes"), [("msgpack", 4096), ("msgpack", DEFAULT_MAX_MESSAGE_BYTES),
+                                                ("json", 4096), ("json", DEFAULT_MAX_MESSAGE_BYTES)])
 def test_agent_throughput(benchmark: BenchmarkFixture, request: pytest.FixtureRequest, hub: Hub,
                           tmp_path: Path, fmt: str, max_bytes: int) -> None:
     n = QUICK_COMMANDS if quick(request) else COMMANDS

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
+from agent.limits import DEFAULT_MAX_MESSAGE_BYTES
 from oracle.audit_names import ARCHES, RECORD_TYPES, SYSCALLS
 
 Event = dict[str, Any]
@@ -115,7 +116,7 @@ class ReferenceOptions:
     max_line_bytes: int = 65536
     max_event_bytes: int = 131072
     max_pending_bytes: int = 1048576
-    batch_bytes: int = 245760
+    batch_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_batches: int = 8
 
     def __post_init__(self) -> None:

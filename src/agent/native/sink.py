@@ -13,8 +13,9 @@ from agent.native._base import AM_OK, CoreStats, NativeHandle, check
 
 @dataclass(frozen=True)
 class SinkOptions:
-    """batch_bytes: a batch never exceeds it (default 245760); max_batches: sealed batches
-    held before the sources stop reading (default 8). None keeps the default."""
+    """batch_bytes: a batch never exceeds it (default agent.limits.DEFAULT_MAX_MESSAGE_BYTES);
+    max_batches: sealed batches held before the sources stop reading (default 8). None keeps
+    the default."""
 
     batch_bytes: int | None = None
     max_batches: int | None = None
