@@ -36,7 +36,7 @@ AGENT = [sys.executable, "-m", "agent.cli"]
 NO_KERNEL = {name + "_Disabled": True for name in (
     "Process", "NetworkActivity", "Login", "ListeningPorts", "Firewall", "SystemInformation",
     "SBoM", "Baseline")}
-WATCHDOG_USEC = 1_000_000
+WATCHDOG_USEC = 2_000_000
 # What systemd sets; the agent started here sees only those a test gives it.
 SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "RUNTIME_DIRECTORY",
                      "STATE_DIRECTORY", "JOURNAL_STREAM")
@@ -117,7 +117,7 @@ def test_run_under_systemd_notifies_keeps_status_in_the_runtime_dir_and_logs_for
         ready = notify.wait_for("READY=1", 30)
         # Ready after the first turn: the status file (written at that turn) is there.
         assert (run / "status.json").is_file()
-        watch_until = ready + 4.0
+        watch_until = ready + 5.0
         while time.monotonic() < watch_until:
             notify.wait_for("WATCHDOG=1", 5)
         listed = status_command(data)
@@ -131,7 +131,7 @@ def test_run_under_systemd_notifies_keeps_status_in_the_runtime_dir_and_logs_for
     pings = [t for t in notify.times("WATCHDOG=1") if ready - 1 <= t < stopping]
     gaps = [b - a for a, b in zip(pings, pings[1:])]
     interval = WATCHDOG_USEC / 2e6
-    assert len(gaps) >= 6, pings
+    assert len(gaps) >= 4, pings
     assert all(0.8 * interval <= g < 2 * interval for g in gaps), gaps
     # One READY; STATUS lines summarise the collectors.
     assert len(notify.times("READY=1")) == 1
@@ -161,7 +161,7 @@ def test_run_under_systemd_notifies_keeps_status_in_the_runtime_dir_and_logs_for
     assert lines and all(re.match(r"<[2-7]>", line) for line in lines), lines
     assert not any(TIMESTAMP.search(line[3:]) for line in lines)
     assert any(line.startswith("<6>agent: micro-agent ") and "starting" in line for line in lines)
-    assert any(line.startswith("<4>agent: FileSystem: unavailable") for line in lines), lines
+    assert any(line.startswith("<6>agent: Heartbeat: running") for line in lines), lines
 
 
 @pytest.mark.timeout(120)
