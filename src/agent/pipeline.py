@@ -7,9 +7,11 @@ lane's interval, batches sealed in their envelope by the outbox), live configura
 collectors' lifecycle (reconfigure: a patch touches only what it changed and takes effect at
 the next turn of the loop, which waits at most 1 s), the drop ledger (drops: the increase
 since last seen, computed once for the envelope, the Statistics event and the reported
-properties), the status file (status) and the reported properties (reported). It tells the service
-manager how it is (agent.service): ready after its first turn, a watchdog ping at the pace
-asked for, a status line with the status file, stopping at shutdown.
+properties), the status file (status) and the reported properties (reported).
+
+The loop also tells the service manager how it is (agent.service): ready after its first
+turn, a watchdog ping at the pace asked for, a status line with the status file, stopping at
+shutdown.
 """
 
 from __future__ import annotations
