@@ -23,6 +23,7 @@ import pytest
 from agent.service import (
     JournalFormatter,
     Notifier,
+    default_data_dir,
     link_status,
     log_handler,
     notify_address,
@@ -78,7 +79,10 @@ class NotifySocket:
 
 def start(tmp_path: Path, env: dict[str, str], stderr_path: Path,
           journal: bool) -> subprocess.Popen[bytes]:
+    """micro-agent run with env, its stderr to stderr_path; the data directory is
+    tmp_path/data, given by $STATE_DIRECTORY when env has it, else by --data-dir."""
     config = tmp_path / "config.json"
+    data = [] if "STATE_DIRECTORY" in env else ["--data-dir", str(tmp_path / "data")]
     config.write_text(json.dumps(NO_KERNEL))
     with open(stderr_path, "wb") as stderr:
         if journal:  # what systemd sets for a stream it connected to the journal
@@ -86,7 +90,7 @@ def start(tmp_path: Path, env: dict[str, str], stderr_path: Path,
             env = {**env, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
         inherited = {k: v for k, v in os.environ.items() if k not in SERVICE_VARIABLES}
         return subprocess.Popen(
-            [*AGENT, "run", "--data-dir", str(tmp_path / "data"), "--config", str(config)],
+            [*AGENT, "run", *data, "--config", str(config)],
             env={**inherited, **env}, stderr=stderr)
 
 
@@ -112,7 +116,9 @@ def test_run_under_systemd_notifies_keeps_status_in_the_runtime_dir_and_logs_for
     err = tmp_path / "stderr"
     proc = start(tmp_path, {"NOTIFY_SOCKET": str(notify.path),
                             "WATCHDOG_USEC": str(WATCHDOG_USEC),
-                            "RUNTIME_DIRECTORY": str(run)}, err, journal=True)
+                            "RUNTIME_DIRECTORY": str(run),
+                            "STATE_DIRECTORY": f"{data}:{tmp_path / 'other'}"},
+                  err, journal=True)
     try:
         ready = notify.wait_for("READY=1", 30)
         # Ready after the first turn: the status file (written at that turn) is there.
@@ -263,6 +269,8 @@ def test_status_line_names_what_is_not_running() -> None:
 
 def test_status_path_resolution(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    assert default_data_dir({}) == "/var/lib/iot-micro-agent"
+    assert default_data_dir({"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}) == "/var/lib/a"
     assert runtime_dir(None, {}) is None
     assert runtime_dir(None, {"RUNTIME_DIRECTORY": "/run/a:/run/b"}) == Path("/run/a")
     assert runtime_dir("/opt/r", {"RUNTIME_DIRECTORY": "/run/a"}) == Path("/opt/r")
