@@ -161,6 +161,10 @@ def test_run_under_systemd_notifies_keeps_status_in_the_runtime_dir_and_logs_for
     run.rmdir()
     gone = status_command(data)
     assert gone.returncode == 3 and "is gone" in gone.stdout, gone
+    gone_json = status_command(data, "--json")
+    assert gone_json.returncode == 3
+    assert json.loads(gone_json.stdout) == {"running": False, "alive": False,
+                                            "status_file": str(run / "status.json")}
 
     # Journal lines: a priority prefix and no timestamp of their own.
     lines = err.read_text().splitlines()

@@ -233,7 +233,11 @@ def status(args: argparse.Namespace) -> int:
         if path.is_symlink():
             # DATA/status.json led to a runtime directory that is gone (a reboot, or the
             # service stopped without RuntimeDirectoryPreserve=).
-            print(f"micro-agent: not running; its status file {os.readlink(path)} is gone")
+            gone = os.readlink(path)
+            if args.json:
+                print(json.dumps({"running": False, "alive": False, "status_file": gone}))
+            else:
+                print(f"micro-agent: not running; its status file {gone} is gone")
             return 3
         print(f"micro-agent status: no agent has run with the data directory {args.data_dir}",
               file=sys.stderr)
