@@ -67,17 +67,12 @@ def parse_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_DATA_DIR = "/var/lib/iot-micro-agent"
-
-
 def _setup_logging(level: str) -> None:
     import logging
 
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from agent.service import log_handler
+
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[log_handler(sys.stderr)])
 
 
 def _agent_id(data_dir: Path) -> str:
@@ -106,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.envelope import Identity
     from agent.outbox import Outbox, OutboxBusy
     from agent.pipeline import Agent, install_signal_handlers
+    from agent.service import Notifier, link_status, runtime_dir, status_path
     from agent.uplink.files import LocalDelivery
     from agent.uplink.identity import HubIdentity, IdentityError, load_identity
 
@@ -129,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         log.error("cannot use the data directory %s: %s", data_dir, err)
         return 2
+    status_file = status_path(data_dir, runtime_dir(args.runtime_dir))
+    if status_file.parent != data_dir:
+        try:
+            status_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            log.error("cannot use the runtime directory %s: %s", status_file.parent, err)
+            return 2
+        link_status(data_dir, status_file)
     store = ConfigStore(args.config)
     for name in store.latest_invalid_fields:
         log.warning("config: %s is invalid: %s", name, store.invalid_reasons.get(name, ""))
@@ -160,9 +164,11 @@ def run(args: argparse.Namespace) -> int:
 
         uplink = IotHubUplink(hub, ident.agent, reload_identity=reload_hub)
         where = f"{hub_why}: sending batches to {uplink.describe()}"
-    agent = Agent(store, env, outbox, uplink, ident, build_collectors(env))
+    agent = Agent(store, env, outbox, uplink, ident, build_collectors(env),
+                  notifier=Notifier.from_environ(), status_file=status_file)
     install_signal_handlers(agent)
-    log.info("micro-agent %s starting: data in %s, %s", __version__, data_dir, where)
+    log.info("micro-agent %s starting: data in %s, status in %s, %s", __version__, data_dir,
+             status_file, where)
     if hub is not None:
         uplink.attach(agent)
     rc = agent.run()
@@ -218,10 +224,21 @@ def decode(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     import json
 
-    path = Path(args.data_dir) / "status.json"
+    from agent.service import runtime_dir, status_path
+
+    path = status_path(Path(args.data_dir), runtime_dir(args.runtime_dir))
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
+        if path.is_symlink():
+            # DATA/status.json led to a runtime directory that is gone (a reboot, or the
+            # service stopped without RuntimeDirectoryPreserve=).
+            gone = os.readlink(path)
+            if args.json:
+                print(json.dumps({"running": False, "alive": False, "status_file": gone}))
+            else:
+                print(f"micro-agent: not running; its status file {gone} is gone")
+            return 3
         print(f"micro-agent status: no agent has run with the data directory {args.data_dir}",
               file=sys.stderr)
         return 1
@@ -367,9 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pa.set_defaults(func=parse_audit)
 
+    from agent.service import DEFAULT_DATA_DIR, default_data_dir
+
     def common(p: argparse.ArgumentParser, config: bool = True) -> None:
-        p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                       help=f"outbox, state and local deliveries (default {DEFAULT_DATA_DIR})")
+        p.add_argument("--data-dir", default=default_data_dir(),
+                       help="outbox, state and local deliveries (default $STATE_DIRECTORY, "
+                       f"else {DEFAULT_DATA_DIR})")
         if config:
             from agent.config import DEFAULT_CONFIG_PATH
 
@@ -379,10 +399,17 @@ def build_parser() -> argparse.ArgumentParser:
                            choices=["debug", "info", "warning", "error"])
             p.add_argument("--root", default="/", help=argparse.SUPPRESS)
 
+    def runtime_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--runtime-dir", default=None, metavar="PATH",
+                       help="where status.json is kept, a tmpfs such as /run/iot-micro-agent "
+                       "(default $RUNTIME_DIRECTORY, else the data directory); DATA_DIR/"
+                       "status.json then links to it")
+
     ru = sub.add_parser("run", help="run the agent",
                         description="Run the agent: collectors, outbox and uplink. With no IoT "
                         "Hub configured, batches are delivered to DATA_DIR/delivered.")
     common(ru)
+    runtime_option(ru)
     from agent.uplink.identity import (
         DEFAULT_CONNECTION_STRING_FILE,
         ENV_CA_FILE,
@@ -413,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="show what the running agent is doing")
     common(st, config=False)
+    runtime_option(st)
     st.add_argument("--json", action="store_true", help="the whole status document")
     st.add_argument("--modules", action="store_true",
                     help="the top-level Python modules the agent process has loaded, one a line")

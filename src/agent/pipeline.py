@@ -8,6 +8,10 @@ collectors' lifecycle (reconfigure: a patch touches only what it changed and tak
 the next turn of the loop, which waits at most 1 s), the drop ledger (drops: the increase
 since last seen, computed once for the envelope, the Statistics event and the reported
 properties), the status file (status) and the reported properties (reported).
+
+The loop also tells the service manager how it is (agent.service): ready after its first
+turn, a watchdog ping at the pace asked for, a status line with the status file, stopping at
+shutdown.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 from agent.collectors.base import Collector, Environment, now_ms
@@ -31,6 +36,7 @@ from agent.runtime.lanes import LANE_MAX_BATCHES, PriorityLane, lane_batch_bytes
 from agent.runtime.reconfigure import Reconfiguration, Running, frequency_of, guard
 from agent.runtime.reported import reported_document
 from agent.runtime.status import StatusWriter
+from agent.service import Notifier, status_line, status_path
 
 __all__ = ["LANE_MAX_BATCHES", "Agent", "PriorityLane", "Running", "Uplink",
            "install_signal_handlers", "lane_batch_bytes"]
@@ -66,6 +72,9 @@ class Agent:
         uplink: Uplink,
         ident: Identity,
         collectors: Iterable[Collector],
+        *,
+        notifier: Notifier | None = None,
+        status_file: Path | None = None,
     ) -> None:
         self.store = store
         self.env = env
@@ -81,7 +90,11 @@ class Agent:
         self.drops = DropTotals(outbox)
         self.reconfiguration = Reconfiguration(self.collectors, self.lanes, outbox, ident,
                                                self.drops, lambda: store.invalid_reasons)
-        self.status_file = StatusWriter(env.data_dir / "status.json", self.started)
+        # The service manager's notifications (none by default) and where status.json goes
+        # (the data directory by default; the runtime directory under systemd).
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.status_file = StatusWriter(status_file or status_path(env.data_dir, None),
+                                        self.started)
         self.selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -150,6 +163,9 @@ class Agent:
     def run(self) -> int:
         self.start()
         try:
+            # Ready once every collector was started and the loop has turned once.
+            self.turn()
+            self.notifier.ready()
             while not self._stop:
                 self.turn()
         finally:
@@ -168,7 +184,7 @@ class Agent:
             # datagrams (the kernel buffers hold megabytes) rather than wake for each one.
             time.sleep(self._coalesce_until - now)
             now = time.monotonic()
-        next_due = min(self._next_housekeeping,
+        next_due = min(self._next_housekeeping, self.notifier.watchdog_due,
                        *(lane.deadline for lane in self.lanes.values()),
                        *(r.next_tick for r in self.collectors.values() if r.lane is not None))
         wait = max(0.0, min(timeout, next_due - now))
@@ -210,6 +226,7 @@ class Agent:
         for lane in self.lanes.values():
             lane.store_full()
         self.uplink.pump(self.outbox)
+        self.notifier.keepalive(time.monotonic())
 
     def close_lane(self, lane: PriorityLane) -> None:
         wall = now_ms()
@@ -249,6 +266,7 @@ class Agent:
         """SIGTERM or the end: every collector's entries are stored, every lane sealed, the
         sources closed (the audit rules removed), the uplink given a last turn."""
         log.info("stopping: flushing collectors and lanes")
+        self.notifier.stopping()
         # Shared sources first: closing them reads what is left and hands it to their
         # subscribers (and removes the audit rules); then each collector stops and flushes.
         for source_name, source in self.env.sources.items():
@@ -270,6 +288,7 @@ class Agent:
             self.selector.close()
             self._wake_r.close()
             self._wake_w.close()
+            self.notifier.close()
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -306,6 +325,8 @@ class Agent:
             reported=self.reported_document(),
         )
         self.status_file.write(doc, final=stopped)
+        if not stopped:
+            self.notifier.status(status_line(doc))
 
 
 def install_signal_handlers(agent: Agent) -> None:
