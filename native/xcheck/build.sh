@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# native/xcheck/build.sh [OUT]: builds native/xcheck/driver.c with the whole core (native/*.c,
+# no Python) for x86_64 (host gcc), aarch64 and armhf (Debian's cross gcc, statically linked so
+# that qemu-user runs them without a target root file system) into OUT (default
+# native/xcheck/out), as OUT/driver-<arch>. The house flags of native/build_core.py: C11,
+# -Wall -Wextra -Werror, _GNU_SOURCE.
+#
+# armhf is built with -D_TIME_BITS=64 -D_FILE_OFFSET_BITS=64: 64-bit time_t and off_t, as
+# Debian builds armhf from trixie on (the 2038 transition) and as a 32-bit device must to read
+# dates past 2038 and files past 2 GiB. The core has to be right with either width; the build
+# with glibc's 32-bit default is checked to compile too (XCHECK_ARMHF32=1 also keeps it as
+# OUT/driver-armhf-time32 for a run by hand).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+out=$(mkdir -p "${1:-$root/native/xcheck/out}" && cd "${1:-$root/native/xcheck/out}" && pwd)
+cd "$root"
+
+flags=(-std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -I native)
+sources=(native/*.c native/xcheck/driver.c)
+build() { # build NAME CC [FLAGS...]
+    local name=$1 cc=$2
+    shift 2
+    command -v "$cc" >/dev/null || { echo "native/xcheck/build.sh: no $cc" >&2; return 1; }
+    "$cc" "${flags[@]}" "$@" "${sources[@]}" -o "$out/$name.tmp" && mv "$out/$name.tmp" "$out/$name"
+}
+pids=()
+build driver-x86_64 "${CC:-gcc}" & pids+=($!)
+build driver-aarch64 aarch64-linux-gnu-gcc -static & pids+=($!)
+build driver-armhf arm-linux-gnueabihf-gcc -static -D_TIME_BITS=64 -D_FILE_OFFSET_BITS=64 &
+pids+=($!)
+build driver-armhf-time32 arm-linux-gnueabihf-gcc -static & pids+=($!)
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" = 0 ] || { echo "native/xcheck/build.sh: a driver did not build" >&2; exit 1; }
+[ "${XCHECK_ARMHF32:-0}" = 1 ] || rm -f "$out/driver-armhf-time32"
+echo "native/xcheck/build.sh: built driver-x86_64 driver-aarch64 driver-armhf in $out"
