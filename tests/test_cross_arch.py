@@ -19,8 +19,10 @@ from conftest import DEVICE_LOGS, FIXTURES, skip_unless_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
-# The ARM builds and the emulator each runs under.
-EMULATED = {"aarch64": "qemu-aarch64-static", "armhf": "qemu-arm-static"}
+# The ARM builds (native/xcheck/build.sh) and the emulator each runs under: armhf with 64-bit
+# time_t and off_t (Debian trixie on), armhf-time32 with glibc's 32-bit default (Debian 12).
+EMULATED = {"aarch64": "qemu-aarch64-static", "armhf": "qemu-arm-static",
+            "armhf-time32": "qemu-arm-static"}
 TOOLS = ("gcc", "aarch64-linux-gnu-gcc", "arm-linux-gnueabihf-gcc", *EMULATED.values())
 # Every decoder of the driver, and the seed writer (native/fuzz/seeds_<name>.py) of the binary
 # ones; the audit text decoders read the fixtures, msgpack the programs written here.
@@ -52,7 +54,8 @@ def drivers(request: pytest.FixtureRequest) -> dict[str, Path]:
             "libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user-static; scripts/test "
             "installs them)"
         )
-    out = Path(request.config.cache.mkdir("xcheck")) / _source_key()
+    cache = Path(request.config.cache.mkdir("xcheck"))
+    out = cache / _source_key()
     built = {arch: out / f"driver-{arch}" for arch in ("x86_64", *EMULATED)}
     if not all(path.exists() for path in built.values()):
         run = subprocess.run(
@@ -60,6 +63,9 @@ def drivers(request: pytest.FixtureRequest) -> dict[str, Path]:
             check=False, capture_output=True, text=True,
         )
         assert run.returncode == 0, run.stdout + run.stderr
+        for old in cache.iterdir():  # builds of other sources: only the newest is kept
+            if old != out:
+                shutil.rmtree(old)
     return built
 
 
