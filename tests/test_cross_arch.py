@@ -9,6 +9,8 @@ The drivers are built once per content of native/ (native/xcheck/build.sh) into 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +32,9 @@ SEEDED = ("aggregate", "audit_netlink", "cn_proc", "index", "inet_diag", "proc_n
           "utmp")
 DECODERS = (*SEEDED, "audit_text", "audit_record", "msgpack")
 CHUNKS = 3  # pieces each audit log is cut into (whole lines)
+EDGE_NUMBERS = (b"2147483647", b"2147483648", b"4294967295", b"4294967296",
+                b"9223372036854775807", b"9223372036854775808", b"18446744073709551615",
+                b"18446744073709551616", b"99999999999999999999999", b"0")
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +91,12 @@ def _msgpack_programs() -> dict[str, bytes]:
             "empty-map": b"\x09\x00", "long-str": b"\x26" + (299).to_bytes(2, "little") * 200}
 
 
+def _edge_numbers(text: bytes) -> bytes:
+    """text with each number after '=', '(' or ':' replaced by the next of EDGE_NUMBERS."""
+    numbers = itertools.cycle(EDGE_NUMBERS)
+    return re.sub(rb"(?<=[=(:])\d+", lambda _: next(numbers), text)
+
+
 def _inputs(tmp: Path) -> list[tuple[str, Path]]:
     """(decoder, input file) for every decoder: the seeds the fuzz seed writers make, the audit
     logs in chunks of whole lines (and one chunk moved past 2038, for 32-bit time_t)."""
@@ -112,6 +123,11 @@ def _inputs(tmp: Path) -> list[tuple[str, Path]]:
         late.write_bytes(b"".join(
             line.replace(b"audit(1", b"audit(4", 1) for line in lines[:step // 4]))
         cases += [("audit_text", late), ("audit_record", late)]
+        # The same records with their numbers at the edges of 32- and 64-bit integers, where
+        # a parser into `long` or `size_t` would read them differently on armhf.
+        edges = logs / f"{log}.edge-numbers"
+        edges.write_bytes(_edge_numbers(b"".join(lines[:step // 4])))
+        cases += [("audit_text", edges), ("audit_record", edges)]
     programs = tmp / "msgpack"
     programs.mkdir()
     for name, program in _msgpack_programs().items():
