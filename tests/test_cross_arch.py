@@ -51,7 +51,9 @@ def _source_key() -> str:
 
 
 @pytest.fixture(scope="module")
-def drivers(request: pytest.FixtureRequest) -> dict[str, Path]:
+def drivers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         skip_unless_ci(
@@ -59,7 +61,10 @@ def drivers(request: pytest.FixtureRequest) -> dict[str, Path]:
             "libc6-dev-arm64-cross libc6-dev-armhf-cross qemu-user-static; scripts/test "
             "installs them)"
         )
-    cache = Path(request.config.cache.mkdir("xcheck"))
+    # pytest's cache when there is one (not under -p no:cacheprovider): builds kept across runs.
+    pytest_cache = getattr(request.config, "cache", None)
+    cache = (Path(pytest_cache.mkdir("xcheck")) if pytest_cache is not None
+             else tmp_path_factory.mktemp("xcheck"))
     out = cache / _source_key()
     built = {arch: out / f"driver-{arch}" for arch in ("x86_64", *EMULATED)}
     if not all(path.exists() for path in built.values()):

@@ -5,7 +5,9 @@
  * wants the same bytes as the x86_64 build: a difference is the core depending on the
  * machine (byte order, alignment, the width of long, size_t or time_t).
  *
- * The output depends on the input alone: no clock, no address, no /proc of the running
+ * The output depends on the input alone: no clock (the core's clock_gettime calls come to
+ * fixed_clock below: build.sh links with -Wl,--wrap; the proc connector turns kernel
+ * timestamps into epoch ms with the clocks it reads), no address, no /proc of the running
  * machine (the proc connector's enrichment is off), and no index seed: each run draws a new
  * getrandom seed, and the index decoder also runs with the fixed fallback seed and must say
  * the same. Counters that measure memory (pointer-sized by nature) are written as 0.
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core.h"
@@ -28,6 +31,37 @@
 #include "core_utmp.h"
 #include "msgpack.h"
 #include "procfs.h"
+
+/* ---- fixed clocks ---- */
+
+/* Every clock the core reads, at fixed readings: the realtime clock at 2026-12-04T00:00:00Z
+ * (past 2^31 s would do too, but a 32-bit time_t build must be able to say it), CLOCK_BOOTTIME
+ * 2 s ahead of the monotonic one, as after a short suspend. */
+enum { FIXED_REALTIME = 1796342400, FIXED_MONOTONIC = 5000, FIXED_BOOTTIME = 5002 };
+
+static int fixed_clock(clockid_t id, struct timespec *ts)
+{
+    ts->tv_sec = id == CLOCK_REALTIME ? FIXED_REALTIME
+               : id == CLOCK_BOOTTIME ? FIXED_BOOTTIME : FIXED_MONOTONIC;
+    ts->tv_nsec = 123456789;
+    return 0;
+}
+
+/* Where -Wl,--wrap=clock_gettime sends the calls; with 64-bit time_t on a 32-bit machine
+ * glibc's headers name the function __clock_gettime64, so that one is wrapped there. */
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts);
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
+{
+    return fixed_clock(id, ts);
+}
+
+#if defined(__USE_TIME_BITS64) && defined(__TIMESIZE) && __TIMESIZE == 32
+int __wrap___clock_gettime64(clockid_t id, struct timespec *ts);
+int __wrap___clock_gettime64(clockid_t id, struct timespec *ts)
+{
+    return fixed_clock(id, ts);
+}
+#endif
 
 /* What the driver writes, grown as needed; `failed` is set by the first broken contract. */
 struct out {
@@ -833,6 +867,12 @@ int main(int argc, char **argv)
 {
     if (argc != 3) {
         fprintf(stderr, "usage: driver DECODER FILE\n");
+        return 2;
+    }
+    /* A build without the wrap would read the real clocks: refuse to run. */
+    struct timespec now;
+    if (clock_gettime(CLOCK_REALTIME, &now) != 0 || now.tv_sec != FIXED_REALTIME) {
+        fprintf(stderr, "driver: clock_gettime is not fixed (build with native/xcheck/build.sh)\n");
         return 2;
     }
     for (size_t k = 0; k < sizeof decoders / sizeof decoders[0]; k++) {
