@@ -115,7 +115,7 @@ def _closable(tmp_path: Path) -> list[tuple[NativeHandle, list[Callable[[NativeH
     wtmp = tmp_path / "wtmp"
     wtmp.write_bytes(b"")
     return [
-        (EventSink(), [lambda h: h.take(), lambda h: h.seal(), lambda h: h.full(),
+        (EventSink(), [lambda h: h.take(), lambda h: h.seal(), lambda h: h.full(), lambda h: h.events(),
                        lambda h: h.stats(), lambda h: h.handle]),
         (native.MsgpackWriter(64), [lambda h: h.write_nil(), lambda h: h.write_int(1),
                                     lambda h: h.write_str("x"), lambda h: h.getvalue(),
