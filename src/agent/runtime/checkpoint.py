@@ -196,7 +196,11 @@ class Checkpoints:
     def due(self, lane: LaneView, now: float, period_s: float) -> None:
         """Housekeeping (once a second): write the lane's file when it changed and the oldest
         unwritten change is about to be period_s old (the check runs every tick_s)."""
-        sig = self._signature(lane, self.aggregators(lane.name))
+        aggs = self.aggregators(lane.name)
+        sig = self._signature(lane, aggs)
+        if lane.name not in self._written and lane.sink.open_batch() is None and not any(
+                agg is not None and agg.stats().entries for agg in aggs.values()):
+            self._written[lane.name] = sig  # holds nothing: as good as written
         if sig == self._written.get(lane.name):
             self._dirty_since.pop(lane.name, None)
             return
