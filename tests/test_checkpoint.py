@@ -266,3 +266,21 @@ def test_an_unchanged_lane_is_not_written_again(tmp_path: Path) -> None:
     run.add(exec_event("a", 2))  # a hit of a held entry is a change too
     run.checkpoints.due(run.lane, 100.0, 1.0)
     assert run.checkpoints.counters.writes == 2
+
+
+def test_a_failed_write_ahead_removes_the_stale_file_rather_than_send_twice(
+        tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    run.add(exec_event("a", 1))
+    run.checkpoints.write(run.lane)
+    path = run.checkpoints.path("High")
+    assert path.exists()
+    # The next write fails (its temporary name is taken by a directory: EISDIR, as root too).
+    path.with_name(path.name + ".tmp").mkdir()
+    run.close_interval()  # the write-ahead fails; the batch is stored all the same
+    assert run.checkpoints.counters.write_errors == 1
+    assert not path.exists()
+    run.crash()
+    again = Run(tmp_path)
+    again.restore()
+    assert [e["argv"][1] for e in delivered(again.outbox)] == ["a"]

@@ -146,6 +146,7 @@ class Checkpoints:
         self._written: dict[str, tuple[int, ...]] = {}
         self._dirty_since: dict[str, float] = {}
         self._scratch: EventSink | None = None
+        self._failing = False
         self._passthrough = Aggregator("none")
 
     def path(self, lane: str) -> Path:
@@ -180,12 +181,26 @@ class Checkpoints:
         stored). False when the write failed (counted; the previous file stays)."""
         state, sig = self._state(lane, pending or [])
         data = encode_checkpoint(state)
+        path = self.path(lane.name)
         try:
-            replace_file(self.path(lane.name), data)
+            replace_file(path, data)
         except OSError as err:
             self.counters.write_errors += 1
-            log.error("checkpoint: writing %s failed: %s", self.path(lane.name), err)
+            if not self._failing:  # once per spell of failures, not once a second
+                log.error("checkpoint: writing %s failed: %s", path, err)
+            self._failing = True
+            if pending:
+                # The batches are stored anyway; the previous file would bring back what
+                # they hold after a crash: better lose the window than send it twice.
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as unlink_err:
+                    log.error("checkpoint: cannot remove the stale %s either: %s", path,
+                              unlink_err)
             return False
+        if self._failing:
+            log.warning("checkpoint: writing %s works again", path)
+            self._failing = False
         self.counters.writes += 1
         self.counters.bytes += len(data)
         self.counters.last_ms = time.time_ns() // 1_000_000
