@@ -47,6 +47,10 @@ _HEAD = struct.Struct(">8sII")
 # a few MiB with the largest settings; anything beyond this is not a checkpoint.
 MAX_FILE_BYTES = 256 << 20
 CHECKPOINT_DIR = "checkpoint"
+# A change is seen up to one housekeeping tick (1 s) after it happened, and the write takes a
+# moment: a lane's file is replaced this much before its oldest change is period old.
+SEEN_LATE_S = 1.0
+WRITE_S = 0.2
 
 
 class CheckpointError(ValueError):
@@ -210,7 +214,7 @@ class Checkpoints:
 
     def due(self, lane: LaneView, now: float, period_s: float) -> None:
         """Housekeeping (once a second): write the lane's file when it changed and the oldest
-        unwritten change is about to be period_s old (the check runs every tick_s)."""
+        unwritten change is about to be period_s old."""
         aggs = self.aggregators(lane.name)
         sig = self._signature(lane, aggs)
         if lane.name not in self._written and lane.sink.open_batch() is None and not any(
@@ -220,8 +224,7 @@ class Checkpoints:
             self._dirty_since.pop(lane.name, None)
             return
         since = self._dirty_since.setdefault(lane.name, now)
-        # The change happened up to one housekeeping tick before it was seen.
-        if now - since >= period_s - 1.0:
+        if now - since >= period_s - SEEN_LATE_S - WRITE_S:
             self.write(lane)
 
     def remove_all(self) -> None:
