@@ -4,17 +4,23 @@ lane was about to store when it died. tests/test_crash_checkpoint.py kills the r
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 
-from agent.config import Frequency
+from agent import __version__
+from agent.collectors import Environment
+from agent.collectors.agent_state import HeartbeatCollector, StatisticsCollector
+from agent.config import ConfigStore, Frequency
 from agent.envelope import Identity, decode_envelope
 from agent.native.aggregate import Aggregator
 from agent.native.sink import EventSink, SinkOptions
 from agent.outbox import Outbox
+from agent.pipeline import Agent
 from agent.runtime.checkpoint import (
     CheckpointError,
     Checkpoints,
@@ -23,6 +29,7 @@ from agent.runtime.checkpoint import (
     encode_checkpoint,
 )
 from agent.runtime.lanes import PriorityLane
+from agent.uplink.files import LocalDelivery
 
 IDENT = Identity("agent-1", "0.1.0", "dev", "mod")
 BATCH_BYTES = 16384
@@ -284,3 +291,56 @@ def test_a_failed_write_ahead_removes_the_stale_file_rather_than_send_twice(
     again = Run(tmp_path)
     again.restore()
     assert [e["argv"][1] for e in delivered(again.outbox)] == ["a"]
+
+
+# ---- in the agent's loop ----------------------------------------------------------------------
+
+
+def own_agent(data_dir: Path, config: dict[str, Any]) -> Agent:
+    """An Agent with the agent's own collectors only (no kernel source), as
+    tests/test_runtime_parts.py makes it."""
+    path = data_dir.parent / "config.json"
+    path.write_text(json.dumps(config))
+    store = ConfigStore(str(path))
+    env = Environment(data_dir=data_dir)
+    data_dir.mkdir(exist_ok=True)
+    outbox = Outbox(data_dir, 16 << 20, 3600)
+    return Agent(store, env, outbox, LocalDelivery(data_dir / "delivered"),
+                 Identity("test-agent", __version__, "dev1", "mod"),
+                 [HeartbeatCollector(env), StatisticsCollector(env)])
+
+
+def spin(agent: Agent, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        agent.turn(timeout=0.05)
+
+
+def test_the_loop_checkpoints_live_settings_and_restores_after_a_crash(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    agent = own_agent(data, {"Outbox_CheckpointSeconds": 1})
+    agent.start()  # the Heartbeat's first event waits in the Low lane (24 h)
+    spin(agent, 1.5)
+    low = agent.checkpoints.path("Low")
+    assert low.exists() and agent.checkpoints.counters.writes == 1
+    spin(agent, 2.1)  # status.json is written every 2 s
+    status = json.loads((data / "status.json").read_text())
+    assert status["checkpoint"]["writes"] == 1  # nothing changed since: no rewrite
+    assert agent.statistics()["checkpoint"]["writes"] == 1
+    # Off, live: the files go, spills write nothing ahead.
+    agent.apply(agent.store.apply_patch({"Outbox_CheckpointSeconds": 0}))
+    assert not low.exists()
+    assert all(lane.write_ahead is None for lane in agent.lanes.values())
+    agent.apply(agent.store.apply_patch({"Outbox_CheckpointSeconds": 1}))
+    spin(agent, 1.5)
+    assert low.exists()
+    # A crash: no shutdown, nothing flushed; only the outbox's lock goes with the process.
+    agent.outbox.close()
+    second = own_agent(data, {"Outbox_CheckpointSeconds": 1})
+    second.start()
+    assert second.checkpoints.counters.restored_events >= 1
+    second.shutdown()
+    assert not second.checkpoints.path("Low").exists()  # a clean stop leaves none
+    beats = [e for p in sorted((data / "delivered").glob("*.msgpack"))
+             for e in decode_envelope(p.read_bytes())["events"] if e["t"] == "heartbeat"]
+    assert len(beats) == 2  # the first run's, restored, and the second's
