@@ -254,6 +254,7 @@ def test_a_corrupt_checkpoint_is_counted_and_set_aside(tmp_path: Path) -> None:
     again = Run(tmp_path)
     again.restore()
     assert again.checkpoints.counters.corrupt == 1
+    assert again.outbox.drops.peek() == {"checkpoint_lost": 1}
     assert not path.exists() and path.with_suffix(".corrupt").exists()
     assert again.agg.stats().entries == 0
 

@@ -248,6 +248,8 @@ class Checkpoints:
 
     def _set_aside(self, path: Path, reason: str) -> None:
         self.counters.corrupt += 1
+        # What the file held is unknown: the next envelope says a checkpoint was lost.
+        self.outbox.drops.add("checkpoint_lost")
         log.error("checkpoint: %s is not a whole checkpoint (%s); set aside", path, reason)
         try:
             os.replace(path, path.with_suffix(".corrupt"))
