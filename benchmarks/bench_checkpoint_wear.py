@@ -7,7 +7,7 @@ exec/s of distinct commands (/bin/echo <unique tag>: a new entry each, the worst
 `micro-agent run` with the Process collector alone (the others would add their own periodic
 writes), a fresh data directory each phase under AGENT_BENCH_DIR (default /var/tmp: a real
 disk, not tmpfs, whose writes are counted). Each phase settles 5 s, then is measured for
-AGENT_BENCH_WEAR_S seconds (default 40; 3 with --benchmark-disable). Root and the kernel's
+AGENT_BENCH_WEAR_S seconds (default 40; 1 and 3 s with --benchmark-disable, as in CI). Root and the kernel's
 audit: hold /work/kernel.lock around it on a shared machine.
 """
 
@@ -55,7 +55,8 @@ def paced(argv_of: object, rate: int, seconds: float) -> int:
     return count
 
 
-def phase(base: Path, checkpoint_s: int, load: str, seconds: float) -> dict[str, float]:
+def phase(base: Path, checkpoint_s: int, load: str, seconds: float, settle: float
+          ) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         data, config = Path(tmp) / "data", Path(tmp) / "config.json"
         config.write_text(json.dumps({**ONLY_PROCESS, "Outbox_CheckpointSeconds": checkpoint_s}))
@@ -68,7 +69,7 @@ def phase(base: Path, checkpoint_s: int, load: str, seconds: float) -> dict[str,
                 assert agent.poll() is None, agent.stderr.read() if agent.stderr else ""
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-            time.sleep(5)
+            time.sleep(settle)
             before = write_bytes(agent.pid)
             started = time.monotonic()
             tag = uuid.uuid4().hex[:8]
@@ -96,13 +97,14 @@ def phase(base: Path, checkpoint_s: int, load: str, seconds: float) -> dict[str,
 def test_checkpoint_wear(benchmark: BenchmarkFixture, request: pytest.FixtureRequest) -> None:
     quick = bool(request.config.getoption("benchmark_disable"))
     seconds = 3.0 if quick else float(os.environ.get("AGENT_BENCH_WEAR_S", "40"))
+    settle = 1.0 if quick else 5.0
     base = Path(os.environ.get("AGENT_BENCH_DIR", "/var/tmp"))
     figures: dict[str, dict[str, float]] = {}
 
     def run() -> None:
         for checkpoint_s, load in itertools.product((10, 0), LOADS):
-            figures[f"{load}, CheckpointSeconds={checkpoint_s}"] = phase(base, checkpoint_s, load,
-                                                                         seconds)
+            figures[f"{load}, CheckpointSeconds={checkpoint_s}"] = phase(
+                base, checkpoint_s, load, seconds, settle)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(figures)
