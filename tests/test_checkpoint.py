@@ -150,11 +150,11 @@ class Run:
     """One run of a lane: its outbox, its lane, the Process collector's aggregator, and the
     checkpoints, on data_dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, cache_size: int = 256) -> None:
         self.outbox = Outbox(data_dir, 16 << 20, 3600)
         self.lane = PriorityLane(Frequency.HIGH, self.outbox, IDENT, BATCH_BYTES, 60.0)
         self.lane.collectors.append("Process")
-        self.agg = Aggregator("process", accept=("exec",))
+        self.agg = Aggregator("process", cache_size=cache_size, accept=("exec",))
         self.checkpoints = Checkpoints(data_dir, self.outbox, lambda _lane: {"Process": self.agg})
         self.lane.write_ahead = self.checkpoints.write
 
@@ -162,7 +162,7 @@ class Run:
         self.lane.spill(self.agg.add(msgpack.packb(list(events)), self.lane.sink))
 
     def restore(self) -> None:
-        self.checkpoints.restore(self.lane, {"Process": (self.agg, self.lane)})
+        self.checkpoints.restore({"High": self.lane}, {"Process": (self.agg, "High")})
 
     def close_interval(self) -> None:
         self.lane.spill(self.agg.flush(self.lane.sink))
@@ -240,6 +240,54 @@ def test_full_batches_spilled_mid_interval_are_not_sent_twice(tmp_path: Path) ->
     again.close_interval()
     seen = [e["argv"][1] for e in delivered(again.outbox)]
     assert sorted(seen) == sorted(tags)  # each exactly once
+
+
+def test_batches_a_restore_seals_are_written_ahead_too(tmp_path: Path) -> None:
+    """A restart with a smaller cache: the restored entries evict into the lane and fill
+    batches, which are stored at once; a crash right after must not bring them back."""
+    run = Run(tmp_path)
+    tags = [f"tag-{i:04d}-" + "y" * 100 for i in range(250)]
+    run.add(*(exec_event(t, i) for i, t in enumerate(tags)))
+    run.checkpoints.write(run.lane)
+    run.crash()
+    small = Run(tmp_path, cache_size=8)
+    small.restore()
+    assert small.outbox.pending() != []  # full batches were stored during the restore
+    small.crash()
+    again = Run(tmp_path, cache_size=8)
+    again.restore()
+    again.close_interval()
+    seen = [e["argv"][1] for e in delivered(again.outbox)]
+    assert sorted(seen) == sorted(tags)
+
+
+class Killed(BaseException):
+    """The process dies here."""
+
+
+def test_a_crash_between_a_restore_s_write_ahead_and_its_puts_loses_nothing(
+        tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    tags = [f"tag-{i:04d}-" + "y" * 100 for i in range(250)]
+    run.add(*(exec_event(t, i) for i, t in enumerate(tags)))
+    run.checkpoints.write(run.lane)
+    run.crash()
+    small = Run(tmp_path, cache_size=8)
+
+    def die(batches: list[bytes]) -> None:
+        raise Killed
+
+    small.lane.store = die  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        small.restore()
+    assert small.outbox.pending() == []
+    small.crash()
+    again = Run(tmp_path, cache_size=8)
+    again.restore()
+    assert again.checkpoints.counters.stored_batches > 0
+    again.close_interval()
+    seen = [e["argv"][1] for e in delivered(again.outbox)]
+    assert sorted(seen) == sorted(tags)
 
 
 def test_a_corrupt_checkpoint_is_counted_and_set_aside(tmp_path: Path) -> None:

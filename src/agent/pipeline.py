@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.collectors.base import Collector, Environment, Lane, now_ms
+from agent.collectors.base import Collector, Environment, now_ms
 from agent.config import CollectorState, Config, ConfigStore, ConfigUpdate, Frequency
 from agent.envelope import Identity
 from agent.native.aggregate import Aggregator
@@ -174,17 +174,17 @@ class Agent:
     def restore_checkpoints(self) -> None:
         """Start: what the lanes held when the last run ended without flushing comes back
         (the previous run's checkpoints, even when they are off now)."""
-        running: dict[str, tuple[Aggregator, Lane]] = {}
+        running: dict[str, tuple[Aggregator, str]] = {}
         for name, r in self.collectors.items():
             agg = r.collector.aggregator
             if r.lane is not None and agg is not None:
-                running[name] = (agg, r.lane)
-        for lane in self.lanes.values():
-            try:
-                self.checkpoints.restore(lane, running)
-            except Exception:
-                self.checkpoints.counters.corrupt += 1
-                log.exception("checkpoint: restoring %s failed", lane.name)
+                running[name] = (agg, r.lane.name)
+        try:
+            self.checkpoints.restore({lane.name: lane for lane in self.lanes.values()}, running)
+        except Exception:
+            # A bug, not a bad file (those are set aside): the agent runs on without them.
+            self.checkpoints.counters.corrupt += 1
+            log.exception("checkpoint: restoring failed")
         self.set_checkpointing()
 
     def set_checkpointing(self) -> None:

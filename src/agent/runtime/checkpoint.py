@@ -30,7 +30,6 @@ from typing import Any, Protocol
 
 import msgpack
 
-from agent.collectors.base import Lane
 from agent.durable import fsync_dir, replace_file
 from agent.envelope import EnvelopeError, event_count
 from agent.native.aggregate import Aggregator
@@ -127,11 +126,16 @@ def decode_checkpoint(data: bytes) -> LaneState:
                      {name: _bins(v, f"entries of {name}") for name, v in agg.items()})
 
 
-class LaneView(Lane, Protocol):
+class LaneView(Protocol):
     """What Checkpoints needs of a lane (agent.runtime.lanes.PriorityLane)."""
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def sink(self) -> EventSink: ...
+
+    def store(self, batches: list[bytes]) -> None: ...
 
 
 class Checkpoints:
@@ -276,46 +280,53 @@ class Checkpoints:
             return None
         return state
 
-    def restore(self, lane: LaneView,
-                running: Mapping[str, tuple[Aggregator, Lane]]) -> None:
-        """Start: the lane's checkpoint back into the same aggregation. Pending batches the
-        outbox has not stored are stored now; the open batch goes back into the lane's sink;
-        each collector's entries into its aggregator (`running`: the aggregator and lane of
-        each running collector), or, for a collector not running now, into this lane's sink
-        as they would have been sent."""
-        state = self.load(lane.name)
-        if state is None:
-            return
-        stored = max(0, min(len(state.pending), self.outbox.next_seq - state.seq))
-        self.counters.discarded_batches += stored
-        unstored = state.pending[stored:]
-        if unstored:
-            log.warning("checkpoint: %s: %d batch(es) were not stored before the stop; "
-                        "stored now", lane.name, len(unstored))
-            self.counters.stored_batches += len(unstored)
-            lane.spill(unstored)
-        if stored:
-            log.info("checkpoint: %s: %d pending batch(es) were stored already; discarded",
-                     lane.name, stored)
-        if state.open_batch is not None:
-            lane.spill(self._passthrough.add(state.open_batch, lane.sink))
-            self.counters.restored_events += _events_of(state.open_batch)
-        for name, batches in state.entries.items():
-            target = running.get(name)
-            for batch in batches:
-                if target is None:
-                    lane.spill(self._passthrough.add(batch, lane.sink))
-                else:
-                    agg, its_lane = target
-                    its_lane.spill(agg.restore(batch, its_lane.sink))
-                self.counters.restored_entries += _events_of(batch)
-        # The file now describes pending batches that are stored: write the state without
-        # them, so that a later start does not count on sequence numbers that moved on.
-        if state.pending:
-            self.write(lane)
-        log.info("checkpoint: %s restored (%d pending, open batch %s, %d collector(s))",
-                 lane.name, len(state.pending), "yes" if state.open_batch else "no",
-                 len(state.entries))
+    def restore(self, lanes: Mapping[str, LaneView],
+                running: Mapping[str, tuple[Aggregator, str]]) -> None:
+        """Start: the lanes' checkpoints back into the same aggregation (`lanes` by name;
+        `running`: the aggregator and lane name of each running collector).
+
+        1. The pending batches of each file that the outbox has not stored are stored now:
+           that finishes the put the file was written ahead of, at the sequence numbers it
+           names. Those it has stored are discarded.
+        2. Each open batch goes back into its lane's sink; each collector's entries into its
+           aggregator, or, for a collector not running now, into the lane's sink as they
+           would have been sent.
+        3. Each lane's file is written again with what it holds now, ahead of the batches
+           that steps 2 sealed (a full sink), which are then stored."""
+        states = {name: state for name in lanes if (state := self.load(name)) is not None}
+        for name, state in states.items():
+            stored = max(0, min(len(state.pending), self.outbox.next_seq - state.seq))
+            self.counters.discarded_batches += stored
+            unstored = state.pending[stored:]
+            if unstored:
+                log.warning("checkpoint: %s: %d batch(es) were not stored before the stop; "
+                            "stored now", name, len(unstored))
+                self.counters.stored_batches += len(unstored)
+                lanes[name].store(unstored)
+            if stored:
+                log.info("checkpoint: %s: %d pending batch(es) were stored already; "
+                         "discarded", name, stored)
+        sealed: dict[str, list[bytes]] = {name: [] for name in lanes}
+        for name, state in states.items():
+            lane = lanes[name]
+            if state.open_batch is not None:
+                sealed[name] += self._passthrough.add(state.open_batch, lane.sink)
+                self.counters.restored_events += _events_of(state.open_batch)
+            for collector, batches in state.entries.items():
+                agg, into = running.get(collector, (self._passthrough, name))
+                for batch in batches:
+                    if agg is self._passthrough:
+                        sealed[into] += agg.add(batch, lanes[into].sink)
+                    else:
+                        sealed[into] += agg.restore(batch, lanes[into].sink)
+                    self.counters.restored_entries += _events_of(batch)
+            log.info("checkpoint: %s restored (%d pending, open batch %s, %d collector(s))",
+                     name, len(state.pending), "yes" if state.open_batch else "no",
+                     len(state.entries))
+        for name, lane in lanes.items():
+            if name in states or sealed[name]:
+                self.write(lane, sealed[name])
+                lane.store(sealed[name])
 
     def stats(self) -> dict[str, int]:
         return dict(vars(self.counters))

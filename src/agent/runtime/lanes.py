@@ -53,8 +53,14 @@ class PriorityLane:
         return self.prio.value
 
     def spill(self, batches: list[bytes]) -> None:
+        """Batches the sink sealed: written ahead into the lane's checkpoint (when on), then
+        stored."""
         if batches and self.write_ahead is not None:
             self.write_ahead(self, batches)
+        self.store(batches)
+
+    def store(self, batches: list[bytes]) -> None:
+        """Batches into the outbox, each sealed in its envelope."""
         for batch in batches:
             n = event_count(batch)
             seal = sealer(batch, self.ident, self.prio.value, sorted(self.collectors))
