@@ -5,7 +5,8 @@ writeback) per hour, with Outbox_CheckpointSeconds 10 (the default) and 0 (off),
 exec/s of distinct commands (/bin/echo <unique tag>: a new entry each, the worst case).
 
 `micro-agent run` with the Process collector alone (the others would add their own periodic
-writes), a fresh data directory each phase under AGENT_BENCH_DIR (default /var/tmp: a real
+writes), status.json in a runtime directory on /dev/shm (as under systemd: tmpfs), a fresh
+data directory each phase under AGENT_BENCH_DIR (default /var/tmp: a real
 disk, not tmpfs, whose writes are counted). Each phase settles 5 s, then is measured for
 AGENT_BENCH_WEAR_S seconds (default 40; 1 and 3 s with --benchmark-disable, as in CI). Root and the kernel's
 audit: hold /work/kernel.lock around it on a shared machine.
@@ -57,11 +58,13 @@ def paced(argv_of: object, rate: int, seconds: float) -> int:
 
 def phase(base: Path, checkpoint_s: int, load: str, seconds: float, settle: float
           ) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(dir=base) as tmp:
+    with tempfile.TemporaryDirectory(dir=base) as tmp, \
+            tempfile.TemporaryDirectory(dir="/dev/shm") as runtime:
         data, config = Path(tmp) / "data", Path(tmp) / "config.json"
         config.write_text(json.dumps({**ONLY_PROCESS, "Outbox_CheckpointSeconds": checkpoint_s}))
         agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--data-dir", str(data),
-                                  "--config", str(config), "--log-level", "warning"],
+                                  "--runtime-dir", runtime, "--config", str(config),
+                                  "--log-level", "warning"],
                                  stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 60
