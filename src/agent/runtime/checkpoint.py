@@ -145,7 +145,6 @@ class Checkpoints:
     def __init__(self, data_dir: Path, outbox: Outbox,
                  aggregators: Callable[[str], Mapping[str, Aggregator | None]]) -> None:
         self.dir = data_dir / CHECKPOINT_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.outbox = outbox
         self.aggregators = aggregators
         self.counters = CheckpointCounters()
@@ -186,11 +185,13 @@ class Checkpoints:
 
     def write(self, lane: LaneView, pending: list[bytes] | None = None) -> bool:
         """Replace the lane's file with its state now (and `pending`, the batches about to be
-        stored). False when the write failed (counted; the previous file stays)."""
+        stored). False when the write failed: counted, and the previous file stays, unless
+        there were batches pending (then it goes: see below)."""
         state, sig = self._state(lane, pending or [])
         data = encode_checkpoint(state)
         path = self.path(lane.name)
         try:
+            self.dir.mkdir(exist_ok=True)
             replace_file(path, data)
         except OSError as err:
             self.counters.write_errors += 1
@@ -234,7 +235,7 @@ class Checkpoints:
     def remove_all(self) -> None:
         """After a clean stop every lane is in the outbox: no checkpoint stays to restore."""
         removed = False
-        for path in self.dir.glob("*.ckpt"):
+        for path in self.dir.glob("*.ckpt") if self.dir.is_dir() else ():
             try:
                 path.unlink()
                 removed = True
