@@ -46,10 +46,11 @@ _HEAD = struct.Struct(">8sII")
 # a few MiB with the largest settings; anything beyond this is not a checkpoint.
 MAX_FILE_BYTES = 256 << 20
 CHECKPOINT_DIR = "checkpoint"
-# A change is seen up to one housekeeping tick (1 s) after it happened, and the write takes a
-# moment: a lane's file is replaced this much before its oldest change is period old.
+# A change is seen up to one housekeeping tick (1 s) after it happened, and the write (an
+# fsync on a busy disk) and the turn it waits for take a moment: a lane's file is replaced
+# this much before its oldest change is period old.
 SEEN_LATE_S = 1.0
-WRITE_S = 0.2
+WRITE_S = 0.5
 
 
 class CheckpointError(ValueError):
