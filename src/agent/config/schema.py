@@ -512,7 +512,8 @@ class OutboxConfig:
         "Events waiting for their priority interval reach the data directory at most this "
         "long after they were collected, so that a crash or kill -9 loses at most this "
         "window; the file is rewritten only when something changed. 0: no checkpoints "
-        "(a crash loses up to a whole interval; for flash that must not be written)."))
+        "(a crash loses up to a whole interval; for flash that must not be written). See "
+        "docs/outbox.md, Checkpoints."))
 
 
 @dataclass(frozen=True)
