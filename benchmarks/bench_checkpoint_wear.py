@@ -124,3 +124,76 @@ def test_checkpoint_wear(benchmark: BenchmarkFixture, request: pytest.FixtureReq
     assert figures["idle, CheckpointSeconds=0"]["checkpoint_writes"] == 0
     for load in LOADS[1:]:
         assert figures[f"{load}, CheckpointSeconds=10"]["execs"] > 0
+
+
+def exec_event(i: int, distinct: bool, ts: int) -> dict[str, object]:
+    """An exec event of the size the audit source writes (about 300 bytes)."""
+    word = f"wear-{i:08d}" if distinct else "status"
+    return {"t": "exec", "src": "audit", "ts": ts, "pid": 4000 + i % 30000, "ppid": 1200,
+            "uid": 0, "auid": 1000, "ses": 3, "tty": "pts0", "ok": True,
+            "exe": "/usr/bin/systemctl", "cwd": "/root",
+            "argv": ["/usr/bin/systemctl", word, "--no-pager", "--quiet"]}
+
+
+def simulated_hour(base: Path, load: str, hours: float, checkpoint_s: int) -> dict[str, float]:
+    """The Process collector's lane (Medium, 120 minutes) fed 100 exec events a second of
+    simulated time through its aggregator (cache 256), checkpoints due once a simulated
+    second: the bytes the checkpoint files and the outbox take, free of the machine's other
+    processes (which the live phases above also see)."""
+    import msgpack
+
+    from agent.config import Frequency
+    from agent.envelope import Identity
+    from agent.native.aggregate import Aggregator
+    from agent.outbox import Outbox
+    from agent.runtime.checkpoint import Checkpoints
+    from agent.runtime.lanes import PriorityLane
+
+    with tempfile.TemporaryDirectory(dir=base) as tmp, \
+            Outbox(Path(tmp), 4 << 30, 86400) as outbox:
+        lane = PriorityLane(Frequency.MEDIUM, outbox, Identity("a", "0", "d", "m"), 245760,
+                            7200.0)
+        lane.collectors.append("Process")
+        agg = Aggregator("process", cache_size=256, accept=("exec",))
+        checkpoints = Checkpoints(Path(tmp), outbox, lambda _lane: {"Process": agg})
+        if checkpoint_s:
+            lane.write_ahead = checkpoints.write
+        i = 0
+        for second in range(int(hours * 3600)):
+            if load != "idle":
+                events = []
+                for _ in range(100):
+                    events.append(exec_event(i, load == "distinct commands", second * 1000))
+                    i += 1
+                lane.spill(agg.add(msgpack.packb(events), lane.sink))
+            if checkpoint_s:
+                checkpoints.due(lane, float(second), float(checkpoint_s))
+        return {"checkpoint_bytes_per_h": checkpoints.counters.bytes / hours,
+                "checkpoint_writes_per_h": checkpoints.counters.writes / hours,
+                "outbox_bytes_per_h": outbox.total_bytes() / hours}
+
+
+def test_checkpoint_bytes_per_simulated_hour(benchmark: BenchmarkFixture,
+                                             request: pytest.FixtureRequest) -> None:
+    quick = bool(request.config.getoption("benchmark_disable"))
+    hours = 0.02 if quick else 1.0
+    base = Path(os.environ.get("AGENT_BENCH_DIR", "/var/tmp"))
+    figures: dict[str, dict[str, float]] = {}
+
+    def run() -> None:
+        for load in LOADS:
+            figures[f"{load}, 10"] = simulated_hour(base, load, hours, 10)
+        figures["distinct commands, 60"] = simulated_hour(base, "distinct commands", hours, 60)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(figures)
+    print(f"\n| 100 exec/s ({hours * 3600:.0f} simulated s) | Outbox_CheckpointSeconds "
+          "| checkpoint writes per hour | checkpoint bytes per hour | outbox bytes per hour "
+          "|\n|---|---:|---:|---:|---:|")
+    for name, f in figures.items():
+        load, _, period = name.partition(", ")
+        print(f"| {load} | {period} | {f['checkpoint_writes_per_h']:.0f} "
+              f"| {f['checkpoint_bytes_per_h'] / 1e6:.2f} MB | {f['outbox_bytes_per_h'] / 1e6:.2f} MB |")
+    assert figures["idle, 10"]["checkpoint_writes_per_h"] == 0
+    # One write per period at most while the lane changes (plus one per spill, written ahead).
+    assert figures["same command, 10"]["checkpoint_writes_per_h"] <= 3600 / (10 - 1.5) + 1
