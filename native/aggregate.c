@@ -168,8 +168,10 @@ static int is_summed_key(const entry *e, const uint8_t *k, uint32_t n)
            (e->has_tx && n == 2 && memcmp(k, "tx", 2) == 0);
 }
 
-/* Writes the entry as its first event's map with the aggregate's keys; AM_OK or a sink drop. */
-static int emit(am_agg *a, const entry *e, am_sink *out)
+/* Writes the entry as its first event's map with the aggregate's keys; AM_OK or a sink drop.
+ * *encoded (when not NULL) counts an entry encoded whole; a checkpoint passes NULL, its
+ * entries stay. */
+static int write_entry(const entry *e, am_sink *out, uint64_t *encoded)
 {
     mpr r = {e->key + e->key_len, e->event_len, 0};
     uint32_t n;
@@ -211,8 +213,15 @@ static int emit(am_agg *a, const entry *e, am_sink *out)
         sink_drop(out);
         return st;
     }
-    a->st.emitted++;
+    if (encoded != NULL)
+        (*encoded)++;
     return sink_commit(out);
+}
+
+/* An entry leaves the aggregator: written and counted. */
+static int emit(am_agg *a, const entry *e, am_sink *out)
+{
+    return write_entry(e, out, &a->st.emitted);
 }
 
 /* Emits and removes the oldest entry. */
@@ -242,6 +251,8 @@ typedef struct fields {
     span lport, rport, dir, laddr;
     int has_ts, has_rx, has_tx;
     int64_t ts, rx, tx;
+    int has_hits, has_first, has_last; /* a checkpoint's entry */
+    int64_t hits, first, last;
 } fields;
 
 static int key_eq(const uint8_t *k, uint32_t n, const char *name)
@@ -296,8 +307,10 @@ static int pass_through(am_agg *a, const uint8_t *event, size_t len, am_sink *ou
 }
 
 /* One event map at r: AM_OK with the event aggregated or passed, AM_ERR_ARG when malformed
- * (r->pos is then past nothing useful: the batch is abandoned). */
-static int add_event(am_agg *a, mpr *r, am_sink *out)
+ * (r->pos is then past nothing useful: the batch is abandoned). restoring: the map is an
+ * entry as write_entry wrote it (`hits` at least 1, `first` and `last` both ints or both
+ * absent/nil), which adds its hits and time span instead of one hit at `ts`. */
+static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
 {
     size_t start = r->pos;
     uint32_t n;
@@ -329,6 +342,18 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
             f.has_tx = f.tx >= 0;
             continue;
         }
+        if (restoring && key_eq(k, kl, "hits") && mpr_int(r, &f.hits)) {
+            f.has_hits = 1;
+            continue;
+        }
+        if (restoring && key_eq(k, kl, "first") && mpr_int(r, &f.first)) {
+            f.has_first = 1;
+            continue;
+        }
+        if (restoring && key_eq(k, kl, "last") && mpr_int(r, &f.last)) {
+            f.has_last = 1;
+            continue;
+        }
         if (!mpr_skip(r))
             return AM_ERR_ARG;
         span v = {r->data + vstart, (uint32_t)(r->pos - vstart)};
@@ -349,7 +374,22 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
     }
     size_t event_len = r->pos - start;
     const uint8_t *event = r->data + start;
-    a->st.events_in++;
+    /* What this event adds to an entry: one hit at ts, or a checkpoint entry's hits and span. */
+    uint64_t hits = 1;
+    int has_span = f.has_ts;
+    int64_t span_first = f.ts, span_last = f.ts;
+    if (restoring) {
+        if (!f.has_hits || f.hits < 1 || f.has_first != f.has_last ||
+            (f.has_first && f.first > f.last))
+            return AM_ERR_ARG;
+        hits = (uint64_t)f.hits;
+        has_span = f.has_first;
+        span_first = f.first;
+        span_last = f.last;
+        a->st.restored++;
+    } else {
+        a->st.events_in++;
+    }
 
     span t = f.key[0];
     if (!accepted(a, t)) {
@@ -391,13 +431,13 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
         uint32_t ring_slot;
         memcpy(&ring_slot, am_index_at(&a->index, pos), sizeof ring_slot);
         entry *e = &a->ring[ring_slot];
-        e->hits++;
+        e->hits += hits;
         a->st.merged++;
-        if (f.has_ts) {
-            if (!e->has_ts || f.ts < e->first_ts)
-                e->first_ts = f.ts;
-            if (!e->has_ts || f.ts > e->last_ts)
-                e->last_ts = f.ts;
+        if (has_span) {
+            if (!e->has_ts || span_first < e->first_ts)
+                e->first_ts = span_first;
+            if (!e->has_ts || span_last > e->last_ts)
+                e->last_ts = span_last;
             e->has_ts = 1;
         }
         if (a->opt.kind == AM_AGG_NETWORK) {
@@ -427,9 +467,10 @@ static int add_event(am_agg *a, mpr *r, am_sink *out)
     e->key = mem;
     e->key_len = (uint32_t)kb->len;
     e->event_len = (uint32_t)event_len;
-    e->hits = 1;
-    e->has_ts = (uint8_t)f.has_ts;
-    e->first_ts = e->last_ts = f.ts;
+    e->hits = hits;
+    e->has_ts = (uint8_t)has_span;
+    e->first_ts = span_first;
+    e->last_ts = span_last;
     e->has_rx = a->opt.kind == AM_AGG_NETWORK && f.has_rx;
     e->has_tx = a->opt.kind == AM_AGG_NETWORK && f.has_tx;
     e->rx = e->has_rx ? (uint64_t)f.rx : 0;
@@ -496,8 +537,8 @@ static int laddr_passes(const am_agg *a, span laddr)
     return 0;
 }
 
-int am_agg_add_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next_event,
-                     am_sink *out)
+static int add_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next_event,
+                     am_sink *out, int restoring)
 {
     if (a == NULL || (batch == NULL && len > 0) || next_event == NULL || out == NULL)
         return AM_ERR_ARG;
@@ -520,13 +561,40 @@ int am_agg_add_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next
             *next_event = i;
             return AM_ERR_FULL;
         }
-        if (add_event(a, &r, out) != AM_OK) {
+        if (add_event(a, &r, out, restoring) != AM_OK) {
             a->st.malformed++;
             *next_event = count;
             return AM_OK;
         }
     }
     *next_event = count;
+    return AM_OK;
+}
+
+int am_agg_add_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next_event,
+                     am_sink *out)
+{
+    return add_batch(a, batch, len, next_event, out, 0);
+}
+
+int am_agg_restore_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next_event,
+                         am_sink *out)
+{
+    return add_batch(a, batch, len, next_event, out, 1);
+}
+
+int am_agg_snapshot(const am_agg *a, uint32_t *next_entry, am_sink *out)
+{
+    if (a == NULL || next_entry == NULL || out == NULL)
+        return AM_ERR_ARG;
+    for (uint32_t i = *next_entry; i < a->count; i++) {
+        if (am_sink_full(out)) {
+            *next_entry = i;
+            return AM_ERR_FULL;
+        }
+        write_entry(&a->ring[(a->head + i) % a->opt.cache_size], out, NULL);
+    }
+    *next_entry = a->count;
     return AM_OK;
 }
 

@@ -75,6 +75,10 @@ int am_sink_seal(am_sink *s);
 /* The oldest sealed batch; *data stays valid until the next call on s. AM_EMPTY if none. */
 int am_sink_take(am_sink *s, const uint8_t **data, size_t *len, uint32_t *events);
 void am_sink_stats(const am_sink *s, struct am_sink_stats *out);
+/* A copy of the open batch as sealing it would make it (one msgpack array), left open: for a
+ * checkpoint of what the sink holds. AM_EMPTY when it holds no event; AM_ERR_LIMIT when cap
+ * (at least batch_bytes is always enough) is too small. */
+int am_sink_copy_open(const am_sink *s, uint8_t *out, size_t cap, size_t *len);
 /* ---- audit parser: log text or netlink records -> events, into an am_sink ---- */
 struct am_audit_options {
     uint32_t max_in_flight;     /* events assembled at once; the oldest completes first. 256 */

@@ -41,6 +41,7 @@ struct am_agg_stats {
     uint64_t skipped;     /* events of a type not in accept, left out */
     uint64_t filtered;    /* events whose local address is not one of the filter's, left out */
     uint64_t malformed;   /* batches or events that are not what a source writes, skipped */
+    uint64_t restored;    /* entries read back from a checkpoint (am_agg_restore_batch) */
     uint64_t memory;      /* bytes held now */
     uint64_t memory_bound;
 };
@@ -56,6 +57,18 @@ am_agg *am_agg_new(const struct am_agg_options *opts);
  * A malformed batch is counted and skipped from the event that fails to parse (AM_OK). */
 int am_agg_add_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next_event,
                      am_sink *out);
+/* A checkpoint: the entries held, oldest first, written into out as flush would write them
+ * (the first event's map with hits, first and last) from index *next_entry on, and kept (not
+ * counted as emitted). AM_ERR_FULL: take out's batches and call again (*next_entry says where
+ * to go on). Entries evicted or flushed meanwhile make a new snapshot necessary. */
+int am_agg_snapshot(const am_agg *a, uint32_t *next_entry, am_sink *out);
+/* Reads a snapshot's batch back: each entry joins the cache as am_agg_add_batch adds an event,
+ * but with its own hits and first/last (an entry already held with the same key adds them
+ * up), counted in `restored`, not in events_in. An entry that is not one (hits missing or
+ * below 1, first and last not both ints with first <= last, or both absent) makes the batch
+ * malformed from there on: counted and skipped, as in am_agg_add_batch. AM_ERR_FULL as there. */
+int am_agg_restore_batch(am_agg *a, const uint8_t *batch, size_t len, uint32_t *next_event,
+                         am_sink *out);
 /* The end of an interval: every entry is emitted, oldest first, and the cache is emptied.
  * AM_ERR_FULL: take out's batches and call again. */
 int am_agg_flush(am_agg *a, am_sink *out);

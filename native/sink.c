@@ -126,3 +126,23 @@ void am_sink_stats(const am_sink *s, struct am_sink_stats *out)
     out->pending_batches = s->batches.count;
     out->memory = batches_memory(&s->batches) + s->event.cap + sizeof *s;
 }
+
+int am_sink_copy_open(const am_sink *s, uint8_t *out, size_t cap, size_t *len)
+{
+    if (s == NULL || out == NULL || len == NULL)
+        return AM_ERR_ARG;
+    const am_batches *b = &s->batches;
+    if (b->open.data == NULL || b->open_events == 0)
+        return AM_EMPTY;
+    if (b->open.len > cap || b->open.len < 5)
+        return AM_ERR_LIMIT;
+    memcpy(out, b->open.data, b->open.len);
+    /* The array32 header the seal would patch: 0xdd, then the count big-endian. */
+    uint32_t n = b->open_events;
+    out[1] = (uint8_t)(n >> 24);
+    out[2] = (uint8_t)(n >> 16);
+    out[3] = (uint8_t)(n >> 8);
+    out[4] = (uint8_t)n;
+    *len = b->open.len;
+    return AM_OK;
+}

@@ -75,6 +75,7 @@ VALID: dict[str, tuple[Any, Any]] = {
     "Upload_Format": ("JSON", UploadFormat.JSON),
     "Upload_MaxMessageBytes": (4096 * 30, 4096 * 30),
     "Outbox_MaxBytes": (64 << 20, 64 << 20),
+    "Outbox_CheckpointSeconds": (2, 2),
     "Audit_OwnIfFree": (False, False),
     "Audit_BacklogLimit": (16384, 16384),
     "NetworkActivity_PacketBufferSize": (1 << 20, 1 << 20),

@@ -138,3 +138,29 @@ def test_aggregator_index_probe() -> None:
     assert_rss_flat(
         lambda: aggregator_index_stats(16, batch), calls=2000, name="am_index_test_aggregate"
     )
+
+
+def test_aggregator_checkpoint_calls() -> None:
+    """A checkpoint's three entry points: am_agg_snapshot of a full cache, am_agg_restore_batch
+    of it (good, then cut short: malformed), am_sink_copy_open of the lane sink."""
+    from agent.native.aggregate import Aggregator
+    from agent.native.sink import SinkOptions
+
+    batch = msgpack.packb(
+        [{"t": "exec", "uid": 0, "exe": "/bin/x", "argv": ["/bin/x", str(i % 40)], "ts": i}
+         for i in range(60)]
+    )
+    lane = EventSink(SinkOptions(batch_bytes=65536, max_batches=4))
+    scratch = EventSink(SinkOptions(batch_bytes=65536, max_batches=4))
+    agg = Aggregator("process", cache_size=32, accept=("exec",))
+    agg.add(batch, lane)
+
+    def cycle() -> None:
+        [snap] = agg.snapshot(scratch)
+        again = Aggregator("process", cache_size=16, accept=("exec",))
+        again.restore(snap, lane)
+        again.restore(snap[: len(snap) // 2], lane)
+        lane.open_batch()
+        lane.take()
+
+    assert_rss_flat(cycle, calls=3000, name="am_agg_snapshot, am_agg_restore_batch, am_sink_copy_open")

@@ -37,6 +37,7 @@ SANITIZED_TESTS = (
     "test_audit_*.py",
     "test_live_audit.py",
     "test_aggregate.py",
+    "test_checkpoint.py",
     "test_index.py",
     "test_msgpack.py",
     "test_proc_connector.py",

@@ -1,5 +1,6 @@
 """Seeds of fuzz_aggregate: batches of exec, net and conn events as the sources write them
-(msgpack arrays of maps), for each kind byte; several batches joined by the 0xff 0xfe mark."""
+(msgpack arrays of maps), for each kind byte; several batches joined by the 0xff 0xfe mark;
+and a checkpoint's entries (a batch marked 0xfd) read back before events that merge with them."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ def main(out: Path) -> None:
         for name, events in (("exec", execs), ("net", nets), ("conn", conns)):
             data = bytes([kind]) + array32(events + other) + b"\xff\xfe" + array32(events[:3])
             (out / f"{name}-{kind:02x}").write_bytes(data)
+            # A checkpoint's entries read back (0xfd): the same events with hits and a span,
+            # one with first/last nil, then events that merge with them.
+            entries = [{**e, "hits": 1 + i, "first": e["ts"], "last": int(e["ts"]) + i}
+                       for i, e in enumerate(events[:4])]
+            entries.append({**events[0], "hits": 2, "first": None, "last": None})
+            restore = bytes([kind]) + b"\xfd" + array32(entries) + b"\xff\xfe" + array32(events)
+            (out / f"{name}-restore-{kind:02x}").write_bytes(restore)
 
 
 if __name__ == "__main__":

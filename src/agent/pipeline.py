@@ -30,7 +30,9 @@ from typing import Any, Protocol
 from agent.collectors.base import Collector, Environment, now_ms
 from agent.config import CollectorState, Config, ConfigStore, ConfigUpdate, Frequency
 from agent.envelope import Identity
+from agent.native.aggregate import Aggregator
 from agent.outbox import Outbox
+from agent.runtime.checkpoint import Checkpoints
 from agent.runtime.drops import DropTotals
 from agent.runtime.lanes import LANE_MAX_BATCHES, PriorityLane, lane_batch_bytes, lane_interval_s
 from agent.runtime.reconfigure import Reconfiguration, Running, frequency_of, guard
@@ -88,6 +90,7 @@ class Agent:
         self.lanes = {f: PriorityLane(f, outbox, ident, batch_bytes,
                                       lane_interval_s(self.config, f)) for f in Frequency}
         self.drops = DropTotals(outbox)
+        self.checkpoints = Checkpoints(env.data_dir, outbox, self._lane_aggregators)
         self.reconfiguration = Reconfiguration(self.collectors, self.lanes, outbox, ident,
                                                self.drops, lambda: store.invalid_reasons)
         # The service manager's notifications (none by default) and where status.json goes
@@ -143,6 +146,7 @@ class Agent:
         """A validated change: touch only what it changed (agent.runtime.reconfigure)."""
         self.config = update.new
         self.reconfiguration.apply(update, time.monotonic())
+        self.set_checkpointing()
 
     def _watch(self, fd: int, callback: Callable[[], None]) -> None:
         if fd in self._watched:
@@ -159,6 +163,45 @@ class Agent:
 
     def start(self) -> None:
         self.reconfiguration.start(self.config, time.monotonic())
+        self.restore_checkpoints()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def _lane_aggregators(self, lane: str) -> dict[str, Aggregator | None]:
+        return {name: self.collectors[name].collector.aggregator
+                for name in self.lanes[Frequency(lane)].collectors}
+
+    def restore_checkpoints(self) -> None:
+        """Start: what the lanes held when the last run ended without flushing comes back
+        (the previous run's checkpoints, even when they are off now)."""
+        running: dict[str, tuple[Aggregator, str]] = {}
+        for name, r in self.collectors.items():
+            agg = r.collector.aggregator
+            if r.lane is not None and agg is not None:
+                running[name] = (agg, r.lane.name)
+        try:
+            self.checkpoints.restore({lane.name: lane for lane in self.lanes.values()}, running)
+        except Exception:
+            # A bug, not a bad file (those are set aside): the agent runs on without them.
+            self.checkpoints.counters.corrupt += 1
+            log.exception("checkpoint: restoring failed")
+        self.set_checkpointing()
+
+    def set_checkpointing(self) -> None:
+        """Outbox_CheckpointSeconds, live: 0 removes the files (they would restore a state
+        that moved on) and stops the write-ahead of spills."""
+        on = self.config.outbox.checkpoint_seconds > 0
+        for lane in self.lanes.values():
+            lane.write_ahead = self.checkpoints.write if on else None
+        if not on:
+            self.checkpoints.remove_all()
+
+    def checkpoint(self, now: float) -> None:
+        period = self.config.outbox.checkpoint_seconds
+        if period <= 0:
+            return
+        for lane in self.lanes.values():
+            self.checkpoints.due(lane, now, float(period))
 
     def run(self) -> int:
         self.start()
@@ -220,6 +263,7 @@ class Agent:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + TICK_S
             self.account_drops()
+            self.checkpoint(now)
             if now - self._last_status >= STATUS_EVERY_S:
                 self._last_status = now
                 self.write_status()
@@ -279,6 +323,8 @@ class Agent:
         self.account_drops()
         for lane in self.lanes.values():
             lane.close_interval()
+        # Everything the lanes held is in the outbox now.
+        self.checkpoints.remove_all()
         try:
             self.uplink.pump(self.outbox)
         finally:
@@ -301,6 +347,7 @@ class Agent:
                       for lane in self.lanes.values()},
             "outbox": dict(vars(self.outbox.counters())),
             "dropped": self.drops.totals(),
+            "checkpoint": self.checkpoints.stats(),
         }
 
     def collector_states(self) -> dict[str, CollectorState]:
@@ -324,6 +371,7 @@ class Agent:
             outbox=self.outbox,
             reported=self.reported_document(),
         )
+        doc["checkpoint"] = self.checkpoints.stats()
         self.status_file.write(doc, final=stopped)
         if not stopped:
             self.notifier.status(status_line(doc))

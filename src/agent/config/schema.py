@@ -507,6 +507,13 @@ class OutboxConfig:
         "MaxBytes", integer(1 << 20, 4 << 30, "bytes"), 16 << 20,
         "Disk the outbox may use; when full, the lowest priority, oldest batches are dropped "
         "and counted (reason outbox_full)."))
+    checkpoint_seconds: int = field(metadata=prop(
+        "CheckpointSeconds", integer(0, 3600, "seconds"), 10,
+        "Events waiting for their priority interval reach the data directory at most this "
+        "long after they were collected, so that a crash or kill -9 loses at most this "
+        "window; the file is rewritten only when something changed. 0: no checkpoints "
+        "(a crash loses up to a whole interval; for flash that must not be written). See "
+        "docs/outbox.md, Checkpoints."))
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,31 @@ class Aggregator(NativeHandle):
              taken.extend)
         return taken
 
+    def snapshot(self, out: EventSink) -> list[bytes]:
+        """A checkpoint of the entries held (as flush would write them), which stay: every
+        batch `out` sealed meanwhile plus its open one."""
+        handle = self._live()
+        self._next[0] = 0
+        taken: list[bytes] = []
+        pump(lambda sink: more(lib.am_agg_snapshot(handle, self._next, sink.handle),
+                               "am_agg_snapshot"), out, taken.extend, seal=True)
+        return taken
+
+    def restore(self, batch: bytes, out: EventSink) -> list[bytes]:
+        """Reads a snapshot's batch back into the cache (hits adding up with entries of the
+        same key); entries that cannot stay go to `out` as at eviction. Returns the batches
+        `out` sealed meanwhile."""
+        handle = self._live()
+        self._next[0] = 0
+        taken: list[bytes] = []
+
+        def restore_rest(sink: EventSink) -> bool:
+            return more(lib.am_agg_restore_batch(handle, batch, len(batch), self._next,
+                                                 sink.handle), "am_agg_restore_batch")
+
+        pump(restore_rest, out, taken.extend)
+        return taken
+
     def filter_local_addresses(self, addresses: Sequence[str] | None) -> None:
         """Leaves out the events whose `laddr` is not one of these (NetworkActivity_Devices:
         the addresses of the watched interfaces; an empty list leaves out every event with an

@@ -27,8 +27,9 @@ class EventSink(NativeHandle):
     _what = "event sink"
 
     def __init__(self, options: SinkOptions | None = None) -> None:
-        self._make(lib.am_sink_new, lib.am_sink_free, options, "struct am_sink_options",
-                   lib.am_sink_default_options)
+        opts = self._make(lib.am_sink_new, lib.am_sink_free, options, "struct am_sink_options",
+                          lib.am_sink_default_options)
+        self.batch_bytes = int(opts.batch_bytes)
         self._data = ffi.new("uint8_t **")
         self._len = ffi.new("size_t *")
         self._events = ffi.new("uint32_t *")
@@ -53,6 +54,17 @@ class EventSink(NativeHandle):
         """Seal the open batch and return every sealed batch."""
         check(lib.am_sink_seal(self._live()), "am_sink_seal")
         return self.take()
+
+    def open_batch(self) -> bytes | None:
+        """A copy of the open batch as a sealed one would be (None when it holds no event); the
+        batch stays open."""
+        handle = self._live()
+        buf = ffi.new("uint8_t[]", self.batch_bytes)
+        status = lib.am_sink_copy_open(handle, buf, self.batch_bytes, self._len)
+        if status == lib.AM_EMPTY:
+            return None
+        check(status, "am_sink_copy_open")
+        return bytes(ffi.buffer(buf, self._len[0]))
 
     def events(self) -> int:
         """Events taken in so far: the one counter the pump reads after every drain, without

@@ -6,6 +6,8 @@ in its envelope (agent.envelope) by the outbox's `put`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from agent.config import COLLECTORS, Config, Frequency
 from agent.envelope import Identity, batch_bytes_for, envelope_overhead, event_count, sealer
 from agent.native.sink import EventSink, SinkOptions
@@ -40,10 +42,25 @@ class PriorityLane:
         self.deadline = 0.0  # monotonic time the interval ends
         self.stored = 0
         self.not_stored = 0
+        # Outbox_CheckpointSeconds > 0: called with the batches before they are stored, to
+        # record them in the lane's checkpoint first (agent.runtime.checkpoint).
+        self.write_ahead: Callable[[PriorityLane, list[bytes]], object] | None = None
         # The drops of the sinks replaced by resize(), so that drops() never goes back.
         self._retired_drops = dict.fromkeys(SINK_DROPS, 0)
 
+    @property
+    def name(self) -> str:
+        return self.prio.value
+
     def spill(self, batches: list[bytes]) -> None:
+        """Batches the sink sealed: written ahead into the lane's checkpoint (when on), then
+        stored."""
+        if batches and self.write_ahead is not None:
+            self.write_ahead(self, batches)
+        self.store(batches)
+
+    def store(self, batches: list[bytes]) -> None:
+        """Batches into the outbox, each sealed in its envelope."""
         for batch in batches:
             n = event_count(batch)
             seal = sealer(batch, self.ident, self.prio.value, sorted(self.collectors))
