@@ -66,7 +66,8 @@ def build(out: Path, *arches: str) -> dict[str, Path]:
             skip_unless_ci(f"{tool} is not installed ({package})")
     # This interpreter: it has cffi and is Python 3.11, as the build needs.
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "build-deb"), "--out",
-                           str(out), *arches], check=False, capture_output=True, text=True, timeout=600)
+                           str(out), *arches], check=False, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return {arch: out / f"{PACKAGE}_{version()}_{arch}.deb" for arch in arches}
 
@@ -206,8 +207,9 @@ def unit_capabilities() -> list[str]:
 
 
 def micro_agent(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["/usr/bin/micro-agent", *args], check=False, capture_output=True, text=True,
-                          timeout=timeout, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    return subprocess.run(["/usr/bin/micro-agent", *args], check=False, capture_output=True,
+                          text=True, timeout=timeout,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
 
 @pytest.fixture()
@@ -231,7 +233,8 @@ def install(debs: dict[str, Path]) -> Iterator[Path]:
         yield debs["amd64"]
     finally:
         if installed():
-            subprocess.run(["dpkg", "--purge", PACKAGE], check=False, capture_output=True, timeout=300)
+            subprocess.run(["dpkg", "--purge", PACKAGE], check=False, capture_output=True,
+                           timeout=300)
 
 
 def test_installed_package_runs_and_purges_clean(install: Path, tmp_path: Path) -> None:
@@ -293,7 +296,9 @@ def test_installed_package_runs_and_purges_clean(install: Path, tmp_path: Path) 
         assert cmdline[0] == b"/usr/lib/iot-micro-agent/bin/python3"
         modules = micro_agent("status", "--modules").stdout.split()
         assert "agent" in modules and "orjson" in modules
-        states = {name: c["state"] for name, c in doc["collectors"].items()}  # type: ignore[union-attr]
+        collectors = doc["collectors"]
+        assert isinstance(collectors, dict)
+        states = {name: c["state"] for name, c in collectors.items()}
         for name in ("Process", "NetworkActivity", "Heartbeat", "LocalUsers"):
             assert states[name] == "running", (name, doc["collectors"])
         assert (runtime / "status.json").exists()
@@ -314,6 +319,7 @@ def test_installed_package_runs_and_purges_clean(install: Path, tmp_path: Path) 
     if helper_state.exists():
         assert not [p for p in helper_state.rglob("*iot-micro-agent*")]
     # Debian's policy: the system user stays.
-    assert subprocess.run(["getent", "passwd", USER], check=False, capture_output=True).returncode == 0
+    kept = subprocess.run(["getent", "passwd", USER], check=False, capture_output=True)
+    assert kept.returncode == 0
     # The agent gave the kernel's audit back as it found it.
     assert audit_state() == before
