@@ -213,8 +213,9 @@ def micro_agent(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
 
 
 @pytest.fixture()
-def install(debs: dict[str, Path]) -> Iterator[Path]:
-    """dpkg -i of the amd64 package; purged afterwards whatever happened."""
+def install(debs: dict[str, Path]) -> Iterator[tuple[dict[str, str], str]]:
+    """dpkg -i of the amd64 package, purged afterwards whatever happened; gives the kernel's
+    audit status and rules from before the install."""
     if os.geteuid() != 0:
         skip_unless_ci("installing a package needs root")
     for tool in ("auditctl", "setpriv", "dpkg"):
@@ -224,21 +225,30 @@ def install(debs: dict[str, Path]) -> Iterator[Path]:
         pytest.fail(f"{PACKAGE} is installed already: the test would remove someone's copy")
     for path in INSTALLED_PATHS:
         assert not os.path.lexists(path), f"{path} exists before the install"
+    before = audit_state()
     try:
         done = subprocess.run(["dpkg", "-i", str(debs["amd64"])], check=False, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, (
             "dpkg -i failed (a Debian package of Depends missing? scripts/test's apt list "
             f"installs them):\n{done.stdout}\n{done.stderr}")
-        yield debs["amd64"]
+        yield before
     finally:
         if installed():
             subprocess.run(["dpkg", "--purge", PACKAGE], check=False, capture_output=True,
                            timeout=300)
 
 
-def test_installed_package_runs_and_purges_clean(install: Path, tmp_path: Path) -> None:
-    before = audit_state()
+def test_installed_package_runs_and_purges_clean(install: tuple[dict[str, str], str],
+                                                  tmp_path: Path) -> None:
+    before = install
+    if Path("/run/systemd/system").is_dir():
+        # systemd runs here: postinst started the service; it gives way to the run below.
+        active = subprocess.run(["systemctl", "is-active", "iot-micro-agent.service"],
+                                check=False, capture_output=True, text=True)
+        assert active.stdout.strip() == "active"
+        subprocess.run(["systemctl", "stop", "iot-micro-agent.service"], check=True,
+                       timeout=120)
 
     # The service user: a system account without a login shell.
     passwd = subprocess.run(["getent", "passwd", USER], check=False, capture_output=True, text=True)
@@ -261,7 +271,7 @@ def test_installed_package_runs_and_purges_clean(install: Path, tmp_path: Path) 
     # The service as the unit runs it: its user, its capabilities, no new privileges, the
     # data and runtime directories systemd would give it.
     runtime = Path("/run/iot-micro-agent")
-    runtime.mkdir(mode=0o755)
+    runtime.mkdir(mode=0o755, exist_ok=True)
     os.chown(runtime, int(uid), int(gid))
     caps = ",".join("+" + cap for cap in unit_capabilities())
     log = tmp_path / "agent.log"
