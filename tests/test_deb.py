@@ -239,6 +239,8 @@ def install(debs: dict[str, Path]) -> Iterator[tuple[dict[str, str], str]]:
                            timeout=300)
 
 
+@pytest.mark.root
+@pytest.mark.live
 def test_installed_package_runs_and_purges_clean(install: tuple[dict[str, str], str],
                                                   tmp_path: Path) -> None:
     before = install
