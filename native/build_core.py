@@ -36,6 +36,10 @@ def _sources() -> list[str]:
     return sorted(os.path.relpath(p) for p in NATIVE.glob("*.c"))
 
 
+# The house flags; scripts/build-deb compiles the same sources with them for other machines.
+HOUSE_CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE",
+                "-fvisibility=hidden"]
+
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
@@ -43,9 +47,7 @@ ffibuilder.set_source(
     "".join(f'#include "{header.name}"\n' for header in _api_headers()),
     sources=_sources(),
     include_dirs=[os.path.relpath(NATIVE)],
-    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
-                        "-D_GNU_SOURCE", "-fvisibility=hidden"]
-    + shlex.split(os.environ.get("AGENT_CORE_CFLAGS", "")),
+    extra_compile_args=HOUSE_CFLAGS + shlex.split(os.environ.get("AGENT_CORE_CFLAGS", "")),
     extra_link_args=shlex.split(os.environ.get("AGENT_CORE_LDFLAGS", "")),
 )
 
