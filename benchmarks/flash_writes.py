@@ -23,6 +23,11 @@ reports per hour:
 - wchar and syscw: bytes and calls of write(2) and the like, to any file or socket;
 - the data directory's size on disk (allocated blocks) at the end of the phase.
 
+Once each, not per hour: what the start wrote (from exec to ready: the first snapshots) and
+what the stop wrote (the SIGTERM flush of every collector and lane, from the agent's children
+usage once it is reaped). A short idle phase holds no lane interval (High closes every 30
+minutes by default): the stop's figure is what closing every lane at once costs.
+
 At the end the agent is stopped with SIGTERM and the exec events of the load phase are counted
 in its deliveries (`micro-agent decode`), so a table is never printed for a load the agent did
 not see. Figures taken while other work runs on the machine include that work's exec events
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -52,12 +58,15 @@ IO_FIELDS = ("wchar", "syscw", "write_bytes", "cancelled_write_bytes")
 class Phase:
     name: str
     seconds: float
-    execs: int
+    execs: int  # spawned by this tool
     write_bytes: int
     cancelled_write_bytes: int
     wchar: int
     syscw: int
     data_dir_bytes: int
+    start_ms: int  # wall clock, for the exec events of the phase in the deliveries
+    end_ms: int
+    execs_seen: int = 0  # exec events of the whole machine the agent delivered for the phase
 
     def per_hour(self, value: int) -> float:
         return value * 3600.0 / self.seconds
@@ -145,6 +154,7 @@ def spawn_load(rate: int, seconds: float, tag: str) -> int:
 
 def measure(pid: int, data_dir: Path, name: str, seconds: float, rate: int, tag: str) -> Phase:
     before = tree_io(pid)
+    start_ms = time.time_ns() // 1_000_000
     t0 = time.monotonic()
     execs = spawn_load(rate, seconds, tag) if rate else 0
     rest = seconds - (time.monotonic() - t0)
@@ -154,7 +164,8 @@ def measure(pid: int, data_dir: Path, name: str, seconds: float, rate: int, tag:
     after = tree_io(pid)
     delta = {k: after[k] - before[k] for k in IO_FIELDS}
     return Phase(name, elapsed, execs, delta["write_bytes"], delta["cancelled_write_bytes"],
-                 delta["wchar"], delta["syscw"], disk_usage(data_dir))
+                 delta["wchar"], delta["syscw"], disk_usage(data_dir), start_ms,
+                 time.time_ns() // 1_000_000)
 
 
 def start_agent(data_dir: Path, runtime_dir: Path, config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -173,15 +184,22 @@ def start_agent(data_dir: Path, runtime_dir: Path, config: Path, log: Path) -> s
     return proc
 
 
-def count_execs(data_dir: Path, tag: str) -> int:
+def count_execs(data_dir: Path, tag: str, phases: list[Phase]) -> int:
+    """The tool's own execs found in the deliveries; sets each phase's execs_seen (every
+    exec event of the machine in the phase's window, merged entries by their hits)."""
     out = subprocess.run([*AGENT, "decode", str(data_dir / "delivered")], capture_output=True,
                          check=True)
-    seen = set()
+    mine = set()
     for line in out.stdout.splitlines():
         event = json.loads(line)
-        if event.get("t") == "exec":
-            seen.update(a for a in event.get("argv") or [] if str(a).startswith(tag))
-    return len(seen)
+        if event.get("t") != "exec":
+            continue
+        mine.update(a for a in event.get("argv") or [] if str(a).startswith(tag))
+        ts = event.get("first", event.get("ts")) or 0
+        for p in phases:
+            if p.start_ms <= ts < p.end_ms:
+                p.execs_seen += int(event.get("hits", 1))
+    return len(mine)
 
 
 def human(value: float) -> str:
@@ -193,10 +211,12 @@ def human(value: float) -> str:
 
 
 def table(phases: list[Phase]) -> str:
-    rows = ["| phase | seconds | execs/s | write_bytes/h | cancelled/h | wchar/h | syscw/h | data dir |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [("| phase | seconds | execs/s | exec events/s | write_bytes/h | cancelled/h | wchar/h "
+             "| syscw/h | data dir |"),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for p in phases:
         rows.append(f"| {p.name} | {p.seconds:.0f} | {p.execs / p.seconds:.0f} | "
+                    f"{p.execs_seen / p.seconds:.0f} | "
                     f"{human(p.per_hour(p.write_bytes))} | {human(p.per_hour(p.cancelled_write_bytes))} | "
                     f"{human(p.per_hour(p.wchar))} | {p.per_hour(p.syscw):.0f} | {human(p.data_dir_bytes)} |")
     return "\n".join(rows)
@@ -225,10 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     data_dir, config, log = work / "data", work / "config.json", work / "agent.log"
     config.write_text("{}\n")  # the defaults: every collector on
     tag = f"flash-{uuid.uuid4().hex[:12]}"
+    t0 = time.monotonic()
     proc = start_agent(data_dir, runtime, config, log)
+    ready_s = time.monotonic() - t0
+    start_bytes = tree_io(proc.pid)["write_bytes"]  # from exec to ready: the first snapshots
     try:
         phases = [measure(proc.pid, data_dir, "idle", args.seconds, 0, tag),
                   measure(proc.pid, data_dir, f"{args.rate} exec/s", args.seconds, args.rate, tag)]
+        before_stop = tree_io(proc.pid)["write_bytes"]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -237,9 +261,15 @@ def main(argv: list[str] | None = None) -> int:
             proc.kill()
             rc = proc.wait()
         shutil.rmtree(runtime, ignore_errors=True)
-    seen = count_execs(data_dir, tag)
+    # The agent is reaped: its whole write_bytes (and its reaped children's) is in this
+    # process's children usage (the /bin/true of the load write nothing). What the stop added
+    # is the SIGTERM flush: every collector's snapshot and every lane's batch, at once.
+    total = resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock * 512
+    stop_bytes = max(0, total - before_stop)
+    seen = count_execs(data_dir, tag, phases)
     result = {"data_dir": str(data_dir), "fs": kind, "agent_exit": rc, "execs_delivered": seen,
-              "phases": [asdict(p) for p in phases]}
+              "ready_s": ready_s, "start_write_bytes": start_bytes,
+              "stop_write_bytes": stop_bytes, "phases": [asdict(p) for p in phases]}
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
@@ -248,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"micro-agent run, local default, data directory on {kind} ({args.dir}), "
               f"status.json on tmpfs; per hour, extrapolated from {args.seconds:.0f} s per phase")
         print(table(phases))
+        print(f"once: start (exec to ready, {ready_s:.1f} s) wrote {human(start_bytes)}; stop "
+              f"(SIGTERM: every lane flushed) wrote {human(stop_bytes)}")
         print(f"exec events of the load phase delivered: {seen} of {phases[1].execs}; "
               f"agent exit code {rc}")
     return 0 if rc == 0 else 1

@@ -41,6 +41,7 @@ def test_flash_tool_measures_idle_and_load() -> None:
     assert load["wchar"] > idle["wchar"]
     assert load["write_bytes"] > 0
     assert load["data_dir_bytes"] > 0
+    assert result["stop_write_bytes"] > 0  # the SIGTERM flush stores every lane's batch
     assert audit_state() == before  # the agent restored the audit state it found
 
     # The table the lead reruns after a merge, made from these figures.
@@ -52,3 +53,4 @@ def test_flash_tool_measures_idle_and_load() -> None:
     rows = table([Phase(**p) for p in result["phases"]]).splitlines()
     assert rows[0].startswith("| phase |") and len(rows) == 4
     assert rows[3].startswith("| 100 exec/s | 15 | 100 |")
+    assert load["execs_seen"] >= 0.9 * load["execs"]  # the load, in its own window
