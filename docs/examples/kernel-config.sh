@@ -41,7 +41,7 @@ check() {  # OPTION "who uses it" "what happens without it" [optional]
 }
 
 check CONFIG_AUDIT "Process, NetworkActivity, Login (PAM)" "audit source unavailable; Process falls back to the proc connector, NetworkActivity has no net events, Login no auth events"
-check CONFIG_AUDITSYSCALL "Process, NetworkActivity (audit rules)" "rules are accepted but no syscall records come: set Process_Mode 2"
+check CONFIG_AUDITSYSCALL "Process, NetworkActivity (audit rules)" "no syscall records come (32-bit arm: needs AEABI, no OABI_COMPAT): set Process_Mode 2"
 check CONFIG_CONNECTOR "Process (proc connector)" "Process falls back to /proc polling"
 check CONFIG_PROC_EVENTS "Process (proc connector)" "the proc connector delivers nothing: Process sees no events when audit is unavailable; set Process_Mode 3"
 check CONFIG_INET_DIAG "NetworkActivity, ListeningPorts (sock_diag)" "fall back to /proc/net (no byte counters)"
