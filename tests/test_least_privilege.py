@@ -321,26 +321,44 @@ def activity(tag: str, listener: socket.socket) -> None:
     peer.close()
 
 
-def run_agent(base: Path, name: str, capabilities: list[str], config: dict[str, Any],
-              listener: socket.socket, traced: bool = False) -> Run:
-    """Starts the agent in the sandbox with these capabilities, waits until every collector
-    started, does the test's activity(), waits for the next status document, stops the agent
-    with SIGTERM and reads back status.json, the delivered events, the log and the sandbox's
-    report."""
+@dataclass(frozen=True)
+class Service:
+    """The directories of one sandboxed run and the sandbox's description of it."""
+
+    top: Path
+    data: Path
+    runtime: Path
+    conf: Path
+    trace: Path
+    spec: dict[str, Any]
+
+    def start(self, log: Path) -> subprocess.Popen[bytes]:
+        """The sandbox in a new mount namespace; its report comes on stdout, the command's
+        output (the agent's log) goes to log."""
+        with open(log, "wb") as out:
+            return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--",
+                                     sys.executable, __file__, json.dumps(self.spec)],
+                                    stdout=subprocess.PIPE, stderr=out)
+
+
+def service(base: Path, name: str, capabilities: list[str], argv: list[str],
+            traced: bool = False) -> Service:
+    """What the unit makes of a command (module docstring): its directories under base/name
+    (the state and runtime directories the user's, a configuration directory it reads, a
+    directory only root writes for strace's output), the command under setpriv with these
+    capabilities, under strace when traced."""
     user = pwd.getpwnam(USER)
     top = base / name
-    data, runtime, conf, trace_dir = (top / "state", top / "run", top / "conf", top / "trace")
-    for d in (data, runtime, conf, trace_dir):
+    data, runtime, conf, trace = (top / "state", top / "run", top / "conf", top / "trace")
+    for d in (data, runtime, conf, trace):
         d.mkdir(parents=True)
     for d, mode in ((data, 0o700), (runtime, 0o755)):  # StateDirectoryMode=, RuntimeDirectoryMode=
         os.chown(d, user.pw_uid, user.pw_gid)
         d.chmod(mode)
     conf.chmod(0o755)
-    trace_dir.chmod(0o700)  # root's: the agent cannot write there
-    (conf / "config.json").write_text(json.dumps(config))
-    (conf / "config.json").chmod(0o644)
+    trace.chmod(0o700)  # root's: the agent cannot write there
     for parent in top.parents:  # tmp_path is 0700 root: the user must reach its directories
-        if parent == Path("/tmp") or parent == Path("/"):
+        if parent in (Path("/tmp"), Path("/")):
             break
         parent.chmod(parent.stat().st_mode | 0o011)
     emptied = ("/tmp", "/home", "/root")
@@ -351,28 +369,48 @@ def run_agent(base: Path, name: str, capabilities: list[str], config: dict[str, 
     caps = ",".join(["-all"] + ["+" + c.lower().removeprefix("cap_") for c in capabilities])
     command = ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups",
                f"--inh-caps={caps}", f"--ambient-caps={caps}", f"--bounding-set={caps}",
-               "--no-new-privs", "--",
-               *AGENT, "run", "--config", str(conf / "config.json")]
+               "--no-new-privs", "--", *argv]
     if traced:
+        # Only the calls that failed (-Z), with the paths of their file descriptors (-y).
         command = ["strace", "-f", "-qq", "-y", "-Z", "--seccomp-bpf",
                    "-e", "trace=" + ",".join(WRITING_CALLS),
-                   "-o", str(trace_dir / "strace"), "--", *command]
+                   "-o", str(trace / "strace"), "--", *command]
     spec = {
-        "writable": [str(data), str(runtime), str(trace_dir)],
+        "writable": [str(data), str(runtime), str(trace)],
         "readable": readable,
         "empty": list(emptied),
         "env": {"PATH": SERVICE_PATH, "LANG": "C.UTF-8", "STATE_DIRECTORY": str(data),
                 "RUNTIME_DIRECTORY": str(runtime), "PYTHONDONTWRITEBYTECODE": "1"},
         "command": command,
     }
-    run = Run(name, f"least-privilege-{name}-{uuid.uuid4()}", data, runtime, top / "agent.log")
-    with open(run.log, "wb") as log:
-        sandbox_proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--",
-             sys.executable, __file__, json.dumps(spec)],
-            stdout=subprocess.PIPE, stderr=log)
+    return Service(top, data, runtime, conf, trace, spec)
+
+
+def refused_writes(trace: list[str]) -> list[str]:
+    """strace's failed calls that were writes refused: EROFS anywhere (a read-only mount),
+    EACCES or EPERM of a call that creates, changes or removes, or of an open for writing."""
+    return [line for line in trace if " = -1 EROFS " in line or (
+        re.search(r" = -1 (EACCES|EPERM) ", line)
+        and (not line.split("(")[0].split()[-1].startswith("open")
+             or re.search(r"O_WRONLY|O_RDWR|O_CREAT", line)))]
+
+
+def run_agent(base: Path, name: str, capabilities: list[str], config: dict[str, Any],
+              listener: socket.socket, traced: bool = False) -> Run:
+    """Starts the agent in the sandbox with these capabilities, waits until every collector
+    started, does the test's activity(), waits for the next status document, stops the agent
+    with SIGTERM and reads back status.json, the delivered events, the log and the sandbox's
+    report."""
+    config_file = base / name / "conf" / "config.json"
+    unit = service(base, name, capabilities, [*AGENT, "run", "--config", str(config_file)],
+                   traced)
+    config_file.write_text(json.dumps(config))
+    config_file.chmod(0o644)
+    run = Run(name, f"least-privilege-{name}-{uuid.uuid4()}", unit.data, unit.runtime,
+              unit.top / "agent.log")
+    sandbox_proc = unit.start(run.log)
     try:
-        status_file = runtime / "status.json"
+        status_file = unit.runtime / "status.json"
         deadline = time.monotonic() + 60
         doc: dict[str, Any] = {}
         while not _started(doc):
@@ -388,6 +426,7 @@ def run_agent(base: Path, name: str, capabilities: list[str], config: dict[str, 
         seen = doc["updated"]
         while doc["updated"] <= seen + 1:
             assert sandbox_proc.poll() is None, f"{name}: the agent exited: {run.log.read_text()}"
+            assert time.monotonic() < deadline + 30, f"{name}: status.json is not rewritten"
             time.sleep(0.2)
             doc = json.loads(status_file.read_text())
         run.status = doc
@@ -397,16 +436,20 @@ def run_agent(base: Path, name: str, capabilities: list[str], config: dict[str, 
         os.kill(pid, signal.SIGTERM)
         out, _ = sandbox_proc.communicate(timeout=60)
     finally:
-        if sandbox_proc.poll() is None:
-            sandbox_proc.kill()
-            sandbox_proc.wait()
+        if sandbox_proc.poll() is None:  # a failed check: stop the agent as systemd would
+            sandbox_proc.send_signal(signal.SIGTERM)  # passed on to the agent
+            try:
+                sandbox_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sandbox_proc.kill()
+                sandbox_proc.wait()
     run.report = json.loads(out.decode().strip().splitlines()[-1])
     assert run.report["exit"] == 0, f"{name}: exit {run.report['exit']}: {run.log.read_text()}"
-    decoded = subprocess.run([*AGENT, "decode", str(data / "delivered")], capture_output=True,
-                             check=True)
+    decoded = subprocess.run([*AGENT, "decode", str(unit.data / "delivered")],
+                             capture_output=True, check=True)
     run.events = [json.loads(line) for line in decoded.stdout.splitlines()]
     if traced:
-        run.trace = (trace_dir / "strace").read_text(errors="replace").splitlines()
+        run.trace = (unit.trace / "strace").read_text(errors="replace").splitlines()
     return run
 
 
@@ -529,10 +572,35 @@ def test_every_collector_runs_with_the_units_capabilities_and_writes_only_its_di
     # write of the agent was refused anywhere.
     traced = baseline["auto"].trace
     assert traced, "strace recorded nothing (the trace must hold at least the failed imports)"
-    refused = [line for line in traced if " = -1 EROFS " in line or (
-        re.search(r" = -1 (EACCES|EPERM) ", line)
-        and (not line.split("(")[0].startswith("open") or re.search(r"O_WRONLY|O_RDWR|O_CREAT", line)))]
-    assert refused == [], refused
+    assert refused_writes(traced) == []
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_the_sandbox_makes_writes_elsewhere_fail_and_the_checks_see_them(
+        service_user: str, tmp_path: Path) -> None:
+    """The checks above can fail: in the same sandbox, as the same user with the same
+    capabilities, a write to /var/tmp fails with EROFS and the trace shows it, a file written
+    to /tmp is found in the private /tmp, and the state directory takes a file."""
+    probe = ("import os, sys\n"
+             "try:\n"
+             "    open('/var/tmp/least-privilege-probe', 'w')\n"
+             "except OSError as err:\n"
+             "    print(err, file=sys.stderr)\n"
+             "open('/tmp/left-behind', 'w').close()\n"
+             "open(os.path.join(os.environ['STATE_DIRECTORY'], 'written'), 'w').close()\n")
+    unit = service(tmp_path, "probe", unit_capabilities(), [sys.executable, "-c", probe],
+                   traced=True)
+    log = tmp_path / "probe.log"
+    proc = unit.start(log)
+    out, _ = proc.communicate(timeout=30)
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert report == {"exit": 0, "tmp_files": ["/tmp/left-behind"]}, log.read_text()
+    assert "Read-only file system" in log.read_text()
+    refused = refused_writes((unit.trace / "strace").read_text().splitlines())
+    assert len(refused) == 1 and "/var/tmp/least-privilege-probe" in refused[0], refused
+    assert (unit.data / "written").is_file()
+    assert not Path("/var/tmp/least-privilege-probe").exists()
 
 
 # --- each capability removed ----------------------------------------------------------------
