@@ -357,14 +357,23 @@ def service(base: Path, name: str, capabilities: list[str], argv: list[str],
         d.chmod(mode)
     conf.chmod(0o755)
     trace.chmod(0o700)  # root's: the agent cannot write there
-    for parent in top.parents:  # tmp_path is 0700 root: the user must reach its directories
-        if parent in (Path("/tmp"), Path("/")):
-            break
-        parent.chmod(parent.stat().st_mode | 0o011)
     emptied = ("/tmp", "/home", "/root")
+    if not _hidden_by(top, emptied):  # else the sandbox makes its parents anew, mode 0755
+        for parent in top.parents:
+            parent.chmod(parent.stat().st_mode | 0o011)
+    # What the interpreter reads: where ProtectHome= or PrivateTmp= hides it, it is bound
+    # back read-only; elsewhere the user must be able to reach it without a capability.
     import agent
 
-    needed = {Path(sys.prefix), Path(sys.base_prefix), Path(agent.__file__).parents[1]}
+    needed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, *sys.path) if p}
+    needed = {p for p in needed if p.is_dir()} | {Path(agent.__file__).resolve().parents[1]}
+    for path in needed:
+        closed = [a for a in (path, *path.parents)
+                  if not _hidden_by(a, emptied) and not a.stat().st_mode & 0o001]
+        if closed:
+            pytest.fail(f"{USER} cannot reach {path}: {closed[-1]} is mode "
+                        f"{closed[-1].stat().st_mode & 0o777:o}; install the project where a "
+                        "system user can read it (a package installs it under /usr)")
     readable = [str(conf)] + sorted(str(p) for p in needed if _hidden_by(p, emptied))
     caps = ",".join(["-all"] + ["+" + c.lower().removeprefix("cap_") for c in capabilities])
     command = ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups",
