@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from agent.collectors.privileges import lacking
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions
 from agent.native.sink import EventSink, pump
 
@@ -24,6 +25,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.audit")
 
 SOURCE_NAME = "Audit"
+# The event socket's receive buffer the core asks for (AuditNetlinkOptions.rcvbuf_bytes).
+RCVBUF_BYTES = 4 << 20
+RMEM_MAX = "/proc/sys/net/core/rmem_max"
+
+
+def _explained(state: str) -> str:
+    """The source's state with the capability that is missing for what it could not do:
+    AUDIT_GET (every mode) needs CAP_AUDIT_CONTROL, the multicast group CAP_AUDIT_READ (the
+    core's message names it), and without CAP_NET_ADMIN (SO_RCVBUFFORCE) the event buffer is
+    capped by net.core.rmem_max, so bursts overflow it sooner."""
+    if state.startswith("unavailable") and "AUDIT_GET" in state and lacking("CAP_AUDIT_CONTROL"):
+        return f"{state} (no CAP_AUDIT_CONTROL)"
+    if state.startswith("unavailable") or not lacking("CAP_NET_ADMIN"):
+        return state
+    try:
+        with open(RMEM_MAX, encoding="ascii") as f:
+            rmem_max = int(f.read().strip())
+    except (OSError, ValueError):
+        return state
+    if rmem_max >= RCVBUF_BYTES:
+        return state
+    return (f"{state}; event buffer capped at net.core.rmem_max ({rmem_max} bytes, not "
+            f"{RCVBUF_BYTES}): no CAP_NET_ADMIN")
 
 
 class AuditSource:
@@ -81,7 +105,7 @@ class AuditSource:
                 exec_rules=exec_rules, net_rules=net_rules))
         # No CAP_AUDIT_*, no audit in the kernel, or anything else: the collectors fall back.
         except Exception as err:  # noqa: BLE001
-            self.state = f"unavailable: {type(err).__name__}: {err}"
+            self.state = _explained(f"unavailable: {type(err).__name__}: {err}")
             log.warning("audit: %s", self.state)
             self.nl = None
             self._opened_with = wanted
@@ -91,14 +115,14 @@ class AuditSource:
         if self.nl.mode == "unavailable" or silent:
             # Multicast with audit disabled delivers nothing: no better than unavailable, and
             # the collectors must fall back to their next source.
-            self.state = self.nl.state
+            self.state = _explained(self.nl.state)
             log.warning("audit: %s", self.state)
             self._account_closed(self.nl)
             self.nl.close()
             self.nl = None
             self._opened_with = wanted
             return
-        self.state = self.nl.state
+        self.state = _explained(self.nl.state)
         self._opened_with = wanted
         self.env.sources[SOURCE_NAME] = self
         self.env.watch(self.nl.fileno(), self.on_readable)

@@ -1,6 +1,8 @@
 """The periodic inventory collectors: each takes one snapshot of the device per interval with
 a gatherer of agent.inventory (docs/inventory.md). A gatherer's errors are counted and logged
-(once per distinct message) and its skipped parts are reported in the collector's state."""
+(once per distinct message); they and its skipped parts are the reason in the collector's
+state after each snapshot, a refusal with the capability that is missing ("/etc/shadow:
+Permission denied (no CAP_DAC_READ_SEARCH)"), so that a collector that sees less says so."""
 
 from __future__ import annotations
 
@@ -8,14 +10,16 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import msgpack
 
 from agent.collectors.base import Collector
-from agent.config import BaselineConfig, SystemInformationConfig
+from agent.collectors.privileges import NETLINK_REFUSED, READ_REFUSED, explain_refusal
+from agent.config import BaselineConfig, CollectorState, SystemInformationConfig
 from agent.inventory import Snapshot, baseline, sbom, users
 
 log = logging.getLogger("agent.collectors")
@@ -23,10 +27,15 @@ log = logging.getLogger("agent.collectors")
 # Errors logged per collector before it only counts them (a broken file every interval must
 # not fill the log).
 MAX_LOGGED_ERRORS = 20
+# The state's reason names at most this many distinct problems, each cut to REASON_ITEM_CHARS.
+REASON_ITEMS = 6
+REASON_ITEM_CHARS = 160
 
 
 class InventoryCollector(Collector):
     periodic: ClassVar[bool] = True
+    # Which capability a refusal met by the gatherer means (privileges.explain_refusal).
+    refusals: ClassVar[Mapping[int, str]] = READ_REFUSED
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -41,11 +50,28 @@ class InventoryCollector(Collector):
         self.counters["snapshots"] += 1
         self.counters["errors"] += len(snap.errors)
         self.last_skipped = list(snap.skipped)
-        for error in snap.errors:
+        errors = [explain_refusal(error, refusals=self.refusals) for error in snap.errors]
+        for error in errors:
             if error not in self._logged and len(self._logged) < MAX_LOGGED_ERRORS:
                 self._logged.add(error)
                 log.warning("%s: %s", self.name, error)
+        if self.state.state == "running":
+            problems = [*errors, *self.shortfalls(snap.events), *snap.skipped]
+            self.state = CollectorState.running(self.state.source, _reason(problems))
         return snap.events
+
+    def shortfalls(self, events: list[dict[str, Any]]) -> list[str]:
+        """What the events themselves say could not be seen (Baseline: checks in error)."""
+        return []
+
+
+def _reason(problems: list[str]) -> str:
+    distinct = list(dict.fromkeys(problems))
+    shown = [p if len(p) <= REASON_ITEM_CHARS else p[:REASON_ITEM_CHARS - 3] + "..."
+             for p in distinct[:REASON_ITEMS]]
+    if len(distinct) > REASON_ITEMS:
+        shown.append(f"{len(distinct) - REASON_ITEMS} more")
+    return "; ".join(shown)
 
 
 # A child's snapshot that takes longer than this is abandoned (counted as an error).
@@ -106,6 +132,9 @@ class LocalUsersCollector(InventoryCollector):
 class FirewallCollector(InventoryCollector):
     name = "Firewall"
     accept = ("fwchain", "fwrule")
+    # nfnetlink requests (nftables, even dumps) need CAP_NET_ADMIN; /proc/net/ip_tables_names
+    # is 0440 root.
+    refusals: ClassVar[Mapping[int, str]] = {**READ_REFUSED, **NETLINK_REFUSED}
 
     def gather(self) -> Snapshot:
         return gather_in_child("firewall", self.env.root)
@@ -128,4 +157,11 @@ class BaselineCollector(InventoryCollector):
         section = self.config.baseline
         assert isinstance(section, BaselineConfig)
         return baseline.gather(self.env.root, section.groups_disabled, section.checks_disabled)
+
+    def shortfalls(self, events: list[dict[str, Any]]) -> list[str]:
+        """Checks that could not run (res Error), by reason: "2 checks in error: /etc/shadow:
+        Permission denied (no CAP_DAC_READ_SEARCH)"."""
+        why = Counter(explain_refusal(str(e.get("why", "")), refusals=self.refusals)
+                      for e in events if e.get("res") == "Error")
+        return [f"{n} check{'s' if n > 1 else ''} in error: {reason}" for reason, n in why.items()]
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
+from agent.collectors.privileges import explain_refusal
 from agent.config import CollectorState, LoginConfig
 from agent.durable import replace_file
 from agent.native.sink import EventSink, pump
@@ -26,6 +27,7 @@ from agent.native.utmp import UtmpReader
 log = logging.getLogger("agent.collectors")
 
 FILES = {"wtmp": "/var/log/wtmp", "btmp": "/var/log/btmp"}
+WHAT = {"wtmp": "logins and logouts", "btmp": "failed logins"}
 STATE_FILE = "login-state.json"
 
 
@@ -88,14 +90,30 @@ class LoginCollector(Collector):
             self.readers[kind] = reader
         self._save_state()
         sources = ["utmp"]
-        reason = ""
+        reasons = self._unreadable()
         self.pam = section.use_pam
         if self.pam:
             audit = audit_source(self.env)
             if audit.subscribe(self):
                 sources.append("audit")
-            reason = f"audit: {audit.state}"
-        return CollectorState.running("+".join(sources), reason)
+            reasons.append(f"audit: {audit.state}")
+        return CollectorState.running("+".join(sources), "; ".join(reasons))
+
+    def _unreadable(self) -> list[str]:
+        """The files that exist but cannot be read (btmp is 0660 root:utmp: without
+        CAP_DAC_READ_SEARCH failed logins are not seen); the reader counts the failures in
+        utmp_io_errors at each read, this says why once."""
+        out = []
+        for kind, path in FILES.items():
+            try:
+                with open(self.env.root / path.lstrip("/"), "rb"):
+                    pass
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                out.append(f"{WHAT[kind]} unavailable: "
+                           + explain_refusal(f"{path}: {err.strerror}", err.errno))
+        return out
 
     def _skip_history(self, reader: UtmpReader) -> None:
         throwaway = EventSink()

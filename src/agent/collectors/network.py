@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
+from agent.collectors.privileges import unavailable_without
 from agent.config import CollectorState
 from agent.interface_addresses import interface_addresses
 from agent.native.sink import EventSink, pump
@@ -25,6 +26,14 @@ DEVICES_EVERY_MS = 30_000
 
 def _open_table(options: SocketTableOptions | None = None) -> SocketTable:
     return SocketTable(options or SocketTableOptions())
+
+
+def _owner_reason() -> str:
+    """A socket's owner is found by listing /proc/PID/fd (a directory of mode 0500 of the
+    process's user: CAP_DAC_READ_SEARCH) and reading its links (CAP_SYS_PTRACE): without
+    either, sockets of other users' processes have no pid, comm or exe."""
+    return unavailable_without("owners of other users' sockets", "CAP_SYS_PTRACE",
+                               "CAP_DAC_READ_SEARCH")
 
 
 class ListeningPortsCollector(Collector):
@@ -41,7 +50,8 @@ class ListeningPortsCollector(Collector):
 
     def start(self) -> CollectorState:
         self.table = _open_table(SocketTableOptions(first_existing=False))
-        return CollectorState.running(self.table.source, self.table.source_reason)
+        reasons = [self.table.source_reason, _owner_reason()]
+        return CollectorState.running(self.table.source, "; ".join(r for r in reasons if r))
 
     def stop(self) -> None:
         if self.table is not None:
@@ -102,6 +112,7 @@ class NetworkActivityCollector(Collector):
         if audit.subscribe(self, net_rules=True):
             sources.append("audit")
         reasons.append(f"audit: {audit.state}")
+        reasons.append(_owner_reason())
         reasons.append(self._apply_devices())
         return CollectorState.running("+".join(sources), "; ".join(r for r in reasons if r))
 

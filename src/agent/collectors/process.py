@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
+from agent.collectors.privileges import NETLINK_REFUSED, explain_refusal, unavailable_without
 from agent.config import CollectorState, ProcessConfig, ProcessMode
 from agent.native.proc_connector import ProcConnector
 from agent.native.proc_scan import ProcScanner, ProcScanOptions
@@ -60,19 +61,20 @@ class ProcessCollector(Collector):
             try:
                 self.cnproc = ProcConnector()
             except OSError as err:
-                why.append(f"proc connector: {err}")
+                # "proc connector listen: Operation not permitted (no CAP_NET_ADMIN)"
+                why.append(explain_refusal(err.strerror or str(err), err.errno, NETLINK_REFUSED))
                 if mode is ProcessMode.NETLINK:
                     return CollectorState.unavailable("; ".join(why))
             else:
                 self.source = "cnproc"
                 self.env.watch(self.cnproc.fileno(), self._on_cnproc)
-                return CollectorState.running("cnproc", "; ".join(why))
+                return CollectorState.running("cnproc", _reason(why))
         self.poller = ProcScanner(ProcScanOptions(changes=True))
         # The first walk learns what runs now: what starts from here on is new.
         pump(self.poller.scan, EventSink(), _discard, seal=True)
         self.source = "polling"
         self._next_poll = 0
-        return CollectorState.running("polling", "; ".join(why))
+        return CollectorState.running("polling", _reason(why))
 
     def stop(self) -> None:
         if self.source == "audit":
@@ -130,6 +132,14 @@ class ProcessCollector(Collector):
         total["sink_full"] = sink.dropped_full
         total["too_large"] = sink.dropped_encode
         return dict(total)
+
+
+def _reason(why: list[str]) -> str:
+    """The state's reason for the proc connector and polling, which read the details of each
+    process from /proc/PID: without CAP_SYS_PTRACE the kernel refuses exe and cwd of
+    processes of other users (the audit source has them from its records)."""
+    blind = unavailable_without("exe and cwd of other users' processes", "CAP_SYS_PTRACE")
+    return "; ".join(why + ([blind] if blind else []))
 
 
 def _discard(batches: list[bytes]) -> None:

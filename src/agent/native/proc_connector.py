@@ -36,8 +36,10 @@ class ProcConnectorOptions:
     listen: bool = field(default=True, metadata=C_ONLY_IN_PYTHON)
 
 
-def _sys_error(status: int, errno_value: int, what: str) -> OSError:
-    return OSError(errno_value, f"{what}: {os.strerror(errno_value)} (core status {status})")
+def _sys_error(errno_value: int, what: str) -> OSError:
+    """The system call's error: OSError(errno, "proc connector listen: Operation not
+    permitted"), which the caller can tell from errno (EPERM: no CAP_NET_ADMIN)."""
+    return OSError(errno_value, f"{what}: {os.strerror(errno_value)}")
 
 
 class ProcConnector(NativeHandle):
@@ -57,7 +59,7 @@ class ProcConnector(NativeHandle):
                 err = int(lib.am_cnproc_errno(self._live()))
                 self.close()
                 if status == lib.AM_CNPROC_ERR_SYS:
-                    raise _sys_error(status, err, "proc connector listen")
+                    raise _sys_error(err, "proc connector listen")
                 check(status, "am_cnproc_listen")
 
     def fileno(self) -> int:
@@ -71,7 +73,7 @@ class ProcConnector(NativeHandle):
         handle = self._live()
         status = lib.am_cnproc_drain(handle, sink.handle, self._appended)
         if status == lib.AM_CNPROC_ERR_SYS:
-            raise _sys_error(status, int(lib.am_cnproc_errno(self._live())), "proc connector recv")
+            raise _sys_error(int(lib.am_cnproc_errno(self._live())), "proc connector recv")
         return more(status, "am_cnproc_drain")
 
     def decode(self, sink: EventSink, data: bytes) -> int:
