@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,16 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {arch: found[0] for arch, found in debs.items()}
 
 
-def _install(arch: str, deb: Path, base: Path) -> Installed:
-    seconds: dict[str, float] = {}
+def _rootfs(arch: str, deb: Path) -> tuple[Path, float]:
+    """scripts/rootfs's tarball for the package, and how long it took to get it."""
     start = time.monotonic()
-    tarball = Path(_run([str(ROOT / "scripts/rootfs"), arch, str(deb)], f"scripts/rootfs {arch}",
-                        timeout=900).splitlines()[-1])
-    seconds["rootfs"] = time.monotonic() - start
+    tarball = _run([str(ROOT / "scripts/rootfs"), arch, str(deb)], f"scripts/rootfs {arch}",
+                   timeout=900).splitlines()[-1]
+    return Path(tarball), time.monotonic() - start
 
+
+def _install(arch: str, deb: Path, tarball: Path, base: Path) -> Installed:
+    seconds: dict[str, float] = {}
     root = base / arch
     root.mkdir()
     start = time.monotonic()
@@ -125,7 +129,7 @@ def _install(arch: str, deb: Path, base: Path) -> Installed:
     for log in DEVICE_LOGS:
         out[log] = _checked(in_root(root, "micro-agent", "parse-audit", f"/tmp/{log}"),
                             f"micro-agent parse-audit {log} ({arch})")
-    for name in COLLECTED:
+    for name in (*COLLECTED, "Process"):
         out[name] = _checked(in_root(root, "micro-agent", "collect", name),
                              f"micro-agent collect {name} ({arch})")
     seconds["micro-agent"] = time.monotonic() - start
@@ -138,7 +142,15 @@ def installed(
 ) -> Iterator[dict[str, Installed]]:
     base = tmp_path_factory.mktemp("rootfs")
     try:
-        done = {arch: _install(arch, packages[arch], base) for arch in ARCHES}
+        # Both built at once: a cold arm64 build spends most of its time in dpkg and
+        # maintainer scripts under qemu-user, one process at a time.
+        with ThreadPoolExecutor(len(ARCHES)) as pool:
+            built = dict(zip(ARCHES, pool.map(_rootfs, ARCHES, [packages[a] for a in ARCHES])))
+        done = {}
+        for arch in ARCHES:
+            tarball, seconds = built[arch]
+            done[arch] = _install(arch, packages[arch], tarball, base)
+            done[arch].seconds = {"rootfs": seconds, **done[arch].seconds}
         for arch, each in done.items():
             print(f"{arch}: " + ", ".join(f"{k} {v:.1f} s" for k, v in each.seconds.items()))
         yield done
@@ -260,3 +272,25 @@ def test_local_users_has_service_user(installed: dict[str, Installed], arch: str
     assert list(users) == passwd_names
     assert users[PACKAGE]["login"] is False
     assert users["root"]["pw"] == "disabled"  # mmdebstrap leaves root's password "*"
+
+
+# What does not change while a process runs (state, threads and rss may).
+PROCESS_FIXED = ("pid", "ppid", "uid", "euid", "gid", "egid", "comm", "exe", "argv", "start")
+
+
+def test_process_snapshot_sees_this_test(installed: dict[str, Installed]) -> None:
+    """collect Process, the core's /proc scanner (arm64: parsing under emulation), finds this
+    test's own process in both trees (one /proc, one kernel) with the same fields, as this
+    process knows them itself."""
+    me = os.getpid()
+    with open("/proc/self/cmdline", "rb") as cmdline:
+        argv = [a.decode() for a in cmdline.read().split(b"\0")[:-1]]
+    seen = {}
+    for arch in ARCHES:
+        mine = [e for e in _events(installed[arch].out["Process"])
+                if e["t"] == "process" and e["pid"] == me]
+        assert len(mine) == 1, f"{arch}: {len(mine)} process events for pid {me}"
+        seen[arch] = {k: mine[0].get(k) for k in PROCESS_FIXED}
+    assert seen["arm64"] == seen["amd64"]
+    assert (seen["amd64"]["ppid"], seen["amd64"]["uid"], seen["amd64"]["argv"]) == (
+        os.getppid(), os.getuid(), argv)
