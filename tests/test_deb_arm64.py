@@ -40,7 +40,9 @@ CHROOT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
               "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive"}
 COLLECTED = ("SBoM", "LocalUsers", "Baseline")
 
-pytestmark = [pytest.mark.slow, pytest.mark.root]
+# The first test's time includes the packages' and root file systems' builds: about 4 minutes
+# on 2 busy cores when nothing is cached, more than pytest's default 600 s leaves to spare.
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(900)]
 
 
 @dataclass
