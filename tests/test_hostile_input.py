@@ -549,3 +549,30 @@ def test_exec_storm_at_full_speed_loses_nothing_without_a_count(
         gone = sum(int(e.get("hits", 1)) for e in run.execs() if e.get("gone"))
         assert run.dropped.get("Process.cnproc_gone", 0) == gone
     check_bounds(run, STORM_COUNT)
+
+
+# ---- the parser's rule for chunked arguments (the cause of the huge-argv case's piece) -------
+
+SYSCALL = (b'type=SYSCALL msg=audit(1700000000.000:7): arch=c000003e syscall=59 success=yes exit=0 '
+           b'a0=0 a1=0 a2=0 a3=0 items=1 ppid=1 pid=2 auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 '
+           b'egid=0 sgid=0 fsgid=0 tty=(none) ses=1 comm="x" exe="/bin/x" key=(null)\n')
+
+
+@pytest.mark.parametrize(("execve", "argv", "cut"), [
+    # Whole: the chunks are as long as a1_len says (quoted: bytes; hex: digits).
+    (b'argc=2 a0="/bin/x" a1_len=10 a1[0]="abcde" a1[1]="fghij"', ["/bin/x", "abcdefghij"], False),
+    (b'argc=2 a0="/bin/x" a1_len=6 a1[0]=61620A a1[1]=', ["/bin/x", "ab\n"], False),
+    # Cut short (the later records were not kept): left out, not kept as a piece.
+    (b'argc=3 a0="/bin/x" a1_len=10 a1[0]="abcde"', ["/bin/x"], True),
+    (b'argc=2 a0="/bin/x" a1_len=8 a1[0]=6162', ["/bin/x"], True),
+    # A chunk of another argument breaks argv; the chunked argument before it was whole.
+    (b'argc=3 a0="/bin/x" a1_len=2 a1[0]="ab" a2[0]="cd"', ["/bin/x", "ab"], True),
+])
+def test_a_chunked_argument_is_kept_only_whole(
+        audit_impl: Any, execve: bytes, argv: list[str], cut: bool) -> None:
+    text = SYSCALL + b"type=EXECVE msg=audit(1700000000.000:7): " + execve + b"\n"
+    text += b"type=EOE msg=audit(1700000000.000:7): \n"
+    events, stats = audit_impl(text)
+    (event,) = events
+    assert event["argv"] == argv
+    assert event.get("trunc", False) is cut and stats["truncated"] == int(cut)
