@@ -507,6 +507,9 @@ typedef struct argv_state {
     uint64_t next;      /* the index the next whole argument must have */
     int64_t chunk_arg;  /* the argument being reassembled from aN[k], -1 when none */
     size_t chunk_len;   /* its bytes so far, in enc->scratch */
+    uint64_t chunk_text; /* the length of its chunks as logged (hex digits or bytes) */
+    uint64_t chunk_want; /* ... as aN_len says it is, when chunk_want_ok */
+    int chunk_want_ok;
     uint32_t count;
     int broken;         /* out of order, or bigger than the scratch: argv stops here */
     int full;           /* an argument did not fit the event: the minimal form is due */
@@ -518,12 +521,20 @@ static void argv_finish_chunk(argv_state *a, am_encoder *enc)
 {
     if (a->chunk_arg < 0)
         return;
-    if (mp_text(&enc->items, (const char *)enc->scratch, a->chunk_len) == AM_OK)
+    /* Only a whole argument is kept: when its chunks stop short of aN_len (their records
+     * were beyond max_event_bytes, or a chunk broke off), a piece of it would read as the
+     * argument itself. argv ends before it, and the event is marked trunc. The kernel's
+     * aN_len is the length as logged: twice the bytes when the argument is hex-encoded. */
+    if (a->chunk_want_ok ? a->chunk_want != a->chunk_text : a->broken)
+        a->broken = 1;
+    else if (mp_text(&enc->items, (const char *)enc->scratch, a->chunk_len) == AM_OK)
         a->count++;
     else
         a->full = 1;
     a->chunk_arg = -1;
     a->chunk_len = 0;
+    a->chunk_text = 0;
+    a->chunk_want_ok = 0;
 }
 
 /* key is "a<digits>" optionally followed by "_len" or "[<digits>]": returns 0 for whole,
@@ -581,6 +592,7 @@ static void argv_field(argv_state *a, am_encoder *enc, const am_field *f)
         if (s != (const char *)enc->scratch + a->chunk_len)
             memmove(enc->scratch + a->chunk_len, s, (size_t)n);
         a->chunk_len += (size_t)n;
+        a->chunk_text += f->val_len;
         return;
     }
     argv_finish_chunk(a, enc);
@@ -592,6 +604,8 @@ static void argv_field(argv_state *a, am_encoder *enc, const am_field *f)
     if (form == 1) {
         a->chunk_arg = (int64_t)index;
         a->chunk_len = 0;
+        a->chunk_text = 0;
+        a->chunk_want_ok = parse_dec_u64(f->val, f->val_len, &a->chunk_want) == 0;
         return;
     }
     const char *s;

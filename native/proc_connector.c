@@ -424,7 +424,8 @@ static int put_exec(am_cnproc *c, mp_buf *e, const struct ev *ev, unsigned resul
         }
         if ((got & PF_WANT_CMDLINE) && p->cmdline_len > 0) {
             TRY(mp_cstr(e, "argv"));
-            TRY(pf_encode_argv(e, c->cmdline, p->cmdline_len, c->opt.max_args, argv_cut));
+            TRY(pf_encode_argv(e, c->cmdline, p->cmdline_len, p->cmdline_full, c->opt.max_args,
+                                  argv_cut));
         }
         if (result & PF_PARTIAL)
             TRY(put_true(e, "partial"));
@@ -464,6 +465,12 @@ static int encode_exec(am_cnproc *c, am_sink *sink, const struct ev *ev,
                 result = PF_GONE;
             }
         }
+        /* A zombie ended already: /proc keeps its stat and status, but its argv, exe and cwd
+         * are gone (procfs.c takes their absence as no loss, which is true of a zombie in a
+         * snapshot). For its exec event they are the point: it is partial. */
+        if (!(result & PF_GONE) && (p->got & PF_WANT_STAT) &&
+            (p->stat.state == 'Z' || p->stat.state == 'X'))
+            result |= PF_PARTIAL;
         if (result & PF_GONE) {
             c->st.gone++;
         } else {

@@ -251,7 +251,8 @@ static int encode_process(am_pscan *p, mp_buf *e, int32_t pid, int lean, int *ar
     }
     if (argv) {
         TRY(mp_cstr(e, "argv"));
-        TRY(pf_encode_argv(e, p->cmdline, pr->cmdline_len, p->opt.max_args, argv_cut));
+        TRY(pf_encode_argv(e, p->cmdline, pr->cmdline_len, pr->cmdline_full, p->opt.max_args,
+                               argv_cut));
     }
     if (p->have_btime) {
         /* start: boot time (whole seconds, as /proc/stat gives it) + starttime ticks. */

@@ -325,9 +325,16 @@ int pf_parse_btime_line(const char *line, size_t len, uint64_t *btime)
     return parse_u64(&p, end, btime);
 }
 
-int pf_encode_argv(mp_buf *e, const char *buf, size_t len, uint32_t max_args, int *cut)
+int pf_encode_argv(mp_buf *e, const char *buf, size_t len, int more, uint32_t max_args,
+                   int *cut)
 {
     *cut = 0;
+    if (more) {
+        /* The read stopped inside an argument: keep the arguments that ended before it. */
+        while (len > 0 && buf[len - 1] != '\0')
+            len--;
+        *cut = 1;
+    }
     /* A trailing NUL terminates the last argument; it does not start another one. */
     size_t body = len > 0 && buf[len - 1] == '\0' ? len - 1 : len;
     uint32_t count = 0;

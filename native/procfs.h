@@ -71,8 +71,11 @@ int pf_parse_btime_line(const char *line, size_t len, uint64_t *btime);
 
 /* Encodes NUL-separated argv (a /proc/PID/cmdline) as a msgpack array of at most max_args
  * strings (mp_text). A trailing NUL ends the last argument; *cut is set when arguments
- * beyond max_args were left out. */
-int pf_encode_argv(mp_buf *e, const char *buf, size_t len, uint32_t max_args, int *cut);
+ * beyond max_args were left out. `more`: buf holds only the first len bytes of a longer
+ * cmdline; what follows its last NUL is a piece of an argument, left out (and *cut set), so
+ * that no element is ever part of an argument. */
+int pf_encode_argv(mp_buf *e, const char *buf, size_t len, int more, uint32_t max_args,
+                   int *cut);
 
 /* ---- one process: the details both sources emit ---- */
 

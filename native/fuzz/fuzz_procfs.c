@@ -81,7 +81,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(mp_init(&e, 8192) == AM_OK);
         int cut = 0;
         uint32_t max_args = 1 + (len > 0 ? (uint8_t)text[0] % 64 : 0);
-        int st = pf_encode_argv(&e, text, len, max_args, &cut);
+        /* The first byte's top bit: the text is the start of a longer cmdline (a cut read). */
+        int more = len > 0 && ((uint8_t)text[0] & 0x80) != 0;
+        int st = pf_encode_argv(&e, text, len, more, max_args, &cut);
         if (st == AM_OK) {
             struct mpc_item it;
             CHECK(mpc_read(e.data, e.len, &it) == 1 && it.kind == MPC_ARRAY);
@@ -97,6 +99,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 off += a.size;
             }
             CHECK(off == e.len && bytes <= len);
+            if (more) {
+                /* Only arguments that ended before the cut: nothing after the last NUL. */
+                size_t whole = len;
+                while (whole > 0 && text[whole - 1] != '\0')
+                    whole--;
+                CHECK(cut && bytes + it.u <= whole);
+            }
             if (!cut && len > 0)
                 CHECK(bytes + it.u - (text[len - 1] == '\0' ? 0 : 1) == len);
         } else {

@@ -56,6 +56,9 @@ def seeds() -> dict[str, bytes]:
         "argv": b"\3" + b"/usr/sbin/sshd\0-D\0-o\0PermitRootLogin no\0",
         "argv-title": b"\3" + b"sshd: root@pts/0",
         "argv-binary": b"\3" + b"/bin/echo\0\xff\xfe\0\0\0x",
+        # A cmdline read cut at max_argv_bytes inside its second argument (first byte's top
+        # bit: more follows): only the first argument is whole.
+        "argv-cut": b"\3" + b"\xc1/bin/x\0" + b"y" * 64,
     }
 
 

@@ -615,7 +615,7 @@ static void run_procfs(struct out *o, const uint8_t *data, size_t size)
                 return;
             }
             int cut = 0;
-            int st = pf_encode_argv(&e, text, len, max_args, &cut);
+            int st = pf_encode_argv(&e, text, len, 0, max_args, &cut);
             out_label(o, "argv");
             out_i64(o, st);
             out_i64(o, cut);

@@ -753,21 +753,29 @@ def _argv_bytes(f: Field) -> bytes:
 def _argv(shape: _Shape, max_bytes: int) -> tuple[int | None, list[Text], bool]:
     """(argc, argv, incomplete): whole arguments in index order from a0, aN_len opening a
     chunked one whose aN[k] chunks follow (k is not checked); an argument out of order, a
-    chunk of another argument, or an argument over max_bytes stops argv there (a chunked
-    argument reassembled so far is kept)."""
+    chunk of another argument, or an argument over max_bytes stops argv there. A chunked
+    argument is kept only whole: its chunks as long as its aN_len says (when that is a
+    number; as logged: hex digits when hex-encoded), else when nothing broke it; a piece of
+    it would read as the argument itself."""
     argc: int | None = None
     argv: list[bytes] = []
     expect = 0
     chunk_arg: int | None = None
     chunk = bytearray()
+    chunk_text = 0  # the chunks' length as logged
+    chunk_want: int | None = None
     broken = False
 
     def finish_chunk() -> None:
-        nonlocal chunk_arg
+        nonlocal chunk_arg, chunk_text, broken
         if chunk_arg is not None:
-            argv.append(bytes(chunk))
+            if (chunk_text != chunk_want) if chunk_want is not None else broken:
+                broken = True
+            else:
+                argv.append(bytes(chunk))
             chunk_arg = None
             chunk.clear()
+            chunk_text = 0
 
     for rec, items in zip(shape.records, shape.fields):
         if rec.type != T_EXECVE:
@@ -787,6 +795,7 @@ def _argv(shape: _Shape, max_bytes: int) -> tuple[int | None, list[Text], bool]:
                     broken = True
                 else:
                     chunk += piece
+                    chunk_text += len(f.value)
                 continue
             finish_chunk()
             if index != expect:
@@ -795,6 +804,7 @@ def _argv(shape: _Shape, max_bytes: int) -> tuple[int | None, list[Text], bool]:
             expect += 1
             if kind == 1:
                 chunk_arg = index
+                chunk_want = parse_u64(f.value)
                 continue
             whole = _argv_bytes(f)
             if len(whole) > max_bytes:

@@ -119,8 +119,14 @@ class ProcessCollector(Collector):
     def _source_drops(self) -> dict[str, int]:
         if self.cnproc is not None:
             s = self.cnproc.stats()
+            # gone, partial: the exec arrived, but its command line (or part of its details)
+            # did not, because the process ended before /proc/PID was read; in an exec storm
+            # of short-lived programs that is most of them, and uncounted it looked like loss
+            # without a reason (docs/sources/proc-connector.md, "Short-lived processes").
+            # argv_truncated, oversize: the command line arrived cut to the source's bounds.
             return {"cnproc_enobufs": s.enobufs, "cnproc_lost": s.lost, "cnproc_malformed": s.malformed,
-                    "cnproc_dropped": s.dropped}
+                    "cnproc_dropped": s.dropped, "cnproc_gone": s.gone, "cnproc_partial": s.partial,
+                    "cnproc_argv_truncated": s.argv_truncated, "cnproc_oversize": s.oversize}
         if self.poller is not None:
             ps = self.poller.stats()
             return {"polling_dropped": ps.dropped, "polling_untracked": ps.untracked}
