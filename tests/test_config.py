@@ -77,6 +77,7 @@ VALID: dict[str, tuple[Any, Any]] = {
     "Outbox_MaxBytes": (64 << 20, 64 << 20),
     "Audit_OwnIfFree": (False, False),
     "Audit_BacklogLimit": (16384, 16384),
+    "Audit_ReceiveBufferBytes": (1 << 20, 1 << 20),
     "NetworkActivity_PacketBufferSize": (1 << 20, 1 << 20),
     "Peripheral_CacheSize": (512, 512),
     "Statistics_CacheSize": (512, 512),
