@@ -41,10 +41,12 @@ class RecordError(Exception):
 @dataclass(frozen=True)
 class Outcome:
     """What restore() did: `ok` when nothing recorded is left to put back (the record is gone),
-    `what` one line for the log and the verb."""
+    `what` one line for the log and the verb; `reached` False when the kernel did not answer
+    (no audit, or no CAP_AUDIT_CONTROL)."""
 
     ok: bool
     what: str
+    reached: bool = True
 
 
 def boot_id() -> str:
@@ -107,7 +109,7 @@ class AuditStateRecord:
         result = restore_status(status)
         if not result.complete:
             return Outcome(False, f"audit state not restored: {result.describe()}; the record "
-                           f"{self.path} is kept")
+                           f"{self.path} is kept", result.answered)
         self.remove()
         return Outcome(True, f"audit state restored (recorded by pid {doc.get('agent_pid')}): "
                        f"{result.describe()}")
