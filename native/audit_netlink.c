@@ -814,6 +814,8 @@ int am_anl_open(am_anl *a)
                 } else {
                     state_add(a, "; setting backlog_wait_time 0 failed");
                 }
+            } else if (a->opt.drop_when_full && a->found.failure == AUDIT_FAIL_PANIC) {
+                state_add(a, "; backlog_wait_time kept: failure is 2 (a loss would panic)");
             }
             if (a->found.enabled == 2)
                 state_add(a, "; audit is locked (enabled 2): rules and settings cannot change");
