@@ -64,6 +64,13 @@ struct am_anl {
     struct am_anl_status found;
     int set_enabled;   /* open turned enabled 0 -> 1 */
     int set_backlog;   /* open raised backlog_limit */
+    int set_wait;      /* open set backlog_wait_time 0 */
+    int probed;        /* `found` was read by am_anl_probe */
+    /* Tests only (AM_ANL_KILL_AFTER=N in the environment at am_anl_new): the process kills
+     * itself with SIGKILL right after its Nth accepted AUDIT_SET, to prove that a kill between
+     * any two changes of the kernel state is recovered. 0: never. */
+    uint32_t kill_after_set;
+    uint32_t sets_done;
     uint32_t last_lost;
     struct rule rules[MAX_RULES];
     size_t nrules;
@@ -315,6 +322,14 @@ static int get_status(am_anl *a, struct am_anl_status *out)
     return ctl_request(a, AUDIT_GET, 0, NULL, 0, status_reply, out);
 }
 
+/* Counts an accepted AUDIT_SET; the test-only kill (kill_after_set). */
+static void set_done(am_anl *a)
+{
+    a->sets_done++;
+    if (a->kill_after_set != 0 && a->sets_done == a->kill_after_set)
+        (void)raise(SIGKILL);
+}
+
 static int set_status(am_anl *a, uint32_t mask, uint32_t value)
 {
     struct audit_status s;
@@ -322,13 +337,22 @@ static int set_status(am_anl *a, uint32_t mask, uint32_t value)
     s.mask = mask;
     if (mask == AUDIT_STATUS_ENABLED)
         s.enabled = value;
+    else if (mask == AUDIT_STATUS_FAILURE)
+        s.failure = value;
+    else if (mask == AUDIT_STATUS_RATE_LIMIT)
+        s.rate_limit = value;
     else if (mask == AUDIT_STATUS_BACKLOG_LIMIT)
         s.backlog_limit = value;
+    else if (mask == AUDIT_STATUS_BACKLOG_WAIT_TIME)
+        s.backlog_wait_time = value;
     else if (mask == AUDIT_STATUS_PID)
         s.pid = value;
     else
         return -EINVAL;
-    return ctl_request(a, AUDIT_SET, NLM_F_ACK, &s, sizeof s, NULL, NULL);
+    int err = ctl_request(a, AUDIT_SET, NLM_F_ACK, &s, sizeof s, NULL, NULL);
+    if (err == 0)
+        set_done(a);
+    return err;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -721,6 +745,8 @@ static int become_owner(am_anl *a)
     a->ack_seq = 0;
     if (a->ack_seen && a->ack_error != 0)
         return a->ack_error;
+    if (a->ack_seen)
+        set_done(a);
     struct am_anl_status now;
     if (get_status(a, &now) != 0)
         return -EIO;
@@ -748,7 +774,7 @@ int am_anl_open(am_anl *a)
     if (a->ev_fd < 0 || a->ctl_fd < 0)
         return AM_OK; /* unavailable, as am_anl_new said in the state */
     a->state[0] = '\0';
-    int err = get_status(a, &a->found);
+    int err = a->probed ? 0 : get_status(a, &a->found);
     if (err != 0) {
         state_add(a, "unavailable: AUDIT_GET failed: %s", strerror(-err));
         return AM_OK;
@@ -775,6 +801,21 @@ int am_anl_open(am_anl *a)
             if (a->opt.backlog_limit > a->found.backlog_limit && a->found.enabled != 2) {
                 if (set_status(a, AUDIT_STATUS_BACKLOG_LIMIT, a->opt.backlog_limit) == 0)
                     a->set_backlog = 1;
+            }
+            /* A task whose record finds the backlog full sleeps up to backlog_wait_time (60 s
+             * by default) for the reader: a stopped or starved agent would stall the device.
+             * 0 drops that record at once, counted in `lost`. Not when failure is 2: there a
+             * counted loss panics the kernel, and the administrator chose waiting over that. */
+            if (a->opt.drop_when_full && a->found.enabled != 2 &&
+                a->found.failure != AUDIT_FAIL_PANIC && a->found.backlog_wait_time != 0) {
+                if (set_status(a, AUDIT_STATUS_BACKLOG_WAIT_TIME, 0) == 0) {
+                    a->set_wait = 1;
+                    a->st.wait_time_set = 1;
+                } else {
+                    state_add(a, "; setting backlog_wait_time 0 failed");
+                }
+            } else if (a->opt.drop_when_full && a->found.failure == AUDIT_FAIL_PANIC) {
+                state_add(a, "; backlog_wait_time kept: failure is 2 (a loss would panic)");
             }
             if (a->found.enabled == 2)
                 state_add(a, "; audit is locked (enabled 2): rules and settings cannot change");
@@ -814,6 +855,124 @@ int am_anl_open(am_anl *a)
     return AM_OK;
 }
 
+int am_anl_probe(am_anl *a)
+{
+    if (a == NULL || a->opened || a->closed)
+        return AM_ERR_ARG;
+    if (a->ctl_fd < 0)
+        return AM_EMPTY;
+    a->probed = get_status(a, &a->found) == 0;
+    return a->probed ? AM_OK : AM_EMPTY;
+}
+
+/* Deletes every listed rule with our key; the rules of others are never touched, so they keep
+ * their order. A listing holds at most MAX_STALE of ours: list again while some were left. */
+static void restore_rules(am_anl *a, struct am_anl_restore_report *r)
+{
+    for (int round = 0; round < 64; round++) {
+        struct stale_list list;
+        memset(&list, 0, sizeof list);
+        if (ctl_request(a, AUDIT_LIST_RULES, 0, NULL, 0, list_reply, &list) != 0) {
+            for (size_t i = 0; i < list.count; i++)
+                free(list.items[i].data);
+            return;
+        }
+        size_t deleted = 0;
+        for (size_t i = 0; i < list.count; i++) {
+            if (ctl_request(a, AUDIT_DEL_RULE, NLM_F_ACK, list.items[i].data, list.items[i].len,
+                            NULL, NULL) == 0) {
+                r->rules_removed++;
+                deleted++;
+            } else {
+                r->rules_remove_failed++;
+            }
+            free(list.items[i].data);
+        }
+        if (list.more == 0 || deleted == 0)
+            return;
+    }
+}
+
+static uint32_t rules_with_our_key(am_anl *a, int *ok)
+{
+    struct stale_list list;
+    memset(&list, 0, sizeof list);
+    *ok = ctl_request(a, AUDIT_LIST_RULES, 0, NULL, 0, list_reply, &list) == 0;
+    for (size_t i = 0; i < list.count; i++)
+        free(list.items[i].data);
+    return (uint32_t)(list.count + list.more);
+}
+
+/* One status field put back when it differs; counts what it did. */
+static void restore_field(am_anl *a, uint32_t mask, uint32_t now, uint32_t saved,
+                          struct am_anl_restore_report *r)
+{
+    if (now == saved)
+        return;
+    if (set_status(a, mask, saved) == 0)
+        r->settings_changed++;
+    else
+        r->settings_failed++;
+}
+
+int am_anl_restore(am_anl *a, const struct am_anl_status *saved,
+                   struct am_anl_restore_report *report)
+{
+    struct am_anl_restore_report r;
+    memset(&r, 0, sizeof r);
+    if (report != NULL)
+        *report = r;
+    if (a == NULL || saved == NULL || a->opened || a->closed)
+        return AM_ERR_ARG;
+    if (a->ctl_fd < 0)
+        return AM_EMPTY;
+    struct am_anl_status now;
+    if (get_status(a, &now) != 0)
+        return AM_EMPTY;
+    restore_rules(a, &r);
+    uint32_t self = (uint32_t)getpid();
+    /* A live audit daemon that is not us (auditd started after the agent was killed) owns the
+     * settings now: only our rules were ours to remove. */
+    r.settings_skipped = now.pid != 0 && now.pid != self && pid_alive(now.pid);
+    if (!r.settings_skipped && now.enabled != 2) {
+        restore_field(a, AUDIT_STATUS_FAILURE, now.failure, saved->failure, &r);
+        restore_field(a, AUDIT_STATUS_RATE_LIMIT, now.rate_limit, saved->rate_limit, &r);
+        restore_field(a, AUDIT_STATUS_BACKLOG_LIMIT, now.backlog_limit, saved->backlog_limit, &r);
+        restore_field(a, AUDIT_STATUS_BACKLOG_WAIT_TIME, now.backlog_wait_time,
+                      saved->backlog_wait_time, &r);
+        restore_field(a, AUDIT_STATUS_ENABLED, now.enabled, saved->enabled, &r);
+        /* The killed agent's pid stays registered until the kernel fails a send to it; our
+         * AUDIT_SET pid 0 makes the kernel probe it (AUDIT_REPLACE) and clear it. */
+        if (now.pid != 0) {
+            if (set_status(a, AUDIT_STATUS_PID, 0) == 0)
+                r.ownership_released = 1;
+            else
+                r.settings_failed++;
+        }
+    }
+    int status = AM_OK;
+    int listed;
+    r.rules_left = rules_with_our_key(a, &listed);
+    if (get_status(a, &now) != 0 || !listed) {
+        status = AM_EMPTY;
+    } else {
+        if (!r.settings_skipped) {
+            r.mismatched += now.enabled != saved->enabled;
+            r.mismatched += now.failure != saved->failure;
+            r.mismatched += now.rate_limit != saved->rate_limit;
+            r.mismatched += now.backlog_limit != saved->backlog_limit;
+            r.mismatched += now.backlog_wait_time != saved->backlog_wait_time;
+            /* A dead pid in saved was the kernel's stale registration: 0 is what it stood for. */
+            r.mismatched += now.pid != 0 && now.pid != saved->pid;
+        }
+        if (r.mismatched != 0 || r.rules_left != 0)
+            status = AM_ERR_LIMIT;
+    }
+    if (report != NULL)
+        *report = r;
+    return status;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * the rest of the API */
 
@@ -828,6 +987,7 @@ void am_anl_default_options(struct am_anl_options *out)
     out->compat_arch = 1;
     out->rcvbuf_bytes = 4u << 20;
     out->reply_timeout_ms = 2000;
+    out->drop_when_full = 1;
 }
 
 am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_options *audit)
@@ -836,7 +996,7 @@ am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_opti
     am_anl_default_options(&o);
     if (opts != NULL)
         o = *opts;
-    if (o.take_ownership > 1 || o.exec_rules > 1 || o.net_rules > 1 || o.compat_arch > 1 ||
+    if (o.take_ownership > 1 || o.exec_rules > 1 || o.net_rules > 1 || o.compat_arch > 1 || o.drop_when_full > 1 ||
         o.rcvbuf_bytes > (1u << 30) || o.reply_timeout_ms < 1 || o.reply_timeout_ms > 60000 ||
         o.backlog_limit > (1u << 30))
         return NULL;
@@ -844,6 +1004,9 @@ am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_opti
     if (a == NULL)
         return NULL;
     a->opt = o;
+    const char *kill_after = getenv("AM_ANL_KILL_AFTER");
+    if (kill_after != NULL)
+        a->kill_after_set = (uint32_t)strtoul(kill_after, NULL, 10);
     a->ev_fd = -1;
     a->ctl_fd = -1;
     a->parser = am_audit_new(audit);
@@ -887,7 +1050,7 @@ int am_anl_found_status(const am_anl *a, struct am_anl_status *out)
     if (a == NULL || out == NULL)
         return AM_ERR_ARG;
     *out = a->found;
-    return a->opened ? AM_OK : AM_EMPTY;
+    return a->opened || a->probed ? AM_OK : AM_EMPTY;
 }
 
 int am_anl_fileno(const am_anl *a)
@@ -972,6 +1135,8 @@ int am_anl_close(am_anl *a)
                 (void)set_status(a, AUDIT_STATUS_ENABLED, a->found.enabled);
             if (a->set_backlog)
                 (void)set_status(a, AUDIT_STATUS_BACKLOG_LIMIT, a->found.backlog_limit);
+            if (a->set_wait)
+                (void)set_status(a, AUDIT_STATUS_BACKLOG_WAIT_TIME, a->found.backlog_wait_time);
             (void)set_status(a, AUDIT_STATUS_PID, 0);
         }
     }

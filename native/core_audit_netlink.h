@@ -18,6 +18,9 @@ struct am_anl_options {
     uint32_t compat_arch;    /* 1: rules for the 32-bit compat arch too (i386 on x86_64) */
     uint32_t rcvbuf_bytes;   /* receive buffer of the event socket. 4194304 */
     uint32_t reply_timeout_ms; /* wait for each kernel reply at open/close/poll. 2000 */
+    uint32_t drop_when_full; /* 1: as owner set backlog_wait_time 0 (a record that finds the
+                              * backlog full is lost and counted, the task never sleeps),
+                              * unless failure is 2 (panic on loss). 1 */
 };
 
 /* struct audit_status as the kernel reports it (fields a kernel does not send stay 0). */
@@ -63,6 +66,19 @@ struct am_anl_stats {
     uint64_t rules_remove_failed;
     uint64_t stale_rules_removed; /* rules with our key found at open (a killed previous run) */
     uint64_t parser_full;       /* drain calls that stopped because the sink was full */
+    uint64_t wait_time_set;     /* 1: open set backlog_wait_time 0 (drop_when_full) */
+};
+
+/* What am_anl_restore did. */
+struct am_anl_restore_report {
+    uint32_t rules_removed;     /* rules with our key deleted */
+    uint32_t rules_remove_failed;
+    uint32_t settings_changed;  /* AUDIT_SET requests that changed a field back */
+    uint32_t settings_failed;   /* AUDIT_SET requests the kernel refused */
+    uint32_t settings_skipped;  /* 1: another live process owns audit: its settings stay */
+    uint32_t ownership_released; /* 1: the audit daemon pid (ours or a dead one) set to 0 */
+    uint32_t mismatched;        /* fields still different from `saved` afterwards */
+    uint32_t rules_left;        /* rules with our key still listed afterwards */
 };
 
 enum am_anl_mode {
@@ -76,9 +92,24 @@ void am_anl_default_options(struct am_anl_options *out);
 /* Opens the two netlink sockets and the parser (audit may be NULL for its defaults); changes
  * nothing in the kernel. NULL on a bad option or no memory. */
 am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_options *audit);
-/* Reads the status, chooses the mode, removes stale rules, installs ours. AM_OK whatever the
- * mode (am_anl_mode, am_anl_state say what happened); AM_ERR_ARG if already opened. */
+/* AUDIT_GET only, changing nothing: the status open will start from (am_anl_found_status),
+ * so that the caller can record it before open changes the kernel. AM_OK, AM_EMPTY when
+ * the kernel did not answer (open then reports unavailable); AM_ERR_ARG after open. */
+int am_anl_probe(am_anl *a);
+/* Reads the status (unless probed), chooses the mode, removes stale rules, installs ours.
+ * AM_OK whatever the mode (am_anl_mode, am_anl_state say what happened); AM_ERR_ARG if
+ * already opened. */
 int am_anl_open(am_anl *a);
+/* Puts the kernel's audit state back to `saved` (a status recorded before a run that may have
+ * been killed), on a handle not opened: deletes every rule with our key (rules of others stay,
+ * in their order); unless another live process owns audit now, sets failure, rate_limit,
+ * backlog_limit, backlog_wait_time and enabled back where they differ, and releases the audit
+ * daemon pid when it is a dead process's (set 0; the kernel's own probe clears it). Idempotent.
+ * AM_OK when afterwards no rule with our key is left and every restored field equals saved;
+ * AM_EMPTY when the kernel did not answer; AM_ERR_LIMIT when something is still different
+ * (report says what); AM_ERR_ARG on an opened handle. report may be NULL. */
+int am_anl_restore(am_anl *a, const struct am_anl_status *saved,
+                   struct am_anl_restore_report *report);
 int am_anl_mode(const am_anl *a);
 /* "owner", "multicast: owned by pid 1234 (auditd)", "unavailable: ...". */
 const char *am_anl_state(const am_anl *a);
@@ -98,8 +129,8 @@ int am_anl_poll_status(am_anl *a, struct am_anl_status *out);
 int am_anl_expire(am_anl *a, am_sink *sink, uint64_t now_ms);
 int am_anl_flush(am_anl *a, am_sink *sink);
 void am_anl_stats(const am_anl *a, struct am_anl_stats *out, struct am_audit_stats *parser);
-/* Removes our rules, restores what open changed (enabled, backlog_limit, ownership), closes
- * the sockets. Safe to call twice; in a forked child it only closes the sockets. */
+/* Removes our rules, restores what open changed (enabled, backlog_limit, backlog_wait_time,
+ * ownership), closes the sockets. Safe to call twice; in a forked child it only closes the sockets. */
 int am_anl_close(am_anl *a);
 /* Closes (if needed) and frees. */
 void am_anl_free(am_anl *a);

@@ -78,6 +78,7 @@ VALID: dict[str, tuple[Any, Any]] = {
     "Outbox_CheckpointSeconds": (2, 2),
     "Audit_OwnIfFree": (False, False),
     "Audit_BacklogLimit": (16384, 16384),
+    "Audit_ReceiveBufferBytes": (1 << 20, 1 << 20),
     "NetworkActivity_PacketBufferSize": (1 << 20, 1 << 20),
     "Peripheral_CacheSize": (512, 512),
     "Statistics_CacheSize": (512, 512),

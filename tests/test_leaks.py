@@ -164,3 +164,37 @@ def test_aggregator_checkpoint_calls() -> None:
         lane.take()
 
     assert_rss_flat(cycle, calls=3000, name="am_agg_snapshot, am_agg_restore_batch, am_sink_copy_open")
+
+
+def test_audit_state_probe_and_restore_calls() -> None:
+    """am_anl_probe (through AuditNetlink's before_change, on a handle opened without rules or
+    ownership) and am_anl_restore of the state as it is (nothing to change: the calls only
+    talk to the kernel). Root: AUDIT_GET needs CAP_AUDIT_CONTROL."""
+    import os
+
+    import pytest
+
+    from agent.native.audit_netlink import (
+        STATUS_FIELDS,
+        AuditNetlink,
+        AuditNetlinkOptions,
+        restore_status,
+    )
+
+    if os.geteuid() != 0:
+        pytest.skip("AUDIT_GET needs root (CAP_AUDIT_CONTROL)")
+    seen: list[int] = []
+    options = AuditNetlinkOptions(take_ownership=False, exec_rules=False, net_rules=False)
+
+    def probe() -> None:
+        AuditNetlink(options, before_change=lambda found: seen.append(found.enabled)).close()
+
+    with AuditNetlink(options) as nl:
+        found = nl.found_status
+    assert found is not None
+    saved = {name: found[name] for name in STATUS_FIELDS}
+    if saved["pid"] != 0:
+        pytest.skip(f"audit is owned by pid {saved['pid']}: a restore would not be a no-op")
+    assert_rss_flat(probe, calls=500, name="am_anl_probe")
+    assert seen
+    assert_rss_flat(lambda: restore_status(saved), calls=300, name="am_anl_restore")

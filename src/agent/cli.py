@@ -181,6 +181,60 @@ def run(args: argparse.Namespace) -> int:
     return rc
 
 
+# Exit codes of `micro-agent audit-restore` (also in its --help and docs/sources/audit-netlink.md).
+RESTORE_DONE = 0  # restored and the record removed, or nothing was recorded
+RESTORE_INCOMPLETE = 1  # the kernel refused or something still differs: the record is kept
+RESTORE_CANNOT = 2  # the record is unreadable, or audit cannot be reached (no privilege)
+RESTORE_AGENT_RUNNING = 3  # an agent runs with this data directory: nothing was done
+
+RESTORE_EPILOG = f"""exit status: {RESTORE_DONE} restored and the record removed, or nothing \
+recorded; {RESTORE_INCOMPLETE} not everything could be put back (the record is kept); \
+{RESTORE_CANNOT} the record is unreadable or audit cannot be reached (the record is kept); \
+{RESTORE_AGENT_RUNNING} an agent is running with this data directory (nothing done)"""
+
+
+def audit_restore(args: argparse.Namespace) -> int:
+    import errno
+    import fcntl
+
+    from agent.collectors.audit_state import AuditStateRecord, RecordError
+
+    data_dir = Path(args.data_dir)
+    record = AuditStateRecord(data_dir)
+    if not record.exists():
+        print(f"micro-agent audit-restore: nothing recorded in {data_dir}")
+        return RESTORE_DONE
+    # The running agent holds the outbox's lock; restoring under it would take its audit away.
+    lock_fd = -1
+    try:
+        lock_fd = os.open(data_dir / "outbox" / "lock", os.O_RDWR | os.O_CLOEXEC)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except FileNotFoundError:
+        pass  # no outbox: no agent has run here since the record was written
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            print(f"micro-agent audit-restore: an agent is running with {data_dir}; stop it "
+                  "first (it restores the audit state itself when it stops)", file=sys.stderr)
+            return RESTORE_AGENT_RUNNING
+        raise
+    try:
+        outcome = record.restore()
+    except RecordError as err:
+        print(f"micro-agent audit-restore: cannot read the record: {err}", file=sys.stderr)
+        return RESTORE_CANNOT
+    except OSError as err:
+        print(f"micro-agent audit-restore: {err}", file=sys.stderr)
+        return RESTORE_CANNOT
+    finally:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+    if outcome.ok:
+        print(f"micro-agent audit-restore: {outcome.what}")
+        return RESTORE_DONE
+    print(f"micro-agent audit-restore: {outcome.what}", file=sys.stderr)
+    return RESTORE_INCOMPLETE if outcome.reached else RESTORE_CANNOT
+
+
 def _decode_one(path: Path, envelope: bool, out: BinaryIO) -> None:
     from agent.envelope import EnvelopeError, decode_envelope
     from agent.jsonl import batch_events, event_line
@@ -445,6 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--modules", action="store_true",
                     help="the top-level Python modules the agent process has loaded, one a line")
     st.set_defaults(func=status)
+
+    ar = sub.add_parser(
+        "audit-restore", help="put back the kernel audit state a killed agent left changed",
+        description="Put the kernel's audit state (enabled, failure, rate_limit, backlog_limit, "
+        "backlog_wait_time, ownership, and the agent's own rules) back to what the agent "
+        "recorded in DATA_DIR/audit-state.json before it changed it, and remove the record. "
+        "Rules of others stay, in their order. A running agent, and the next start, do this "
+        "themselves; this is for after a crash when the agent will not run again (the "
+        "package's prerm, after stopping the service).",
+        epilog=RESTORE_EPILOG)
+    common(ar, config=False)
+    ar.set_defaults(func=audit_restore)
 
     co = sub.add_parser("collect", help="print one snapshot of a collector as JSON lines")
     co.add_argument("name", help="the collector's twin prefix: " + ", ".join(COLLECTABLE)

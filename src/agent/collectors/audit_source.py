@@ -7,13 +7,19 @@ rules for NetworkActivity; Login needs none: PAM's records come without rules) a
 again when that set changes. Its mode (owner of audit, or reader of the multicast group
 beside auditd) is the subscribers' reported source. Its losses (the kernel's `lost`, ENOBUFS,
 serial gaps) are reported once, as the "Audit" source's drops.
+
+Before each open changes the kernel, the status it found is recorded in the data directory
+(agent.collectors.audit_state); a record left by a killed run is put back first, and each
+close puts the recorded state back and removes the record.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
+from agent.collectors.audit_state import AuditStateRecord, RecordError
 from agent.collectors.privileges import lacking
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions
 from agent.native.sink import EventSink, pump
@@ -58,7 +64,8 @@ class AuditSource:
         self.subscribers: dict[str, tuple[Collector, bool, bool]] = {}
         self.state = "closed"
         self._config: Config | None = None
-        self._opened_with: tuple[bool, bool, bool, int] | None = None
+        self._opened_with: tuple[bool, bool, bool, int, int] | None = None
+        self.record = AuditStateRecord(env.data_dir)
         self._closed_drops: dict[str, int] = {}
         self._last_tick = 0
         self._closed = False  # the agent is stopping: no reopening
@@ -80,14 +87,15 @@ class AuditSource:
         # The leaving collector still gets what the socket holds for it.
         self._reopen(also=collector)
 
-    def _wanted(self) -> tuple[bool, bool, bool, int]:
+    def _wanted(self) -> tuple[bool, bool, bool, int, int]:
         exec_rules = any(e for _, e, _ in self.subscribers.values())
         net_rules = any(n for _, _, n in self.subscribers.values())
-        own, backlog = True, 8192
+        own, backlog, rcvbuf = True, 8192, 4 << 20
         if self._config is not None:
             own = self._config.audit.own_if_free
             backlog = self._config.audit.backlog_limit
-        return exec_rules, net_rules, own, backlog
+            rcvbuf = self._config.audit.receive_buffer_bytes
+        return exec_rules, net_rules, own, backlog, rcvbuf
 
     def _reopen(self, also: Collector | None = None) -> None:
         if self._closed:
@@ -98,11 +106,17 @@ class AuditSource:
         self._close(also)
         if wanted is None:
             return
-        exec_rules, net_rules, own, backlog = wanted
+        exec_rules, net_rules, own, backlog, rcvbuf = wanted
         try:
-            self.nl = AuditNetlink(AuditNetlinkOptions(
-                take_ownership=own, backlog_limit=backlog,
-                exec_rules=exec_rules, net_rules=net_rules))
+            # A record a killed run left is put back before anything changes again; one that
+            # could not be put back stays, and describes the state before that run: it is not
+            # replaced by what this open finds.
+            keep_old = not self._restore_recorded()
+            self.nl = AuditNetlink(
+                AuditNetlinkOptions(take_ownership=own, backlog_limit=backlog,
+                                    exec_rules=exec_rules, net_rules=net_rules,
+                                    rcvbuf_bytes=rcvbuf),
+                before_change=None if keep_old else self.record.save)
         # No CAP_AUDIT_*, no audit in the kernel, or anything else: the collectors fall back.
         except Exception as err:  # noqa: BLE001
             self.state = _explained(f"unavailable: {type(err).__name__}: {err}")
@@ -119,6 +133,7 @@ class AuditSource:
             log.warning("audit: %s", self.state)
             self._account_closed(self.nl)
             self.nl.close()
+            self._restore_recorded()
             self.nl = None
             self._opened_with = wanted
             return
@@ -139,7 +154,27 @@ class AuditSource:
         finally:
             self._account_closed(nl)
             nl.close()
+            self._restore_recorded()
         self.state = "closed"
+
+    def _restore_recorded(self) -> bool:
+        """Puts the recorded audit state back (a no-op when nothing is recorded); True when
+        no record is left. An unreadable record is set aside (.corrupt), never trusted."""
+        try:
+            outcome = self.record.restore()
+        except RecordError as err:
+            log.error("audit: unreadable state record, set aside as .corrupt: %s", err)
+            try:
+                os.replace(self.record.path, self.record.path.with_suffix(".corrupt"))
+            except OSError:
+                return False
+            return True
+        except Exception as err:  # noqa: BLE001 - no audit in the kernel: nothing to restore
+            log.error("audit: restoring the recorded state failed: %s", err)
+            return False
+        if outcome.what != "nothing recorded":
+            (log.info if outcome.ok else log.error)("audit: %s", outcome.what)
+        return outcome.ok
 
     def close(self) -> None:
         """The agent stops: the last events go to the subscribers, the rules are removed and

@@ -526,6 +526,11 @@ class AuditConfig:
         "BacklogLimit", integer(64, 1048576, "records"), 8192,
         "Kernel audit backlog set while the agent owns audit (the previous value is restored "
         "on exit)."))
+    receive_buffer_bytes: int = field(metadata=prop(
+        "ReceiveBufferBytes", integer(16 << 10, 256 << 20, "bytes"), 4 << 20,
+        "Receive buffer of the agent's audit socket (ours). With the backlog it is what "
+        "holds audit records while the agent is busy or stopped; beyond both, records are "
+        "lost and counted (Audit.kernel_lost), never waited for."))
 
 
 _COMPAT = "Accepted for Defender for IoT micro agent twins; no effect here."

@@ -18,7 +18,7 @@ counters; records never become Python objects (see docs/sources/audit-netlink.md
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from agent._core import ffi, lib
@@ -56,6 +56,7 @@ class AuditNetlinkOptions:
     compat_arch: bool | None = None  # also the 32-bit compat arch (True)
     rcvbuf_bytes: int | None = None  # event socket buffer (4 MiB)
     reply_timeout_ms: int | None = None  # per kernel reply (2000)
+    drop_when_full: bool | None = None  # as owner, backlog_wait_time 0 (True; not if failure=2)
     parser: AuditOptions | None = field(default=None, metadata=_base.C_ONLY_IN_PYTHON)
 
 
@@ -85,11 +86,17 @@ class AuditNetlink(NativeHandle):
     change nothing of theirs) or `unavailable` (with the reason in `state`).
 
     The handle's C destructor (am_anl_free, run by close() or at garbage collection, also at
-    interpreter exit) removes the agent's rules and restores what open changed."""
+    interpreter exit) removes the agent's rules and restores what open changed.
+
+    `before_change(found)`, when given, is called with the kernel's audit status after it was
+    read and before anything in the kernel is changed (the agent records it durably there, so
+    that a killed run can be undone: agent.collectors.audit_state); if it raises, nothing is
+    changed and the error propagates."""
 
     _what = "audit netlink source"
 
-    def __init__(self, options: AuditNetlinkOptions | None = None) -> None:
+    def __init__(self, options: AuditNetlinkOptions | None = None,
+                 before_change: Callable[[CoreStats], None] | None = None) -> None:
         options = options or AuditNetlinkOptions()
         opts = c_options(options, "struct am_anl_options", lib.am_anl_default_options)
         parser = ffi.NULL
@@ -101,6 +108,10 @@ class AuditNetlink(NativeHandle):
         self._finished_reading = False
         self._status = ffi.new("struct am_anl_status *")
         try:
+            if before_change is not None and lib.am_anl_probe(handle) == _base.AM_OK:
+                found = self.found_status
+                assert found is not None
+                before_change(found)
             check(lib.am_anl_open(handle), "am_anl_open")
         except BaseException:
             self.close()
@@ -180,6 +191,66 @@ class AuditNetlink(NativeHandle):
         return AuditNetlinkStats(_base.stats_values("struct am_anl_stats", raw), parser)
 
 
+@dataclass(frozen=True)
+class RestoreResult:
+    """What restore_status did: `complete` when no rule with our key is left and every
+    restored field equals the saved one; `answered` False when the kernel did not answer;
+    `report` the counters of struct am_anl_restore_report."""
+
+    complete: bool
+    answered: bool
+    report: CoreStats
+
+    def describe(self) -> str:
+        r = self.report
+        if not self.answered:
+            return "the kernel did not answer (no audit, or no CAP_AUDIT_CONTROL)"
+        parts = [f"{r.rules_removed} rule(s) with our key removed"]
+        if r.rules_remove_failed:
+            parts.append(f"{r.rules_remove_failed} refused")
+        if r.settings_skipped:
+            parts.append("settings left to the live audit daemon")
+        else:
+            parts.append(f"{r.settings_changed} setting(s) put back")
+        if r.settings_failed:
+            parts.append(f"{r.settings_failed} refused")
+        if r.ownership_released:
+            parts.append("ownership released")
+        if r.mismatched:
+            parts.append(f"{r.mismatched} field(s) still differ")
+        if r.rules_left:
+            parts.append(f"{r.rules_left} rule(s) with our key left")
+        return ", ".join(parts)
+
+
+STATUS_FIELDS = ("enabled", "failure", "pid", "rate_limit", "backlog_limit",
+                 "backlog_wait_time")
+
+
+def restore_status(saved: Mapping[str, int], reply_timeout_ms: int | None = None
+                   ) -> RestoreResult:
+    """Puts the kernel's audit state back to `saved` (a found_status recorded before a run,
+    by field name): am_anl_restore on a handle of its own, never opened. Idempotent."""
+    opts = c_options(AuditNetlinkOptions(exec_rules=False, net_rules=False,
+                                         reply_timeout_ms=reply_timeout_ms),
+                     "struct am_anl_options", lib.am_anl_default_options)
+    handle = lib.am_anl_new(opts, ffi.NULL)
+    if handle == ffi.NULL:
+        raise MemoryError("am_anl_new")
+    try:
+        status = ffi.new("struct am_anl_status *")
+        for name in STATUS_FIELDS:
+            setattr(status, name, int(saved[name]))
+        report = ffi.new("struct am_anl_restore_report *")
+        rc = lib.am_anl_restore(handle, status, report)
+    finally:
+        lib.am_anl_free(handle)
+    if rc not in (_base.AM_OK, _base.AM_EMPTY, lib.AM_ERR_LIMIT):
+        check(rc, "am_anl_restore")
+    return RestoreResult(rc == _base.AM_OK, rc != _base.AM_EMPTY,
+                         CoreStats.read("struct am_anl_restore_report", report))
+
+
 class NetlinkDecoder(NativeHandle):
     """The decoder of received audit netlink datagrams without a socket (am_audit_nl_decode
     over a parser of its own, whose handle this one is): for tests, replays and fuzz-found
@@ -224,4 +295,6 @@ __all__ = [
     "AuditNetlinkOptions",
     "AuditNetlinkStats",
     "NetlinkDecoder",
+    "RestoreResult",
+    "restore_status",
 ]
