@@ -51,16 +51,21 @@ def console_script() -> Path:
 
 
 def unit_for_this_machine(tmp_path: Path) -> Path:
-    """The unit with ExecStart= naming this environment's micro-agent, nothing else changed."""
+    """The unit with ExecStart= and ExecStopPost= naming this environment's micro-agent,
+    nothing else changed."""
     text = UNIT.read_text()
-    exec_start = settings("ExecStart")
-    assert exec_start == ["/usr/bin/micro-agent run"], exec_start
+    commands = {"ExecStart": "/usr/bin/micro-agent run",
+                "ExecStopPost": "/usr/bin/micro-agent audit-restore"}
+    for name, command in commands.items():
+        assert settings(name) == [command], settings(name)
     assert console_script().exists(), console_script()
     copy = tmp_path / UNIT.name
-    copy.write_text(text.replace("ExecStart=/usr/bin/micro-agent ",
-                                 f"ExecStart={console_script()} "))
+    local = text
+    for name in commands:
+        local = local.replace(f"{name}=/usr/bin/micro-agent ", f"{name}={console_script()} ")
+    copy.write_text(local)
     changed = [(a, b) for a, b in zip(text.splitlines(), copy.read_text().splitlines()) if a != b]
-    assert [a for a, _ in changed] == ["ExecStart=/usr/bin/micro-agent run"]
+    assert [a for a, _ in changed] == [f"{name}={command}" for name, command in commands.items()]
     return copy
 
 
