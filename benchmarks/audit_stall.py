@@ -4,8 +4,7 @@ back; prints the exec rate with no agent, with the agent running, during the sto
 and, for comparison, during a shorter stop with the kernel's default backlog_wait_time put back
 (what the agent replaced with 0), with what the kernel lost and how long tasks slept in it.
 
-Root, auditctl, and the kernel's audit state to itself (flock /work/kernel.lock on a shared
-machine). The audit state is checked to be as it was at the end.
+Root, auditctl, and the kernel's audit state to itself (nothing else using audit meanwhile). The audit state is checked to be as it was at the end.
 
     python3 benchmarks/audit_stall.py [--stop-seconds 600] [--compare-seconds 60]
 """

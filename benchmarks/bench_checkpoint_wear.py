@@ -9,7 +9,7 @@ writes), status.json in a runtime directory on /dev/shm (as under systemd: tmpfs
 data directory each phase under AGENT_BENCH_DIR (default /var/tmp: a real
 disk, not tmpfs, whose writes are counted). Each phase settles 5 s, then is measured for
 AGENT_BENCH_WEAR_S seconds (default 40; 1 and 3 s with --benchmark-disable, as in CI). Root and the kernel's
-audit: hold /work/kernel.lock around it on a shared machine.
+audit to itself.
 """
 
 from __future__ import annotations

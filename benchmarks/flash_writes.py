@@ -8,7 +8,7 @@ collector on, batches delivered to DATA/delivered), status.json on a tmpfs as th
 unit's RuntimeDirectory= puts it, the data directory on a real disk (default a new directory
 under /var/tmp; a tmpfs is refused, it would measure nothing). Needs root; run it as the
 audit owner (no auditd) to measure the agent's own audit source. Touches the kernel audit
-state like the agent does: on a shared machine take the kernel lock (flock /work/kernel.lock).
+state like the agent does: run it with nothing else using the kernel's audit.
 
 Two phases of --seconds each, after the agent said it is ready: idle (nothing but the
 machine's own activity), then load (this process spawns /bin/true TAG-n at --rate per second,

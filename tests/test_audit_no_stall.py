@@ -13,7 +13,7 @@ run after it continued reach its output (its last batch, at the stop).
 The ratios are printed (pytest -s); on a shared 2-core machine they are noisy, so only the
 0.5x floor is asserted. The full-size, 10-minute run is `scripts/bench audit-stall`.
 
-Needs root and auditctl. Touches the kernel's audit state: run under `flock /work/kernel.lock`.
+Needs root and auditctl. Touches the kernel's audit state: nothing else may use audit meanwhile.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ The baseline is made distinctive first (audit disabled, backlog_limit 321, backl
 12345, rate_limit 0, failure 1, two foreign rules), so that every field the agent changes is
 seen to come back; the machine's own state is put back afterwards.
 
-Needs root and auditctl (Debian package auditd). Touches the kernel's audit state: run under
-`flock /work/kernel.lock`.
+Needs root and auditctl (Debian package auditd). Touches the kernel's audit state: run it
+with nothing else using audit.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ short `micro-agent run` as the service user with the unit's capabilities), then 
 nothing of it left and the kernel's audit status and rules as they were before the install.
 
 The install test changes the machine (a package, a system user, the kernel audit while the
-agent runs): run it under the kernel lock on a shared machine,
-    flock /work/kernel.lock python3 -m pytest tests/test_deb.py
+agent runs): run it as root with nothing else using the kernel's audit,
+    python3 -m pytest tests/test_deb.py
 It purges the package and stops the agent even when it fails."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ For each: the agent keeps running (same pid, status running), its memory grows b
 than the documented bounds of what it holds (aggregators, audit parser, sinks), its CPU time
 per event stays within the documented budget, and every event the test caused arrives (ground
 truth by unique tags) or is counted as dropped by reason. docs/architecture.md, "Hostile
-input", has the figures. Run it under /work/kernel.lock beside other kernel tests; it loads
+input", has the figures. Run it alone beside other kernel tests; it loads
 the machine.
 """
 
