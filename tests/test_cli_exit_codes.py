@@ -222,6 +222,60 @@ def run_bad_runtime_dir(tmp: Path) -> int:
                  str(tmp / "file" / "run")).returncode
 
 
+def audit_restore_nothing_recorded(tmp: Path) -> int:
+    done = agent("audit-restore", "--data-dir", str(tmp / "data"))
+    assert "nothing recorded" in done.stdout
+    return done.returncode
+
+
+def write_record(data_dir: Path, **changed: int) -> None:
+    """A record as the agent writes it before its first change: the kernel's audit status as
+    it is now, with the fields given changed."""
+    from agent.collectors.audit_state import FORMAT, RECORD_NAME, boot_id
+    from agent.native.audit_netlink import STATUS_FIELDS, AuditNetlink, AuditNetlinkOptions
+
+    options = AuditNetlinkOptions(take_ownership=False, exec_rules=False, net_rules=False)
+    with AuditNetlink(options) as nl:
+        found = nl.found_status
+    assert found is not None
+    if found["pid"] != 0:
+        pytest.skip(f"audit is owned by pid {found['pid']}: a restore would not touch it")
+    status = {name: int(found[name]) for name in STATUS_FIELDS} | changed
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / RECORD_NAME).write_text(json.dumps(
+        {"format": FORMAT, "boot_id": boot_id(), "agent_pid": 1, "written": int(time.time()),
+         "status": status}))
+
+
+def audit_restore_refused(tmp: Path) -> int:
+    need_root()
+    # AUDIT_FAIL_* is 0, 1 or 2: the kernel answers EINVAL to 7 (and 2 would panic on a loss).
+    write_record(tmp / "data", failure=7)
+    done = agent("audit-restore", "--data-dir", str(tmp / "data"))
+    assert (tmp / "data" / "audit-state.json").exists()  # kept for another try
+    return done.returncode
+
+
+def audit_restore_unreadable(tmp: Path) -> int:
+    (tmp / "data").mkdir()
+    (tmp / "data" / "audit-state.json").write_text('{"format": 1, "stat')  # torn
+    done = agent("audit-restore", "--data-dir", str(tmp / "data"))
+    assert "cannot read the record" in done.stderr
+    return done.returncode
+
+
+def audit_restore_agent_running(tmp: Path) -> int:
+    need_root()
+    proc, data_dir, _ = start(tmp)
+    try:
+        (data_dir / "audit-state.json").write_text("{}")  # never read: the lock refuses first
+        done = agent("audit-restore", "--data-dir", str(data_dir))
+        assert "an agent is running" in done.stderr
+        return done.returncode
+    finally:
+        assert stop(proc) == 0
+
+
 def usage_error(tmp: Path) -> int:
     codes = {agent(verb, "--no-such-option").returncode for verb in sorted(verbs())}
     codes.add(agent().returncode)  # no verb at all
@@ -241,10 +295,14 @@ CASES: dict[tuple[str, int], list[Callable[[Path], int]]] = {
     ("status", 3): [status_stopped, status_runtime_gone],
     ("run", 0): [run_stopped, run_interrupted],
     ("run", 2): [run_second_agent, run_bad_identity, run_bad_data_dir, run_bad_runtime_dir],
+    ("audit-restore", 0): [audit_restore_nothing_recorded],
+    ("audit-restore", 1): [audit_restore_refused],
+    ("audit-restore", 2): [audit_restore_unreadable],
+    ("audit-restore", 3): [audit_restore_agent_running],
     (EVERY_VERB, 2): [usage_error],
 }
 LIVE = {status_running, status_stopped, status_runtime_gone, run_stopped, run_interrupted,
-        run_second_agent}
+        run_second_agent, audit_restore_refused, audit_restore_agent_running}
 
 
 def test_every_verb_has_rows() -> None:
