@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.clock import wall_time
 from agent.collectors.base import Collector, Environment, now_ms
 from agent.config import CollectorState, Config, ConfigStore, ConfigUpdate, Frequency
 from agent.envelope import Identity
@@ -84,7 +85,7 @@ class Agent:
         self.uplink = uplink
         self.ident = ident
         self.config: Config = store.config
-        self.started = time.time()
+        self.started = wall_time()
         self.collectors = {c.name: Running(c) for c in collectors}
         batch_bytes = lane_batch_bytes(self.config, ident)
         self.lanes = {f: PriorityLane(f, outbox, ident, batch_bytes,
@@ -361,7 +362,7 @@ class Agent:
 
     def write_status(self, stopped: bool = False) -> None:
         doc = self.status_file.document(
-            now=time.time(),
+            now=wall_time(),
             running=not stopped,
             config_state={"latest_state": self.store.latest_state,
                           "latest_invalid_fields": list(self.store.latest_invalid_fields)},
