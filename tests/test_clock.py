@@ -48,3 +48,20 @@ def test_the_runtime_reads_the_time_of_day_only_through_the_clock() -> None:
              if path.name != "clock.py"
              for n, line in enumerate(path.read_text().splitlines(), 1) if wall.search(line)]
     assert found == []
+
+
+def test_a_jump_is_counted_with_its_size(tmp_path: Path) -> None:
+    offset = tmp_path / "offset"
+    offset.write_text("0")
+    clock = WallClock(str(offset))
+    clock.time()
+    assert clock.counts() == {"jumps_forward": 0, "jumps_backward": 0}
+    offset.write_text("-3600")
+    os.utime(offset, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    time.sleep(RECHECK_S + 0.1)
+    clock.time_ms()
+    clock.time()
+    stats = clock.stats()
+    assert clock.counts() == {"jumps_forward": 0, "jumps_backward": 1}
+    assert abs(stats["last_jump_s"] + 3600) < 1.0, stats
+    assert stats["offset_s"] == -3600
