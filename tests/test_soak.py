@@ -68,6 +68,7 @@ SAMPLE_EVERY_S = 3.0
 MODULE = ("soak-device", "iot-micro-agent")
 SPAWNER_SOURCE = Path(__file__).with_name("hostile_spawner.c")
 DATA_SIZE = "64m"
+MAX_FAULT_S = 75.0
 
 # Bounds of the slopes after the warm-up, per minute. RSS: a leak of 100 bytes per event at the
 # 250 events/s of the load is 1.5 MB/min and breaks 1 MB/min; the aggregators' tables grow to
@@ -319,12 +320,7 @@ class Faults:
                     f.flush()
             except OSError:
                 pass
-        end = time.monotonic() + hold_s
-        while time.monotonic() < end:
-            doc = self.run().status()
-            if doc and doc["outbox"]["counters"]["write_errors"] > before:
-                self.seen["disk_full"] = doc["outbox"]["counters"]["write_errors"] - before
-            time.sleep(0.5)
+        self.hold("disk_full", before, hold_s)
         filler.unlink()
 
     def read_only(self, hold_s: float) -> None:
@@ -337,13 +333,22 @@ class Faults:
             raise AssertionError("the data directory is still writable")
         except OSError:
             pass
-        end = time.monotonic() + hold_s
-        while time.monotonic() < end:
-            doc = self.run().status()
-            if doc and doc["outbox"]["counters"]["write_errors"] > before:
-                self.seen["read_only"] = doc["outbox"]["counters"]["write_errors"] - before
-            time.sleep(0.5)
+        self.hold("read_only", before, hold_s)
         self.undo_read_only()
+
+    def hold(self, fault: str, write_errors_before: int, hold_s: float) -> None:
+        """Keep a data directory fault for hold_s, and on until the outbox met it (its writes
+        come when a lane's interval ends, once a minute here), at most MAX_FAULT_S."""
+        started = time.monotonic()
+        while True:
+            doc = self.run().status()
+            if doc and doc["outbox"]["counters"]["write_errors"] > write_errors_before:
+                self.seen[fault] = doc["outbox"]["counters"]["write_errors"] - write_errors_before
+            held = time.monotonic() - started
+            if held >= MAX_FAULT_S or (held >= hold_s and fault in self.seen):
+                self.seen[f"{fault}_held_s"] = round(held, 1)
+                return
+            time.sleep(0.5)
 
     def undo_read_only(self) -> None:
         if self.mounted_ro:
@@ -441,6 +446,7 @@ def test_soak_mixed_load_with_faults(iothub: Hub, hub_certs: Certificates, soak_
         "Process_CacheSize": 65536, "NetworkActivity_CacheSize": 65536, "Login_CacheSize": 4096,
     }))
     (base / "clock-offset").write_text("0\n")
+    agent_started = time.monotonic()
     runs = [start_agent(base, data, config, cs_file, hub_certs, root)]
     faults = Faults(base, data, iothub, cs_file, lambda: runs[-1])
     load = Load(uuid.uuid4().hex[:8], base, root, spawner, true)
@@ -454,13 +460,24 @@ def test_soak_mixed_load_with_faults(iothub: Hub, hub_certs: Certificates, soak_
         t0 = time.monotonic()
         load.start()
         outage_s = 30.0 if DURATION_S >= 600 else 10.0
+
+        def lane_close_after(at: float) -> float:
+            """The first end of a lane's interval (a minute, from the agent's start, plus about
+            a second of Python start-up) after `at` seconds of load: where batches are stored.
+            The data directory faults straddle one, so that they meet the outbox's writes."""
+            since_start = at + (t0 - agent_started) - 1.0
+            return at + (60.0 - since_start % 60.0)
+
+        full_at = lane_close_after(scaled(0.25))
+        ro_at = lane_close_after(full_at + 10)
+        ro_before = 8.0 if DURATION_S < 600 else 20.0
+        ro_hold = 18.0 if DURATION_S < 600 else 60.0
         schedule: list[tuple[float, str, Callable[[], None]]] = [
             (scaled(0.08), "clock +1 h", lambda: faults.clock(3600)),
             (scaled(0.15), f"hub down {outage_s:.0f} s", lambda: faults.outage(outage_s)),
-            (scaled(0.25), "data directory full", lambda: faults.disk_full(max(10.0, scaled(0.05)))),
+            (full_at - 6.0, "data directory full", lambda: faults.disk_full(12.0)),
             (scaled(0.35), "clock -1 h", lambda: faults.clock(0)),
-            (scaled(0.42), "data directory read-only",
-             lambda: faults.read_only(min(60.0, max(15.0, scaled(0.08))))),
+            (ro_at - ro_before, "data directory read-only", lambda: faults.read_only(ro_hold)),
             (scaled(0.55), "clock -1 h", lambda: faults.clock(-3600)),
             (scaled(0.62), "hub refuses the token", lambda: faults.refuse_token(key)),
             (scaled(0.75), "clock +1 h", lambda: faults.clock(0)),
@@ -471,11 +488,21 @@ def test_soak_mixed_load_with_faults(iothub: Hub, hub_certs: Certificates, soak_
         schedule.sort(key=lambda s: s[0])
 
         def fault_script() -> None:
+            """Each fault in its own thread at its time: they may overlap, as faults do."""
+            started: list[threading.Thread] = []
             for at, what, action in schedule:
                 time.sleep(max(0.0, t0 + at - time.monotonic()))
-                faults.note(what, t0)
-                action()
-                faults.note(f"{what}: over", t0)
+
+                def one(what: str = what, action: Callable[[], None] = action) -> None:
+                    faults.note(what, t0)
+                    action()
+                    faults.note(f"{what}: over", t0)
+
+                thread = threading.Thread(target=load._guard(one), daemon=True)
+                thread.start()
+                started.append(thread)
+            for thread in started:
+                thread.join()
 
         script = threading.Thread(target=load._guard(fault_script), daemon=True)
         script.start()
