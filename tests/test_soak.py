@@ -352,7 +352,9 @@ class Faults:
 
     def undo_read_only(self) -> None:
         if self.mounted_ro:
-            subprocess.run(["umount", str(self.data)], check=True)
+            # Lazy: a directory the agent has open through the read-only mount (an fsync of
+            # the outbox directory, say) would make a plain umount fail with EBUSY.
+            subprocess.run(["umount", "-l", str(self.data)], check=True)
             self.mounted_ro = False
 
     def outage(self, down_s: float) -> None:
