@@ -302,7 +302,7 @@ class Faults:
         os.replace(tmp, path)
 
     def disk_full(self, hold_s: float) -> None:
-        before = self.run().status()["outbox"]["counters"]["write_errors"]
+        before = int(wait_for(self.run(), lambda d: True, 10, "status")["outbox"]["counters"]["write_errors"])
         filler = self.data / "filler"
         block = b"\0" * (1 << 20)
         with open(filler, "wb") as f:
@@ -324,7 +324,7 @@ class Faults:
         filler.unlink()
 
     def read_only(self, hold_s: float) -> None:
-        before = self.run().status()["outbox"]["counters"]["write_errors"]
+        before = int(wait_for(self.run(), lambda d: True, 10, "status")["outbox"]["counters"]["write_errors"])
         subprocess.run(["mount", "--bind", str(self.data), str(self.data)], check=True)
         self.mounted_ro = True
         subprocess.run(["mount", "-o", "remount,ro,bind", str(self.data)], check=True)
