@@ -304,22 +304,16 @@ class Faults:
     def disk_full(self, hold_s: float) -> None:
         before = int(wait_for(self.run(), lambda d: True, 10, "status")["outbox"]["counters"]["write_errors"])
         filler = self.data / "filler"
-        block = b"\0" * (1 << 20)
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(block)
-                    f.flush()
-            except OSError:
-                pass
-        # Whatever small room was left goes too (the rest of the last block).
-        with open(filler, "ab") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-            except OSError:
-                pass
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for size in (1 << 20, 4096, 1):  # unbuffered: the last small room goes too
+                try:
+                    while True:
+                        os.write(fd, b"\0" * size)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
         self.hold("disk_full", before, hold_s)
         filler.unlink()
 
