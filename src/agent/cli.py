@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from agent import __version__
+from agent.clock import wall_ms
 
 READ_CHUNK = 1 << 20
 
@@ -405,7 +406,7 @@ def collect(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         try:
-            collector.collect(int(time.time() * 1000), lane)
+            collector.collect(wall_ms(), lane)
         finally:
             collector.stop()
     lane.spill(lane.sink.seal())

@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.clock import CLOCK, wall_time
 from agent.collectors.base import Collector, Environment, now_ms
 from agent.config import CollectorState, Config, ConfigStore, ConfigUpdate, Frequency
 from agent.envelope import Identity
@@ -84,7 +85,7 @@ class Agent:
         self.uplink = uplink
         self.ident = ident
         self.config: Config = store.config
-        self.started = time.time()
+        self.started = wall_time()
         self.collectors = {c.name: Running(c) for c in collectors}
         batch_bytes = lane_batch_bytes(self.config, ident)
         self.lanes = {f: PriorityLane(f, outbox, ident, batch_bytes,
@@ -357,11 +358,22 @@ class Agent:
         """The module twin's reported properties (agent.runtime.reported)."""
         return reported_document(self.config, self.store.invalid_reasons,
                                  {name: r.collector for name, r in self.collectors.items()},
-                                 self.drops.totals(), self.outbox)
+                                 self.drops.totals(), self.outbox, self.fault_counters())
+
+    def fault_counters(self) -> dict[str, dict[str, int]]:
+        """What the faults the agent lives through leave behind, for the reported properties
+        and status.json: the wall clock's jumps (agent.clock) and, with the IoT Hub uplink,
+        how often the link failed (refused credentials, TLS) or was lost."""
+        groups: dict[str, dict[str, int]] = {"clock": CLOCK.counts()}
+        changes = self.uplink.status().get("state_changes")
+        if isinstance(changes, dict):
+            groups["uplink"] = {state: int(n) for state, n in changes.items()
+                                if state in ("failed", "disconnected")}
+        return groups
 
     def write_status(self, stopped: bool = False) -> None:
         doc = self.status_file.document(
-            now=time.time(),
+            now=wall_time(),
             running=not stopped,
             config_state={"latest_state": self.store.latest_state,
                           "latest_invalid_fields": list(self.store.latest_invalid_fields)},
@@ -372,6 +384,7 @@ class Agent:
             reported=self.reported_document(),
         )
         doc["checkpoint"] = self.checkpoints.stats()
+        doc["clock"] = CLOCK.stats()
         self.status_file.write(doc, final=stopped)
         if not stopped:
             self.notifier.status(status_line(doc))

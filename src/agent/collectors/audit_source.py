@@ -19,6 +19,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from agent.clock import kernel_ms, monotonic_ms
 from agent.collectors.audit_state import AuditStateRecord, RecordError
 from agent.collectors.privileges import lacking
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions
@@ -67,7 +68,7 @@ class AuditSource:
         self._opened_with: tuple[bool, bool, bool, int, int] | None = None
         self.record = AuditStateRecord(env.data_dir)
         self._closed_drops: dict[str, int] = {}
-        self._last_tick = 0
+        self._last_tick = -1000  # monotonic ms of the last tick
         self._closed = False  # the agent is stopping: no reopening
 
     # -- subscribers ----------------------------------------------------------------------------
@@ -201,12 +202,18 @@ class AuditSource:
         """Called by each subscriber's tick; runs at most once per second: completes idle
         events, seals the open batch (so that events reach the collectors within a second),
         reads the kernel's lost counter."""
-        if self.nl is None or now - self._last_tick < 1000:
+        # `now` (the agent's wall clock) is not what paces this or ages the records: after a
+        # clock set back by an hour the tick would wait an hour, and set forward it would
+        # complete events whose records are still coming. The pace is monotonic; the age is
+        # measured on the clock the kernel stamped the records with.
+        mono = monotonic_ms()
+        if self.nl is None or mono - self._last_tick < 1000:
             return
-        self._last_tick = now
+        self._last_tick = mono
         nl = self.nl
         nl.poll_status()
-        pump(lambda sink: nl.expire(sink, now), self.raw, self._route, seal=True)
+        stamp = kernel_ms()
+        pump(lambda sink: nl.expire(sink, stamp), self.raw, self._route, seal=True)
 
     # -- loss -----------------------------------------------------------------------------------
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.clock import wall_time
 from agent.durable import fsync_dir, replace_file
 from agent.native._base import CoreStats
 from agent.native.audit_netlink import STATUS_FIELDS, restore_status
@@ -69,7 +69,7 @@ class AuditStateRecord:
             "format": FORMAT,
             "boot_id": boot_id(),
             "agent_pid": os.getpid(),
-            "written": int(time.time()),
+            "written": int(wall_time()),
             "status": {name: found[name] for name in STATUS_FIELDS},
         }
         replace_file(self.path, (json.dumps(doc, sort_keys=True) + "\n").encode())

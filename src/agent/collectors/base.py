@@ -10,7 +10,6 @@ except in the periodic snapshots of the inventory collectors, which are not a ho
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 import msgpack
 
+from agent.clock import wall_ms
 from agent.config import CollectorState, Config
 from agent.native.aggregate import AggregateKind, Aggregator
 from agent.native.sink import EventSink
@@ -27,7 +27,7 @@ log = logging.getLogger("agent.collectors")
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 class Lane(Protocol):

@@ -43,6 +43,10 @@ class LoginCollector(Collector):
         self.pam = False
         self._closed_drops: Counter[str] = Counter()
         self._saved: dict[str, Any] = {}
+        # The offsets read so far, kept at stop(): a restart in the same process (a Login_*
+        # patch) goes on from them, not from the file, whose last save may have failed (a
+        # full or read-only data directory) and would make it read records a second time.
+        self._held: dict[str, Any] | None = None
 
     def _state_path(self) -> Path:
         return self.env.data_dir / STATE_FILE
@@ -75,7 +79,7 @@ class LoginCollector(Collector):
         assert self.config is not None
         section = self.config.login
         assert isinstance(section, LoginConfig)
-        saved = self._load_state()
+        saved = self._held if self._held is not None else self._load_state()
         for kind, path in FILES.items():
             reader = UtmpReader(str(self.env.root / path.lstrip("/")), kind)
             state = (saved or {}).get(kind)
@@ -126,6 +130,7 @@ class LoginCollector(Collector):
         if self.lane is not None:
             self._read(self.lane)
         self._save_state()
+        self._held = {kind: r.state().to_dict() for kind, r in self.readers.items()} or None
         for reader in self.readers.values():
             self._closed_drops.update(self._reader_drops(reader))
             reader.close()

@@ -10,9 +10,10 @@ to the agent's loop, which batches it like any other events.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.clock import wall_ms
 
 Event = dict[str, object]
 
@@ -35,7 +36,7 @@ class Snapshot:
 
 def now_ms() -> int:
     """Milliseconds since the epoch, UTC: the `ts` of every event of one snapshot."""
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 def under(root: Path, path: str) -> Path:

@@ -22,13 +22,13 @@ import fcntl
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Union
 
+from agent.clock import wall_ms
 from agent.durable import fsync_dir, replace_file
 from agent.envelope import PRIORITIES, DropLedger, Stamp
 from agent.outbox.codec import (
@@ -161,7 +161,7 @@ class _Entry:
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 class Outbox:

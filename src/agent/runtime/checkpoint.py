@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 
 import msgpack
 
+from agent.clock import wall_ms
 from agent.durable import fsync_dir, replace_file
 from agent.envelope import EnvelopeError, event_count
 from agent.native.aggregate import Aggregator
@@ -213,7 +213,7 @@ class Checkpoints:
             self._failing = False
         self.counters.writes += 1
         self.counters.bytes += len(data)
-        self.counters.last_ms = time.time_ns() // 1_000_000
+        self.counters.last_ms = wall_ms()
         self._written[lane.name] = sig
         self._dirty_since.pop(lane.name, None)
         return True

@@ -16,12 +16,16 @@ from agent.outbox import Outbox
 
 def reported_document(config: Config, invalid_reasons: Mapping[str, str],
                       collectors: Mapping[str, Collector], dropped: Mapping[str, int],
-                      outbox: Outbox) -> dict[str, Any]:
-    """`dropped`: the drops counted since the agent started, by reason (DropTotals)."""
+                      outbox: Outbox,
+                      more_counters: Mapping[str, Mapping[str, int]] | None = None,
+                      ) -> dict[str, Any]:
+    """`dropped`: the drops counted since the agent started, by reason (DropTotals).
+    `more_counters`: further groups of counters (the clock's jumps, the uplink's refusals)."""
     collected = {name: int(c.stats().get("collected", 0)) for name, c in collectors.items()}
     depth = sum(d.count for d in outbox.depth().values())
     counters = {"collected": collected, "dropped": dict(dropped),
-                "outbox": dict(vars(outbox.counters()))}
+                "outbox": dict(vars(outbox.counters())),
+                **{name: dict(group) for name, group in (more_counters or {}).items()}}
     states = {name: c.state for name, c in collectors.items()}
     return build_reported(config, invalid_reasons, states, counters,
                           agent_version=__version__, outbox_depth=depth)

@@ -23,7 +23,6 @@ import logging
 import random
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,6 +39,8 @@ from azure.iot.device.exceptions import (
     OperationTimeout,
     ServiceError,
 )
+
+from agent.clock import wall_time
 
 log = logging.getLogger("agent.uplink")
 
@@ -84,7 +85,7 @@ class ConnectionStateMachine:
         self._redact = redact
         self._state = LinkState.CONNECTING
         self._reason = ""
-        self._since = time.time()
+        self._since = wall_time()
         self._entered: dict[LinkState, int] = dict.fromkeys(LinkState, 0)
 
     @property
@@ -93,7 +94,7 @@ class ConnectionStateMachine:
 
     @property
     def since(self) -> float:
-        """time.time() of the last change of state or reason."""
+        """wall_time() of the last change of state or reason."""
         return self._since
 
     def is_(self, state: LinkState) -> bool:
@@ -115,7 +116,7 @@ class ConnectionStateMachine:
                 return
             if state not in TRANSITIONS[old]:
                 raise InvalidTransition(f"uplink state {old.value} -> {state.value}")
-            self._state, self._reason, self._since = state, reason, time.time()
+            self._state, self._reason, self._since = state, reason, wall_time()
             self._entered[state] += 1
         log.debug("iothub: %s -> %s%s", old.value, state.value, f": {reason}" if reason else "")
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agent.clock import wall_time
 from agent.config import Config, ConfigStore, ConfigUpdate, ReportedState
 from agent.envelope import JSON_TYPE, SCHEMA_VERSION, UnsendableBatch, encode_batch
 from agent.limits import MAX_MESSAGE_BYTES
@@ -232,7 +233,7 @@ class IotHubUplink:
                 else:
                     self.counters.add("confirm_missing")  # evicted or expired meanwhile
                 self.last_seq = seq
-                self.last_confirmed = time.time()
+                self.last_confirmed = wall_time()
             elif outcome == _REJECTED:
                 self._rejected.add(batch_id)
                 self.counters.add("rejected")
