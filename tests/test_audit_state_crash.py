@@ -25,8 +25,6 @@ import os
 import random
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_unless_ci
+from kernel_audit import pid_alive, release_audit_pid
 
 from agent.collectors.audit_state import RECORD_NAME
 
@@ -55,23 +54,12 @@ CONFIG = {
     "NetworkActivity_Disabled": True,
     "Process_Mode": 4,  # audit only: the agent must own audit
 }
-NETLINK_AUDIT, AUDIT_SET, AUDIT_STATUS_PID = 9, 1001, 0x4
 
 
 def auditctl(*args: str) -> str:
     run = subprocess.run(["auditctl", *args], capture_output=True, text=True, check=False)
     assert run.returncode == 0, f"auditctl {' '.join(args)}: {run.stderr.strip()}"
     return run.stdout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def kernel_state() -> str:
@@ -81,20 +69,10 @@ def kernel_state() -> str:
         name, _, value = line.partition(" ")
         if name in COUNTERS:
             continue
-        if name == "pid" and value.isdigit() and int(value) and not _alive(int(value)):
+        if name == "pid" and value.isdigit() and int(value) and not pid_alive(int(value)):
             line = "pid 0"
         lines.append(line)
     return "\n".join(lines) + "\n--\n" + auditctl("-l")
-
-
-def release_dead_owner() -> None:
-    """AUDIT_SET pid 0: the kernel probes a registered owner and clears it when it is dead."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT) as s:
-        s.bind((0, 0))
-        body = struct.pack("=11I", AUDIT_STATUS_PID, *([0] * 10))
-        s.send(struct.pack("=IHHII", 16 + len(body), AUDIT_SET, 0x1 | 0x4, 1, 0) + body)
-        s.settimeout(2)
-        s.recv(8192)
 
 
 def raw_status() -> dict[str, int]:
@@ -115,10 +93,10 @@ def baseline() -> Iterator[str]:
         skip_unless_ci("auditctl is not installed (Debian package auditd)")
     before = raw_status()
     owner = before["pid"]
-    assert owner == 0 or not _alive(owner), f"a live process (pid {owner}) owns audit"
+    assert owner == 0 or not pid_alive(owner), f"a live process (pid {owner}) owns audit"
     rules_before = [line for line in auditctl("-l").splitlines() if line.startswith("-")]
     if owner:
-        release_dead_owner()
+        release_audit_pid()
     for args in BASELINE:
         auditctl(*args)
     for rule in FOREIGN_RULES:
@@ -127,8 +105,8 @@ def baseline() -> Iterator[str]:
         yield kernel_state()
     finally:
         status = raw_status()
-        if status["pid"] and not _alive(status["pid"]):
-            release_dead_owner()
+        if status["pid"] and not pid_alive(status["pid"]):
+            release_audit_pid()
         for rule in FOREIGN_RULES:
             subprocess.run(["auditctl", "-W" if rule[0] == "-w" else "-d", *rule[1:]],
                            capture_output=True, check=False)

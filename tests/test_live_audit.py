@@ -16,7 +16,6 @@ import os
 import select
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 import msgpack
 import pytest
 from conftest import skip_unless_ci
+from kernel_audit import release_audit_pid
 
 from agent.native import audit_netlink
 from agent.native._base import CoreClosedError
@@ -43,9 +43,6 @@ KEY = audit_netlink.RULE_KEY
 
 Event = dict[str, Any]
 
-NETLINK_AUDIT = 9
-AUDIT_SET = 1001
-AUDIT_STATUS_PID = 0x4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,17 +81,6 @@ def our_rules() -> list[str]:
     return [rule for rule in audit_rules() if f"key={KEY}" in rule.split()]
 
 
-def release_ownership_of_this_process() -> None:
-    """AUDIT_SET pid=0 from this process (the kernel lets only the audit daemon itself give up
-    ownership): for a test that failed while an AuditNetlink of ours owned audit."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT) as s:
-        s.bind((0, 0))
-        body = struct.pack("=11I", AUDIT_STATUS_PID, *([0] * 10))
-        s.send(struct.pack("=IHHII", 16 + len(body), AUDIT_SET, 0x1 | 0x4, 1, 0) + body)
-        s.settimeout(2)
-        s.recv(8192)
-
-
 @dataclass(frozen=True)
 class AuditState:
     enabled: int
@@ -116,7 +102,7 @@ def restore(before: AuditState) -> None:
             auditctl("-d", *rule[3:].split(), check=False)
     status = audit_status()
     if status["pid"] == os.getpid() and before.pid != os.getpid():
-        release_ownership_of_this_process()
+        release_audit_pid()
     if status["enabled"] != before.enabled and before.enabled in (0, 1):
         auditctl("-e", str(before.enabled), check=False)
     if status["backlog_limit"] != before.backlog_limit:

@@ -10,7 +10,6 @@ them: they are slow and beside the point here.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kernel_audit import pid_alive
 
 from agent import __version__
 from agent.collectors import Environment, build_collectors
@@ -48,16 +48,6 @@ QUIET = {
 }
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def audit_state() -> tuple[str, str]:
     """What the agent must leave as it found it: the kernel's audit enabled flag, owner and
     backlog_limit, and the rules. An owner whose process is gone counts as none: the agent
@@ -67,7 +57,7 @@ def audit_state() -> tuple[str, str]:
     keep = []
     for line in status.splitlines():
         name, _, value = line.partition(" ")
-        if name == "pid" and value.isdigit() and int(value) and not _alive(int(value)):
+        if name == "pid" and value.isdigit() and int(value) and not pid_alive(int(value)):
             line = "pid 0"
         if name in ("enabled", "pid", "backlog_limit"):
             keep.append(line)

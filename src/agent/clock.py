@@ -113,9 +113,3 @@ def kernel_ms() -> int:
     """The system's CLOCK_REALTIME in milliseconds, without the offset: the clock the kernel
     stamps audit records with. Only for ageing those records (the audit parser's expiry)."""
     return time.time_ns() // 1_000_000
-
-
-def monotonic_ms() -> int:
-    """Milliseconds of time.monotonic(): for schedules (next snapshot, next poll), which a
-    wall-clock jump must neither stall nor hurry."""
-    return time.monotonic_ns() // 1_000_000

@@ -250,13 +250,13 @@ class Agent:
             log.info("config: rereading %s", self.store.path)
             self.apply(self.store.reload_file())
         now = time.monotonic()
-        wall = now_ms()
+        now_mono_ms = int(now * 1000)
         for running in self.collectors.values():
             lane = running.lane
             if lane is not None and now >= running.next_tick:
                 c = running.collector
                 running.next_tick = now + c.tick_interval()
-                guard(c, "tick", partial(c.tick, wall, lane))
+                guard(c, "tick", partial(c.tick, now_mono_ms, lane))
         for lane in self.lanes.values():
             if now >= lane.deadline:
                 self.close_lane(lane)

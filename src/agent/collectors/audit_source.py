@@ -19,7 +19,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from agent.clock import kernel_ms, monotonic_ms
+from agent.clock import kernel_ms
 from agent.collectors.audit_state import AuditStateRecord, RecordError
 from agent.collectors.privileges import lacking
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions
@@ -202,14 +202,12 @@ class AuditSource:
         """Called by each subscriber's tick; runs at most once per second: completes idle
         events, seals the open batch (so that events reach the collectors within a second),
         reads the kernel's lost counter."""
-        # `now` (the agent's wall clock) is not what paces this or ages the records: after a
-        # clock set back by an hour the tick would wait an hour, and set forward it would
-        # complete events whose records are still coming. The pace is monotonic; the age is
-        # measured on the clock the kernel stamped the records with.
-        mono = monotonic_ms()
-        if self.nl is None or mono - self._last_tick < 1000:
+        # `now` (monotonic) paces this; the records' age is measured on the clock the kernel
+        # stamped them with, not the agent's wall clock: set forward, that would complete
+        # events whose records are still coming.
+        if self.nl is None or now - self._last_tick < 1000:
             return
-        self._last_tick = mono
+        self._last_tick = now
         nl = self.nl
         nl.poll_status()
         stamp = kernel_ms()

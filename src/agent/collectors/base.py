@@ -109,7 +109,9 @@ class Collector:
     # -- work -----------------------------------------------------------------------------------
 
     def tick(self, now: int, lane: Lane) -> None:
-        """Every tick_interval(): timers of the sources (expiry, polls, snapshots to diff)."""
+        """Every tick_interval(): timers of the sources (expiry, polls, snapshots to diff).
+        `now` is the monotonic clock in milliseconds: a schedule paced on the wall clock would
+        stall for an hour when the clock is set back an hour."""
 
     def tick_interval(self) -> float:
         """Seconds between two ticks."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, ClassVar
 
-from agent.clock import monotonic_ms
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
 from agent.collectors.privileges import unavailable_without
@@ -142,13 +141,12 @@ class NetworkActivityCollector(Collector):
 
     def tick(self, now: int, lane: Lane) -> None:
         audit_source(self.env).tick(now)
-        mono = monotonic_ms()  # the schedule: a wall-clock jump must not stall it
-        if mono >= self._next_devices:
-            self._next_devices = mono + DEVICES_EVERY_MS
+        if now >= self._next_devices:
+            self._next_devices = now + DEVICES_EVERY_MS
             self._apply_devices()
-        if self.table is None or mono < self._next_snapshot:
+        if self.table is None or now < self._next_snapshot:
             return
-        self._next_snapshot = mono + SNAPSHOT_EVERY_MS
+        self._next_snapshot = now + SNAPSHOT_EVERY_MS
         self.table.snapshot()
         pump(self.table.changes, self.raw, lambda batches: self.route_all(batches, lane),
              seal=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, ClassVar
 
-from agent.clock import monotonic_ms
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
 from agent.collectors.privileges import NETLINK_REFUSED, explain_refusal, unavailable_without
@@ -107,10 +106,8 @@ class ProcessCollector(Collector):
     def tick(self, now: int, lane: Lane) -> None:
         if self.source == "audit":
             audit_source(self.env).tick(now)
-        elif self.poller is not None and monotonic_ms() >= self._next_poll:
-            # Paced on the monotonic clock: set back by an hour, the wall clock would stop
-            # the polling for an hour.
-            self._next_poll = monotonic_ms() + max(1, self._settings().polling_interval_us // 1000)
+        elif self.poller is not None and now >= self._next_poll:
+            self._next_poll = now + max(1, self._settings().polling_interval_us // 1000)
             pump(self.poller.scan, self.raw, lambda batches: self.route_all(batches, lane))
         self._pass_raw(seal=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from agent._core import ffi, lib
 from agent.native._base import AM_OK, CoreStats, NativeHandle, check
@@ -33,6 +34,7 @@ class EventSink(NativeHandle):
         self._data = ffi.new("uint8_t **")
         self._len = ffi.new("size_t *")
         self._events = ffi.new("uint32_t *")
+        self._open_copy: Any = None
 
     @property
     def handle(self) -> object:
@@ -59,7 +61,10 @@ class EventSink(NativeHandle):
         """A copy of the open batch as a sealed one would be (None when it holds no event); the
         batch stays open."""
         handle = self._live()
-        buf = ffi.new("uint8_t[]", self.batch_bytes)
+        # One buffer of a batch's size for every copy (a checkpoint takes one per period).
+        if self._open_copy is None:
+            self._open_copy = ffi.new("uint8_t[]", self.batch_bytes)
+        buf = self._open_copy
         status = lib.am_sink_copy_open(handle, buf, self.batch_bytes, self._len)
         if status == lib.AM_EMPTY:
             return None
