@@ -42,6 +42,9 @@ struct am_cnproc_stats {
     uint64_t argv_truncated; /* exec argv cut to max_argv_bytes / max_args */
     uint64_t oversize;   /* exec events sent without argv, exe, cwd: larger than a batch */
     uint64_t dropped;    /* events the sink refused (too large, or full) */
+    uint64_t probes;     /* comm events sent by am_cnproc_probe */
+    uint64_t probes_seen; /* ... received back (not events) */
+    uint64_t probe_failed; /* CPUs am_cnproc_probe could not run on (offline, cpuset) */
 };
 
 typedef struct am_cnproc am_cnproc;
@@ -68,6 +71,14 @@ int am_cnproc_drain(am_cnproc *c, am_sink *sink, uint64_t *appended);
 int am_cnproc_decode(am_cnproc *c, am_sink *sink, const uint8_t *data, size_t len,
                      size_t *consumed, uint64_t *appended);
 void am_cnproc_stats(const am_cnproc *c, struct am_cnproc_stats *out);
+/* Losses at the end of a burst are invisible to the per-CPU sequences until the CPU sends
+ * again. For each CPU whose losses are not known yet (no message since listening, or an
+ * overrun since its last message), runs the calling thread there for a moment and makes it send
+ * one comm event (prctl PR_SET_NAME with its own name), so that the next drain tracks that
+ * CPU's sequence and counts what was lost. The calling thread's affinity is restored; the
+ * probes' comm events are not encoded. *sent: probes sent. AM_CNPROC_ERR_SYS when the
+ * affinity could not be read or restored. */
+int am_cnproc_probe(am_cnproc *c, uint32_t *sent);
 /* CDEF-END */
 
 #endif

@@ -3,9 +3,12 @@
  * bounds-checked offset: the bytes may come from Python at any alignment, or be garbage. */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +57,9 @@ struct am_cnproc {
     uint32_t ncpu;      /* CPUs whose sequence is tracked */
     uint32_t *last_seq; /* per CPU: the last seq seen */
     uint8_t *seen;      /* per CPU: a seq was seen */
+    uint8_t *unsure;    /* per CPU: no message since listening or since an overrun */
+    pid_t probe_tid;    /* the thread whose comm events are probes (am_cnproc_probe) */
+    uint32_t probes_out; /* probes sent and not yet seen */
     char *cmdline;      /* max_argv_bytes */
     struct pf_process proc;
     /* Datagrams read by recvmmsg but not yet decoded because the sink filled up. */
@@ -149,9 +155,10 @@ am_cnproc *am_cnproc_new(const struct am_cnproc_options *opts)
     c->ncpu = cpus < 1 ? 1 : cpus > MAX_TRACKED_CPUS ? MAX_TRACKED_CPUS : (uint32_t)cpus;
     c->last_seq = calloc(c->ncpu, sizeof *c->last_seq);
     c->seen = calloc(c->ncpu, 1);
+    c->unsure = calloc(c->ncpu, 1);
     c->rx = malloc((size_t)RX_SLOTS * RX_SLOT_BYTES);
     c->cmdline = o.enrich ? malloc(o.max_argv_bytes) : NULL;
-    if (c->last_seq == NULL || c->seen == NULL || c->rx == NULL ||
+    if (c->last_seq == NULL || c->seen == NULL || c->unsure == NULL || c->rx == NULL ||
         (o.enrich && c->cmdline == NULL)) {
         am_cnproc_free(c);
         return NULL;
@@ -171,6 +178,7 @@ void am_cnproc_free(am_cnproc *c)
         close(c->proc_fd);
     free(c->last_seq);
     free(c->seen);
+    free(c->unsure);
     free(c->rx);
     free(c->cmdline);
     free(c);
@@ -236,9 +244,75 @@ int am_cnproc_listen(am_cnproc *c)
     c->fd = fd;
     /* A new subscription: sequences seen before say nothing about this one. */
     memset(c->seen, 0, c->ncpu);
+    /* Until a CPU has sent once, an overrun's cost there could not be known: unsure. */
+    memset(c->unsure, 1, c->ncpu);
+    c->probes_out = 0;
     c->rx_next = c->rx_count = 0;
     c->rx_off = 0;
     return AM_OK;
+}
+
+/* Runs the calling thread on `cpu` and sends a comm event there: prctl(PR_SET_NAME) with the
+ * thread's own name makes the kernel send one (unconditionally, from the CPU it runs on). */
+static int probe_cpu(uint32_t cpu, cpu_set_t *one, size_t setsize)
+{
+    char name[17] = {0};
+    CPU_ZERO_S(setsize, one);
+    CPU_SET_S(cpu, setsize, one);
+    if (sched_setaffinity(0, setsize, one) != 0)
+        return -1; /* offline, or outside our cpuset */
+    if (prctl(PR_GET_NAME, name, 0, 0, 0) != 0 || prctl(PR_SET_NAME, name, 0, 0, 0) != 0)
+        return -1;
+    return 0;
+}
+
+int am_cnproc_probe(am_cnproc *c, uint32_t *sent)
+{
+    if (c == NULL || sent == NULL)
+        return AM_ERR_ARG;
+    *sent = 0;
+    if (c->fd < 0)
+        return AM_OK;
+    uint32_t want = 0;
+    for (uint32_t cpu = 0; cpu < c->ncpu; cpu++)
+        want += c->unsure[cpu];
+    if (want == 0)
+        return AM_OK;
+    size_t setsize = CPU_ALLOC_SIZE(c->ncpu);
+    cpu_set_t *saved = CPU_ALLOC(c->ncpu), *one = CPU_ALLOC(c->ncpu);
+    int st = AM_OK;
+    if (saved == NULL || one == NULL) {
+        st = AM_ERR_NOMEM;
+        goto out;
+    }
+    if (sched_getaffinity(0, setsize, saved) != 0) {
+        c->err = errno;
+        st = AM_CNPROC_ERR_SYS;
+        goto out;
+    }
+    c->probe_tid = (pid_t)syscall(SYS_gettid);
+    for (uint32_t cpu = 0; cpu < c->ncpu; cpu++) {
+        if (!c->unsure[cpu])
+            continue;
+        if (!CPU_ISSET_S(cpu, setsize, saved) || probe_cpu(cpu, one, setsize) != 0) {
+            /* A CPU we may not run on (offline, another cpuset): its losses stay uncounted
+             * beyond the overrun itself (enobufs). */
+            c->st.probe_failed++;
+            c->unsure[cpu] = 0;
+            continue;
+        }
+        c->probes_out++;
+        c->st.probes++;
+        (*sent)++;
+    }
+    if (sched_setaffinity(0, setsize, saved) != 0) {
+        c->err = errno;
+        st = AM_CNPROC_ERR_SYS;
+    }
+out:
+    CPU_FREE(saved);
+    CPU_FREE(one);
+    return st;
 }
 
 int am_cnproc_close(am_cnproc *c)
@@ -289,6 +363,7 @@ static void track_seq(am_cnproc *c, uint32_t cpu, uint32_t seq)
 {
     if (cpu >= c->ncpu)
         return;
+    c->unsure[cpu] = 0; /* whatever the overrun cost this CPU, the gap below counts it */
     if (!c->seen[cpu]) {
         c->seen[cpu] = 1;
         c->last_seq[cpu] = seq;
@@ -566,8 +641,14 @@ static int encode_event(am_cnproc *c, am_sink *sink, const struct ev *ev,
     case EV_COMM: {
         if (ev->len < 24)
             goto malformed;
-        c->st.comm++;
         int32_t pid = rdi32(d), tgid = rdi32(d + 4);
+        if (c->probes_out > 0 && pid == c->probe_tid) {
+            /* Our own probe: it has done its work (its seq was tracked); not an event. */
+            c->probes_out--;
+            c->st.probes_seen++;
+            return AM_OK;
+        }
+        c->st.comm++;
         if (pid != tgid && !threads)
             goto filtered;
         const char *name = (const char *)d + 8;
@@ -765,8 +846,10 @@ int am_cnproc_drain(am_cnproc *c, am_sink *sink, uint64_t *appended)
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return AM_OK;
             if (errno == ENOBUFS) {
-                /* The receive queue overran; the per-CPU sequences say how much was lost. */
+                /* The receive queue overran; the per-CPU sequences say how much was lost,
+                 * once each CPU sends again (am_cnproc_probe makes it do so). */
                 c->st.enobufs++;
+                memset(c->unsure, 1, c->ncpu);
                 continue;
             }
             c->err = errno;

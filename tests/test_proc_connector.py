@@ -542,6 +542,62 @@ def test_decode_malformed_is_counted_never_crashes() -> None:
         decode(bytes(rng.getrandbits(8) for _ in range(size)), opts)
 
 
+@pytest.mark.live
+@pytest.mark.root
+def test_live_probe_reaches_every_cpu_and_is_no_event(connector: ProcConnector) -> None:
+    """Every CPU is unsure after listening; one probe each makes it send, the probes come back
+    as no event, the thread's affinity is what it was, and a second call has nothing to do."""
+    before = os.sched_getaffinity(0)
+    col = Collector(connector)
+    sent = connector.probe()
+    assert os.sched_getaffinity(0) == before
+    assert sent == len(before) and connector.stats().probe_failed == 0
+    col.until(lambda evs: connector.stats().probes_seen >= sent, timeout=5)
+    assert connector.stats().probes_seen == sent
+    assert not col.find(t="comm", pid=os.getpid())
+    assert connector.probe() == 0
+
+
+@pytest.mark.live
+@pytest.mark.root
+def test_live_overrun_at_the_end_of_a_burst_is_counted() -> None:
+    """A burst into a small receive queue that nobody reads overruns it; the losses are counted
+    from the per-CPU sequences even where the last messages of a CPU were the ones lost,
+    because the probes make every CPU send once more: exits seen + lost covers every child."""
+    pc = ProcConnector(ProcConnectorOptions(rcvbuf=65536, enrich=False))
+
+    def settled() -> bool:
+        """Reads until no CPU is unsure (a probe lost in an overrun is sent again)."""
+        for _ in range(50):
+            col.until(lambda evs: False, timeout=0.2)
+            if pc.probe() == 0:
+                return True
+        return False
+
+    try:
+        col = Collector(pc)
+        assert settled()
+        children = 1000
+        burst = _python_child(
+            f"""
+            import os
+            for _ in range({children}):
+                if os.fork() == 0:
+                    os._exit(0)
+                os.wait()
+            """
+        )
+        assert burst.wait(timeout=60) == 0
+        assert settled(), pc.stats()
+        stats = pc.stats()
+        assert stats.enobufs > 0, "the burst did not overrun the queue"
+        exits = len(col.find(t="exit", ppid=burst.pid))
+        assert stats.probes_seen <= stats.probes  # a busy machine may have made every CPU send first
+        assert exits < children and exits + stats.lost >= children, (exits, stats.lost)
+    finally:
+        pc.close()
+
+
 def test_sequence_gaps_per_cpu() -> None:
     fork = struct.pack("=iiii", 1, 1, 2, 2)
     data = b"".join(
@@ -657,4 +713,11 @@ def test_leaks() -> None:
     assert_rss_flat(drain_once, name="am_cnproc_drain")
     live.close()
     assert_rss_flat(lambda: ProcConnector().close(), name="am_cnproc_listen/close")
+
+    def listen_probe_close() -> None:
+        pc = ProcConnector()
+        pc.probe()  # every CPU is unsure after listening: the CPU sets are allocated
+        pc.close()
+
+    assert_rss_flat(listen_probe_close, name="am_cnproc_probe")
     decoder.close()

@@ -82,6 +82,8 @@ class ProcessCollector(Collector):
         if self.cnproc is not None:
             self.env.unwatch(self.cnproc.fileno())
             self._on_cnproc()
+            if self.cnproc.probe():
+                self._on_cnproc()  # the last burst's losses, counted before the counters close
             self._closed_drops.update(self._source_drops())
             self.cnproc.close()
             self.cnproc = None
@@ -106,6 +108,10 @@ class ProcessCollector(Collector):
     def tick(self, now: int, lane: Lane) -> None:
         if self.source == "audit":
             audit_source(self.env).tick(now)
+        elif self.cnproc is not None and self.cnproc.probe():
+            # An overrun's losses on a CPU that went quiet after it are counted only once
+            # that CPU sends again: the probes make it send (docs/sources/proc-connector.md).
+            self._on_cnproc()
         elif self.poller is not None and now >= self._next_poll:
             self._next_poll = now + max(1, self._settings().polling_interval_us // 1000)
             pump(self.poller.scan, self.raw, lambda batches: self.route_all(batches, lane))
