@@ -276,6 +276,37 @@ def audit_restore_agent_running(tmp: Path) -> int:
         assert stop(proc) == 0
 
 
+def verify_batches(tmp: Path, *seqs: int) -> Path:
+    from agent.envelope import Identity, wrap
+
+    ident = Identity(agent="a", ver="0", dev="d", mod="m")
+    out = tmp / "delivered"
+    out.mkdir()
+    for seq in seqs:
+        body = wrap(b"\x91\x81\xa1t\xa4exec", ident, seq=seq, ts=1, prio="High", coll=["Process"],
+                    drops={})
+        (out / f"{seq:020d}-high.msgpack").write_bytes(body)
+    return out
+
+
+def verify_complete(tmp: Path) -> int:
+    done = agent("verify", str(verify_batches(tmp, 0, 1, 2)))
+    assert "verdict: complete" in done.stdout
+    return done.returncode
+
+
+def verify_gap(tmp: Path) -> int:
+    done = agent("verify", str(verify_batches(tmp, 0, 2)))
+    assert "missing seq: 1 " in done.stdout
+    return done.returncode
+
+
+def verify_missing_input(tmp: Path) -> int:
+    done = agent("verify", str(tmp / "absent"))
+    assert "no such file or directory" in done.stderr
+    return done.returncode
+
+
 def usage_error(tmp: Path) -> int:
     codes = {agent(verb, "--no-such-option").returncode for verb in sorted(verbs())}
     codes.add(agent().returncode)  # no verb at all
@@ -295,6 +326,9 @@ CASES: dict[tuple[str, int], list[Callable[[Path], int]]] = {
     ("status", 3): [status_stopped, status_runtime_gone],
     ("run", 0): [run_stopped, run_interrupted],
     ("run", 2): [run_second_agent, run_bad_identity, run_bad_data_dir, run_bad_runtime_dir],
+    ("verify", 0): [verify_complete],
+    ("verify", 1): [verify_gap],
+    ("verify", 2): [verify_missing_input],
     ("audit-restore", 0): [audit_restore_nothing_recorded],
     ("audit-restore", 1): [audit_restore_refused],
     ("audit-restore", 2): [audit_restore_unreadable],

@@ -276,6 +276,22 @@ def decode(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def verify(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.verify import Report, VerifyInputError, read_inputs, render
+    from agent.verify import verify as check
+
+    report = Report()
+    try:
+        check(read_inputs(args.source, sys.stdin.buffer, report.unreadable), report)
+    except VerifyInputError as err:
+        print(f"micro-agent verify: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.as_dict(), indent=1) if args.json else render(report))
+    return 0 if report.complete() else 1
+
+
 def status(args: argparse.Namespace) -> int:
     import json
 
@@ -492,6 +508,22 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--envelope", action="store_true",
                     help="also print each batch's envelope (without its events) before them")
     de.set_defaults(func=decode)
+
+    ve = sub.add_parser(
+        "verify", help="check on the receiving side that a device's batches are complete",
+        description="Read batches as they arrived at the back end (a delivery directory of the "
+        "local default, envelope files, or messages saved from the hub's Event Hub-compatible "
+        "endpoint as JSON lines; - for JSON lines on stdin) and report per device: batches, "
+        "events by type, sequence gaps, duplicates, incomplete split batches, the drops the "
+        "envelopes reported by reason, first and last time (docs/uplink.md, \"Checking what "
+        "arrived\").",
+        epilog="Exit status: 0 every batch between the first and the last arrived (or the "
+        "envelopes say why not); 1 a batch is missing without a reported reason, a split batch "
+        "lacks a part, a message could not be read, or nothing arrived; 2 an input does not "
+        "exist.")
+    ve.add_argument("source", nargs="+", help="a directory, a .msgpack envelope, a .jsonl file of saved messages, or -")
+    ve.add_argument("--json", action="store_true", help="the report as one JSON document")
+    ve.set_defaults(func=verify)
 
     st = sub.add_parser("status", help="show what the running agent is doing")
     common(st, config=False)
