@@ -49,6 +49,7 @@
 struct rule {
     struct audit_rule_data *data;
     size_t len;
+    int shared; /* the kernel had it already (another agent's, EEXIST): not ours to delete */
 };
 
 struct am_anl {
@@ -563,7 +564,13 @@ static void install_rule(am_anl *a, struct audit_rule_data *r, size_t len, const
         return;
     }
     int err = ctl_request(a, AUDIT_ADD_RULE, NLM_F_ACK, r, len, NULL, NULL);
-    if (err != 0) {
+    int shared = err == -EEXIST;
+    if (shared) {
+        /* Another agent running beside us installed the same rule: its events reach us too
+         * (multicast), and the rule is its to remove. Kept, so that the guard puts it back
+         * should it go while we still need it. */
+        a->st.rules_shared++;
+    } else if (err != 0) {
         a->st.rules_failed++;
         report_add(a, " %s %s: refused (%s);", arch_name, what, strerror(-err));
         free(r);
@@ -571,8 +578,10 @@ static void install_rule(am_anl *a, struct audit_rule_data *r, size_t len, const
     }
     a->rules[a->nrules].data = r;
     a->rules[a->nrules].len = len;
+    a->rules[a->nrules].shared = shared;
     a->nrules++;
-    a->st.rules_installed++;
+    if (!shared)
+        a->st.rules_installed++;
 }
 
 static void add_rule(am_anl *a, uint32_t arch, const char *const *names, size_t count,
@@ -655,7 +664,10 @@ static void install_rules(am_anl *a)
         report_add(a, "audit is locked (enabled 2): rules cannot change");
         return;
     }
-    remove_stale_rules(a);
+    /* Rules with our key are stale (a killed run's) only where no live agent can hold them:
+     * when we became the audit daemon. Beside a live owner they may be its rules, in use. */
+    if (a->mode == AM_ANL_OWNER)
+        remove_stale_rules(a);
     uint32_t list[2];
     size_t count;
     arches(list, &count, a->opt.compat_arch != 0);
@@ -679,6 +691,11 @@ static void install_rules(am_anl *a)
 static void remove_rules(am_anl *a)
 {
     for (size_t i = 0; i < a->nrules; i++) {
+        if (a->rules[i].shared) {
+            free(a->rules[i].data);
+            a->rules[i].data = NULL;
+            continue;
+        }
         if (ctl_request(a, AUDIT_DEL_RULE, NLM_F_ACK, a->rules[i].data, a->rules[i].len, NULL,
                         NULL) == 0)
             a->st.rules_removed++;
@@ -903,6 +920,38 @@ static uint32_t rules_with_our_key(am_anl *a, int *ok)
     return (uint32_t)(list.count + list.more);
 }
 
+/* Rules of ours that another process deleted (auditctl -D, augenrules --load at a package's
+ * upgrade, an intruder blinding the agent before acting) are added again: when fewer rules
+ * with our key are listed than we installed, every rule we hold is deleted (a rule still there
+ * goes; ENOENT for one already gone) and added back, so that none is doubled and the set is
+ * whole again. Which ones went is not worth telling apart. */
+static void guard_rules(am_anl *a)
+{
+    if (a->nrules == 0 || a->found.enabled == 2)
+        return;
+    int ok;
+    uint32_t have = rules_with_our_key(a, &ok);
+    a->st.rule_checks++;
+    if (!ok) {
+        a->st.rule_check_errors++;
+        return;
+    }
+    if (have >= a->nrules)
+        return;
+    a->st.rules_lost += a->nrules - have;
+    for (size_t i = 0; i < a->nrules; i++) {
+        (void)ctl_request(a, AUDIT_DEL_RULE, NLM_F_ACK, a->rules[i].data, a->rules[i].len, NULL,
+                          NULL);
+        if (ctl_request(a, AUDIT_ADD_RULE, NLM_F_ACK, a->rules[i].data, a->rules[i].len, NULL,
+                        NULL) == 0) {
+            a->st.rules_readded++;
+            a->rules[i].shared = 0; /* added by us now: ours to remove at close */
+        } else {
+            a->st.rules_readd_failed++;
+        }
+    }
+}
+
 /* One status field put back when it differs; counts what it did. */
 static void restore_field(am_anl *a, uint32_t mask, uint32_t now, uint32_t saved,
                           struct am_anl_restore_report *r)
@@ -1092,6 +1141,15 @@ int am_anl_poll_status(am_anl *a, struct am_anl_status *out)
             state_add(a, "owner lost: the audit daemon is now pid %u", s.pid);
         }
     }
+    if (a->mode == AM_ANL_OWNER && s.pid == (uint32_t)a->pid && s.enabled == 0) {
+        /* Someone turned audit off under us (auditctl -e 0): nothing would arrive. */
+        a->st.disabled_by_others++;
+        if (set_status(a, AUDIT_STATUS_ENABLED, 1) == 0) {
+            a->st.reenabled++;
+            s.enabled = 1;
+        }
+    }
+    guard_rules(a); /* owner or multicast: our rules, and those we share with another agent */
     if (out != NULL)
         *out = s;
     return AM_OK;

@@ -62,11 +62,21 @@ struct am_anl_stats {
     uint64_t rules_installed;   /* rules added at open */
     uint64_t rules_skipped;     /* syscalls an arch does not have */
     uint64_t rules_failed;      /* rules the kernel refused */
+    uint64_t rules_shared;      /* rules the kernel had already (EEXIST): another agent beside
+                                 * us installed them; used, kept, never removed by us */
     uint64_t rules_removed;     /* our rules removed at close */
     uint64_t rules_remove_failed;
     uint64_t stale_rules_removed; /* rules with our key found at open (a killed previous run) */
     uint64_t parser_full;       /* drain calls that stopped because the sink was full */
     uint64_t wait_time_set;     /* 1: open set backlog_wait_time 0 (drop_when_full) */
+    uint64_t rule_checks;       /* polls that listed the kernel's rules to find ours */
+    uint64_t rule_check_errors; /* ... whose AUDIT_LIST_RULES failed */
+    uint64_t rules_lost;        /* rules of ours found gone (another process deleted them:
+                                 * auditctl -D, augenrules --load, an intruder) */
+    uint64_t rules_readded;     /* rules of ours added again after that */
+    uint64_t rules_readd_failed;
+    uint64_t disabled_by_others; /* polls that found audit disabled (enabled 0) while we own it */
+    uint64_t reenabled;         /* ... and enabled it again */
 };
 
 /* What am_anl_restore did. */
@@ -124,6 +134,9 @@ int am_anl_fileno(const am_anl *a);
  * call again (a datagram read and not yet decoded waits in the handle). */
 int am_anl_drain(am_anl *a, am_sink *sink, uint32_t max_datagrams);
 /* AUDIT_GET now: updates kernel_lost_delta and ownership; out may be NULL. */
+/* Also guards what the agent set up: rules of ours (or shared with another agent) that
+ * another process deleted are added again (rules_lost, rules_readded), and, as owner, audit
+ * disabled by another process is enabled again (disabled_by_others, reenabled). */
 int am_anl_poll_status(am_anl *a, struct am_anl_status *out);
 /* The parser's am_audit_expire and am_audit_flush into sink. */
 int am_anl_expire(am_anl *a, am_sink *sink, uint64_t now_ms);

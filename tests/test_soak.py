@@ -24,6 +24,7 @@ after, and in the reported properties. The figures are printed (docs/soak.md).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -320,7 +321,16 @@ class Faults:
         finally:
             os.close(fd)
         self.hold("disk_full", before, hold_s)
-        filler.unlink()
+        # The read-only fault may have begun meanwhile (faults overlap): the filler goes
+        # once the directory is writable again.
+        while True:
+            try:
+                filler.unlink()
+                return
+            except OSError as err:
+                if err.errno != errno.EROFS:
+                    raise
+                time.sleep(0.5)
 
     def read_only(self, hold_s: float) -> None:
         before = int(wait_for(self.run(), lambda d: True, 10, "status")["outbox"]["counters"]["write_errors"])
@@ -425,6 +435,21 @@ def tokens_of(value: Any, out: set[str]) -> None:
     elif isinstance(value, list | tuple):
         for v in value:
             tokens_of(v, out)
+
+
+def missing_spans(tags: list[str], missing: list[str], rate: float) -> list[str]:
+    """The missing tags as spans of the load's seconds with how many are missing in each
+    ("346.2-412.0: 13,160"), at most 12 spans."""
+    where = {t: i for i, t in enumerate(tags)}
+    idx = sorted(where[t] for t in missing if t in where)
+    spans: list[list[int]] = []  # first, last, count
+    for i in idx:
+        if spans and i <= spans[-1][1] + max(1, int(rate)):  # gaps under a second join
+            spans[-1][1] = i
+            spans[-1][2] += 1
+        else:
+            spans.append([i, i, 1])
+    return [f"{a / rate:.1f}-{b / rate:.1f}: {n:,}" for a, b, n in spans[:12]]
 
 
 @pytest.mark.timeout(int(DURATION_S) + 600)
@@ -552,9 +577,14 @@ def test_soak_mixed_load_with_faults(iothub: Hub, hub_certs: Certificates, soak_
 
     # -- what arrived -------------------------------------------------------------------------
     by_seq: dict[int, dict[str, Any]] = {}
+    payload_of: dict[int, bytes] = {}
+    seq_conflicts: list[int] = []  # one seq, two different batches: never
     for record in iothub.telemetry:
         env = decode_envelope(record.payload)
-        by_seq.setdefault(int(env["seq"]), env)  # a batch resent after an outage: same seq
+        seq = int(env["seq"])
+        if payload_of.setdefault(seq, record.payload) != record.payload:
+            seq_conflicts.append(seq)
+        by_seq.setdefault(seq, env)  # a batch resent after an outage: same seq, same bytes
     tags = {*load.exec_tags, *load.connect_tags, *load.login_tags}
     seen_in: dict[str, int] = {}  # tag -> the first seq it was in
     batch_of: dict[tuple[str, str], int] = {}  # (event type, tag) -> its batch
@@ -574,6 +604,20 @@ def test_soak_mixed_load_with_faults(iothub: Hub, hub_certs: Certificates, soak_
                 if batch_of.setdefault(key, seq) != seq:
                     split.append(f"{key} in {batch_of[key]} and {seq}")
                 seen_in.setdefault(token, seq)
+    # For a post-mortem: what each batch held of the load (tag positions), beside the log.
+    exec_index = {t: i for i, t in enumerate(load.exec_tags)}
+    with (base / "batches.jsonl").open("w") as diag:
+        for seq, env in sorted(by_seq.items()):
+            found_in: set[str] = set()
+            for event in env["events"]:
+                for value in event.values():
+                    tokens_of(value, found_in)
+            idx = sorted(exec_index[t] for t in found_in if t in exec_index)
+            diag.write(json.dumps({"seq": seq, "ts": env["ts"], "boot": env.get("boot"),
+                                   "prio": env["prio"], "coll": env.get("coll"), "n": env["n"],
+                                   "drops": env.get("drops"), "exec_tags": len(idx),
+                                   "exec_first": idx[0] if idx else None,
+                                   "exec_last": idx[-1] if idx else None}) + "\n")
     pending = final.get("outbox", {}).get("pending_drops") or {}
     drops.update(pending)
     dropped_events = sum(n for reason, n in drops.items() if not reason.endswith("_batches"))
@@ -603,8 +647,15 @@ def test_soak_mixed_load_with_faults(iothub: Hub, hub_certs: Certificates, soak_
         "twin_patches": len(patches),
         "batches": len(by_seq),
         "missing": {k: len(v) for k, v in missing.items()},
+        # Where in the run the missing tags were: ranges of load seconds (tag index / rate).
+        "missing_at_s": {
+            "exec": missing_spans(load.exec_tags, missing["exec"], EXEC_RATE),
+            "connect": missing_spans(load.connect_tags, missing["connect"], CONNECT_RATE),
+            "login": missing_spans(load.login_tags, missing["login"], 1 / LOGIN_EVERY_S),
+        },
         "dropped_by_reason": dict(sorted(drops.items())),
         "seq_gaps": len(gaps),
+        "seq_conflicts": seq_conflicts[:20],
         "outbox_counters": counters,
         "slopes_per_min_after_warm_up": slopes,
         "rss_kb": [min(s.rss_kb for s in steady), max(s.rss_kb for s in steady)] if steady else [],
@@ -622,6 +673,7 @@ def test_soak_mixed_load_with_faults(iothub: Hub, hub_certs: Certificates, soak_
     # -- the verdict --------------------------------------------------------------------------
     assert load.exec_report.get("started", 0) >= 0.9 * EXEC_RATE * DURATION_S, load.exec_report
     assert len(load.connect_tags) >= 0.9 * CONNECT_RATE * DURATION_S
+    assert seq_conflicts == [], f"one seq carried different batches: {seq_conflicts[:20]}"
     total_missing = sum(len(v) for v in missing.values())
     assert total_missing <= dropped_events, (
         f"{total_missing} tags missing at the receiver, only {dropped_events} events counted as "

@@ -70,6 +70,7 @@ class AuditSource:
         self._closed_drops: dict[str, int] = {}
         self._last_tick = -1000  # monotonic ms of the last tick
         self._closed = False  # the agent is stopping: no reopening
+        self._tampering_seen = (0, 0)  # rules_lost, disabled_by_others of the open socket
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -118,6 +119,7 @@ class AuditSource:
                                     exec_rules=exec_rules, net_rules=net_rules,
                                     rcvbuf_bytes=rcvbuf),
                 before_change=None if keep_old else self.record.save)
+            self._tampering_seen = (0, 0)  # a new socket's counters start at zero
         # No CAP_AUDIT_*, no audit in the kernel, or anything else: the collectors fall back.
         except Exception as err:  # noqa: BLE001
             self.state = _explained(f"unavailable: {type(err).__name__}: {err}")
@@ -210,8 +212,24 @@ class AuditSource:
         self._last_tick = now
         nl = self.nl
         nl.poll_status()
+        self._report_tampering(nl)
         stamp = kernel_ms()
         pump(lambda sink: nl.expire(sink, stamp), self.raw, self._route, seal=True)
+
+    def _report_tampering(self, nl: AuditNetlink) -> None:
+        """Another process deleted our rules or turned audit off: the core has put them back
+        (am_anl_poll_status); the events in between are lost, and how many cannot be known."""
+        s = nl.stats()
+        seen = (int(s.rules_lost), int(s.disabled_by_others))
+        if seen != self._tampering_seen:
+            lost, disabled = (now - before for now, before in zip(seen, self._tampering_seen))
+            if lost:
+                log.warning("audit: %d of our rule(s) were deleted by another process; added "
+                            "again (%d in all); what ran meanwhile was not seen", lost, seen[0])
+            if disabled:
+                log.warning("audit: another process disabled audit; enabled again (%d time(s) "
+                            "in all); what ran meanwhile was not seen", seen[1])
+            self._tampering_seen = seen
 
     # -- loss -----------------------------------------------------------------------------------
 
@@ -225,6 +243,10 @@ class AuditSource:
             "ownership_lost": s.ownership_lost,
             "truncated_events": s.parser.truncated,
             "malformed": s.malformed + s.parser.malformed,
+            # Incidents, not events: how many events ran unseen while a rule of ours was
+            # gone or audit was off cannot be known (docs/sources/audit-netlink.md).
+            "rules_deleted": s.rules_lost,
+            "disabled_by_others": s.disabled_by_others,
         }
 
     def _account_closed(self, nl: AuditNetlink) -> None:

@@ -177,8 +177,9 @@ class AuditNetlink(NativeHandle):
         return more(lib.am_anl_flush(handle, sink.handle), "am_anl_flush")
 
     def poll_status(self) -> CoreStats | None:
-        """AUDIT_GET now (call it every second or so): keeps kernel_lost_delta current and
-        notices a lost ownership. None when the kernel did not answer (counted)."""
+        """AUDIT_GET now (call it every second or so): keeps kernel_lost_delta current,
+        notices a lost ownership, and as owner puts back rules of ours that another process
+        deleted and audit that it disabled (rules_lost, disabled_by_others). None when the kernel did not answer (counted)."""
         if lib.am_anl_poll_status(self._live(), self._status) != _base.AM_OK:
             return None
         return CoreStats.read("struct am_anl_status", self._status)
