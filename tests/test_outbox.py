@@ -104,6 +104,26 @@ def test_send_order_confirm_and_restart(tmp_path: Path) -> None:
         assert envelope(ob, info)["boot"] == 2
 
 
+def test_confirm_many_is_one_state_write(tmp_path: Path) -> None:
+    """A group commit: the batches delivered since the uplink's last turn are removed with one
+    state write; ids not stored (unknown, repeated, confirmed already) are left out of the
+    answer; after a restart they are gone and counted once."""
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        infos = [put(ob, "Low", n) for n in (1, 2, 3, 4)]
+        ids = [i.id for i in infos if i is not None]
+        assert len(ids) == 4
+        assert ob.confirm(ids[0])
+        generation = ob._journal.generation
+        removed = ob.confirm_many([ids[0], ids[1], ids[2], ids[2], "low-00000000000000000099.batch"])
+        assert removed == ids[1:3]
+        assert ob._journal.generation == generation + 1
+        assert [i.id for i in ob.pending()] == ids[3:]
+        assert ob.confirm_many([]) == [] and ob._journal.generation == generation + 1
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        assert [i.id for i in ob.pending()] == ids[3:]
+        assert ob.counters() == counters(written=4, confirmed=3)
+
+
 def test_eviction_order_and_counters_are_exact(tmp_path: Path) -> None:
     """Room for exactly four batches; each new batch evicts the oldest of the lowest priority
     not above its own, or is rejected; every drop reaches a later envelope."""
