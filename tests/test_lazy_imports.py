@@ -1,6 +1,5 @@
-"""The local default (no IoT Hub) never loads the IoT Hub SDK nor what only the SDK needs
-(paho, requests, the SDK's own ssl use): each is megabytes of RSS on a device that does not
-use them (docs/performance.md, "Memory, start-up and wake-ups").
+"""The local default (no IoT Hub) never loads the IoT Hub SDK nor what only a hub needs
+(paho, requests, ssl): each is megabytes of RSS on a device that does not use them (docs/performance.md, "Memory, start-up and wake-ups").
 
 `micro-agent run` is started in a subprocess as far as its loop: everything the command
 imports and builds (configuration, outbox, collectors, the uplink) happens for real; only
@@ -21,8 +20,9 @@ import pytest
 
 from agent.uplink.identity import DEFAULT_CONNECTION_STRING_FILE
 
-# The modules the local default must not load, by top-level package or module name.
-HUB_ONLY = ("azure", "paho", "requests", "urllib3", "socks", "deprecation", "janus")
+# The modules the local default must not load, by top-level package or module name: the SDK
+# and what it brings, and ssl (OpenSSL: about 4 MB RSS; only a hub's TLS needs it).
+HUB_ONLY = ("azure", "paho", "requests", "urllib3", "socks", "deprecation", "janus", "ssl", "_ssl")
 
 # Agent.run replaced: list the modules loaded by then and return. IotHubUplink.attach
 # replaced: it would connect. Neither import below loads anything the run would not: they
