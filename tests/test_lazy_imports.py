@@ -1,5 +1,6 @@
 """The local default (no IoT Hub) never loads the IoT Hub SDK nor what only a hub needs
-(paho, requests, ssl): each is megabytes of RSS on a device that does not use them (docs/performance.md, "Memory, start-up and wake-ups").
+(paho, requests, ssl): each is megabytes of RSS on a device that does not use them
+(docs/performance.md, "Memory, start-up and wake-ups").
 
 `micro-agent run` is started in a subprocess as far as its loop: everything the command
 imports and builds (configuration, outbox, collectors, the uplink) happens for real; only
