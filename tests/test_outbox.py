@@ -317,6 +317,34 @@ def test_a_failed_state_write_removes_nothing(tmp_path: Path) -> None:
         assert ob.counters() == counters(written=1, confirmed=1, state_errors=1)
 
 
+def test_send_order_survives_an_undone_removal_and_a_restart(tmp_path: Path) -> None:
+    """pending() is kept in send order as batches come and go, without a sort: a removal undone
+    by a failed state write puts the batch back in its place, and a restart finds the same
+    order."""
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        for prio in ("Low", "High", "Low", "Medium", "High", "Low"):
+            assert put(ob, prio, 1) is not None
+        order = [(i.prio, i.seq) for i in ob.pending()]
+        assert order == [("High", 1), ("High", 4), ("Medium", 3), ("Low", 0), ("Low", 2), ("Low", 5)]
+        journal = ob._journal
+        writable = journal._fd
+        journal._fd = os.open(ob.dir / "state", os.O_RDONLY)
+        try:
+            with pytest.raises(OutboxStateError):
+                ob.confirm_many([ob.pending()[0].id, ob.pending()[4].id])
+        finally:
+            os.close(journal._fd)
+            journal._fd = writable
+        assert [(i.prio, i.seq) for i in ob.pending()] == order
+        assert ob.confirm(ob.pending()[4].id)
+        del order[4]
+        assert put(ob, "High", 1) is not None
+        order.insert(2, ("High", 6))
+        assert [(i.prio, i.seq) for i in ob.pending()] == order
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        assert [(i.prio, i.seq) for i in ob.pending()] == order
+
+
 def test_half_written_files_are_removed_and_counted(tmp_path: Path) -> None:
     with Outbox(tmp_path, 1 << 20, HOUR) as ob:
         put(ob, "High", 2)
