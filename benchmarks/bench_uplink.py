@@ -37,6 +37,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,13 +161,15 @@ _THROUGHPUT: list[Throughput] = []
 _MEMORY: list[Memory] = []
 # The agent's msgpack 4 KiB run's bodies, for the bare SDK to send again.
 _REPLAY: list[bytes] = []
+# (batches, rounds, agent's median messages/s, the bare SDK's) of test_uplink_drain_beside_the_bare_sdk
+_DRAIN: list[tuple[int, int, float, float]] = []
 
 
 @pytest.fixture(scope="module", autouse=True)
 def table(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not (_THROUGHPUT or _MEMORY):
+    if reporter is None or not (_THROUGHPUT or _MEMORY or _DRAIN):
         return
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if capture is not None:
@@ -194,6 +197,11 @@ def _write_table(reporter: Any) -> None:
             reporter.write_line(
                 f"bare SDK / agent, messages/s at 4 KiB msgpack: "
                 f"{sdk.messages_per_s / agent.messages_per_s:.2f}x")
+    for n, rounds, agent_rate, sdk_rate in _DRAIN:
+        reporter.write_sep("=", "the send path alone: an outbox of batches drained, beside the bare SDK")
+        reporter.write_line(f"{n} batches, median of {rounds} alternating rounds: agent "
+                            f"{agent_rate:.0f} messages/s, bare SDK {sdk_rate:.0f} messages/s, "
+                            f"agent / bare SDK {agent_rate / sdk_rate:.2f}x")
     if _MEMORY:
         reporter.write_sep("=", "RSS while connected to the stand-in")
         reporter.write_line("| peer | VmRSS MB | VmHWM MB | settled s | notes |")
@@ -376,6 +384,108 @@ def test_bare_sdk_throughput(benchmark: BenchmarkFixture, hub: Hub) -> None:
     _THROUGHPUT.append(Throughput("bare SDK", "msgpack", 4096, len(records),
                                   sum(len(b) for b in bodies), events, agent.tokens, seconds))
     benchmark.extra_info.update({"messages": len(records), "events": events})
+
+
+# ---------------------------------------------------------------------------------------------
+# the send path alone
+
+
+DRAIN_BATCHES, QUICK_DRAIN_BATCHES = 400, 100
+DRAIN_ROUNDS, QUICK_DRAIN_ROUNDS = 7, 1
+
+
+def drain_batch(i: int) -> bytes:
+    """A core batch of 28 exec-like events (about 3 KB sealed): the 4 KiB case's size."""
+    import msgpack
+
+    events = [msgpack.packb({"t": "exec", "pid": 1000 + j, "ppid": 1, "uid": 0,
+                             "path": "/bin/echo", "argv": ["/bin/echo", f"drain-{i}-{j}"],
+                             "cwd": "/var/lib/iot-micro-agent", "ts": 1_700_000_000_000 + j})
+              for j in range(28)]
+    return b"\xdd" + len(events).to_bytes(4, "big") + b"".join(events)
+
+
+@pytest.mark.benchmark(group="uplink-drain")
+def test_uplink_drain_beside_the_bare_sdk(benchmark: BenchmarkFixture, request: pytest.FixtureRequest,
+                                          hub: Hub, tmp_path: Path) -> None:
+    """The uplink's own cost, without the collectors and the audit load around it: an outbox
+    of N batches drained by IotHubUplink through the agent's loop (no collectors), then the
+    bare SDK sending the same bodies one send_message after the other; rounds alternate and
+    the medians are compared. Messages/s from the first pump (the SDK: the first send) to the
+    last arrival at the stand-in."""
+    from azure.iot.device import IoTHubModuleClient, Message
+
+    from agent.collectors import Environment
+    from agent.config import ConfigStore
+    from agent.envelope import Identity, sealer
+    from agent.outbox import Outbox
+    from agent.pipeline import Agent
+    from agent.uplink.identity import identity_from_fields, parse_connection_string
+    from agent.uplink.iothub import IotHubUplink, UplinkOptions
+
+    n = QUICK_DRAIN_BATCHES if quick(request) else DRAIN_BATCHES
+    rounds = QUICK_DRAIN_ROUNDS if quick(request) else DRAIN_ROUNDS
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "config.json").write_text("{}")
+    store = ConfigStore(str(data / "config.json"))
+    outbox = Outbox(data, 1 << 30, 24 * 3600)
+    identity = identity_from_fields(parse_connection_string(connection_string(hub)),
+                                    source="bench", ca_file=str(hub.certs.ca.cert))
+    ident = Identity("bench-agent", "0", identity.device_id, identity.module_id or "")
+    uplink = IotHubUplink(identity, ident.agent, UplinkOptions(backoff_min_s=0.2, backoff_max_s=1.0),
+                          rng=random.Random(1))
+    agent = Agent(store, Environment(data_dir=data), outbox, uplink, ident, [])
+    uplink.attach(agent)
+    agent.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = IoTHubModuleClient.create_from_connection_string(
+            str(hub.identity("bench-dev", "bare-sdk").connection_string()),
+            server_verification_cert=hub.certs.ca_pem)
+        client.connect()
+    rates: dict[str, list[float]] = {"agent": [], "bare SDK": []}
+    try:
+        deadline = time.monotonic() + 20
+        while uplink.status()["state"] != "connected":
+            agent.turn(timeout=0.02)
+            assert time.monotonic() < deadline, uplink.status()
+
+        def one_round() -> None:
+            for i in range(n):
+                outbox.put("Low", sealer(drain_batch(i), ident, "Low", ["Process"]), 28)
+            bodies = [b.payload for b in (outbox.read(info.id) for info in outbox.pending())
+                      if b is not None]
+            before = len(hub.telemetry)
+            started = time.time()
+            while sum(d.count for d in outbox.depth().values()) or uplink.status()["in_flight"]:
+                agent.turn(timeout=0.02)
+            records = hub.wait_for_telemetry(before + n, timeout=30)[before:]
+            # Same work: every batch arrived, as stored.
+            assert sorted(r.payload for r in records) == sorted(bodies)
+            rates["agent"].append(n / (max(r.arrived for r in records) - started))
+            before = len(hub.telemetry)
+            started = time.time()
+            for i, body in enumerate(bodies):
+                msg = Message(body, message_id=f"sdk:{i}",  # type: ignore[no-untyped-call]
+                              content_type="application/msgpack")
+                msg.custom_properties.update({"v": "1", "seq": str(i), "prio": "Low", "agent": "sdk"})
+                client.send_message(msg)
+            records = hub.wait_for_telemetry(before + n, timeout=30)[before:]
+            assert [r.payload for r in records] == bodies
+            rates["bare SDK"].append(n / (max(r.arrived for r in records) - started))
+
+        benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)  # type: ignore[no-untyped-call]
+    finally:
+        client.shutdown()
+        agent.shutdown()
+    agent_rate = statistics.median(rates["agent"])
+    sdk_rate = statistics.median(rates["bare SDK"])
+    _DRAIN.append((n, rounds, agent_rate, sdk_rate))
+    benchmark.extra_info.update({"batches": n, "rounds": rounds,
+                                 "agent_messages_per_s": [round(r) for r in rates["agent"]],
+                                 "sdk_messages_per_s": [round(r) for r in rates["bare SDK"]],
+                                 "ratio": round(agent_rate / sdk_rate, 3)})
 
 
 # ---------------------------------------------------------------------------------------------
