@@ -6,6 +6,8 @@ Both peers are the same interpreter (sys.executable, so the same site packages a
 files): a bare one that only sleeps, and `micro-agent run --config {}`. Both run from byte
 code, as installed (the package ships a .pyc beside every module): PYTHONDONTWRITEBYTECODE is
 dropped and PYTHONPYCACHEPREFIX names a cache that a first, unmeasured run of each peer fills.
+Both run with -S and this process's module path, so that no start-up (.pth) file of the
+machine's site-packages runs code in them (the package's launcher has only path entries).
 Compiling the sources at every start instead costs the agent about 2 MB of RSS (the compiler's
 memory, freed into holes) and start-up time. The agent's measured run is its second start on
 the same data directory: a device's restart. Each settles (20 s, 3 s
@@ -72,6 +74,10 @@ def bytecode_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("IOTHUB_")}
     env["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("pycache"))
+    # Both peers run with -S and this process's module path: the same modules, without the
+    # code that start-up (.pth) files of the machine's site-packages may run (one on the
+    # test machine imports certifi: 5 MB in each peer that the device's interpreter has not).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
     return env
 
 
@@ -169,8 +175,8 @@ def _write_table(reporter: Any) -> None:
 def test_rss_bare_interpreter(benchmark: BenchmarkFixture, request: pytest.FixtureRequest,
                               bytecode_env: dict[str, str]) -> None:
     settle = QUICK_SETTLE_S if quick(request) else SETTLE_S
-    subprocess.run([sys.executable, "-c", "pass"], env=bytecode_env, check=True)  # compiles
-    proc = subprocess.Popen([sys.executable, "-c", BARE], stdout=subprocess.PIPE, text=True,
+    subprocess.run([sys.executable, "-S", "-c", "pass"], env=bytecode_env, check=True)  # compiles
+    proc = subprocess.Popen([sys.executable, "-S", "-c", BARE], stdout=subprocess.PIPE, text=True,
                             env=bytecode_env)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -182,7 +188,7 @@ def test_rss_bare_interpreter(benchmark: BenchmarkFixture, request: pytest.Fixtu
         proc.wait()
     rss, hwm, anon, file_kb = result[0]
     _FIGURES.append(Figures("bare interpreter", rss, hwm, anon, file_kb,
-                            notes=[f"{Path(sys.executable).name} -c 'time.sleep()'"]))
+                            notes=[f"{Path(sys.executable).name} -S -c 'time.sleep()'"]))
     benchmark.extra_info.update({"vmrss_kb": rss, "vmhwm_kb": hwm, "anon_kb": anon})
 
 
@@ -206,8 +212,8 @@ def start_agent(data: Path, config: Path, env: dict[str, str]
     to that status.json, the collectors' states)."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--data-dir", str(data), "--config", str(config),
-         "--log-level", "warning"],
+        [sys.executable, "-S", "-m", "agent.cli", "run", "--data-dir", str(data),
+         "--config", str(config), "--log-level", "warning"],
         stderr=subprocess.PIPE, text=True, env=env)
     deadline = started + 60
     while not _all_started(states := _collectors(data)):

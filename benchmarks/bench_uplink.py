@@ -22,7 +22,9 @@ under --benchmark-disable) and VmRSS / VmHWM are read from /proc/PID/status; the
 what the agent adds to the bare SDK. Both run from byte code, as installed: without
 PYTHONDONTWRITEBYTECODE and with PYTHONPYCACHEPREFIX naming a cache that a first, unmeasured
 run of each fills (with the sources compiled at every start, the agent paid about 2 MB for
-compiling its own modules where the SDK's came as byte code from its installation).
+compiling its own modules where the SDK's came as byte code from its installation); and with
+-S and this process's module path, so that no start-up (.pth) file of the machine's
+site-packages runs code in them.
 
     cd benchmarks && PYTHONPATH=/tmp/site python3 -m pytest bench_uplink.py [--benchmark-disable]
 
@@ -531,11 +533,15 @@ def bytecode_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONDONTWRITEBYTECODE", "IOTHUB_CONNECTION_STRING")}
     env["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("pycache"))
+    # Both peers run with -S and this process's module path: the same modules, without the
+    # code that start-up (.pth) files of the machine's site-packages may run (one on the
+    # test machine imports certifi: 5 MB in each peer that the device's interpreter has not).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
     return env
 
 
 def bare_sdk(hub: Hub, env: dict[str, str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", BARE_SDK, connection_string(hub),
+    proc = subprocess.Popen([sys.executable, "-S", "-c", BARE_SDK, connection_string(hub),
                              str(hub.certs.ca.cert)], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
@@ -573,8 +579,9 @@ def connected_agent(hub: Hub, data: Path, config: Path, cs_file: Path, env: dict
                     ) -> subprocess.Popen[str]:
     """`micro-agent run` until its status says connected."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--data-dir", str(data), "--config", str(config),
-         "--connection-string-file", str(cs_file), "--ca-file", str(hub.certs.ca.cert)],
+        [sys.executable, "-S", "-m", "agent.cli", "run", "--data-dir", str(data),
+         "--config", str(config), "--connection-string-file", str(cs_file),
+         "--ca-file", str(hub.certs.ca.cert)],
         stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 60
     while True:
