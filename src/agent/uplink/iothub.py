@@ -81,8 +81,9 @@ class UplinkOptions:
     refilled when it is down to half. A connection that ends sends at most these again.
     confirm_batches / confirm_after_s: a group commit. Batches reported sent are confirmed
     (removed from the outbox: one state write, one directory fsync) together once
-    confirm_batches of them wait, or the worker has nothing left, or the oldest has waited
-    confirm_after_s; a crash before that sends them again (at least once). Backoff: the delay before
+    confirm_batches of them or window_bytes of payload wait, or the worker has nothing left,
+    or the oldest has waited confirm_after_s; a crash before that sends them again (at least
+    once). Backoff: the delay before
     reconnect attempt n is backoff_min_s * 2**(n-1), capped at backoff_max_s, times a random
     factor in [0.75, 1.25] (then clamped to the bounds again). refused_retry_s: after the hub
     refused the credentials or TLS failed, the next attempt waits for the identity's file to
@@ -92,7 +93,7 @@ class UplinkOptions:
 
     window: int = 64
     window_bytes: int = 1 << 20
-    confirm_batches: int = 32
+    confirm_batches: int = 64
     confirm_after_s: float = 0.5
     backoff_min_s: float = 1.0
     backoff_max_s: float = 300.0
@@ -171,6 +172,7 @@ class IotHubUplink:
         # Loop-thread state.
         self._inflight: dict[str, int] = {}  # handed to the worker: id -> payload bytes
         self._sent: dict[str, int] = {}  # reported sent, not yet confirmed: id -> seq
+        self._sent_bytes = 0  # their payload bytes
         self._sent_since = 0.0  # monotonic time the oldest of _sent was reported
         self._rejected: set[str] = set()
         self._patched = (0, -1)  # (epoch, version) of the last desired patch applied
@@ -236,11 +238,12 @@ class IotHubUplink:
             results = list(self._results)
             self._results.clear()
         for batch_id, seq, outcome in results:
-            self._inflight.pop(batch_id, None)
+            size = self._inflight.pop(batch_id, 0)
             if outcome == _SENT:
                 if not self._sent:
                     self._sent_since = time.monotonic()
                 self._sent[batch_id] = seq
+                self._sent_bytes += size
             elif outcome == _REJECTED:
                 self._rejected.add(batch_id)
                 self.counters.add("rejected")
@@ -251,9 +254,10 @@ class IotHubUplink:
         # (docs/uplink.md, Sending).
         if not (confirm_now or not self._inflight
                 or len(self._sent) >= self.options.confirm_batches
+                or self._sent_bytes >= self.options.window_bytes
                 or time.monotonic() - self._sent_since >= self.options.confirm_after_s):
             return
-        sent, self._sent = self._sent, {}
+        sent, self._sent, self._sent_bytes = self._sent, {}, 0
         try:
             confirmed = set(outbox.confirm_many(list(sent)))
         except OutboxError as err:
