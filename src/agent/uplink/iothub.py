@@ -250,8 +250,8 @@ class IotHubUplink:
         if not self._sent:
             return
         # A group commit: one state write and one directory fsync for many batches. One pair
-        # per batch, in the loop while the worker sends, cost a third of the send rate
-        # (docs/uplink.md, Sending).
+        # per batch, in the loop while the worker sends, was the largest cost the profile
+        # found (docs/uplink.md, Speed and size); a crash sends the unconfirmed again.
         if not (confirm_now or not self._inflight
                 or len(self._sent) >= self.options.confirm_batches
                 or self._sent_bytes >= self.options.window_bytes
