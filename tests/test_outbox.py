@@ -104,6 +104,26 @@ def test_send_order_confirm_and_restart(tmp_path: Path) -> None:
         assert envelope(ob, info)["boot"] == 2
 
 
+def test_confirm_many_is_one_state_write(tmp_path: Path) -> None:
+    """A group commit: the batches delivered since the uplink's last turn are removed with one
+    state write; ids not stored (unknown, repeated, confirmed already) are left out of the
+    answer; after a restart they are gone and counted once."""
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        infos = [put(ob, "Low", n) for n in (1, 2, 3, 4)]
+        ids = [i.id for i in infos if i is not None]
+        assert len(ids) == 4
+        assert ob.confirm(ids[0])
+        generation = ob._journal.generation
+        removed = ob.confirm_many([ids[0], ids[1], ids[2], ids[2], "low-00000000000000000099.batch"])
+        assert removed == ids[1:3]
+        assert ob._journal.generation == generation + 1
+        assert [i.id for i in ob.pending()] == ids[3:]
+        assert ob.confirm_many([]) == [] and ob._journal.generation == generation + 1
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        assert [i.id for i in ob.pending()] == ids[3:]
+        assert ob.counters() == counters(written=4, confirmed=3)
+
+
 def test_eviction_order_and_counters_are_exact(tmp_path: Path) -> None:
     """Room for exactly four batches; each new batch evicts the oldest of the lowest priority
     not above its own, or is rejected; every drop reaches a later envelope."""
@@ -295,6 +315,34 @@ def test_a_failed_state_write_removes_nothing(tmp_path: Path) -> None:
         assert ob.drops.peek() == {"sink_full": 2}
         assert ob.confirm(info.id)
         assert ob.counters() == counters(written=1, confirmed=1, state_errors=1)
+
+
+def test_send_order_survives_an_undone_removal_and_a_restart(tmp_path: Path) -> None:
+    """pending() is kept in send order as batches come and go, without a sort: a removal undone
+    by a failed state write puts the batch back in its place, and a restart finds the same
+    order."""
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        for prio in ("Low", "High", "Low", "Medium", "High", "Low"):
+            assert put(ob, prio, 1) is not None
+        order = [(i.prio, i.seq) for i in ob.pending()]
+        assert order == [("High", 1), ("High", 4), ("Medium", 3), ("Low", 0), ("Low", 2), ("Low", 5)]
+        journal = ob._journal
+        writable = journal._fd
+        journal._fd = os.open(ob.dir / "state", os.O_RDONLY)
+        try:
+            with pytest.raises(OutboxStateError):
+                ob.confirm_many([ob.pending()[0].id, ob.pending()[4].id])
+        finally:
+            os.close(journal._fd)
+            journal._fd = writable
+        assert [(i.prio, i.seq) for i in ob.pending()] == order
+        assert ob.confirm(ob.pending()[4].id)
+        del order[4]
+        assert put(ob, "High", 1) is not None
+        order.insert(2, ("High", 6))
+        assert [(i.prio, i.seq) for i in ob.pending()] == order
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        assert [(i.prio, i.seq) for i in ob.pending()] == order
 
 
 def test_half_written_files_are_removed_and_counted(tmp_path: Path) -> None:

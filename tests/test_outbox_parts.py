@@ -25,7 +25,7 @@ from agent.outbox.codec import (
     events_of_partial,
     parse_batch_name,
 )
-from agent.outbox.eviction import EvictionPolicy, send_order
+from agent.outbox.eviction import EvictionPolicy
 from agent.outbox.journal import (
     MAX_DOOMED,
     STATE_SLOT,
@@ -285,12 +285,6 @@ class Stored:
 def stored(*specs: tuple[str, int, int]) -> list[Stored]:
     """(prio, seq, size) each; created at seq * 1000 ms."""
     return [Stored(batch_name(p, s), p, s, s * 1000, size) for p, s, size in specs]
-
-
-def test_send_order_is_priority_then_sequence() -> None:
-    batches = stored(("Low", 0, 1), ("High", 1, 1), ("Medium", 2, 1), ("High", 3, 1), ("Low", 4, 1))
-    assert [(b.prio, b.seq) for b in send_order(batches)] == [
-        ("High", 1), ("High", 3), ("Medium", 2), ("Low", 0), ("Low", 4)]
 
 
 def test_room_is_made_from_the_lowest_priority_and_oldest_first() -> None:

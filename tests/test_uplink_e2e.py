@@ -34,7 +34,15 @@ from hub.broker import Certificates
 from hub.hub import Hub, Telemetry
 from test_live_audit import kernel_audit  # noqa: F401  (a fixture: pytestmark uses it)
 from test_runtime import QUIET
-from test_uplink_iothub import AGENT_ID, FAST, MODULE, WINDOW, check_sends, module
+from test_uplink_iothub import (
+    AGENT_ID,
+    FAST,
+    MODULE,
+    RESENT_AFTER_A_CRASH,
+    WINDOW,
+    check_sends,
+    module,
+)
 
 from agent import __version__
 from agent.collectors import Environment, build_collectors
@@ -598,16 +606,16 @@ def test_sigkilled_agent_restarts_with_the_next_seq_and_resends_only_what_was_in
     # The at-least-once bound (docs/uplink.md): at most one send per connection a batch was
     # in flight on. A batch in flight when run 1 lost the hub and again at the kill is sent
     # on three connections and may arrive three times.
-    connections = check_sends(iothub, records, seqs)
+    connections = check_sends(iothub, records, seqs, again_at_most=RESENT_AFTER_A_CRASH)
     # Run 2 sent again only what run 1 had not confirmed: batches still in the outbox at the
-    # kill, and of those that had arrived, only the last `window` run 1 sent (one lane: send
-    # order is seq order). (A file still in the outbox is not always pending: a confirm logs
+    # kill, and of those that had arrived, only the last RESENT_AFTER_A_CRASH run 1 sent (one
+    # lane: send order is seq order). (A file still in the outbox is not always pending: a confirm logs
     # the removal in the state file before it unlinks the file, and the next open finishes
     # it; so `pending` may hold a confirmed batch or two.)
     resent = {seq for seq in seqs
               if seq <= last_stored and max(connections[seq]) > run1_connections}
     assert resent <= pending
-    assert resent & arrived1 <= set(sorted(arrived1)[-WINDOW:])
+    assert resent & arrived1 <= set(sorted(arrived1)[-RESENT_AFTER_A_CRASH:])
     # Everything run 2 saw arrived: the commands of its whole life.
     events = [e for env in envs for e in env["events"]]
     wanted = commands.between(restarted_at, float("inf"))

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 import msgpack
-import orjson
 
 from agent.limits import (
     CORE_MIN_BATCH_BYTES,
@@ -265,6 +264,10 @@ def _json_default(value: Any) -> str:
 
 
 def _json(obj: Any) -> bytes:
+    # Imported here: only Upload_Format json needs it, and orjson loads uuid, zoneinfo and
+    # platform with it (about 0.5 MB RSS that the msgpack default never uses).
+    import orjson
+
     return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
 
 

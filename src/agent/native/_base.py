@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from typing_extensions import Self
+if TYPE_CHECKING:  # typing_extensions costs 0.3 MB RSS at run time for an annotation
+    from typing_extensions import Self
 
 from agent._core import ffi, lib
 

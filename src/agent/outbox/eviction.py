@@ -1,4 +1,5 @@
-"""Which stored batches go when the outbox is full or they are too old, and the send order.
+"""Which stored batches go when the outbox is full or they are too old (the send order is the
+outbox's own: agent.outbox.Outbox.pending).
 
 The outbox is bounded by max_bytes (Outbox_MaxBytes), counted in whole batch files. A new
 batch that does not fit evicts the stored batches of its own or a lower priority, the lowest
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from agent.outbox.codec import RANK
 
@@ -34,15 +35,6 @@ class Stored(Protocol):
 
     @property
     def size(self) -> int: ...
-
-
-S = TypeVar("S", bound=Stored)
-
-
-def send_order(stored: Iterable[S]) -> list[S]:
-    """High first, then Medium, then Low; within a priority by sequence number (oldest
-    first)."""
-    return sorted(stored, key=lambda b: (RANK[b.prio], b.seq))
 
 
 @dataclass

@@ -21,7 +21,6 @@ import base64
 import binascii
 import os
 import re
-import ssl
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -226,6 +225,8 @@ def load_ca(path: str) -> str:
         raise IdentityError(f"CA file {path} is not PEM text (DER? convert it with openssl x509)") from None
     if "-----BEGIN CERTIFICATE-----" not in text:
         raise IdentityError(f"CA file {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    import ssl  # here, not at the top: the local default (no hub) never loads ssl (4 MB RSS)
+
     try:
         ssl.create_default_context(cadata=text)
     except (ssl.SSLError, ValueError) as err:
@@ -234,6 +235,8 @@ def load_ca(path: str) -> str:
 
 
 def _check_x509(cert_file: str, key_file: str) -> None:
+    import ssl  # here, not at the top: the local default (no hub) never loads ssl (4 MB RSS)
+
     read_secret_file(key_file, "X.509 key file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:

@@ -41,7 +41,7 @@ from agent.clock import wall_time
 from agent.config import Config, ConfigStore, ConfigUpdate, ReportedState
 from agent.envelope import JSON_TYPE, SCHEMA_VERSION, UnsendableBatch, encode_batch
 from agent.limits import MAX_MESSAGE_BYTES
-from agent.outbox import Outbox, OutboxError
+from agent.outbox import MAX_DOOMED, Outbox, OutboxError
 from agent.uplink.connection import (
     CallTimeout,
     ConnectionStateMachine,
@@ -76,7 +76,14 @@ class AgentHooks(Protocol):
 
 @dataclass(frozen=True)
 class UplinkOptions:
-    """window: batches handed to the worker and not yet confirmed. Backoff: the delay before
+    """window: batches handed to the worker and not yet reported back (sent, returned or
+    rejected), at most window_bytes of payload (at least one batch); the worker's queue is
+    refilled when it is down to half. A connection that ends sends at most these again.
+    confirm_batches / confirm_after_s: a group commit. Batches reported sent are confirmed
+    (removed from the outbox: one state write, one directory fsync) together once
+    confirm_batches of them or window_bytes of payload wait, or the worker has nothing left,
+    or the oldest has waited confirm_after_s; a crash before that sends them again (at least
+    once). Backoff: the delay before
     reconnect attempt n is backoff_min_s * 2**(n-1), capped at backoff_max_s, times a random
     factor in [0.75, 1.25] (then clamped to the bounds again). refused_retry_s: after the hub
     refused the credentials or TLS failed, the next attempt waits for the identity's file to
@@ -84,7 +91,10 @@ class UplinkOptions:
     counters_every_s: at most one patch of counters only (VOLATILE_REPORTED) per this long.
     close_grace_s: how long close() waits for batches already handed over."""
 
-    window: int = 4
+    window: int = 64
+    window_bytes: int = 1 << 20
+    confirm_batches: int = 64
+    confirm_after_s: float = 0.5
     backoff_min_s: float = 1.0
     backoff_max_s: float = 300.0
     connect_timeout_s: float = 60.0
@@ -99,6 +109,9 @@ class UplinkOptions:
     def __post_init__(self) -> None:
         if not 1 <= self.window <= 64:
             raise ValueError(f"window={self.window}: 1..64")
+        if not 1 <= self.confirm_batches <= MAX_DOOMED:
+            # One chunk of the outbox's removal log: one state write per group.
+            raise ValueError(f"confirm_batches={self.confirm_batches}: 1..{MAX_DOOMED}")
         if not 0 < self.backoff_min_s <= self.backoff_max_s:
             raise ValueError("backoff bounds: 0 < min <= max")
 
@@ -157,7 +170,10 @@ class IotHubUplink:
         self._reported = ReportedState()
         self._last_counters = 0.0
         # Loop-thread state.
-        self._inflight: dict[str, int] = {}
+        self._inflight: dict[str, int] = {}  # handed to the worker: id -> payload bytes
+        self._sent: dict[str, int] = {}  # reported sent, not yet confirmed: id -> seq
+        self._sent_bytes = 0  # their payload bytes
+        self._sent_since = 0.0  # monotonic time the oldest of _sent was reported
         self._rejected: set[str] = set()
         self._patched = (0, -1)  # (epoch, version) of the last desired patch applied
         self._last_offer = 0.0
@@ -191,20 +207,23 @@ class IotHubUplink:
                 and now - self._last_offer >= self.options.report_check_s):
             self._last_offer = now
             self.offer_report(self._agent.reported_document())
-        if not self._accepting or len(self._inflight) >= self.options.window:
-            return
+        if not self._accepting or len(self._inflight) > self.options.window // 2:
+            return  # the worker has enough; it wakes the loop when it is down to half
         config = self._agent.config if self._agent is not None else None
         fmt = config.upload.format.value if config is not None else "msgpack"
         max_bytes = config.upload.max_message_bytes if config is not None else MAX_MESSAGE_BYTES
+        handed = sum(self._inflight.values())
         for info in outbox.pending():
-            if len(self._inflight) >= self.options.window:
+            if len(self._inflight) >= self.options.window or (
+                    self._inflight and handed + info.size > self.options.window_bytes):
                 break
-            if info.id in self._inflight or info.id in self._rejected:
+            if info.id in self._inflight or info.id in self._sent or info.id in self._rejected:
                 continue
             batch = outbox.read(info.id)
             if batch is None:
                 continue  # removed, or set aside as corrupt, since pending()
-            self._inflight[info.id] = info.seq
+            self._inflight[info.id] = info.size
+            handed += info.size
             item = _Item(info.id, info.seq, info.prio, batch.payload, fmt, max_bytes)
             with self._lock:
                 if self._accepting:
@@ -214,29 +233,45 @@ class IotHubUplink:
                     self._results.append((info.id, info.seq, _RETURNED))
                     break
 
-    def _take_results(self, outbox: Outbox) -> None:
-        while True:
-            with self._lock:
-                if not self._results:
-                    return
-                batch_id, seq, outcome = self._results.popleft()
-            self._inflight.pop(batch_id, None)
+    def _take_results(self, outbox: Outbox, *, confirm_now: bool = False) -> None:
+        with self._lock:
+            results = list(self._results)
+            self._results.clear()
+        for batch_id, seq, outcome in results:
+            size = self._inflight.pop(batch_id, 0)
             if outcome == _SENT:
-                try:
-                    confirmed = outbox.confirm(batch_id)
-                except OutboxError as err:
-                    # The batch stays and goes out again: a duplicate, never a loss.
-                    log.error("iothub: cannot confirm batch %d: %s", seq, err)
-                    continue
-                if confirmed:
-                    self.counters.add("delivered")
-                else:
-                    self.counters.add("confirm_missing")  # evicted or expired meanwhile
-                self.last_seq = seq
-                self.last_confirmed = wall_time()
+                if not self._sent:
+                    self._sent_since = time.monotonic()
+                self._sent[batch_id] = seq
+                self._sent_bytes += size
             elif outcome == _REJECTED:
                 self._rejected.add(batch_id)
                 self.counters.add("rejected")
+        if not self._sent:
+            return
+        # A group commit: one state write and one directory fsync for many batches. One pair
+        # per batch, in the loop while the worker sends, was the largest cost the profile
+        # found (docs/uplink.md, Speed and size); a crash sends the unconfirmed again.
+        if not (confirm_now or not self._inflight
+                or len(self._sent) >= self.options.confirm_batches
+                or self._sent_bytes >= self.options.window_bytes
+                or time.monotonic() - self._sent_since >= self.options.confirm_after_s):
+            return
+        sent, self._sent, self._sent_bytes = self._sent, {}, 0
+        try:
+            confirmed = set(outbox.confirm_many(list(sent)))
+        except OutboxError as err:
+            # The batches stay and go out again: duplicates, never a loss.
+            seqs = sorted(sent.values())
+            log.error("iothub: cannot confirm batches %d..%d: %s", seqs[0], seqs[-1], err)
+            return
+        for batch_id, seq in sent.items():
+            if batch_id in confirmed:
+                self.counters.add("delivered")
+            else:
+                self.counters.add("confirm_missing")  # evicted or expired meanwhile
+            self.last_seq = seq
+        self.last_confirmed = wall_time()
 
     def offer_report(self, doc: dict[str, Any]) -> None:
         """The reported document as it is now; the worker sends what changed."""
@@ -257,7 +292,7 @@ class IotHubUplink:
             "identity": ident.client_id, "auth": ident.auth, "state": self._link.describe(),
             "since": int(self._link.since), "state_changes": self._link.entered(), "last_seq": self.last_seq,
             "last_confirmed": None if self.last_confirmed is None else int(self.last_confirmed),
-            "in_flight": len(self._inflight), "retry_in_s": round(retry, 1),
+            "in_flight": len(self._inflight) + len(self._sent), "retry_in_s": round(retry, 1),
             **self.counters.snapshot(),
         }
 
@@ -271,7 +306,7 @@ class IotHubUplink:
             with self._lock:
                 if not self._results:
                     self._lock.wait(0.05)
-            self._take_results(outbox)
+            self._take_results(outbox, confirm_now=True)
         with self._lock:
             self._accepting = False
             self._stopping.set()
@@ -282,7 +317,7 @@ class IotHubUplink:
             self._thread.join(min(self.options.call_timeout_s, 5.0))
             self.abandoned = self._thread.is_alive()
         if outbox is not None:
-            self._take_results(outbox)
+            self._take_results(outbox, confirm_now=True)
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -628,7 +663,11 @@ class IotHubUplink:
     def _result(self, item: _Item, outcome: str) -> None:
         with self._lock:
             self._results.append((item.batch_id, item.seq, outcome))
-        self._wake_loop()
+            # The loop refills the queue when it is down to half and confirms in groups: a
+            # wake-up per send cost it a turn per message. Anything but a send at once.
+            wake = outcome != _SENT or len(self._queue) <= self.options.window // 2
+        if wake:
+            self._wake_loop()
 
     def _failed_call(self, failure: Failure, item: _Item | None) -> None:
         self.counters.add("send_errors")
