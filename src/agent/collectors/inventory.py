@@ -144,8 +144,13 @@ class SBoMCollector(InventoryCollector):
     name = "SBoM"
     accept = ("pkg",)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Unchanged status files are not parsed again (sbom.StatusCache).
+        self._status = sbom.StatusCache()
+
     def gather(self) -> Snapshot:
-        return sbom.gather(self.env.root)
+        return sbom.gather(self.env.root, cache=self._status)
 
 
 class BaselineCollector(InventoryCollector):
