@@ -142,6 +142,7 @@ def test_cache_sends_the_same_packages_and_sees_every_change(tmp_path: Path) -> 
     time.sleep(0.002)
     again = sbom.gather(tmp_path, rpm=False, cache=cache)
     assert without_ts(again) == without_ts(first) == without_ts(fresh)
+    assert [list(e) for e in again.events] == [list(e) for e in fresh.events], "key order"
     assert again.errors == first.errors == fresh.errors
     assert again.skipped == first.skipped
     assert {e["ts"] for e in again.events} == {again.events[0]["ts"]}

@@ -16,6 +16,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
+
 from agent.inventory import Event, Snapshot, now_ms, read_text, under
 
 SRC = "sbom"
@@ -127,10 +129,12 @@ FileKey = tuple[int, int, int, int, int]
 
 
 class StatusCache:
-    """The packages and parse errors of each status file read, by the file's identity."""
+    """The packages and parse errors of each status file read, by the file's identity. The
+    packages are kept packed (msgpack): about 150 bytes each, where the
+    dicts would hold four times that in a running agent between two snapshots."""
 
     def __init__(self) -> None:
-        self._files: dict[str, tuple[FileKey, list[Event], list[str]]] = {}
+        self._files: dict[str, tuple[FileKey, bytes, list[str]]] = {}
 
     def packages(self, root: Path, path: str, manager: str, ts: int,
                  snap: Snapshot) -> list[Event] | None:
@@ -147,7 +151,10 @@ class StatusCache:
         cached = self._files.get(path)
         if key is not None and cached is not None and cached[0] == key:
             snap.errors.extend(cached[2])
-            return [{**event, "ts": ts} for event in cached[1]]
+            events: list[Event] = msgpack.unpackb(cached[1])
+            for event in events:
+                event["ts"] = ts
+            return events
         text = read_text(root, path, snap)
         if text is None:
             self._files.pop(path, None)
@@ -155,7 +162,8 @@ class StatusCache:
         errors_before = len(snap.errors)
         events = _control_packages(text, path, manager, ts, snap)
         if key is not None:
-            self._files[path] = (key, events, snap.errors[errors_before:])
+            # With their ts, which a hit overwrites in place: the keys keep their order.
+            self._files[path] = (key, msgpack.packb(events), snap.errors[errors_before:])
         return events
 
 
