@@ -29,6 +29,9 @@ NFT_MSG_GETSET = 10
 NFT_MSG_GETSETELEM = 13
 NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
+NLM_F_DUMP_INTR = 0x10
+# A dump the ruleset changed under (NLM_F_DUMP_INTR) is taken again, at most this often.
+DUMP_TRIES = 3
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLA_F_NESTED = 0x8000
@@ -276,6 +279,17 @@ class NftSocket:
         return self._request(NFT_MSG_GETSETELEM, family, attrs, SET_ELEM_LIST)
 
     def _request(self, msg_type: int, family: int, attrs: bytes, schema: Schema) -> list[Attrs]:
+        for _ in range(DUMP_TRIES - 1):
+            out, interrupted = self._dump_once(msg_type, family, attrs, schema)
+            if not interrupted:
+                return out
+        out, interrupted = self._dump_once(msg_type, family, attrs, schema)
+        if interrupted:
+            raise OSError(errno.EAGAIN, "the ruleset kept changing during the dump")
+        return out
+
+    def _dump_once(self, msg_type: int, family: int, attrs: bytes,
+                   schema: Schema) -> tuple[list[Attrs], bool]:
         self._seq += 1
         seq = self._seq
         body = _NFGEN.pack(family, 0, 0) + attrs
@@ -283,19 +297,21 @@ class NftSocket:
         self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), kind,
                                     NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         out: list[Attrs] = []
+        interrupted = False
         while True:
             data = self._sock.recv(RECV_BYTES)
             offset = 0
             while offset + _NLMSG.size <= len(data):
-                length, got_type, _flags, got_seq, _pid = _NLMSG.unpack_from(data, offset)
+                length, got_type, flags, got_seq, _pid = _NLMSG.unpack_from(data, offset)
                 if length < _NLMSG.size or offset + length > len(data):
                     raise OSError(errno.EPROTO, os.strerror(errno.EPROTO))
                 message = data[offset + _NLMSG.size: offset + length]
                 offset += (length + 3) & ~3
                 if got_seq != seq:
                     continue  # the tail of an earlier request
+                interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
                 if got_type == NLMSG_DONE:
-                    return out
+                    return out, interrupted
                 if got_type == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", message)[0] if len(message) >= 4 else 0
                     if code == 0:
