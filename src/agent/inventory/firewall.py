@@ -163,6 +163,10 @@ def _field_name(f: _Field, rule: _Rule) -> str | None:
             return "sport"
         if f.offset == 2:
             return "dport"
+    if (f.kind == "payload" and f.base == "NFT_PAYLOAD_TRANSPORT_HEADER" and f.offset == 0
+            and f.length == 4 and f.mask is None):
+        # nft loads both ports at once for `udp sport A udp dport B`.
+        return "ports"
     return None
 
 
@@ -435,7 +439,11 @@ def _decode_cmp(rule: _Rule, f: _Field | None, op: str, value: bytes) -> None:
         for state in states:
             rule.add("ct", state)
         return
-    if key is None:
+    if key == "ports" and op == "NFT_CMP_EQ" and len(value) == 4:
+        rule.add("sport", str(int.from_bytes(value[:2], "big")))
+        rule.add("dport", str(int.from_bytes(value[2:], "big")))
+        return
+    if key is None or key == "ports":
         rule.extra.append(f"{f.kind} {f.key or f.base}".strip())
         return
     if key in ("iifidx", "oifidx"):
