@@ -498,7 +498,11 @@ void pf_process_read(int proc_dirfd, int32_t pid, unsigned want, struct pf_proce
     int zombie = (p->got & PF_WANT_STAT) && (p->stat.state == 'Z' || p->stat.state == 'X');
     if (kthread)
         p->result |= PF_KTHREAD;
-    if ((want & PF_WANT_CMDLINE) && cmdline != NULL && cap > 0) {
+    /* A kernel thread has no memory of its own: its cmdline is empty and its exe link
+     * answers ENOENT, always; the four system calls that would say so are skipped. */
+    if (kthread && (want & PF_WANT_CMDLINE) && cmdline != NULL && cap > 0)
+        p->got |= PF_WANT_CMDLINE;
+    if (!kthread && (want & PF_WANT_CMDLINE) && cmdline != NULL && cap > 0) {
         int full = 0;
         ssize_t n = pf_read_all(dfd, f_cmdline, cmdline, cap, &full, 1);
         if (n >= 0) {
@@ -516,7 +520,7 @@ void pf_process_read(int proc_dirfd, int32_t pid, unsigned want, struct pf_proce
         }
     }
     /* exe and cwd: ENOENT is what a kernel thread or a zombie answers, not a loss. */
-    if (want & PF_WANT_EXE) {
+    if ((want & PF_WANT_EXE) && !kthread) {
         ssize_t n = readlinkat(dfd, f_exe, p->exe, sizeof p->exe);
         if (n >= 0) {
             if ((size_t)n == sizeof p->exe) {
