@@ -1,8 +1,8 @@
 """The generation of the nftables ruleset of this network namespace: a number the kernel
 raises at every committed change (tables, chains, rules, sets and their elements added or
 removed by a transaction). One NFT_MSG_GETGEN request over NETLINK_NETFILTER, a few hundred
-microseconds, where a full dump of the ruleset costs a child process (firewall.py reads it
-with pyroute2): the Firewall collector dumps again only when the generation moved.
+microseconds, where a full dump of the ruleset costs a child process (firewall.py with
+agent.inventory.nfnetlink): the Firewall collector dumps again only when the generation moved.
 
 What a generation does not cover (set elements added from the packet path or expiring) the
 gatherer marks as volatile (firewall.gather): such a ruleset is dumped every time."""
