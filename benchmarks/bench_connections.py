@@ -9,9 +9,10 @@ same run, one CPU (conftest.bench_cpu):
   maps every socket to its process is timed, not served from the cache), snapshot(), then
   listening() and changes() (first_existing: every connection as an `open` event) into an
   EventSink, batches taken.
-- core steady poll (context, not the peers' work): one table across rounds, as the agent
-  polls: snapshot of every socket with owners from the cache, the listening events, and a
-  diff that finds nothing new.
+- core steady poll: one table across rounds, as the agent polls: snapshot of every socket
+  with owners from the cache, the listening events, and a diff that finds nothing new. Not
+  the peers' work (they map every socket afresh each time), but what a poll costs the agent
+  where they would be run instead: its budget is 10x psutil (the cold snapshot's is 3x).
 - psutil: psutil.net_connections(kind="inet"), which maps pids as well.
 - pyroute2: DiagSocket.get_sock_stats for AF_INET and AF_INET6, TCP and UDP. No pid mapping:
   it does less work than the core.
