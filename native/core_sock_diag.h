@@ -29,7 +29,7 @@ struct am_sock_options {
 
 struct am_sock_stats {
     uint64_t snapshots;        /* snapshots committed */
-    uint64_t sockets;          /* sockets decoded, all states */
+    uint64_t sockets;          /* sockets decoded (sock_diag: TCP only in the states kept) */
     uint64_t stored;           /* listening + connected sockets in the last snapshot */
     uint64_t listening;        /* of which listening (TCP LISTEN, UDP unconnected) */
     uint64_t messages;         /* netlink messages read */

@@ -23,6 +23,7 @@ struct am_pscan {
     int err;
     long clk_tck;
     long page_size;
+    unsigned pidfd;       /* PF_PIDFD when the ids may come from pidfds, else 0 */
     DIR *walk;    /* the snapshot in progress, NULL between snapshots */
     uint64_t ts_ms;       /* of the snapshot in progress */
     uint64_t btime;       /* boot time, seconds since the epoch (/proc/stat btime) */
@@ -72,6 +73,24 @@ static int same_pid(const void *entry, const void *key, size_t len, const void *
     return len == sizeof t->pid && memcmp(&t->pid, key, len) == 0;
 }
 
+/* PF_PIDFD when this kernel answers PIDFD_GET_INFO and /proc is of this process's pid
+ * namespace (its "self" is our pid), so that a pid read from /proc names the same process
+ * to pidfd_open. */
+static unsigned pidfd_usable(int proc_fd)
+{
+    char self[16], own[12];
+    ssize_t n = readlinkat(proc_fd, "self", self, sizeof self);
+    size_t own_len = pf_utoa((uint32_t)getpid(), own);
+    if (n < 0 || (size_t)n != own_len || memcmp(self, own, own_len) != 0)
+        return 0;
+    struct pf_status ids;
+    if (pf_pidfd_ids((int32_t)getpid(), &ids) != 0 || ids.uid[0] != (uint32_t)getuid() ||
+        ids.uid[1] != (uint32_t)geteuid() || ids.gid[0] != (uint32_t)getgid() ||
+        ids.gid[1] != (uint32_t)getegid())
+        return 0;
+    return PF_PIDFD;
+}
+
 am_pscan *am_pscan_new(const struct am_pscan_options *opts)
 {
     struct am_pscan_options o;
@@ -98,6 +117,7 @@ am_pscan *am_pscan_new(const struct am_pscan_options *opts)
         am_pscan_free(p);
         return NULL;
     }
+    p->pidfd = pidfd_usable(p->proc_fd);
     return p;
 }
 
@@ -379,7 +399,7 @@ static int scan_one(am_pscan *p, am_sink *sink, int dir_fd, int32_t pid)
         type = "exec";
     }
     pf_process_read(dir_fd, pid, PF_WANT_STAT | PF_WANT_STATUS | PF_WANT_CMDLINE | PF_WANT_EXE |
-                    PF_PATHS, pr, p->cmdline, p->opt.max_argv_bytes);
+                    PF_PATHS | p->pidfd, pr, p->cmdline, p->opt.max_argv_bytes);
     if (!(pr->got & PF_WANT_STAT)) {
         p->st.vanished++;
         return 1;

@@ -66,6 +66,11 @@ struct pf_status {
 /* /proc/PID/status: Uid, Gid, PPid. 0 when Uid and Gid were found, else -1. */
 int pf_parse_status(const char *buf, size_t len, struct pf_status *out);
 
+/* The ids of pid (caller's pid namespace) through pidfd_open and PIDFD_GET_INFO (Linux 6.13):
+ * every Uid, Gid and PPid field of its status. 0, or -1 with errno (ENOSYS, ENOTTY, EINVAL:
+ * the kernel lacks them; ESRCH: gone; EPERM: refused by a system call filter). */
+int pf_pidfd_ids(int32_t pid, struct pf_status *out);
+
 /* The value of a "btime N" line of /proc/stat. -1 when this is not that line. */
 int pf_parse_btime_line(const char *line, size_t len, uint64_t *btime);
 
@@ -88,7 +93,11 @@ enum pf_want {
     /* Open PID/file relative to /proc instead of opening the PID directory first: two
      * syscalls fewer per process, for the scanner, where a pid reused between two reads of
      * one process (microseconds apart) is not worth them. */
-    PF_PATHS = 64
+    PF_PATHS = 64,
+    /* With PF_PATHS: the ids (PF_WANT_STATUS) from the pid's pidfd (PIDFD_GET_INFO) when the
+     * kernel has it, else from the status file. Only for a /proc of the caller's own pid
+     * namespace (pf_pidfd_usable). */
+    PF_PIDFD = 128
 };
 
 /* Outcome flags of pf_process_read. */

@@ -36,7 +36,13 @@ enum {
     TCP_ST_CLOSE_WAIT = 8,
     TCP_ST_LAST_ACK = 9,
     TCP_ST_LISTEN = 10,
-    TCP_ST_CLOSING = 11
+    TCP_ST_CLOSING = 11,
+    /* The TCP states snap_add keeps (listening and connected): the kernel skips the others
+     * (TIME_WAIT above all, thousands on a busy host) before filling a message. */
+    TCP_KEPT_STATES = (1u << TCP_ST_ESTABLISHED) | (1u << TCP_ST_SYN_SENT) |
+                      (1u << TCP_ST_FIN_WAIT1) | (1u << TCP_ST_FIN_WAIT2) |
+                      (1u << TCP_ST_CLOSE_WAIT) | (1u << TCP_ST_LAST_ACK) |
+                      (1u << TCP_ST_LISTEN) | (1u << TCP_ST_CLOSING)
 };
 
 /* ---- the snapshot tables ---- */
@@ -81,6 +87,7 @@ struct am_sock {
     int source;        /* AM_SOCK_DIAG or AM_SOCK_PROCNET */
     int source_err;    /* errno that ruled sock_diag out */
     int fd;
+    int tcp_both;      /* TCPDIAG_GETSOCK answers: one TCP dump for IPv4 and IPv6 */
     uint32_t seq;
     uint8_t *buf;      /* receive / read buffer */
     size_t buf_cap;
@@ -194,6 +201,36 @@ static int send_dump(int fd, uint32_t seq, uint8_t family, uint8_t proto, uint32
     req.r.idiag_states = states;
     if (proto == IPPROTO_TCP)
         req.r.idiag_ext = 1u << (INET_DIAG_INFO - 1);
+    struct sockaddr_nl kernel;
+    memset(&kernel, 0, sizeof kernel);
+    kernel.nl_family = AF_NETLINK;
+    for (;;) {
+        ssize_t n = sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel);
+        if (n == (ssize_t)sizeof req)
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n < 0 ? -errno : -EIO;
+    }
+}
+
+/* The TCP sockets of both families in one dump: the original inet_diag request
+ * (TCPDIAG_GETSOCK) is answered for every family at once, so the kernel walks its established
+ * hash table (2^18 buckets on a large host) once instead of once per family. */
+static int send_dump_tcp_both(int fd, uint32_t seq, uint32_t states)
+{
+    struct {
+        struct nlmsghdr nlh;
+        struct inet_diag_req r;
+    } req;
+    memset(&req, 0, sizeof req);
+    req.nlh.nlmsg_len = sizeof req;
+    req.nlh.nlmsg_type = TCPDIAG_GETSOCK;
+    req.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.nlh.nlmsg_seq = seq;
+    req.r.idiag_family = AF_INET;
+    req.r.idiag_states = states;
+    req.r.idiag_ext = 1u << (INET_DIAG_INFO - 1);
     struct sockaddr_nl kernel;
     memset(&kernel, 0, sizeof kernel);
     kernel.nl_family = AF_NETLINK;
@@ -361,6 +398,12 @@ am_sock *am_sock_new(const struct am_sock_options *opts)
             am_sock_free(t);
             return NULL;
         }
+        /* A state no socket is in: the answer is NLMSG_DONE, or an error where the kernel
+         * lacks the request (then two TCP dumps, one per family). */
+        t->seq = 1;
+        t->tcp_both = send_dump_tcp_both(t->fd, t->seq, 0) == 0 &&
+                      read_dump(NULL, t->fd, t->buf, t->buf_cap, t->seq, IPPROTO_TCP,
+                                o.timeout_ms) == 0;
     }
     return t;
 }
@@ -537,7 +580,8 @@ int am_sock_feed_diag(am_sock *t, uint8_t protocol, const uint8_t *data, size_t 
             t->st.dump_errors++;
             return AM_ERR_LIMIT;
         }
-        if (h.nlmsg_type == SOCK_DIAG_BY_FAMILY)
+        if (h.nlmsg_type == SOCK_DIAG_BY_FAMILY ||
+            (h.nlmsg_type == TCPDIAG_GETSOCK && protocol == IPPROTO_TCP))
             decode_diag_msg(t, protocol, p, plen);
         else if (h.nlmsg_type != NLMSG_NOOP)
             t->st.malformed++;
@@ -715,6 +759,8 @@ static int take_dumps(am_sock *t)
     const uint8_t protos[4] = {IPPROTO_TCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDP};
     am_sock_begin(t);
     for (int i = 0; i < 4; i++) {
+        if (t->source != AM_SOCK_PROCNET && t->tcp_both && i == 1)
+            continue; /* the IPv6 TCP sockets came with the IPv4 ones */
         if (t->source == AM_SOCK_PROCNET) {
             if (procnet_read(t, procnet_files[i], protos[i], (uint8_t)fam_number(fams[i])) !=
                     AM_OK &&
@@ -723,7 +769,9 @@ static int take_dumps(am_sock *t)
             continue;
         }
         uint32_t seq = ++t->seq;
-        int r = send_dump(t->fd, seq, fams[i], protos[i], ~0u);
+        uint32_t states = protos[i] == IPPROTO_TCP ? TCP_KEPT_STATES : ~0u;
+        int r = t->tcp_both && i == 0 ? send_dump_tcp_both(t->fd, seq, states)
+                                      : send_dump(t->fd, seq, fams[i], protos[i], states);
         if (r == 0)
             r = read_dump(t, t->fd, t->buf, t->buf_cap, seq, protos[i], t->opt.timeout_ms);
         if (r < 0) {

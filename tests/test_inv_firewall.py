@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -119,6 +120,74 @@ def test_nft_rules_in_a_fresh_namespace(netns: str) -> None:
          "hook": "forward", "prio": -10, "pos": 1, "fam": "inet6", "proto": ["udp"],
          "saddr": ["2001:db8:1::/48"], "dport": ["!53"], "verdict": "drop", "action": "deny"},
     ]
+
+
+# The Firewall collector across intervals, in the namespace: each step's events (without
+# ts), whether the step reused the last snapshot, and its errors.
+COLLECTOR_STEPS = """\
+import subprocess, sys, tempfile, msgpack
+from pathlib import Path
+from agent.collectors import CLASSES, Environment
+collector = CLASSES["Firewall"](Environment(data_dir=Path(tempfile.mkdtemp())))
+steps = []
+def step(*nft):
+    if nft:
+        subprocess.run(["nft", *nft], check=True)
+    before = collector.counters["unchanged"]
+    snap = collector.gather()
+    events = [{k: v for k, v in e.items() if k != "ts"} for e in snap.events]
+    steps.append([events, collector.counters["unchanged"] - before, snap.errors,
+                  len({e["ts"] for e in snap.events})])
+step()
+step()
+step("add rule inet filt custom udp dport 9999 drop")
+step()
+step("-f", sys.argv[1])
+step()
+sys.stdout.buffer.write(msgpack.packb(steps))
+"""
+
+DYNAMIC = """\
+table ip dyn {
+  set seen { type ipv4_addr; flags dynamic,timeout; timeout 1m; }
+  chain in {
+    type filter hook input priority 0;
+    ip saddr @seen drop
+    ip protocol tcp add @seen { ip saddr }
+  }
+}
+"""
+
+
+def test_collector_dumps_again_only_when_the_generation_moves(
+    netns: str, tmp_path: Path
+) -> None:
+    """An unchanged ruleset (same nftables generation) is not dumped again: the last events
+    are sent under the new ts. A committed change is dumped at the next interval; a ruleset
+    with a set filled from the packet path (no generation change) is dumped every time."""
+    if shutil.which("nft") is None:
+        skip_unless_ci("nft is not installed (Debian package nftables)")
+    run = ["ip", "netns", "exec", netns]
+    subprocess.run(run + ["nft", "-f", "-"], input=RULESET.encode(), check=True)
+    dynamic = tmp_path / "dynamic.nft"
+    dynamic.write_text(DYNAMIC)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run(run + [sys.executable, "-c", COLLECTOR_STEPS, str(dynamic)],
+                         check=True, capture_output=True, env=env).stdout
+    steps = msgpack.unpackb(out, raw=False)
+    assert [errors for _, _, errors, _ in steps] == [[]] * 6
+    assert all(stamps == 1 for _, _, _, stamps in steps), "one ts per snapshot"
+    assert [reused for _, reused, _, _ in steps] == [0, 1, 0, 1, 0, 0]
+    first, second, added, after_added, dyn, dyn_again = (events for events, *_ in steps)
+    assert second == first
+    new = [e for e in added if e not in first]
+    assert [(e["chain"], e.get("dport"), e.get("verdict")) for e in new] == [
+        ("custom", ["9999"], "drop")]
+    assert after_added == added
+    assert any(e["table"] == "dyn" for e in dyn) and dyn_again == dyn
+    # The reused snapshot is what a fresh gather sees.
+    fresh = [{k: v for k, v in e.items() if k != "ts"} for e in _gather_in(netns).events]
+    assert after_added == [e for e in fresh if e["table"] != "dyn"]
 
 
 def test_empty_namespace_has_no_rules(netns: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from conftest import skip_unless_ci
@@ -119,3 +120,43 @@ def test_rpm_absent_is_skipped_with_the_reason() -> None:
         assert "rpm: the rpm tool is not installed" in snap.skipped
     else:
         assert not any(s.startswith("rpm:") for s in snap.skipped)
+
+
+def test_cache_sends_the_same_packages_and_sees_every_change(tmp_path: Path) -> None:
+    """With a StatusCache an unchanged status file gives the packages (and parse errors) of
+    the first snapshot under the new snapshot's time; a file rewritten in place (even at the
+    same size), replaced by a rename as dpkg does, or removed is read again."""
+    status = tmp_path / "var/lib/dpkg/status"
+    status.parent.mkdir(parents=True)
+    broken = "Package: x\nthis line has no colon\nVersion: 9\nStatus: install ok installed\n\n"
+    status.write_text(broken + OPKG_STATUS)
+    cache = sbom.StatusCache()
+
+    def without_ts(snap: sbom.Snapshot) -> list[dict[str, object]]:
+        return [{k: v for k, v in e.items() if k != "ts"} for e in snap.events]
+
+    first = sbom.gather(tmp_path, rpm=False, cache=cache)
+    fresh = sbom.gather(tmp_path, rpm=False)
+    assert [e["name"] for e in first.events] == ["x", "busybox", "dropbear", "base-files"]
+    assert len(first.errors) == 1
+    time.sleep(0.002)
+    again = sbom.gather(tmp_path, rpm=False, cache=cache)
+    assert without_ts(again) == without_ts(first) == without_ts(fresh)
+    assert [list(e) for e in again.events] == [list(e) for e in fresh.events], "key order"
+    assert again.errors == first.errors == fresh.errors
+    assert again.skipped == first.skipped
+    assert {e["ts"] for e in again.events} == {again.events[0]["ts"]}
+    assert again.events[0]["ts"] > first.events[0]["ts"]
+    # In place, the same size: busybox's version changes.
+    status.write_text((broken + OPKG_STATUS).replace("1.36.1-1", "1.36.1-2"))
+    assert [e["ver"] for e in sbom.gather(tmp_path, rpm=False, cache=cache).events][1] == "1.36.1-2"
+    # Replaced by a rename, without the broken paragraph.
+    new = status.with_name("status-new")
+    new.write_text(OPKG_STATUS.replace("busybox", "toybox"))
+    new.rename(status)
+    renamed = sbom.gather(tmp_path, rpm=False, cache=cache)
+    assert [e["name"] for e in renamed.events] == ["toybox", "dropbear", "base-files"]
+    assert renamed.errors == []
+    status.unlink()
+    gone = sbom.gather(tmp_path, rpm=False, cache=cache)
+    assert gone.events == [] and any(s.startswith("dpkg:") for s in gone.skipped)

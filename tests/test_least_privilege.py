@@ -158,7 +158,7 @@ REMOVALS: dict[str, Removal] = {
     "CAP_NET_ADMIN": Removal(NETLINK, {
         "Process": Degraded("proc connector listen: Operation not permitted (no CAP_NET_ADMIN)",
                             state="unavailable"),
-        "Firewall": Degraded("Operation not permitted') (no CAP_NET_ADMIN)"),
+        "Firewall": Degraded("Operation not permitted (no CAP_NET_ADMIN)"),
         "NetworkActivity": Degraded("capped at net.core.rmem_max",
                                     applies=lambda: rmem_max() < AUDIT_RCVBUF),
         "Login": Degraded("capped at net.core.rmem_max",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -127,6 +128,44 @@ def test_own_child_exactly() -> None:
         assert abs(event["ts"] / 1000 - time.time()) < 5
         for flag in ("kthread", "partial", "denied", "trunc"):
             assert flag not in event
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _status_ids(pid: int) -> tuple[list[int], list[int]]:
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return [int(v) for v in fields["Uid"].split()], [int(v) for v in fields["Gid"].split()]
+
+
+@pytest.mark.root
+def test_ids_equal_the_status_files() -> None:
+    """The ids come from the pid's pidfd where the kernel has PIDFD_GET_INFO, else from the
+    status file: either way they are the file's, also for a process whose real, effective and
+    saved ids all differ (root may set them so)."""
+    if os.geteuid() != 0:
+        pytest.skip("setting another process's ids needs root")
+    code = "import os,time;os.setresgid(1001,1002,1003);os.setresuid(1004,1005,1006);time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 5
+        while _status_ids(child.pid)[0][0] != 1004:
+            assert time.monotonic() < deadline, "the child did not change its ids"
+            time.sleep(0.01)
+        ours = snapshot()
+        event = ours[child.pid]
+        assert (event["uid"], event["euid"], event["gid"], event["egid"]) == (1004, 1005, 1001, 1002)
+        compared = 0
+        for pid, event in ours.items():
+            try:
+                uids, gids = _status_ids(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            compared += 1
+            assert (event["uid"], event["euid"]) == tuple(uids[:2]), pid
+            assert (event["gid"], event["egid"]) == tuple(gids[:2]), pid
+        assert compared >= len(ours) // 2
     finally:
         child.kill()
         child.wait()

@@ -398,6 +398,48 @@ def test_crafted_dump_decodes_exactly() -> None:
     assert (closed[2002]["rx"], closed[2002]["tx"], closed[2002]["ts"]) == (20, 10, 1_700_000_001_000)
 
 
+def _as_tcpdiag_answer(dump: bytes) -> bytes:
+    """The dump as the one-request TCP dump (TCPDIAG_GETSOCK, both families) answers it: the
+    same messages under type 18 instead of SOCK_DIAG_BY_FAMILY."""
+    out = bytearray(dump)
+    off = 0
+    while off + 16 <= len(out):
+        length, kind = struct.unpack_from("=IH", out, off)
+        if kind == 20:
+            struct.pack_into("=H", out, off + 4, 18)
+        off += (length + 3) & ~3
+    return bytes(out)
+
+
+def test_tcpdiag_answer_decodes_like_sock_diag() -> None:
+    """The snapshot asks for TCP of both families with one TCPDIAG_GETSOCK dump where the
+    kernel answers it: its messages decode into the same events; for UDP that type is no
+    answer (counted malformed)."""
+
+    def events(tcp_v4: bytes, tcp_v6: bytes) -> list[Event]:
+        table = _table()
+        table.begin()
+        table.feed_diag(6, tcp_v4)
+        table.feed_diag(6, tcp_v6)
+        table.feed_diag(17, diag.udp_dump())
+        table.commit(1_700_000_000_123, map_owners=False)
+        out = drain(table.listening) + drain(table.changes)
+        assert table.stats().malformed == 0
+        table.close()
+        return out
+
+    # One dump: the IPv4 messages (without their NLMSG_DONE) then the IPv6 ones.
+    v4 = diag.tcp_dump_v4()
+    assert v4.endswith(diag.done())
+    both = _as_tcpdiag_answer(v4[: -len(diag.done())] + diag.tcp_dump_v6())
+    assert events(both, b"") == events(diag.tcp_dump_v4(), diag.tcp_dump_v6())
+    table = _table()
+    table.begin()
+    table.feed_diag(17, _as_tcpdiag_answer(diag.udp_dump()))
+    assert table.stats().malformed == 3
+    table.close()
+
+
 def test_malformed_dumps_are_counted() -> None:
     table = _table()
     good = diag.tcp_dump_v4()

@@ -139,6 +139,11 @@ def seeds() -> dict[str, bytes]:
         + sock_msg(socket.AF_INET, TCP_ESTABLISHED, "10.1.1.1", 1, "10.1.1.2", 2, 0, 9,
                    attrs=struct.pack("=HH", 400, INET_DIAG_INFO) + b"\0" * 12)
         + done(),
+        # The one-request TCP dump (TCPDIAG_GETSOCK) of both families: the same messages
+        # under type 18.
+        "tcp-both": b"\x06" + nlmsg(18, diag_msg(socket.AF_INET, TCP_ESTABLISHED, "10.1.1.1", 1,
+                                               "10.1.1.2", 2, 0, 11))
+        + nlmsg(18, diag_msg(socket.AF_INET6, TCP_LISTEN, "::", 22, "::", 0, 0, 12)) + done(),
     }
 
 

@@ -20,7 +20,8 @@ import msgpack
 from agent.collectors.base import Collector
 from agent.collectors.privileges import NETLINK_REFUSED, READ_REFUSED, explain_refusal
 from agent.config import BaselineConfig, CollectorState, SystemInformationConfig
-from agent.inventory import Snapshot, baseline, sbom, users
+from agent.inventory import Snapshot, baseline, now_ms, sbom, under, users
+from agent.inventory.nft_generation import ruleset_generation
 
 log = logging.getLogger("agent.collectors")
 
@@ -97,6 +98,7 @@ def gather_in_child(name: str, root: Path, *args: str) -> Snapshot:
         snap.events = list(doc["events"])
         snap.errors = list(doc["errors"])
         snap.skipped = list(doc["skipped"])
+        snap.volatile = bool(doc.get("volatile", False))
     except (ValueError, KeyError, TypeError, msgpack.UnpackException) as err:
         snap.error(name, f"the gatherer's child wrote no snapshot: {err}")
     return snap
@@ -136,16 +138,51 @@ class FirewallCollector(InventoryCollector):
     # is 0440 root.
     refusals: ClassVar[Mapping[int, str]] = {**READ_REFUSED, **NETLINK_REFUSED}
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The last snapshot and the nftables generation it was taken at (nft_generation).
+        self._last: tuple[int, Snapshot] | None = None
+
     def gather(self) -> Snapshot:
-        return gather_in_child("firewall", self.env.root)
+        generation = self._unchanged_mark()
+        if self._last is not None and generation is not None and self._last[0] == generation:
+            ts = now_ms()
+            last = self._last[1]
+            self.counters["unchanged"] += 1
+            return Snapshot([{**event, "ts": ts} for event in last.events], [],
+                            list(last.skipped))
+        snap = gather_in_child("firewall", self.env.root)
+        # The generation was read before the dump: a change while it ran is seen next time.
+        self._last = None
+        if generation is not None and not snap.errors and not snap.volatile:
+            self._last = (generation, snap)
+        return snap
+
+    def _unchanged_mark(self) -> int | None:
+        """The nftables ruleset generation when it alone says whether the rules changed:
+        None while legacy x_tables tables are loaded (no change mark; read every time)."""
+        for names in ("/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"):
+            try:
+                if under(self.env.root, names).read_bytes().strip():
+                    return None
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+        return ruleset_generation()
 
 
 class SBoMCollector(InventoryCollector):
     name = "SBoM"
     accept = ("pkg",)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Unchanged status files are not parsed again (sbom.StatusCache).
+        self._status = sbom.StatusCache()
+
     def gather(self) -> Snapshot:
-        return sbom.gather(self.env.root)
+        return sbom.gather(self.env.root, cache=self._status)
 
 
 class BaselineCollector(InventoryCollector):

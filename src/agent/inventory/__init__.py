@@ -21,11 +21,14 @@ Event = dict[str, object]
 @dataclass
 class Snapshot:
     """One gatherer's result. errors: "what: reason" for each thing that could not be read or
-    parsed; skipped: "what: reason" for each part that does not apply to this device."""
+    parsed; skipped: "what: reason" for each part that does not apply to this device;
+    volatile: the events hold state that changes without the source's change mark moving
+    (firewall: nft sets filled from the packet path), so no unchanged snapshot is reused."""
 
     events: list[Event] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    volatile: bool = False
 
     def error(self, what: object, reason: object) -> None:
         self.errors.append(f"{what}: {reason}")

@@ -1,9 +1,9 @@
 """python3 -m agent.inventory NAME ROOT [OVERRIDES_JSON]: one gatherer's snapshot, written to
 stdout as one msgpack map {"events": [...], "errors": [...], "skipped": [...]}.
 
-The agent runs the gatherers that need pyroute2 (SystemInformation, Firewall) this way, in a
-short-lived child: pyroute2's import alone holds about 17 MB, which a small device should not
-carry between two snapshots a day apart."""
+The agent runs SystemInformation (pyroute2's IPRoute: its import alone holds about 17 MB) and
+Firewall (its netlink reader and decoder, only when the ruleset changed) this way, in a
+short-lived child, so that a small device does not carry them between two snapshots."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def main(argv: list[str]) -> int:
         print(f"python3 -m agent.inventory: no gatherer {name!r}", file=sys.stderr)
         return 2
     sys.stdout.buffer.write(msgpack.packb(
-        {"events": snap.events, "errors": snap.errors, "skipped": snap.skipped}, use_bin_type=True))
+        {"events": snap.events, "errors": snap.errors, "skipped": snap.skipped,
+         "volatile": snap.volatile}, use_bin_type=True))
     return 0
 
 

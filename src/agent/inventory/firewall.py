@@ -1,6 +1,6 @@
 """Firewall: the packet filter rules of the device, IPv4 and IPv6.
 
-nftables is read over netlink (NETLINK_NETFILTER, through pyroute2's NFTSocket): tables,
+nftables is read over netlink (NETLINK_NETFILTER, agent.inventory.nfnetlink): tables,
 chains (hook, priority, policy), rules and the elements of the sets rules look up. Each rule's
 expressions are decoded register by register (meta, payload, bitwise, cmp, range, lookup, ct,
 immediate verdicts, reject, nat) into the fields a reader wants: protocol, addresses, ports,
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.inventory import Event, Snapshot, now_ms, read_text
+from agent.inventory.nfnetlink import NftSocket
 
 # nfgen family numbers (NFPROTO_*) -> nft's family names.
 NFT_FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
@@ -162,6 +163,10 @@ def _field_name(f: _Field, rule: _Rule) -> str | None:
             return "sport"
         if f.offset == 2:
             return "dport"
+    if (f.kind == "payload" and f.base == "NFT_PAYLOAD_TRANSPORT_HEADER" and f.offset == 0
+            and f.length == 4 and f.mask is None):
+        # nft loads both ports at once for `udp sport A udp dport B`.
+        return "ports"
     return None
 
 
@@ -201,61 +206,35 @@ class _NftReader:
     """One dump of the nftables ruleset and its set elements."""
 
     def __init__(self, snap: Snapshot) -> None:
-        from pyroute2.netlink.nfnetlink.nftsocket import NFTSocket
-
         self.snap = snap
-        self._socket_class = NFTSocket
-        self.sockets: dict[int, Any] = {}
+        self.socket = NftSocket()
         self.sets: dict[tuple[int, str, str], Any] = {}
         self.elements: dict[tuple[int, str, str], list[str] | None] = {}
-
-    def socket(self, family: int) -> Any:
-        sock = self.sockets.get(family)
-        if sock is None:
-            sock = self._socket_class(nfgen_family=family)
-            self.sockets[family] = sock
-        return sock
+        # A set read whose elements change without a new ruleset generation (filled from the
+        # packet path, or expiring), or a rule that fills one: see nft_generation.
+        self.volatile = False
 
     def close(self) -> None:
-        for sock in self.sockets.values():
-            sock.close()
-        self.sockets.clear()
+        self.socket.close()
 
     def dump(self, what: str) -> list[Any]:
-        from pyroute2.netlink.nfnetlink import nfgen_msg
-        from pyroute2.netlink.nfnetlink import nftsocket as nfts
-
-        msg_type = {
-            "tables": nfts.NFT_MSG_GETTABLE,
-            "chains": nfts.NFT_MSG_GETCHAIN,
-            "rules": nfts.NFT_MSG_GETRULE,
-            "sets": nfts.NFT_MSG_GETSET,
-        }[what]
-        # NFPROTO_UNSPEC dumps every family at once.
-        return list(self.socket(0).request_get(nfgen_msg(), msg_type))
+        return self.socket.dump(what)
 
     def set_elements(
         self, family: int, table: str, name: str, f: _Field, rule: _Rule, key: str | None
     ) -> list[str] | None:
         """The elements of a set as text for the field they are matched against, or None when
         the set cannot be read or its key is no field decoded here."""
-        from pyroute2.netlink.nfnetlink.nftsocket import (
-            NFT_MSG_GETSETELEM,
-            nft_set_elem_list_msg,
-        )
-
         ident = (family, table, name)
         if key is None:
             return None
         cache_key = (family, table, f"{name}\x00{key}\x00{rule.ipv}")
         if cache_key in self.elements:
             return self.elements[cache_key]
-        msg = nft_set_elem_list_msg()
-        msg["attrs"] = [["NFTA_SET_ELEM_LIST_TABLE", table], ["NFTA_SET_ELEM_LIST_SET", name]]
         result: list[str] | None
         try:
-            replies = list(self.socket(family).request_get(msg, NFT_MSG_GETSETELEM))
-        except Exception as exc:  # noqa: BLE001 (pyroute2 raises NetlinkError and friends)
+            replies = self.socket.set_elements(family, table, name)
+        except OSError as exc:
             self.snap.error(f"nft set {table}/{name}", exc)
             self.elements[cache_key] = None
             return None
@@ -264,6 +243,10 @@ class _NftReader:
         if set_msg is not None:
             flags = set_msg.get_attr("NFTA_SET_FLAGS") or ()
             interval = "NFT_SET_INTERVAL" in flags
+            if "NFT_SET_TIMEOUT" in flags or "NFT_SET_EVAL" in flags:
+                self.volatile = True
+        else:
+            self.volatile = True
         items: list[tuple[bytes, bool]] = []
         for reply in replies:
             for elem in reply.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
@@ -278,8 +261,7 @@ class _NftReader:
                     items.append((bytes(value), False))
                     items.append((bytes(end), True))
                     continue
-                # pyroute2 gives the flag as its name or as the bit (NFT_SET_ELEM_INTERVAL_END).
-                is_end = "NFT_SET_ELEM_INTERVAL_END" in flags or 1 in flags
+                is_end = "NFT_SET_ELEM_INTERVAL_END" in flags
                 items.append((bytes(value), is_end))
         texts: list[str] = []
         if interval:
@@ -318,6 +300,8 @@ def _decode_rule(
         data = expr.get_attr("NFTA_EXPR_DATA")
         if name == "counter" or name == "log" or name == "limit" or name == "quota":
             continue
+        if name == "dynset":
+            reader.volatile = True
         if data is None:
             if name in ("masq", "notrack"):
                 rule.verdict = "masquerade" if name == "masq" else name
@@ -455,7 +439,11 @@ def _decode_cmp(rule: _Rule, f: _Field | None, op: str, value: bytes) -> None:
         for state in states:
             rule.add("ct", state)
         return
-    if key is None:
+    if key == "ports" and op == "NFT_CMP_EQ" and len(value) == 4:
+        rule.add("sport", str(int.from_bytes(value[:2], "big")))
+        rule.add("dport", str(int.from_bytes(value[2:], "big")))
+        return
+    if key is None or key == "ports":
         rule.extra.append(f"{f.kind} {f.key or f.base}".strip())
         return
     if key in ("iifidx", "oifidx"):
@@ -490,7 +478,7 @@ def _chain_info(chain: Any, family_name: str) -> dict[str, object]:
         prio = hook.get_attr("NFTA_HOOK_PRIORITY")
         if prio is not None:
             prio = int(prio)
-            # The kernel sends the priority as a big-endian s32 that pyroute2 reads unsigned.
+            # The kernel sends the priority as a big-endian s32, read unsigned.
             info["prio"] = prio - (1 << 32) if prio >= 1 << 31 else prio
         ctype = chain.get_attr("NFTA_CHAIN_TYPE")
         if ctype:
@@ -505,15 +493,15 @@ def _gather_nft(snap: Snapshot, ts: int) -> int:
     """nftables events appended to snap; returns the number of tables (0: nft is not in use)."""
     try:
         reader = _NftReader(snap)
-    except ImportError as exc:
-        snap.error("nftables", f"pyroute2 has no nftables support: {exc}")
+    except OSError as exc:
+        snap.error("nftables", exc)
         return -1
     try:
         tables = reader.dump("tables")
         chains = reader.dump("chains")
         sets = reader.dump("sets")
         rules = reader.dump("rules")
-    except Exception as exc:  # noqa: BLE001 (NetlinkError, OSError: no nf_tables, no privilege)
+    except OSError as exc:  # no nf_tables in the kernel, no privilege, a malformed answer
         snap.error("nftables", exc)
         reader.close()
         return -1
@@ -576,6 +564,7 @@ def _gather_nft(snap: Snapshot, ts: int) -> int:
             snap.events.append(event)
         return len(tables)
     finally:
+        snap.volatile = snap.volatile or reader.volatile
         reader.close()
 
 

@@ -1,16 +1,24 @@
 """SBoM: the installed software packages, from every package database the device has: the dpkg
 status database (Debian, Ubuntu, Raspberry Pi OS), the opkg status file (OpenWrt, Yocto) and
 rpm when its tool is installed. No cap on the count: the agent's loop sends them in as many
-batches as needed."""
+batches as needed.
+
+A running agent keeps a `StatusCache`: a status file whose identity (inode, size, modification
+and change times) is unchanged since the last snapshot is not read again; its packages are sent
+again under the new snapshot's time. dpkg and opkg replace the file (or at least rewrite it) at
+every change, so any change is seen at the next snapshot."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.inventory import Event, Snapshot, now_ms, read_text
+import msgpack
+
+from agent.inventory import Event, Snapshot, now_ms, read_text, under
 
 SRC = "sbom"
 
@@ -116,6 +124,49 @@ def _control_packages(
     return events
 
 
+# What identifies one version of a status file: inode, device, size, mtime and ctime (ns).
+FileKey = tuple[int, int, int, int, int]
+
+
+class StatusCache:
+    """The packages and parse errors of each status file read, by the file's identity. The
+    packages are kept packed (msgpack): about 150 bytes each, where the
+    dicts would hold four times that in a running agent between two snapshots."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[FileKey, bytes, list[str]]] = {}
+
+    def packages(self, root: Path, path: str, manager: str, ts: int,
+                 snap: Snapshot) -> list[Event] | None:
+        """The packages of the status file at path (None: it does not exist), parsed again
+        only when the file changed; errors as a fresh parse would record them."""
+        try:
+            st = os.stat(under(root, path))
+        except FileNotFoundError:
+            self._files.pop(path, None)
+            return None
+        except OSError:
+            st = None  # read_text records the reason
+        key = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if st else None
+        cached = self._files.get(path)
+        if key is not None and cached is not None and cached[0] == key:
+            snap.errors.extend(cached[2])
+            events: list[Event] = msgpack.unpackb(cached[1])
+            for event in events:
+                event["ts"] = ts
+            return events
+        text = read_text(root, path, snap)
+        if text is None:
+            self._files.pop(path, None)
+            return None
+        errors_before = len(snap.errors)
+        events = _control_packages(text, path, manager, ts, snap)
+        if key is not None:
+            # With their ts, which a hit overwrites in place: the keys keep their order.
+            self._files[path] = (key, msgpack.packb(events), snap.errors[errors_before:])
+        return events
+
+
 def _rpm(root: Path, ts: int, snap: Snapshot) -> list[Event]:
     rpm = shutil.which("rpm")
     if rpm is None:
@@ -154,19 +205,22 @@ def _rpm(root: Path, ts: int, snap: Snapshot) -> list[Event]:
     return events
 
 
-def gather(root: Path = Path("/"), rpm: bool = True) -> Snapshot:
-    """A `pkg` event per installed package of every package database found under root."""
+def gather(root: Path = Path("/"), rpm: bool = True, cache: StatusCache | None = None) -> Snapshot:
+    """A `pkg` event per installed package of every package database found under root. With a
+    cache (kept by the caller from one snapshot to the next) unchanged status files are not
+    read again."""
     snap = Snapshot()
     ts = now_ms()
-    text = read_text(root, DPKG_STATUS, snap)
-    if text is None:
+    files = cache if cache is not None else StatusCache()
+    packages = files.packages(root, DPKG_STATUS, "dpkg", ts, snap)
+    if packages is None:
         snap.skip("dpkg", f"{DPKG_STATUS} does not exist")
     else:
-        snap.events.extend(_control_packages(text, DPKG_STATUS, "dpkg", ts, snap))
+        snap.events.extend(packages)
     for path in OPKG_STATUS:
-        text = read_text(root, path, snap)
-        if text is not None:
-            snap.events.extend(_control_packages(text, path, "opkg", ts, snap))
+        packages = files.packages(root, path, "opkg", ts, snap)
+        if packages is not None:
+            snap.events.extend(packages)
             break
     else:
         snap.skip("opkg", "no opkg status file")
