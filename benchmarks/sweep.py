@@ -367,7 +367,7 @@ def count_in_agent(points: list[Point], data_dir: Path) -> None:
                 tag = str(arg).rsplit("-", 1)[0]
                 if tag in seen:
                     seen[tag].add(str(arg))
-        elif kind == "net" and event.get("op") == "connect" and event.get("rport") in ports:
+        elif kind == "net" and event.get("dir") == "out" and event.get("rport") in ports:
             ports[event["rport"]].delivered += int(event.get("hits", 1))
     for tag, p in execs.items():
         p.delivered = len(seen[tag])
@@ -543,6 +543,7 @@ def sweep_config(config: str, loads: list[str], rates: list[int], seconds: float
                  spawner: Spawner, work_parent: Path, lock: Path | None,
                  keep: bool) -> list[Point]:
     work = Path(tempfile.mkdtemp(prefix=f"agent-sweep-{config}-", dir=work_parent))
+    work.chmod(0o755)  # laurel writes its log there after dropping to its own user
     ok = False
     with held(lock):
         state = AuditState.read()
