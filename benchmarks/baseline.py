@@ -76,6 +76,9 @@ def compare(baseline: dict[str, object], now: dict[str, float],
     result = Comparison()
     for key, pair in baseline["ratios"].items():  # type: ignore[attr-defined]
         then = float(pair["ratio"])
+        if then <= 0:
+            result.missing.append(f"{key}: no baseline ratio yet (scripts/bench --update-baseline)")
+            continue
         if key not in now:
             result.missing.append(f"{key}: not in the results (baseline {then:.2f}x)")
             continue

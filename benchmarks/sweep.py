@@ -341,16 +341,18 @@ def sockaddr_hex(port: int) -> bytes:
     return b"0200%04X7F000001" % port
 
 
-def count_in_log(points: list[Point], data: bytes) -> None:
-    """auditd's log and laurel's: exec by the tag's unique arguments, conn by SOCKADDR."""
+def count_in_log(points: list[Point], data: bytes, laurel: bool) -> None:
+    """auditd's log or laurel's: exec by the tag's unique arguments, conn by the SOCKADDR of
+    the listener's port (only the connects have it: the listener binds port 0)."""
     for p in points:
         if p.load == "exec":
             p.delivered = len(set(re.findall(re.escape(p.tag.encode()) + rb"-(\d+)\"", data)))
+        elif laurel:
+            # laurel escapes saddr's bytes; it keeps auditd's ENRICHED interpretation.
+            p.delivered = data.count(b'"SADDR":"{saddr_fam=inet laddr=127.0.0.1 lport=%d}"'
+                                     % p.port)
         else:
-            hexed = sockaddr_hex(p.port)
-            # laurel (translate.universal off) keeps saddr as hex like auditd; an interpreted
-            # address would carry the port as a number.
-            p.delivered = data.count(b"saddr=" + hexed) + data.count(b'"saddr":"' + hexed)
+            p.delivered = data.count(b"saddr=" + sockaddr_hex(p.port))
 
 
 def count_in_agent(points: list[Point], data_dir: Path) -> None:
@@ -486,7 +488,7 @@ def run_peer(config: str, work: Path) -> Iterator[tuple[Roles, Callable[[list[Po
 
         def count(points: list[Point]) -> None:
             stop(proc)
-            count_in_log(points, (laurel_log or log_file).read_bytes())
+            count_in_log(points, (laurel_log or log_file).read_bytes(), laurel_log is not None)
 
         yield roles, count
     finally:
