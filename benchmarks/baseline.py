@@ -80,10 +80,10 @@ def compare(baseline: dict[str, object], now: dict[str, float],
             result.missing.append(f"{key}: no baseline ratio yet (scripts/bench --update-baseline)")
             continue
         if key not in now:
-            result.missing.append(f"{key}: not in the results (baseline {then:.2f}x)")
+            result.missing.append(f"{key}: not in the results (baseline {then:.3g}x)")
             continue
         change = now[key] / then - 1
-        line = f"{key}: {now[key]:.2f}x, baseline {then:.2f}x ({change:+.0%})"
+        line = f"{key}: {now[key]:.3g}x, baseline {then:.3g}x ({change:+.0%})"
         if change < -limit:
             result.worse.append(line + f": worse by more than {limit:.0%}")
         else:

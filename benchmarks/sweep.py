@@ -688,7 +688,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lock", type=Path, help="a file to flock for each configuration")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep each configuration's files")
+    ap.add_argument("--report", type=Path, metavar="SWEEP_JSON",
+                    help="measure nothing: the table and plots of a sweep.json written before")
     args = ap.parse_args(argv)
+    if args.report is not None:
+        return report(json.loads(args.report.read_text()), args.out_dir, not args.no_plot)
     if os.geteuid() != 0:
         print("sweep: needs root (auditd, the agent's audit ownership)", file=sys.stderr)
         return 2
@@ -697,28 +701,48 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sweep: {tool} is missing (Debian packages auditd, laurel)", file=sys.stderr)
             return 2
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    # Stopped early (SIGTERM): the daemon stopped and the audit state put back all the same.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     points: list[Point] = []
+
+    def save() -> dict[str, object]:
+        """sweep.json, after each configuration: a run cut short keeps what it measured."""
+        doc = {"started": started, "machine": machine(), "versions": versions(),
+               "seconds": args.seconds, "rates": args.rates, "configs": args.configs,
+               "loads": args.loads, "tail_s": TAIL_S,
+               "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+               "points": [p.as_json() for p in points]}
+        (args.out_dir / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
+        return doc
+
     with tempfile.TemporaryDirectory(prefix="agent-sweep-bin-") as tmp:
         spawner = Spawner.build(Path(tmp))
         for config in args.configs:
             print(f"sweep: {LABELS[config]}", file=sys.stderr)
             points += sweep_config(config, args.loads, args.rates, args.seconds, spawner,
                                    args.work_dir, args.lock, args.keep)
-    doc = {"started": started, "machine": machine(), "versions": versions(),
-           "seconds": args.seconds, "rates": args.rates, "configs": args.configs,
-           "loads": args.loads, "tail_s": TAIL_S,
-           "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
-           "points": [p.as_json() for p in points]}
-    (args.out_dir / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"{started}; {doc['machine']}; auditd {doc['versions']['auditd']}, laurel "
-          f"{doc['versions']['laurel']}; {args.seconds:g} s per rate")
-    for load in args.loads:
+            doc = save()
+    return report(doc, args.out_dir, not args.no_plot)
+
+
+def report(doc: dict[str, object], out_dir: Path, plots: bool) -> int:
+    """The table on stdout and the plots, from a sweep.json document."""
+    names = set(Point.__dataclass_fields__)
+    points = [Point(**{k: v for k, v in p.items() if k in names})
+              for p in doc["points"]]  # type: ignore[attr-defined]
+    configs = [c for c in doc["configs"] if any(p.config == c for p in points)]  # type: ignore[attr-defined]
+    rates: list[int] = doc["rates"]  # type: ignore[assignment]
+    versions: dict[str, str] = doc["versions"]  # type: ignore[assignment]
+    print(f"{doc['started']}; {doc['machine']}; auditd {versions['auditd']}, laurel "
+          f"{versions['laurel']}; {doc['seconds']:g} s per rate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for load in doc["loads"]:  # type: ignore[attr-defined]
         print(f"\n{load}: CPU % of one core (kauditd included), delivered/started\n")
-        print(table(points, load, args.configs, args.rates))
-        if not args.no_plot:
-            plot(points, load, args.configs, args.out_dir / f"performance-{load}.png")
-    print(f"\n(written to {args.out_dir})")
+        print(table(points, load, configs, rates))
+        if plots:
+            plot(points, load, configs, out_dir / f"performance-{load}.png")
+    print(f"\n(written to {out_dir})")
     return 0
 
 
