@@ -50,8 +50,8 @@ Per configuration, load and rate:
 CPU seconds per 1,000 events are robust to other work on the machine (they count this work
 only); CPU % also depends on how long the window was, which is the load's own pace.
 
-Results: sweep.json (every figure), performance-exec.png and performance-conn.png in
---out-dir, and the table on stdout (docs/performance.md holds one run's).
+Results: performance-sweep.json (every figure), performance-exec.png and
+performance-conn.png in --out-dir, and the table on stdout (docs/performance.md holds one run's).
 """
 
 from __future__ import annotations
@@ -689,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep each configuration's files")
     ap.add_argument("--report", type=Path, metavar="SWEEP_JSON",
-                    help="measure nothing: the table and plots of a sweep.json written before")
+                    help="measure nothing: the table and plots of a performance-sweep.json "
+                    "written before")
     args = ap.parse_args(argv)
     if args.report is not None:
         return report(json.loads(args.report.read_text()), args.out_dir, not args.no_plot)
@@ -707,13 +708,14 @@ def main(argv: list[str] | None = None) -> int:
     points: list[Point] = []
 
     def save() -> dict[str, object]:
-        """sweep.json, after each configuration: a run cut short keeps what it measured."""
+        """performance-sweep.json, after each configuration: a run cut short keeps what it
+        measured."""
         doc = {"started": started, "machine": machine(), "versions": versions(),
                "seconds": args.seconds, "rates": args.rates, "configs": args.configs,
                "loads": args.loads, "tail_s": TAIL_S,
                "loadavg": Path("/proc/loadavg").read_text().split()[:3],
                "points": [p.as_json() for p in points]}
-        (args.out_dir / "sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (args.out_dir / "performance-sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
         return doc
 
     with tempfile.TemporaryDirectory(prefix="agent-sweep-bin-") as tmp:
@@ -727,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(doc: dict[str, object], out_dir: Path, plots: bool) -> int:
-    """The table on stdout and the plots, from a sweep.json document."""
+    """The table on stdout and the plots, from a performance-sweep.json document."""
     names = set(Point.__dataclass_fields__)
     points = [Point(**{k: v for k, v in p.items() if k in names})
               for p in doc["points"]]  # type: ignore[attr-defined]

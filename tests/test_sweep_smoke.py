@@ -46,7 +46,7 @@ def test_sweep_one_short_rate(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert audit_state() == before, "the sweep left the kernel's audit changed"
 
-    doc = json.loads((out_dir / "sweep.json").read_text())
+    doc = json.loads((out_dir / "performance-sweep.json").read_text())
     points = {(p["config"], p["load"]): p for p in doc["points"]}
     assert set(points) == {(c, load) for c in ("agent", "raw") for load in ("exec", "conn")}
     for (config, load), p in points.items():
