@@ -544,14 +544,15 @@ def held(lock: Path | None) -> Iterator[None]:
 def sweep_config(config: str, loads: list[str], rates: list[int], seconds: float,
                  spawner: Spawner, work_parent: Path, lock: Path | None,
                  keep: bool) -> list[Point]:
-    work = Path(tempfile.mkdtemp(prefix=f"agent-sweep-{config}-", dir=work_parent))
-    work.chmod(0o755)  # laurel writes its log there after dropping to its own user
     ok = False
     with held(lock):
         state = AuditState.read()
         owner = state.settings.get("pid", 0)
         if owner and pid_alive(owner):
             raise SystemExit(f"sweep: the kernel's audit is owned by pid {owner}: not measured")
+        # Made once the lock is held: a run stopped while waiting for it leaves nothing.
+        work = Path(tempfile.mkdtemp(prefix=f"agent-sweep-{config}-", dir=work_parent))
+        work.chmod(0o755)  # laurel writes its log there after dropping to its own user
         try:
             runner = run_agent(work) if config == "agent" else run_peer(config, work)
             points = []
