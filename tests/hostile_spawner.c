@@ -5,6 +5,12 @@
  *                                    ...), RATE per second (0: as fast as it can)
  *   hostile_spawner fork RATE SECONDS  forks children that exit at once, RATE per second
  *                                    (0: as fast as it can) for SECONDS
+ *   hostile_spawner connect RATE COUNT
+ *                                    COUNT TCP connections to a listener of its own on
+ *                                    127.0.0.1 (a port the kernel picks, in the JSON as
+ *                                    "port"), RATE per second: connect, accept, close; the
+ *                                    client closes with SO_LINGER 0 (a reset), so that no
+ *                                    TIME_WAIT piles up at 1,600/s
  *   hostile_spawner argv COUNT SIZE EXE TAG
  *                                    execs EXE with TAG and COUNT-1 more arguments of SIZE
  *                                    bytes each ("<index>:xxx..."), the stack rlimit raised
@@ -20,13 +26,16 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -137,6 +146,51 @@ static int run_fork(double rate, double seconds) {
     return failed ? 1 : 0;
 }
 
+/* One process is both ends, so that the load is exactly one connect and one accept per
+ * connection and nothing else: no fork, no exec. */
+static int run_connect(double rate, long count) {
+    int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listener < 0) { perror("socket"); return 2; }
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t addr_len = sizeof addr;
+    if (bind(listener, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(listener, 128) != 0 ||
+        getsockname(listener, (struct sockaddr *)&addr, &addr_len) != 0) {
+        perror("listener");
+        close(listener);
+        return 2;
+    }
+    const struct linger reset = {1, 0};
+    long started = 0, failed = 0;
+    double start = now_s();
+    for (long i = 0; i < count; i++) {
+        pace(start, i, rate);
+        int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (client < 0) { failed++; continue; }
+        setsockopt(client, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+        /* On loopback the handshake completes inside connect: the connection is queued on
+         * the listener when it returns. */
+        if (connect(client, (struct sockaddr *)&addr, sizeof addr) != 0) {
+            failed++;
+            close(client);
+            continue;
+        }
+        int server = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+        close(client);
+        if (server < 0) { failed++; continue; }
+        close(server);
+        started++;
+    }
+    double elapsed = now_s() - start;
+    close(listener);
+    printf("{\"started\": %ld, \"failed\": %ld, \"port\": %u, \"seconds\": %.3f, \"rate\": %.1f}\n",
+           started, failed, (unsigned)ntohs(addr.sin_port), elapsed,
+           elapsed > 0 ? (double)started / elapsed : 0.0);
+    return failed ? 1 : 0;
+}
+
 static int run_argv(long count, long size, const char *exe, const char *tag) {
     if (count < 2 || size < 2 || size > 128 * 1024) { fprintf(stderr, "bad argv shape\n"); return 2; }
     /* ARG_MAX is a quarter of the stack rlimit: make room for the arguments and their
@@ -180,9 +234,11 @@ static int run_argv(long count, long size, const char *exe, const char *tag) {
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "exec") == 0) return run_exec(atof(argv[2]), argv[3]);
     if (argc == 4 && strcmp(argv[1], "fork") == 0) return run_fork(atof(argv[2]), atof(argv[3]));
+    if (argc == 4 && strcmp(argv[1], "connect") == 0) return run_connect(atof(argv[2]), atol(argv[3]));
     if (argc == 6 && strcmp(argv[1], "argv") == 0)
         return run_argv(atol(argv[2]), atol(argv[3]), argv[4], argv[5]);
-    fprintf(stderr, "usage: hostile_spawner exec RATE LIST | fork RATE SECONDS | argv COUNT SIZE EXE TAG\n");
+    fprintf(stderr, "usage: hostile_spawner exec RATE LIST | fork RATE SECONDS | connect RATE COUNT | "
+                    "argv COUNT SIZE EXE TAG\n");
     return 2;
 }
 #endif
