@@ -20,7 +20,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent._core import ffi, lib
-from agent.native._base import C_ONLY_IN_PYTHON, CoreArgumentError, CoreStats, NativeHandle, check, more
+from agent.native._base import (
+    C_ONLY_IN_PYTHON,
+    CoreArgumentError,
+    CoreStats,
+    NativeHandle,
+    check,
+    more,
+)
 from agent.native.sink import EventSink
 
 
