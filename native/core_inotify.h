@@ -40,7 +40,7 @@ struct am_inotify_stats {
     uint64_t reads;          /* read(2) calls that returned records */
     uint64_t records;        /* inotify records decoded */
     uint64_t events;         /* events appended to sinks */
-    uint64_t create, modify, attrib, move, del, open, close_write;
+    uint64_t create, modify, attrib, move, delete, open, close_write;
     uint64_t moves_paired;   /* a MOVED_FROM and MOVED_TO with the same cookie: one event */
     uint64_t moves_out;      /* MOVED_FROM alone: moved out of the watched paths */
     uint64_t moves_in;       /* MOVED_TO alone: moved in from elsewhere */

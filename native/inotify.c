@@ -935,7 +935,7 @@ static int write_event(am_inotify *h, am_sink *sink, const pend *p, const actor 
         return AM_OK;
     }
     h->st.events++;
-    uint64_t *per[] = {&h->st.create, &h->st.modify, &h->st.attrib, &h->st.move, &h->st.del,
+    uint64_t *per[] = {&h->st.create, &h->st.modify, &h->st.attrib, &h->st.move, &h->st.delete,
                        &h->st.open, &h->st.close_write, NULL};
     if (per[p->op] != NULL)
         (*per[p->op])++;
