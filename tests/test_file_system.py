@@ -339,3 +339,73 @@ def test_patching_paths_changes_exactly_the_watches_concerned(tmp_path: Path) ->
         (b / "sub/y").write_bytes(b"")
         (c / "z").write_bytes(b"")
         assert {p for _, p in ops(read())} == {str(b / "sub/y"), str(c / "z")}
+
+
+# ---------------------------------------------------------------------------------------------
+# the kernel's limits: counted and reported, never silent (sysctls shared by the machine:
+# lowered for a moment, restored at once)
+
+
+@contextmanager
+def sysctl(name: str, value: int) -> Iterator[None]:
+    path = Path("/proc/sys/fs/inotify") / name
+    old = path.read_text()
+    path.write_text(str(value))
+    try:
+        yield
+    finally:
+        path.write_text(old)
+
+
+@pytest.mark.live
+@pytest.mark.root
+def test_a_queue_overflow_is_an_event_and_counted(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    # The kernel reads max_queued_events when the descriptor is made.
+    with sysctl("max_queued_events", 16):
+        source = Inotify()
+    with source:
+        source.set_paths([str(root)])
+        for i in range(100):
+            (root / f"f{i}").write_bytes(b"")
+        sink = EventSink()
+        got: list[bytes] = []
+        pump(source.drain, sink, got.extend, seal=True)
+        events = events_of(got)
+        assert source.stats().overflows == 1
+        assert events[-1]["op"] == "overflow"
+        assert len(events) == 17  # 16 queued, then the overflow record
+
+
+def root_watches() -> int:
+    """The inotify watches root's programs hold now (the kernel counts max_user_watches per
+    user): one `inotify wd:` line per watch in /proc/PID/fdinfo."""
+    count = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if proc.stat().st_uid != 0:
+                continue
+            for info in (proc / "fdinfo").iterdir():
+                count += info.read_text().count("inotify wd:")
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.live
+@pytest.mark.root
+def test_the_watch_limit_is_counted_and_reported(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for i in range(20):
+        (root / f"d{i}").mkdir(parents=True)
+    with Inotify() as source:
+        with sysctl("max_user_watches", root_watches() + 8):
+            source.set_paths([str(root)])
+        stats = source.stats()
+    # 21 directories: each one watched or counted (another root program may have taken or
+    # given back a watch meanwhile: the split may move, the sum may not).
+    assert stats.watch_limit >= 1
+    assert stats.watches + stats.watch_limit == 21
