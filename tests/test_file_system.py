@@ -409,3 +409,59 @@ def test_the_watch_limit_is_counted_and_reported(tmp_path: Path) -> None:
     # given back a watch meanwhile: the split may move, the sum may not).
     assert stats.watch_limit >= 1
     assert stats.watches + stats.watch_limit == 21
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+
+def test_entry_points_keep_memory_flat(tmp_path: Path) -> None:
+    from leakcheck import assert_rss_flat
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    later = tmp_path / "later"
+    sink = EventSink()
+    now = int(time.time() * 1000)
+    batch = audit_batch({"t": "audit", "ts": now, "pid": 1, "exe": "/bin/x", "cwd": str(root),
+                         "paths": [{"n": "f", "nt": "CREATE"}]})
+    records = b"".join([record(1, IN_CREATE | IN_ISDIR, b"d"), record(1, IN_MOVED_FROM, b"a", 3),
+                        record(1, IN_MOVED_TO, b"b", 3), record(1, IN_MOVED_FROM, b"c", 4),
+                        record(-1, IN_Q_OVERFLOW), record(1, IN_IGNORED)])
+
+    def open_watch_close() -> None:
+        with Inotify(InotifyOptions(join_ms=1)) as source:
+            source.set_paths([str(root), str(later)])
+            source.audit(batch)
+
+    live = Inotify(InotifyOptions(join_ms=1))
+    live.set_paths([str(root)])
+
+    def change_and_drain() -> None:
+        (root / "sub" / "f").write_bytes(b"")
+        os.rename(root / "sub" / "f", root / "g")
+        os.unlink(root / "g")
+        live.audit(batch)
+        pump(live.drain, sink, lambda _: None)
+        pump(lambda s: live.release(s, True), sink, lambda _: None, seal=True)
+
+    def patch_paths() -> None:
+        live.set_paths([str(root), str(later)])
+        live.set_paths([str(root)])
+
+    def decode_records() -> None:
+        with Inotify(InotifyOptions(listen=False, join_ms=1)) as source:
+            source.test_watch(1, "/w")
+            source.audit(batch)
+            source.decode(sink, records)
+            source.release(sink, force=True)
+            sink.seal()
+            sink.take()
+            source.stats()
+
+    # Closing an inotify descriptor waits for an SRCU grace period (about 6 ms): fewer calls,
+    # a tighter bound (a leak of 32 bytes a call still fails it).
+    assert_rss_flat(open_watch_close, calls=500, tolerance=16 * 1024, name="open_watch_close")
+    for fn in (change_and_drain, patch_paths, decode_records):
+        assert_rss_flat(fn, calls=2_000, name=fn.__name__)
+    live.close()

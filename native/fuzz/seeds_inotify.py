@@ -33,7 +33,7 @@ def mp_map(pairs: list[tuple[str, bytes]]) -> bytes:
 
 
 def audit_batch() -> bytes:
-    path = lambda n, nt: mp_map([("n", mp_str(n)), ("nt", mp_str(nt))])  # noqa: E731
+    path = lambda n, nt: mp_map([("n", mp_str(n)), ("nt", mp_str(nt))])
     event = mp_map([("t", mp_str("audit")), ("ts", b"\xcf" + struct.pack(">Q", 1_716_000_000_000)),
                     ("pid", b"\xcd" + struct.pack(">H", 4242)), ("uid", b"\x00"),
                     ("auid", b"\xce" + struct.pack(">I", 1000)), ("exe", mp_str("/usr/bin/touch")),
