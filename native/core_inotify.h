@@ -33,7 +33,8 @@ struct am_inotify_options {
     uint32_t join_ms;      /* how long an event waits for its audit records; 0: no audit,
                               events say actor "unavailable". 0 */
     uint32_t actor_ttl_ms; /* an audit record names the actor of a path's events this long. 10000 */
-    uint32_t max_actors;   /* paths whose audit actor is remembered, 1..65536. 1024 */
+    uint32_t max_actors;   /* paths whose audit actors are remembered (about 2 KiB each),
+                              1..65536. 256 */
 };
 
 struct am_inotify_stats {

@@ -29,7 +29,10 @@ enum {
     READ_BYTES = 65536,
     EXE_MAX = 256,
     COMM_MAX = 32,
-    REC_HEADER = (int)sizeof(struct inotify_event)
+    REC_HEADER = (int)sizeof(struct inotify_event),
+    /* An audit record is stamped at the syscall's entry, an event when it is read: later.
+     * Both read CLOCK_REALTIME; this much covers the millisecond rounding of each. */
+    CLOCK_SLACK_MS = 2
 };
 
 #define WATCH_MASK                                                                            \
@@ -66,13 +69,27 @@ typedef struct pend {
     char *from; /* a paired move's old path */
 } pend;
 
-typedef struct actor {
+/* One process the audit saw at a path. */
+typedef struct who {
     uint64_t ts;
     int64_t pid, uid, auid;
-    uint8_t has_pid, has_uid, has_auid;
-    char *path;
+    uint8_t valid, has_pid, has_uid, has_auid;
     char exe[EXE_MAX];
     char comm[COMM_MAX];
+} who;
+
+/* What the audit saw at a path, by what it did there: made it (a PATH item of nametype
+ * CREATE: open O_CREAT, mkdir, a rename's target), removed it (DELETE: unlink, rmdir, a
+ * rename's source), or wrote or changed its attributes (NORMAL and the others). */
+enum { DID_CREATE, DID_DELETE, DID_CHANGE, DID_KINDS };
+/* Processes kept per kind: the latest and the one before (a later change's records may come
+ * before an earlier event is written). */
+enum { DID_DEPTH = 2 };
+
+typedef struct actor {
+    char *path;
+    uint64_t newest; /* the latest ts of all */
+    who did[DID_KINDS][DID_DEPTH]; /* [kind][0] the latest */
 } actor;
 
 struct am_inotify {
@@ -711,7 +728,25 @@ static int same_path(const void *entry, const void *key, size_t len, const void 
     return strlen(a->path) == len && memcmp(a->path, key, len) == 0;
 }
 
-static const actor *actor_of(am_inotify *h, const char *path, uint64_t ts)
+/* What an operation at a path means to the audit. */
+static int did_of(uint8_t op, int from)
+{
+    switch (op) {
+    case OP_CREATE:
+        return DID_CREATE;
+    case OP_DELETE:
+        return DID_DELETE;
+    case OP_MOVE:
+        return from ? DID_DELETE : DID_CREATE;
+    default:
+        return DID_CHANGE;
+    }
+}
+
+/* The process behind an event at path: the latest the audit saw doing what the event says
+ * (else, for a write or a chmod, the one that made the path; else any), no later than the
+ * event was read and no older than actor_ttl_ms. NULL when none. */
+static const who *actor_of(am_inotify *h, const char *path, uint8_t op, int from, uint64_t ts)
 {
     if (path == NULL)
         return NULL;
@@ -719,8 +754,20 @@ static const actor *actor_of(am_inotify *h, const char *path, uint64_t ts)
     if (pos == AM_INDEX_NONE)
         return NULL;
     const actor *a = am_index_at(&h->actors, pos);
-    uint64_t d = a->ts > ts ? a->ts - ts : ts - a->ts;
-    return d <= h->opt.actor_ttl_ms ? a : NULL;
+    int want = did_of(op, from);
+    const int order[3][DID_KINDS] = {
+        [DID_CREATE] = {DID_CREATE, DID_CHANGE, DID_DELETE},
+        [DID_DELETE] = {DID_DELETE, DID_CHANGE, DID_CREATE},
+        [DID_CHANGE] = {DID_CHANGE, DID_CREATE, DID_DELETE},
+    };
+    for (int i = 0; i < DID_KINDS; i++) {
+        for (int k = 0; k < DID_DEPTH; k++) {
+            const who *w = &a->did[order[want][i]][k];
+            if (w->valid && w->ts <= ts + CLOCK_SLACK_MS && ts <= w->ts + h->opt.actor_ttl_ms)
+                return w;
+        }
+    }
+    return NULL;
 }
 
 /* Forgets actors older than the ttl (before a learn finds the table full). */
@@ -728,7 +775,7 @@ static void prune_actors(am_inotify *h, uint64_t now)
 {
     for (uint32_t pos = 0; pos < am_index_count(&h->actors);) {
         actor *a = am_index_at(&h->actors, pos);
-        if (a->ts + h->opt.actor_ttl_ms < now) {
+        if (a->newest + h->opt.actor_ttl_ms < now) {
             free(a->path);
             am_index_remove_at(&h->actors, pos);
         } else {
@@ -759,7 +806,8 @@ static void copy_text(char *dst, size_t cap, const uint8_t *s, uint32_t n)
     dst[s != NULL ? k : 0] = '\0';
 }
 
-static void learn(am_inotify *h, const audit_fields *f, const uint8_t *name, uint32_t nn)
+static void learn(am_inotify *h, const audit_fields *f, const uint8_t *name, uint32_t nn,
+                  int did)
 {
     char path[PATH_MAX];
     if (nn == 0 || memchr(name, '\0', nn) != NULL)
@@ -788,15 +836,20 @@ static void learn(am_inotify *h, const audit_fields *f, const uint8_t *name, uin
         ((actor *)am_index_at(&h->actors, pos))->path = copy;
     }
     actor *a = am_index_at(&h->actors, pos);
-    a->ts = f->has_ts && f->ts > 0 ? (uint64_t)f->ts : now_ms();
-    a->pid = f->pid;
-    a->uid = f->uid;
-    a->auid = f->auid;
-    a->has_pid = f->has_pid;
-    a->has_uid = f->has_uid;
-    a->has_auid = f->has_auid;
-    copy_text(a->exe, sizeof a->exe, f->exe, f->exe_n);
-    copy_text(a->comm, sizeof a->comm, f->comm, f->comm_n);
+    memmove(&a->did[did][1], &a->did[did][0], (DID_DEPTH - 1) * sizeof(who));
+    who *w = &a->did[did][0];
+    w->valid = 1;
+    w->ts = f->has_ts && f->ts > 0 ? (uint64_t)f->ts : now_ms();
+    w->pid = f->pid;
+    w->uid = f->uid;
+    w->auid = f->auid;
+    w->has_pid = f->has_pid;
+    w->has_uid = f->has_uid;
+    w->has_auid = f->has_auid;
+    copy_text(w->exe, sizeof w->exe, f->exe, f->exe_n);
+    copy_text(w->comm, sizeof w->comm, f->comm, f->comm_n);
+    if (w->ts > a->newest)
+        a->newest = w->ts;
     h->st.actors_learned++;
 }
 
@@ -857,7 +910,11 @@ static int audit_event(am_inotify *h, mpr *r)
                 return 1;
         }
         if (name != NULL && !(nt != NULL && key_is(nt, nt_n, "PARENT")))
-            learn(h, &f, name, name_n);
+            learn(h, &f, name, name_n,
+                  nt == NULL                   ? DID_CHANGE
+                  : key_is(nt, nt_n, "CREATE") ? DID_CREATE
+                  : key_is(nt, nt_n, "DELETE") ? DID_DELETE
+                                               : DID_CHANGE);
     }
     return 1;
 }
@@ -886,7 +943,7 @@ static int put_kv_str(mp_buf *b, const char *k, const char *v, size_t n)
     return st == AM_OK ? mp_text(b, v, n) : st;
 }
 
-static int write_event(am_inotify *h, am_sink *sink, const pend *p, const actor *a)
+static int write_event(am_inotify *h, am_sink *sink, const pend *p, const who *a)
 {
     mp_buf *b = sink_begin(sink);
     uint32_t n = 4 + (p->path != NULL) + (p->from != NULL) + (p->moved == MOVED_OUT ||
@@ -949,13 +1006,15 @@ static int release_some(am_inotify *h, am_sink *sink, int force, uint64_t now,
 {
     while (h->count > 0) {
         pend *p = &h->ring[h->head];
-        const actor *a = NULL;
+        const who *a = NULL;
         if (h->opt.join_ms > 0 && p->op != OP_OVERFLOW) {
-            a = actor_of(h, p->path, p->ts);
-            if (a == NULL && p->from != NULL)
-                a = actor_of(h, p->from, p->ts);
-            if (a == NULL && force == 0 && now < p->ts + h->opt.join_ms)
+            /* Every event waits join_ms: the records of later changes of its path that come
+             * meanwhile are told apart by their time, those of its own change must be in. */
+            if (force == 0 && now < p->ts + h->opt.join_ms)
                 return AM_OK;
+            a = actor_of(h, p->path, p->op, 0, p->ts);
+            if (a == NULL && p->from != NULL)
+                a = actor_of(h, p->from, p->op, 1, p->ts);
             if (a != NULL)
                 h->st.actors_matched++;
             else
@@ -1050,7 +1109,7 @@ void am_inotify_default_options(struct am_inotify_options *out)
     out->max_pending = 4096;
     out->join_ms = 0;
     out->actor_ttl_ms = 10000;
-    out->max_actors = 1024;
+    out->max_actors = 256;
 }
 
 am_inotify *am_inotify_new(const struct am_inotify_options *opts)

@@ -180,14 +180,34 @@ def test_events_carry_the_actor_the_audit_records_of_their_path_name() -> None:
         assert source.stats().actors_learned == 1
         sink = EventSink()
         source.decode(sink, record(1, IN_CREATE, b"f") + record(1, IN_CREATE, b"other"))
-        (matched,) = events_of(sink.take() + sink.seal())  # `other` still waits
+        assert events_of(sink.seal()) == []  # each waits join_ms for its records
+        source.release(sink, force=True)
+        matched, waited = events_of(sink.seal())
         assert matched == {**matched, "path": "/w/f", "actor": "audit", "pid": 4242,
                            "uid": 1000, "auid": 1000, "exe": "/usr/bin/touch", "comm": "touch"}
-        source.release(sink, force=True)
-        (waited,) = events_of(sink.seal())
         assert waited["path"] == "/w/other" and waited["actor"] == "unmatched"
         stats = source.stats()
         assert (stats.actors_matched, stats.actors_unmatched) == (1, 1)
+
+
+def test_the_actor_is_the_process_that_did_what_the_event_says_before_it() -> None:
+    with Inotify(InotifyOptions(listen=False, join_ms=60000)) as source:
+        source.test_watch(1, "/w")
+        now = int(time.time() * 1000)
+
+        def did(pid: int, nt: str, ts: int) -> Event:
+            return {"t": "audit", "ts": ts, "pid": pid, "exe": f"/bin/p{pid}",
+                    "paths": [{"n": "/w/f", "nt": nt}]}
+
+        source.audit(audit_batch(did(1, "CREATE", now - 200), did(2, "NORMAL", now - 100),
+                                 did(3, "DELETE", now - 50), did(4, "NORMAL", now + 5000)))
+        sink = EventSink()
+        source.decode(sink, b"".join(record(1, mask, b"f") for mask in (
+            IN_CREATE, IN_MODIFY, IN_ATTRIB, IN_DELETE)))
+        source.release(sink, force=True)
+        got = [(e["op"], e["pid"]) for e in events_of(sink.seal())]
+        # pid 4's write came after these events were read: not theirs.
+        assert got == [("create", 1), ("modify", 2), ("attrib", 2), ("delete", 3)]
 
 
 def test_the_actor_table_is_bounded_and_malformed_audit_batches_are_skipped() -> None:
