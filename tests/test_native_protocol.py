@@ -19,6 +19,7 @@ from agent.native._base import CoreArgumentError, CoreClosedError, CoreStats, Na
 from agent.native.aggregate import Aggregator
 from agent.native.audit_netlink import AuditNetlinkStats, NetlinkDecoder
 from agent.native.index_probe import IndexProbe
+from agent.native.inotify import Inotify, InotifyOptions
 from agent.native.proc_connector import (
     ProcConnector,
     ProcConnectorOptions,
@@ -26,7 +27,6 @@ from agent.native.proc_connector import (
 from agent.native.proc_scan import ProcScanner, ProcScanOptions
 from agent.native.sink import EventSink, SinkOptions
 from agent.native.sock_diag import SocketTable, SocketTableOptions
-from agent.native.inotify import Inotify, InotifyOptions
 from agent.native.utmp import UtmpDecoder, UtmpReader
 
 NATIVE = Path(__file__).resolve().parents[1] / "native"
