@@ -27,8 +27,8 @@ from agent.native.sink import EventSink, pump
 # How long an event waits for the audit records of its path (kauditd sends them from its own
 # thread, a little after the change).
 JOIN_MS = 300
-# A handle kept by stop() is taken up by a start() this soon after (a restart by a patch);
-# later (the collector was disabled meanwhile) it is closed and a new one made.
+# A handle kept by stop() is taken up by the start() of the same restart (a patch), at once;
+# one found older than this (or after a disable) is closed and a new one made.
 KEEP_S = 5.0
 
 
@@ -89,16 +89,20 @@ class FileSystemCollector(Collector):
         return CollectorState.running(self._source_name(), self._reason())
 
     def _handle(self, recursive: bool) -> Inotify:
-        """The kept handle when this start follows a stop at once with the same options,
-        else a new one."""
+        """The handle stop() kept when this start is a restart (a patch) with the same options,
+        else a new one. After a disable (the state says so) the kept handle is not taken up:
+        what it queued meanwhile happened while the collector was disabled."""
         kept, self._kept = self._kept, None
         if kept is not None:
-            fresh = time.monotonic() - kept.since < KEEP_S
-            if fresh and kept.recursive == recursive and kept.joined == self.joined:
+            restart = self.state.state == "running" and time.monotonic() - kept.since < KEEP_S
+            if restart and kept.recursive == recursive and kept.joined == self.joined:
                 return kept.source
-            self._closed_drops.update(self._source_drops(kept.source))
-            kept.source.close()
+            self._close_kept(kept)
         return Inotify(InotifyOptions(recursive=recursive, join_ms=JOIN_MS if self.joined else 0))
+
+    def _close_kept(self, kept: _Kept) -> None:
+        self._closed_drops.update(self._source_drops(kept.source))
+        kept.source.close()
 
     def _source_name(self) -> str:
         return "inotify+audit" if self.joined else "inotify"
@@ -181,10 +185,14 @@ class FileSystemCollector(Collector):
                 "inotify_malformed": s.malformed, "inotify_long_paths": s.long_paths}
 
     def drops(self) -> dict[str, int]:
+        # Called every second by the loop, never between the stop and the start of a restart:
+        # a handle still kept here was kept by a disable, and its watches go now.
+        if self._kept is not None:
+            kept, self._kept = self._kept, None
+            self._close_kept(kept)
         total = Counter(self._closed_drops)
-        live = self.source or (self._kept.source if self._kept is not None else None)
-        if live is not None:
-            total.update(self._source_drops(live))
+        if self.source is not None:
+            total.update(self._source_drops(self.source))
         sink = self.raw.stats()
         total["sink_full"] = sink.dropped_full
         total["too_large"] = sink.dropped_encode
