@@ -789,8 +789,8 @@ typedef struct audit_fields {
     uint8_t has_ts, has_pid, has_uid, has_auid;
     const uint8_t *exe, *comm, *cwd;
     uint32_t exe_n, comm_n, cwd_n;
-    mpr paths;
-    uint8_t has_paths;
+    mpr paths, recs;
+    uint8_t has_paths, has_recs;
 } audit_fields;
 
 static int key_is(const uint8_t *k, uint32_t n, const char *lit)
@@ -853,6 +853,88 @@ static void learn(am_inotify *h, const audit_fields *f, const uint8_t *name, uin
     h->st.actors_learned++;
 }
 
+static int did_of_nametype(const uint8_t *nt, uint32_t n)
+{
+    if (nt == NULL)
+        return DID_CHANGE;
+    if (key_is(nt, n, "CREATE"))
+        return DID_CREATE;
+    if (key_is(nt, n, "DELETE"))
+        return DID_DELETE;
+    return DID_CHANGE;
+}
+
+/* One map of path fields (an exec event's `paths` item: n, nt; an `audit` event's PATH
+ * record's `f`: name, nametype): learned unless it is the PARENT. 0 when malformed. */
+static int learn_item(am_inotify *h, const audit_fields *f, mpr *r, const char *name_key,
+                      const char *type_key)
+{
+    uint32_t m;
+    if (!mpr_map(r, &m))
+        return 0;
+    const uint8_t *name = NULL, *nt = NULL;
+    uint32_t name_n = 0, nt_n = 0;
+    for (uint32_t j = 0; j < m; j++) {
+        const uint8_t *k;
+        uint32_t kl;
+        if (!mpr_str(r, &k, &kl))
+            return 0;
+        if (key_is(k, kl, name_key) && mpr_str(r, &name, &name_n))
+            continue;
+        if (key_is(k, kl, type_key) && mpr_str(r, &nt, &nt_n))
+            continue;
+        if (!mpr_skip(r))
+            return 0;
+    }
+    if (name != NULL && !(nt != NULL && key_is(nt, nt_n, "PARENT")))
+        learn(h, f, name, name_n, did_of_nametype(nt, nt_n));
+    return 1;
+}
+
+static void learn_items(am_inotify *h, const audit_fields *f, const mpr *at, const char *name_key,
+                        const char *type_key)
+{
+    mpr r = *at;
+    uint32_t items;
+    if (!mpr_array(&r, &items))
+        return;
+    for (uint32_t i = 0; i < items; i++)
+        if (!learn_item(h, f, &r, name_key, type_key))
+            return;
+}
+
+/* An `audit` event's records: each PATH record's fields (`f`). */
+static void learn_records(am_inotify *h, const audit_fields *f)
+{
+    mpr r = f->recs;
+    uint32_t items;
+    if (!mpr_array(&r, &items))
+        return;
+    for (uint32_t i = 0; i < items; i++) {
+        uint32_t m;
+        if (!mpr_map(&r, &m))
+            return;
+        int is_path = 0;
+        mpr fields = {NULL, 0, 0};
+        for (uint32_t j = 0; j < m; j++) {
+            const uint8_t *k, *v;
+            uint32_t kl, vl;
+            if (!mpr_str(&r, &k, &kl))
+                return;
+            if (key_is(k, kl, "type") && mpr_str(&r, &v, &vl)) {
+                is_path = key_is(v, vl, "PATH");
+                continue;
+            }
+            if (key_is(k, kl, "f"))
+                fields = r;
+            if (!mpr_skip(&r))
+                return;
+        }
+        if (is_path && fields.data != NULL)
+            learn_item(h, f, &fields, "name", "nametype");
+    }
+}
+
 /* One event map: its process and its path items. 0 when malformed. */
 static int audit_event(am_inotify *h, mpr *r)
 {
@@ -882,43 +964,21 @@ static int audit_event(am_inotify *h, mpr *r)
             f.has_paths = 1;
             if (!mpr_skip(r))
                 return 0;
+        } else if (key_is(k, kl, "recs")) {
+            f.recs = *r;
+            f.has_recs = 1;
+            if (!mpr_skip(r))
+                return 0;
         } else if (!mpr_skip(r)) {
             return 0;
         }
     }
-    if (!f.has_paths)
-        return 1;
-    uint32_t items;
-    if (!mpr_array(&f.paths, &items))
-        return 1;
-    for (uint32_t i = 0; i < items; i++) {
-        uint32_t m;
-        if (!mpr_map(&f.paths, &m))
-            return 1;
-        const uint8_t *name = NULL, *nt = NULL;
-        uint32_t name_n = 0, nt_n = 0;
-        for (uint32_t j = 0; j < m; j++) {
-            const uint8_t *k;
-            uint32_t kl;
-            if (!mpr_str(&f.paths, &k, &kl))
-                return 1;
-            if (key_is(k, kl, "n") && mpr_str(&f.paths, &name, &name_n))
-                continue;
-            if (key_is(k, kl, "nt") && mpr_str(&f.paths, &nt, &nt_n))
-                continue;
-            if (!mpr_skip(&f.paths))
-                return 1;
-        }
-        if (name != NULL && !(nt != NULL && key_is(nt, nt_n, "PARENT")))
-            learn(h, &f, name, name_n,
-                  nt == NULL                   ? DID_CHANGE
-                  : key_is(nt, nt_n, "CREATE") ? DID_CREATE
-                  : key_is(nt, nt_n, "DELETE") ? DID_DELETE
-                                               : DID_CHANGE);
-    }
+    if (f.has_paths)
+        learn_items(h, &f, &f.paths, "n", "nt");
+    if (f.has_recs)
+        learn_records(h, &f);
     return 1;
 }
-
 int am_inotify_audit(am_inotify *h, const uint8_t *batch, size_t len)
 {
     if (h == NULL || (batch == NULL && len > 0))

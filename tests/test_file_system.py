@@ -210,6 +210,29 @@ def test_the_actor_is_the_process_that_did_what_the_event_says_before_it() -> No
         assert got == [("create", 1), ("modify", 2), ("attrib", 2), ("delete", 3)]
 
 
+def test_audit_events_give_their_actor_through_their_path_records() -> None:
+    """The parser writes a watch rule's syscall as an `audit` event whose PATH records are
+    in `recs` (docs/events.md): the form the live audit source gives."""
+    with Inotify(InotifyOptions(listen=False, join_ms=60000)) as source:
+        source.test_watch(1, "/w")
+        now = int(time.time() * 1000)
+        source.audit(audit_batch({
+            "t": "audit", "ts": now, "sn": 9, "rt": "SYSCALL", "pid": 77, "uid": 0, "auid": None,
+            "exe": "/usr/bin/rm", "cwd": "/",
+            "recs": [{"type": "SYSCALL", "f": {"syscall": "263"}},
+                     {"type": "CWD", "f": {"cwd": "/"}},
+                     {"type": "PATH", "f": {"item": "0", "name": "/w", "nametype": "PARENT"}},
+                     {"type": "PATH", "f": {"item": "1", "name": "/w/x", "nametype": "DELETE"}}],
+        }))
+        sink = EventSink()
+        source.decode(sink, record(1, IN_DELETE, b"x"))
+        source.release(sink, force=True)
+        (event,) = events_of(sink.seal())
+        assert (event["actor"], event["pid"], event["exe"], event["uid"]) == (
+            "audit", 77, "/usr/bin/rm", 0)
+        assert "auid" not in event  # unset in the record
+
+
 def test_the_actor_table_is_bounded_and_malformed_audit_batches_are_skipped() -> None:
     with Inotify(InotifyOptions(listen=False, join_ms=100, max_actors=4)) as source:
         now = int(time.time() * 1000)

@@ -42,6 +42,17 @@ def audit_batch() -> bytes:
     return b"\x91" + event
 
 
+def audit_records_batch() -> bytes:
+    """An `audit` event as the parser writes a watch rule's syscall: PATH records in `recs`."""
+    rec = lambda t, f: mp_map([("type", mp_str(t)), ("f", mp_map(f))])
+    event = mp_map([("t", mp_str("audit")), ("ts", b"\xcf" + struct.pack(">Q", 1_716_000_000_000)),
+                    ("pid", b"\x07"), ("exe", mp_str("/usr/bin/rm")), ("cwd", mp_str("/")),
+                    ("recs", b"\x93" + rec("CWD", [("cwd", mp_str("/"))])
+                     + rec("PATH", [("name", mp_str("/w")), ("nametype", mp_str("PARENT"))])
+                     + rec("PATH", [("name", mp_str("/w/x")), ("nametype", mp_str("DELETE"))]))])
+    return b"\x91" + event
+
+
 def main(out: Path) -> None:
     life = b"".join([
         record(1, IN_CREATE, b"f"), record(1, IN_MODIFY, b"f"), record(1, IN_CLOSE_WRITE, b"f"),
@@ -65,6 +76,7 @@ def main(out: Path) -> None:
         "dirs": bytes([2, 0]) + dirs,
         "alone": bytes([3, 0]) + alone,
         "audit": bytes([1, 0]) + audit_batch(),
+        "audit-recs": bytes([1, 0]) + audit_records_batch(),
         "cut": bytes([0, 0]) + life[:-7],
     }
     for name, data in seeds.items():
