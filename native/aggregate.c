@@ -18,6 +18,9 @@ static const char *const process_fields[] = {"t", "src", "node", "uid", "exe", "
                                              "ok", NULL};
 static const char *const network_fields[] = {"t", "src", "node", "op", "dir", "fam", "proto",
                                              "laddr", "raddr", "path", "exe", "ok", NULL};
+/* FileSystem: the path and the operation (a move also by where it came from). */
+static const char *const file_system_fields[] = {"t", "src", "op", "path", "from", "moved",
+                                                 "isdir", NULL};
 
 typedef struct entry {
     uint8_t *key;       /* key bytes, then the first event's map */
@@ -108,7 +111,8 @@ am_agg *am_agg_new(const struct am_agg_options *opts)
     am_agg_default_options(&o);
     if (opts != NULL)
         o = *opts;
-    if ((o.kind != AM_AGG_NONE && o.kind != AM_AGG_PROCESS && o.kind != AM_AGG_NETWORK) || o.cache_size < 1 ||
+    if ((o.kind != AM_AGG_NONE && o.kind != AM_AGG_PROCESS && o.kind != AM_AGG_NETWORK &&
+         o.kind != AM_AGG_FILE_SYSTEM) || o.cache_size < 1 ||
         o.cache_size > 65536 || o.max_bytes < 1024 || o.max_bytes > (1u << 30))
         return NULL;
     am_agg *a = calloc(1, sizeof *a);
@@ -321,7 +325,9 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         return AM_ERR_ARG;
     if (!mpr_map(r, &n))
         return AM_ERR_ARG;
-    const char *const *names = a->opt.kind == AM_AGG_NETWORK ? network_fields : process_fields;
+    const char *const *names = a->opt.kind == AM_AGG_NETWORK       ? network_fields
+                               : a->opt.kind == AM_AGG_FILE_SYSTEM ? file_system_fields
+                                                                   : process_fields;
     fields f;
     memset(&f, 0, sizeof f);
     for (uint32_t i = 0; i < n; i++) {
@@ -402,7 +408,8 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
     }
     int wanted = a->opt.kind == AM_AGG_PROCESS   ? span_is(t, "exec")
                  : a->opt.kind == AM_AGG_NETWORK ? (span_is(t, "net") || span_is(t, "conn"))
-                                                 : 0;
+                 : a->opt.kind == AM_AGG_FILE_SYSTEM ? span_is(t, "fs")
+                                                     : 0;
     /* An entry holds its key and event: one that could never fit passes through. */
     if (!wanted || event_len > a->opt.max_bytes / 2)
         return pass_through(a, event, event_len, out);

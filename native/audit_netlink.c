@@ -13,6 +13,7 @@
  *   including the header), AUDIT_LIST_RULES as NLM_F_MULTI parts ended by NLMSG_DONE. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/audit.h>
 #include <linux/netlink.h>
 #include <poll.h>
@@ -22,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,7 +37,8 @@
 #define EVENT_BUF_BYTES 16384
 /* Rule listings: a rule is struct audit_rule_data plus its strings (a few paths at most). */
 #define CTL_BUF_BYTES 65536
-#define MAX_RULES 16
+#define MAX_WATCHES 64 /* FileSystem_Paths: at most 64 */
+#define MAX_RULES (16 + MAX_WATCHES)
 #define MAX_STALE 64
 #define STATE_BYTES 256
 #define REPORT_BYTES 512
@@ -50,6 +53,7 @@ struct rule {
     struct audit_rule_data *data;
     size_t len;
     int shared; /* the kernel had it already (another agent's, EEXIST): not ours to delete */
+    int watch; /* a watch rule (am_anl_watch), of the path in data's buffer */
 };
 
 struct am_anl {
@@ -75,6 +79,8 @@ struct am_anl {
     uint32_t last_lost;
     struct rule rules[MAX_RULES];
     size_t nrules;
+    char *watches[MAX_WATCHES]; /* the paths of am_anl_watch */
+    size_t nwatches;
     struct am_anl_stats st;
     char state[STATE_BYTES];
     char report[REPORT_BYTES];
@@ -579,9 +585,62 @@ static void install_rule(am_anl *a, struct audit_rule_data *r, size_t len, const
     a->rules[a->nrules].data = r;
     a->rules[a->nrules].len = len;
     a->rules[a->nrules].shared = shared;
+    a->rules[a->nrules].watch = 0;
     a->nrules++;
     if (!shared)
         a->st.rules_installed++;
+}
+
+/* -a always,exit -F dir=PATH (a directory: its whole tree) or -F path=PATH (a file, or a
+ * path not made yet) -F perm=wa -k iot-micro-agent: the changes under a FileSystem path. */
+static void add_watch_rule(am_anl *a, const char *path)
+{
+    size_t n = strlen(path);
+    size_t size = sizeof(struct audit_rule_data) + n + KEY_LEN;
+    struct audit_rule_data *r = calloc(1, size);
+    if (r == NULL)
+        return;
+    struct stat sb;
+    int dir = stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+    r->flags = AUDIT_FILTER_EXIT;
+    r->action = AUDIT_ALWAYS;
+    for (size_t i = 0; i < AUDIT_BITMASK_SIZE; i++)
+        r->mask[i] = ~0u;
+    r->fields[0] = dir ? AUDIT_DIR : AUDIT_WATCH;
+    r->fieldflags[0] = AUDIT_EQUAL;
+    r->values[0] = (uint32_t)n;
+    r->fields[1] = AUDIT_PERM;
+    r->fieldflags[1] = AUDIT_EQUAL;
+    r->values[1] = AUDIT_PERM_WRITE | AUDIT_PERM_ATTR;
+    r->fields[2] = AUDIT_FILTERKEY;
+    r->fieldflags[2] = AUDIT_EQUAL;
+    r->values[2] = KEY_LEN;
+    r->field_count = 3;
+    r->buflen = (uint32_t)(n + KEY_LEN);
+    memcpy(r->buf, path, n);
+    memcpy(r->buf + n, KEY, KEY_LEN);
+    size_t before = a->nrules;
+    install_rule(a, r, size, "watch", path);
+    if (a->nrules > before)
+        a->rules[before].watch = 1;
+}
+
+/* Whether rule i is the watch rule of path. */
+static int watch_rule_is(const struct rule *rule, const char *path)
+{
+    size_t n = strlen(path);
+    return rule->watch && rule->data->values[0] == n && memcmp(rule->data->buf, path, n) == 0;
+}
+
+static void install_watch_rules(am_anl *a)
+{
+    for (size_t i = 0; i < a->nwatches; i++) {
+        int have = 0;
+        for (size_t j = 0; j < a->nrules && !have; j++)
+            have = watch_rule_is(&a->rules[j], a->watches[i]);
+        if (!have)
+            add_watch_rule(a, a->watches[i]);
+    }
 }
 
 static void add_rule(am_anl *a, uint32_t arch, const char *const *names, size_t count,
@@ -656,7 +715,7 @@ static void remove_stale_rules(am_anl *a)
 
 static void install_rules(am_anl *a)
 {
-    if (!a->opt.exec_rules && !a->opt.net_rules) {
+    if (!a->opt.exec_rules && !a->opt.net_rules && a->nwatches == 0) {
         report_add(a, "no rules asked for");
         return;
     }
@@ -668,6 +727,7 @@ static void install_rules(am_anl *a)
      * when we became the audit daemon. Beside a live owner they may be its rules, in use. */
     if (a->mode == AM_ANL_OWNER)
         remove_stale_rules(a);
+    install_watch_rules(a);
     uint32_t list[2];
     size_t count;
     arches(list, &count, a->opt.compat_arch != 0);
@@ -1201,6 +1261,9 @@ int am_anl_close(am_anl *a)
     for (size_t i = 0; i < a->nrules; i++)
         free(a->rules[i].data);
     a->nrules = 0;
+    for (size_t i = 0; i < a->nwatches; i++)
+        free(a->watches[i]);
+    a->nwatches = 0;
     if (a->ev_fd >= 0)
         close(a->ev_fd);
     if (a->ctl_fd >= 0)
@@ -1209,6 +1272,61 @@ int am_anl_close(am_anl *a)
     a->ev_len = a->ev_off = 0;
     if (a->mode != AM_ANL_UNAVAILABLE)
         snprintf(a->state, sizeof a->state, "closed");
+    return AM_OK;
+}
+
+int am_anl_watch(am_anl *a, const char *list, size_t len)
+{
+    if (a == NULL || a->closed || (list == NULL && len > 0))
+        return AM_ERR_ARG;
+    char *fresh[MAX_WATCHES];
+    size_t n = 0, start = 0;
+    for (size_t i = 0; len > 0 && i <= len; i++) {
+        if (i < len && list[i] != ',')
+            continue;
+        size_t pn = i - start;
+        const char *p = list + start;
+        start = i + 1;
+        char *copy = NULL;
+        if (n < MAX_WATCHES && pn > 0 && pn < PATH_MAX && p[0] == '/' &&
+            memchr(p, '\0', pn) == NULL && (copy = malloc(pn + 1)) != NULL) {
+            memcpy(copy, p, pn);
+            copy[pn] = '\0';
+        }
+        if (copy == NULL) {
+            for (size_t j = 0; j < n; j++)
+                free(fresh[j]);
+            return AM_ERR_ARG;
+        }
+        fresh[n++] = copy;
+    }
+    for (size_t i = 0; i < a->nwatches; i++)
+        free(a->watches[i]);
+    memcpy(a->watches, fresh, n * sizeof *fresh);
+    a->nwatches = n;
+    if (!a->opened || a->mode == AM_ANL_UNAVAILABLE || a->found.enabled == 2)
+        return AM_OK; /* open installs them */
+    /* Opened: the rules of paths that went are removed, those of new paths added. */
+    for (size_t i = 0; i < a->nrules;) {
+        int keep = !a->rules[i].watch;
+        for (size_t j = 0; j < a->nwatches && !keep; j++)
+            keep = watch_rule_is(&a->rules[i], a->watches[j]);
+        if (keep) {
+            i++;
+            continue;
+        }
+        if (a->rules[i].shared) {
+            /* another agent's rule: it stays */
+        } else if (ctl_request(a, AUDIT_DEL_RULE, NLM_F_ACK, a->rules[i].data, a->rules[i].len,
+                               NULL, NULL) == 0) {
+            a->st.rules_removed++;
+        } else {
+            a->st.rules_remove_failed++;
+        }
+        free(a->rules[i].data);
+        a->rules[i] = a->rules[--a->nrules];
+    }
+    install_watch_rules(a);
     return AM_OK;
 }
 

@@ -4,7 +4,7 @@
  * entry per distinct key with a hit count and the first and last `ts`: a process aggregator
  * merges `exec` events with the same command line and user, a network aggregator merges
  * `net` and `conn` events with the same addresses, service port, protocol, direction and
- * program. Other events pass through unchanged. An entry is emitted as the first event's map
+ * program, a file system aggregator merges `fs` events with the same path and operation. Other events pass through unchanged. An entry is emitted as the first event's map
  * with `hits`, `first` and `last` added, at flush (the end of the interval) or earlier when
  * the cache is full: the oldest entry is then emitted at once, counted in `evicted`. Nothing
  * is dropped here: an eviction only makes the aggregate less compact.
@@ -21,7 +21,8 @@
 enum am_agg_kind {
     AM_AGG_NONE = 0,      /* no merging: accepted events pass through */
     AM_AGG_PROCESS = 1,
-    AM_AGG_NETWORK = 2
+    AM_AGG_NETWORK = 2,
+    AM_AGG_FILE_SYSTEM = 3 /* `fs` events with the same path and operation */
 };
 
 struct am_agg_options {

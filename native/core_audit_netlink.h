@@ -133,6 +133,12 @@ int am_anl_fileno(const am_anl *a);
  * the parser, whose events go to sink. AM_ERR_FULL: the sink is full, take its batches and
  * call again (a datagram read and not yet decoded waits in the handle). */
 int am_anl_drain(am_anl *a, am_sink *sink, uint32_t max_datagrams);
+/* The paths of the FileSystem collector (a comma-separated list of absolute paths, at most
+ * 64): each gets a watch rule with our key (-F dir= for a directory, its whole tree; -F path=
+ * otherwise; -F perm=wa), installed by open, or at once on an opened handle, where the rules
+ * of paths no longer listed are removed. A rule the kernel refuses (a path whose parent does
+ * not exist) is counted in rules_failed. AM_ERR_ARG when malformed (nothing changes). */
+int am_anl_watch(am_anl *a, const char *list, size_t len);
 /* AUDIT_GET now: updates kernel_lost_delta and ownership; out may be NULL. */
 /* Also guards what the agent set up: rules of ours (or shared with another agent) that
  * another process deleted are added again (rules_lost, rules_readded), and, as owner, audit

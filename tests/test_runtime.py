@@ -318,7 +318,8 @@ def test_reported_document_says_what_runs_and_what_it_counted(tmp_path: Path) ->
     assert doc["Process_CacheSize"] == 300 and doc["agent_version"] == __version__
     assert doc["collectors"]["Process"] == {"state": "running", "reason": "owner", "source": "audit"}
     assert doc["collectors"]["SBoM"] == {"state": "disabled"}
-    assert doc["collectors"]["FileSystem"]["state"] == "unavailable"
+    assert doc["collectors"]["FileSystem"] == {
+        "state": "running", "source": "inotify", "reason": "no paths (FileSystem_Paths is empty)"}
     assert doc["counters"]["collected"]["Process"] >= 1
     assert failed["latest_state"] == "failed" and failed["latest_invalid_fields"] == ["Process_CacheSize"]
     assert failed["Process_CacheSize"] == 300

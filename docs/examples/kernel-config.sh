@@ -52,7 +52,7 @@ check CONFIG_NF_TABLES "Firewall (nftables)" "no nft rules; legacy iptables only
 check CONFIG_IP_NF_IPTABLES "Firewall (legacy iptables, optional)" "no legacy iptables tables (fine with nftables)" optional
 check CONFIG_PROC_FS "every collector (/proc)" "the agent cannot run"
 check CONFIG_SYSFS "SystemInformation (/sys/class/dmi, /sys/class/net)" "hardware and interface details missing"
-check CONFIG_INOTIFY_USER "FileSystem (when it is built)" "nothing today" optional
+check CONFIG_INOTIFY_USER "FileSystem (inotify)" "FileSystem reports unavailable: no file events" optional
 check CONFIG_SECCOMP_FILTER "the systemd unit (SystemCallFilter=)" "systemd skips SystemCallFilter= (the unit runs without it)"
 check CONFIG_NAMESPACES "the systemd unit (ProtectSystem=, PrivateTmp=, ...)" "systemd cannot set up the sandbox: the unit fails with 226/NAMESPACE"
 exit $missing

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from agent.collectors.agent_state import HeartbeatCollector, StatisticsCollector
 from agent.collectors.base import Collector, Environment
+from agent.collectors.file_system import FileSystemCollector
 from agent.collectors.inventory import (
     BaselineCollector,
     FirewallCollector,
@@ -48,6 +49,7 @@ CLASSES: dict[str, type[Collector]] = {
         BaselineCollector,
         HeartbeatCollector,
         StatisticsCollector,
+        FileSystemCollector,
     )
 }
 

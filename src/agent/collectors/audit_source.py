@@ -63,6 +63,8 @@ class AuditSource:
         self.nl: AuditNetlink | None = None
         self.raw = EventSink()  # the socket's events, before they go to each subscriber
         self.subscribers: dict[str, tuple[Collector, bool, bool]] = {}
+        # Watch rules' paths by subscriber (FileSystem): changed on the open socket, no reopen.
+        self.watch_paths: dict[str, tuple[str, ...]] = {}
         self.state = "closed"
         self._config: Config | None = None
         self._opened_with: tuple[bool, bool, bool, int, int] | None = None
@@ -74,18 +76,35 @@ class AuditSource:
 
     # -- subscribers ----------------------------------------------------------------------------
 
-    def subscribe(self, collector: Collector, exec_rules: bool = False, net_rules: bool = False) -> bool:
-        """Adds the collector; True when audit events will come (the state says why not)."""
+    def subscribe(self, collector: Collector, exec_rules: bool = False, net_rules: bool = False,
+                  watch_paths: tuple[str, ...] = ()) -> bool:
+        """Adds the collector; True when audit events will come (the state says why not).
+        watch_paths: watch rules (perm wa) for these paths, keyed like the others."""
         if collector.config is not None:
             self._config = collector.config
         self._closed = False
         self.subscribers[collector.name] = (collector, exec_rules, net_rules)
+        self.watch_paths[collector.name] = tuple(watch_paths)
         self._reopen()
+        self._watch()
         return self.nl is not None
 
+    def _watched(self) -> tuple[str, ...]:
+        return tuple(sorted({p for paths in self.watch_paths.values() for p in paths}))
+
+    def _watch(self) -> None:
+        """The watch rules of every subscriber's paths on the open socket."""
+        if self.nl is not None:
+            try:
+                self.nl.watch(self._watched())
+            except Exception as err:  # noqa: BLE001 - the events then say so (no actor)
+                log.warning("audit: watch rules: %s", err)
+
     def unsubscribe(self, collector: Collector) -> None:
+        self.watch_paths.pop(collector.name, None)
         if self.subscribers.pop(collector.name, None) is None:
             return
+        self._watch()
         # The leaving collector still gets what the socket holds for it.
         self._reopen(also=collector)
 
@@ -117,7 +136,7 @@ class AuditSource:
             self.nl = AuditNetlink(
                 AuditNetlinkOptions(take_ownership=own, backlog_limit=backlog,
                                     exec_rules=exec_rules, net_rules=net_rules,
-                                    rcvbuf_bytes=rcvbuf),
+                                    rcvbuf_bytes=rcvbuf, watch_paths=self._watched()),
                 before_change=None if keep_old else self.record.save)
             self._tampering_seen = (0, 0)  # a new socket's counters start at zero
         # No CAP_AUDIT_*, no audit in the kernel, or anything else: the collectors fall back.
@@ -196,9 +215,11 @@ class AuditSource:
                 if collector.lane is not None:
                     collector.route(batch, collector.lane)
 
-    def on_readable(self) -> None:
+    def on_readable(self, seal: bool = False) -> None:
+        """Reads what the socket holds; seal: the open batch goes to the subscribers now (the
+        FileSystem collector's events wait for their actors in these records)."""
         if self.nl is not None:
-            pump(self.nl.drain, self.raw, self._route)
+            pump(self.nl.drain, self.raw, self._route, seal=seal)
 
     def tick(self, now: int) -> None:
         """Called by each subscriber's tick; runs at most once per second: completes idle

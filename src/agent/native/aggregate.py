@@ -11,8 +11,9 @@ from agent._core import ffi, lib
 from agent.native._base import CoreArgumentError, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink, pump
 
-AggregateKind = Literal["none", "process", "network"]
-_KINDS = {"none": lib.AM_AGG_NONE, "process": lib.AM_AGG_PROCESS, "network": lib.AM_AGG_NETWORK}
+AggregateKind = Literal["none", "process", "network", "file_system"]
+_KINDS = {"none": lib.AM_AGG_NONE, "process": lib.AM_AGG_PROCESS, "network": lib.AM_AGG_NETWORK,
+          "file_system": lib.AM_AGG_FILE_SYSTEM}
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class AggregatorOptions:
 class Aggregator(NativeHandle):
     """Merges the `exec` events (kind "process": same command line, program and user) or the
     `net` / `conn` events (kind "network": same addresses, service port, protocol, direction and
-    program) of an interval into entries with `hits`, `first` and `last`; kind "none" merges
+    program) or the `fs` events (kind "file_system": same path and operation) of an interval
+    into entries with `hits`, `first` and `last`; kind "none" merges
     nothing. `cache_size` bounds the entries: when it is reached the oldest entry is written
     out early and counted in `evicted`. `accept` names the event types (`t`) taken; the
     others are skipped and counted (empty: all are taken); taken events that are not of the

@@ -58,6 +58,8 @@ class AuditNetlinkOptions:
     reply_timeout_ms: int | None = None  # per kernel reply (2000)
     drop_when_full: bool | None = None  # as owner, backlog_wait_time 0 (True; not if failure=2)
     parser: AuditOptions | None = field(default=None, metadata=_base.C_ONLY_IN_PYTHON)
+    # Watch rules (perm wa) for these absolute paths: the FileSystem collector's actors.
+    watch_paths: tuple[str, ...] = field(default=(), metadata=_base.C_ONLY_IN_PYTHON)
 
 
 class AuditNetlinkStats(CoreStats):
@@ -108,6 +110,8 @@ class AuditNetlink(NativeHandle):
         self._finished_reading = False
         self._status = ffi.new("struct am_anl_status *")
         try:
+            if options.watch_paths:
+                self.watch(options.watch_paths)
             if before_change is not None and lib.am_anl_probe(handle) == _base.AM_OK:
                 found = self.found_status
                 assert found is not None
@@ -116,6 +120,12 @@ class AuditNetlink(NativeHandle):
         except BaseException:
             self.close()
             raise
+
+    def watch(self, paths: tuple[str, ...]) -> None:
+        """The watch rules' paths: installed at open, or at once on an opened source (the
+        rules of paths no longer given are removed)."""
+        text = ",".join(paths).encode(errors="surrogateescape")
+        check(lib.am_anl_watch(self._live(), text, len(text)), "am_anl_watch")
 
     # -- properties
 
