@@ -31,8 +31,11 @@ typedef struct entry {
     uint64_t hits;
     int64_t first_ts, last_ts;
     uint64_t rx, tx;    /* network: summed byte counters */
-    char *host;         /* network: the DNS cache's name for raddr when the entry was made */
+    char *host;         /* network: the DNS cache's name for raddr (core_dns.h) */
     uint32_t host_len;
+    uint32_t raddr_off; /* network: where raddr's value is in the event (wants_host) */
+    uint32_t raddr_len;
+    uint8_t wants_host; /* a conn / net event with a raddr and no host of its own */
     uint8_t has_ts, has_rx, has_tx;
 } entry;
 
@@ -49,6 +52,7 @@ struct am_agg {
     uint32_t laddr_count;
     int laddr_filter;      /* 0: no filter */
     am_dns *hosts;         /* the DNS cache giving conn / net entries a host; NULL: none */
+    size_t host_bytes;     /* of the hosts held (at most 255 per entry) */
     struct am_agg_stats st;
 };
 
@@ -228,9 +232,14 @@ static int write_entry(const entry *e, am_sink *out, uint64_t *encoded)
     return sink_commit(out);
 }
 
-/* An entry leaves the aggregator: written and counted. */
-static int emit(am_agg *a, const entry *e, am_sink *out)
+static void find_host(am_agg *a, entry *e, const uint8_t *raddr, uint32_t raddr_len);
+
+/* An entry leaves the aggregator: written and counted. One that had no host when it was made
+ * asks the cache again (the answer's packets may have been read after the connection's). */
+static int emit(am_agg *a, entry *e, am_sink *out)
 {
+    if (e->wants_host && e->host == NULL)
+        find_host(a, e, e->key + e->key_len + e->raddr_off, e->raddr_len);
     return write_entry(e, out, &a->st.emitted);
 }
 
@@ -241,7 +250,8 @@ static void pop_oldest(am_agg *a, am_sink *out)
     entry *e = &a->ring[slot];
     emit(a, e, out); /* a failure is counted by the sink */
     am_index_remove_at(&a->index, e->index_pos); /* by position: no second lookup */
-    a->bytes -= (size_t)e->key_len + e->event_len + e->host_len;
+    a->bytes -= (size_t)e->key_len + e->event_len;
+    a->host_bytes -= e->host_len;
     release_entry(e);
     a->head = (a->head + 1) % a->opt.cache_size;
     a->count--;
@@ -256,7 +266,7 @@ typedef struct span {
 
 static int laddr_passes(const am_agg *a, span laddr);
 struct fields;
-static void add_host(am_agg *a, entry *e, const struct fields *f);
+static void add_host(am_agg *a, entry *e, const struct fields *f, const uint8_t *event);
 
 typedef struct fields {
     span key[MAX_KEY_FIELDS];
@@ -493,9 +503,9 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
     e->has_tx = a->opt.kind == AM_AGG_NETWORK && f.has_tx;
     e->rx = e->has_rx ? (uint64_t)f.rx : 0;
     e->tx = e->has_tx ? (uint64_t)f.tx : 0;
-    add_host(a, e, &f);
+    add_host(a, e, &f, event);
     a->count++;
-    a->bytes += need + e->host_len;
+    a->bytes += need;
     return AM_OK;
 }
 
@@ -507,13 +517,13 @@ int am_agg_use_hosts(am_agg *a, am_dns *d)
     return AM_OK;
 }
 
-/* A new conn / net entry without a host gets the DNS cache's name for its raddr (as the name
- * was when the connection was first seen: the cache may have moved on by the flush). */
-static void add_host(am_agg *a, entry *e, const fields *f)
+/* The DNS cache's name for the raw raddr value into the entry, when it has one. The host is
+ * not part of the key: it names the address the key already holds. */
+static void find_host(am_agg *a, entry *e, const uint8_t *raddr, uint32_t raddr_len)
 {
-    if (a->hosts == NULL || f->has_host || f->raddr.p == NULL || span_is(f->key[0], "dns"))
+    if (a->hosts == NULL)
         return;
-    mpr r = {f->raddr.p, f->raddr.n, 0};
+    mpr r = {raddr, raddr_len, 0};
     const uint8_t *s;
     uint32_t n;
     size_t len;
@@ -524,7 +534,20 @@ static void add_host(am_agg *a, entry *e, const fields *f)
         return;
     memcpy(e->host, name, len);
     e->host_len = (uint32_t)len;
+    a->host_bytes += len;
     a->st.hosts++;
+}
+
+/* A new conn / net entry without a host of its own gets the cache's name for its raddr as
+ * the cache has it now (the connection's time), else when it leaves (emit). */
+static void add_host(am_agg *a, entry *e, const fields *f, const uint8_t *event)
+{
+    if (f->has_host || f->raddr.p == NULL || span_is(f->key[0], "dns"))
+        return;
+    e->wants_host = 1;
+    e->raddr_off = (uint32_t)(f->raddr.p - event);
+    e->raddr_len = f->raddr.n;
+    find_host(a, e, f->raddr.p, f->raddr.n);
 }
 
 int am_agg_filter_laddr(am_agg *a, int enabled, const char *list, size_t len)
@@ -667,7 +690,7 @@ void am_agg_stats(const am_agg *a, struct am_agg_stats *out)
     *out = a->st;
     out->entries = a->count;
     size_t fixed = sizeof *a + (size_t)a->opt.cache_size * sizeof *a->ring + a->scratch.cap;
-    out->memory = fixed + am_index_memory(&a->index) + a->bytes;
+    out->memory = fixed + am_index_memory(&a->index) + a->bytes + a->host_bytes;
     out->memory_bound = fixed + am_index_memory_bound(sizeof(uint32_t), a->opt.cache_size) +
-                        a->opt.max_bytes;
+                        a->opt.max_bytes + (size_t)a->opt.cache_size * 255;
 }

@@ -28,7 +28,7 @@ struct am_dns_options {
                              packet (retire_blk_tov). 64 */
     uint32_t max_hosts;   /* addresses in the address -> name cache, 1 .. 1048576. 4096 */
     uint32_t max_jumps;   /* compression pointers followed per name, 1 .. 127. 32 */
-    char devices[256];    /* comma-separated interface names, at most 16; "" for all. "" */
+    char devices[1024];   /* comma-separated interface names, at most 64; "" for all. "" */
 };
 
 struct am_dns_stats {

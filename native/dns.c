@@ -25,7 +25,7 @@
 #include "sink.h"
 
 enum {
-    MAX_DEVICES = 16,
+    MAX_DEVICES = 64,
     MAX_ADDRS = 16,       /* addresses one event keeps */
     MAX_CNAMES = 8,       /* CNAMEs one event keeps (and the chain followed) */
     NAME_TEXT = 1024,     /* a 255-byte name as text, every byte escaped (\DDD) at worst */

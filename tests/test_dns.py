@@ -339,7 +339,7 @@ def test_closing_the_capture_unlinks_its_aggregators() -> None:
                                      DnsOptions(listen=False, max_hosts=0),
                                      DnsOptions(listen=False, max_jumps=200),
                                      DnsOptions(listen=False, devices=("a,b",)),
-                                     DnsOptions(listen=False, devices=("x",) * 17)])
+                                     DnsOptions(listen=False, devices=("x",) * 65)])
 def test_bad_options_are_refused(options: DnsOptions) -> None:
     with pytest.raises(CoreArgumentError):
         DnsCapture(options)
@@ -354,3 +354,16 @@ def test_filter_program_is_the_documented_one() -> None:
     assert body[-2] == (0x06, 0, 0, 262144) and body[-1] == (0x06, 0, 0, 0)  # accept, drop
     # The device prefix is only built when the socket opens (names resolved then).
     assert with_devices == body
+
+
+def test_an_entry_without_a_host_asks_again_when_it_leaves(parser: DnsCapture) -> None:
+    """The connection was aggregated before the answer's packet was read (the ring hands a
+    block over up to block_ms late): the entry gets its host at the flush."""
+    agg = Aggregator("network", accept=("conn",))
+    agg.use_hosts(parser)
+    out = EventSink()
+    agg.add(msgpack.packb([conn("198.51.100.30")]), out)
+    feed(parser, answer("late.example", "198.51.100.30"))
+    agg.flush(out)
+    [event] = events_of(out.seal())
+    assert event["host"] == "late.example"

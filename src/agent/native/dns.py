@@ -35,7 +35,7 @@ from agent.native.sink import EventSink
 if TYPE_CHECKING:
     from agent.native.aggregate import Aggregator
 
-MAX_DEVICES = 16
+MAX_DEVICES = 64
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,10 @@ class DnsCapture(NativeHandle):
     def __init__(self, options: DnsOptions | None = None) -> None:
         options = options or DnsOptions()
         devices = ",".join(options.devices).encode("ascii", "replace")
-        if (len(options.devices) > MAX_DEVICES or len(devices) >= 256
+        if (len(options.devices) > MAX_DEVICES or len(devices) >= 1024
                 or any(not name or "," in name for name in options.devices)):
             raise CoreArgumentError(f"devices={list(options.devices)!r}: at most {MAX_DEVICES}"
-                                    " names, 255 characters")
+                                    " names, 1023 characters")
         opts = c_options(options, "struct am_dns_options", lib.am_dns_default_options)
         opts.devices = devices  # a char array: c_options leaves it to the wrapper
         self._own(lib.am_dns_new(opts), lib.am_dns_free, options)
