@@ -367,3 +367,31 @@ def test_an_entry_without_a_host_asks_again_when_it_leaves(parser: DnsCapture) -
     agg.flush(out)
     [event] = events_of(out.seal())
     assert event["host"] == "late.example"
+
+
+def test_leaks() -> None:
+    from leakcheck import assert_rss_flat
+
+    packets = [answer("leak.example", "192.0.2.1"), w.udp4_response(pointer_chain(40)),
+               w.udp4_response(HOSTILE["label past the end"][0])]
+    batch = msgpack.packb([conn("192.0.2.1"), conn("192.0.2.2")])
+
+    def cycle() -> None:
+        with DnsCapture(DnsOptions(listen=False, max_hosts=2)) as capture:
+            sink = EventSink()
+            for i, packet in enumerate(packets):
+                capture.feed_packet(sink, packet, i)
+            capture.feed_message(sink, packets[0][28:], 5, "192.0.2.53")
+            capture.host("192.0.2.1")
+            capture.filter_program()
+            capture.stats()
+            agg = Aggregator("network", accept=("conn", "dns"))
+            agg.use_hosts(capture)
+            out = EventSink()
+            for b in sink.seal():
+                agg.add(b, out)
+            agg.add(batch, out)
+            agg.flush(out)
+            out.seal()
+
+    assert_rss_flat(cycle, calls=3000, name="am_dns_new/feed/host/free, am_agg_use_hosts")

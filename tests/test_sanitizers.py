@@ -47,6 +47,8 @@ SANITIZED_TESTS = (
     "test_proc_net.py",
     "test_utmp.py",
     "test_native_protocol.py",
+    "test_dns.py",
+    "test_dns_live.py",
 )
 
 # Imported by the child pytest (-p) before it collects anything: it binds `agent` to the
