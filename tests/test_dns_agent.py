@@ -67,3 +67,39 @@ def test_agent_reports_dns_and_the_host_of_a_connection(served: Responder,
     to_it = [e for e in events if e["t"] in ("conn", "net") and e.get("raddr") == ANSWERED
              and e.get("rport") == port]
     assert to_it and all(e.get("host") == name for e in to_it), to_it
+
+
+@pytest.mark.timeout(120)
+def test_live_patches_of_disabled_ring_and_devices(served: Responder, tmp_path: Path) -> None:
+    """NetworkActivity_Disabled closes and reopens the capture; a patched PacketBufferSize or
+    Devices reopens it with the new ring or interfaces, within the same turn of the loop."""
+    from dns_responder import ask_udp
+    from test_runtime import agent, events_of
+
+    names = {stage: f"{stage}-{uuid.uuid4().hex[:8]}.test" for stage in
+             ("before", "during", "after")}
+    for name in names.values():
+        served.names[name] = [ANSWERED]
+    with agent(tmp_path, {"NetworkActivity_Disabled": False, "Process_Disabled": True}) as h:
+        network = h.agent.collectors["NetworkActivity"].collector
+        first = network.dns  # type: ignore[attr-defined]
+        assert first is not None and first.stats().ring_bytes == 2097152
+        h.patch({"NetworkActivity_PacketBufferSize": 1 << 20})
+        second = network.dns  # type: ignore[attr-defined]
+        assert first.closed and second.stats().ring_bytes == 1 << 20
+        h.patch({"NetworkActivity_Devices": "lo"})
+        third = network.dns  # type: ignore[attr-defined]
+        assert second.closed and third.stats().devices == 1
+        h.run_while(lambda: ask_udp(SERVER, names["before"]) and None)
+        h.patch({"NetworkActivity_Disabled": True})
+        h.spin(0.5)
+        assert network.dns is None and third.closed  # type: ignore[attr-defined]
+        h.run_while(lambda: ask_udp(SERVER, names["during"]) and None)
+        h.patch({"NetworkActivity_Disabled": False})
+        h.spin(0.5)
+        state = network.state
+        assert state.state == "running" and "packet" in state.source, state
+        h.run_while(lambda: ask_udp(SERVER, names["after"]) and None)
+    seen = {e["name"] for e in events_of(h.data) if e["t"] == "dns"}
+    assert names["before"] in seen and names["after"] in seen
+    assert names["during"] not in seen
