@@ -68,6 +68,8 @@ struct am_dns_stats {
     uint64_t devices;       /* interfaces the filter takes (0: all) */
     uint64_t devices_missing; /* names in devices with no interface when the socket opened */
     uint64_t memory;        /* bytes held now, ring included */
+    uint64_t memory_bound;  /* the most these options ever hold: the ring (as open() would
+                               make it), a full cache */
 };
 
 typedef struct am_dns am_dns;

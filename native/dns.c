@@ -242,6 +242,13 @@ static int sys_fail(am_dns *d)
     return AM_DNS_ERR_SYS;
 }
 
+/* The ring's blocks: whole blocks of ring_bytes, MIN_BLOCKS .. MAX_BLOCKS of them. */
+static uint32_t ring_blocks(const struct am_dns_options *o)
+{
+    uint32_t nr = o->ring_bytes / o->block_bytes;
+    return nr < MIN_BLOCKS ? MIN_BLOCKS : nr > MAX_BLOCKS ? MAX_BLOCKS : nr;
+}
+
 /* opt.devices -> ifindexes; names with no interface are counted. */
 static void resolve_devices(am_dns *d)
 {
@@ -280,12 +287,9 @@ int am_dns_open(am_dns *d)
         errno = ENODEV; /* devices named, none there: capturing everything would be wrong */
         return sys_fail(d);
     }
-    /* The ring: whole blocks, MIN_BLOCKS .. MAX_BLOCKS of them. */
     uint32_t bs = d->opt.block_bytes;
-    uint32_t nr = d->opt.ring_bytes / bs;
-    uint32_t clamped = nr < MIN_BLOCKS ? MIN_BLOCKS : nr > MAX_BLOCKS ? MAX_BLOCKS : nr;
-    d->st.ring_clamped = clamped != nr || d->opt.ring_bytes % bs != 0;
-    nr = clamped;
+    uint32_t nr = ring_blocks(&d->opt);
+    d->st.ring_clamped = (uint64_t)nr * bs != d->opt.ring_bytes;
 
     d->fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_ALL));
     if (d->fd < 0)
@@ -943,4 +947,6 @@ void am_dns_stats(const am_dns *d, struct am_dns_stats *out)
     *out = d->st;
     out->hosts = am_index_count(&d->hosts);
     out->memory = sizeof *d + am_index_memory(&d->hosts) + d->ring_len;
+    out->memory_bound = sizeof *d + am_index_memory_bound(sizeof(host_entry), d->opt.max_hosts) +
+                        (uint64_t)ring_blocks(&d->opt) * d->opt.block_bytes;
 }
