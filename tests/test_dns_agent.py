@@ -62,8 +62,10 @@ def test_agent_reports_dns_and_the_host_of_a_connection(served: Responder,
     network = state["collectors"]["NetworkActivity"]
     assert network["state"] == "running" and "packet" in network["source"], network
     events = decoded(data)
-    dns = [e for e in events if e["t"] == "dns" and e.get("name") == name]
-    assert dns and dns[0]["answers"] == [ANSWERED] and dns[0]["hits"] >= 1, dns
+    # getent asks for AAAA (no answer here) and A.
+    dns = {e["type"]: e for e in events if e["t"] == "dns" and e.get("name") == name}
+    assert dns["A"]["answers"] == [ANSWERED] and dns["A"]["hits"] >= 1, dns
+    assert dns["AAAA"]["answers"] == [] and dns["AAAA"]["rcode"] == "NOERROR", dns
     to_it = [e for e in events if e["t"] in ("conn", "net") and e.get("raddr") == ANSWERED
              and e.get("rport") == port]
     assert to_it and all(e.get("host") == name for e in to_it), to_it
