@@ -68,7 +68,7 @@ def test_agent_reports_dns_and_the_host_of_a_connection(served: Responder,
     assert dns["AAAA"]["answers"] == [] and dns["AAAA"]["rcode"] == "NOERROR", dns
     to_it = [e for e in events if e["t"] in ("conn", "net") and e.get("raddr") == ANSWERED
              and e.get("rport") == port]
-    assert to_it and all(e.get("host") == name for e in to_it), to_it
+    assert to_it and all(e.get("host") == name for e in to_it), (to_it, network["counters"])
 
 
 @pytest.mark.timeout(120)

@@ -16,7 +16,6 @@ that an answer is in the cache before the connection it led to is aggregated.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 from collections import Counter
 from typing import Any, ClassVar
@@ -24,7 +23,7 @@ from typing import Any, ClassVar
 from agent.collectors.audit_source import audit_source
 from agent.collectors.base import Collector, Lane
 from agent.collectors.privileges import unavailable_without
-from agent.config import CollectorState, Config
+from agent.config import CollectorState
 from agent.interface_addresses import interface_addresses
 from agent.native.dns import DnsCapture, DnsOptions
 from agent.native.sink import EventSink, pump
@@ -123,8 +122,8 @@ class NetworkActivityCollector(Collector):
         self._next_snapshot = 0
         self._next_devices = 0
         self._closed_drops: Counter[str] = Counter()
-        self._dns_settings: tuple[tuple[str, ...], int] | None = None
         self._dns_closed: Counter[str] = Counter()
+        self._closing_dns = False  # stopped: flush() closes the capture
 
     def start(self) -> CollectorState:
         self.table = _open_table(SocketTableOptions(first_existing=False))
@@ -153,7 +152,7 @@ class NetworkActivityCollector(Collector):
         NetworkActivity_PacketBufferSize and links the aggregator to its cache; returns what
         the state's reason says of it ("" when all is as configured)."""
         self._close_dns()
-        devices, ring_bytes = self._dns_settings = self._dns_wanted()
+        devices, ring_bytes = self._dns_wanted()
         try:
             capture = DnsCapture(DnsOptions(ring_bytes=min(ring_bytes, (1 << 32) - 1),
                                             devices=devices))
@@ -174,31 +173,13 @@ class NetworkActivityCollector(Collector):
         return f"dns: {'; '.join(notes)}" if notes else ""
 
     def _close_dns(self) -> None:
+        self._closing_dns = False
         if self.dns is not None:
             self._dns_closed.update(dns_drops(self.dns))
             for name, value in self._dns_counters(self.dns).items():
                 self._dns_closed[f"closed_{name}"] += value
             self.dns.close()  # unlinks the aggregator first
             self.dns = None
-
-    def configure(self, config: Config) -> None:
-        """A change of NetworkActivity_Devices or NetworkActivity_PacketBufferSize while
-        running opens the DNS capture again with the new interfaces or ring; a new aggregator
-        (CacheSize changed) is linked to the cache."""
-        before = self.aggregator
-        super().configure(config)
-        if self.dns is None:
-            return
-        if self._dns_wanted() != self._dns_settings:
-            reason = self._open_dns()
-            kept = [r for r in self.state.reason.split("; ") if r and not r.startswith("dns:")]
-            sources = [s for s in self.state.source.split("+") if s and s != "packet"]
-            if self.dns is not None:
-                sources.append("packet")
-            self.state = dataclasses.replace(self.state, source="+".join(sources),
-                                             reason="; ".join(kept + ([reason] if reason else [])))
-        elif self.aggregator is not before and self.aggregator is not None:
-            self.aggregator.use_hosts(self.dns)
 
     def _apply_devices(self) -> str:
         """NetworkActivity_Devices: only connections whose local address belongs to one of
@@ -218,7 +199,12 @@ class NetworkActivityCollector(Collector):
 
     def stop(self) -> None:
         audit_source(self.env).unsubscribe(self)
-        self._close_dns()
+        if self.lane is None:
+            self._close_dns()  # a start that failed: no flush follows
+        else:
+            # The pipeline flushes next: the entries leaving then still ask the cache for
+            # their host (those made before the answer's block was read), and flush() closes it.
+            self._closing_dns = True
         if self.table is not None:
             self._closed_drops.update(table_drops(self.table))
             self.table.close()
@@ -245,6 +231,8 @@ class NetworkActivityCollector(Collector):
     def flush(self, lane: Lane) -> None:
         self._drain_dns(lane)
         super().flush(lane)
+        if self._closing_dns:
+            self._close_dns()
 
     def drops(self) -> dict[str, int]:
         current = table_drops(self.table) if self.table is not None else Counter()
