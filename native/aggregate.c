@@ -5,19 +5,23 @@
 #include <string.h>
 
 #include "core_aggregate.h"
+#include "core_dns.h"
 #include "index.h"
 #include "mpread.h"
 #include "msgpack.h"
 #include "sink.h"
 
-enum { MAX_KEY_FIELDS = 16, MAX_ACCEPT = 16, MAX_LADDRS = 256, MAX_ADDR_CHARS = 45 };
+enum { MAX_KEY_FIELDS = 24, MAX_ACCEPT = 16, MAX_LADDRS = 256, MAX_ADDR_CHARS = 45 };
 
 /* The fields that make two events the same, per kind; ports are handled apart (the
  * ephemeral one is left out of the key). */
 static const char *const process_fields[] = {"t", "src", "node", "uid", "exe", "argv", "title",
                                              "ok", NULL};
 static const char *const network_fields[] = {"t", "src", "node", "op", "dir", "fam", "proto",
-                                             "laddr", "raddr", "path", "exe", "ok", NULL};
+                                             "laddr", "raddr", "path", "exe", "ok",
+                                             /* dns (native/dns.c) */
+                                             "name", "type", "rcode", "answers", "cnames",
+                                             NULL};
 /* FileSystem: the path and the operation (a move also by where it came from). */
 static const char *const file_system_fields[] = {"t", "src", "op", "path", "from", "moved",
                                                  "isdir", NULL};
@@ -30,6 +34,11 @@ typedef struct entry {
     uint64_t hits;
     int64_t first_ts, last_ts;
     uint64_t rx, tx;    /* network: summed byte counters */
+    char *host;         /* network: the DNS cache's name for raddr (core_dns.h) */
+    uint32_t host_len;
+    uint32_t raddr_off; /* network: where raddr's value is in the event (wants_host) */
+    uint32_t raddr_len;
+    uint8_t wants_host; /* a conn / net event with a raddr and no host of its own */
     uint8_t has_ts, has_rx, has_tx;
 } entry;
 
@@ -45,6 +54,8 @@ struct am_agg {
     struct { char text[MAX_ADDR_CHARS]; uint8_t len; } *laddrs; /* the address filter */
     uint32_t laddr_count;
     int laddr_filter;      /* 0: no filter */
+    am_dns *hosts;         /* the DNS cache giving conn / net entries a host; NULL: none */
+    size_t host_bytes;     /* of the hosts held (at most 255 per entry) */
     struct am_agg_stats st;
 };
 
@@ -135,6 +146,7 @@ am_agg *am_agg_new(const struct am_agg_options *opts)
 static void release_entry(entry *e)
 {
     free(e->key);
+    free(e->host);
     memset(e, 0, sizeof *e);
 }
 
@@ -192,7 +204,7 @@ static int write_entry(const entry *e, am_sink *out, uint64_t *encoded)
             kept++;
     }
     mp_buf *m = sink_begin(out);
-    int st = mp_map(m, kept + 3 + e->has_rx + e->has_tx);
+    int st = mp_map(m, kept + 3 + e->has_rx + e->has_tx + (e->host != NULL));
     r.pos = body;
     for (uint32_t i = 0; i < n && st == AM_OK; i++) {
         size_t start = r.pos;
@@ -213,6 +225,8 @@ static int write_entry(const entry *e, am_sink *out, uint64_t *encoded)
     if (st == AM_OK && e->has_rx) st = mp_uint(m, e->rx);
     if (st == AM_OK && e->has_tx) st = mp_cstr(m, "tx");
     if (st == AM_OK && e->has_tx) st = mp_uint(m, e->tx);
+    if (st == AM_OK && e->host != NULL) st = mp_cstr(m, "host");
+    if (st == AM_OK && e->host != NULL) st = mp_str(m, e->host, e->host_len);
     if (st != AM_OK) {
         sink_drop(out);
         return st;
@@ -222,9 +236,14 @@ static int write_entry(const entry *e, am_sink *out, uint64_t *encoded)
     return sink_commit(out);
 }
 
-/* An entry leaves the aggregator: written and counted. */
-static int emit(am_agg *a, const entry *e, am_sink *out)
+static void find_host(am_agg *a, entry *e, const uint8_t *raddr, uint32_t raddr_len);
+
+/* An entry leaves the aggregator: written and counted. One that had no host when it was made
+ * asks the cache again (the answer's packets may have been read after the connection's). */
+static int emit(am_agg *a, entry *e, am_sink *out)
 {
+    if (e->wants_host && e->host == NULL)
+        find_host(a, e, e->key + e->key_len + e->raddr_off, e->raddr_len);
     return write_entry(e, out, &a->st.emitted);
 }
 
@@ -236,6 +255,7 @@ static void pop_oldest(am_agg *a, am_sink *out)
     emit(a, e, out); /* a failure is counted by the sink */
     am_index_remove_at(&a->index, e->index_pos); /* by position: no second lookup */
     a->bytes -= (size_t)e->key_len + e->event_len;
+    a->host_bytes -= e->host_len;
     release_entry(e);
     a->head = (a->head + 1) % a->opt.cache_size;
     a->count--;
@@ -249,10 +269,13 @@ typedef struct span {
 } span;
 
 static int laddr_passes(const am_agg *a, span laddr);
+struct fields;
+static void add_host(am_agg *a, entry *e, const struct fields *f, const uint8_t *event);
 
 typedef struct fields {
     span key[MAX_KEY_FIELDS];
-    span lport, rport, dir, laddr;
+    span lport, rport, dir, laddr, raddr;
+    int has_host;
     int has_ts, has_rx, has_tx;
     int64_t ts, rx, tx;
     int has_hits, has_first, has_last; /* a checkpoint's entry */
@@ -365,6 +388,10 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         span v = {r->data + vstart, (uint32_t)(r->pos - vstart)};
         if (key_eq(k, kl, "laddr"))
             f.laddr = v;
+        if (key_eq(k, kl, "raddr"))
+            f.raddr = v;
+        if (key_eq(k, kl, "host"))
+            f.has_host = 1;
         if (key_eq(k, kl, "lport"))
             f.lport = v;
         else if (key_eq(k, kl, "rport"))
@@ -407,7 +434,8 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         return AM_OK;
     }
     int wanted = a->opt.kind == AM_AGG_PROCESS   ? span_is(t, "exec")
-                 : a->opt.kind == AM_AGG_NETWORK ? (span_is(t, "net") || span_is(t, "conn"))
+                 : a->opt.kind == AM_AGG_NETWORK ? (span_is(t, "net") || span_is(t, "conn") ||
+                                                    span_is(t, "dns"))
                  : a->opt.kind == AM_AGG_FILE_SYSTEM ? span_is(t, "fs")
                                                      : 0;
     /* An entry holds its key and event: one that could never fit passes through. */
@@ -482,9 +510,51 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
     e->has_tx = a->opt.kind == AM_AGG_NETWORK && f.has_tx;
     e->rx = e->has_rx ? (uint64_t)f.rx : 0;
     e->tx = e->has_tx ? (uint64_t)f.tx : 0;
+    add_host(a, e, &f, event);
     a->count++;
     a->bytes += need;
     return AM_OK;
+}
+
+int am_agg_use_hosts(am_agg *a, am_dns *d)
+{
+    if (a == NULL)
+        return AM_ERR_ARG;
+    a->hosts = d;
+    return AM_OK;
+}
+
+/* The DNS cache's name for the raw raddr value into the entry, when it has one. The host is
+ * not part of the key: it names the address the key already holds. */
+static void find_host(am_agg *a, entry *e, const uint8_t *raddr, uint32_t raddr_len)
+{
+    if (a->hosts == NULL)
+        return;
+    mpr r = {raddr, raddr_len, 0};
+    const uint8_t *s;
+    uint32_t n;
+    size_t len;
+    if (!mpr_str(&r, &s, &n))
+        return;
+    const char *name = dns_host_lookup(a->hosts, (const char *)s, n, &len);
+    if (name == NULL || (e->host = malloc(len)) == NULL)
+        return;
+    memcpy(e->host, name, len);
+    e->host_len = (uint32_t)len;
+    a->host_bytes += len;
+    a->st.hosts++;
+}
+
+/* A new conn / net entry without a host of its own gets the cache's name for its raddr as
+ * the cache has it now (the connection's time), else when it leaves (emit). */
+static void add_host(am_agg *a, entry *e, const fields *f, const uint8_t *event)
+{
+    if (f->has_host || f->raddr.p == NULL || span_is(f->key[0], "dns"))
+        return;
+    e->wants_host = 1;
+    e->raddr_off = (uint32_t)(f->raddr.p - event);
+    e->raddr_len = f->raddr.n;
+    find_host(a, e, f->raddr.p, f->raddr.n);
 }
 
 int am_agg_filter_laddr(am_agg *a, int enabled, const char *list, size_t len)
@@ -627,7 +697,7 @@ void am_agg_stats(const am_agg *a, struct am_agg_stats *out)
     *out = a->st;
     out->entries = a->count;
     size_t fixed = sizeof *a + (size_t)a->opt.cache_size * sizeof *a->ring + a->scratch.cap;
-    out->memory = fixed + am_index_memory(&a->index) + a->bytes;
+    out->memory = fixed + am_index_memory(&a->index) + a->bytes + a->host_bytes;
     out->memory_bound = fixed + am_index_memory_bound(sizeof(uint32_t), a->opt.cache_size) +
-                        a->opt.max_bytes;
+                        a->opt.max_bytes + (size_t)a->opt.cache_size * 255;
 }

@@ -43,6 +43,7 @@ struct am_agg_stats {
     uint64_t filtered;    /* events whose local address is not one of the filter's, left out */
     uint64_t malformed;   /* batches or events that are not what a source writes, skipped */
     uint64_t restored;    /* entries read back from a checkpoint (am_agg_restore_batch) */
+    uint64_t hosts;       /* conn / net entries given a host by the DNS cache (core_dns.h) */
     uint64_t memory;      /* bytes held now */
     uint64_t memory_bound;
 };

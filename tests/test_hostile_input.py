@@ -47,6 +47,7 @@ from agent.envelope import decode_envelope
 from agent.limits import DEFAULT_MAX_MESSAGE_BYTES
 from agent.native import AuditParser
 from agent.native.aggregate import Aggregator
+from agent.native.dns import DnsCapture, DnsOptions
 
 pytestmark = [pytest.mark.live, pytest.mark.root, pytest.mark.slow]
 
@@ -251,6 +252,9 @@ def memory_bound_kb(process_cache: int = 256) -> int:
             aggregators += int(aggregator.stats().memory_bound)
     with AuditParser() as parser:
         audit = int(parser.stats().memory_bound)
+    # NetworkActivity's DNS capture: its ring (the default PacketBufferSize) and a full cache.
+    with DnsCapture(DnsOptions(listen=False)) as dns:
+        aggregators += int(dns.stats().memory_bound)
     one_sink = (SINK_MAX_BATCHES + 1) * DEFAULT_MAX_MESSAGE_BYTES
     return (aggregators + audit + 2 * 5 * one_sink) // 1024
 

@@ -144,14 +144,14 @@ REMOVALS: dict[str, Removal] = {
     "CAP_AUDIT_CONTROL": Removal(AUTO, {
         "Process": Degraded("AUDIT_GET failed: Operation not permitted (no CAP_AUDIT_CONTROL)",
                             source="cnproc"),
-        "NetworkActivity": Degraded("(no CAP_AUDIT_CONTROL)", source="diag"),
+        "NetworkActivity": Degraded("(no CAP_AUDIT_CONTROL)", source="diag+packet"),
         "Login": Degraded("(no CAP_AUDIT_CONTROL)", source="utmp"),
     }),
     # The multicast group, the mode beside auditd (the owner needs no CAP_AUDIT_READ).
     "CAP_AUDIT_READ": Removal(AUTO, {
         "Process": Degraded("cannot join the audit multicast group (needs CAP_AUDIT_READ)",
                             source="cnproc"),
-        "NetworkActivity": Degraded("(needs CAP_AUDIT_READ)", source="diag"),
+        "NetworkActivity": Degraded("(needs CAP_AUDIT_READ)", source="diag+packet"),
         "Login": Degraded("(needs CAP_AUDIT_READ)", source="utmp"),
     }, beside_auditd=True),
     # The proc connector's multicast group, nfnetlink, the audit buffer (SO_RCVBUFFORCE).
@@ -163,6 +163,11 @@ REMOVALS: dict[str, Removal] = {
                                     applies=lambda: rmem_max() < AUDIT_RCVBUF),
         "Login": Degraded("capped at net.core.rmem_max",
                           applies=lambda: rmem_max() < AUDIT_RCVBUF),
+    }),
+    # The DNS capture's packet socket.
+    "CAP_NET_RAW": Removal(AUTO, {
+        "NetworkActivity": Degraded("dns: unavailable: EPERM: Operation not permitted "
+                                    "(no CAP_NET_RAW)", source="diag+audit"),
     }),
     # /proc/PID/exe, cwd and the fd links of other users' processes.
     "CAP_SYS_PTRACE": Removal(NETLINK, {
@@ -525,9 +530,9 @@ def tagged_execs(run: Run) -> list[dict[str, Any]]:
 # --- with every capability ---------------------------------------------------------------------
 
 
-EXPECTED_SOURCES = {"auto": {"Process": "audit", "NetworkActivity": "diag+audit",
+EXPECTED_SOURCES = {"auto": {"Process": "audit", "NetworkActivity": "diag+audit+packet",
                              "Login": "utmp+audit", "ListeningPorts": "diag"},
-                    "netlink": {"Process": "cnproc", "NetworkActivity": "diag+audit",
+                    "netlink": {"Process": "cnproc", "NetworkActivity": "diag+audit+packet",
                                 "Login": "utmp+audit", "ListeningPorts": "diag"}}
 NOT_BUILT: set[str] = set()
 

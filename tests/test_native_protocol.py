@@ -18,6 +18,7 @@ from agent.native import _base
 from agent.native._base import CoreArgumentError, CoreClosedError, CoreStats, NativeHandle
 from agent.native.aggregate import Aggregator
 from agent.native.audit_netlink import AuditNetlinkStats, NetlinkDecoder
+from agent.native.dns import DnsCapture, DnsOptions
 from agent.native.index_probe import IndexProbe
 from agent.native.inotify import Inotify, InotifyOptions
 from agent.native.proc_connector import (
@@ -127,7 +128,12 @@ def _closable(tmp_path: Path) -> list[tuple[NativeHandle, list[Callable[[NativeH
         (NetlinkDecoder(), [lambda h: h.feed(b""), lambda h: h.flush(), lambda h: h.stats()]),
         (Aggregator("process"), [lambda h: h.add(b"\x90", sink), lambda h: h.flush(sink),
                                  lambda h: h.filter_local_addresses(None),
-                                 lambda h: h.stats()]),
+                                 lambda h: h.use_hosts(None), lambda h: h.stats()]),
+        (DnsCapture(DnsOptions(listen=False)),
+         [lambda h: h.fileno(), lambda h: h.drain(sink), lambda h: h.feed_packet(sink, b""),
+          lambda h: h.feed_message(sink, b""), lambda h: h.host("192.0.2.1"),
+          lambda h: h.filter_program(), lambda h: h.link(Aggregator("network")),
+          lambda h: h.stats()]),
         (ProcScanner(), [lambda h: h.scan(sink), lambda h: h.stats()]),
         (ProcConnector(ProcConnectorOptions(listen=False)),
          [lambda h: h.fileno(), lambda h: h.drain(sink), lambda h: h.decode(sink, b""),

@@ -48,6 +48,8 @@ SANITIZED_TESTS = (
     "test_utmp.py",
     "test_file_system.py",
     "test_native_protocol.py",
+    "test_dns.py",
+    "test_dns_live.py",
 )
 
 # Imported by the child pytest (-p) before it collects anything: it binds `agent` to the

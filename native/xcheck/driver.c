@@ -25,6 +25,7 @@
 #include "core.h"
 #include "core_aggregate.h"
 #include "core_audit_netlink.h"
+#include "core_dns.h"
 #include "core_index.h"
 #include "core_proc_connector.h"
 #include "core_sock_diag.h"
@@ -353,6 +354,46 @@ static void run_cn_proc(struct out *o, const uint8_t *data, size_t size)
         sink_end(o, s);
     }
     am_cnproc_free(c);
+    am_sink_free(s);
+}
+
+/* ---- DNS responses ---- */
+
+/* Byte 0: bit 0 a cache of 2, bit 1 a jump bound of 2; the rest is fed as a packet, then as
+ * a bare message; the cache is asked for a few addresses. */
+static void run_dns(struct out *o, const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return;
+    struct am_dns_options opt;
+    am_dns_default_options(&opt);
+    if (data[0] & 1)
+        opt.max_hosts = 2;
+    if (data[0] & 2)
+        opt.max_jumps = 2;
+    am_dns *d = am_dns_new(&opt);
+    am_sink *s = small_sink(1024);
+    EXPECT(o, d != NULL && s != NULL);
+    if (!o->failed) {
+        uint32_t appended = 0;
+        EXPECT(o, am_dns_feed_packet(d, s, data + 1, size - 1, 1000, &appended) == AM_OK);
+        take_all(o, s);
+        EXPECT(o, am_dns_feed_message(d, s, data + 1, size - 1, 2000, "192.0.2.53",
+                                      &appended) == AM_OK);
+        static const char *const probes[] = {"192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"};
+        char name[256];
+        for (size_t i = 0; i < sizeof probes / sizeof probes[0]; i++) {
+            out_label(o, "host");
+            if (am_dns_host(d, probes[i], name, sizeof name) == AM_OK)
+                out_bytes(o, name, strlen(name));
+        }
+        struct am_dns_stats ds;
+        am_dns_stats(d, &ds);
+        ds.memory = 0;
+        OUT_STATS(o, "dns", ds);
+        sink_end(o, s);
+    }
+    am_dns_free(d);
     am_sink_free(s);
 }
 
@@ -827,7 +868,7 @@ static const struct {
     {"inet_diag", run_inet_diag},       {"proc_net", run_proc_net},
     {"utmp", run_utmp},                 {"procfs", run_procfs},
     {"msgpack", run_msgpack},           {"aggregate", run_aggregate},
-    {"index", run_index},
+    {"index", run_index},               {"dns", run_dns},
 };
 
 static uint8_t *read_file(const char *path, size_t *size)

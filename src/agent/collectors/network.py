@@ -5,10 +5,18 @@ accept and bind events when audit is in use (agent.collectors.audit_source).
 NetworkActivity takes a snapshot every SNAPSHOT_EVERY_MS and writes the `conn` events of the
 difference (opened, closed with their byte counters); connections that open and close between
 two snapshots are seen only through audit. ListeningPorts takes one snapshot per interval.
+
+NetworkActivity also captures DNS responses (agent.native.dns: a packet socket's ring, sized by
+NetworkActivity_PacketBufferSize, on the interfaces of NetworkActivity_Devices): they are its
+`dns` events, through its own aggregator and lane, and fill the address -> name cache that the
+aggregator consults to give `conn` and `net` entries their `host` (docs/sources/dns.md).
+The ring is drained at every tick and before every flush, ahead of the socket snapshot, so
+that an answer is in the cache before the connection it led to is aggregated.
 """
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from typing import Any, ClassVar
 
@@ -17,6 +25,7 @@ from agent.collectors.base import Collector, Lane
 from agent.collectors.privileges import unavailable_without
 from agent.config import CollectorState
 from agent.interface_addresses import interface_addresses
+from agent.native.dns import DnsCapture, DnsOptions
 from agent.native.sink import EventSink, pump
 from agent.native.sock_diag import SocketTable, SocketTableOptions
 
@@ -89,19 +98,32 @@ def table_drops(table: SocketTable) -> Counter[str]:
     return Counter({"incomplete_snapshots": s.incomplete, "socket_overflow": s.overflow})
 
 
+def dns_drops(capture: DnsCapture) -> Counter[str]:
+    """What the DNS capture could not see: packets the kernel dropped with the ring full."""
+    return Counter({"dns_ring_drops": capture.stats().ring_drops})
+
+
+# The counters of the capture in the collector's stats (Statistics, `micro-agent status`).
+DNS_MALFORMED = ("bad_ip", "bad_transport", "tcp_partial", "truncated", "bad_label",
+                 "long_name", "bad_pointer", "pointer_loop", "bad_rdata")
+
+
 class NetworkActivityCollector(Collector):
     name = "NetworkActivity"
     kind = "network"
-    accept = ("conn", "net")
+    accept = ("conn", "net", "dns")
     uses_audit: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.table: SocketTable | None = None
+        self.dns: DnsCapture | None = None
         self.raw = EventSink()
         self._next_snapshot = 0
         self._next_devices = 0
         self._closed_drops: Counter[str] = Counter()
+        self._dns_closed: Counter[str] = Counter()
+        self._closing_dns = False  # stopped: flush() closes the capture
 
     def start(self) -> CollectorState:
         self.table = _open_table(SocketTableOptions(first_existing=False))
@@ -114,7 +136,50 @@ class NetworkActivityCollector(Collector):
         reasons.append(f"audit: {audit.state}")
         reasons.append(_owner_reason())
         reasons.append(self._apply_devices())
+        dns_reason = self._open_dns()
+        if self.dns is not None:
+            sources.append("packet")
+        reasons.append(dns_reason)
         return CollectorState.running("+".join(sources), "; ".join(r for r in reasons if r))
+
+    def _dns_wanted(self) -> tuple[tuple[str, ...], int]:
+        assert self.config is not None
+        section = self.config.network_activity
+        return (tuple(section.devices), int(section.packet_buffer_size))
+
+    def _open_dns(self) -> str:
+        """Opens the DNS capture on NetworkActivity_Devices with a ring of
+        NetworkActivity_PacketBufferSize and links the aggregator to its cache; returns what
+        the state's reason says of it ("" when all is as configured)."""
+        self._close_dns()
+        devices, ring_bytes = self._dns_wanted()
+        try:
+            capture = DnsCapture(DnsOptions(ring_bytes=min(ring_bytes, (1 << 32) - 1),
+                                            devices=devices))
+        except OSError as err:
+            code = errno.errorcode.get(err.errno or 0, str(err.errno))
+            lack = " (no CAP_NET_RAW)" if err.errno == errno.EPERM else ""
+            return f"dns: unavailable: {code}: {err.strerror}{lack}"
+        assert self.aggregator is not None
+        self.dns = capture
+        self.aggregator.use_hosts(capture)
+        s = capture.stats()
+        notes = []
+        if s.ring_clamped:
+            notes.append(f"ring {s.ring_bytes} bytes (PacketBufferSize {ring_bytes} rounded "
+                         "to whole blocks within 2..1024)")
+        if s.devices_missing:
+            notes.append(f"{s.devices_missing} of the devices not found")
+        return f"dns: {'; '.join(notes)}" if notes else ""
+
+    def _close_dns(self) -> None:
+        self._closing_dns = False
+        if self.dns is not None:
+            self._dns_closed.update(dns_drops(self.dns))
+            for name, value in self._dns_counters(self.dns).items():
+                self._dns_closed[f"closed_{name}"] += value
+            self.dns.close()  # unlinks the aggregator first
+            self.dns = None
 
     def _apply_devices(self) -> str:
         """NetworkActivity_Devices: only connections whose local address belongs to one of
@@ -134,13 +199,25 @@ class NetworkActivityCollector(Collector):
 
     def stop(self) -> None:
         audit_source(self.env).unsubscribe(self)
+        if self.lane is None:
+            self._close_dns()  # a start that failed: no flush follows
+        else:
+            # The pipeline flushes next: the entries leaving then still ask the cache for
+            # their host (those made before the answer's block was read), and flush() closes it.
+            self._closing_dns = True
         if self.table is not None:
             self._closed_drops.update(table_drops(self.table))
             self.table.close()
             self.table = None
 
+    def _drain_dns(self, lane: Lane) -> None:
+        if self.dns is not None:
+            pump(self.dns.drain, self.raw, lambda batches: self.route_all(batches, lane),
+                 seal=True)
+
     def tick(self, now: int, lane: Lane) -> None:
         audit_source(self.env).tick(now)
+        self._drain_dns(lane)
         if now >= self._next_devices:
             self._next_devices = now + DEVICES_EVERY_MS
             self._apply_devices()
@@ -151,6 +228,33 @@ class NetworkActivityCollector(Collector):
         pump(self.table.changes, self.raw, lambda batches: self.route_all(batches, lane),
              seal=True)
 
+    def flush(self, lane: Lane) -> None:
+        self._drain_dns(lane)
+        super().flush(lane)
+        if self._closing_dns:
+            self._close_dns()
+
     def drops(self) -> dict[str, int]:
         current = table_drops(self.table) if self.table is not None else Counter()
-        return dict(self._closed_drops + current)
+        if self.dns is not None:
+            current += dns_drops(self.dns)
+        closed = Counter({"dns_ring_drops": self._dns_closed["dns_ring_drops"]})
+        return dict(self._closed_drops + closed + current)
+
+    @staticmethod
+    def _dns_counters(capture: DnsCapture) -> dict[str, int]:
+        s = capture.stats()
+        return {"dns_messages": s.messages, "dns_events": s.events,
+                "dns_malformed": sum(s[k] for k in DNS_MALFORMED),
+                "dns_unrelated": s.unrelated, "dns_hosts_evicted": s.hosts_evicted}
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        current = self._dns_counters(self.dns) if self.dns is not None else {}
+        for name in ("dns_messages", "dns_events", "dns_malformed", "dns_unrelated",
+                     "dns_hosts_evicted"):
+            out[name] = self._dns_closed[f"closed_{name}"] + current.get(name, 0)
+        out["dns_hosts"] = self.dns.stats().hosts if self.dns is not None else 0
+        if self.aggregator is not None:
+            out["hosts"] = self.aggregator.stats().hosts
+        return out

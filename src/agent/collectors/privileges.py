@@ -1,7 +1,7 @@
 """The capabilities the collectors use (docs/operations.md, "Capabilities"), which of them this
 process holds, and the words a collector's state uses for what it cannot see without one.
 
-The service runs as a user of its own with five ambient capabilities; an administrator may
+The service runs as a user of its own with six ambient capabilities; an administrator may
 remove any of them (or run the agent with fewer). A collector then degrades (another source,
 a field left out, or unavailable) and its state says why, naming the capability, e.g.
 "exe and cwd of other users' processes unavailable: no CAP_SYS_PTRACE". Capabilities do not
@@ -19,6 +19,7 @@ from collections.abc import Mapping
 CAPABILITY_NUMBERS = {
     "CAP_DAC_READ_SEARCH": 2,
     "CAP_NET_ADMIN": 12,
+    "CAP_NET_RAW": 13,
     "CAP_SYS_PTRACE": 19,
     "CAP_AUDIT_CONTROL": 30,
     "CAP_AUDIT_READ": 37,

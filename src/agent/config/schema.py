@@ -443,6 +443,10 @@ class NetworkActivityConfig(EventCollectorConfig):
         "Devices", comma_list(64, check_interface, "0..64 interface names"), (),
         'Interfaces whose connections are reported; "" (the default) watches every '
         "interface."))
+    packet_buffer_size: int = field(metadata=prop(
+        "PacketBufferSize", integer(1, 1 << 30, "bytes"), 2097152,
+        "Receive ring of the DNS capture (dns events, host on conn and net): rounded down to "
+        "64 KiB blocks, clamped to 2..1024 blocks (the state says when it was)."))
 
 
 @dataclass(frozen=True)
@@ -552,9 +556,6 @@ class CompatConfig:
         "", FREQUENCY, Frequency.LOW, _COMPAT, name="Peripheral_MessageFrequency"))
     peripheral_cache_size: int = field(metadata=prop(
         "", integer(1, CACHE_SIZE_MAX), 256, _COMPAT, name="Peripheral_CacheSize"))
-    network_activity_packet_buffer_size: int = field(metadata=prop(
-        "", integer(1, 1 << 30, "bytes"), 2097152, _COMPAT,
-        name="NetworkActivity_PacketBufferSize"))
     statistics_cache_size: int = field(metadata=prop(
         "", integer(1, CACHE_SIZE_MAX), 256, _COMPAT, name="Statistics_CacheSize"))
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from agent._core import ffi, lib
 from agent.native._base import CoreArgumentError, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink, pump
+
+if TYPE_CHECKING:
+    from agent.native.dns import DnsCapture
 
 AggregateKind = Literal["none", "process", "network", "file_system"]
 _KINDS = {"none": lib.AM_AGG_NONE, "process": lib.AM_AGG_PROCESS, "network": lib.AM_AGG_NETWORK,
@@ -53,6 +56,7 @@ class Aggregator(NativeHandle):
         handle = lib.am_agg_new(opts)
         self._own(handle, lib.am_agg_free, options)
         self._next = ffi.new("uint32_t *")
+        self._hosts: DnsCapture | None = None
 
     def add(self, batch: bytes, out: EventSink) -> list[bytes]:
         """Reads one batch of a source into `out`; returns the batches `out` sealed meanwhile
@@ -113,6 +117,16 @@ class Aggregator(NativeHandle):
             raise CoreArgumentError(f"addresses {list(addresses)!r}: empty or with a comma")
         text = ",".join(addresses).encode("ascii", "replace")
         check(lib.am_agg_filter_laddr(self._live(), 1, text, len(text)), "am_agg_filter_laddr")
+
+    def use_hosts(self, capture: DnsCapture | None) -> None:
+        """`conn` and `net` entries made from now on get `host` from the capture's address ->
+        name cache (by `raddr`) when the event has none; None: no more. The aggregator keeps
+        the capture alive while it uses it; call use_hosts(None) before closing the capture."""
+        if self._hosts is not None and self._hosts is not capture:
+            self._hosts.unlink(self)
+        handle = ffi.NULL if capture is None else capture.link(self)
+        check(lib.am_agg_use_hosts(self._live(), handle), "am_agg_use_hosts")
+        self._hosts = capture
 
     def stats(self) -> CoreStats:
         return self._read_stats("struct am_agg_stats", lib.am_agg_stats)
