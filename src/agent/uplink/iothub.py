@@ -423,7 +423,11 @@ class IotHubUplink:
             assignment = call_with_timeout(provisioner.provision, self.options.connect_timeout_s,
                                            "provision")
         except Exception as err:  # noqa: BLE001
-            reason = self._redact(classify(err).reason)
+            failure = classify(err)
+            reason = self._redact(failure.reason)
+            if failure.outcome is Outcome.REFUSED and not reason.startswith("TLS"):
+                reason = ("DPS refused the credentials (wrong key or certificate, or no "
+                          "enrollment for this registration id)")
             self.counters.add("provision_errors")
             self._attempts += 1
             delay = backoff_delay(self._attempts, self.options.backoff_min_s,
