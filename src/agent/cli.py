@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.service import Notifier, link_status, runtime_dir, status_path
     from agent.uplink.files import LocalDelivery
     from agent.uplink.identity import HubIdentity, IdentityError, load_identity
+    from agent.uplink.provisioning import DpsSettings, Provisioner
 
     _setup_logging(args.log_level)
     log = logging.getLogger("agent")
@@ -114,7 +115,18 @@ def run(args: argparse.Namespace) -> int:
                              args.x509_key_file)
 
     try:
-        hub, hub_why = load_hub()
+        # DPS, when an ID scope is configured, else the connection string's sources
+        # (docs/uplink.md, "Where the identity comes from").
+        dps = DpsSettings.load(args.dps_id_scope, args.dps_registration_id, args.dps_endpoint,
+                               args.dps_symmetric_key_file, args.dps_group_key_file,
+                               args.x509_cert_file, args.x509_key_file, args.ca_file)
+        if dps is not None and args.connection_string_file is not None:
+            raise IdentityError("--connection-string-file and DPS (an ID scope) are both "
+                                "configured: choose one")
+        if dps is None:
+            hub, hub_why = load_hub()
+        else:
+            hub, hub_why = None, f"provisioned through {dps.describe()}"
     except IdentityError as err:
         log.error("IoT Hub identity: %s", err)
         print(f"micro-agent: {err}", file=sys.stderr)
@@ -138,12 +150,22 @@ def run(args: argparse.Namespace) -> int:
     for name in store.latest_invalid_fields:
         log.warning("config: %s is invalid: %s", name, store.invalid_reasons.get(name, ""))
     config = store.config
-    if hub is None:
-        ident = Identity(agent=_agent_id(data_dir), ver=__version__, dev=socket.gethostname(),
-                         mod="iot-micro-agent")
-    else:  # the envelope names the identity the hub knows
+    provisioner: Provisioner | None = None
+    if dps is not None:
+        provisioner = Provisioner(dps, data_dir)
+        stored = provisioner.stored()
+        if stored is not None:
+            hub = provisioner.identity(stored)
+            hub_why += f" (the assignment stored in {provisioner.path})"
+    if hub is not None:  # the envelope names the identity the hub knows
         ident = Identity(agent=_agent_id(data_dir), ver=__version__, dev=hub.device_id,
                          mod=hub.module_id or "")
+    elif dps is not None:  # not provisioned yet: DPS makes the device id from it
+        ident = Identity(agent=_agent_id(data_dir), ver=__version__, dev=dps.registration_id,
+                         mod="")
+    else:
+        ident = Identity(agent=_agent_id(data_dir), ver=__version__, dev=socket.gethostname(),
+                         mod="iot-micro-agent")
     try:
         outbox = Outbox(data_dir, config.outbox.max_bytes,
                         config.iothub_module.message_timeout_minutes * 60)
@@ -152,12 +174,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     env = Environment(data_dir=data_dir, root=Path(args.root))
     uplink: Any
-    if hub is None:
+    to_hub = hub is not None or provisioner is not None
+    if not to_hub:
         uplink = LocalDelivery(data_dir / "delivered")
         where = f"{hub_why}: delivering batches to {uplink.describe()}"
+    elif provisioner is not None:
+        from agent.uplink.iothub import IotHubUplink
+
+        uplink = IotHubUplink(hub, ident.agent, provisioner=provisioner)
+        where = f"{hub_why}: sending batches to {uplink.describe()}"
     else:
         from agent.uplink.iothub import IotHubUplink
 
+        assert hub is not None
         first: HubIdentity = hub
 
         def reload_hub() -> HubIdentity:
@@ -170,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     install_signal_handlers(agent)
     log.info("micro-agent %s starting: data in %s, status in %s, %s", __version__, data_dir,
              status_file, where)
-    if hub is not None:
+    if to_hub:
         uplink.attach(agent)
     rc = agent.run()
     if getattr(uplink, "abandoned", False):
@@ -499,6 +528,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"X.509 device certificate, PEM, with x509=true in the connection string (else ${ENV_CERT_FILE})")
     ru.add_argument("--x509-key-file", default=None, metavar="PATH",
                     help=f"its private key, readable by its owner only (else ${ENV_KEY_FILE})")
+    from agent.uplink.provisioning import (
+        DEFAULT_GLOBAL_ENDPOINT,
+        ENV_ENDPOINT,
+        ENV_GROUP_KEY_FILE,
+        ENV_ID_SCOPE,
+        ENV_REGISTRATION_ID,
+        ENV_SYMMETRIC_KEY_FILE,
+    )
+
+    ru.add_argument("--dps-id-scope", default=None, metavar="SCOPE",
+                    help="provision through the Device Provisioning Service with this ID scope "
+                    f"instead of a connection string (else ${ENV_ID_SCOPE})")
+    ru.add_argument("--dps-registration-id", default=None, metavar="ID",
+                    help=f"the registration id (else ${ENV_REGISTRATION_ID})")
+    ru.add_argument("--dps-endpoint", default=None, metavar="HOST",
+                    help=f"the DPS global endpoint (else ${ENV_ENDPOINT}, else "
+                    f"{DEFAULT_GLOBAL_ENDPOINT})")
+    ru.add_argument("--dps-symmetric-key-file", default=None, metavar="PATH",
+                    help="an individual enrollment's key, base64, readable by its owner only "
+                    f"(else ${ENV_SYMMETRIC_KEY_FILE}); with X.509 give --x509-cert-file and "
+                    "--x509-key-file instead")
+    ru.add_argument("--dps-group-key-file", default=None, metavar="PATH",
+                    help="an enrollment group's key, base64, readable by its owner only: the "
+                    f"device key is derived from it (else ${ENV_GROUP_KEY_FILE})")
     ru.set_defaults(func=run)
 
     de = sub.add_parser("decode", help="print batch files as JSON lines",

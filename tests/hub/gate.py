@@ -295,6 +295,10 @@ class Gate:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._connections = 0
+        # DPS (dps.Dps) when attached: it takes the CONNECTs with a DPS username. `aliases`:
+        # other host names a device may use for this hub (the one DPS assigns).
+        self.dps: Any = None
+        self.aliases: tuple[str, ...] = ()
 
     # --- control, from any thread -------------------------------------------------------
 
@@ -416,6 +420,15 @@ class Gate:
             except ProtocolError as error:
                 self._record(peer, False, f"malformed CONNECT: {error}")
                 return
+            dps = self.dps
+            if dps is not None and dps.claims(packet):
+                code, auth = dps.authenticate(packet, writer.get_extra_info("peercert"))
+                self._record(packet.client_id or peer, code == CONNACK_ACCEPTED, f"DPS: {auth}")
+                if code != CONNACK_ACCEPTED:
+                    await _refuse(writer, code)
+                    return
+                await dps.serve(reader, writer, packet, auth)
+                return
             code, reason = self._authenticate(packet, writer.get_extra_info("peercert"))
             self._record(packet.client_id or peer, code == CONNACK_ACCEPTED, reason)
             if code != CONNACK_ACCEPTED:
@@ -471,7 +484,9 @@ class Gate:
         credential = self.credentials().get(packet.client_id)
         if credential is None:
             return CONNACK_IDENTIFIER_REJECTED, f"unknown client id {packet.client_id!r}"
-        expected_user = f"{self.hostname}/{packet.client_id}/?"
+        named = (packet.username or "").split("/", 1)[0]
+        hostname = named if named in self.aliases else self.hostname
+        expected_user = f"{hostname}/{packet.client_id}/?"
         if packet.username is None or not packet.username.startswith(expected_user):
             return CONNACK_BAD_USERNAME_OR_PASSWORD, (
                 f"username {packet.username!r} does not start with {expected_user!r}"
@@ -491,7 +506,7 @@ class Gate:
             return CONNACK_NOT_AUTHORIZED, "neither a client certificate nor a SAS token"
         if credential.key is None:
             return CONNACK_NOT_AUTHORIZED, f"{packet.client_id} has no SAS key registered"
-        resource = f"{self.hostname}/devices/{credential.device_id}"
+        resource = f"{hostname}/devices/{credential.device_id}"
         if credential.module_id is not None:
             resource += f"/modules/{credential.module_id}"
         try:

@@ -223,6 +223,7 @@ def classify(err: BaseException) -> Failure:
 COUNTER_NAMES = (
     "delivered", "messages", "parts", "json_fallback", "send_errors", "connects", "disconnects",
     "reported_patches", "desired_patches", "rejected", "confirm_missing", "timeouts",
+    "provisions", "provision_errors",  # DPS registrations answered / failed (provisioning.py)
 )
 
 

@@ -234,7 +234,7 @@ def load_ca(path: str) -> str:
     return text
 
 
-def _check_x509(cert_file: str, key_file: str) -> None:
+def check_x509(cert_file: str, key_file: str) -> None:
     import ssl  # here, not at the top: the local default (no hub) never loads ssl (4 MB RSS)
 
     read_secret_file(key_file, "X.509 key file")
@@ -260,7 +260,7 @@ def identity_from_fields(fields: Mapping[str, str], *, source: str, source_path:
             raise IdentityError(
                 f"{source} says x509=true: give the certificate and key files "
                 f"(--x509-cert-file/--x509-key-file or {ENV_CERT_FILE}/{ENV_KEY_FILE})")
-        _check_x509(cert_file, key_file)
+        check_x509(cert_file, key_file)
     elif cert_file or key_file:
         raise IdentityError(f"X.509 files were given but {source} uses a SharedAccessKey: "
                             "add x509=true instead of the key, or drop the files")

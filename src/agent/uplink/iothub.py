@@ -54,6 +54,7 @@ from agent.uplink.connection import (
     classify,
 )
 from agent.uplink.identity import HubIdentity, IdentityError, file_signature
+from agent.uplink.provisioning import Provisioner
 
 log = logging.getLogger("agent.uplink")
 
@@ -140,12 +141,24 @@ class IotHubUplink:
     `attach(agent)` before agent.run(): the worker connects in the background.
 
     `reload_identity`, when given, loads the identity again (the command line's sources); it
-    is called after the hub refused the credentials once the identity's file changed."""
+    is called after the hub refused the credentials once the identity's file changed.
 
-    def __init__(self, identity: HubIdentity, agent_id: str, options: UplinkOptions | None = None,
-                 *, reload_identity: Callable[[], HubIdentity] | None = None,
+    `provisioner`, when given, is DPS (agent.uplink.provisioning): `identity` is then the
+    stored assignment's, or None to provision before the first connect; a hub that refuses
+    the credentials makes the worker provision again, with the backoff, instead of waiting
+    for a file to change."""
+
+    def __init__(self, identity: HubIdentity | None, agent_id: str,
+                 options: UplinkOptions | None = None, *,
+                 reload_identity: Callable[[], HubIdentity] | None = None,
+                 provisioner: Provisioner | None = None,
                  rng: random.Random | None = None) -> None:
+        if identity is None and provisioner is None:
+            raise ValueError("an identity, or DPS to get one")
         self.identity = identity
+        self._provisioner = provisioner
+        self._reprovision = False
+        self._dps_state = "assigned (stored)" if identity is not None else "not provisioned"
         self.agent_id = agent_id
         self.options = options or UplinkOptions()
         self._reload_identity = reload_identity
@@ -188,6 +201,9 @@ class IotHubUplink:
     # -- the loop's side --------------------------------------------------------------------
 
     def describe(self) -> str:
+        if self.identity is None:
+            assert self._provisioner is not None
+            return self._provisioner.describe()
         return self.identity.describe()
 
     def attach(self, agent: AgentHooks) -> None:
@@ -287,9 +303,13 @@ class IotHubUplink:
     def status(self) -> dict[str, Any]:
         ident = self.identity
         retry = max(0.0, self._retry_at - time.monotonic()) if not self._link.is_(LinkState.CONNECTED) else 0.0
+        dps: dict[str, Any] = {}
+        if self._provisioner is not None:
+            dps = {"dps": dict(self._provisioner.status(), state=self._dps_state)}
         return {
-            "kind": "iothub", "hub": ident.hostname, "gateway": ident.gateway,
-            "identity": ident.client_id, "auth": ident.auth, "state": self._link.describe(),
+            "kind": "iothub", "hub": ident and ident.hostname, "gateway": ident and ident.gateway,
+            "identity": ident and ident.client_id, "auth": ident and ident.auth,
+            "state": self._link.describe(), **dps,
             "since": int(self._link.since), "state_changes": self._link.entered(), "last_seq": self.last_seq,
             "last_confirmed": None if self.last_confirmed is None else int(self.last_confirmed),
             "in_flight": len(self._inflight) + len(self._sent), "retry_in_s": round(retry, 1),
@@ -376,7 +396,10 @@ class IotHubUplink:
                 logger.setLevel(logging.WARNING)
 
     def _redact(self, text: str) -> str:
-        for secret in self.identity.secrets():
+        secrets = self.identity.secrets() if self.identity is not None else []
+        if self._provisioner is not None:
+            secrets += self._provisioner.secrets()
+        for secret in secrets:
             text = text.replace(secret, "***")
         return _SIG.sub(lambda m: m.group(1) + "***", text)
 
@@ -399,6 +422,7 @@ class IotHubUplink:
             self._lost("connection lost", discard=False)
         now = time.monotonic()
         if self._refused:
+            assert self.identity is not None
             sig = file_signature(self.identity.source_path)
             if sig == self._refused_sig and now < self._retry_at:
                 self._stopping.wait(min(5.0, self._retry_at - now))
@@ -418,13 +442,51 @@ class IotHubUplink:
             return False
         if self._stopping.is_set():
             return False
+        dps = self._provisioner
+        if dps is not None and (self.identity is None or self._reprovision) and not self._provision(dps):
+            return False
         self._connect()
         return self._link.is_(LinkState.CONNECTED)
+
+    def _provision(self, provisioner: Provisioner) -> bool:
+        """Ask DPS for the hub (blocking, with the connect deadline); on failure the link
+        waits for the next attempt with the backoff, as after a failed connect."""
+        self._link.to(LinkState.CONNECTING)
+        self._dps_state = "provisioning"
+        log.info("dps: provisioning with %s", provisioner.describe())
+        try:
+            assignment = call_with_timeout(provisioner.provision, self.options.connect_timeout_s,
+                                           "provision")
+        except Exception as err:  # noqa: BLE001
+            failure = classify(err)
+            reason = self._redact(failure.reason)
+            if failure.outcome is Outcome.REFUSED and not reason.startswith("TLS"):
+                reason = ("DPS refused the credentials (wrong key or certificate, or no "
+                          "enrollment for this registration id)")
+            self.counters.add("provision_errors")
+            self._attempts += 1
+            delay = backoff_delay(self._attempts, self.options.backoff_min_s,
+                                  self.options.backoff_max_s, self._rng)
+            self._retry_at = time.monotonic() + delay
+            self._dps_state = f"failed: {reason}"
+            if self._attempts <= 3 or self._attempts % 20 == 0:
+                log.warning("dps: provisioning failed (attempt %d): %s; retrying in %.1f s",
+                            self._attempts, reason, delay)
+            self._link.to(LinkState.DISCONNECTED, f"provisioning failed: {reason}")
+            return False
+        self.counters.add("provisions")
+        self._discard_client()
+        self.identity = provisioner.identity(assignment)
+        self._reprovision = False
+        self._dps_state = "assigned"
+        log.info("dps: assigned to IoT Hub %s as %s", assignment.assigned_hub, assignment.device_id)
+        return True
 
     def _make_client(self) -> Any:
         from azure.iot.device import X509, IoTHubDeviceClient, IoTHubModuleClient
 
         ident = self.identity
+        assert ident is not None
         opts: dict[str, Any] = {
             "keep_alive": self.options.keep_alive_s,
             # Reconnects are the worker's, with backoff; the SDK would retry at a fixed
@@ -512,7 +574,7 @@ class IotHubUplink:
             self._accepting = True
         self._attempts = 0
         self.counters.add("connects")
-        log.info("iothub: connected to %s", self.identity.hostname)
+        log.info("iothub: connected to %s", self.identity and self.identity.hostname)
         self._wake_loop()
 
     def _connect_failed(self, err: Exception) -> None:
@@ -521,7 +583,23 @@ class IotHubUplink:
         if failure.abandon_client:
             self.counters.add("timeouts")
             self._discard_client()
+        if failure.outcome is Outcome.REFUSED and self._provisioner is not None:
+            # The assigned hub does not know us (any more): the device was moved to another
+            # hub, or its enrollment changed. DPS says where it belongs now.
+            self._reprovision = True
+            self._provisioner.forget()
+            self._discard_client()
+            self._attempts += 1
+            delay = backoff_delay(self._attempts, self.options.backoff_min_s,
+                                  self.options.backoff_max_s, self._rng)
+            self._retry_at = time.monotonic() + delay
+            self._dps_state = f"refused by the hub: {reason}"
+            log.error("iothub: %s: %s; provisioning again in %.1f s",
+                      self.identity and self.identity.client_id, reason, delay)
+            self._link.to(LinkState.FAILED, f"{reason}; provisioning again")
+            return
         if failure.outcome is Outcome.REFUSED:
+            assert self.identity is not None
             self._refused = True
             self._refused_sig = file_signature(self.identity.source_path)
             self._retry_at = time.monotonic() + self.options.refused_retry_s
