@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     from agent.collectors import Environment, build_collectors
     from agent.config import ConfigStore
+    from agent.config.local import LocalSettingError, load_transport
     from agent.envelope import Identity
     from agent.outbox import Outbox, OutboxBusy
     from agent.pipeline import Agent, install_signal_handlers
@@ -117,6 +118,13 @@ def run(args: argparse.Namespace) -> int:
         hub, hub_why = load_hub()
     except IdentityError as err:
         log.error("IoT Hub identity: %s", err)
+        print(f"micro-agent: {err}", file=sys.stderr)
+        return 2
+    try:
+        transport = load_transport(args.config, protocol=args.transport_protocol,
+                                   proxy=args.proxy, proxy_password_file=args.proxy_password_file)
+    except LocalSettingError as err:
+        log.error("IoT Hub transport: %s", err)
         print(f"micro-agent: {err}", file=sys.stderr)
         return 2
     data_dir = Path(args.data_dir)
@@ -163,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         def reload_hub() -> HubIdentity:
             return load_hub()[0] or first
 
-        uplink = IotHubUplink(hub, ident.agent, reload_identity=reload_hub)
+        uplink = IotHubUplink(hub, ident.agent, reload_identity=reload_hub, transport=transport)
         where = f"{hub_why}: sending batches to {uplink.describe()}"
     agent = Agent(store, env, outbox, uplink, ident, build_collectors(env),
                   notifier=Notifier.from_environ(), status_file=status_file)
@@ -483,6 +491,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"X.509 device certificate, PEM, with x509=true in the connection string (else ${ENV_CERT_FILE})")
     ru.add_argument("--x509-key-file", default=None, metavar="PATH",
                     help=f"its private key, readable by its owner only (else ${ENV_KEY_FILE})")
+    ru.add_argument("--transport-protocol", default=None, metavar="PROTOCOL",
+                    help="MQTT (TCP 8883) or MQTT_WebSocket_Protocol (WebSockets on 443) (else "
+                    "IothubModule_TransportProtocol of the local configuration, else MQTT)")
+    ru.add_argument("--proxy", default=None, metavar="HOST,PORT[,USER]",
+                    help="an HTTP CONNECT proxy (else IothubModule_ProxyConfig of the local "
+                    "configuration); \"\" for none")
+    ru.add_argument("--proxy-password-file", default=None, metavar="PATH",
+                    help="the proxy user's password, in a file only its owner can read")
     ru.set_defaults(func=run)
 
     de = sub.add_parser("decode", help="print batch files as JSON lines",

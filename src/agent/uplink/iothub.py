@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from agent.clock import wall_time
 from agent.config import Config, ConfigStore, ConfigUpdate, ReportedState
+from agent.config.local import UplinkTransport
 from agent.envelope import JSON_TYPE, SCHEMA_VERSION, UnsendableBatch, encode_batch
 from agent.limits import MAX_MESSAGE_BYTES
 from agent.outbox import Outbox, OutboxError
@@ -131,10 +132,12 @@ class IotHubUplink:
 
     def __init__(self, identity: HubIdentity, agent_id: str, options: UplinkOptions | None = None,
                  *, reload_identity: Callable[[], HubIdentity] | None = None,
+                 transport: UplinkTransport | None = None,
                  rng: random.Random | None = None) -> None:
         self.identity = identity
         self.agent_id = agent_id
         self.options = options or UplinkOptions()
+        self.transport = transport or UplinkTransport()
         self._reload_identity = reload_identity
         self._rng = rng or random.Random()
         self._agent: AgentHooks | None = None
@@ -172,7 +175,7 @@ class IotHubUplink:
     # -- the loop's side --------------------------------------------------------------------
 
     def describe(self) -> str:
-        return self.identity.describe()
+        return f"{self.identity.describe()} over {self.transport.describe()}"
 
     def attach(self, agent: AgentHooks) -> None:
         """Start the worker (connect, twin, sends) for this agent."""
@@ -254,6 +257,7 @@ class IotHubUplink:
         retry = max(0.0, self._retry_at - time.monotonic()) if not self._link.is_(LinkState.CONNECTED) else 0.0
         return {
             "kind": "iothub", "hub": ident.hostname, "gateway": ident.gateway,
+            "transport": self.transport.describe(),
             "identity": ident.client_id, "auth": ident.auth, "state": self._link.describe(),
             "since": int(self._link.since), "state_changes": self._link.entered(), "last_seq": self.last_seq,
             "last_confirmed": None if self.last_confirmed is None else int(self.last_confirmed),
@@ -341,7 +345,7 @@ class IotHubUplink:
                 logger.setLevel(logging.WARNING)
 
     def _redact(self, text: str) -> str:
-        for secret in self.identity.secrets():
+        for secret in self.identity.secrets() + self.transport.secrets():
             text = text.replace(secret, "***")
         return _SIG.sub(lambda m: m.group(1) + "***", text)
 
@@ -399,6 +403,14 @@ class IotHubUplink:
         }
         if ident.ca_pem is not None:
             opts["server_verification_cert"] = ident.ca_pem
+        if self.transport.websockets:
+            opts["websockets"] = True  # the SDK then connects to port 443
+        proxy = self.transport.proxy
+        if proxy is not None:
+            from azure.iot.device import ProxyOptions
+
+            opts["proxy_options"] = ProxyOptions(  # type: ignore[no-untyped-call]
+                "HTTP", proxy.host, proxy.port, proxy.username, proxy.password)
         if ident.key is not None:
             cls = IoTHubModuleClient if ident.module_id else IoTHubDeviceClient
             client = cls.create_from_connection_string(ident.connection_string(), **opts)
