@@ -104,6 +104,7 @@ class GateLog:
     decisions: list[tuple[str, bool, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     publishes: list[Publish] = field(default_factory=list)
+    client_certs: list[tuple[str, str]] = field(default_factory=list)  # (client id, serial)
 
 
 class PublishCounter:
@@ -335,6 +336,11 @@ class Gate:
         with self._lock:
             return list(self.log.decisions)
 
+    def client_certs(self) -> list[tuple[str, str]]:
+        """(client id, certificate serial in hex) of every accepted X.509 connection."""
+        with self._lock:
+            return list(self.log.client_certs)
+
     def publishes(self) -> list[Publish]:
         """Every PUBLISH devices sent through the gate, in order (what each connection sent,
         whether or not mosquitto got it before the connection ended)."""
@@ -476,8 +482,13 @@ class Gate:
             except ProtocolError as error:
                 self._record(peer, False, f"malformed CONNECT: {error}")
                 return
-            code, reason = self._authenticate(packet, writer.get_extra_info("peercert"))
+            peercert = writer.get_extra_info("peercert")
+            code, reason = self._authenticate(packet, peercert)
             self._record(packet.client_id or peer, code == CONNACK_ACCEPTED, reason)
+            if code == CONNACK_ACCEPTED and peercert:
+                with self._lock:
+                    self.log.client_certs.append(
+                        (packet.client_id, str(peercert.get("serialNumber", ""))))
             if code != CONNACK_ACCEPTED:
                 await _refuse(writer, code)
                 return

@@ -23,6 +23,7 @@ import os
 import re
 import ssl
 import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,3 +321,103 @@ def load_identity(
     if from_env.strip():
         note = f" (${ENV_CONNECTION_STRING} is set too and ignored: the file given wins)"
     return ident, f"connection string from {path}{note}"
+
+
+def identity_files(ident: HubIdentity) -> tuple[str, ...]:
+    """The files an identity was loaded from: the connection-string file, the X.509
+    certificate and key. A change to any of them is a new identity (rotation)."""
+    return tuple(p for p in (ident.source_path, ident.cert_file, ident.key_file) if p)
+
+
+def files_signature(paths: tuple[str, ...]) -> tuple[tuple[int, int, int, int] | None, ...]:
+    """file_signature of each path: a stat per file, no read."""
+    return tuple(file_signature(p) for p in paths)
+
+
+# -- certificate dates: a minimal DER walk (the standard library does not expose them) ------
+
+_MAX_CERT_BYTES = 64 * 1024
+
+
+def _tlv(der: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start, end) of the DER element at `at`; IdentityError when it does not fit."""
+    if at + 2 > len(der):
+        raise IdentityError("truncated DER")
+    tag, first = der[at], der[at + 1]
+    at += 2
+    if first < 0x80:
+        size = first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4 or at + count > len(der):
+            raise IdentityError("bad DER length")
+        size = int.from_bytes(der[at : at + count], "big")
+        at += count
+    if at + size > len(der):
+        raise IdentityError("truncated DER")
+    return tag, at, at + size
+
+
+def _der_time(tag: int, raw: bytes) -> float:
+    import calendar
+
+    text = raw.decode("ascii", "replace")
+    if tag == 0x17 and len(text) == 13 and text.endswith("Z"):  # UTCTime YYMMDDHHMMSSZ
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif not (tag == 0x18 and len(text) == 15 and text.endswith("Z")):  # GeneralizedTime
+        raise IdentityError(f"unsupported certificate time {text[:20]!r}")
+    if not text[:14].isdigit():
+        raise IdentityError(f"bad certificate time {text[:20]!r}")
+    fields = [int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]),
+              int(text[10:12]), int(text[12:14])]
+    return float(calendar.timegm((*fields, 0, 0, 0)))
+
+
+def certificate_validity(cert_file: str) -> tuple[float, float]:
+    """(notBefore, notAfter) of the first certificate of a PEM file, as Unix times."""
+    try:
+        with open(cert_file, "rb") as source:
+            text = source.read(_MAX_CERT_BYTES).decode("ascii", "replace")
+    except OSError as err:
+        raise IdentityError(f"cannot read X.509 certificate {cert_file}: {err.strerror}") from None
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    start = text.find(begin)
+    stop = text.find(end, start)
+    if start < 0 or stop < 0:
+        raise IdentityError(f"X.509 certificate {cert_file} holds no PEM certificate")
+    try:
+        der = ssl.PEM_cert_to_DER_cert(text[start : stop + len(end)])
+        _, cert, _ = _tlv(der, 0)
+        _, tbs, tbs_end = _tlv(der, cert)
+        at = tbs
+        tag, _, after = _tlv(der, at)
+        if tag == 0xA0:  # [0] version
+            at = after
+        for _ in range(3):  # serialNumber, signature, issuer
+            at = _tlv(der, at)[2]
+        _, validity, _ = _tlv(der, at)
+        tag, start_at, end_at = _tlv(der, validity)
+        not_before = _der_time(tag, der[start_at:end_at])
+        tag, start_at, end_at = _tlv(der, end_at)
+        not_after = _der_time(tag, der[start_at:end_at])
+    except (ValueError, IndexError) as err:
+        raise IdentityError(f"X.509 certificate {cert_file} is not a certificate: {err}") from None
+    if at > tbs_end:
+        raise IdentityError(f"X.509 certificate {cert_file} is not a certificate")
+    return not_before, not_after
+
+
+def check_renewed(ident: HubIdentity, now: float) -> None:
+    """What a renewed identity must pass beyond load_identity's checks before the uplink drops
+    a working connection for it: an X.509 certificate valid now. (Not checked at start: a
+    device whose clock is not set yet must still be able to try.)"""
+    if ident.cert_file is None:
+        return
+    not_before, not_after = certificate_validity(ident.cert_file)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(not_after))
+    if not_after <= now:
+        raise IdentityError(f"X.509 certificate {ident.cert_file} expired at {stamp}")
+    if not_before > now:
+        start = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(not_before))
+        raise IdentityError(f"X.509 certificate {ident.cert_file} is not valid before {start}")

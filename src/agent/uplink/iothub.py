@@ -54,7 +54,13 @@ from agent.uplink.connection import (
     call_with_timeout,
     classify,
 )
-from agent.uplink.identity import HubIdentity, IdentityError, file_signature
+from agent.uplink.identity import (
+    HubIdentity,
+    IdentityError,
+    check_renewed,
+    files_signature,
+    identity_files,
+)
 
 log = logging.getLogger("agent.uplink")
 
@@ -83,7 +89,9 @@ class UplinkOptions:
     refused the credentials or TLS failed, the next attempt waits for the identity's file to
     change, or this long. report_check_s: how often the loop offers the reported document;
     counters_every_s: at most one patch of counters only (VOLATILE_REPORTED) per this long.
-    close_grace_s: how long close() waits for batches already handed over."""
+    close_grace_s: how long close() waits for batches already handed over. identity_check_s:
+    how often, while connected, the identity's files are stat()ed for a rotation (one stat
+    per file: the connection string, the certificate, the key)."""
 
     window: int = 4
     backoff_min_s: float = 1.0
@@ -96,6 +104,7 @@ class UplinkOptions:
     refused_retry_s: float = 3600.0
     close_grace_s: float = 5.0
     keep_alive_s: int = 60
+    identity_check_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.window <= 64:
@@ -128,7 +137,10 @@ class IotHubUplink:
     `attach(agent)` before agent.run(): the worker connects in the background.
 
     `reload_identity`, when given, loads the identity again (the command line's sources); it
-    is called after the hub refused the credentials once the identity's file changed."""
+    is called when the identity's files changed (identity_files: a rotation while connected,
+    or after the hub refused the credentials). A rotation that does not load, or whose
+    certificate is not valid now, keeps the connection and is reported (status
+    "identity_change"); one that loads reconnects with the new identity."""
 
     def __init__(self, identity: HubIdentity, agent_id: str, options: UplinkOptions | None = None,
                  *, reload_identity: Callable[[], HubIdentity] | None = None,
@@ -155,8 +167,13 @@ class IotHubUplink:
         self._epoch = 0
         self._attempts = 0
         self._retry_at = 0.0
-        self._refused_sig: tuple[int, int, int, int] | None = None
         self._refused = False
+        # The identity's files as last loaded (or last found unusable): a change is a rotation.
+        self._identity_sig = files_signature(identity_files(identity))
+        self._next_identity_check = 0.0
+        self._identity_change: dict[str, Any] | None = None
+        self._identity_changes = 0
+        self._old_secrets: list[str] = []  # of rotated-out identities: redacted too
         self._reported = ReportedState()
         self._last_counters = 0.0
         # Loop-thread state.
@@ -262,6 +279,7 @@ class IotHubUplink:
             "since": int(self._link.since), "state_changes": self._link.entered(), "last_seq": self.last_seq,
             "last_confirmed": None if self.last_confirmed is None else int(self.last_confirmed),
             "in_flight": len(self._inflight), "retry_in_s": round(retry, 1),
+            "identity_change": self._identity_change,
             **self.counters.snapshot(),
         }
 
@@ -345,7 +363,7 @@ class IotHubUplink:
                 logger.setLevel(logging.WARNING)
 
     def _redact(self, text: str) -> str:
-        for secret in self.identity.secrets() + self.transport.secrets():
+        for secret in self.identity.secrets() + self._old_secrets + self.transport.secrets():
             text = text.replace(secret, "***")
         return _SIG.sub(lambda m: m.group(1) + "***", text)
 
@@ -363,23 +381,23 @@ class IotHubUplink:
         client = self._client
         connected = self._link.is_(LinkState.CONNECTED)
         if connected and client is not None and client.connected:
-            return True
+            # A rotation that loads drops the connection: reconnect with the new identity.
+            return not (self._identity_files_changed() and self._rotate())
         if connected:
             self._lost("connection lost", discard=False)
         now = time.monotonic()
         if self._refused:
-            sig = file_signature(self.identity.source_path)
-            if sig == self._refused_sig and now < self._retry_at:
+            sig = files_signature(identity_files(self.identity))
+            if sig == self._identity_sig and now < self._retry_at:
                 self._stopping.wait(min(5.0, self._retry_at - now))
                 return False
-            if sig != self._refused_sig and self._reload_identity is not None:
+            if sig != self._identity_sig and self._reload_identity is not None:
+                self._identity_sig = sig
                 try:
-                    self.identity = self._reload_identity()
+                    self._adopt(self._reload_identity())
                 except IdentityError as err:
-                    self._refused_sig = sig
-                    self._link.to(LinkState.FAILED, str(err))
+                    self._link.to(LinkState.FAILED, self._redact(str(err)))
                     return False
-                log.info("iothub: the identity changed: %s", self.describe())
                 self._discard_client()
             self._refused = False
         elif now < self._retry_at:
@@ -387,8 +405,58 @@ class IotHubUplink:
             return False
         if self._stopping.is_set():
             return False
+        if self._identity_files_changed() and self._rotate():
+            return False  # rotated while away: the next attempt uses the new identity
         self._connect()
         return self._link.is_(LinkState.CONNECTED)
+
+    def _identity_files_changed(self) -> bool:
+        """Whether the identity's files changed since they were last loaded; looks at most
+        once per identity_check_s."""
+        now = time.monotonic()
+        if self._reload_identity is None or now < self._next_identity_check:
+            return False
+        self._next_identity_check = now + self.options.identity_check_s
+        return files_signature(identity_files(self.identity)) != self._identity_sig
+
+    def _adopt(self, new: HubIdentity) -> None:
+        old = self.identity
+        self._old_secrets.extend(s for s in old.secrets() if s not in self._old_secrets)
+        self.identity = new
+        log.info("iothub: the identity changed: %s", self.describe())
+
+    def _rotate(self) -> bool:
+        """The identity's files changed while connected. Load and check the new identity:
+        usable, drop the connection (its batches go back) and reconnect with it at once;
+        not, keep the connection and report why. True when reconnecting."""
+        assert self._reload_identity is not None
+        self._identity_sig = files_signature(identity_files(self.identity))
+        self._identity_changes += 1
+        try:
+            new = self._reload_identity()
+            check_renewed(new, wall_time())
+        except IdentityError as err:
+            reason = self._redact(str(err))
+            self._identity_change = {"state": "refused", "reason": reason, "at": int(wall_time()),
+                                     "count": self._identity_changes}
+            log.error("iothub: the identity's files changed but the new identity is not used "
+                      "(still %s): %s", self.identity.client_id, reason)
+            return False
+        self._adopt(new)
+        self._identity_sig = files_signature(identity_files(new))
+        self._identity_change = {"state": "applied", "reason": None, "at": int(wall_time()),
+                                 "count": self._identity_changes}
+        with self._lock:
+            self._link.to(LinkState.DISCONNECTED, "the identity changed: reconnecting")
+            self._accepting = False
+            while self._queue:
+                item = self._queue.popleft()
+                self._results.append((item.batch_id, item.seq, _RETURNED))
+        self._attempts = 0
+        self._retry_at = 0.0
+        self._discard_client()
+        self._wake_loop()
+        return True
 
     def _make_client(self) -> Any:
         from azure.iot.device import X509, IoTHubDeviceClient, IoTHubModuleClient
@@ -500,7 +568,6 @@ class IotHubUplink:
             self._discard_client()
         if failure.outcome is Outcome.REFUSED:
             self._refused = True
-            self._refused_sig = file_signature(self.identity.source_path)
             self._retry_at = time.monotonic() + self.options.refused_retry_s
             self._link.to(LinkState.FAILED, reason)
             log.error("iothub: %s: %s; not retrying until the identity changes (or %g s)",
