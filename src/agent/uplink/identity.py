@@ -5,8 +5,10 @@ Where the connection string comes from, first match wins:
 
 1. `--connection-string-file PATH` given on the command line: it must exist;
 2. the `IOTHUB_CONNECTION_STRING` environment variable, when set and not empty;
-3. the default file /etc/iot-micro-agent/connection_string, when it exists;
-4. else no IoT Hub: the local delivery (the embedded default).
+3. the IoT Edge module environment (every $IOTEDGE_* of EDGE_ENV set): the agent is that
+   module, and the SDK's create_from_edge_environment connects it;
+4. the default file /etc/iot-micro-agent/connection_string, when it exists;
+5. else no IoT Hub: the local delivery (the embedded default).
 
 A connection-string file, and an X.509 key file, hold secrets: they must be regular files that
 neither group nor others can access (mode & 0o077 == 0), owned by root or by the agent's user;
@@ -33,6 +35,13 @@ ENV_CONNECTION_STRING = "IOTHUB_CONNECTION_STRING"
 ENV_CA_FILE = "IOTHUB_CA_FILE"
 ENV_CERT_FILE = "IOTHUB_X509_CERT_FILE"
 ENV_KEY_FILE = "IOTHUB_X509_KEY_FILE"
+
+# The IoT Edge runtime gives each module these (the SDK's create_from_edge_environment reads
+# them itself); all present means the agent runs as an IoT Edge module.
+EDGE_ENV = ("IOTEDGE_WORKLOADURI", "IOTEDGE_DEVICEID", "IOTEDGE_MODULEID",
+            "IOTEDGE_MODULEGENERATIONID", "IOTEDGE_IOTHUBHOSTNAME", "IOTEDGE_GATEWAYHOSTNAME",
+            "IOTEDGE_APIVERSION", "IOTEDGE_AUTHSCHEME")
+EDGE_AUTH_SCHEME = "sasToken"  # the only scheme the Edge runtime and the SDK have
 
 # A connection string is a few hundred bytes; a key file a few kilobytes; a CA bundle (the
 # whole Mozilla set is about 220 KB) stays under 1 MiB.
@@ -67,9 +76,12 @@ class HubIdentity:
     ca_file: str | None = None
     source: str = ""
     source_path: str | None = None
+    edge: bool = False  # an IoT Edge module: the Edge runtime's workload API signs its tokens
 
     @property
     def auth(self) -> str:
+        if self.edge:
+            return "edge"
         return "sas" if self.key is not None else "x509"
 
     @property
@@ -90,7 +102,8 @@ class HubIdentity:
 
     def describe(self) -> str:
         via = f" via {self.gateway}" if self.gateway else ""
-        auth = "SAS key" if self.auth == "sas" else f"X.509 certificate {self.cert_file}"
+        auth = {"sas": "SAS key", "edge": "tokens signed by the IoT Edge workload API"}.get(
+            self.auth, f"X.509 certificate {self.cert_file}")
         ca = f", CA {self.ca_file}" if self.ca_file else ""
         return f"IoT Hub {self.hostname}{via} as {self.client_id} ({auth} from {self.source}{ca})"
 
@@ -277,6 +290,36 @@ def identity_from_fields(fields: Mapping[str, str], *, source: str, source_path:
     )
 
 
+def edge_environment_present(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the IoT Edge module environment is present (every EDGE_ENV name set)."""
+    env = os.environ if environ is None else environ
+    return all(env.get(name) for name in EDGE_ENV)
+
+
+def edge_identity(environ: Mapping[str, str]) -> HubIdentity:
+    """The IoT Edge module the environment describes. The SDK reads the same variables and
+    gets the trust bundle and every token's signature from the workload API."""
+    scheme = environ["IOTEDGE_AUTHSCHEME"]
+    if scheme != EDGE_AUTH_SCHEME:
+        raise IdentityError(f"IoT Edge auth scheme {scheme[:40]!r} is not supported (only "
+                            f"{EDGE_AUTH_SCHEME}, the one the SDK has)")
+    for name, value in (("IOTEDGE_IOTHUBHOSTNAME", environ["IOTEDGE_IOTHUBHOSTNAME"]),
+                        ("IOTEDGE_GATEWAYHOSTNAME", environ["IOTEDGE_GATEWAYHOSTNAME"])):
+        if not _HOST.match(value):
+            raise IdentityError(f"${name} {value[:80]!r} is not a host name")
+    for name in ("IOTEDGE_DEVICEID", "IOTEDGE_MODULEID"):
+        if not _ID.match(environ[name]):
+            raise IdentityError(f"${name} {environ[name][:80]!r} is not a valid IoT Hub id")
+    return HubIdentity(
+        hostname=environ["IOTEDGE_IOTHUBHOSTNAME"],
+        device_id=environ["IOTEDGE_DEVICEID"],
+        module_id=environ["IOTEDGE_MODULEID"],
+        gateway=environ["IOTEDGE_GATEWAYHOSTNAME"],
+        source=f"the IoT Edge module environment ({environ['IOTEDGE_WORKLOADURI']})",
+        edge=True,
+    )
+
+
 def load_identity(
     connection_string_file: str | None = None,
     ca_file: str | None = None,
@@ -304,6 +347,8 @@ def load_identity(
         ident = identity_from_fields(fields, source=f"${ENV_CONNECTION_STRING}", ca_file=ca_file,
                                      cert_file=cert_file, key_file=key_file)
         return ident, f"connection string from ${ENV_CONNECTION_STRING}"
+    elif edge_environment_present(env):
+        return edge_identity(env), "running as an IoT Edge module ($IOTEDGE_* environment)"
     elif Path(default_file).exists() or Path(default_file).is_symlink():
         path = default_file
     else:

@@ -479,7 +479,13 @@ class IotHubUplink:
 
             opts["proxy_options"] = ProxyOptions(  # type: ignore[no-untyped-call]
                 "HTTP", proxy.host, proxy.port, proxy.username, proxy.password)
-        if ident.key is not None:
+        client: Any
+        if ident.edge:
+            # The SDK reads the $IOTEDGE_* environment itself, takes the Edge hub's trust
+            # bundle from the workload API and refuses a CA or gateway given here.
+            opts.pop("server_verification_cert", None)
+            client = IoTHubModuleClient.create_from_edge_environment(**opts)
+        elif ident.key is not None:
             cls = IoTHubModuleClient if ident.module_id else IoTHubDeviceClient
             client = cls.create_from_connection_string(ident.connection_string(), **opts)
         else:
