@@ -500,7 +500,7 @@ class IotHubUplink:
             else:
                 client = IoTHubDeviceClient.create_from_x509_certificate(
                     x509, hostname=ident.hostname, device_id=ident.device_id, **opts)
-        client.on_connection_state_change = self._on_connection_change  # type: ignore[assignment]
+        client.on_connection_state_change = self._on_connection_change
         return client
 
     def _apply_in_loop(self, desired: Any, epoch: int) -> dict[str, Any] | None:
