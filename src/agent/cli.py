@@ -348,6 +348,11 @@ def _print_status(doc: dict[str, Any], as_json: bool) -> int:
               f"{up.get('state')} since {since}")
         print(f"uplink: delivered {up.get('delivered')} batches, last confirmed batch {last}, "
               f"in flight {up.get('in_flight')}, send errors {up.get('send_errors')}")
+        if up.get("transport"):
+            print(f"uplink: over {up['transport']}")
+        change = up.get("identity_change")
+        if isinstance(change, dict) and change.get("state") == "refused":
+            print(f"uplink: a changed identity was not used: {change.get('reason')}")
     else:
         print(f"uplink: {up.get('kind')} {up.get('dir', '')} delivered {up.get('delivered')}, "
               f"last batch {up.get('last_seq')}")
