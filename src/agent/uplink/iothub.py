@@ -566,9 +566,28 @@ class IotHubUplink:
         log.info("iothub: connected to %s", self.identity.hostname)
         self._wake_loop()
 
+    def _through_proxy(self, err: BaseException) -> bool:
+        """Whether a failed connect failed at the proxy (PySocks' errors, under the SDK's)."""
+        if self.transport.proxy is None:
+            return False
+        import socks  # type: ignore[import-untyped]  # the SDK's proxy support (PySocks)
+
+        seen: BaseException | None = err
+        for _ in range(10):
+            if seen is None:
+                return False
+            if isinstance(seen, socks.ProxyError):
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
+
     def _connect_failed(self, err: Exception) -> None:
         failure = classify(err)
         reason = self._redact(failure.reason)
+        if self._through_proxy(err):
+            proxy = self.transport.proxy
+            assert proxy is not None
+            reason = f"proxy {proxy.host}:{proxy.port}: {reason}"
         if failure.abandon_client:
             self.counters.add("timeouts")
             self._discard_client()
