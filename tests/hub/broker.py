@@ -70,6 +70,7 @@ class Certificates:
             ],
         )
         self._other: CertPair | None = None
+        self._renewals = 0
 
     @property
     def ca_pem(self) -> str:
@@ -135,7 +136,7 @@ class Certificates:
     def renew(self, common_name: str, days: int = CERT_DAYS) -> CertPair:
         """A new client certificate and key for common_name, signed by the stand-in's CA, as a
         renewal makes it (a new key, a new serial); `days` -1 makes one that has expired."""
-        self._renewals = getattr(self, "_renewals", 0) + 1
+        self._renewals += 1
         stem = f"renewed-{_file_safe(common_name)}-{self._renewals}"
         return self._make_leaf(self.ca, stem, common_name, [
             "basicConstraints=critical,CA:FALSE",
