@@ -67,7 +67,7 @@ class HubAgent:
     """An Agent with no collectors, the IoT Hub uplink and a real outbox."""
 
     def __init__(self, data: Path, identity: HubIdentity, config: dict[str, Any] | None = None,
-                 options: UplinkOptions = FAST) -> None:
+                 options: UplinkOptions = FAST, uplink_kwargs: dict[str, Any] | None = None) -> None:
         data.mkdir(parents=True, exist_ok=True)
         config_path = data / "config.json"
         config_path.write_text(json.dumps({**ALL_OFF, **(config or {})}))
@@ -76,7 +76,8 @@ class HubAgent:
         cfg = self.store.config
         self.outbox = Outbox(data, cfg.outbox.max_bytes, cfg.iothub_module.message_timeout_minutes * 60)
         self.ident = Identity(AGENT_ID, __version__, identity.device_id, identity.module_id or "")
-        self.uplink = IotHubUplink(identity, AGENT_ID, options, rng=random.Random(7))
+        self.uplink = IotHubUplink(identity, AGENT_ID, options, rng=random.Random(7),
+                                   **(uplink_kwargs or {}))
         self.agent = Agent(self.store, Environment(data_dir=data), self.outbox, self.uplink,
                            self.ident, [])
         self.agent.start()

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     from agent.collectors import Environment, build_collectors
     from agent.config import ConfigStore
+    from agent.config.local import LocalSettingError, load_transport
     from agent.envelope import Identity
     from agent.outbox import Outbox, OutboxBusy
     from agent.pipeline import Agent, install_signal_handlers
@@ -129,6 +130,13 @@ def run(args: argparse.Namespace) -> int:
             hub, hub_why = None, f"provisioned through {dps.describe()}"
     except IdentityError as err:
         log.error("IoT Hub identity: %s", err)
+        print(f"micro-agent: {err}", file=sys.stderr)
+        return 2
+    try:
+        transport = load_transport(args.config, protocol=args.transport_protocol,
+                                   proxy=args.proxy, proxy_password_file=args.proxy_password_file)
+    except LocalSettingError as err:
+        log.error("IoT Hub transport: %s", err)
         print(f"micro-agent: {err}", file=sys.stderr)
         return 2
     data_dir = Path(args.data_dir)
@@ -181,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     elif provisioner is not None:
         from agent.uplink.iothub import IotHubUplink
 
-        uplink = IotHubUplink(hub, ident.agent, provisioner=provisioner)
+        uplink = IotHubUplink(hub, ident.agent, provisioner=provisioner, transport=transport)
         where = f"{hub_why}: sending batches to {uplink.describe()}"
     else:
         from agent.uplink.iothub import IotHubUplink
@@ -192,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         def reload_hub() -> HubIdentity:
             return load_hub()[0] or first
 
-        uplink = IotHubUplink(hub, ident.agent, reload_identity=reload_hub)
+        uplink = IotHubUplink(hub, ident.agent, reload_identity=reload_hub, transport=transport)
         where = f"{hub_why}: sending batches to {uplink.describe()}"
     agent = Agent(store, env, outbox, uplink, ident, build_collectors(env),
                   notifier=Notifier.from_environ(), status_file=status_file)
@@ -385,6 +393,11 @@ def _print_status(doc: dict[str, Any], as_json: bool) -> int:
               f"{up.get('state')} since {since}")
         print(f"uplink: delivered {up.get('delivered')} batches, last confirmed batch {last}, "
               f"in flight {up.get('in_flight')}, send errors {up.get('send_errors')}")
+        if up.get("transport"):
+            print(f"uplink: over {up['transport']}")
+        change = up.get("identity_change")
+        if isinstance(change, dict) and change.get("state") == "refused":
+            print(f"uplink: a changed identity was not used: {change.get('reason')}")
     else:
         print(f"uplink: {up.get('kind')} {up.get('dir', '')} delivered {up.get('delivered')}, "
               f"last batch {up.get('last_seq')}")
@@ -552,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("--dps-group-key-file", default=None, metavar="PATH",
                     help="an enrollment group's key, base64, readable by its owner only: the "
                     f"device key is derived from it (else ${ENV_GROUP_KEY_FILE})")
+    ru.add_argument("--transport-protocol", default=None, metavar="PROTOCOL",
+                    help="MQTT (TCP 8883) or MQTT_WebSocket_Protocol (WebSockets on 443) (else "
+                    "IothubModule_TransportProtocol of the local configuration, else MQTT)")
+    ru.add_argument("--proxy", default=None, metavar="HOST,PORT[,USER]",
+                    help="an HTTP CONNECT proxy (else IothubModule_ProxyConfig of the local "
+                    "configuration); \"\" for none")
+    ru.add_argument("--proxy-password-file", default=None, metavar="PATH",
+                    help="the proxy user's password, in a file only its owner can read")
     ru.set_defaults(func=run)
 
     de = sub.add_parser("decode", help="print batch files as JSON lines",

@@ -70,6 +70,7 @@ class Certificates:
             ],
         )
         self._other: CertPair | None = None
+        self._renewals = 0
 
     @property
     def ca_pem(self) -> str:
@@ -132,8 +133,20 @@ class Certificates:
         )
         return pair
 
+    def renew(self, common_name: str, days: int = CERT_DAYS) -> CertPair:
+        """A new client certificate and key for common_name, signed by the stand-in's CA, as a
+        renewal makes it (a new key, a new serial); `days` -1 makes one that has expired."""
+        self._renewals += 1
+        stem = f"renewed-{_file_safe(common_name)}-{self._renewals}"
+        return self._make_leaf(self.ca, stem, common_name, [
+            "basicConstraints=critical,CA:FALSE",
+            "keyUsage=critical,digitalSignature",
+            "extendedKeyUsage=clientAuth",
+        ], days=days)
+
     def _make_leaf(
-        self, signer: CertPair, stem: str, common_name: str, extensions: list[str]
+        self, signer: CertPair, stem: str, common_name: str, extensions: list[str],
+        days: int = CERT_DAYS,
     ) -> CertPair:
         pair = CertPair(self.dir / f"{stem}.pem", self.dir / f"{stem}.key")
         csr = self.dir / f"{stem}.csr"
@@ -176,7 +189,7 @@ class Certificates:
                 str(signer.key),
                 "-CAcreateserial",
                 "-days",
-                str(CERT_DAYS),
+                str(days),
                 "-sha256",
                 "-extfile",
                 str(ext),

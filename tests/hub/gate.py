@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import websocket
+
 # MQTT 3.1.1 CONNACK return codes.
 CONNACK_ACCEPTED = 0
 CONNACK_IDENTIFIER_REJECTED = 2
@@ -102,6 +104,7 @@ class GateLog:
     decisions: list[tuple[str, bool, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     publishes: list[Publish] = field(default_factory=list)
+    client_certs: list[tuple[str, str]] = field(default_factory=list)  # (client id, serial)
 
 
 class PublishCounter:
@@ -292,6 +295,10 @@ class Gate:
         )
         self._thread.start()
         self._server: asyncio.base_events.Server | None = None
+        # MQTT over WebSockets (port 443 for the SDK): off until listen_websockets().
+        self.ws_port: int | None = None
+        self._ws_server: asyncio.base_events.Server | None = None
+        self.websocket_upgrades = 0  # WebSocket connections upgraded (then checked as on 8883)
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._connections = 0
@@ -309,6 +316,13 @@ class Gate:
     def start(self) -> None:
         self._call(self._start())
 
+    def listen_websockets(self, port: int = 443) -> None:
+        """Also serve MQTT over WebSockets (TLS, path /$iothub/websocket) on host:port, with
+        the same checks; from now on start() and stop() include it."""
+        self.ws_port = port
+        if self.listening:
+            self._call(self._start_websockets())
+
     def stop(self, abort: bool = False) -> None:
         """Close the listener and every connection: with TLS close_notify and FIN, or with
         abort=True as a crashed host would, a TCP RST with no goodbye of any layer."""
@@ -325,6 +339,11 @@ class Gate:
     def decisions(self) -> list[tuple[str, bool, str]]:
         with self._lock:
             return list(self.log.decisions)
+
+    def client_certs(self) -> list[tuple[str, str]]:
+        """(client id, certificate serial in hex) of every accepted X.509 connection."""
+        with self._lock:
+            return list(self.log.client_certs)
 
     def publishes(self) -> list[Publish]:
         """Every PUBLISH devices sent through the gate, in order (what each connection sent,
@@ -372,11 +391,34 @@ class Gate:
             ssl=self._context,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
         )
+        await self._start_websockets()
+
+    async def _start_websockets(self) -> None:
+        if self.ws_port is None or self._ws_server is not None:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.ws_port))
+        except OSError as error:
+            sock.close()
+            raise OSError(
+                f"the gate cannot listen on {self.host}:{self.ws_port}: {error}") from error
+        sock.listen(64)
+        self._ws_server = await asyncio.start_server(
+            self._serve_websocket,
+            sock=sock,
+            ssl=self._context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            limit=websocket.MAX_REQUEST_BYTES,
+        )
 
     async def _stop(self, abort: bool) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        ws_server, self._ws_server = self._ws_server, None
+        for each in (server, ws_server):
+            if each is not None:
+                each.close()
         for writer in list(self._writers):
             if abort:
                 sock = writer.get_extra_info("socket")
@@ -395,8 +437,32 @@ class Gate:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
+        for each in (server, ws_server):
+            if each is not None:
+                await each.wait_closed()
+
+    async def _serve_websocket(
+        self, raw_reader: asyncio.StreamReader, raw_writer: asyncio.StreamWriter
+    ) -> None:
+        """A WebSocket connection: the upgrade, then the usual CONNECT check and splice on the
+        unframed stream."""
+        peer = str(raw_writer.get_extra_info("peername"))
+        try:
+            await asyncio.wait_for(websocket.handshake(raw_reader, raw_writer), CONNECT_TIMEOUT)
+        except (websocket.HandshakeError, asyncio.IncompleteReadError, ConnectionError,
+                asyncio.TimeoutError) as error:
+            self._record(peer, False, f"websocket upgrade refused: {error!r}")
+            raw_writer.transport.abort()
+            return
+        with self._lock:
+            self.websocket_upgrades += 1
+        reader = asyncio.StreamReader(limit=PUMP_CHUNK)
+        unframing = asyncio.ensure_future(websocket.unframe(raw_reader, reader, raw_writer))
+        try:
+            await self._serve(reader, websocket.FramingWriter(raw_writer))  # type: ignore[arg-type]
+        finally:
+            unframing.cancel()
+            await asyncio.gather(unframing, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -420,17 +486,22 @@ class Gate:
             except ProtocolError as error:
                 self._record(peer, False, f"malformed CONNECT: {error}")
                 return
+            peercert = writer.get_extra_info("peercert")
             dps = self.dps
             if dps is not None and dps.claims(packet):
-                code, auth = dps.authenticate(packet, writer.get_extra_info("peercert"))
+                code, auth = dps.authenticate(packet, peercert)
                 self._record(packet.client_id or peer, code == CONNACK_ACCEPTED, f"DPS: {auth}")
                 if code != CONNACK_ACCEPTED:
                     await _refuse(writer, code)
                     return
                 await dps.serve(reader, writer, packet, auth)
                 return
-            code, reason = self._authenticate(packet, writer.get_extra_info("peercert"))
+            code, reason = self._authenticate(packet, peercert)
             self._record(packet.client_id or peer, code == CONNACK_ACCEPTED, reason)
+            if code == CONNACK_ACCEPTED and peercert:
+                with self._lock:
+                    self.log.client_certs.append(
+                        (packet.client_id, str(peercert.get("serialNumber", ""))))
             if code != CONNACK_ACCEPTED:
                 await _refuse(writer, code)
                 return

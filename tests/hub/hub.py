@@ -246,6 +246,11 @@ class Hub:
             )
         self.gate.start()
 
+    def listen_websockets(self, port: int = 443) -> None:
+        """Also serve MQTT over WebSockets on address:port (the SDK's websockets=True always
+        connects to 443: binding it needs root), same TLS and checks; kept for the session."""
+        self.gate.listen_websockets(port)
+
     def stop(self) -> None:
         """An orderly outage: the gate closes every device connection (TLS close_notify,
         FIN) and refuses new ones; mosquitto stops (SIGTERM), writing its database."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.config.local import LOCAL_ONLY, LOCAL_ONLY_REASON
 from agent.config.schema import FIELDS, Config, InvalidValue, describe
 
 DEFAULT_CONFIG_PATH = "/etc/iot-micro-agent/config.json"
@@ -52,11 +53,13 @@ class Layer:
     def empty(cls) -> Layer:
         return cls({}, {})
 
-    def merge(self, doc: Mapping[Any, Any], *, full: bool) -> Layer:
+    def merge(self, doc: Mapping[Any, Any], *, full: bool, local: bool = False) -> Layer:
         """Apply a desired document. `full`: the document replaces the layer (names absent
         from it revert to the layers below); else it is a patch that touches only its names.
         In both, null removes the name's override and an invalid value keeps the layer's
-        last good value for that name."""
+        last good value for that name. `local`: the local file's layer, where the local-only
+        names (agent.config.local) are allowed and left to agent.config.local; any other
+        layer lists them as invalid."""
         values: dict[str, Any] = {} if full else dict(self.values)
         invalid: dict[str, str] = {} if full else dict(self.invalid)
         invalid.pop(NOT_AN_OBJECT, None)  # this document is an object
@@ -68,6 +71,10 @@ class Layer:
             if raw is None:
                 values.pop(name, None)
                 invalid.pop(name, None)
+                continue
+            if key in LOCAL_ONLY:
+                if not local:
+                    invalid[name] = LOCAL_ONLY_REASON
                 continue
             if field is None:
                 invalid[name] = "unknown property"
@@ -218,7 +225,7 @@ class ConfigStore:
                 self._file = Layer.empty()
                 self._file_error = None
             elif doc is not None:
-                self._file = self._file.merge(doc, full=True)
+                self._file = self._file.merge(doc, full=True, local=True)
                 self._file_error = None
             else:
                 self._file_error = error

@@ -284,15 +284,21 @@ def gather(
     overrides: Mapping[str, str] | None = None,
     netns: str | None = None,
     with_interfaces: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """The `sysinfo` event and a `netif` event per interface.
 
     overrides: twin values keyed by the names after "SystemInformation_" (HardwareVendor,
     HardwareModel, HardwareSerialNumber, FirmwareVendor, FirmwareVersion); a non-empty value
-    replaces what the device reports. Unknown names are recorded as errors."""
+    replaces what the device reports. Unknown names are recorded as errors. environ (default
+    os.environ): `agent_type` is "Edge" when it holds the IoT Edge module environment, as
+    Defender for IoT's agent reports it, else "Standalone"."""
+    from agent.uplink.identity import edge_environment_present
+
     snap = Snapshot()
     ts = now_ms()
-    event: Event = {"t": "sysinfo", "ts": ts, "src": SRC}
+    event: Event = {"t": "sysinfo", "ts": ts, "src": SRC,
+                    "agent_type": "Edge" if edge_environment_present(environ) else "Standalone"}
     _os_release(root, snap, event)
     _kernel(root, snap, event)
     _boot_time(root, snap, event)

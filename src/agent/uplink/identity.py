@@ -5,8 +5,10 @@ Where the connection string comes from, first match wins:
 
 1. `--connection-string-file PATH` given on the command line: it must exist;
 2. the `IOTHUB_CONNECTION_STRING` environment variable, when set and not empty;
-3. the default file /etc/iot-micro-agent/connection_string, when it exists;
-4. else no IoT Hub: the local delivery (the embedded default).
+3. the IoT Edge module environment (every $IOTEDGE_* of EDGE_ENV set): the agent is that
+   module, and the SDK's create_from_edge_environment connects it;
+4. the default file /etc/iot-micro-agent/connection_string, when it exists;
+5. else no IoT Hub: the local delivery (the embedded default).
 
 A connection-string file, and an X.509 key file, hold secrets: they must be regular files that
 neither group nor others can access (mode & 0o077 == 0), owned by root or by the agent's user;
@@ -22,6 +24,7 @@ import binascii
 import os
 import re
 import stat
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +34,13 @@ ENV_CONNECTION_STRING = "IOTHUB_CONNECTION_STRING"
 ENV_CA_FILE = "IOTHUB_CA_FILE"
 ENV_CERT_FILE = "IOTHUB_X509_CERT_FILE"
 ENV_KEY_FILE = "IOTHUB_X509_KEY_FILE"
+
+# The IoT Edge runtime gives each module these (the SDK's create_from_edge_environment reads
+# them itself); all present means the agent runs as an IoT Edge module.
+EDGE_ENV = ("IOTEDGE_WORKLOADURI", "IOTEDGE_DEVICEID", "IOTEDGE_MODULEID",
+            "IOTEDGE_MODULEGENERATIONID", "IOTEDGE_IOTHUBHOSTNAME", "IOTEDGE_GATEWAYHOSTNAME",
+            "IOTEDGE_APIVERSION", "IOTEDGE_AUTHSCHEME")
+EDGE_AUTH_SCHEME = "sasToken"  # the only scheme the Edge runtime and the SDK have
 
 # A connection string is a few hundred bytes; a key file a few kilobytes; a CA bundle (the
 # whole Mozilla set is about 220 KB) stays under 1 MiB.
@@ -65,9 +75,12 @@ class HubIdentity:
     ca_file: str | None = None
     source: str = ""
     source_path: str | None = None
+    edge: bool = False  # an IoT Edge module: the Edge runtime's workload API signs its tokens
 
     @property
     def auth(self) -> str:
+        if self.edge:
+            return "edge"
         return "sas" if self.key is not None else "x509"
 
     @property
@@ -88,7 +101,8 @@ class HubIdentity:
 
     def describe(self) -> str:
         via = f" via {self.gateway}" if self.gateway else ""
-        auth = "SAS key" if self.auth == "sas" else f"X.509 certificate {self.cert_file}"
+        auth = {"sas": "SAS key", "edge": "tokens signed by the IoT Edge workload API"}.get(
+            self.auth, f"X.509 certificate {self.cert_file}")
         ca = f", CA {self.ca_file}" if self.ca_file else ""
         return f"IoT Hub {self.hostname}{via} as {self.client_id} ({auth} from {self.source}{ca})"
 
@@ -279,6 +293,36 @@ def identity_from_fields(fields: Mapping[str, str], *, source: str, source_path:
     )
 
 
+def edge_environment_present(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the IoT Edge module environment is present (every EDGE_ENV name set)."""
+    env = os.environ if environ is None else environ
+    return all(env.get(name) for name in EDGE_ENV)
+
+
+def edge_identity(environ: Mapping[str, str]) -> HubIdentity:
+    """The IoT Edge module the environment describes. The SDK reads the same variables and
+    gets the trust bundle and every token's signature from the workload API."""
+    scheme = environ["IOTEDGE_AUTHSCHEME"]
+    if scheme != EDGE_AUTH_SCHEME:
+        raise IdentityError(f"IoT Edge auth scheme {scheme[:40]!r} is not supported (only "
+                            f"{EDGE_AUTH_SCHEME}, the one the SDK has)")
+    for name, value in (("IOTEDGE_IOTHUBHOSTNAME", environ["IOTEDGE_IOTHUBHOSTNAME"]),
+                        ("IOTEDGE_GATEWAYHOSTNAME", environ["IOTEDGE_GATEWAYHOSTNAME"])):
+        if not _HOST.match(value):
+            raise IdentityError(f"${name} {value[:80]!r} is not a host name")
+    for name in ("IOTEDGE_DEVICEID", "IOTEDGE_MODULEID"):
+        if not _ID.match(environ[name]):
+            raise IdentityError(f"${name} {environ[name][:80]!r} is not a valid IoT Hub id")
+    return HubIdentity(
+        hostname=environ["IOTEDGE_IOTHUBHOSTNAME"],
+        device_id=environ["IOTEDGE_DEVICEID"],
+        module_id=environ["IOTEDGE_MODULEID"],
+        gateway=environ["IOTEDGE_GATEWAYHOSTNAME"],
+        source=f"the IoT Edge module environment ({environ['IOTEDGE_WORKLOADURI']})",
+        edge=True,
+    )
+
+
 def load_identity(
     connection_string_file: str | None = None,
     ca_file: str | None = None,
@@ -306,6 +350,8 @@ def load_identity(
         ident = identity_from_fields(fields, source=f"${ENV_CONNECTION_STRING}", ca_file=ca_file,
                                      cert_file=cert_file, key_file=key_file)
         return ident, f"connection string from ${ENV_CONNECTION_STRING}"
+    elif edge_environment_present(env):
+        return edge_identity(env), "running as an IoT Edge module ($IOTEDGE_* environment)"
     elif Path(default_file).exists() or Path(default_file).is_symlink():
         path = default_file
     else:
@@ -323,3 +369,105 @@ def load_identity(
     if from_env.strip():
         note = f" (${ENV_CONNECTION_STRING} is set too and ignored: the file given wins)"
     return ident, f"connection string from {path}{note}"
+
+
+def identity_files(ident: HubIdentity) -> tuple[str, ...]:
+    """The files an identity was loaded from: the connection-string file, the X.509
+    certificate and key. A change to any of them is a new identity (rotation)."""
+    return tuple(p for p in (ident.source_path, ident.cert_file, ident.key_file) if p)
+
+
+def files_signature(paths: tuple[str, ...]) -> tuple[tuple[int, int, int, int] | None, ...]:
+    """file_signature of each path: a stat per file, no read."""
+    return tuple(file_signature(p) for p in paths)
+
+
+# -- certificate dates: a minimal DER walk (the standard library does not expose them) ------
+
+_MAX_CERT_BYTES = 64 * 1024
+
+
+def _tlv(der: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start, end) of the DER element at `at`; IdentityError when it does not fit."""
+    if at + 2 > len(der):
+        raise IdentityError("truncated DER")
+    tag, first = der[at], der[at + 1]
+    at += 2
+    if first < 0x80:
+        size = first
+    else:
+        count = first & 0x7F
+        if not 1 <= count <= 4 or at + count > len(der):
+            raise IdentityError("bad DER length")
+        size = int.from_bytes(der[at : at + count], "big")
+        at += count
+    if at + size > len(der):
+        raise IdentityError("truncated DER")
+    return tag, at, at + size
+
+
+def _der_time(tag: int, raw: bytes) -> float:
+    import calendar
+
+    text = raw.decode("ascii", "replace")
+    if tag == 0x17 and len(text) == 13 and text.endswith("Z"):  # UTCTime YYMMDDHHMMSSZ
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif not (tag == 0x18 and len(text) == 15 and text.endswith("Z")):  # GeneralizedTime
+        raise IdentityError(f"unsupported certificate time {text[:20]!r}")
+    if not text[:14].isdigit():
+        raise IdentityError(f"bad certificate time {text[:20]!r}")
+    fields = [int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]),
+              int(text[10:12]), int(text[12:14])]
+    return float(calendar.timegm((*fields, 0, 0, 0)))
+
+
+def certificate_validity(cert_file: str) -> tuple[float, float]:
+    """(notBefore, notAfter) of the first certificate of a PEM file, as Unix times."""
+    import ssl  # here: the local default never loads ssl (see check_x509)
+
+    try:
+        with open(cert_file, "rb") as source:
+            text = source.read(_MAX_CERT_BYTES).decode("ascii", "replace")
+    except OSError as err:
+        raise IdentityError(f"cannot read X.509 certificate {cert_file}: {err.strerror}") from None
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    start = text.find(begin)
+    stop = text.find(end, start)
+    if start < 0 or stop < 0:
+        raise IdentityError(f"X.509 certificate {cert_file} holds no PEM certificate")
+    try:
+        der = ssl.PEM_cert_to_DER_cert(text[start : stop + len(end)])
+        _, cert, _ = _tlv(der, 0)
+        _, tbs, tbs_end = _tlv(der, cert)
+        at = tbs
+        tag, _, after = _tlv(der, at)
+        if tag == 0xA0:  # [0] version
+            at = after
+        for _ in range(3):  # serialNumber, signature, issuer
+            at = _tlv(der, at)[2]
+        _, validity, _ = _tlv(der, at)
+        tag, start_at, end_at = _tlv(der, validity)
+        not_before = _der_time(tag, der[start_at:end_at])
+        tag, start_at, end_at = _tlv(der, end_at)
+        not_after = _der_time(tag, der[start_at:end_at])
+    except (ValueError, IndexError) as err:
+        raise IdentityError(f"X.509 certificate {cert_file} is not a certificate: {err}") from None
+    if at > tbs_end:
+        raise IdentityError(f"X.509 certificate {cert_file} is not a certificate")
+    return not_before, not_after
+
+
+def check_renewed(ident: HubIdentity, now: float) -> None:
+    """What a renewed identity must pass beyond load_identity's checks before the uplink drops
+    a working connection for it: an X.509 certificate valid now. (Not checked at start: a
+    device whose clock is not set yet must still be able to try.)"""
+    if ident.cert_file is None:
+        return
+    not_before, not_after = certificate_validity(ident.cert_file)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(not_after))
+    if not_after <= now:
+        raise IdentityError(f"X.509 certificate {ident.cert_file} expired at {stamp}")
+    if not_before > now:
+        start = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(not_before))
+        raise IdentityError(f"X.509 certificate {ident.cert_file} is not valid before {start}")

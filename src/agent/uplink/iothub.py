@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from agent.clock import wall_time
 from agent.config import Config, ConfigStore, ConfigUpdate, ReportedState
+from agent.config.local import UplinkTransport
 from agent.envelope import JSON_TYPE, SCHEMA_VERSION, UnsendableBatch, encode_batch
 from agent.limits import MAX_MESSAGE_BYTES
 from agent.outbox import MAX_DOOMED, Outbox, OutboxError
@@ -53,7 +54,13 @@ from agent.uplink.connection import (
     call_with_timeout,
     classify,
 )
-from agent.uplink.identity import HubIdentity, IdentityError, file_signature
+from agent.uplink.identity import (
+    HubIdentity,
+    IdentityError,
+    check_renewed,
+    files_signature,
+    identity_files,
+)
 from agent.uplink.provisioning import Provisioner
 
 log = logging.getLogger("agent.uplink")
@@ -90,7 +97,9 @@ class UplinkOptions:
     refused the credentials or TLS failed, the next attempt waits for the identity's file to
     change, or this long. report_check_s: how often the loop offers the reported document;
     counters_every_s: at most one patch of counters only (VOLATILE_REPORTED) per this long.
-    close_grace_s: how long close() waits for batches already handed over."""
+    close_grace_s: how long close() waits for batches already handed over. identity_check_s:
+    how often, while connected, the identity's files are stat()ed for a rotation (one stat
+    per file: the connection string, the certificate, the key)."""
 
     window: int = 64
     window_bytes: int = 1 << 20
@@ -106,6 +115,7 @@ class UplinkOptions:
     refused_retry_s: float = 3600.0
     close_grace_s: float = 5.0
     keep_alive_s: int = 60
+    identity_check_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.window <= 64:
@@ -141,7 +151,10 @@ class IotHubUplink:
     `attach(agent)` before agent.run(): the worker connects in the background.
 
     `reload_identity`, when given, loads the identity again (the command line's sources); it
-    is called after the hub refused the credentials once the identity's file changed.
+    is called when the identity's files changed (identity_files: a rotation while connected,
+    or after the hub refused the credentials). A rotation that does not load, or whose
+    certificate is not valid now, keeps the connection and is reported (status
+    "identity_change"); one that loads reconnects with the new identity.
 
     `provisioner`, when given, is DPS (agent.uplink.provisioning): `identity` is then the
     stored assignment's, or None to provision before the first connect; a hub that refuses
@@ -152,6 +165,7 @@ class IotHubUplink:
                  options: UplinkOptions | None = None, *,
                  reload_identity: Callable[[], HubIdentity] | None = None,
                  provisioner: Provisioner | None = None,
+                 transport: UplinkTransport | None = None,
                  rng: random.Random | None = None) -> None:
         if identity is None and provisioner is None:
             raise ValueError("an identity, or DPS to get one")
@@ -161,6 +175,7 @@ class IotHubUplink:
         self._dps_state = "assigned (stored)" if identity is not None else "not provisioned"
         self.agent_id = agent_id
         self.options = options or UplinkOptions()
+        self.transport = transport or UplinkTransport()
         self._reload_identity = reload_identity
         self._rng = rng or random.Random()
         self._agent: AgentHooks | None = None
@@ -178,8 +193,14 @@ class IotHubUplink:
         self._epoch = 0
         self._attempts = 0
         self._retry_at = 0.0
-        self._refused_sig: tuple[int, int, int, int] | None = None
         self._refused = False
+        # The identity's files as last loaded (or last found unusable): a change is a rotation.
+        # (DPS before its first assignment has no files: nothing to watch.)
+        self._identity_sig = files_signature(identity_files(identity) if identity else ())
+        self._next_identity_check = 0.0
+        self._identity_change: dict[str, Any] | None = None
+        self._identity_changes = 0
+        self._old_secrets: list[str] = []  # of rotated-out identities: redacted too
         self._reported = ReportedState()
         self._last_counters = 0.0
         # Loop-thread state.
@@ -203,8 +224,8 @@ class IotHubUplink:
     def describe(self) -> str:
         if self.identity is None:
             assert self._provisioner is not None
-            return self._provisioner.describe()
-        return self.identity.describe()
+            return f"{self._provisioner.describe()} over {self.transport.describe()}"
+        return f"{self.identity.describe()} over {self.transport.describe()}"
 
     def attach(self, agent: AgentHooks) -> None:
         """Start the worker (connect, twin, sends) for this agent."""
@@ -308,11 +329,13 @@ class IotHubUplink:
             dps = {"dps": dict(self._provisioner.status(), state=self._dps_state)}
         return {
             "kind": "iothub", "hub": ident and ident.hostname, "gateway": ident and ident.gateway,
+            "transport": self.transport.describe(),
             "identity": ident and ident.client_id, "auth": ident and ident.auth,
             "state": self._link.describe(), **dps,
             "since": int(self._link.since), "state_changes": self._link.entered(), "last_seq": self.last_seq,
             "last_confirmed": None if self.last_confirmed is None else int(self.last_confirmed),
             "in_flight": len(self._inflight) + len(self._sent), "retry_in_s": round(retry, 1),
+            "identity_change": self._identity_change,
             **self.counters.snapshot(),
         }
 
@@ -399,7 +422,7 @@ class IotHubUplink:
         secrets = self.identity.secrets() if self.identity is not None else []
         if self._provisioner is not None:
             secrets += self._provisioner.secrets()
-        for secret in secrets:
+        for secret in secrets + self._old_secrets + self.transport.secrets():
             text = text.replace(secret, "***")
         return _SIG.sub(lambda m: m.group(1) + "***", text)
 
@@ -417,24 +440,24 @@ class IotHubUplink:
         client = self._client
         connected = self._link.is_(LinkState.CONNECTED)
         if connected and client is not None and client.connected:
-            return True
+            # A rotation that loads drops the connection: reconnect with the new identity.
+            return not (self._identity_files_changed() and self._rotate())
         if connected:
             self._lost("connection lost", discard=False)
         now = time.monotonic()
         if self._refused:
-            assert self.identity is not None
-            sig = file_signature(self.identity.source_path)
-            if sig == self._refused_sig and now < self._retry_at:
+            assert self.identity is not None  # DPS re-provisions instead (_connect_failed)
+            sig = files_signature(identity_files(self.identity))
+            if sig == self._identity_sig and now < self._retry_at:
                 self._stopping.wait(min(5.0, self._retry_at - now))
                 return False
-            if sig != self._refused_sig and self._reload_identity is not None:
+            if sig != self._identity_sig and self._reload_identity is not None:
+                self._identity_sig = sig
                 try:
-                    self.identity = self._reload_identity()
+                    self._adopt(self._reload_identity())
                 except IdentityError as err:
-                    self._refused_sig = sig
-                    self._link.to(LinkState.FAILED, str(err))
+                    self._link.to(LinkState.FAILED, self._redact(str(err)))
                     return False
-                log.info("iothub: the identity changed: %s", self.describe())
                 self._discard_client()
             self._refused = False
         elif now < self._retry_at:
@@ -445,8 +468,59 @@ class IotHubUplink:
         dps = self._provisioner
         if dps is not None and (self.identity is None or self._reprovision) and not self._provision(dps):
             return False
+        if self._identity_files_changed() and self._rotate():
+            return False  # rotated while away: the next attempt uses the new identity
         self._connect()
         return self._link.is_(LinkState.CONNECTED)
+
+    def _identity_files_changed(self) -> bool:
+        """Whether the identity's files changed since they were last loaded; looks at most
+        once per identity_check_s."""
+        now = time.monotonic()
+        if self._reload_identity is None or self.identity is None or now < self._next_identity_check:
+            return False
+        self._next_identity_check = now + self.options.identity_check_s
+        return files_signature(identity_files(self.identity)) != self._identity_sig
+
+    def _adopt(self, new: HubIdentity) -> None:
+        old = self.identity
+        if old is not None:
+            self._old_secrets.extend(s for s in old.secrets() if s not in self._old_secrets)
+        self.identity = new
+        log.info("iothub: the identity changed: %s", self.describe())
+
+    def _rotate(self) -> bool:
+        """The identity's files changed while connected. Load and check the new identity:
+        usable, drop the connection (its batches go back) and reconnect with it at once;
+        not, keep the connection and report why. True when reconnecting."""
+        assert self._reload_identity is not None and self.identity is not None
+        self._identity_sig = files_signature(identity_files(self.identity))
+        self._identity_changes += 1
+        try:
+            new = self._reload_identity()
+            check_renewed(new, wall_time())
+        except IdentityError as err:
+            reason = self._redact(str(err))
+            self._identity_change = {"state": "refused", "reason": reason, "at": int(wall_time()),
+                                     "count": self._identity_changes}
+            log.error("iothub: the identity's files changed but the new identity is not used "
+                      "(still %s): %s", self.identity.client_id, reason)
+            return False
+        self._adopt(new)
+        self._identity_sig = files_signature(identity_files(new))
+        self._identity_change = {"state": "applied", "reason": None, "at": int(wall_time()),
+                                 "count": self._identity_changes}
+        with self._lock:
+            self._link.to(LinkState.DISCONNECTED, "the identity changed: reconnecting")
+            self._accepting = False
+            while self._queue:
+                item = self._queue.popleft()
+                self._results.append((item.batch_id, item.seq, _RETURNED))
+        self._attempts = 0
+        self._retry_at = 0.0
+        self._discard_client()
+        self._wake_loop()
+        return True
 
     def _provision(self, provisioner: Provisioner) -> bool:
         """Ask DPS for the hub (blocking, with the connect deadline); on failure the link
@@ -496,7 +570,21 @@ class IotHubUplink:
         }
         if ident.ca_pem is not None:
             opts["server_verification_cert"] = ident.ca_pem
-        if ident.key is not None:
+        if self.transport.websockets:
+            opts["websockets"] = True  # the SDK then connects to port 443
+        proxy = self.transport.proxy
+        if proxy is not None:
+            from azure.iot.device import ProxyOptions
+
+            opts["proxy_options"] = ProxyOptions(  # type: ignore[no-untyped-call]
+                "HTTP", proxy.host, proxy.port, proxy.username, proxy.password)
+        client: Any
+        if ident.edge:
+            # The SDK reads the $IOTEDGE_* environment itself, takes the Edge hub's trust
+            # bundle from the workload API and refuses a CA or gateway given here.
+            opts.pop("server_verification_cert", None)
+            client = IoTHubModuleClient.create_from_edge_environment(**opts)
+        elif ident.key is not None:
             cls = IoTHubModuleClient if ident.module_id else IoTHubDeviceClient
             client = cls.create_from_connection_string(ident.connection_string(), **opts)
         else:
@@ -511,7 +599,7 @@ class IotHubUplink:
             else:
                 client = IoTHubDeviceClient.create_from_x509_certificate(
                     x509, hostname=ident.hostname, device_id=ident.device_id, **opts)
-        client.on_connection_state_change = self._on_connection_change  # type: ignore[assignment]
+        client.on_connection_state_change = self._on_connection_change
         return client
 
     def _apply_in_loop(self, desired: Any, epoch: int) -> dict[str, Any] | None:
@@ -577,9 +665,28 @@ class IotHubUplink:
         log.info("iothub: connected to %s", self.identity and self.identity.hostname)
         self._wake_loop()
 
+    def _through_proxy(self, err: BaseException) -> bool:
+        """Whether a failed connect failed at the proxy (PySocks' errors, under the SDK's)."""
+        if self.transport.proxy is None:
+            return False
+        import socks  # type: ignore[import-untyped]  # the SDK's proxy support (PySocks)
+
+        seen: BaseException | None = err
+        for _ in range(10):
+            if seen is None:
+                return False
+            if isinstance(seen, socks.ProxyError):
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
+
     def _connect_failed(self, err: Exception) -> None:
         failure = classify(err)
         reason = self._redact(failure.reason)
+        if self._through_proxy(err):
+            proxy = self.transport.proxy
+            assert proxy is not None
+            reason = f"proxy {proxy.host}:{proxy.port}: {reason}"
         if failure.abandon_client:
             self.counters.add("timeouts")
             self._discard_client()
@@ -601,7 +708,6 @@ class IotHubUplink:
         if failure.outcome is Outcome.REFUSED:
             assert self.identity is not None
             self._refused = True
-            self._refused_sig = file_signature(self.identity.source_path)
             self._retry_at = time.monotonic() + self.options.refused_retry_s
             self._link.to(LinkState.FAILED, reason)
             log.error("iothub: %s: %s; not retrying until the identity changes (or %g s)",
