@@ -18,6 +18,11 @@ static const char *const process_fields[] = {"t", "src", "node", "uid", "exe", "
                                              "ok", NULL};
 static const char *const network_fields[] = {"t", "src", "node", "op", "dir", "fam", "proto",
                                              "laddr", "raddr", "path", "exe", "ok", NULL};
+/* A device plugged in and out again merges (its bus's device number is not in the key), as
+ * does a flapping carrier. */
+static const char *const peripheral_fields[] = {"t", "src", "op", "kind", "devpath", "name",
+                                                "vendor_id", "product_id", "class", "subclass",
+                                                "protocol", NULL};
 
 typedef struct entry {
     uint8_t *key;       /* key bytes, then the first event's map */
@@ -108,7 +113,8 @@ am_agg *am_agg_new(const struct am_agg_options *opts)
     am_agg_default_options(&o);
     if (opts != NULL)
         o = *opts;
-    if ((o.kind != AM_AGG_NONE && o.kind != AM_AGG_PROCESS && o.kind != AM_AGG_NETWORK) || o.cache_size < 1 ||
+    if ((o.kind != AM_AGG_NONE && o.kind != AM_AGG_PROCESS && o.kind != AM_AGG_NETWORK &&
+         o.kind != AM_AGG_PERIPHERAL) || o.cache_size < 1 ||
         o.cache_size > 65536 || o.max_bytes < 1024 || o.max_bytes > (1u << 30))
         return NULL;
     am_agg *a = calloc(1, sizeof *a);
@@ -321,7 +327,9 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         return AM_ERR_ARG;
     if (!mpr_map(r, &n))
         return AM_ERR_ARG;
-    const char *const *names = a->opt.kind == AM_AGG_NETWORK ? network_fields : process_fields;
+    const char *const *names = a->opt.kind == AM_AGG_NETWORK      ? network_fields
+                               : a->opt.kind == AM_AGG_PERIPHERAL ? peripheral_fields
+                                                                  : process_fields;
     fields f;
     memset(&f, 0, sizeof f);
     for (uint32_t i = 0; i < n; i++) {
@@ -402,6 +410,7 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
     }
     int wanted = a->opt.kind == AM_AGG_PROCESS   ? span_is(t, "exec")
                  : a->opt.kind == AM_AGG_NETWORK ? (span_is(t, "net") || span_is(t, "conn"))
+                 : a->opt.kind == AM_AGG_PERIPHERAL ? span_is(t, "periph")
                                                  : 0;
     /* An entry holds its key and event: one that could never fit passes through. */
     if (!wanted || event_len > a->opt.max_bytes / 2)

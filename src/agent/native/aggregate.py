@@ -11,8 +11,9 @@ from agent._core import ffi, lib
 from agent.native._base import CoreArgumentError, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink, pump
 
-AggregateKind = Literal["none", "process", "network"]
-_KINDS = {"none": lib.AM_AGG_NONE, "process": lib.AM_AGG_PROCESS, "network": lib.AM_AGG_NETWORK}
+AggregateKind = Literal["none", "process", "network", "peripheral"]
+_KINDS = {"none": lib.AM_AGG_NONE, "process": lib.AM_AGG_PROCESS, "network": lib.AM_AGG_NETWORK,
+          "peripheral": lib.AM_AGG_PERIPHERAL}
 
 
 @dataclass(frozen=True)
