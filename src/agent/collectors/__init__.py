@@ -14,8 +14,10 @@ from agent.collectors.inventory import (
     SBoMCollector,
     SystemInformationCollector,
 )
+from agent.collectors.log import LogCollector
 from agent.collectors.login import LoginCollector
 from agent.collectors.network import ListeningPortsCollector, NetworkActivityCollector
+from agent.collectors.peripheral import PeripheralCollector
 from agent.collectors.process import ProcessCollector
 from agent.config import COLLECTORS, CollectorState
 
@@ -48,6 +50,8 @@ CLASSES: dict[str, type[Collector]] = {
         BaselineCollector,
         HeartbeatCollector,
         StatisticsCollector,
+        PeripheralCollector,
+        LogCollector,
     )
 }
 
