@@ -300,7 +300,10 @@ def test_live_interfaces_carrier_sysfs_uevent_and_a_spoof(veth: tuple[str, str, 
         ip("link", "add", ours, "type", "veth", "peer", "name", peer, "netns", ns)
         ip("link", "set", ours, "up")
         ip("-n", ns, "link", "set", peer, "up")
-        mine = lambda evs: [e for e in evs if e.get("name") == ours]  # noqa: E731
+
+        def mine(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [e for e in evs if e.get("name") == ours]
+
         seen = drain_for(source, sink, lambda evs: any(
             e["op"] == "carrier_up" for e in mine(evs)))
         ip("-n", ns, "link", "set", peer, "down")  # the peer pulls the cable

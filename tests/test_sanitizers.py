@@ -46,6 +46,7 @@ SANITIZED_TESTS = (
     "test_sock_diag.py",
     "test_proc_net.py",
     "test_utmp.py",
+    "test_peripheral.py",
     "test_native_protocol.py",
 )
 
