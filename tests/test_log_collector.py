@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 
 from agent.collectors import Environment
 from agent.collectors.log import MAX_ENTRIES, OVERFLOW_TEMPLATE, LogCollector, LogTable
@@ -133,3 +134,36 @@ def test_warnings_before_the_first_start_are_kept(tmp_path: Path) -> None:
     c.collect(0, lane)
     c.stop()
     assert [e["msg"] for e in lane.events()] == ["FileSystem: unavailable: %s"]
+
+
+@pytest.mark.live
+@pytest.mark.root
+def test_agent_warnings_arrive_as_log_events_following_frequency_and_disabled(
+        tmp_path: Path) -> None:
+    """In the agent: an invalid twin value's warning is a `log` event in the lane of
+    LogCollector_MessageFrequency (Low, then High after a live patch), and none arrives
+    after LogCollector_Disabled."""
+    from test_runtime import agent, delivered
+
+    from agent.config import Frequency
+
+    template = "config: %s is invalid: %s"
+    with agent(tmp_path, {"Process_Disabled": True, "LogCollector_Disabled": False}) as h:
+        assert h.agent.collectors["LogCollector"].collector.state.state == "running"
+        for _ in range(3):
+            h.patch({"Process_CacheSize": "not a number"})
+        h.patch({"LogCollector_MessageFrequency": "High"})
+        h.patch({"Process_CacheSize": -1})
+        h.patch({"LogCollector_Disabled": True})
+        h.patch({"Process_CacheSize": "still not"})
+        for prio in (Frequency.HIGH, Frequency.MEDIUM, Frequency.LOW):
+            h.agent.close_lane(h.agent.lanes[prio])
+        h.spin(0.1)
+    logs = [(env["prio"], ev) for env in delivered(h.data) for ev in env["events"]
+            if ev["t"] == "log" and ev["msg"] == template]
+    by_prio = {prio: ev for prio, ev in logs}
+    assert sorted(by_prio) == ["High", "Low"] and len(logs) == 2
+    # The three invalid patches (and the frequency patch, which still carries the invalid
+    # field) before the move to High: one entry.
+    assert by_prio["Low"]["hits"] >= 3 and by_prio["Low"]["level"] == "WARNING"
+    assert by_prio["High"]["logger"] == by_prio["Low"]["logger"]

@@ -331,3 +331,37 @@ def test_live_interfaces_carrier_sysfs_uevent_and_a_spoof(veth: tuple[str, str, 
     assert added["devpath"] == f"/devices/virtual/net/{ours}" and added["ifindex"] > 0
     assert stats.spoofed >= 1 and not [e for e in seen if e.get("name") == "spoof0"]
     assert stats.dumps == 1 and stats.malformed == 0 and stats.truncated == 0
+
+
+@pytest.mark.live
+@pytest.mark.root
+def test_agent_follows_peripheral_message_frequency_and_disabled_live(
+        tmp_path: Path, veth: tuple[str, str, str]) -> None:
+    """Peripheral in the agent, patched live as the twin does: its events go to the lane it
+    is in when they happen (Low, its default, then High), and none after it is disabled."""
+    from test_runtime import agent, delivered
+
+    from agent.config import Frequency
+
+    ours, peer, ns = veth
+    with agent(tmp_path, {"Process_Disabled": True, "Peripheral_Disabled": False}) as h:
+        state = h.agent.collectors["Peripheral"].collector.state
+        assert (state.state, state.source) == ("running", "uevent+rtnetlink")
+        ip("link", "add", ours, "type", "veth", "peer", "name", peer, "netns", ns)
+        ip("-n", ns, "link", "set", peer, "up")
+        h.spin(0.5)
+        h.patch({"Peripheral_MessageFrequency": "High"})
+        ip("link", "set", ours, "up")  # both ends up: carrier up, in the High lane
+        h.spin(0.5)
+        h.patch({"Peripheral_Disabled": True})
+        h.spin(0.2)
+        ip("link", "del", ours)  # not seen: disabled
+        h.spin(0.5)
+        for prio in (Frequency.HIGH, Frequency.MEDIUM, Frequency.LOW):
+            h.agent.close_lane(h.agent.lanes[prio])
+        h.spin(0.1)
+    envelopes = delivered(h.data)
+    mine = [(env["prio"], ev["op"]) for env in envelopes for ev in env["events"]
+            if ev["t"] == "periph" and ev.get("name") == ours]
+    assert ("Low", "add") in mine and ("High", "carrier_up") in mine
+    assert "remove" not in [op for _, op in mine]  # deleted after Peripheral_Disabled
