@@ -6,7 +6,9 @@
  * rtnetlink's link messages (RTMGRP_LINK): a link's carrier going up or down (a cable
  * plugged or pulled). A uevent whose netlink sender is not the kernel (nl_pid != 0) is a
  * spoof: counted, never taken as a device. USB product and manufacturer strings and a block
- * device's `removable` are read from sysfs when the device is added. */
+ * device's `removable` are read from sysfs when the device is added. A snapshot of the
+ * devices present decodes datagrams with ACTION=present built from sysfs `uevent` files
+ * (agent.collectors.peripheral.snapshot): op `present`. */
 #ifndef AM_CORE_PERIPHERAL_H
 #define AM_CORE_PERIPHERAL_H
 

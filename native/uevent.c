@@ -31,6 +31,10 @@ enum {
     RTA_ALIGNTO_ = 4
 };
 
+/* The action of a snapshot's datagrams (the kernel has no such action; a snapshot builds them
+ * from each device's sysfs `uevent` file). */
+#define PRESENT "present"
+
 struct link_state {
     int32_t ifindex;
     uint8_t carrier;
@@ -478,8 +482,13 @@ static int encode_uevent(am_periph *p, am_sink *sink, const struct uevent *u, en
                          uint64_t *appended)
 {
     static const char *const kind_names[] = {"", "usb_device", "usb_interface", "block", "net"};
-    int is_add = span_is(u->action, "add");
-    const char *op = is_add ? "add" : span_is(u->action, "remove") ? "remove" : "move";
+    int present = span_is(u->action, PRESENT);
+    /* A device there now (added, or listed by a snapshot) still has its sysfs attributes. */
+    int is_add = span_is(u->action, "add") || present;
+    const char *op = span_is(u->action, "add")      ? "add"
+                     : present                      ? PRESENT
+                     : span_is(u->action, "remove") ? "remove"
+                                                    : "move";
     uint32_t n = 6; /* t ts src op kind devpath */
     int bad = 0;
     struct usb_ids ids;
@@ -640,6 +649,7 @@ static int decode_uevent(am_periph *p, am_sink *sink, const uint8_t *data, size_
     p->st.uevents++;
     enum kind k = kind_of(&u);
     int wanted = span_is(u.action, "add") || span_is(u.action, "remove") ||
+                 span_is(u.action, PRESENT) ||
                  (k == K_NET && span_is(u.action, "move"));
     if (k == K_NONE || !wanted) {
         p->st.ignored++;

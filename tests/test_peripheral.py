@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -108,6 +109,66 @@ def test_a_stick_plugged_in_and_out_twice_aggregates_to_one_entry_per_step(sysfs
     agg.flush(out)
     entries = events_of(out)
     assert [(e["op"], e["hits"], e["dev"]) for e in entries] == [("add", 2, 4), ("remove", 2, 4)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the snapshot (`micro-agent collect Peripheral`)
+
+
+def test_snapshot_lists_a_prepared_sysfs_tree(tmp_path: Path, sysfs: Path) -> None:
+    """A root whose sys/ holds the stick (device, interface, disk) as sysfs lays it out:
+    entries of bus/usb/devices and class/block link to the devices' directories, each with
+    its `uevent` file and `subsystem` link."""
+    from agent.collectors.peripheral import snapshot
+
+    root = tmp_path
+    expected = {c["name"]: c["expected"] for c in fixture()["cases"]}
+    layout = {
+        "stick-device-add": ("bus/usb/devices/1-2", "bus/usb",
+                             ("PRODUCT=781/5567/100\nTYPE=0/0/0\nBUSNUM=001\nDEVNUM=004\n"
+                             "DEVTYPE=usb_device\nDEVNAME=bus/usb/001/004\n")),
+        "stick-interface-add": ("bus/usb/devices/1-2:1.0", "bus/usb",
+                                ("DEVTYPE=usb_interface\nPRODUCT=781/5567/100\nTYPE=0/0/0\n"
+                                "INTERFACE=8/6/80\n")),
+        "stick-disk-add": ("class/block/sdb", "class/block",
+                           "MAJOR=8\nMINOR=16\nDEVNAME=sdb\nDEVTYPE=disk\n"),
+    }
+    for name, (link, subsystem, uevent_text) in layout.items():
+        device = sysfs / expected[name]["devpath"].lstrip("/")
+        device.mkdir(parents=True, exist_ok=True)
+        (device / "uevent").write_text(uevent_text)
+        (sysfs / subsystem).mkdir(parents=True, exist_ok=True)
+        (device / "subsystem").symlink_to(sysfs / subsystem)
+        (sysfs / link).parent.mkdir(parents=True, exist_ok=True)
+        (sysfs / link).symlink_to(device)
+
+    class Lane:
+        def __init__(self) -> None:
+            self.sink = EventSink()
+            self.batches: list[bytes] = []
+
+        def spill(self, batches: list[bytes]) -> None:
+            self.batches.extend(batches)
+
+    lane = Lane()
+    assert snapshot(root, lane) == 0
+    got = {e["devpath"]: without_ts(e) for b in lane.batches + lane.sink.seal()
+           for e in msgpack.unpackb(b, raw=False)}
+    for name in layout:
+        want = dict(expected[name], op="present")
+        assert got[want["devpath"]] == want, name
+
+
+def test_collect_peripheral_lists_this_machines_block_devices() -> None:
+    """`micro-agent collect Peripheral` here: one event per entry of /sys/class/block."""
+    run = subprocess.run([sys.executable, "-m", "agent.cli", "collect", "Peripheral"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    block = sorted(e["name"] for e in events if e["kind"] == "block")
+    assert block == sorted(p.name for p in Path("/sys/class/block").iterdir())
+    assert all(e["op"] == "present" and e["t"] == "periph" for e in events)
+    assert {e["name"] for e in events if e["kind"] == "net"} == {
+        p.name for p in Path("/sys/class/net").iterdir()}
 
 
 # ---------------------------------------------------------------------------------------------

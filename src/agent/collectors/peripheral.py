@@ -13,12 +13,13 @@ non-zero count is in the state's reason.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from agent.collectors.base import Collector, Lane
 from agent.collectors.privileges import NETLINK_REFUSED, explain_refusal
 from agent.config import CollectorState
-from agent.native.peripheral import PeripheralSource
+from agent.native.peripheral import PeripheralOptions, PeripheralSource
 from agent.native.sink import EventSink, pump
 
 # The source's counters surfaced in the collector's statistics (the rest are in drops()).
@@ -103,3 +104,37 @@ class PeripheralCollector(Collector):
         out = super().stats()
         out.update(self._source_counters())
         return out
+
+
+# The sysfs directories whose entries a snapshot lists (each a link to the device's directory).
+SNAPSHOT_DIRS = ("bus/usb/devices", "class/block", "class/net")
+
+
+def snapshot(root: Path, lane: Lane) -> int:
+    """One `present` event per USB device and interface, block device and network interface
+    there now (`micro-agent collect Peripheral`): each device's sysfs `uevent` file (the
+    KEY=VALUE lines of its `add`) decoded by the core as a uevent with ACTION=present.
+    Returns the devices that could not be read (gone meanwhile)."""
+    sysfs = root / "sys"
+    unreadable = 0
+    with PeripheralSource(PeripheralOptions(listen=False, sysfs_root=str(sysfs))) as source:
+        base = sysfs.resolve()
+        for directory in SNAPSHOT_DIRS:
+            for entry in sorted((sysfs / directory).glob("*")):
+                try:
+                    datagram = _present(entry.resolve(), base)
+                except (OSError, ValueError):
+                    unreadable += 1
+                    continue
+                if lane.sink.full():
+                    lane.spill(lane.sink.take())
+                source.decode(lane.sink, datagram)
+    return unreadable
+
+
+def _present(device: Path, sysfs: Path) -> bytes:
+    devpath = ("/" + str(device.relative_to(sysfs))).encode()
+    subsystem = (device / "subsystem").resolve().name.encode()
+    lines = [line for line in (device / "uevent").read_bytes().split(b"\n") if line]
+    head = [b"ACTION=present", b"DEVPATH=" + devpath, b"SUBSYSTEM=" + subsystem]
+    return b"present@" + devpath + b"\0" + b"\0".join(head + lines) + b"\0"
