@@ -26,6 +26,7 @@ import msgpack
 import pytest
 from leakcheck import assert_rss_flat
 
+from agent.collectors.peripheral import PeripheralCollector
 from agent.native.aggregate import Aggregator
 from agent.native.peripheral import PeripheralOptions, PeripheralSource
 from agent.native.sink import EventSink
@@ -413,7 +414,12 @@ def test_agent_follows_peripheral_message_frequency_and_disabled_live(
         h.spin(0.5)
         h.patch({"Peripheral_MessageFrequency": "High"})
         ip("link", "set", ours, "up")  # both ends up: carrier up, in the High lane
-        h.spin(0.5)
+        # The kernel's linkwatch sends a carrier change up to a second after it happens.
+        collector = h.agent.collectors["Peripheral"].collector
+        assert isinstance(collector, PeripheralCollector) and collector.source is not None
+        end = time.monotonic() + 5
+        while collector.source.stats().carrier == 0 and time.monotonic() < end:
+            h.spin(0.1)
         h.patch({"Peripheral_Disabled": True})
         h.spin(0.2)
         ip("link", "del", ours)  # not seen: disabled
