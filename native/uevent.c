@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,7 +47,6 @@ struct am_periph {
     int fd[2]; /* enum am_periph_socket */
     int sysfs_fd; /* -1: no sysfs reads */
     int err;
-    int dumping;  /* a link dump is under way: its links are remembered without events */
     struct link_state *links;
     uint32_t link_count;
     uint8_t *rx;
@@ -175,9 +175,21 @@ static int open_socket(am_periph *p, int protocol, uint32_t groups)
     return fd;
 }
 
-/* Asks rtnetlink for every link; the answers are remembered without events (dumping). */
-static int request_dump(am_periph *p)
+static int decode_link(am_periph *p, am_sink *sink, uint16_t type, const uint8_t *d, size_t len,
+                       int dump, uint64_t *appended);
+
+/* Every link's carrier, remembered without events: a dump read to its end on a socket of its
+ * own (not in the multicast group), so that the group's socket, subscribed before, sees every
+ * change after it. Read in one go: with a dump left to the drain, a change multicast while a
+ * later part of the dump was still unread would meet an unknown link and be taken for its
+ * first sight. A read waits 2 s at most; 0, or -1 with errno. */
+static int sync_dump(am_periph *p)
 {
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0)
+        return -1;
+    struct timeval tv = {.tv_sec = 2, .tv_usec = 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     struct {
         struct nlmsghdr nh;
         struct ifinfomsg ifi;
@@ -189,19 +201,51 @@ static int request_dump(am_periph *p)
     req.nh.nlmsg_seq = DUMP_SEQ;
     req.ifi.ifi_family = AF_UNSPEC;
     struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-    for (;;) {
-        ssize_t n = sendto(p->fd[AM_PERIPH_LINK], &req, sizeof req, 0,
-                           (struct sockaddr *)&kernel, sizeof kernel);
-        if (n == (ssize_t)sizeof req)
-            break;
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n >= 0)
-            errno = EMSGSIZE;
+    ssize_t sent;
+    do
+        sent = sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel);
+    while (sent < 0 && errno == EINTR);
+    if (sent != (ssize_t)sizeof req) {
+        int saved = sent < 0 ? errno : EMSGSIZE;
+        close(fd);
+        errno = saved;
         return -1;
     }
-    p->dumping = 1;
     p->st.dumps++;
+    uint64_t none = 0;
+    for (int done = 0; !done;) {
+        struct sockaddr_nl from;
+        struct iovec iov = {.iov_base = p->rx, .iov_len = RX_BYTES};
+        struct msghdr msg = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov,
+                             .msg_iovlen = 1};
+        ssize_t n = recvmsg(fd, &msg, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* a timeout or an error: the links not read are met later, first sight */
+        }
+        if (msg.msg_flags & MSG_TRUNC) {
+            p->st.truncated++;
+            continue;
+        }
+        if (from.nl_pid != 0)
+            continue;
+        size_t off = 0, len = (size_t)n;
+        while (off + sizeof(struct nlmsghdr) <= len) {
+            struct nlmsghdr nh;
+            memcpy(&nh, p->rx + off, sizeof nh);
+            if (nh.nlmsg_len < sizeof nh || nh.nlmsg_len > len - off)
+                break;
+            if (nh.nlmsg_type == NLMSG_DONE || nh.nlmsg_type == NLMSG_ERROR)
+                done = 1;
+            else if (nh.nlmsg_type == RTM_NEWLINK)
+                /* dump: remembered, never an event (no sink is touched) */
+                (void)decode_link(p, NULL, nh.nlmsg_type, p->rx + off + NLMSG_HDRLEN,
+                                  nh.nlmsg_len - NLMSG_HDRLEN, 1, &none);
+            off += NLMSG_ALIGN(nh.nlmsg_len);
+        }
+    }
+    close(fd);
     return 0;
 }
 
@@ -222,7 +266,7 @@ int am_periph_listen(am_periph *p)
         if (p->fd[AM_PERIPH_LINK] < 0)
             goto fail;
         p->link_count = 0;
-        if (request_dump(p) != 0)
+        if (sync_dump(p) != 0)
             goto fail;
     }
     return AM_OK;
@@ -696,6 +740,7 @@ done:
 static int decode_link(am_periph *p, am_sink *sink, uint16_t type, const uint8_t *d, size_t len,
                        int dump, uint64_t *appended)
 {
+    /* dump: a link's state from a dump, remembered; sink is then not used (may be NULL). */
     struct ifinfomsg ifi;
     if (len < sizeof ifi) {
         p->st.malformed++;
@@ -768,16 +813,8 @@ static int decode_rtnl(am_periph *p, am_sink *sink, const uint8_t *data, size_t 
         }
         const uint8_t *payload = data + off + NLMSG_HDRLEN;
         size_t plen = nh.nlmsg_len - NLMSG_HDRLEN;
-        /* Our dump's answers: its sequence number, addressed to our port, multipart. */
-        int ours = nh.nlmsg_seq == DUMP_SEQ && nh.nlmsg_pid != 0 &&
-                   ((nh.nlmsg_flags & NLM_F_MULTI) || nh.nlmsg_type == NLMSG_DONE ||
-                    nh.nlmsg_type == NLMSG_ERROR);
-        if (nh.nlmsg_type == NLMSG_DONE || nh.nlmsg_type == NLMSG_ERROR) {
-            if (ours)
-                p->dumping = 0;
-        } else if (nh.nlmsg_type == RTM_NEWLINK || nh.nlmsg_type == RTM_DELLINK) {
-            int r = decode_link(p, sink, nh.nlmsg_type, payload, plen, ours && p->dumping,
-                                appended);
+        if (nh.nlmsg_type == RTM_NEWLINK || nh.nlmsg_type == RTM_DELLINK) {
+            int r = decode_link(p, sink, nh.nlmsg_type, payload, plen, 0, appended);
             if (r != AM_OK)
                 st = r;
         }
@@ -830,7 +867,7 @@ static int receive(am_periph *p, am_sink *sink, int which, uint64_t *appended, i
         if (errno == ENOBUFS) {
             p->st.enobufs++;
             /* Carrier changes may have been lost: learn the links' state again. */
-            if (which == AM_PERIPH_LINK && request_dump(p) != 0) {
+            if (which == AM_PERIPH_LINK && sync_dump(p) != 0) {
                 p->err = errno;
                 return -1;
             }

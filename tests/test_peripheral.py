@@ -255,9 +255,10 @@ def link_message(ifindex: int, carrier: int | None, flags: int = IFF_UP, name: b
     return struct.pack("=IHHII", 16 + len(body), kind, nl_flags, seq, port) + body
 
 
-def test_carrier_changes_give_events_and_a_dump_only_remembers() -> None:
+def test_carrier_changes_give_events_and_a_first_sight_only_remembers() -> None:
     source, sink = decoder(), EventSink()
-    # The dump at listen: two links, remembered without events.
+    # Two links seen for the first time (as the dump at listen gives them, several messages
+    # in one datagram): remembered without events.
     dump = (link_message(7, 1, seq=DUMP_SEQ, port=99, nl_flags=NLM_F_MULTI)
             + link_message(8, 0, seq=DUMP_SEQ, port=99, nl_flags=NLM_F_MULTI))
     assert source.decode(sink, dump, socket="link") == 0
@@ -266,7 +267,7 @@ def test_carrier_changes_give_events_and_a_dump_only_remembers() -> None:
     assert source.decode(sink, link_message(8, 1), socket="link") == 1  # plugged
     # Without IFLA_CARRIER, IFF_LOWER_UP says it.
     assert source.decode(sink, link_message(7, None, IFF_UP | IFF_LOWER_UP), socket="link") == 1
-    # A link first seen after the dump (just made) is remembered: its arrival is the uevent's.
+    # A link made later is remembered the same way: its arrival is the uevent's `add`.
     assert source.decode(sink, link_message(9, 1, name=b"new0"), socket="link") == 0
     assert source.decode(sink, link_message(9, 0, name=b"new0", kind=RTM_DELLINK),
                          socket="link") == 0
