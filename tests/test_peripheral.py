@@ -315,6 +315,18 @@ def test_handle_calls_stay_flat() -> None:
     assert_rss_flat(cycle, calls=5000, name="am_periph_new/set_sysfs/stats/free")
 
 
+def test_listen_and_close_stay_flat() -> None:
+    """The sockets, the link dump read at listen, the drain of an idle source, the close."""
+    sink = EventSink()
+
+    def cycle() -> None:
+        with PeripheralSource() as s:
+            s.drain(sink)
+            s.stats()
+
+    assert_rss_flat(cycle, calls=500, name="am_periph_listen/drain/free (500 calls)")
+
+
 # ---------------------------------------------------------------------------------------------
 # live: the kernel's own uevents and link messages (hold the kernel's namespace lock)
 
