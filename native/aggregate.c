@@ -25,6 +25,11 @@ static const char *const network_fields[] = {"t", "src", "node", "op", "dir", "f
 /* FileSystem: the path and the operation (a move also by where it came from). */
 static const char *const file_system_fields[] = {"t", "src", "op", "path", "from", "moved",
                                                  "isdir", NULL};
+/* A device plugged in and out again merges (its bus's device number is not in the key), as
+ * does a flapping carrier. */
+static const char *const peripheral_fields[] = {"t", "src", "op", "kind", "devpath", "name",
+                                                "vendor_id", "product_id", "class", "subclass",
+                                                "protocol", NULL};
 
 typedef struct entry {
     uint8_t *key;       /* key bytes, then the first event's map */
@@ -123,7 +128,7 @@ am_agg *am_agg_new(const struct am_agg_options *opts)
     if (opts != NULL)
         o = *opts;
     if ((o.kind != AM_AGG_NONE && o.kind != AM_AGG_PROCESS && o.kind != AM_AGG_NETWORK &&
-         o.kind != AM_AGG_FILE_SYSTEM) || o.cache_size < 1 ||
+         o.kind != AM_AGG_FILE_SYSTEM && o.kind != AM_AGG_PERIPHERAL) || o.cache_size < 1 ||
         o.cache_size > 65536 || o.max_bytes < 1024 || o.max_bytes > (1u << 30))
         return NULL;
     am_agg *a = calloc(1, sizeof *a);
@@ -350,6 +355,7 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         return AM_ERR_ARG;
     const char *const *names = a->opt.kind == AM_AGG_NETWORK       ? network_fields
                                : a->opt.kind == AM_AGG_FILE_SYSTEM ? file_system_fields
+                               : a->opt.kind == AM_AGG_PERIPHERAL  ? peripheral_fields
                                                                    : process_fields;
     fields f;
     memset(&f, 0, sizeof f);
@@ -437,6 +443,7 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
                  : a->opt.kind == AM_AGG_NETWORK ? (span_is(t, "net") || span_is(t, "conn") ||
                                                     span_is(t, "dns"))
                  : a->opt.kind == AM_AGG_FILE_SYSTEM ? span_is(t, "fs")
+                 : a->opt.kind == AM_AGG_PERIPHERAL  ? span_is(t, "periph")
                                                      : 0;
     /* An entry holds its key and event: one that could never fit passes through. */
     if (!wanted || event_len > a->opt.max_bytes / 2)

@@ -22,7 +22,8 @@ enum am_agg_kind {
     AM_AGG_NONE = 0,      /* no merging: accepted events pass through */
     AM_AGG_PROCESS = 1,
     AM_AGG_NETWORK = 2,
-    AM_AGG_FILE_SYSTEM = 3 /* `fs` events with the same path and operation */
+    AM_AGG_FILE_SYSTEM = 3, /* `fs` events with the same path and operation */
+    AM_AGG_PERIPHERAL = 4 /* `periph`: same op, kind, device path, name and ids */
 };
 
 struct am_agg_options {

@@ -637,7 +637,7 @@ def reported_doc(s: ConfigStore, **kwargs: Any) -> dict[str, Any]:
 def test_reported_document() -> None:
     s = store()
     s.apply_patch(
-        {"Firewall_Disabled": True, "Process_CacheSize": "x", "LogCollector_Disabled": True}
+        {"Firewall_Disabled": True, "Process_CacheSize": "x", "Statistics_CacheSize": 512}
     )
     doc = reported_doc(
         s,
@@ -656,7 +656,7 @@ def test_reported_document() -> None:
     )
     assert doc["Process_CacheSize"] == 256 and doc["Firewall_Disabled"] is True
     assert doc["CollectorsCore_PriorityIntervals"] == "30,120,1440"
-    assert "LogCollector_Disabled" not in doc  # compat names change nothing: not reported
+    assert "Statistics_CacheSize" not in doc  # compat names change nothing: not reported
     assert doc["collectors"] == {
         "Process": {
             "state": "running",

@@ -21,6 +21,7 @@ from agent.native.audit_netlink import AuditNetlinkStats, NetlinkDecoder
 from agent.native.dns import DnsCapture, DnsOptions
 from agent.native.index_probe import IndexProbe
 from agent.native.inotify import Inotify, InotifyOptions
+from agent.native.peripheral import PeripheralOptions, PeripheralSource
 from agent.native.proc_connector import (
     ProcConnector,
     ProcConnectorOptions,
@@ -137,6 +138,9 @@ def _closable(tmp_path: Path) -> list[tuple[NativeHandle, list[Callable[[NativeH
         (ProcScanner(), [lambda h: h.scan(sink), lambda h: h.stats()]),
         (ProcConnector(ProcConnectorOptions(listen=False)),
          [lambda h: h.fileno(), lambda h: h.drain(sink), lambda h: h.decode(sink, b""),
+          lambda h: h.stats()]),
+        (PeripheralSource(PeripheralOptions(listen=False)),
+         [lambda h: h.filenos(), lambda h: h.drain(sink), lambda h: h.decode(sink, b""),
           lambda h: h.stats()]),
         (SocketTable(SocketTableOptions(source="procnet")),
          [lambda h: h.fileno(), lambda h: h.snapshot(), lambda h: h.listening(sink),

@@ -45,6 +45,8 @@ QUIET = {
     "Statistics_Disabled": True,
     "Login_Disabled": True,
     "NetworkActivity_Disabled": True,
+    "Peripheral_Disabled": True,
+    "LogCollector_Disabled": True,
 }
 
 

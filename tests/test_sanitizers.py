@@ -47,6 +47,7 @@ SANITIZED_TESTS = (
     "test_proc_net.py",
     "test_utmp.py",
     "test_file_system.py",
+    "test_peripheral.py",
     "test_native_protocol.py",
     "test_dns.py",
     "test_dns_live.py",

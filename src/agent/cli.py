@@ -430,14 +430,16 @@ class _ListLane:
         self.batches += batches
 
 
-# What `micro-agent collect` takes: the periodic collectors, and Login (its files' history).
+# What `micro-agent collect` takes: the periodic collectors, Login (its files' history),
+# Process and Peripheral (what runs, what is plugged in now).
 COLLECTABLE = ("SystemInformation", "LocalUsers", "Firewall", "SBoM", "Baseline",
-               "ListeningPorts", "Login", "Process", "Heartbeat")
+               "ListeningPorts", "Login", "Process", "Heartbeat", "Peripheral")
 
 
 def collect(args: argparse.Namespace) -> int:
     from agent.collectors import CLASSES, Environment
     from agent.collectors.login import read_history
+    from agent.collectors.peripheral import snapshot as peripheral_snapshot
     from agent.collectors.process import snapshot as process_snapshot
     from agent.config import ConfigStore
     from agent.jsonl import batch_events, event_line
@@ -453,6 +455,8 @@ def collect(args: argparse.Namespace) -> int:
         read_history(env.root, lane)
     elif args.name == "Process":
         process_snapshot(lane)
+    elif args.name == "Peripheral":
+        peripheral_snapshot(env.root, lane)
     else:
         store = ConfigStore(args.config)
         collector = CLASSES[args.name](env)

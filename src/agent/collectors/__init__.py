@@ -15,8 +15,10 @@ from agent.collectors.inventory import (
     SBoMCollector,
     SystemInformationCollector,
 )
+from agent.collectors.log import LogCollector
 from agent.collectors.login import LoginCollector
 from agent.collectors.network import ListeningPortsCollector, NetworkActivityCollector
+from agent.collectors.peripheral import PeripheralCollector
 from agent.collectors.process import ProcessCollector
 from agent.config import COLLECTORS, CollectorState
 
@@ -50,6 +52,8 @@ CLASSES: dict[str, type[Collector]] = {
         HeartbeatCollector,
         StatisticsCollector,
         FileSystemCollector,
+        PeripheralCollector,
+        LogCollector,
     )
 }
 

@@ -385,6 +385,8 @@ _FREQUENCY_DEFAULTS: dict[str, Frequency] = {
     "LocalUsers": Frequency.LOW,
     "Firewall": Frequency.LOW,
     "Statistics": Frequency.LOW,
+    "Peripheral": Frequency.LOW,
+    "LogCollector": Frequency.LOW,
 }
 
 CACHE_SIZE_DEFAULT = 256
@@ -546,16 +548,6 @@ class CompatConfig:
     accepted (and type-checked) so that a twin written for that agent does not report
     "failed"; they change nothing. Their names keep that agent's prefixes."""
 
-    log_collector_disabled: bool = field(metadata=prop(
-        "", BOOL, False, _COMPAT, name="LogCollector_Disabled"))
-    log_collector_message_frequency: Frequency = field(metadata=prop(
-        "", FREQUENCY, Frequency.LOW, _COMPAT, name="LogCollector_MessageFrequency"))
-    peripheral_disabled: bool = field(metadata=prop(
-        "", BOOL, False, _COMPAT, name="Peripheral_Disabled"))
-    peripheral_message_frequency: Frequency = field(metadata=prop(
-        "", FREQUENCY, Frequency.LOW, _COMPAT, name="Peripheral_MessageFrequency"))
-    peripheral_cache_size: int = field(metadata=prop(
-        "", integer(1, CACHE_SIZE_MAX), 256, _COMPAT, name="Peripheral_CacheSize"))
     statistics_cache_size: int = field(metadata=prop(
         "", integer(1, CACHE_SIZE_MAX), 256, _COMPAT, name="Statistics_CacheSize"))
 
@@ -574,6 +566,8 @@ COLLECTORS: tuple[str, ...] = (
     "LocalUsers",
     "Firewall",
     "Statistics",
+    "Peripheral",
+    "LogCollector",
 )
 
 # section name -> (Config attribute, section class), in the order of the twin's properties.
@@ -592,6 +586,8 @@ SECTIONS: dict[str, tuple[str, type]] = {
     "LocalUsers": ("local_users", CollectorConfig),
     "Firewall": ("firewall", CollectorConfig),
     "Statistics": ("statistics", CollectorConfig),
+    "Peripheral": ("peripheral", EventCollectorConfig),
+    "LogCollector": ("log_collector", CollectorConfig),
     "Upload": ("upload", UploadConfig),
     "Outbox": ("outbox", OutboxConfig),
     "Audit": ("audit", AuditConfig),
@@ -644,6 +640,8 @@ class Config:
     local_users: CollectorConfig
     firewall: CollectorConfig
     statistics: CollectorConfig
+    peripheral: EventCollectorConfig
+    log_collector: CollectorConfig
     upload: UploadConfig
     outbox: OutboxConfig
     audit: AuditConfig

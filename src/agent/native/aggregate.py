@@ -14,9 +14,9 @@ from agent.native.sink import EventSink, pump
 if TYPE_CHECKING:
     from agent.native.dns import DnsCapture
 
-AggregateKind = Literal["none", "process", "network", "file_system"]
+AggregateKind = Literal["none", "process", "network", "file_system", "peripheral"]
 _KINDS = {"none": lib.AM_AGG_NONE, "process": lib.AM_AGG_PROCESS, "network": lib.AM_AGG_NETWORK,
-          "file_system": lib.AM_AGG_FILE_SYSTEM}
+          "file_system": lib.AM_AGG_FILE_SYSTEM, "peripheral": lib.AM_AGG_PERIPHERAL}
 
 
 @dataclass(frozen=True)
