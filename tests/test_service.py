@@ -1,7 +1,7 @@
 """The agent under a service manager (agent.service): sd_notify datagrams read from a socket
 the test binds, the status file in the runtime directory, log lines for the journal. The
 agent runs for real (`micro-agent run`) with the collectors that need no kernel source and no
-root (Heartbeat, Statistics, LocalUsers); the notifier and the formatter are also checked
+root (Heartbeat, Statistics, LocalUsers, LogCollector); the notifier and the formatter are also checked
 alone."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ AGENT = [sys.executable, "-m", "agent.cli"]
 # Every collector that reads the kernel or needs root is off.
 NO_KERNEL = {name + "_Disabled": True for name in (
     "Process", "NetworkActivity", "Login", "ListeningPorts", "Firewall", "SystemInformation",
-    "SBoM", "Baseline")}
+    "SBoM", "Baseline", "FileSystem", "Peripheral")}
 WATCHDOG_USEC = 2_000_000
 # What systemd sets; the agent started here sees only those a test gives it.
 SERVICE_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "RUNTIME_DIRECTORY",
@@ -143,7 +143,7 @@ def test_run_under_systemd_notifies_keeps_status_in_the_runtime_dir_and_logs_for
     assert len(notify.times("READY=1")) == 1
     statuses = [line for _, d in notify.received for line in d.split("\n")
                 if line.startswith("STATUS=collectors: ")]
-    assert statuses and "3 running" in statuses[0] and "uplink: local" in statuses[0], statuses
+    assert statuses and "4 running" in statuses[0] and "uplink: local" in statuses[0], statuses
 
     # status.json lives in the runtime directory; DATA/status.json only links to it.
     assert (data / "status.json").is_symlink()
