@@ -389,7 +389,7 @@ static void run_dns(struct out *o, const uint8_t *data, size_t size)
         }
         struct am_dns_stats ds;
         am_dns_stats(d, &ds);
-        ds.memory = 0;
+        ds.memory = ds.memory_bound = 0;
         OUT_STATS(o, "dns", ds);
         sink_end(o, s);
     }
