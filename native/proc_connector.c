@@ -60,6 +60,7 @@ struct am_cnproc {
     uint8_t *unsure;    /* per CPU: no message since listening or since an overrun */
     pid_t probe_tid;    /* the thread whose comm events are probes (am_cnproc_probe) */
     uint32_t probes_out; /* probes sent and not yet seen */
+    int overrun;         /* ENOBUFS seen; the queue not yet emptied since */
     char *cmdline;      /* max_argv_bytes */
     struct pf_process proc;
     /* Datagrams read by recvmmsg but not yet decoded because the sink filled up. */
@@ -246,6 +247,7 @@ int am_cnproc_listen(am_cnproc *c)
     memset(c->seen, 0, c->ncpu);
     /* Until a CPU has sent once, an overrun's cost there could not be known: unsure. */
     memset(c->unsure, 1, c->ncpu);
+    c->overrun = 0;
     c->probes_out = 0;
     c->rx_next = c->rx_count = 0;
     c->rx_off = 0;
@@ -843,13 +845,20 @@ int am_cnproc_drain(am_cnproc *c, am_sink *sink, uint64_t *appended)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (c->overrun) {
+                    memset(c->unsure, 1, c->ncpu);
+                    c->overrun = 0;
+                }
                 return AM_OK;
+            }
             if (errno == ENOBUFS) {
                 /* The receive queue overran; the per-CPU sequences say how much was lost,
-                 * once each CPU sends again (am_cnproc_probe makes it do so). */
+                 * once each CPU sends again (am_cnproc_probe makes it do so). What the queue
+                 * still holds was sent before the overrun: only a message read after it is
+                 * emptied tells, so the CPUs become unsure then (below). */
                 c->st.enobufs++;
-                memset(c->unsure, 1, c->ncpu);
+                c->overrun = 1;
                 continue;
             }
             c->err = errno;

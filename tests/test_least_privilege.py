@@ -166,7 +166,7 @@ REMOVALS: dict[str, Removal] = {
     }),
     # The DNS capture's packet socket.
     "CAP_NET_RAW": Removal(AUTO, {
-        "NetworkActivity": Degraded("dns: unavailable: EPERM: Operation not permitted "
+        "NetworkActivity": Degraded("dns: unavailable: EPERM: dns packet socket: Operation not permitted "
                                     "(no CAP_NET_RAW)", source="diag+audit"),
     }),
     # /proc/PID/exe, cwd and the fd links of other users' processes.
