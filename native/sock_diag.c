@@ -185,6 +185,22 @@ static int diag_socket(void)
     return fd;
 }
 
+/* One whole request to the kernel: 0, or -errno (-EIO for a short send). */
+static int send_to_kernel(int fd, const void *req, size_t len)
+{
+    struct sockaddr_nl kernel;
+    memset(&kernel, 0, sizeof kernel);
+    kernel.nl_family = AF_NETLINK;
+    for (;;) {
+        ssize_t n = sendto(fd, req, len, 0, (struct sockaddr *)&kernel, sizeof kernel);
+        if (n == (ssize_t)len)
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n < 0 ? -errno : -EIO;
+    }
+}
+
 static int send_dump(int fd, uint32_t seq, uint8_t family, uint8_t proto, uint32_t states)
 {
     struct {
@@ -201,17 +217,7 @@ static int send_dump(int fd, uint32_t seq, uint8_t family, uint8_t proto, uint32
     req.r.idiag_states = states;
     if (proto == IPPROTO_TCP)
         req.r.idiag_ext = 1u << (INET_DIAG_INFO - 1);
-    struct sockaddr_nl kernel;
-    memset(&kernel, 0, sizeof kernel);
-    kernel.nl_family = AF_NETLINK;
-    for (;;) {
-        ssize_t n = sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel);
-        if (n == (ssize_t)sizeof req)
-            return 0;
-        if (n < 0 && errno == EINTR)
-            continue;
-        return n < 0 ? -errno : -EIO;
-    }
+    return send_to_kernel(fd, &req, sizeof req);
 }
 
 /* The TCP sockets of both families in one dump: the original inet_diag request
@@ -231,17 +237,7 @@ static int send_dump_tcp_both(int fd, uint32_t seq, uint32_t states)
     req.r.idiag_family = AF_INET;
     req.r.idiag_states = states;
     req.r.idiag_ext = 1u << (INET_DIAG_INFO - 1);
-    struct sockaddr_nl kernel;
-    memset(&kernel, 0, sizeof kernel);
-    kernel.nl_family = AF_NETLINK;
-    for (;;) {
-        ssize_t n = sendto(fd, &req, sizeof req, 0, (struct sockaddr *)&kernel, sizeof kernel);
-        if (n == (ssize_t)sizeof req)
-            return 0;
-        if (n < 0 && errno == EINTR)
-            continue;
-        return n < 0 ? -errno : -EIO;
-    }
+    return send_to_kernel(fd, &req, sizeof req);
 }
 
 static uint64_t now_ms_monotonic(void)

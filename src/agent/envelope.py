@@ -57,8 +57,8 @@ __all__ = [
     "CORE_MIN_BATCH_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "HUB_MESSAGE_LIMIT", "JSON_TYPE",
     "MAX_DROP_REASONS", "MAX_REASON_LEN", "MSGPACK_TYPE", "OTHER_REASON", "PRIORITIES",
     "SCHEMA_VERSION", "UNIT", "Collectors", "DropLedger", "EnvelopeError", "Identity", "Part",
-    "Stamp", "UnsendableBatch", "batch_bytes_for", "decode_envelope", "encode_batch",
-    "envelope_overhead", "event_count", "sealer", "split_envelope", "wrap",
+    "Stamp", "UnsendableBatch", "batch_bytes_for", "check_envelope", "decode_envelope",
+    "encode_batch", "envelope_overhead", "event_count", "sealer", "split_envelope", "wrap",
 ]
 
 
@@ -226,15 +226,21 @@ def decode_envelope(data: bytes) -> dict[str, Any]:
     every key and the schema version checked. For tests, `micro-agent decode` and receivers;
     the agent itself never decodes events."""
     env, events = split_envelope(data)
-    for key in ("v", "seq", "ts", "prio", "drops", "n"):
-        if key not in env:
-            raise EnvelopeError(f"the envelope lacks {key!r}")
-    if env["v"] != SCHEMA_VERSION:
-        raise EnvelopeError(f"envelope schema {env['v']!r}; this agent reads {SCHEMA_VERSION}")
-    if len(events) != env["n"]:
-        raise EnvelopeError("the envelope's n does not match its events")
+    check_envelope(env, events)
     env["events"] = events
     return env
+
+
+def check_envelope(head: Mapping[str, Any], events: Sequence[Any]) -> None:
+    """The checks of a decoded envelope, whatever it was read from (msgpack here, JSON at a
+    receiver): every key, the schema version, `n` against the events."""
+    for key in ("v", "seq", "ts", "prio", "drops", "n"):
+        if key not in head:
+            raise EnvelopeError(f"the envelope lacks {key!r}")
+    if head["v"] != SCHEMA_VERSION:
+        raise EnvelopeError(f"envelope schema {head['v']!r}; this agent reads {SCHEMA_VERSION}")
+    if len(events) != head["n"]:
+        raise EnvelopeError("the envelope's n does not match its events")
 
 
 # -- the IoT Hub messages of a batch --------------------------------------------------------------

@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from agent.envelope import JSON_TYPE, SCHEMA_VERSION, EnvelopeError, split_envelope
+from agent.envelope import JSON_TYPE, EnvelopeError, check_envelope, split_envelope
 
 ENVELOPE_SUFFIXES = (".msgpack",)
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -249,13 +249,9 @@ def _envelope(message: Message) -> tuple[dict[str, Any], list[Any]]:
         head, events = split_envelope(body)
     if not isinstance(events, list):
         raise EnvelopeError("the envelope lacks its events array")
-    for key in ("v", "seq", "ts", "n"):
-        if not isinstance(head.get(key), int):
-            raise EnvelopeError(f"the envelope lacks {key!r}")
-    if head["v"] != SCHEMA_VERSION:
-        raise EnvelopeError(f"envelope schema {head['v']!r}; this agent reads {SCHEMA_VERSION}")
-    if head["n"] != len(events):
-        raise EnvelopeError(f"n is {head['n']} but the message holds {len(events)} events")
+    check_envelope(head, events)
+    if not isinstance(head["seq"], int) or not isinstance(head["ts"], int):
+        raise EnvelopeError("the envelope's seq and ts are not numbers")
     return head, events
 
 
