@@ -75,6 +75,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from flash_writes import descendants  # benchmarks/: the script's own directory
+
 REPO = Path(__file__).resolve().parents[1]
 SPAWNER_SOURCE = REPO / "tests" / "hostile_spawner.c"
 AGENT = [sys.executable, "-m", "agent.cli"]
@@ -172,26 +174,6 @@ def kauditd_pid() -> int:
 
 
 # ---- CPU from /proc ---------------------------------------------------------------------------
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and its live descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        todo += children.get(p, [])
-    return found
 
 
 def process_cpu_s(pid: int) -> float:
