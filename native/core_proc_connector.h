@@ -45,6 +45,8 @@ struct am_cnproc_stats {
     uint64_t probes;     /* comm events sent by am_cnproc_probe */
     uint64_t probes_seen; /* ... received back (not events) */
     uint64_t probe_failed; /* CPUs am_cnproc_probe could not run on (offline, cpuset) */
+    uint64_t parent_recalled; /* exit events whose ppid came from the fork (kernel sent 0) */
+    uint64_t parent_unknown;  /* exit events sent without ppid: neither kernel nor fork knew */
 };
 
 typedef struct am_cnproc am_cnproc;

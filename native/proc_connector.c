@@ -44,7 +44,16 @@ enum {
     EV_HEAD = 16,
     RX_SLOTS = 64,
     RX_SLOT_BYTES = 256, /* a cn_proc datagram is 16 + 20 + 40 bytes */
-    MAX_TRACKED_CPUS = 8192
+    MAX_TRACKED_CPUS = 8192,
+    PARENT_SLOTS = 1024 /* a power of two: slots by pid % PARENT_SLOTS */
+};
+
+/* The parent of a process, as its fork event said. The kernel fills an exit event's parent
+ * only while the child's pid is still attached (proc_exit_connector runs after exit_notify):
+ * a parent that reaps the zombie first (the usual wait loop, on another CPU) leaves it 0.
+ * The fork of the same pid, seen moments earlier, still knows it. */
+struct parent_slot {
+    int32_t pid, ppid;
 };
 
 struct am_cnproc {
@@ -68,7 +77,24 @@ struct am_cnproc {
     size_t rx_len[RX_SLOTS];
     unsigned rx_next, rx_count;
     size_t rx_off; /* where decoding of rx[rx_next] stopped */
+    /* The last fork of each pid % PARENT_SLOTS (8 KiB): a process that ends or execs within
+     * about PARENT_SLOTS forks of its start is still there. */
+    struct parent_slot parents[PARENT_SLOTS];
 };
+
+static void remember_parent(am_cnproc *c, int32_t pid, int32_t ppid)
+{
+    struct parent_slot *s = &c->parents[(uint32_t)pid % PARENT_SLOTS];
+    s->pid = pid;
+    s->ppid = ppid;
+}
+
+/* The parent the fork of pid named, 0 when that fork is not remembered. */
+static int32_t recall_parent(const am_cnproc *c, int32_t pid)
+{
+    const struct parent_slot *s = &c->parents[(uint32_t)pid % PARENT_SLOTS];
+    return pid > 0 && s->pid == pid ? s->ppid : 0;
+}
 
 /* Clock offsets, read once per call: kernel timestamps are CLOCK_MONOTONIC nanoseconds. */
 struct clocks {
@@ -460,10 +486,12 @@ static int put_exec(am_cnproc *c, mp_buf *e, const struct ev *ev, unsigned resul
     int st;
     *argv_cut = 0;
     uint32_t n = 4 + (pid != tgid);
+    /* Gone before /proc was read: its fork, when remembered, still names the parent. */
+    int32_t gone_parent = c->opt.enrich && gone ? recall_parent(c, tgid) : 0;
     if (!c->opt.enrich) {
         /* details not asked for: no flag */
     } else if (gone) {
-        n += 1;
+        n += 1 + (gone_parent > 0);
     } else {
         n += (got & PF_WANT_STAT) ? 2 : 0;   /* ppid, comm */
         n += (got & PF_WANT_STATUS) ? 4 : 0; /* uid, gid, euid, egid */
@@ -479,6 +507,8 @@ static int put_exec(am_cnproc *c, mp_buf *e, const struct ev *ev, unsigned resul
     TRY(put_head(e, "exec", ev, tgid, pid));
     if (c->opt.enrich && gone) {
         TRY(put_true(e, "gone"));
+        if (gone_parent > 0)
+            TRY(put_int(e, "ppid", gone_parent));
     } else if (c->opt.enrich) {
         if (got & PF_WANT_STAT) {
             TRY(put_int(e, "ppid", p->stat.ppid));
@@ -580,6 +610,8 @@ static int encode_event(am_cnproc *c, am_sink *sink, const struct ev *ev,
             goto malformed;
         c->st.fork++;
         int32_t ppid = rdi32(d), ptgid = rdi32(d + 4), cpid = rdi32(d + 8), ctgid = rdi32(d + 12);
+        if (cpid == ctgid && ptgid > 0)
+            remember_parent(c, ctgid, ptgid);
         if (cpid != ctgid && !threads)
             goto filtered;
         e = sink_begin(sink);
@@ -683,15 +715,24 @@ static int encode_event(am_cnproc *c, am_sink *sink, const struct ev *ev,
         int32_t pid = rdi32(d), tgid = rdi32(d + 4);
         uint32_t status = rd32(d + 8);
         int32_t xsig = rdi32(d + 12);
-        int parent = ev->len >= 24; /* parent fields since Linux 4.18 */
+        /* The parent fields (since Linux 4.18) are 0 when the parent reaped the child
+         * before its exit event was made: the fork's record stands in. */
+        int32_t parent = ev->len >= 24 ? rdi32(d + 20) : 0;
         if (pid != tgid && !threads)
             goto filtered;
+        if (parent <= 0) {
+            parent = recall_parent(c, tgid);
+            if (parent > 0)
+                c->st.parent_recalled++;
+            else
+                c->st.parent_unknown++;
+        }
         /* exit_code is a wait(2) status: exited with a code, or killed by a signal. */
         unsigned low = status & 0x7f;
         int exited = low == 0, killed = low != 0 && low != 0x7f;
         int core = killed && (status & 0x80);
         e = sink_begin(sink);
-        TRY(mp_map(e, 6 + (pid != tgid) + core + parent));
+        TRY(mp_map(e, 6 + (pid != tgid) + core + (parent > 0)));
         TRY(put_head(e, "exit", ev, tgid, pid));
         if (exited)
             TRY(put_int(e, "code", (status >> 8) & 0xff));
@@ -702,8 +743,8 @@ static int encode_event(am_cnproc *c, am_sink *sink, const struct ev *ev,
         if (core)
             TRY(put_true(e, "core"));
         TRY(put_int(e, "xsig", xsig));
-        if (parent)
-            TRY(put_int(e, "ppid", rdi32(d + 20)));
+        if (parent > 0)
+            TRY(put_int(e, "ppid", parent));
         break;
     }
     default:

@@ -514,7 +514,16 @@ def test_fork_storm_of_10000_per_second(
         # An aggregated entry stands for `hits` events (40,000 forks also wrap pid_max).
         exits = sum(int(e.get("hits", 1)) for e in run.events
                     if e.get("t") == "exit" and e.get("ppid") == storm.pid)
-        assert exits + run.drops_of("Process.") >= forks, (exits, forks, run.dropped)
+        # Only a loss of the connector's messages can excuse a missing exit (a `gone` exec is
+        # another process's). An exit the kernel sent with parent 0 (its parent reaped it
+        # before the event was made) names the parent of its fork (docs/sources/proc-connector.md).
+        lost = run.drops_of("Process.cnproc_lost", "Process.cnproc_enobufs", "Process.cnproc_dropped",
+                            "Process.sink_full")
+        parentless = sum(int(e.get("hits", 1)) for e in run.events
+                         if e.get("t") == "exit" and not e.get("ppid"))
+        print(f"fork storm ({mode}): {exits} exits of {forks} forks, {parentless} exits of any process "
+              f"without a parent, drops {run.dropped}", file=sys.stderr)
+        assert exits + lost >= forks, (exits, forks, run.dropped)
         assert exits <= forks
         check_bounds(run, 2 * forks)  # a fork and an exit event each
     else:

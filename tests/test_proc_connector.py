@@ -300,12 +300,16 @@ def test_live_burst_of_short_processes(connector: ProcConnector) -> None:
     assert {e["pid"] for e in execs} == pids
     gone = [e for e in execs if e.get("gone")]
     for e in gone:
-        assert set(e) == {"t", "ts", "src", "pid", "gone"}
+        # The parent, from the fork the connector saw moments earlier (this process).
+        assert set(e) == {"t", "ts", "src", "pid", "gone", "ppid"} and e["ppid"] == os.getpid()
     for e in execs:
         if not e.get("gone") and not e.get("partial"):
             assert e["exe"] == os.path.realpath("/bin/true")
     stats = connector.stats()
     assert stats.gone >= len(gone)
+    # Every exit names this process, also where the kernel sent 0 (reaped before its event).
+    exits = [e for e in col.events if e["t"] == "exit" and e["pid"] in pids]
+    assert len(exits) == len(pids) and {e.get("ppid") for e in exits} == {os.getpid()}
 
 
 @pytest.mark.live
@@ -435,6 +439,33 @@ def test_decode_old_kernel_exit_without_parent() -> None:
     assert stats.malformed == 0
 
 
+def test_decode_exit_whose_parent_reaped_it_first_names_the_forks_parent() -> None:
+    """The kernel fills an exit's parent only while the child's pid is attached; a parent that
+    reaps the zombie before the exit event is made (a wait loop on another CPU) leaves it 0.
+    Such an exit carried `ppid: 0` and was not attributed to its parent: the one exit a fork
+    storm test missed now and then. The fork of that pid, seen earlier, names the parent."""
+    data = b"".join([
+        proc_event(EV_FORK, struct.pack("=iiii", 100, 100, 300, 300), seq=1),
+        proc_event(EV_EXIT, struct.pack("=iiIiii", 300, 300, 0, 17, 0, 0), seq=2),
+        # Nobody's fork remembered: no ppid at all rather than a false 0.
+        proc_event(EV_EXIT, struct.pack("=iiIiii", 301, 301, 0, 17, 0, 0), seq=3),
+        # The kernel's own parent wins when it sent one.
+        proc_event(EV_FORK, struct.pack("=iiii", 100, 100, 302, 302), seq=4),
+        proc_event(EV_EXIT, struct.pack("=iiIiii", 302, 302, 0, 17, 1, 1), seq=5),
+        # A pid that reuses a slot (pid % 1024) replaces the older fork: 300's is gone.
+        proc_event(EV_FORK, struct.pack("=iiii", 7, 7, 300 + 1024, 300 + 1024), seq=6),
+        proc_event(EV_EXIT, struct.pack("=iiIiii", 300, 300, 0, 17, 0, 0), seq=7),
+        proc_event(EV_EXIT, struct.pack("=iiIiii", 300 + 1024, 300 + 1024, 0, 17, 0, 0), seq=8),
+        # An old kernel's exit (no parent fields) is told the same way.
+        proc_event(EV_FORK, struct.pack("=iiii", 9, 9, 303, 303), seq=9),
+        proc_event(EV_EXIT, struct.pack("=iiIi", 303, 303, 0, 17), seq=10, union=16),
+    ])
+    events, stats = decode(data, ProcConnectorOptions(listen=False, enrich=False))
+    exits = [(e["pid"], e.get("ppid")) for e in events if e["t"] == "exit"]
+    assert exits == [(300, 100), (301, None), (302, 1), (300, None), (1324, 7), (303, 9)]
+    assert stats.parent_recalled == 3 and stats.parent_unknown == 2
+
+
 def test_decode_exec_of_absent_pid_is_gone() -> None:
     pid = absent_pid()
     events, stats = decode(proc_event(EV_EXEC, struct.pack("=ii", pid, pid), ts_ns=monotonic_ns()))
@@ -444,6 +475,12 @@ def test_decode_exec_of_absent_pid_is_gone() -> None:
     assert abs(event["ts"] - time.time() * 1000) < 5000
     assert set(event) == {"t", "ts", "src", "pid", "gone"}
     assert stats.gone == 1 and stats.exec == 1 and stats.events == 1
+    # Its fork, when seen, still names the parent of a process gone before /proc was read.
+    fork = proc_event(EV_FORK, struct.pack("=iiii", 100, 100, pid, pid))
+    events, stats = decode(fork + proc_event(EV_EXEC, struct.pack("=ii", pid, pid), seq=1,
+                                             ts_ns=monotonic_ns()))
+    assert [(e["t"], e.get("gone"), e.get("ppid")) for e in events] == [("fork", None, 100),
+                                                                        ("exec", True, 100)]
 
 
 def test_decode_exec_of_own_pid_is_enriched() -> None:
