@@ -1,11 +1,19 @@
-"""The nftables reader (agent.inventory.nfnetlink under firewall.gather) against `nft -j list
-ruleset` on the same rulesets in a fresh network namespace: every chain with its hook,
-priority, type and policy; every rule in order with its handle, its verdict, and its port
-and address matches wherever nft shows them as a plain value, a prefix, a range or an
-anonymous set. Plus the reader's own framing on crafted attributes."""
+"""The nftables reader (native/nftables.c under firewall.gather) against `nft -j list ruleset` on
+the same rulesets in a fresh network namespace: every chain with its hook, priority, type and
+policy; every rule in order with its handle, its verdict, and its port and address matches
+wherever nft shows them as a plain value, a prefix, a range or an anonymous set.
+
+Then the decoder on its own (NftReader.decode, no privilege needed): recordings of real
+rulesets (tests/fixtures/nftables/*.bin, made by tests/nft_record.py) decode to the events the
+Python reader it replaced made of them (the .json beside each, recorded with it); crafted
+messages for what no nft ruleset makes (open ranges, masks, IPv6 texts against ipaddress,
+bad lengths, ranges that do not hold, the bounds); any bytes never crash it. Live, a snapshot
+equals the decoding of a recording of the same ruleset, and the generation moves with a
+change."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -13,17 +21,20 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
+import nft_record
 import pytest
 from conftest import skip_unless_ci
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nft_record import nla
 from test_inv_firewall import RULESET
 
-from agent.inventory import nfnetlink
-from agent.inventory.nft_generation import _generation_of
+from agent.native._base import CoreArgumentError
+from agent.native.nftables import NftOptions, NftReader, NftResult
 
 # More shapes: nat, bridge and netdev tables, interval sets, ranges, goto, notrack.
 MORE = """\
@@ -170,68 +181,276 @@ def test_reader_agrees_with_nft_json(netns: str, ruleset: str) -> None:
     assert compared >= 15
 
 
-def _nla(number: int, payload: bytes) -> bytes:
-    return struct.pack("=HH", 4 + len(payload), number) + payload + bytes(-len(payload) % 4)
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nftables"
+RECORDINGS = sorted(p.stem for p in FIXTURES.glob("*.bin"))
 
 
-def _crafted_rule() -> bytes:
-    expr = (_nla(1, b"cmp\x00") + _nla(2 | nfnetlink.NLA_F_NESTED,
-            _nla(1, struct.pack("!I", 1)) + _nla(2, struct.pack("!I", 1))
-            + _nla(3, _nla(1, b"\x00\x16"))))
-    return (_nla(1, b"filter\x00") + _nla(3, struct.pack("!Q", 7))
-            + _nla(4, _nla(1, expr) + _nla(1, _nla(1, b"nosuchexpr\x00")))
-            + _nla(99, b"ignored"))
+def _without_ts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in e.items() if k != "ts"} for e in events]
 
 
-def test_decode_names_values_and_stops_at_a_bad_length() -> None:
-    rule = _crafted_rule()
-    values = nfnetlink.decode(rule, nfnetlink.RULE)
-    assert values["NFTA_RULE_TABLE"] == "filter" and values["NFTA_RULE_HANDLE"] == 7
-    cmp, unknown = values["NFTA_RULE_EXPRESSIONS"]
-    data = cmp.get_attr("NFTA_EXPR_DATA")
-    assert data.get_attr("NFTA_CMP_SREG") == "NFT_REG_1"
-    assert data.get_attr("NFTA_CMP_OP") == "NFT_CMP_NEQ"
-    assert data.get_attr("NFTA_CMP_DATA").get_attr("NFTA_DATA_VALUE") == b"\x00\x16"
-    assert unknown.get_attr("NFTA_EXPR_NAME") == "nosuchexpr"
-    assert unknown.get_attr("NFTA_EXPR_DATA") is None
-    # A length past the end: what came before is kept, nothing after it is read.
-    cut = _nla(1, b"t\x00") + struct.pack("=HH", 200, 2) + b"chain\x00"
-    assert nfnetlink.decode(cut, nfnetlink.RULE) == {"NFTA_RULE_TABLE": "t"}
+@pytest.mark.parametrize("name", RECORDINGS)
+def test_recordings_decode_to_what_the_python_reader_made(name: str) -> None:
+    """Each recording against the events (key order included) and the volatile flag that
+    the Python reader this decoder replaced made of the same ruleset."""
+    expected = json.loads((FIXTURES / f"{name}.json").read_text())
+    with NftReader() as reader:
+        result = reader.decode(7, (FIXTURES / f"{name}.bin").read_bytes())
+        stats = reader.stats()
+    assert result.errors == [] and result.tables > 0
+    assert {e["ts"] for e in result.events} == {7}
+    got = _without_ts(result.events)
+    assert got == expected["events"]
+    assert [list(e) for e in got] == [list(e) for e in expected["events"]]
+    assert result.volatile == expected["volatile"]
+    assert stats.malformed == 0 and stats.undecodable == 0
+    assert stats.events == len(result.events)
 
 
-def test_generation_answer_is_checked() -> None:
-    head = struct.Struct("=IHHII")
-    body = bytes(4) + _nla(1, struct.pack("!I", 42))
-    good = head.pack(head.size + len(body), (10 << 8) | 15, 0, 1, 0) + body
-    assert _generation_of(good) == 42
-    assert _generation_of(good[:-4]) is None  # shorter than it says
-    error = head.pack(head.size + 4, 2, 0, 1, 0) + struct.pack("=i", -1)
-    assert _generation_of(error) is None
+# ---- crafted messages
+
+SUBSYS = 10 << 8
+NEWTABLE, NEWCHAIN, NEWRULE, NEWSET, NEWSETELEM = 0, 3, 6, 9, 12
+NESTED = 0x8000
+PAYLOAD_NETWORK, PAYLOAD_TRANSPORT = 1, 2
+EQ, NEQ, LT, LTE, GT, GTE = range(6)
+
+
+def _s(text: str) -> bytes:
+    return text.encode() + b"\x00"
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("!I", value & 0xFFFFFFFF)
+
+
+def _nest(number: int, *attrs: bytes) -> bytes:
+    return nla(number | NESTED, b"".join(attrs))
+
+
+def _expr(name: str, *attrs: bytes) -> bytes:
+    return _nest(1, nla(1, _s(name)), _nest(2, *attrs))
+
+
+def _payload(dreg: int, base: int, offset: int, length: int) -> bytes:
+    return _expr("payload", nla(1, _u32(dreg)), nla(2, _u32(base)), nla(3, _u32(offset)),
+                 nla(4, _u32(length)))
+
+
+def _cmp(op: int, value: bytes, sreg: int = 1) -> bytes:
+    return _expr("cmp", nla(1, _u32(sreg)), nla(2, _u32(op)), _nest(3, nla(1, value)))
+
+
+def _verdict(code: int) -> bytes:
+    return _expr("immediate", nla(1, _u32(0)),
+                 _nest(2, _nest(2, nla(1, struct.pack("!i", code)))))
+
+
+def _msg(kind: int, family: int, *attrs: bytes) -> bytes:
+    return nft_record.message(SUBSYS | kind, family, b"".join(attrs), 1)
+
+
+def _ruleset(family: int, *rules: list[bytes]) -> bytes:
+    """Table t with base chain c (input, priority -5, policy drop) and the rules."""
+    out = _msg(NEWTABLE, family, nla(1, _s("t")))
+    out += _msg(NEWCHAIN, family, nla(1, _s("t")), nla(3, _s("c")),
+                _nest(4, nla(1, _u32(1)), nla(2, _u32(-5))), nla(5, _u32(0)),
+                nla(7, _s("filter")))
+    for handle, exprs in enumerate(rules, 1):
+        out += _msg(NEWRULE, family, nla(1, _s("t")), nla(2, _s("c")),
+                    nla(3, struct.pack("!Q", handle)), _nest(4, *exprs))
+    return out
+
+
+def _decode(data: bytes, options: NftOptions | None = None) -> tuple[NftResult, Any]:
+    with NftReader(options) as reader:
+        return reader.decode(1, data), reader.stats()
+
+
+def test_crafted_ranges_masks_and_families() -> None:
+    dport = _payload(1, PAYLOAD_TRANSPORT, 2, 2)
+    result, _ = _decode(_ruleset(
+        1,  # inet: no address family until a rule says which
+        [dport, _cmp(GT, b"\x00\x09"), _cmp(LT, b"\x00\x15"), _verdict(1)],
+        [dport, _cmp(GTE, b"\x04\x00"), _verdict(0)],
+        [dport, _cmp(LTE, b"\x00\x07"), _verdict(-5)],
+        # meta nfproto ipv6, then ip6 saddr with a /20 mask
+        [_expr("meta", nla(1, _u32(1)), nla(2, _u32(15))), _cmp(EQ, b"\x0a"),
+         _payload(1, PAYLOAD_NETWORK, 8, 16),
+         _expr("bitwise", nla(1, _u32(1)), nla(2, _u32(1)), nla(3, _u32(16)),
+               _nest(4, nla(1, b"\xff\xff\xf0" + bytes(13))), _nest(5, nla(1, bytes(16)))),
+         _cmp(EQ, bytes.fromhex("20010db8" + "00" * 12)), _verdict(1)],
+        # ct state & (established|related) != 0
+        [_expr("ct", nla(1, _u32(1)), nla(2, _u32(0))),
+         _expr("bitwise", nla(1, _u32(1)), nla(2, _u32(1)), nla(3, _u32(4)),
+               _nest(4, nla(1, struct.pack("<I", 6))), _nest(5, nla(1, bytes(4)))),
+         _cmp(NEQ, bytes(4)), _verdict(1)],
+        # a compared register nothing loaded, a verdict to a chain, an unknown expression
+        [_cmp(EQ, b"\x01", sreg=3), _expr("nosuch"),
+         _expr("immediate", nla(1, _u32(0)),
+               _nest(2, _nest(2, nla(1, struct.pack("!i", -3)), nla(2, _s("other")))))],
+    ))
+    assert result.errors == []
+    chain, *rules = result.events
+    assert chain == {"t": "fwchain", "ts": 1, "src": "nft", "nfam": "inet", "table": "t",
+                     "chain": "c", "hook": "input", "prio": -5, "ctype": "filter",
+                     "policy": "drop", "action": "deny"}
+    fields = [{k: v for k, v in r.items() if k in ("fam", "saddr", "dport", "ct", "verdict",
+                                                    "extra")} for r in rules]
+    assert fields == [
+        {"dport": ["10-20"], "verdict": "accept"},
+        {"dport": [">=1024"], "verdict": "drop"},
+        {"dport": ["<=7"], "verdict": "return"},
+        {"fam": "inet6", "saddr": ["2001:db8::/20"], "verdict": "accept"},
+        {"ct": ["established", "related"], "verdict": "accept"},
+        {"verdict": "jump other", "extra": ["cmp", "nosuch"]},
+    ]
+    assert [r["action"] for r in rules] == ["allow", "deny", "other", "allow", "allow", "other"]
+    assert [r["pos"] for r in rules] == [1, 2, 3, 4, 5, 6]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=16, max_size=16), st.binary(min_size=4, max_size=4))
+def test_address_texts_are_ipaddress_texts(v6: bytes, v4: bytes) -> None:
+    rules = _ruleset(10, [_payload(1, PAYLOAD_NETWORK, 24, 16), _cmp(EQ, v6)])
+    rules += _ruleset(2, [_payload(1, PAYLOAD_NETWORK, 12, 3), _cmp(NEQ, v4[:3])])
+    result, _ = _decode(rules)
+    daddr, saddr = (e.get("daddr") or e.get("saddr") for e in result.events if e["t"] == "fwrule")
+    assert daddr == [str(ipaddress.IPv6Address(v6))]
+    assert saddr == [f"!{ipaddress.IPv4Address(v4[:3] + bytes(1))}/24"]
+
+
+def test_a_range_that_does_not_hold_leaves_its_rule_out() -> None:
+    saddr = _payload(1, PAYLOAD_NETWORK, 12, 4)
+    backwards = _expr("range", nla(1, _u32(1)), nla(2, _u32(0)),
+                      _nest(3, nla(1, bytes([10, 0, 0, 9]))), _nest(4, nla(1, bytes([10, 0, 0, 1]))))
+    result, stats = _decode(_ruleset(2, [saddr, backwards, _verdict(0)],
+                                     [saddr, _cmp(GT, b"\xff\xff\xff\xff")], [_verdict(1)]))
+    assert result.errors == [
+        "nft rule ip t c: undecodable: last IP address must be greater than first",
+        "nft rule ip t c: undecodable: int too big to convert"]
+    rules = [e for e in result.events if e["t"] == "fwrule"]
+    assert [(r["pos"], r["verdict"]) for r in rules] == [(3, "accept")]
+    assert stats.undecodable == 2
+
+
+def test_bad_lengths_are_counted_and_what_came_before_is_kept() -> None:
+    good = _ruleset(2, [_payload(1, PAYLOAD_TRANSPORT, 2, 2), _cmp(EQ, b"\x00\x16"),
+                        _verdict(1)])
+    # The rule's last attribute claims more bytes than its message holds.
+    cut = bytearray(good)
+    at = cut.rfind(struct.pack("=H", NESTED | 4))  # the expressions' nest header
+    struct.pack_into("=H", cut, at - 2, 0xFFF0)
+    result, stats = _decode(bytes(cut))
+    assert stats.malformed >= 1
+    [rule] = [e for e in result.events if e["t"] == "fwrule"]
+    assert "dport" not in rule and rule["handle"] == 1 and rule["action"] == "other"
+    # A message longer than the data given: decoding stops there, counted.
+    result, stats = _decode(good + struct.pack("=IHHII", 4096, SUBSYS | NEWRULE, 0, 1, 0))
+    assert stats.malformed == 1 and len(result.events) == 2
+
+
+def test_bounds_give_an_error_never_a_partial_event() -> None:
+    data = (FIXTURES / "firewall-test.bin").read_bytes()
+    result, stats = _decode(data, NftOptions(max_output_bytes=512))
+    assert result.events == [] and result.tables == -1
+    assert result.errors == ["nftables: more than max_output_bytes of events"]
+    assert stats.overflow >= 1
+    result, _ = _decode(data, NftOptions(max_set_elements=1))
+    assert "nft set filt/blocked: more than max_set_elements elements" in result.errors
+    rule = next(e for e in result.events if e.get("verdict") == "drop" and "saddr" in e
+                and e["saddr"][0].startswith("@"))
+    assert rule["saddr"] == ["@blocked"]
+    result, _ = _decode(data, NftOptions(max_dump_bytes=4096))
+    assert result.errors == ["nftables: more than max_dump_bytes of messages"]
+    with pytest.raises(CoreArgumentError):
+        NftReader(NftOptions(max_rule_bytes=1))
+
+
+_RECORDED = b"".join((FIXTURES / f"{name}.bin").read_bytes() for name in RECORDINGS)
+
+
+def _edit(data: bytes, edits: list[tuple[int, int]]) -> bytes:
+    out = bytearray(data)
+    for index, value in edits:
+        out[index % len(out)] = value
+    return bytes(out)
 
 
 _ANY_BYTES = st.one_of(
-    st.binary(max_size=512),
-    # The crafted rule with bytes changed: lengths and types that are almost right.
-    st.lists(st.tuples(st.integers(0, len(_crafted_rule()) - 1), st.integers(0, 255)),
-             min_size=1, max_size=6).map(
-        lambda edits: bytes(_edit(bytearray(_crafted_rule()), edits))),
+    st.binary(max_size=2048),
+    # The recordings with bytes changed: lengths and types that are almost right.
+    st.lists(st.tuples(st.integers(0, len(_RECORDED) - 1), st.integers(0, 255)),
+             min_size=1, max_size=8).map(lambda edits: _edit(_RECORDED, edits)),
 )
 
 
-def _edit(data: bytearray, edits: list[tuple[int, int]]) -> bytearray:
-    for index, value in edits:
-        data[index] = value
-    return data
-
-
 @settings(max_examples=300, deadline=None)
-@given(_ANY_BYTES, st.sampled_from(["RULE", "CHAIN", "SET", "SET_ELEM_LIST"]))
-def test_decode_never_raises_on_any_bytes(data: bytes, schema: str) -> None:
-    """Whatever the socket hands over, the decoder returns (what it could frame), and so does
-    the generation check."""
-    values = nfnetlink.decode(data, getattr(nfnetlink, schema))
-    assert isinstance(values, dict)
-    for expr in values.get("NFTA_RULE_EXPRESSIONS") or []:
-        assert isinstance(expr, nfnetlink.Attrs)
-    generation = _generation_of(data)
-    assert generation is None or 0 <= generation < 1 << 32
+@given(_ANY_BYTES)
+def test_decode_never_fails_on_any_bytes(data: bytes) -> None:
+    """Whatever the socket hands over, the decoder makes a result whose events are whole."""
+    result, stats = _decode(data)
+    assert result.tables >= -1
+    for event in result.events:
+        assert event["t"] in ("fwchain", "fwrule") and event["src"] == "nft"
+        if event["t"] == "fwrule":
+            assert event["action"] in ("allow", "deny", "other") and event["pos"] >= 1
+    assert stats.events == len(result.events)
+
+
+# ---- live
+
+
+@pytest.mark.live
+@pytest.mark.root
+@pytest.mark.parametrize("name", ["wide", "iptables"])
+def test_snapshot_equals_the_recording_and_the_python_reader(netns: str, name: str) -> None:
+    """In a fresh namespace: the live snapshot of a ruleset is what the Python reader made of
+    it (the fixture), and what decoding a recording of it taken now makes."""
+    run = ["ip", "netns", "exec", netns]
+    if name == "iptables":
+        if shutil.which("iptables-nft") is None:
+            skip_unless_ci("iptables-nft is not installed (Debian package iptables)")
+        for line in (FIXTURES / "iptables.sh").read_text().splitlines():
+            if line and not line.startswith("#"):
+                subprocess.run(run + line.split(), check=True)
+    else:
+        subprocess.run(run + ["nft", "-f", str(FIXTURES / f"{name}.nft")], check=True)
+    script = (
+        "import sys, msgpack\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import nft_record\n"
+        "from agent.native.nftables import NftReader\n"
+        "r = NftReader()\n"
+        "live = r.snapshot(5)\n"
+        "recorded = r.decode(5, nft_record.record())\n"
+        "sys.stdout.buffer.write(msgpack.packb([live.events, live.errors, recorded.events,\n"
+        "    recorded.errors, r.stats().memory]))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run(run + [sys.executable, "-c", script], check=True, capture_output=True,
+                         env=env).stdout
+    live, live_errors, recorded, recorded_errors, memory = msgpack.unpackb(out, raw=False)
+    assert live_errors == [] and recorded_errors == []
+    assert live == recorded
+    assert _without_ts(live) == json.loads((FIXTURES / f"{name}.json").read_text())["events"]
+    assert memory < 64 * 1024, "the snapshot's buffers are freed when it ends"
+
+
+@pytest.mark.live
+@pytest.mark.root
+def test_generation_moves_with_a_change(netns: str) -> None:
+    script = (
+        "import subprocess, msgpack, sys\n"
+        "from agent.native.nftables import NftReader\n"
+        "r = NftReader()\n"
+        "gens = [r.generation(), r.generation()]\n"
+        "subprocess.run(['nft', 'add', 'table', 'ip', 'moved'], check=True)\n"
+        "gens.append(r.generation())\n"
+        "sys.stdout.buffer.write(msgpack.packb(gens))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", script],
+                         check=True, capture_output=True, env=env).stdout
+    first, again, moved = msgpack.unpackb(out)
+    assert first is not None and again == first and moved is not None and moved != first

@@ -20,8 +20,8 @@ import msgpack
 from agent.collectors.base import Collector
 from agent.collectors.privileges import NETLINK_REFUSED, READ_REFUSED, explain_refusal
 from agent.config import BaselineConfig, CollectorState, SystemInformationConfig
-from agent.inventory import Snapshot, baseline, now_ms, sbom, under, users
-from agent.inventory.nft_generation import ruleset_generation
+from agent.inventory import Snapshot, baseline, firewall, now_ms, sbom, under, users
+from agent.native.nftables import NftReader
 
 log = logging.getLogger("agent.collectors")
 
@@ -140,8 +140,11 @@ class FirewallCollector(InventoryCollector):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The last snapshot and the nftables generation it was taken at (nft_generation).
+        # The last snapshot and the nftables generation it was taken at. The reader is the
+        # core's (native/nftables.c): it runs in this process, holds no socket and no buffer
+        # between snapshots.
         self._last: tuple[int, Snapshot] | None = None
+        self._nft = NftReader()
 
     def gather(self) -> Snapshot:
         generation = self._unchanged_mark()
@@ -151,7 +154,7 @@ class FirewallCollector(InventoryCollector):
             self.counters["unchanged"] += 1
             return Snapshot([{**event, "ts": ts} for event in last.events], [],
                             list(last.skipped))
-        snap = gather_in_child("firewall", self.env.root)
+        snap = firewall.gather(self.env.root, self._nft)
         # The generation was read before the dump: a change while it ran is seen next time.
         self._last = None
         if generation is not None and not snap.errors and not snap.volatile:
@@ -169,7 +172,7 @@ class FirewallCollector(InventoryCollector):
                 continue
             except OSError:
                 return None
-        return ruleset_generation()
+        return self._nft.generation()
 
 
 class SBoMCollector(InventoryCollector):

@@ -1,9 +1,9 @@
 """python3 -m agent.inventory NAME ROOT [OVERRIDES_JSON]: one gatherer's snapshot, written to
 stdout as one msgpack map {"events": [...], "errors": [...], "skipped": [...]}.
 
-The agent runs SystemInformation (pyroute2's IPRoute: its import alone holds about 17 MB) and
-Firewall (its netlink reader and decoder, only when the ruleset changed) this way, in a
-short-lived child, so that a small device does not carry them between two snapshots."""
+The agent runs SystemInformation (pyroute2's IPRoute: its import alone holds about 17 MB) this
+way, in a short-lived child, so that a small device does not carry it between two snapshots.
+(Firewall runs in the agent: its ruleset is decoded in the C core, native/nftables.c.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import msgpack
 
 def main(argv: list[str]) -> int:
     if len(argv) not in (2, 3):
-        print("usage: python3 -m agent.inventory sysinfo|firewall ROOT [OVERRIDES_JSON]",
+        print("usage: python3 -m agent.inventory sysinfo ROOT [OVERRIDES_JSON]",
               file=sys.stderr)
         return 2
     name, root = argv[0], Path(argv[1])
@@ -25,10 +25,6 @@ def main(argv: list[str]) -> int:
 
         overrides = json.loads(argv[2]) if len(argv) == 3 else {}
         snap = sysinfo.gather(root, overrides=overrides)
-    elif name == "firewall":
-        from agent.inventory import firewall
-
-        snap = firewall.gather(root)
     else:
         print(f"python3 -m agent.inventory: no gatherer {name!r}", file=sys.stderr)
         return 2
