@@ -46,6 +46,8 @@ enum {
     NREGS = 25,             /* NFT_REG_VERDICT, NFT_REG_1..4, NFT_REG32_00..15, and "none" */
     REG_NONE = 24,
     MAX_ERRORS = 256,       /* errors kept in a result; the rest are counted in one line */
+    ERROR_BYTES = 1280,     /* one error, at most (names cut to 64 bytes, reasons to 255) */
+    ERRORS_BYTES = (MAX_ERRORS + 1) * ERROR_BYTES, /* the errors, beyond max_output_bytes */
     MAX_PENDING = 16
 };
 
@@ -759,12 +761,12 @@ int am_nft_generation(am_nft *n, uint32_t *generation)
 
 /* ---- the result ---- */
 
-/* Grows the result buffer (double, up to max_output_bytes). */
-static int grow(am_nft *n, mp_buf *b)
+/* Grows a result buffer (double, up to limit). */
+static int grow(am_nft *n, mp_buf *b, size_t limit)
 {
     size_t cap = b->cap < 4096 ? 4096 : b->cap * 2;
-    if (cap > n->opt.max_output_bytes)
-        cap = n->opt.max_output_bytes;
+    if (cap > limit)
+        cap = limit;
     if (cap <= b->cap) {
         n->st.overflow++;
         return AM_ERR_LIMIT;
@@ -778,13 +780,9 @@ static int grow(am_nft *n, mp_buf *b)
 }
 
 /* One error of the result: [what, errno, reason]. */
-static int add_error(am_nft *n, const struct text *what, int err, const char *reason,
+static int put_error(am_nft *n, const struct text *what, int err, const char *reason,
                      const char *reason2)
 {
-    if (n->nerrs >= MAX_ERRORS) {
-        n->lost_errs++;
-        return AM_OK;
-    }
     for (;;) {
         size_t at = n->errs.len;
         int st = mp_array(&n->errs, 3);
@@ -804,16 +802,33 @@ static int add_error(am_nft *n, const struct text *what, int err, const char *re
             return AM_OK;
         }
         n->errs.len = at;
-        if (st != AM_ERR_FULL || (st = grow(n, &n->errs)) != AM_OK)
+        if (st == AM_ERR_FULL)
+            st = grow(n, &n->errs, ERRORS_BYTES);
+        if (st == AM_ERR_LIMIT) {
+            n->lost_errs++; /* cannot happen with the cuts above; counted if it did */
+            return AM_OK;
+        }
+        if (st != AM_OK)
             return st;
     }
 }
 
-/* "what a/b c" as the error's subject (names cut to 256 bytes each). */
+/* An error, or only counted once MAX_ERRORS are kept. */
+static int add_error(am_nft *n, const struct text *what, int err, const char *reason,
+                     const char *reason2)
+{
+    if (n->nerrs >= MAX_ERRORS) {
+        n->lost_errs++;
+        return AM_OK;
+    }
+    return put_error(n, what, err, reason, reason2);
+}
+
+/* "what a/b c" as the error's subject (names cut to 64 bytes each). */
 static int error_subject(struct text *t, const char *what, span a, const char *sep, span b,
                          const char *sep2, span c)
 {
-    t->max = 4096;
+    t->max = ERROR_BYTES - 300;
     TRY(text_str(t, what));
     span parts[3] = {a, b, c};
     const char *seps[3] = {"", sep, sep2};
@@ -822,7 +837,7 @@ static int error_subject(struct text *t, const char *what, span a, const char *s
             break;
         TRY(text_str(t, seps[i]));
         if (parts[i].ok)
-            TRY(text_utf8(t, parts[i].p, parts[i].n < 256 ? parts[i].n : 256));
+            TRY(text_utf8(t, parts[i].p, parts[i].n < 64 ? parts[i].n : 64));
         else
             TRY(text_str(t, "None"));
     }
@@ -843,7 +858,7 @@ static int put_event(am_nft *n, encoder enc, const void *arg)
             return AM_OK;
         }
         n->out.len = at;
-        if (st != AM_ERR_FULL || (st = grow(n, &n->out)) != AM_OK)
+        if (st != AM_ERR_FULL || (st = grow(n, &n->out, n->opt.max_output_bytes)) != AM_OK)
             return st;
     }
 }
@@ -1669,7 +1684,7 @@ static int read_set(am_nft *n, struct rule *r, uint8_t family, span table, span 
         qsort(items, count, sizeof *items, interval ? cmp_interval : cmp_plain);
     struct text *t = &n->cache_text;
     t->max = n->opt.max_rule_bytes;
-    st = AM_OK;
+    st = text_reserve(t, 64);
     if (interval) {
         /* Each range is its start and an end marker one past its last value; the kernel
          * also keeps a zero end marker before the first range. */
@@ -2143,7 +2158,8 @@ static int decode_rule(am_nft *n, const struct msgref *m, uint64_t ts, size_t *h
     rule_reset(n, r, m->family == 2 ? 4 : m->family == 10 ? 6 : 0);
     size_t off = 0;
     span item;
-    int st = AM_OK;
+    /* the text has storage from here on, even when every value in it is empty */
+    int st = text_reserve(&r->text, 64);
     while (st == AM_OK && next_item(&a[4], &off, &item, &n->st.malformed))
         st = decode_expression(n, r, m->family, e.table, item);
     /* the open lower bounds of ranges: ">=low" */
@@ -2200,7 +2216,7 @@ static int begin_result(am_nft *n)
         if (st == AM_OK)
             return AM_OK;
         n->out.len = 0;
-        if (st != AM_ERR_FULL || (st = grow(n, &n->out)) != AM_OK)
+        if (st != AM_ERR_FULL || (st = grow(n, &n->out, n->opt.max_output_bytes)) != AM_OK)
             return st;
     }
 }
@@ -2213,11 +2229,9 @@ static int end_result(am_nft *n, int64_t tables)
         snprintf(why, sizeof why, "%u more errors", n->lost_errs);
         struct text what = {0};
         what.max = 64;
-        n->nerrs--; /* the last kept error makes room for the count */
         int st = text_str(&what, "nftables");
-        n->nerrs = MAX_ERRORS - 1;
         if (st == AM_OK)
-            st = add_error(n, &what, 0, why, NULL);
+            st = put_error(n, &what, 0, why, NULL);
         text_free(&what);
         if (st != AM_OK)
             return st;
@@ -2240,7 +2254,8 @@ static int end_result(am_nft *n, int64_t tables)
         if (st == AM_OK)
             break;
         n->out.len = at;
-        if (st != AM_ERR_FULL || (st = grow(n, &n->out)) != AM_OK)
+        if (st != AM_ERR_FULL ||
+            (st = grow(n, &n->out, (size_t)n->opt.max_output_bytes + ERRORS_BYTES + 128)) != AM_OK)
             return st;
     }
     n->has_result = 1;
@@ -2283,6 +2298,7 @@ static int decode_kept(am_nft *n, uint64_t ts)
             st = decode_rule(n, &n->dump.refs[i], ts, &hint);
     if (st == AM_ERR_LIMIT) {
         /* the result outgrew max_output_bytes: none of it is sent, one error says why */
+        n->st.events -= n->nevents;
         n->out.len = 0;
         TRY(begin_result(n));
         struct text what = {0};
