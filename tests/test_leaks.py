@@ -198,3 +198,35 @@ def test_audit_state_probe_and_restore_calls() -> None:
     assert_rss_flat(probe, calls=500, name="am_anl_probe")
     assert seen
     assert_rss_flat(lambda: restore_status(saved), calls=300, name="am_anl_restore")
+
+
+def test_nftables_reader_calls() -> None:
+    """am_nft_decode of recorded rulesets (set reads, a rule left out, the output bound's
+    error), am_nft_result and am_nft_stats; as root also am_nft_snapshot and
+    am_nft_generation of this namespace's ruleset (reads only)."""
+    import os
+
+    from agent.native.nftables import NftOptions, NftReader
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "nftables"
+    wide = (fixtures / "wide.bin").read_bytes()
+    iptables = (fixtures / "iptables.bin").read_bytes()
+
+    def decode() -> None:
+        with NftReader() as reader:
+            reader.decode(1, wide)
+            reader.decode(1, iptables[:-40])  # the last message cut
+            reader.stats()
+        with NftReader(NftOptions(max_output_bytes=1024, max_set_elements=1)) as small:
+            small.decode(1, wide)
+
+    assert_rss_flat(decode, calls=3000, name="am_nft_new/decode/result/stats/free")
+    if os.geteuid() != 0:
+        return
+    reader = NftReader()
+
+    def live() -> None:
+        reader.generation()
+        reader.snapshot(1)
+
+    assert_rss_flat(live, calls=2000, name="am_nft_snapshot, am_nft_generation")
