@@ -29,7 +29,7 @@ TOOLS = ("gcc", "aarch64-linux-gnu-gcc", "arm-linux-gnueabihf-gcc", *EMULATED.va
 # Every decoder of the driver, and the seed writer (native/fuzz/seeds_<name>.py) of the binary
 # ones; the audit text decoders read the fixtures, msgpack the programs written here.
 SEEDED = ("aggregate", "audit_netlink", "cn_proc", "index", "inet_diag", "proc_net", "procfs",
-          "utmp", "dns")
+          "utmp", "dns", "nftables")
 DECODERS = (*SEEDED, "audit_text", "audit_record", "msgpack")
 CHUNKS = 3  # pieces each audit log is cut into (whole lines)
 EDGE_NUMBERS = (b"2147483647", b"2147483648", b"4294967295", b"4294967296",

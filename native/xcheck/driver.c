@@ -27,6 +27,7 @@
 #include "core_audit_netlink.h"
 #include "core_dns.h"
 #include "core_index.h"
+#include "core_nftables.h"
 #include "core_proc_connector.h"
 #include "core_sock_diag.h"
 #include "core_utmp.h"
@@ -395,6 +396,44 @@ static void run_dns(struct out *o, const uint8_t *data, size_t size)
     }
     am_dns_free(d);
     am_sink_free(s);
+}
+
+/* ---- nftables ruleset ---- */
+
+/* Byte 0: the bounds of fuzz_nftables (bit 0 small output, bit 1 one set element, bit 2 small
+ * rule text, bit 3 small dumps); the rest is decoded as one snapshot's messages: the result's
+ * bytes, then the counters. */
+static void run_nftables(struct out *o, const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return;
+    struct am_nft_options opt;
+    am_nft_default_options(&opt);
+    if (data[0] & 1)
+        opt.max_output_bytes = 1024;
+    if (data[0] & 2)
+        opt.max_set_elements = 1;
+    if (data[0] & 4)
+        opt.max_rule_bytes = 256;
+    if (data[0] & 8)
+        opt.max_dump_bytes = 4096;
+    am_nft *n = am_nft_new(&opt);
+    EXPECT(o, n != NULL);
+    if (!o->failed) {
+        EXPECT(o, am_nft_decode(n, 1796342400123ull, data + 1, size - 1) == AM_OK);
+        const uint8_t *result;
+        size_t len;
+        EXPECT(o, am_nft_result(n, &result, &len) == AM_OK);
+        if (!o->failed) {
+            out_label(o, "result");
+            out_bytes(o, result, len);
+        }
+        struct am_nft_stats ns;
+        am_nft_stats(n, &ns);
+        ns.memory = 0;
+        OUT_STATS(o, "nftables", ns);
+    }
+    am_nft_free(n);
 }
 
 /* ---- socket table: inet_diag dumps and /proc/net text ---- */
@@ -869,6 +908,7 @@ static const struct {
     {"utmp", run_utmp},                 {"procfs", run_procfs},
     {"msgpack", run_msgpack},           {"aggregate", run_aggregate},
     {"index", run_index},               {"dns", run_dns},
+    {"nftables", run_nftables},
 };
 
 static uint8_t *read_file(const char *path, size_t *size)
