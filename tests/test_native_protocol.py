@@ -21,6 +21,7 @@ from agent.native.audit_netlink import AuditNetlinkStats, NetlinkDecoder
 from agent.native.dns import DnsCapture, DnsOptions
 from agent.native.index_probe import IndexProbe
 from agent.native.inotify import Inotify, InotifyOptions
+from agent.native.nftables import NftReader
 from agent.native.peripheral import PeripheralOptions, PeripheralSource
 from agent.native.proc_connector import (
     ProcConnector,
@@ -155,6 +156,8 @@ def _closable(tmp_path: Path) -> list[tuple[NativeHandle, list[Callable[[NativeH
          [lambda h: h.fileno(), lambda h: h.set_paths([]), lambda h: h.drain(sink),
           lambda h: h.release(sink), lambda h: h.decode(sink, b""), lambda h: h.audit(b"\x90"),
           lambda h: h.test_watch(1, "/w"), lambda h: h.stats()]),
+        (NftReader(), [lambda h: h.decode(1, b""), lambda h: h.generation(),
+                       lambda h: h.stats()]),
         (IndexProbe(4), [lambda h: h.put(b"k", 1), lambda h: h.get(b"k"),
                          lambda h: h.delete(b"k"), lambda h: h.prune(1), lambda h: h.check(),
                          lambda h: h.stats(), lambda h: h.seed()]),
