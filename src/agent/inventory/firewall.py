@@ -5,8 +5,9 @@ nftables is read over netlink (NETLINK_NETFILTER) and decoded in the C core
 the elements of the sets rules look up. Each rule's expressions are decoded register by
 register (meta, payload, bitwise, cmp, range, lookup, ct, immediate verdicts, reject, nat, xt
 multiport) into the fields a reader wants: protocol, addresses, ports, interfaces, action.
-It costs the agent a few milliseconds and about 100 KB for 200 rules, so it runs in the
-agent's process (no child), and only when the ruleset's generation moved (the collector).
+It costs the agent a few milliseconds and about 0.5 MB of peak RSS for 200 rules, so it runs
+in the agent's process (no child), and only when the ruleset's generation moved (the
+collector).
 
 Legacy iptables (x_tables) cannot be read over netlink: iptables itself uses getsockopt on a
 raw socket with a binary layout per table revision. When the kernel has legacy tables (listed
