@@ -454,3 +454,26 @@ def test_generation_moves_with_a_change(netns: str) -> None:
                          check=True, capture_output=True, env=env).stdout
     first, again, moved = msgpack.unpackb(out)
     assert first is not None and again == first and moved is not None and moved != first
+
+
+@pytest.mark.live
+@pytest.mark.root
+def test_a_ruleset_of_many_datagrams(netns: str, tmp_path: Path) -> None:
+    """600 rules and a set of 3,000 addresses: the dumps and the set's elements span many
+    datagrams; every rule comes once, in order, with its port, and the set's elements all."""
+    lines = ["table inet big {",
+             "  set many { type ipv4_addr; elements = { "
+             + ", ".join(f"10.{i // 250}.{i % 250}.1" for i in range(3000)) + " }; }",
+             "  chain in {", "    type filter hook input priority 0; policy accept;"]
+    lines += [f"    tcp dport {1000 + i} accept" for i in range(600)]
+    lines += ["    ip saddr @many drop", "  }", "}"]
+    ruleset = tmp_path / "big.nft"
+    ruleset.write_text("\n".join(lines) + "\n")
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", str(ruleset)], check=True)
+    events = _ours(netns)
+    rules = [e for e in events if e["t"] == "fwrule"]
+    assert [r["pos"] for r in rules] == list(range(1, 602))
+    assert [r["dport"] for r in rules[:600]] == [[str(1000 + i)] for i in range(600)]
+    many = rules[600]["saddr"]
+    assert len(many) == 3000 and many == sorted(many, key=lambda a: ipaddress.ip_address(a))
+    assert set(many) == {f"10.{i // 250}.{i % 250}.1" for i in range(3000)}
