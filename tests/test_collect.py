@@ -144,5 +144,5 @@ def test_a_gatherer_child_that_fails_is_an_error_not_a_crash() -> None:
 
     snap = gather_in_child("nosuch", Path("/"))
     assert snap.events == [] and len(snap.errors) == 1 and "exited 2" in snap.errors[0]
-    snap = gather_in_child("sysinfo", Path("/"), "{not json")
-    assert snap.events == [] and snap.errors
+    snap = gather_in_child("firewall", Path("/"), "an argument too many")
+    assert snap.events == [] and len(snap.errors) == 1 and "usage" in snap.errors[0]

@@ -6,7 +6,6 @@ Permission denied (no CAP_DAC_READ_SEARCH)"), so that a collector that sees less
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import msgpack
 from agent.collectors.base import Collector
 from agent.collectors.privileges import NETLINK_REFUSED, READ_REFUSED, explain_refusal
 from agent.config import BaselineConfig, CollectorState, SystemInformationConfig
-from agent.inventory import Snapshot, baseline, now_ms, sbom, under, users
+from agent.inventory import Snapshot, baseline, now_ms, sbom, sysinfo, under, users
 from agent.inventory.nft_generation import ruleset_generation
 
 log = logging.getLogger("agent.collectors")
@@ -81,7 +80,7 @@ CHILD_TIMEOUT_S = 120
 
 def gather_in_child(name: str, root: Path, *args: str) -> Snapshot:
     """A gatherer run by `python3 -m agent.inventory` in a child process (see its docstring:
-    pyroute2 stays out of the agent's memory)."""
+    what it needs stays out of the agent's memory between two snapshots)."""
     snap = Snapshot()
     try:
         run = subprocess.run([sys.executable, "-m", "agent.inventory", name, str(root), *args],
@@ -119,8 +118,8 @@ class SystemInformationCollector(InventoryCollector):
             "FirmwareVendor": section.firmware_vendor,
             "FirmwareVersion": section.firmware_version,
         }
-        return gather_in_child("sysinfo", self.env.root,
-                               json.dumps({k: v for k, v in overrides.items() if v}))
+        # In this process: its two rtnetlink dumps are small (agent.interface_addresses).
+        return sysinfo.gather(self.env.root, overrides=overrides)
 
 
 class LocalUsersCollector(InventoryCollector):

@@ -1,13 +1,12 @@
-"""python3 -m agent.inventory NAME ROOT [OVERRIDES_JSON]: one gatherer's snapshot, written to
-stdout as one msgpack map {"events": [...], "errors": [...], "skipped": [...]}.
+"""python3 -m agent.inventory NAME ROOT: one gatherer's snapshot, written to stdout as one
+msgpack map {"events": [...], "errors": [...], "skipped": [...]}.
 
-The agent runs SystemInformation (pyroute2's IPRoute: its import alone holds about 17 MB) and
-Firewall (its netlink reader and decoder, only when the ruleset changed) this way, in a
-short-lived child, so that a small device does not carry them between two snapshots."""
+The agent runs Firewall (its netlink reader and decoder, only when the ruleset changed) this
+way, in a short-lived child, so that a small device does not carry them between two
+snapshots. SystemInformation runs in the agent (its rtnetlink dumps are small)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,17 +14,11 @@ import msgpack
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (2, 3):
-        print("usage: python3 -m agent.inventory sysinfo|firewall ROOT [OVERRIDES_JSON]",
-              file=sys.stderr)
+    if len(argv) != 2:
+        print("usage: python3 -m agent.inventory firewall ROOT", file=sys.stderr)
         return 2
     name, root = argv[0], Path(argv[1])
-    if name == "sysinfo":
-        from agent.inventory import sysinfo
-
-        overrides = json.loads(argv[2]) if len(argv) == 3 else {}
-        snap = sysinfo.gather(root, overrides=overrides)
-    elif name == "firewall":
+    if name == "firewall":
         from agent.inventory import firewall
 
         snap = firewall.gather(root)
