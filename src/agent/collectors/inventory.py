@@ -7,7 +7,6 @@ Permission denied (no CAP_DAC_READ_SEARCH)"), so that a collector that sees less
 from __future__ import annotations
 
 import logging
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -81,6 +80,9 @@ CHILD_TIMEOUT_S = 120
 def gather_in_child(name: str, root: Path, *args: str) -> Snapshot:
     """A gatherer run by `python3 -m agent.inventory` in a child process (see its docstring:
     what it needs stays out of the agent's memory between two snapshots)."""
+    # Loaded by the first child only (about 2.5 MB of RSS with its imports).
+    import subprocess
+
     snap = Snapshot()
     try:
         run = subprocess.run([sys.executable, "-m", "agent.inventory", name, str(root), *args],

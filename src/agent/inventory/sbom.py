@@ -11,8 +11,6 @@ every change, so any change is seen at the next snapshot."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,6 +166,11 @@ class StatusCache:
 
 
 def _rpm(root: Path, ts: int, snap: Snapshot) -> list[Event]:
+    # Only an rpm system runs a tool: shutil (bz2, lzma) and subprocess stay out of the agent
+    # on a dpkg one.
+    import shutil
+    import subprocess
+
     rpm = shutil.which("rpm")
     if rpm is None:
         snap.skip("rpm", "the rpm tool is not installed")

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -83,6 +81,11 @@ _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$")
 def derive_device_key(group_key: str, registration_id: str) -> str:
     """The device key of a group enrollment: base64(HMAC-SHA256(base64decode(group key),
     registration id)). Secret."""
+    # hashlib loads OpenSSL's libcrypto (about 4 MB of RSS): only a group enrollment needs it,
+    # never the local default, which imports this module for DpsSettings.load.
+    import hashlib
+    import hmac
+
     raw = base64.b64decode(group_key, validate=True)
     digest = hmac.new(raw, registration_id.encode("utf-8"), hashlib.sha256).digest()
     return base64.b64encode(digest).decode("ascii")
