@@ -31,7 +31,6 @@ enrollment changed), the uplink provisions again (agent.uplink.iothub), with its
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -83,6 +82,7 @@ def derive_device_key(group_key: str, registration_id: str) -> str:
     registration id)). Secret."""
     # hashlib loads OpenSSL's libcrypto (about 4 MB of RSS): only a group enrollment needs it,
     # never the local default, which imports this module for DpsSettings.load.
+    import base64
     import hashlib
     import hmac
 
@@ -92,6 +92,8 @@ def derive_device_key(group_key: str, registration_id: str) -> str:
 
 
 def _read_key(path: str, what: str) -> str:
+    import base64  # only a DPS key file needs it (about 0.3 MB of RSS)
+
     data = read_secret_file(path, what)
     try:
         key = data.decode("ascii").strip()
