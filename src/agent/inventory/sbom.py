@@ -38,6 +38,18 @@ RPM_FORMAT = (
 )
 
 
+def _lines(text: str) -> Iterator[str]:
+    """text.splitlines(), one paragraph at a time: all at once, a status file's lines (25,000
+    small strings on a 970-package system) were freed among what the agent keeps, and their
+    memory stayed in its RSS (2 MB)."""
+    start, end = 0, len(text)
+    while start < end:
+        stop = text.find("\n\n", start)
+        stop = end if stop < 0 else stop + 1  # the paragraph's last line with its end
+        yield from text[start:stop].splitlines()
+        start = stop
+
+
 def paragraphs(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     """The paragraphs of a deb822 control file (dpkg and opkg status): (first line number,
     field -> value). Continuation lines (starting with a space or tab) are folded into the
@@ -45,7 +57,7 @@ def paragraphs(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     fields: dict[str, str] = {}
     start = 0
     last: str | None = None
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         if not line.strip():
             if fields:
                 yield start, fields
