@@ -114,6 +114,25 @@ def test_host_interfaces_equal_ip_addr() -> None:
     pytest.fail("the host's interfaces kept changing")
 
 
+def _links_ip(ns: str | None) -> dict[str, tuple[Any, ...]]:
+    args = ["ip"] + (["-n", ns] if ns else []) + ["-d", "-j", "link"]
+    links = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+    return {link["ifname"]: (link["mtu"], "UP" in link["flags"],
+                             link.get("linkinfo", {}).get("info_kind")) for link in links}
+
+
+def test_mtu_up_and_kind_equal_ip_link() -> None:
+    # What `ip -j addr` does not show: MTU, the administrative UP flag, the link kind.
+    for _ in range(5):
+        before = _links_ip(None)
+        ours = {e["name"]: (e.get("mtu"), e["up"], e.get("kind"))
+                for e in sysinfo.interfaces().events}
+        if before == _links_ip(None):
+            assert ours == before
+            return
+    pytest.fail("the host's interfaces kept changing")
+
+
 def test_live_system_fields() -> None:
     snap = sysinfo.gather(with_interfaces=False)
     (event,) = snap.events
