@@ -1,4 +1,4 @@
-"""The agent process keeps pyroute2 out (its gatherers that need it run in a child): checked
+"""The agent process keeps pyroute2 out (nothing in the agent needs it any longer): checked
 on a real `micro-agent run` with NetworkActivity_Devices set, through the modules the status
 document lists (`micro-agent status --modules`)."""
 

@@ -75,6 +75,33 @@ def test_veth_pair_appears_and_equals_ip_addr(netns: str) -> None:
     assert {"invA", "invB", "lo"} <= set(ours)
 
 
+@pytest.mark.live
+@pytest.mark.root
+def test_a_named_namespace_leaves_the_process_where_it_is(netns: str) -> None:
+    """The dump reads the named namespace from a thread that entered it; the calling thread
+    (and so the agent's loop) stays in its own, and MTU and link kind come from there too."""
+    subprocess.run(["ip", "-n", netns, "link", "add", "invbr", "mtu", "1280", "type",
+                    "bridge"], check=True)
+    own = os.readlink("/proc/thread-self/ns/net")
+    snap = sysinfo.interfaces(netns)
+    assert os.readlink("/proc/thread-self/ns/net") == own
+    assert snap.errors == []
+    by_name = {e["name"]: e for e in snap.events}
+    assert set(by_name) == {"lo", "invbr"}
+    assert (by_name["invbr"]["mtu"], by_name["invbr"]["kind"]) == (1280, "bridge")
+    assert (by_name["lo"]["type"], by_name["lo"]["up"], "kind" in by_name["lo"]) == (
+        "loopback", False, False)
+    # The host's interfaces are another namespace's: the same call without one sees them.
+    host = {e["name"] for e in sysinfo.interfaces().events}
+    assert "invbr" not in host and host == {link["ifname"] for link in _ip_addr(None)}
+
+
+def test_a_namespace_that_does_not_exist_is_an_error() -> None:
+    snap = sysinfo.interfaces(f"no-such-ns-{os.getpid()}")
+    assert snap.events == []
+    assert snap.errors == ["rtnetlink: No such file or directory"]
+
+
 def test_host_interfaces_equal_ip_addr() -> None:
     # Other programs may add or remove interfaces meanwhile: retry a mismatch a few times.
     for _ in range(5):
@@ -82,6 +109,25 @@ def test_host_interfaces_equal_ip_addr() -> None:
         ours = _view_ours(sysinfo.gather().events)
         after = _view_ip(_ip_addr(None))
         if before == after:
+            assert ours == before
+            return
+    pytest.fail("the host's interfaces kept changing")
+
+
+def _links_ip(ns: str | None) -> dict[str, tuple[Any, ...]]:
+    args = ["ip"] + (["-n", ns] if ns else []) + ["-d", "-j", "link"]
+    links = json.loads(subprocess.run(args, check=True, capture_output=True, text=True).stdout)
+    return {link["ifname"]: (link["mtu"], "UP" in link["flags"],
+                             link.get("linkinfo", {}).get("info_kind")) for link in links}
+
+
+def test_mtu_up_and_kind_equal_ip_link() -> None:
+    # What `ip -j addr` does not show: MTU, the administrative UP flag, the link kind.
+    for _ in range(5):
+        before = _links_ip(None)
+        ours = {e["name"]: (e.get("mtu"), e["up"], e.get("kind"))
+                for e in sysinfo.interfaces().events}
+        if before == _links_ip(None):
             assert ours == before
             return
     pytest.fail("the host's interfaces kept changing")

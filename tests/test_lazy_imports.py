@@ -24,6 +24,13 @@ from agent.uplink.identity import DEFAULT_CONNECTION_STRING_FILE
 # The modules the local default must not load, by top-level package or module name: the SDK
 # and what it brings, and ssl (OpenSSL: about 4 MB RSS; only a hub's TLS needs it).
 HUB_ONLY = ("azure", "paho", "requests", "urllib3", "socks", "deprecation", "janus", "ssl", "_ssl")
+# What the local default used to load for a job it does not do, or did with a large module
+# (docs/performance.md, "What the agent no longer loads"): pyroute2 (SystemInformation reads
+# rtnetlink itself), hashlib and hmac (OpenSSL's libcrypto: DPS group keys only), base64 (hub
+# and DPS keys), shutil with bz2 and lzma (argparse's terminal width, SBoM's rpm look-up),
+# subprocess (a gatherer child, rpm), ctypes (setns for a named namespace only).
+NOT_IN_THE_LOCAL_DEFAULT = ("pyroute2", "hashlib", "_hashlib", "hmac", "base64", "shutil",
+                            "bz2", "lzma", "subprocess", "ctypes")
 
 # Agent.run replaced: list the modules loaded by then and return. IotHubUplink.attach
 # replaced: it would connect. Neither import below loads anything the run would not: they
@@ -62,7 +69,10 @@ def loaded_by_run(tmp_path: Path, *, hub: bool) -> set[str]:
     elif Path(DEFAULT_CONNECTION_STRING_FILE).exists():
         pytest.skip(f"{DEFAULT_CONNECTION_STRING_FILE} exists: this machine has no local default")
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTHUB_")}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, "hub" if hub else "local", *args],
+    # -S and this process's module path: the modules of the agent alone, without what the
+    # machine's start-up (.pth) files import (one on a test machine loads shutil).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+    done = subprocess.run([sys.executable, "-S", "-c", SCRIPT, "hub" if hub else "local", *args],
                           check=False, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     return set(json.loads(done.stdout.splitlines()[-1]))
@@ -78,6 +88,8 @@ def test_the_local_default_loads_no_hub_sdk(tmp_path: Path) -> None:
     assert {"agent.pipeline", "agent.collectors", "agent.uplink.files"} <= modules
     assert not top_level(modules) & set(HUB_ONLY), sorted(top_level(modules) & set(HUB_ONLY))
     assert "agent.uplink.iothub" not in modules and "agent.uplink.connection" not in modules
+    unneeded = top_level(modules) & set(NOT_IN_THE_LOCAL_DEFAULT)
+    assert not unneeded, sorted(unneeded)
 
 
 def test_a_configured_hub_does_load_the_sdk(tmp_path: Path) -> None:

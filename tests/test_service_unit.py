@@ -250,8 +250,8 @@ def test_the_agent_runs_with_memory_deny_write_execute(tmp_path: Path) -> None:
                              str(fixture)], capture_output=True, timeout=120, check=False)
     assert parsed.returncode == 0, parsed.stderr
     assert parsed.stdout.count(b"\n") > 10
-    # The whole loop with the collectors that need no kernel source, and the inventory child
-    # (pyroute2) of SystemInformation.
+    # The whole loop with the collectors that need no kernel source, and SystemInformation's
+    # rtnetlink dumps.
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**NO_KERNEL, "SystemInformation_Disabled": False}))
     proc = subprocess.Popen([sys.executable, "-c", UNDER_MDWE, agent, "run", "--data-dir",

@@ -78,8 +78,6 @@ def _setup_logging(level: str) -> None:
 
 def _agent_id(data_dir: Path) -> str:
     """A random id made at the first start and kept in DATA/agent-id."""
-    import uuid
-
     path = data_dir / "agent-id"
     try:
         text = path.read_text().strip()
@@ -87,6 +85,9 @@ def _agent_id(data_dir: Path) -> str:
             return text
     except FileNotFoundError:
         pass
+    # uuid (with platform: about 1.7 MB of RSS) only at the first start, which makes the id.
+    import uuid
+
     from agent.durable import replace_file
 
     ident = str(uuid.uuid4())
@@ -483,8 +484,36 @@ def collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminal_columns() -> int:
+    """The terminal's width as shutil.get_terminal_size finds it: $COLUMNS, else stdout's."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 80
+    except (ValueError, OSError):
+        return 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter given its width: without one it imports shutil (with bz2 and lzma,
+    about 2 MB of RSS that `micro-agent run` would keep) to ask the terminal's."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser, and the class of its sub-commands' parsers, with _HelpFormatter."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="micro-agent", description=__doc__)
+    top = _ArgumentParser(prog="micro-agent", description=__doc__)
     top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     pa = sub.add_parser(

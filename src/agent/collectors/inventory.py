@@ -6,21 +6,15 @@ Permission denied (no CAP_DAC_READ_SEARCH)"), so that a collector that sees less
 
 from __future__ import annotations
 
-import json
 import logging
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, ClassVar
-
-import msgpack
 
 from agent.collectors.base import Collector
 from agent.collectors.privileges import NETLINK_REFUSED, READ_REFUSED, explain_refusal
 from agent.config import BaselineConfig, CollectorState, SystemInformationConfig
-from agent.inventory import Snapshot, baseline, firewall, now_ms, sbom, under, users
+from agent.inventory import Snapshot, baseline, firewall, now_ms, sbom, sysinfo, under, users
 from agent.native.nftables import NftReader
 
 log = logging.getLogger("agent.collectors")
@@ -75,35 +69,6 @@ def _reason(problems: list[str]) -> str:
     return "; ".join(shown)
 
 
-# A child's snapshot that takes longer than this is abandoned (counted as an error).
-CHILD_TIMEOUT_S = 120
-
-
-def gather_in_child(name: str, root: Path, *args: str) -> Snapshot:
-    """A gatherer run by `python3 -m agent.inventory` in a child process (see its docstring:
-    pyroute2 stays out of the agent's memory)."""
-    snap = Snapshot()
-    try:
-        run = subprocess.run([sys.executable, "-m", "agent.inventory", name, str(root), *args],
-                             capture_output=True, timeout=CHILD_TIMEOUT_S, check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        snap.error(name, f"the gatherer's child process failed: {err}")
-        return snap
-    if run.returncode != 0:
-        last = run.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-        snap.error(name, f"the gatherer's child exited {run.returncode}: {last[0][:200]}")
-        return snap
-    try:
-        doc = msgpack.unpackb(run.stdout, raw=False)
-        snap.events = list(doc["events"])
-        snap.errors = list(doc["errors"])
-        snap.skipped = list(doc["skipped"])
-        snap.volatile = bool(doc.get("volatile", False))
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as err:
-        snap.error(name, f"the gatherer's child wrote no snapshot: {err}")
-    return snap
-
-
 class SystemInformationCollector(InventoryCollector):
     name = "SystemInformation"
     accept = ("sysinfo", "netif")
@@ -119,8 +84,8 @@ class SystemInformationCollector(InventoryCollector):
             "FirmwareVendor": section.firmware_vendor,
             "FirmwareVersion": section.firmware_version,
         }
-        return gather_in_child("sysinfo", self.env.root,
-                               json.dumps({k: v for k, v in overrides.items() if v}))
+        # In this process: its two rtnetlink dumps are small (agent.interface_addresses).
+        return sysinfo.gather(self.env.root, overrides=overrides)
 
 
 class LocalUsersCollector(InventoryCollector):

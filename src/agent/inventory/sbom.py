@@ -11,8 +11,6 @@ every change, so any change is seen at the next snapshot."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +38,18 @@ RPM_FORMAT = (
 )
 
 
+def _lines(text: str) -> Iterator[str]:
+    """text.splitlines(), one paragraph at a time: all at once, a status file's lines (25,000
+    small strings on a 970-package system) were freed among what the agent keeps, and their
+    memory stayed in its RSS (2 MB)."""
+    start, end = 0, len(text)
+    while start < end:
+        stop = text.find("\n\n", start)
+        stop = end if stop < 0 else stop + 1  # the paragraph's last line with its end
+        yield from text[start:stop].splitlines()
+        start = stop
+
+
 def paragraphs(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     """The paragraphs of a deb822 control file (dpkg and opkg status): (first line number,
     field -> value). Continuation lines (starting with a space or tab) are folded into the
@@ -47,7 +57,7 @@ def paragraphs(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     fields: dict[str, str] = {}
     start = 0
     last: str | None = None
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         if not line.strip():
             if fields:
                 yield start, fields
@@ -167,11 +177,24 @@ class StatusCache:
         return events
 
 
+def _on_path(name: str) -> str | None:
+    """The executable `name` on $PATH, as shutil.which finds it; shutil itself (with bz2 and
+    lzma, about 2 MB of RSS) stays out of the agent for this one look-up."""
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(folder or os.curdir, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
 def _rpm(root: Path, ts: int, snap: Snapshot) -> list[Event]:
-    rpm = shutil.which("rpm")
+    rpm = _on_path("rpm")
     if rpm is None:
         snap.skip("rpm", "the rpm tool is not installed")
         return []
+    # Only an rpm system runs a tool: subprocess stays out of the agent on the others.
+    import subprocess
+
     args = [rpm, "-qa", "--queryformat", RPM_FORMAT]
     if root != Path("/"):
         args[1:1] = ["--root", str(root)]

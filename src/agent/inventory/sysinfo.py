@@ -2,18 +2,19 @@
 interfaces, one snapshot.
 
 Files are read under `root` (os-release, /proc, /sys/class/dmi/id, /proc/device-tree); the
-interfaces come from rtnetlink through pyroute2 IPRoute, in the current network namespace or
-the named one. Twin overrides (`SystemInformation_HardwareVendor` ...) replace what the
+interfaces come from two rtnetlink dumps (agent.interface_addresses: links, then addresses),
+in the current network namespace or the named one. Twin overrides (`SystemInformation_HardwareVendor` ...) replace what the
 device says about its hardware.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from agent.interface_addresses import addresses, links, route_socket
 from agent.inventory import Event, Snapshot, now_ms, read_text
 
 SRC = "sysinfo"
@@ -203,78 +204,48 @@ def _hardware(root: Path, snap: Snapshot, event: Event) -> None:
             event["hwvendor"] = vendor
 
 
-def _attr(msg: Any, name: str) -> Any:
-    return msg.get_attr(name)
-
-
 def interfaces(netns: str | None = None, ts: int | None = None) -> Snapshot:
     """One `netif` event per network interface: name, index, MAC, state, type and addresses.
 
     netns: a named network namespace (/run/netns/NAME) instead of the current one."""
-    from pyroute2 import IPRoute
-
     snap = Snapshot()
     stamp = now_ms() if ts is None else ts
     try:
-        ipr = IPRoute(netns=netns) if netns else IPRoute()
+        with route_socket(netns) as sock:
+            found_links = links(sock)
+            found_addresses = addresses(sock)
     except OSError as exc:
         snap.error("rtnetlink", exc.strerror or exc)
         return snap
-    try:
-        links = ipr.get_links()
-        addrs = ipr.get_addr()
-    except OSError as exc:
-        snap.error("rtnetlink", exc.strerror or exc)
-        return snap
-    finally:
-        ipr.close()
     by_index: dict[int, Event] = {}
-    for link in links:
-        name = _attr(link, "IFLA_IFNAME")
-        if not name:
-            snap.error("rtnetlink", f"link {link.get('index')} without a name")
-            continue
-        ifi_type = int(link.get("ifi_type", 0))
+    for link in found_links:
         event: Event = {
             "t": "netif",
             "ts": stamp,
             "src": SRC,
-            "name": name,
-            "idx": int(link.get("index", 0)),
-            "type": _LINK_TYPES.get(ifi_type, str(ifi_type)),
-            "state": str(_attr(link, "IFLA_OPERSTATE") or "UNKNOWN").lower(),
-            "up": bool(int(link.get("flags", 0)) & 1),
+            "name": link.name,
+            "idx": link.index,
+            "type": _LINK_TYPES.get(link.arphrd, str(link.arphrd)),
+            "state": link.operstate.lower(),
+            "up": link.up,
             "ipv4": [],
             "ipv6": [],
         }
-        mac = _attr(link, "IFLA_ADDRESS")
-        if mac:
-            event["mac"] = mac
-        mtu = _attr(link, "IFLA_MTU")
-        if mtu is not None:
-            event["mtu"] = int(mtu)
-        info = _attr(link, "IFLA_LINKINFO")
-        if info is not None:
-            kind = info.get_attr("IFLA_INFO_KIND")
-            if kind:
-                event["kind"] = kind
-        by_index[int(link.get("index", 0))] = event
-    for addr in addrs:
-        owner = by_index.get(int(addr.get("index", 0)))
+        if link.mac:
+            event["mac"] = link.mac
+        if link.mtu is not None:
+            event["mtu"] = link.mtu
+        if link.kind:
+            event["kind"] = link.kind
+        by_index[link.index] = event
+    for address in found_addresses:
+        owner = by_index.get(address.index)
         if owner is None:
             # An address of a link that went away between the two dumps.
             continue
-        local = _attr(addr, "IFA_LOCAL") or _attr(addr, "IFA_ADDRESS")
-        if not local:
-            continue
-        text = f"{local}/{int(addr.get('prefixlen', 0))}"
-        family = int(addr.get("family", 0))
-        key = "ipv4" if family == 2 else "ipv6" if family == 10 else None
-        if key is None:
-            continue
-        bucket = owner[key]
+        bucket = owner["ipv4" if address.family == socket.AF_INET else "ipv6"]
         assert isinstance(bucket, list)
-        bucket.append(text)
+        bucket.append(f"{address.address}/{address.prefixlen}")
     snap.events.extend(by_index[i] for i in sorted(by_index))
     return snap
 

@@ -19,7 +19,6 @@ The key is never logged: HubIdentity's repr and describe() leave it out.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import re
@@ -162,6 +161,9 @@ def parse_connection_string(text: str, source: str = "the connection string") ->
     if key is None and x509 is None:
         raise IdentityError(f"{source} has neither SharedAccessKey nor x509=true")
     if key is not None:
+        # base64 (about 0.3 MB of RSS) only where a key is: the local default has none.
+        import base64
+
         try:
             raw = base64.b64decode(key, validate=True)
         except (binascii.Error, ValueError):

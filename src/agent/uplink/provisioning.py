@@ -31,10 +31,7 @@ enrollment changed), the uplink provisions again (agent.uplink.iothub), with its
 
 from __future__ import annotations
 
-import base64
 import binascii
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -83,12 +80,20 @@ _DEVICE_ID = re.compile(r"^[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}$")
 def derive_device_key(group_key: str, registration_id: str) -> str:
     """The device key of a group enrollment: base64(HMAC-SHA256(base64decode(group key),
     registration id)). Secret."""
+    # hashlib loads OpenSSL's libcrypto (about 4 MB of RSS): only a group enrollment needs it,
+    # never the local default, which imports this module for DpsSettings.load.
+    import base64
+    import hashlib
+    import hmac
+
     raw = base64.b64decode(group_key, validate=True)
     digest = hmac.new(raw, registration_id.encode("utf-8"), hashlib.sha256).digest()
     return base64.b64encode(digest).decode("ascii")
 
 
 def _read_key(path: str, what: str) -> str:
+    import base64  # only a DPS key file needs it (about 0.3 MB of RSS)
+
     data = read_secret_file(path, what)
     try:
         key = data.decode("ascii").strip()
