@@ -20,11 +20,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
-from agent.inventory import Event, Snapshot, now_ms, read_text
+from agent.inventory import Event, Snapshot, now_ms, on_path, read_text
 from agent.native.nftables import NftReader
 
 # The match fields of a rule event, in the order docs/inventory.md lists them.
@@ -202,10 +200,10 @@ def parse_iptables_save(text: str, ipv: int, ts: int, snap: Snapshot, what: str)
 def _legacy_tool(ipv: int) -> str | None:
     """The iptables-save of the legacy (x_tables) backend, or None."""
     base = "iptables" if ipv == 4 else "ip6tables"
-    legacy = shutil.which(f"{base}-legacy-save")
+    legacy = on_path(f"{base}-legacy-save")
     if legacy:
         return legacy
-    plain = shutil.which(f"{base}-save")
+    plain = on_path(f"{base}-save")
     if plain and "nft" not in os.path.basename(os.path.realpath(plain)):
         return plain
     return None
@@ -222,6 +220,9 @@ def _gather_iptables(root: Path, snap: Snapshot, ts: int) -> None:
             snap.error(f"iptables (IPv{ipv})",
                        f"legacy tables ({names.split()}) but no legacy iptables-save tool")
             continue
+        # Only a device with legacy tables runs a tool: subprocess stays out of the agent.
+        import subprocess
+
         try:
             done = subprocess.run([tool], capture_output=True, timeout=60, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgpack
 
-from agent.inventory import Event, Snapshot, now_ms, read_text, under
+from agent.inventory import Event, Snapshot, now_ms, on_path, read_text, under
 
 SRC = "sbom"
 
@@ -177,18 +177,8 @@ class StatusCache:
         return events
 
 
-def _on_path(name: str) -> str | None:
-    """The executable `name` on $PATH, as shutil.which finds it; shutil itself (with bz2 and
-    lzma, about 2 MB of RSS) stays out of the agent for this one look-up."""
-    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(folder or os.curdir, name)
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-    return None
-
-
 def _rpm(root: Path, ts: int, snap: Snapshot) -> list[Event]:
-    rpm = _on_path("rpm")
+    rpm = on_path("rpm")
     if rpm is None:
         snap.skip("rpm", "the rpm tool is not installed")
         return []
