@@ -454,8 +454,12 @@ def test_uplink_drain_beside_the_bare_sdk(benchmark: BenchmarkFixture, request: 
             assert time.monotonic() < deadline, uplink.status()
 
         def one_round() -> None:
+            # The outbox is filled first (the uplink is not told: it would start sending),
+            # then drained: the send path alone.
+            listener, outbox.on_stored = outbox.on_stored, None
             for i in range(n):
                 outbox.put("Low", sealer(drain_batch(i), ident, "Low", ["Process"]), 28)
+            outbox.on_stored = listener
             bodies = [b.payload for b in (outbox.read(info.id) for info in outbox.pending())
                       if b is not None]
             before = len(hub.telemetry)

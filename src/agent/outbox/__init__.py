@@ -57,6 +57,8 @@ from agent.outbox.journal import (
 
 __all__ = [
     "BATCH_MAGIC",
+    "FRESH_BATCHES",
+    "FRESH_BYTES",
     "HEADER_BYTES",
     "MAX_DOOMED",
     "STATE_HEADER",
@@ -78,6 +80,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEP_CORRUPT = 8
+# Outbox._fresh: at most this many of the newest payloads, and this many bytes, in memory.
+FRESH_BATCHES = 64
+FRESH_BYTES = 256 << 10  # while the hub is away they stay: a bounded cost
 
 Seal = Callable[[Stamp], bytes]
 PathLike = Union[str, "os.PathLike[str]"]
@@ -205,6 +210,16 @@ class Outbox:
         self._bytes = 0
         self._counters = dict.fromkeys(_COUNTER_NAMES, 0)
         self.drops = DropLedger()
+        # Called (in put's thread, the outbox's lock held) after each stored batch: the uplink
+        # hands batches to its sender as they are stored, rather than after the loop's turn
+        # stored a whole interval's batches (their fsyncs then overlap the sending).
+        self.on_stored: Callable[[], None] | None = None
+        # The payloads of the newest stored batches, for their first read(): the uplink reads
+        # a batch right after it was stored, and reading back and checking the file it has
+        # just written was a tenth of the loop's time per batch. Bounded (FRESH_*): a backlog
+        # is read from its files as before.
+        self._fresh: dict[str, bytes] = {}
+        self._fresh_bytes = 0
         self._next_seq = 0
         self._boot = 0
         self._closed = False
@@ -293,19 +308,33 @@ class Outbox:
     def total_bytes(self) -> int:
         return self._bytes
 
-    def pending(self) -> list[BatchInfo]:
-        """Stored batches in send order: High first, then Medium, then Low; oldest first."""
+    def pending(self, limit: int | None = None) -> list[BatchInfo]:
+        """Stored batches in send order: High first, then Medium, then Low; oldest first.
+        `limit`: the first that many only (the uplink asks after every stored batch)."""
         with self._lock:
-            return [info for prio in PRIORITIES for info in self._queues[prio].values()]
+            if limit is None:
+                return [info for prio in PRIORITIES for info in self._queues[prio].values()]
+            out: list[BatchInfo] = []
+            for prio in PRIORITIES:
+                for info in self._queues[prio].values():
+                    if len(out) >= limit:
+                        return out
+                    out.append(info)
+            return out
 
     def read(self, batch_id: str) -> Batch | None:
         """The batch's payload, checked again against its checksum; None when the batch is
-        not stored or its file went bad since (then set aside and counted)."""
+        not stored or its file went bad since (then set aside and counted). A batch stored
+        moments ago by this process comes from memory (FRESH_BATCHES), once."""
         with self._lock:
             self._check_open()
             entry = self._entries.get(batch_id)
             if entry is None:
                 return None
+            fresh = self._fresh.pop(batch_id, None)
+            if fresh is not None:
+                self._fresh_bytes -= len(fresh)
+                return Batch(entry.info, fresh)
             try:
                 batch = decode_named_batch_file(batch_id, (self.dir / batch_id).read_bytes())
             except (OSError, ValueError) as err:
@@ -381,11 +410,17 @@ class Outbox:
                 return None
             info = BatchInfo(name, prio, seq, at, events, size)
             self._add(_Entry(info, carried))
+            self._keep_fresh(name, payload)
             self._next_seq = seq + 1
             self._counters["written"] += 1
             # No state write: at open, a batch file numbered at or past the state's next_seq
             # is counted as written and the drops it carried come off the ledger (_recover).
             self.drops.subtract(carried)
+            if self.on_stored is not None:
+                try:
+                    self.on_stored()
+                except Exception:  # the batch is stored whatever the listener does
+                    log.exception("outbox: the stored-batch listener failed")
             return info
 
     def confirm(self, batch_id: str) -> bool:
@@ -480,7 +515,19 @@ class Outbox:
             queue.clear()
             queue.update((b.id, b) for b in ordered)
 
+    def _keep_fresh(self, name: str, payload: bytes) -> None:
+        while self._fresh and (len(self._fresh) >= FRESH_BATCHES
+                               or self._fresh_bytes + len(payload) > FRESH_BYTES):
+            oldest = next(iter(self._fresh))
+            self._fresh_bytes -= len(self._fresh.pop(oldest))
+        if len(payload) <= FRESH_BYTES:
+            self._fresh[name] = payload
+            self._fresh_bytes += len(payload)
+
     def _forget(self, name: str) -> None:
+        fresh = self._fresh.pop(name, None)
+        if fresh is not None:
+            self._fresh_bytes -= len(fresh)
         entry = self._entries.pop(name)
         del self._queues[entry.info.prio][name]
         self._bytes -= entry.info.size
