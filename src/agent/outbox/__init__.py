@@ -411,7 +411,8 @@ class Outbox:
                             prio, size, self.max_bytes)
                 self._not_stored("refused", events)
                 return None
-            victims = self.policy.room_for([e.info for e in self._entries.values()],
+            # A generator: read only when the batch does not fit as it is.
+            victims = self.policy.room_for((e.info for e in self._entries.values()),
                                            self._bytes, prio, size)
             if victims is None:
                 self._not_stored("rejected_full", events)
