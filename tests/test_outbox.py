@@ -153,6 +153,42 @@ def test_stored_batches_are_announced_and_first_read_from_memory(tmp_path: Path)
         assert put(ob, "Low", 1) is not None
 
 
+def test_one_directory_fsync_covers_the_batches_stored_before_anything_depends_on_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch file is fsynced before its rename; the directory (the renames) is fsynced
+    once for the batches stored since, before any of them is read (handed to an uplink),
+    before next_seq is given out (a checkpoint records it), before a state write, at close."""
+    import agent.outbox as outbox_module
+
+    synced: list[Path] = []
+    real = outbox_module.fsync_dir
+
+    def counting(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(outbox_module, "fsync_dir", counting)
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        synced.clear()
+        infos = [put(ob, "Low", 1) for _ in range(10)]
+        assert synced == []  # ten puts, no directory fsync yet
+        assert ob.next_seq == 10 and synced == [ob.dir]
+        assert ob.next_seq == 10 and len(synced) == 1  # nothing new: no fsync
+        first = infos[0]
+        assert first is not None and ob.read(first.id) is not None and len(synced) == 1
+        info = put(ob, "High", 1)
+        assert info is not None and len(synced) == 1
+        assert ob.read(info.id) is not None and len(synced) == 2  # read after a put: synced
+        put(ob, "Low", 1)
+        ob.flush_state()  # a state write records next_seq: synced first
+        assert len(synced) == 3
+        put(ob, "Low", 1)
+    assert len(synced) == 4  # close
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        assert ob.next_seq == 13 and len(ob.pending()) == 13
+
+
 def test_eviction_order_and_counters_are_exact(tmp_path: Path) -> None:
     """Room for exactly four batches; each new batch evicts the oldest of the lowest priority
     not above its own, or is rejected; every drop reaches a later envelope."""

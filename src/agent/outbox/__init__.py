@@ -2,7 +2,8 @@
 uplink. docs/outbox.md describes the file format, recovery, eviction and counters.
 
 One directory DIR/outbox holds one file per batch (agent.outbox.codec: header, drops, payload,
-CRC32), written through agent.durable (tmp file, fsync, rename, fsync the directory): a batch
+CRC32), written through agent.durable (tmp file, fsync, rename) with the directory's fsync
+grouped (Outbox._sync_dir: once before anything depends on the batches stored since): a batch
 file either exists whole or not at all. A batch is removed only by `confirm` (the uplink
 delivered it), by eviction when the outbox is full, or by expiry (agent.outbox.eviction
 decides which); each removal is first logged in the state journal (agent.outbox.journal:
@@ -217,6 +218,7 @@ class Outbox:
         # Batch files are read and removed by name, one per batch: plain strings, not Path
         # objects (their joins were a tenth of the loop's time in a drain).
         self._dir_name = str(self.dir)
+        self._dir_dirty = False  # batches renamed into place since the directory's last fsync
         self._tmp = self.dir / "tmp"
         self._corrupt = self.dir / "corrupt"
         self._journal = StateJournal(self.dir / "state", self._tmp, _COUNTER_NAMES)
@@ -310,7 +312,11 @@ class Outbox:
 
     @property
     def next_seq(self) -> int:
-        return self._next_seq
+        """The next batch's sequence number. Every stored batch below it is durable when this
+        returns (a checkpoint records it: docs/outbox.md, "Writing and removing")."""
+        with self._lock:
+            self._sync_dir()
+            return self._next_seq
 
     def counters(self) -> OutboxCounters:
         with self._lock:
@@ -351,6 +357,7 @@ class Outbox:
             entry = self._entries.get(batch_id)
             if entry is None:
                 return None
+            self._sync_dir()  # a batch leaves the outbox only once it survives a power cut
             fresh = self._fresh.pop(batch_id, None)
             if fresh is not None:
                 self._fresh_bytes -= len(fresh)
@@ -425,7 +432,7 @@ class Outbox:
                     return None
             name = batch_name(prio, seq)
             try:
-                replace_file(self.dir / name, data, tmp=self._tmp / name)
+                self._write_batch(name, data)
             except OSError as err:
                 log.error("outbox: writing %s failed: %s", name, err)
                 self._not_stored("write_errors", events)
@@ -561,6 +568,29 @@ class Outbox:
             except FileNotFoundError:
                 pass
         fsync_dir(self.dir)
+        self._dir_dirty = False  # that fsync made the renames before it durable too
+
+    def _write_batch(self, name: str, data: bytes) -> None:
+        """tmp/<name>, fsynced, renamed into place. The directory's fsync is left to
+        _sync_dir, which runs before anything depends on the rename (one fsync for all the
+        batches a turn stores, not one each)."""
+        replace_file(f"{self._dir_name}/{name}", data, tmp=f"{self._dir_name}/tmp/{name}",
+                     sync_dir=False)
+        self._dir_dirty = True
+
+    def _sync_dir(self) -> None:
+        """Make the renames of stored batches durable. Called before a batch is read (handed
+        to an uplink), before next_seq is given out (a checkpoint records it), before a state
+        write (it records next_seq) and at close. A failure is logged and tried again at the
+        next of those; the batches stay."""
+        if not self._dir_dirty:
+            return
+        try:
+            fsync_dir(self.dir)
+        except OSError as err:
+            log.error("outbox: fsync of %s failed: %s", self.dir, err)
+            return
+        self._dir_dirty = False
 
     def _set_aside(self, name: str) -> None:
         """Move a bad file into corrupt/ (numbered, so the newest are kept) and trim corrupt/
@@ -586,6 +616,7 @@ class Outbox:
                     ) -> bool:
         """Write the state into the journal. A failure is counted and logged, and the state
         stays in memory: the next change writes it again."""
+        self._sync_dir()  # the next_seq it records counts only durable batches
         record = JournalRecord(next_seq=self._next_seq, boot=self._boot,
                                counters=dict(self._counters), drops=self.drops.peek(),
                                doomed=doomed or [], aside=aside or [])
