@@ -415,14 +415,14 @@ def drain_batch(i: int) -> bytes:
 
 
 @pytest.mark.benchmark(group="uplink-drain")
-@pytest.mark.parametrize("store", [False, True], ids=["filled-first", "stored-while-sending"])
+@pytest.mark.parametrize("while_sending", [False, True], ids=["filled-first", "stored-while-sending"])
 def test_uplink_drain_beside_the_bare_sdk(benchmark: BenchmarkFixture, request: pytest.FixtureRequest,
-                                          hub: Hub, tmp_path: Path, store: bool) -> None:
+                                          hub: Hub, tmp_path: Path, while_sending: bool) -> None:
     """The uplink's own cost, without the collectors and the audit load around it: an outbox
     of N batches drained by IotHubUplink through the agent's loop (no collectors), then the
     bare SDK sending the same bodies one send_message after the other; rounds alternate and
     the medians are compared. Messages/s from the first pump (the SDK: the first send) to the
-    last arrival at the stand-in. `store`: the agent's clock starts before the batches are
+    last arrival at the stand-in. `while_sending`: the agent's clock starts before the batches are
     sealed and stored (in one go, as a turn that ends an interval stores them), so its figure
     includes sealing and storing (the outbox's fsyncs) while the sends start; the SDK's is
     sending alone, as in the other case."""
@@ -468,13 +468,13 @@ def test_uplink_drain_beside_the_bare_sdk(benchmark: BenchmarkFixture, request: 
             raw = [drain_batch(i) for i in range(n)]
             before = len(hub.telemetry)
             started = time.time()
-            if not store:
+            if not while_sending:
                 # The outbox is filled first (the uplink is not told: it would start
                 # sending), then drained: the send path alone.
                 listener, outbox.on_stored = outbox.on_stored, None
             for body in raw:
                 outbox.put("Low", sealer(body, ident, "Low", ["Process"]), 28)
-            if not store:
+            if not while_sending:
                 outbox.on_stored = listener
                 bodies = [b.payload for b in (outbox.read(info.id) for info in outbox.pending())
                           if b is not None]
@@ -483,7 +483,7 @@ def test_uplink_drain_beside_the_bare_sdk(benchmark: BenchmarkFixture, request: 
             while sum(d.count for d in outbox.depth().values()) or uplink.status()["in_flight"]:
                 agent.turn(timeout=0.02)
             records = hub.wait_for_telemetry(before + n, timeout=30)[before:]
-            if store:
+            if while_sending:
                 bodies = [r.payload for r in sorted(records, key=lambda r: int(r.custom["seq"]))]
             # Same work: every batch arrived, as stored.
             assert sorted(r.payload for r in records) == sorted(bodies)
@@ -506,7 +506,7 @@ def test_uplink_drain_beside_the_bare_sdk(benchmark: BenchmarkFixture, request: 
         agent.shutdown()
     agent_rate = statistics.median(rates["agent"])
     sdk_rate = statistics.median(rates["bare SDK"])
-    _DRAIN.append(("stored while sending (sealing and storing in the agent's time)" if store
+    _DRAIN.append(("stored while sending (sealing and storing in the agent's time)" if while_sending
                    else "the send path alone: an outbox of batches drained", n, rounds,
                    agent_rate, sdk_rate))
     benchmark.extra_info.update({"batches": n, "rounds": rounds,
