@@ -124,6 +124,71 @@ def test_confirm_many_is_one_state_write(tmp_path: Path) -> None:
         assert ob.counters() == counters(written=4, confirmed=3)
 
 
+def test_stored_batches_are_announced_and_first_read_from_memory(tmp_path: Path) -> None:
+    """on_stored runs after each stored batch (the uplink hands batches over as they are
+    stored); the first read of one of the newest batches comes from memory, later reads and
+    older batches from the file, checked; pending(limit) is the head of the send order."""
+    from agent.outbox import FRESH_BATCHES
+
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        seen: list[int] = []
+        ob.on_stored = lambda: seen.append(ob.next_seq)
+        infos = [put(ob, "Low", 1) for _ in range(FRESH_BATCHES + 2)]
+        assert seen == list(range(1, FRESH_BATCHES + 3))
+        assert ob.pending(3) == ob.pending()[:3] and ob.pending(0) == []
+        assert put(ob, "High", 1) is not None and ob.pending(1)[0].prio == "High"
+        newest, oldest = infos[-1], infos[0]
+        assert newest is not None and oldest is not None
+        for info in (newest, oldest):  # the file goes bad on disk after it was stored
+            path = ob.dir / info.id
+            data = path.read_bytes()
+            path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+        batch = ob.read(newest.id)  # from memory: what was stored
+        assert batch is not None and decode_envelope(batch.payload)["seq"] == newest.seq
+        assert ob.read(newest.id) is None  # the second read is the file's: set aside
+        assert ob.read(oldest.id) is None  # past the bound: the file's
+        assert ob.counters().corrupt == 2
+        # A listener that fails does not undo the put.
+        ob.on_stored = lambda: 1 // 0  # type: ignore[func-returns-value]
+        assert put(ob, "Low", 1) is not None
+
+
+def test_one_directory_fsync_covers_the_batches_stored_before_anything_depends_on_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch file is fsynced before its rename; the directory (the renames) is fsynced
+    once for the batches stored since, before any of them is read (handed to an uplink),
+    before next_seq is given out (a checkpoint records it), before a state write, at close."""
+    import agent.outbox as outbox_module
+
+    synced: list[Path] = []
+    real = outbox_module.fsync_dir
+
+    def counting(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(outbox_module, "fsync_dir", counting)
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        synced.clear()
+        infos = [put(ob, "Low", 1) for _ in range(10)]
+        assert synced == []  # ten puts, no directory fsync yet
+        assert ob.next_seq == 10 and synced == [ob.dir]
+        assert ob.next_seq == 10 and len(synced) == 1  # nothing new: no fsync
+        first = infos[0]
+        assert first is not None and ob.read(first.id) is not None and len(synced) == 1
+        info = put(ob, "High", 1)
+        assert info is not None and len(synced) == 1
+        assert ob.read(info.id) is not None and len(synced) == 2  # read after a put: synced
+        put(ob, "Low", 1)
+        ob.flush_state()  # a state write records next_seq: synced first
+        assert len(synced) == 3
+        put(ob, "Low", 1)
+    assert len(synced) == 4  # close
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        assert ob.next_seq == 13 and len(ob.pending()) == 13
+
+
 def test_eviction_order_and_counters_are_exact(tmp_path: Path) -> None:
     """Room for exactly four batches; each new batch evicts the oldest of the lowest priority
     not above its own, or is rejected; every drop reaches a later envelope."""

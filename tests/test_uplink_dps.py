@@ -410,3 +410,81 @@ def test_micro_agent_run_with_a_group_enrollment_provisions_then_reuses_the_assi
     proc = run_agent(data, config, [*args, "--connection-string-file", cs])
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "choose one" in err
+
+
+# --- the local configuration file -------------------------------------------------------------
+
+
+def test_settings_from_the_local_file_come_after_the_options_and_the_environment(tmp_path: Path) -> None:
+    from agent.config.local import LocalSettingError, load_dps_files
+
+    key = base64.b64encode(b"k" * 32).decode()
+    good = key_file(tmp_path / "key", key)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"IothubModule_DpsIdScope": "0ne0003",
+                                  "IothubModule_DpsRegistrationId": "file-dev",
+                                  "IothubModule_DpsEndpoint": "dps.example.net",
+                                  "IothubModule_DpsGroupKeyFile": good}))
+    local = load_dps_files(config)
+    assert local == {"id_scope": "0ne0003", "registration_id": "file-dev",
+                     "endpoint": "dps.example.net", "group_key_file": good}
+    settings = DpsSettings.load(environ={}, local=local)
+    assert settings is not None
+    assert (settings.id_scope, settings.registration_id, settings.endpoint, settings.auth) == (
+        "0ne0003", "file-dev", "dps.example.net", AUTH_GROUP)
+    assert settings.device_key == derive_device_key(key, "file-dev")
+    # The environment wins over the file, the command line over both.
+    env = {"IOTHUB_DPS_REGISTRATION_ID": "env-dev"}
+    assert DpsSettings.load(environ=env, local=local).registration_id == "env-dev"  # type: ignore[union-attr]
+    assert DpsSettings.load(registration_id="cli-dev", environ=env,
+                            local=local).registration_id == "cli-dev"  # type: ignore[union-attr]
+    # The key file named in the local file passes the connection string's permission checks.
+    loose = key_file(tmp_path / "loose", key, 0o640)
+    with pytest.raises(IdentityError) as err:
+        DpsSettings.load(environ={}, local={**local, "group_key_file": loose})
+    assert "chmod 600" in str(err.value) and key not in str(err.value)
+    # A value that is not a string is refused, naming the setting; no ID scope in the file is
+    # no DPS; a twin cannot carry them (local only).
+    config.write_text(json.dumps({"IothubModule_DpsIdScope": 7}))
+    with pytest.raises(LocalSettingError, match="IothubModule_DpsIdScope"):
+        load_dps_files(config)
+    config.write_text(json.dumps({"IothubModule_DpsRegistrationId": "file-dev"}))
+    assert DpsSettings.load(environ={}, local=load_dps_files(config)) is None
+    store = ConfigStore(str(config))
+    assert store.latest_invalid_fields == ()
+    store.apply_patch({"IothubModule_DpsIdScope": "0ne0004"})
+    assert "IothubModule_DpsIdScope" in store.latest_invalid_fields
+
+
+@pytest.mark.timeout(120)
+def test_micro_agent_run_provisions_from_settings_given_only_in_the_local_file(
+    iothub: Hub, dps: Dps, tmp_path: Path
+) -> None:
+    key = key_file(tmp_path / "device.key", dps.individual("dps-file-1"))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**ALL_OFF,
+                                  "IothubModule_DpsIdScope": dps.id_scope,
+                                  "IothubModule_DpsRegistrationId": "dps-file-1",
+                                  "IothubModule_DpsEndpoint": ENDPOINT,
+                                  "IothubModule_DpsSymmetricKeyFile": key,
+                                  "IothubModule_DpsCaFile": str(dps.hub.certs.ca.cert)}))
+    data = tmp_path / "data"
+    proc = run_agent(data, config, [])  # nothing on the command line, nothing in the environment
+    try:
+        doc = wait_status(proc, data, lambda d: d["uplink"]["state"] == "connected", 60, "connected")
+        assert doc["uplink"]["identity"] == "dps-file-1" and doc["uplink"]["dps"]["auth"] == "symmetric"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert [(r.registration_id, r.auth) for r in dps.registrations] == [("dps-file-1", "symmetric")]
+    assert "dps: assigned to IoT Hub localhost as dps-file-1" in err
+    assert dps.individual("dps-file-1") not in err
+    # A key file named there that others can read: refused at start, exit code 2.
+    (tmp_path / "device.key").chmod(0o644)
+    proc = run_agent(tmp_path / "data2", config, [])
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "chmod 600" in err

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     from agent.collectors import Environment, build_collectors
     from agent.config import ConfigStore
-    from agent.config.local import LocalSettingError, load_transport
+    from agent.config.local import LocalSettingError, load_dps_files, load_transport
     from agent.envelope import Identity
     from agent.outbox import Outbox, OutboxBusy
     from agent.pipeline import Agent, install_signal_handlers
@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         # (docs/uplink.md, "Where the identity comes from").
         dps = DpsSettings.load(args.dps_id_scope, args.dps_registration_id, args.dps_endpoint,
                                args.dps_symmetric_key_file, args.dps_group_key_file,
-                               args.x509_cert_file, args.x509_key_file, args.ca_file)
+                               args.x509_cert_file, args.x509_key_file, args.ca_file,
+                               local=load_dps_files(args.config))
         if dps is not None and args.connection_string_file is not None:
             raise IdentityError("--connection-string-file and DPS (an ID scope) are both "
                                 "configured: choose one")
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             hub, hub_why = load_hub()
         else:
             hub, hub_why = None, f"provisioned through {dps.describe()}"
-    except IdentityError as err:
+    except (IdentityError, LocalSettingError) as err:
         log.error("IoT Hub identity: %s", err)
         print(f"micro-agent: {err}", file=sys.stderr)
         return 2

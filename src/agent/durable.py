@@ -22,15 +22,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def replace_file(final: Path, data: bytes, *, tmp: Path | None = None, sync: bool = True,
-                 mode: int = 0o600) -> None:
+def replace_file(final: Path | str, data: bytes, *, tmp: Path | str | None = None,
+                 sync: bool = True, mode: int = 0o600, sync_dir: bool = True) -> None:
     """Write data to `tmp` (default: final's name plus ".tmp", beside it), fsync it, rename it
     over `final`, fsync final's directory. `tmp` must be on final's file system. On a failure
     before the rename the tmp file is removed and the error raised: final is untouched. A
     failure of the directory's fsync is raised too; final holds the new data then, but a
-    power cut may still undo the rename."""
+    power cut may still undo the rename. `sync_dir=False` leaves the directory's fsync to the
+    caller (the outbox does one for many files, before anything depends on them)."""
     if tmp is None:
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = f"{final}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         try:
@@ -48,5 +49,5 @@ def replace_file(final: Path, data: bytes, *, tmp: Path | None = None, sync: boo
         except OSError:
             pass
         raise
-    if sync:
-        fsync_dir(final.parent)
+    if sync and sync_dir:
+        fsync_dir(Path(final).parent)

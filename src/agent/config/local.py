@@ -8,7 +8,11 @@ The names and values are those of Defender for IoT's micro agent:
     "IothubModule_TransportProtocol": "MQTT" | "MQTT_WebSocket_Protocol"
     "IothubModule_ProxyConfig": "<host>,<port>[,<user>,<password>]"
 
-Read once, at start (`load_transport`); a problem raises LocalSettingError with a message that
+and the provisioning settings of DPS (agent.uplink.provisioning), which name the identity the
+agent asks DPS for: `IothubModule_Dps*` (DPS_SETTINGS). They hold file names, never a key; the
+key files pass the connection string's checks when DpsSettings.load reads them.
+
+Read once, at start (`load_transport`, `load_dps_files`); a problem raises LocalSettingError with a message that
 never contains the proxy password, and `micro-agent run` exits with code 2. A proxy password is
 a secret: in the configuration file only when that file passes the connection string's checks
 (a regular file that neither group nor others can access, owned by root or the agent's user),
@@ -32,6 +36,26 @@ LOCAL_ONLY: Mapping[str, str] = {
     TRANSPORT_PROTOCOL: "MQTT (TCP 8883, the default) or MQTT_WebSocket_Protocol (WebSockets "
                         "over TLS on 443). AMQP values are refused: the Python SDK has no AMQP.",
     PROXY_CONFIG: "An HTTP CONNECT proxy: \"<host>,<port>[,<user>,<password>]\"; \"\" for none.",
+    "IothubModule_DpsIdScope": "DPS: the ID scope (0ne...); turns provisioning through DPS on.",
+    "IothubModule_DpsRegistrationId": "DPS: the registration id.",
+    "IothubModule_DpsEndpoint": "DPS: the global endpoint (global.azure-devices-provisioning.net).",
+    "IothubModule_DpsSymmetricKeyFile": "DPS: the file of an individual enrollment's key.",
+    "IothubModule_DpsGroupKeyFile": "DPS: the file of an enrollment group's key.",
+    "IothubModule_DpsCertificateFile": "DPS: the X.509 device certificate file (PEM).",
+    "IothubModule_DpsCertificateKeyFile": "DPS: the X.509 certificate's private key file (PEM).",
+    "IothubModule_DpsCaFile": "DPS: the trusted CA file (PEM) for DPS and the assigned hub.",
+}
+# name in the file -> DpsSettings.load's argument. The command line wins, then the environment
+# ($IOTHUB_DPS_*, $IOTHUB_X509_*, $IOTHUB_CA_FILE), then the file.
+DPS_SETTINGS: Mapping[str, str] = {
+    "IothubModule_DpsIdScope": "id_scope",
+    "IothubModule_DpsRegistrationId": "registration_id",
+    "IothubModule_DpsEndpoint": "endpoint",
+    "IothubModule_DpsSymmetricKeyFile": "symmetric_key_file",
+    "IothubModule_DpsGroupKeyFile": "group_key_file",
+    "IothubModule_DpsCertificateFile": "cert_file",
+    "IothubModule_DpsCertificateKeyFile": "key_file",
+    "IothubModule_DpsCaFile": "ca_file",
 }
 LOCAL_ONLY_REASON = ("local only: set it in the local configuration file or on the command line; "
                      "the twin cannot change how the agent reaches its hub")
@@ -206,3 +230,19 @@ def load_transport(config_path: str | Path | None, *, protocol: str | None = Non
         proxy_settings = ProxySettings(proxy_settings.host, proxy_settings.port,
                                        proxy_settings.username, password)
     return UplinkTransport(chosen, proxy_settings)
+
+
+def load_dps_files(config_path: str | Path | None) -> dict[str, str]:
+    """The DPS settings of the configuration file, as DpsSettings.load's keyword arguments
+    (the file's lowest layer: `local=`). Raises LocalSettingError for a value that is not a
+    non-empty string."""
+    settings = read_local_settings(config_path)
+    found: dict[str, str] = {}
+    for name, argument in DPS_SETTINGS.items():
+        if name not in settings:
+            continue
+        value = settings[name]
+        if not isinstance(value, str) or not value.strip() or "\0" in value:
+            raise LocalSettingError(f"{config_path}: {name} must be a non-empty string")
+        found[argument] = value.strip()
+    return found

@@ -237,20 +237,37 @@ class IotHubUplink:
 
     def pump(self, outbox: Outbox) -> None:
         """Confirm what the worker sent; hand it the next batches. Returns at once."""
-        self._outbox = outbox
+        if self._outbox is not outbox:
+            self._outbox = outbox
+            # Batches stored during a turn go to the worker at once (in send order, within
+            # the window): a turn that ends an interval stores hundreds, and the sends
+            # overlap their fsyncs instead of starting after the last.
+            outbox.on_stored = lambda: self._refill(outbox)
         self._take_results(outbox)
         now = time.monotonic()
         if (self._agent is not None and self._link.is_(LinkState.CONNECTED)
                 and now - self._last_offer >= self.options.report_check_s):
             self._last_offer = now
             self.offer_report(self._agent.reported_document())
+        self._hand_over(outbox)
+
+    def _refill(self, outbox: Outbox) -> None:
+        """After a batch was stored: take the worker's results (the window frees up) and
+        hand it what is next."""
+        self._take_results(outbox)
+        self._hand_over(outbox)
+
+    def _hand_over(self, outbox: Outbox) -> None:
+        """Hand the worker the next batches in send order, up to the window (loop thread)."""
         if not self._accepting or len(self._inflight) > self.options.window // 2:
             return  # the worker has enough; it wakes the loop when it is down to half
         config = self._agent.config if self._agent is not None else None
         fmt = config.upload.format.value if config is not None else "msgpack"
         max_bytes = config.upload.max_message_bytes if config is not None else MAX_MESSAGE_BYTES
         handed = sum(self._inflight.values())
-        for info in outbox.pending():
+        limit = len(self._inflight) + len(self._sent) + len(self._rejected) + self.options.window
+        items: list[_Item] = []
+        for info in outbox.pending(limit):
             if len(self._inflight) >= self.options.window or (
                     self._inflight and handed + info.size > self.options.window_bytes):
                 break
@@ -261,14 +278,15 @@ class IotHubUplink:
                 continue  # removed, or set aside as corrupt, since pending()
             self._inflight[info.id] = info.size
             handed += info.size
-            item = _Item(info.id, info.seq, info.prio, batch.payload, fmt, max_bytes)
-            with self._lock:
-                if self._accepting:
-                    self._queue.append(item)
-                    self._lock.notify_all()
-                else:
-                    self._results.append((info.id, info.seq, _RETURNED))
-                    break
+            items.append(_Item(info.id, info.seq, info.prio, batch.payload, fmt, max_bytes))
+        if not items:
+            return
+        with self._lock:
+            if self._accepting:
+                self._queue.extend(items)
+                self._lock.notify_all()
+            else:
+                self._results.extend((i.batch_id, i.seq, _RETURNED) for i in items)
 
     def _take_results(self, outbox: Outbox, *, confirm_now: bool = False) -> None:
         with self._lock:
@@ -343,6 +361,8 @@ class IotHubUplink:
         """Wait up to close_grace_s for the batches handed over (confirming those sent), then
         stop the worker and shut the client down (with a deadline)."""
         outbox = self._outbox
+        if outbox is not None:
+            outbox.on_stored = None
         deadline = time.monotonic() + self.options.close_grace_s
         while (self._inflight and self._link.is_(LinkState.CONNECTED) and outbox is not None
                and time.monotonic() < deadline):

@@ -1,7 +1,8 @@
 """The Device Provisioning Service (DPS): which IoT Hub the device belongs to, and as whom, asked
 of DPS instead of being handed a connection string.
 
-Settings come from the command line or the environment only, never from the twin (the twin
+Settings come from the command line, the environment or the local configuration file
+(agent.config.local: IothubModule_Dps*), in that order, never from the twin (the twin
 arrives from the hub that DPS assigns): an ID scope, a registration id, the global endpoint
 (default global.azure-devices-provisioning.net) and one credential:
 
@@ -44,6 +45,7 @@ from typing import Any
 from agent.clock import wall_time
 from agent.durable import replace_file
 from agent.uplink.identity import (
+    ENV_CA_FILE,
     ENV_CERT_FILE,
     ENV_KEY_FILE,
     HubIdentity,
@@ -126,25 +128,32 @@ class DpsSettings:
              endpoint: str | None = None, symmetric_key_file: str | None = None,
              group_key_file: str | None = None, cert_file: str | None = None,
              key_file: str | None = None, ca_file: str | None = None, *,
-             environ: Mapping[str, str] | None = None) -> DpsSettings | None:
-        """The settings from the command line's values, else the environment's; None when no
+             environ: Mapping[str, str] | None = None,
+             local: Mapping[str, str] | None = None) -> DpsSettings | None:
+        """The settings from the command line's values, else the environment's, else the
+        local configuration file's (`local`: agent.config.local.load_dps_files); None when no
         ID scope is configured (no DPS). Raises IdentityError when DPS is configured but
         cannot be used."""
         env = os.environ if environ is None else environ
-        id_scope = id_scope or env.get(ENV_ID_SCOPE) or None
+        file = local or {}
+        id_scope = id_scope or env.get(ENV_ID_SCOPE) or file.get("id_scope")
         if id_scope is None:
             return None
-        registration_id = registration_id or env.get(ENV_REGISTRATION_ID) or None
-        endpoint = endpoint or env.get(ENV_ENDPOINT) or DEFAULT_GLOBAL_ENDPOINT
-        symmetric_key_file = symmetric_key_file or env.get(ENV_SYMMETRIC_KEY_FILE) or None
-        group_key_file = group_key_file or env.get(ENV_GROUP_KEY_FILE) or None
-        cert_file = cert_file or env.get(ENV_CERT_FILE) or None
-        key_file = key_file or env.get(ENV_KEY_FILE) or None
+        registration_id = (registration_id or env.get(ENV_REGISTRATION_ID)
+                           or file.get("registration_id"))
+        endpoint = (endpoint or env.get(ENV_ENDPOINT) or file.get("endpoint")
+                    or DEFAULT_GLOBAL_ENDPOINT)
+        symmetric_key_file = (symmetric_key_file or env.get(ENV_SYMMETRIC_KEY_FILE)
+                              or file.get("symmetric_key_file"))
+        group_key_file = group_key_file or env.get(ENV_GROUP_KEY_FILE) or file.get("group_key_file")
+        cert_file = cert_file or env.get(ENV_CERT_FILE) or file.get("cert_file")
+        key_file = key_file or env.get(ENV_KEY_FILE) or file.get("key_file")
+        ca_file = ca_file or env.get(ENV_CA_FILE) or file.get("ca_file")
         if not _ID_SCOPE.match(id_scope):
             raise IdentityError(f"DPS ID scope {id_scope[:80]!r} is not an ID scope (0ne...)")
         if registration_id is None:
-            raise IdentityError(f"DPS needs a registration id (--dps-registration-id or "
-                                f"${ENV_REGISTRATION_ID})")
+            raise IdentityError(f"DPS needs a registration id (--dps-registration-id, "
+                                f"${ENV_REGISTRATION_ID} or IothubModule_DpsRegistrationId)")
         if not _REGISTRATION_ID.match(registration_id):
             raise IdentityError(f"DPS registration id {registration_id[:80]!r}: 1..128 lower-case "
                                 "letters, digits and -._:")
