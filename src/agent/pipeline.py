@@ -48,14 +48,15 @@ log = logging.getLogger("agent")
 
 TICK_S = 1.0
 # After a busy wake-up the loop lets the sockets gather datagrams this long before it drains
-# them again: every turn has a fixed cost (the select, the timers' checks, the lanes, the
-# uplink), and at 100 execs per second a 50 ms gather made the turns, not the events, most of
-# the agent's CPU. A record waits in its socket at most this long (plus the turn's work).
-GATHER_S = 0.25
-# ... or less, when a source's callback returns a number of seconds: how long its socket may
-# gather at the rate it is filling (the audit socket at more than some 1,100 execs per second),
-# though never less than this.
-GATHER_MIN_S = 0.05
+# them again, rather than wake for each one: the bound the sources' documents state (a short-
+# lived process's /proc entry for the proc connector, the actor's window for inotify).
+GATHER_S = 0.05
+# A source's callback may return how many seconds its socket can gather instead: the audit
+# socket, whose records carry everything (agent.collectors.audit_source), up to this. Every
+# turn has a fixed cost (the select, the timers' checks, the lanes, the uplink), and at 100
+# execs per second 50 ms gathers made the turns, not the events, most of the agent's CPU. A
+# record waits in its socket at most this long (plus the turn's work).
+GATHER_MAX_S = 0.25
 STATUS_EVERY_S = 2.0
 
 
@@ -248,14 +249,15 @@ class Agent:
             if key.data is None:
                 self._drain_wake()
                 continue
-            gather = gather or GATHER_S
             try:
                 may_wait = key.data()
             except Exception:
                 log.exception("reading fd %d failed", key.fd)
-                continue
+                may_wait = None
+            wait_s = GATHER_S
             if isinstance(may_wait, float):
-                gather = max(GATHER_MIN_S, min(gather, may_wait))
+                wait_s = max(GATHER_S, min(GATHER_MAX_S, may_wait))
+            gather = min(gather, wait_s) if gather else wait_s
         if gather:
             self._coalesce_until = time.monotonic() + gather
         self._run_calls()
