@@ -10,7 +10,11 @@
  *   only (a historical quirk auditd depends on), on multicast the whole message. So a record
  *   extends to the end of its datagram, whatever nlmsg_len says, and is cut at a NUL;
  * - replies to requests are ordinary netlink messages (NLMSG_ALIGN framing, nlmsg_len
- *   including the header), AUDIT_LIST_RULES as NLM_F_MULTI parts ended by NLMSG_DONE. */
+ *   including the header), AUDIT_LIST_RULES as NLM_F_MULTI parts ended by NLMSG_DONE.
+ *
+ * The event socket is read with recvmmsg, up to EVENT_SLOTS datagrams per system call: an exec
+ * is about seven records, so one datagram per recvmsg made the system call itself the largest
+ * part of the agent's CPU under load (docs/performance.md). */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -33,8 +37,13 @@
 
 #define KEY "iot-micro-agent"
 #define KEY_LEN (sizeof KEY - 1)
-/* libaudit's MAX_AUDIT_MESSAGE_LENGTH (8970) plus the header, rounded up: no record is larger. */
+/* libaudit's MAX_AUDIT_MESSAGE_LENGTH (8970) plus the header, rounded up: no record is larger.
+ * Each datagram of a recvmmsg call has a slot of this size. */
 #define EVENT_BUF_BYTES 16384
+/* Datagrams one recvmmsg call takes at most. A record is a few hundred bytes, so a slot uses
+ * one page of its 16 KiB (those pages stay resident: 128 KiB); past 32 the system call's fixed
+ * cost is already a small part of each datagram's (the copy, the skb). */
+#define EVENT_SLOTS 32
 /* Rule listings: a rule is struct audit_rule_data plus its strings (a few paths at most). */
 #define CTL_BUF_BYTES 65536
 #define MAX_WATCHES 64 /* FileSystem_Paths: at most 64 */
@@ -84,8 +93,15 @@ struct am_anl {
     struct am_anl_stats st;
     char state[STATE_BYTES];
     char report[REPORT_BYTES];
-    uint8_t *ev_buf; /* the datagram being decoded; [ev_off, ev_len) is still to do */
-    size_t ev_len;
+    /* The datagrams of the last recvmmsg: slot i at ev_buf + i * EVENT_BUF_BYTES, its length
+     * in ev_msgs[i].msg_len (0 for a foreign one). Slots [ev_next, ev_count) are still to
+     * decode, the first of them from ev_off on (the sink filled inside it). */
+    uint8_t *ev_buf;
+    struct mmsghdr ev_msgs[EVENT_SLOTS];
+    struct iovec ev_iov[EVENT_SLOTS];
+    struct sockaddr_nl ev_from[EVENT_SLOTS];
+    size_t ev_count;
+    size_t ev_next;
     size_t ev_off;
     uint8_t *ctl_buf;
     /* The ack of a request sent on the event socket (AUDIT_SET pid), seen by the decoder. */
@@ -365,14 +381,19 @@ static int set_status(am_anl *a, uint32_t mask, uint32_t value)
 /* ---------------------------------------------------------------------------------------------
  * the event socket */
 
-static int recv_datagram(am_anl *a)
+/* One recvmmsg of up to `want` datagrams into the slots, each counted (datagrams, foreign,
+ * truncated); returns how many came, 0 when nothing is readable. A foreign datagram keeps its
+ * slot with length 0. An error after some datagrams came is kept by the kernel for the next
+ * call (do_recvmmsg stores it in sk_err), so ENOBUFS is still counted once, one call later. */
+static size_t recv_datagrams(am_anl *a, unsigned want)
 {
     for (;;) {
-        struct sockaddr_nl from;
-        struct iovec iov = {a->ev_buf, EVENT_BUF_BYTES};
-        struct msghdr m = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov,
-                           .msg_iovlen = 1};
-        ssize_t n = recvmsg(a->ev_fd, &m, MSG_DONTWAIT);
+        for (unsigned i = 0; i < want; i++) {
+            a->ev_msgs[i].msg_hdr.msg_namelen = sizeof a->ev_from[i];
+            a->ev_msgs[i].msg_hdr.msg_flags = 0;
+            a->ev_msgs[i].msg_len = 0;
+        }
+        int n = recvmmsg(a->ev_fd, a->ev_msgs, want, MSG_DONTWAIT, NULL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -385,30 +406,51 @@ static int recv_datagram(am_anl *a)
                 a->st.recv_errors++;
             return 0;
         }
-        a->st.datagrams++;
-        if (from.nl_pid != 0) {
-            a->st.foreign++;
-            continue;
+        a->st.recv_calls++;
+        for (int i = 0; i < n; i++) {
+            struct mmsghdr *m = &a->ev_msgs[i];
+            a->st.datagrams++;
+            if (a->ev_from[i].nl_pid != 0) {
+                a->st.foreign++;
+                m->msg_len = 0;
+                continue;
+            }
+            if (m->msg_hdr.msg_flags & MSG_TRUNC)
+                a->st.truncated++;
+            if (m->msg_len > EVENT_BUF_BYTES) /* never: recvmmsg reports what it copied */
+                m->msg_len = EVENT_BUF_BYTES;
         }
-        if (m.msg_flags & MSG_TRUNC)
-            a->st.truncated++;
-        a->ev_len = (size_t)n;
+        a->ev_count = (size_t)n;
+        a->ev_next = 0;
         a->ev_off = 0;
-        return 1;
+        return (size_t)n;
     }
 }
 
-/* Decodes what is left of the held datagram. */
+/* Decodes what is left of the held datagrams; AM_ERR_FULL leaves the rest held. */
 static int decode_held(am_anl *a, am_sink *sink)
 {
-    if (a->ev_off >= a->ev_len)
-        return AM_OK;
-    size_t used = 0;
-    int s = decode(a->parser, sink, a->ev_buf + a->ev_off, a->ev_len - a->ev_off, &used, &a->st, a);
-    a->ev_off += used;
-    if (s == AM_ERR_FULL && sink != NULL)
-        a->st.parser_full++;
-    return s;
+    while (a->ev_next < a->ev_count) {
+        const uint8_t *slot = a->ev_buf + a->ev_next * EVENT_BUF_BYTES;
+        size_t len = a->ev_msgs[a->ev_next].msg_len;
+        int s = AM_OK;
+        if (a->ev_off < len) {
+            size_t used = 0;
+            s = decode(a->parser, sink, slot + a->ev_off, len - a->ev_off, &used, &a->st, a);
+            a->ev_off += used;
+            if (s == AM_ERR_FULL) {
+                if (sink != NULL)
+                    a->st.parser_full++;
+                return s;
+            }
+        }
+        /* Any other status consumed the datagram (decode skips what it cannot use). */
+        a->ev_next++;
+        a->ev_off = 0;
+        if (s != AM_OK)
+            return s;
+    }
+    return AM_OK;
 }
 
 int am_anl_drain(am_anl *a, am_sink *sink, uint32_t max_datagrams)
@@ -420,9 +462,14 @@ int am_anl_drain(am_anl *a, am_sink *sink, uint32_t max_datagrams)
     int s = decode_held(a, sink);
     if (s != AM_OK)
         return s;
-    for (uint32_t got = 0; max_datagrams == 0 || got < max_datagrams; got++) {
-        if (!recv_datagram(a))
+    for (uint32_t got = 0; max_datagrams == 0 || got < max_datagrams;) {
+        unsigned want = EVENT_SLOTS;
+        if (max_datagrams != 0 && max_datagrams - got < want)
+            want = max_datagrams - got;
+        size_t n = recv_datagrams(a, want);
+        if (n == 0)
             return AM_OK;
+        got += (uint32_t)n;
         s = decode_held(a, sink);
         if (s != AM_OK)
             return s;
@@ -1119,11 +1166,17 @@ am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_opti
     a->ev_fd = -1;
     a->ctl_fd = -1;
     a->parser = am_audit_new(audit);
-    a->ev_buf = malloc(EVENT_BUF_BYTES);
+    a->ev_buf = malloc((size_t)EVENT_SLOTS * EVENT_BUF_BYTES);
     a->ctl_buf = malloc(CTL_BUF_BYTES);
     if (a->parser == NULL || a->ev_buf == NULL || a->ctl_buf == NULL) {
         am_anl_free(a);
         return NULL;
+    }
+    for (size_t i = 0; i < EVENT_SLOTS; i++) {
+        a->ev_iov[i] = (struct iovec){a->ev_buf + i * EVENT_BUF_BYTES, EVENT_BUF_BYTES};
+        a->ev_msgs[i].msg_hdr = (struct msghdr){.msg_name = &a->ev_from[i],
+                                                .msg_namelen = sizeof a->ev_from[i],
+                                                .msg_iov = &a->ev_iov[i], .msg_iovlen = 1};
     }
     a->ev_fd = open_socket();
     a->ctl_fd = open_socket();
@@ -1269,7 +1322,7 @@ int am_anl_close(am_anl *a)
     if (a->ctl_fd >= 0)
         close(a->ctl_fd);
     a->ev_fd = a->ctl_fd = -1;
-    a->ev_len = a->ev_off = 0;
+    a->ev_count = a->ev_next = a->ev_off = 0;
     if (a->mode != AM_ANL_UNAVAILABLE)
         snprintf(a->state, sizeof a->state, "closed");
     return AM_OK;

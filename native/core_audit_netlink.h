@@ -77,6 +77,8 @@ struct am_anl_stats {
     uint64_t rules_readd_failed;
     uint64_t disabled_by_others; /* polls that found audit disabled (enabled 0) while we own it */
     uint64_t reenabled;         /* ... and enabled it again */
+    uint64_t recv_calls;        /* recvmmsg calls that returned datagrams (datagrams / recv_calls:
+                                 * how many one system call took) */
 };
 
 /* What am_anl_restore did. */
@@ -129,9 +131,10 @@ const char *am_anl_rules_report(const am_anl *a);
 int am_anl_found_status(const am_anl *a, struct am_anl_status *out);
 /* The event socket (non-blocking), -1 when closed. */
 int am_anl_fileno(const am_anl *a);
-/* Receives up to max_datagrams (0: no limit) until nothing is readable; each record goes to
- * the parser, whose events go to sink. AM_ERR_FULL: the sink is full, take its batches and
- * call again (a datagram read and not yet decoded waits in the handle). */
+/* Receives up to max_datagrams (0: no limit) until nothing is readable, up to 32 per system
+ * call (recvmmsg); each record goes to the parser, whose events go to sink. AM_ERR_FULL: the
+ * sink is full, take its batches and call again (datagrams read and not yet decoded wait in
+ * the handle). */
 int am_anl_drain(am_anl *a, am_sink *sink, uint32_t max_datagrams);
 /* The paths of the FileSystem collector (a comma-separated list of absolute paths, at most
  * 64): each gets a watch rule with our key (-F dir= for a directory, its whole tree; -F path=

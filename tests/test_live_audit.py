@@ -16,6 +16,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from kernel_audit import release_audit_pid
 from agent.native import audit_netlink
 from agent.native._base import CoreClosedError
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions, NetlinkDecoder
-from agent.native.sink import EventSink, pump
+from agent.native.sink import EventSink, SinkOptions, pump
 
 pytestmark = [pytest.mark.live, pytest.mark.root]
 KEY = audit_netlink.RULE_KEY
@@ -252,6 +253,94 @@ def test_thousand_processes_all_seen_or_loss_accounted(kernel_audit: AuditState)
         assert 0 < shortfall <= stats.kernel_lost_delta + stats.parser.gaps + (
             count if stats.enobufs else 0
         ), f"shortfall {shortfall}, loss {stats}"
+
+
+NETLINK_AUDIT = 9  # linux/netlink.h
+
+
+def event_portid(source: AuditNetlink) -> int:
+    """The netlink port id of the source's event socket."""
+    with socket.socket(fileno=os.dup(source.fileno())) as s:
+        return int(s.getsockname()[0])
+
+
+def forged_exec(serial: int, token: str) -> list[bytes]:
+    """The datagrams of an exec event as the kernel frames them (unicast), argv holding token."""
+    s = STAMP % serial
+    records = [
+        (1300, s + b'arch=c000003e syscall=59 success=yes exit=0 ppid=1 pid=77 uid=0 gid=0 '
+         b'euid=0 comm="true" exe="/usr/bin/true" key="iot-micro-agent"'),
+        (1309, s + b'argc=2 a0="/bin/true" a1="' + token.encode() + b'"'),
+        (1320, s),
+    ]
+    return [unicast(rtype, payload) for rtype, payload in records]
+
+
+def test_many_datagrams_per_call_keep_every_count_exact_and_resume_losslessly(
+    kernel_audit: AuditState,
+) -> None:
+    """Hundreds of records queued before one drain: the event socket is read many datagrams
+    per system call (recvmmsg). Records forged by a user-space socket among them are dropped
+    and counted one by one; a sink that fills in the middle of a call's datagrams makes the
+    next call resume there, and nothing is lost or decoded twice."""
+    count = 200
+    run = uuid.uuid4().hex[:12]
+    tokens = {f"m-{run}-{i}" for i in range(count)}
+    forged_token = f"forged-{run}"
+    with AuditNetlink() as source, socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT
+    ) as forger:
+        assert source.mode in ("owner", "multicast"), source.state
+        forger.bind((0, 0))
+        portid = event_portid(source)
+        before = source.stats()
+        forged = 0
+        for i in range(count):
+            pid = os.posix_spawn("/bin/true", ["/bin/true", f"m-{run}-{i}"], os.environ)
+            os.waitpid(pid, 0)
+            if i % 20 == 0:
+                for datagram in forged_exec(900_000 + i, forged_token):
+                    forger.sendto(datagram, (portid, 0))
+                    forged += 1
+        time.sleep(0.5)  # the last records reach the socket; nothing was read so far
+        # Small enough to fill every few events, inside the datagrams of one recvmmsg.
+        sink = EventSink(SinkOptions(batch_bytes=4096, max_batches=1))
+        events: list[Event] = []
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + 20
+        while len(seen) < count and time.monotonic() < deadline:
+            batches: list[bytes] = []
+            pump(source.drain, sink, batches.extend)
+            pump(lambda s: source.expire(s, now_ms()), sink, batches.extend, seal=True)
+            for event in decode(batches):
+                events.append(event)
+                argv = [text(a) for a in event.get("argv", [])] if event.get("t") == "exec" else []
+                if len(argv) == 2 and argv[1] in tokens:
+                    seen[argv[1]] = seen.get(argv[1], 0) + 1
+            select.select([source.fileno()], [], [], 0.05)
+        source.poll_status()
+        after = source.stats()
+
+    def grew(name: str) -> int:
+        return int(getattr(after, name)) - int(getattr(before, name))
+
+    assert not [e for e in events if forged_token in map(text, e.get("argv", []))], \
+        "a forged record became an event"
+    assert grew("foreign") == forged
+    # Each datagram from the kernel holds one message: every one received was decoded.
+    assert grew("datagrams") == grew("messages") + grew("foreign")
+    assert grew("malformed") == 0 and grew("truncated") == 0 and grew("recv_errors") == 0
+    assert grew("parser_full") >= 1, "the sink never filled: the resume was not exercised"
+    # Batched: at least 8 datagrams per system call on average (up to 32 are taken at once).
+    assert grew("recv_calls") * 8 <= grew("datagrams"), after
+    assert all(n == 1 for n in seen.values()), "an exec event came twice"
+    assert after.parser.duplicates == 0
+    if after.loss == 0:
+        assert len(seen) == count, f"{count - len(seen)} of {count} execs missing, no loss"
+    else:
+        assert count - len(seen) <= after.kernel_lost_delta + after.parser.gaps + (
+            count if after.enobufs else 0
+        ), f"shortfall {count - len(seen)}, loss {after}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,10 +797,17 @@ def test_entry_points_keep_rss_flat(kernel_audit: AuditState) -> None:
 
     assert_rss_flat(decode_one, name="am_audit_nl_decode")
 
-    with AuditNetlink(AuditNetlinkOptions(exec_rules=False, net_rules=False)) as source:
+    with AuditNetlink(AuditNetlinkOptions(exec_rules=False, net_rules=False)) as source, \
+            socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT) as forger:
         sink = EventSink()
+        forger.bind((0, 0))
+        portid = event_portid(source)
+        serials = iter(range(10**9))
 
         def read_side() -> None:
+            # Datagrams to read: the recvmmsg path, its slots and the held-datagram resume.
+            for datagram in forged_exec(next(serials), "leak"):
+                forger.sendto(datagram, (portid, 0))
             pump(source.drain, sink, lambda batches: None)
             pump(lambda s: source.expire(s, now_ms()), sink, lambda batches: None, seal=True)
             source.stats()

@@ -7,6 +7,8 @@ kernel."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from agent.config import CollectorState, ConfigStore, Frequency
 from agent.envelope import DropLedger, Identity, decode_envelope
 from agent.native.aggregate import Aggregator
 from agent.outbox import Outbox
-from agent.pipeline import Agent
+from agent.pipeline import GATHER_MAX_S, GATHER_S, Agent
 from agent.runtime.drops import DropTotals
 from agent.runtime.lanes import PriorityLane, lane_batch_bytes
 from agent.runtime.reconfigure import Changes, Running, changes_of
@@ -322,3 +324,53 @@ def test_the_agent_writes_its_status_and_the_last_one_says_stopped(tmp_path: Pat
         agent.shutdown()
     status = json.loads((agent.env.data_dir / "status.json").read_text())
     assert status["running"] is False and status["uplink"]["kind"] == "local"
+
+
+def test_the_loop_gathers_after_a_busy_wake_up_as_long_as_its_sources_allow(tmp_path: Path) -> None:
+    """After a turn that found a source readable the loop lets the sockets gather before the
+    next: 50 ms, or what the busy source's callback says its socket can wait (the audit
+    socket), within 50 ms to 0.25 s; the shortest of the busy sources counts. A call from
+    another thread ends the wait at once."""
+    agent = own_agent(tmp_path, {})
+    agent.start()
+    pairs = [socket.socketpair() for _ in range(2)]
+    answers: dict[int, float | None] = {}
+    read_at = [0.0]  # when the last callback returned
+
+    def reader(sock: socket.socket, i: int) -> Any:
+        def read() -> float | None:
+            sock.recv(16)
+            read_at[0] = time.monotonic()
+            return answers[i]
+        return read
+
+    try:
+        for i, (ours, _) in enumerate(pairs):
+            agent.env.watch(ours.fileno(), reader(ours, i))
+        agent.turn(timeout=0.01)
+        cases = [((None, None), GATHER_S), ((10.0, None), GATHER_S), ((10.0, 10.0), GATHER_MAX_S),
+                 ((0.12, 10.0), 0.12), ((0.001, 10.0), GATHER_S)]
+        for said, expected in cases:
+            answers.update(enumerate(said))
+            for _, theirs in pairs:
+                theirs.send(b"x")
+            agent.turn(timeout=1.0)
+            gathers = agent._coalesce_until - read_at[0]
+            assert expected <= gathers < expected + 0.02, (said, gathers)
+            time.sleep(max(0.0, agent._coalesce_until - time.monotonic()))
+        # Gathering 0.25 s now: a call from another thread 20 ms in runs at once.
+        answers.update({0: 10.0, 1: 10.0})
+        for _, theirs in pairs:
+            theirs.send(b"x")
+        agent.turn(timeout=1.0)
+        ran: list[float] = []
+        start = time.monotonic()
+        threading.Timer(0.02, lambda: agent.call_soon(lambda: ran.append(time.monotonic()))).start()
+        agent.turn(timeout=1.0)
+        assert ran and ran[0] - start < 0.15, ran
+    finally:
+        for ours, theirs in pairs:
+            agent.env.unwatch(ours.fileno())
+            ours.close()
+            theirs.close()
+        agent.shutdown()

@@ -40,7 +40,7 @@ class Lane(Protocol):
     def spill(self, batches: list[bytes]) -> None: ...
 
 
-def _no_watch(fd: int, callback: Callable[[], None]) -> None:
+def _no_watch(fd: int, callback: Callable[[], object]) -> None:
     raise RuntimeError("this environment has no loop to watch file descriptors")
 
 
@@ -59,8 +59,10 @@ class Environment:
     root: Path = Path("/")
     shared: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)
-    # watch(fd, callback): the loop calls callback() when fd is readable; unwatch(fd) stops.
-    watch: Callable[[int, Callable[[], None]], None] = _no_watch
+    # watch(fd, callback): the loop calls callback() when fd is readable (a callback may return
+    # how many seconds its socket can gather before the next drain: agent.pipeline); unwatch(fd)
+    # stops.
+    watch: Callable[[int, Callable[[], object]], None] = _no_watch
     unwatch: Callable[[int], None] = _no_unwatch
 
 

@@ -80,7 +80,9 @@ class StatusWriter:
         """Replace the file with doc. A failure is logged, except a full disk at the last
         write (the agent is stopping, and said so before)."""
         try:
-            replace_file(self.path, json.dumps(doc, indent=1, sort_keys=True).encode(),
+            # Without indent json uses its C encoder: four times faster on this document
+            # (0.07 ms against 0.29), every 2 s; `micro-agent status` prints it indented.
+            replace_file(self.path, json.dumps(doc, sort_keys=True).encode(),
                          tmp=self.path.with_suffix(".tmp"), sync=False, mode=0o644)
         except OSError as err:
             if err.errno != errno.ENOSPC or not final:
