@@ -22,7 +22,7 @@ enum am_dns_status {
 
 struct am_dns_options {
     uint32_t ring_bytes;  /* the receive ring (NetworkActivity_PacketBufferSize): rounded down
-                             to whole blocks, clamped to 2 .. 1024 blocks. 2097152 */
+                             to whole blocks, clamped to 2 .. 1024 blocks. 262144 */
     uint32_t block_bytes; /* one ring block: a power of two, 4096 .. 4194304. 65536 */
     uint32_t block_ms;    /* a block is handed over at the latest this long after its first
                              packet (retire_blk_tov). 64 */

@@ -69,7 +69,7 @@ void am_dns_default_options(struct am_dns_options *out)
     if (out == NULL)
         return;
     memset(out, 0, sizeof *out);
-    out->ring_bytes = 2097152;
+    out->ring_bytes = 262144;
     out->block_bytes = 65536;
     out->block_ms = 64;
     out->max_hosts = 4096;

@@ -64,7 +64,7 @@ def test_a_answer_gives_an_event_and_a_host(parser: DnsCapture) -> None:
     assert parser.host("198.51.100.8") is None
     s = parser.stats()
     assert (s.packets, s.messages, s.events, s.answers, s.hosts) == (1, 1, 1, 1, 1)
-    assert s.memory <= s.memory_bound and s.memory_bound >= 2097152  # the ring it would open
+    assert s.memory <= s.memory_bound and s.memory_bound >= 262144  # the ring it would open
     assert errors(parser) == {}
 
 

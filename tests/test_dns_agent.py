@@ -88,17 +88,23 @@ def test_live_patches_of_disabled_ring_and_devices(served: Responder, tmp_path: 
     with agent(tmp_path, {"NetworkActivity_Disabled": False, "Process_Disabled": True}) as h:
         network = h.agent.collectors["NetworkActivity"].collector
         first = network.dns  # type: ignore[attr-defined]
-        assert first is not None and first.stats().ring_bytes == 2097152
+        assert first is not None and first.stats().ring_bytes == 262144
+        # The loop drains the ring as the kernel hands each block over (4 blocks by default).
+        drains = network._on_dns_readable  # type: ignore[attr-defined]
+        assert h.agent._watched.get(first.fileno()) == drains
         h.patch({"NetworkActivity_PacketBufferSize": 1 << 20})
         second = network.dns  # type: ignore[attr-defined]
         assert first.closed and second.stats().ring_bytes == 1 << 20
         h.patch({"NetworkActivity_Devices": "lo"})
         third = network.dns  # type: ignore[attr-defined]
         assert second.closed and third.stats().devices == 1
+        assert list(h.agent._watched.values()).count(drains) == 1
+        assert h.agent._watched.get(third.fileno()) == drains
         h.run_while(lambda: ask_udp(SERVER, names["before"]) and None)
         h.patch({"NetworkActivity_Disabled": True})
         h.spin(0.5)
         assert network.dns is None and third.closed  # type: ignore[attr-defined]
+        assert drains not in h.agent._watched.values()
         h.run_while(lambda: ask_udp(SERVER, names["during"]) and None)
         h.patch({"NetworkActivity_Disabled": False})
         h.spin(0.5)

@@ -446,7 +446,7 @@ class NetworkActivityConfig(EventCollectorConfig):
         'Interfaces whose connections are reported; "" (the default) watches every '
         "interface."))
     packet_buffer_size: int = field(metadata=prop(
-        "PacketBufferSize", integer(1, 1 << 30, "bytes"), 2097152,
+        "PacketBufferSize", integer(1, 1 << 30, "bytes"), 262144,
         "Receive ring of the DNS capture (dns events, host on conn and net): rounded down to "
         "64 KiB blocks, clamped to 2..1024 blocks (the state says when it was)."))
 

@@ -1,6 +1,6 @@
 """DNS answers from a packet socket (native/dns.c; docs/sources/dns.md).
 
-    with DnsCapture(DnsOptions(ring_bytes=2 << 20)) as capture:   # needs CAP_NET_RAW
+    with DnsCapture(DnsOptions(ring_bytes=256 << 10)) as capture:   # needs CAP_NET_RAW
         aggregator.use_hosts(capture)       # conn / net entries get `host` from its cache
         pump(capture.drain, sink, deliver)  # every filled ring block -> `dns` events
         ...
