@@ -94,8 +94,9 @@ class ListeningPortsCollector(Collector):
 
 def table_drops(table: SocketTable) -> Counter[str]:
     """What a socket table could not see: snapshots cut short, sockets beyond its bound."""
-    s = table.stats()
-    return Counter({"incomplete_snapshots": s.incomplete, "socket_overflow": s.overflow})
+    # Asked once a second (the drop ledger): two fields, not the whole stats struct.
+    incomplete, overflow = table.counters("incomplete", "overflow")
+    return Counter({"incomplete_snapshots": incomplete, "socket_overflow": overflow})
 
 
 def dns_drops(capture: DnsCapture) -> Counter[str]:

@@ -133,3 +133,7 @@ class SocketTable(NativeHandle):
 
     def stats(self) -> CoreStats:
         return self._read_stats("struct am_sock_stats", lib.am_sock_stats)
+
+    def counters(self, *names: str) -> tuple[int, ...]:
+        """Only the named fields of stats(), read without copying the others."""
+        return self._read_fields("struct am_sock_stats", lib.am_sock_stats, names)
