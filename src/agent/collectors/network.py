@@ -127,7 +127,10 @@ class NetworkActivityCollector(Collector):
         self._closing_dns = False  # stopped: flush() closes the capture
 
     def start(self) -> CollectorState:
-        self.table = _open_table(SocketTableOptions(first_existing=False))
+        # skip_quiet_tcp: while no TCP connection exists and none was opened, a snapshot
+        # leaves out the TCP dump (the kernel's walk of its whole established hash table,
+        # most of an idle snapshot's cost); the first open brings the next dump back.
+        self.table = _open_table(SocketTableOptions(first_existing=False, skip_quiet_tcp=True))
         self._next_snapshot = 0
         sources = [self.table.source]
         reasons = [self.table.source_reason]

@@ -45,6 +45,7 @@ class SocketTableOptions:
     map_owners: bool | None = None
     first_existing: bool | None = None
     timeout_ms: int | None = None
+    skip_quiet_tcp: bool | None = None
 
 
 def _c_options(options: SocketTableOptions) -> Any:
