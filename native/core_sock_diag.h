@@ -25,6 +25,12 @@ struct am_sock_options {
     uint32_t first_existing; /* 1: the first changes() reports every connection of the first
                                 snapshot as open with existing: true; 0: reports none. 1 */
     uint32_t timeout_ms;     /* a sock_diag dump that stays silent this long is incomplete. 2000 */
+    uint32_t skip_quiet_tcp; /* 1 (sock_diag only): while the last snapshot held no TCP
+                                connection and the netns's TCP ActiveOpens + PassiveOpens
+                                (/proc/net/snmp) have not moved since its TCP dump, the next
+                                snapshots keep its TCP listeners and dump only UDP, at most 14
+                                in a row. For a table whose listeners matter only for the
+                                direction of new connections (NetworkActivity). 0 */
 };
 
 struct am_sock_stats {
@@ -40,6 +46,8 @@ struct am_sock_stats {
     uint64_t retries;          /* snapshots taken again after a failed dump */
     uint64_t incomplete;       /* snapshots given up after the retry (the last one stays) */
     uint64_t overflow;         /* sockets beyond max_sockets (a snapshot or the reported set) */
+    uint64_t tcp_skipped;      /* snapshots that kept the TCP listeners without a dump
+                                  (skip_quiet_tcp) */
     uint64_t owner_walks;      /* walks of /proc/PID/fd */
     uint64_t owner_found;      /* sockets whose process a walk found */
     uint64_t owner_unknown;    /* sockets a walk found in no process (kernel-held, in flight) */

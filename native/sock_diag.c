@@ -28,6 +28,10 @@
 
 enum {
     RECV_BUF = 65536,
+    /* skip_quiet_tcp: a whole TCP dump at least every this many + 1 snapshots (30 s at
+     * NetworkActivity's 2 s), for a connection that opened without counting as an open
+     * (a TCP_REPAIR restore). */
+    TCP_SKIPS_MAX = 14,
     TCP_ST_ESTABLISHED = 1,
     TCP_ST_SYN_SENT = 2,
     TCP_ST_FIN_WAIT1 = 4,
@@ -100,6 +104,10 @@ struct am_sock {
     uint64_t cur_ts;
     uint32_t listen_cursor;
     uint8_t listen_ports[2][8192]; /* cur's listening ports, tcp and udp: a bit per port */
+    uint32_t cur_tcp_conns;  /* TCP connections in cur */
+    uint64_t tcp_opens;      /* ActiveOpens + PassiveOpens read before cur's TCP dump */
+    int tcp_opens_known;     /* 0: no snapshot since the last am_sock_commit took a TCP dump */
+    uint32_t tcp_skips;      /* snapshots in a row that kept the TCP listeners */
     struct owner_map owners;
     struct am_sock_stats st;
 };
@@ -156,6 +164,7 @@ void am_sock_default_options(struct am_sock_options *out)
     out->map_owners = 1;
     out->first_existing = 1;
     out->timeout_ms = 2000;
+    out->skip_quiet_tcp = 0;
 }
 
 static int options_ok(const struct am_sock_options *o)
@@ -163,7 +172,7 @@ static int options_ok(const struct am_sock_options *o)
     return o->source <= AM_SOCK_PROCNET && o->max_sockets >= 1 &&
            o->max_sockets <= (1u << 24) && o->max_owners >= 1 && o->max_owners <= (1u << 24) &&
            o->map_owners <= 1 && o->first_existing <= 1 && o->timeout_ms >= 1 &&
-           o->timeout_ms <= 600000;
+           o->timeout_ms <= 600000 && o->skip_quiet_tcp <= 1;
 }
 
 static int diag_socket(void)
@@ -714,6 +723,7 @@ int am_sock_commit(am_sock *t, uint64_t now_ms, int map_owners)
     }
     memset(t->listen_ports, 0, sizeof t->listen_ports);
     uint64_t listening = 0;
+    uint32_t tcp_conns = 0;
     for (uint32_t i = 0; i < tab_count(&t->build); i++) {
         struct sock_entry *e = tab_at(&t->build, i);
         const struct owner *o = e->k.inode ? owners_find(m, e->k.inode) : NULL;
@@ -721,8 +731,13 @@ int am_sock_commit(am_sock *t, uint64_t now_ms, int map_owners)
         if (e->kind == SK_LISTEN) {
             set_listen_bit(t, e);
             listening++;
+        } else if (e->k.proto == IPPROTO_TCP) {
+            tcp_conns++;
         }
     }
+    t->cur_tcp_conns = tcp_conns;
+    /* A snapshot fed from outside says nothing of the counters: the next one dumps TCP. */
+    t->tcp_opens_known = 0;
     struct sock_tab old = t->cur;
     t->cur = t->build;
     t->build = old;
@@ -748,13 +763,112 @@ static uint64_t wall_ms(void)
 static const char *const procnet_files[4] = {
     "/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"};
 
-/* The four dumps into a new snapshot: 0, or a negative errno (the snapshot is incomplete). */
-static int take_dumps(am_sock *t)
+/* The netns's TCP ActiveOpens + PassiveOpens from /proc/net/snmp (read into t->buf): 0, or a
+ * negative errno when the file cannot be read or does not hold them. */
+static int read_tcp_opens(am_sock *t, uint64_t *out)
+{
+    int fd = open("/proc/net/snmp", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    size_t len = 0;
+    for (;;) {
+        if (len >= t->buf_cap - 1) {
+            close(fd);
+            return -EFBIG;
+        }
+        ssize_t n = read(fd, t->buf + len, t->buf_cap - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    t->buf[len] = 0;
+    /* Two lines: "Tcp: <names>" and "Tcp: <values>", the same columns in the same order. */
+    const char *text = (const char *)t->buf;
+    const char *names = strstr(text, "Tcp: ");
+    while (names != NULL && names != text && names[-1] != '\n')
+        names = strstr(names + 1, "Tcp: ");
+    if (names == NULL)
+        return -ENOENT;
+    const char *values = strstr(names + 5, "\nTcp: ");
+    if (values == NULL)
+        return -ENOENT;
+    names += 5;
+    values += 6;
+    uint64_t sum = 0;
+    int found = 0;
+    while (*names != '\n' && *names != 0 && *values != '\n' && *values != 0) {
+        size_t name_len = strcspn(names, " \n");
+        size_t value_len = strcspn(values, " \n");
+        if ((name_len == 11 && memcmp(names, "ActiveOpens", 11) == 0) ||
+            (name_len == 12 && memcmp(names, "PassiveOpens", 12) == 0)) {
+            uint64_t v = 0;
+            for (size_t i = 0; i < value_len; i++) {
+                if (values[i] < '0' || values[i] > '9' || v > (UINT64_MAX - 9) / 10)
+                    return -EPROTO;
+                v = v * 10 + (uint64_t)(values[i] - '0');
+            }
+            if (value_len == 0)
+                return -EPROTO;
+            sum += v;
+            found++;
+        }
+        names += name_len;
+        values += value_len;
+        if (*names == ' ')
+            names++;
+        if (*values == ' ')
+            values++;
+    }
+    if (found != 2)
+        return -ENOENT;
+    *out = sum;
+    return 0;
+}
+
+/* skip_quiet_tcp: cur's TCP sockets (listeners only: see tcp_quiet) into the new snapshot. */
+static void keep_tcp_listeners(am_sock *t)
+{
+    for (uint32_t i = 0; i < tab_count(&t->cur); i++) {
+        const struct sock_entry *e = tab_at(&t->cur, i);
+        if (e->k.proto == IPPROTO_TCP && tab_add(&t->build, e) != AM_OK) {
+            t->st.overflow++;
+            t->build_overflow = 1;
+        }
+    }
+}
+
+/* Whether the TCP dump may be left out (skip_quiet_tcp): the last snapshot was whole and held
+ * no TCP connection, and no TCP socket was opened since its TCP dump (a connection in any
+ * state this table keeps is counted in ActiveOpens at connect or PassiveOpens at accept).
+ * A new listener is then missed until the next dump, which the first connection brings:
+ * for this table listeners only give new connections their direction. */
+static int tcp_quiet(const am_sock *t, int opens_ok, uint64_t opens)
+{
+    return t->opt.skip_quiet_tcp && t->source == AM_SOCK_DIAG && opens_ok &&
+           t->tcp_opens_known && opens == t->tcp_opens && t->have_cur && !t->cur_overflow &&
+           t->cur_tcp_conns == 0 && t->tcp_skips < TCP_SKIPS_MAX;
+}
+
+/* The four dumps into a new snapshot: 0, or a negative errno (the snapshot is incomplete).
+ * skip_tcp: the TCP ones are left out, cur's TCP listeners kept. */
+static int take_dumps(am_sock *t, int skip_tcp)
 {
     const uint8_t fams[4] = {AF_INET, AF_INET6, AF_INET, AF_INET6};
     const uint8_t protos[4] = {IPPROTO_TCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDP};
     am_sock_begin(t);
+    if (skip_tcp)
+        keep_tcp_listeners(t);
     for (int i = 0; i < 4; i++) {
+        if (skip_tcp && protos[i] == IPPROTO_TCP)
+            continue;
         if (t->source != AM_SOCK_PROCNET && t->tcp_both && i == 1)
             continue; /* the IPv6 TCP sockets came with the IPv4 ones */
         if (t->source == AM_SOCK_PROCNET) {
@@ -797,11 +911,16 @@ int am_sock_snapshot(am_sock *t)
 {
     if (t == NULL)
         return AM_ERR_ARG;
-    int r = take_dumps(t);
+    /* Read before the dumps: a socket opened during them moves the counter for the next. */
+    uint64_t opens = 0;
+    int opens_ok = t->opt.skip_quiet_tcp && t->source == AM_SOCK_DIAG &&
+                   read_tcp_opens(t, &opens) == 0;
+    int skip_tcp = tcp_quiet(t, opens_ok, opens);
+    int r = take_dumps(t, skip_tcp);
     if (r < 0) {
         t->st.retries++;
         drain_socket(t);
-        r = take_dumps(t);
+        r = take_dumps(t, skip_tcp);
     }
     if (r < 0) {
         drain_socket(t);
@@ -810,7 +929,17 @@ int am_sock_snapshot(am_sock *t)
         am_index_clear(&t->build.x);
         return AM_ERR_LIMIT;
     }
-    return am_sock_commit(t, wall_ms(), 1);
+    int st = am_sock_commit(t, wall_ms(), 1);
+    if (skip_tcp) {
+        t->tcp_skips++;
+        t->st.tcp_skipped++;
+        t->tcp_opens_known = 1; /* the counters still stand for cur's TCP sockets */
+    } else {
+        t->tcp_skips = 0;
+        t->tcp_opens = opens;
+        t->tcp_opens_known = opens_ok;
+    }
+    return st;
 }
 
 /* ---- events ---- */

@@ -29,7 +29,7 @@ from agent.runtime.drops import DropTotals
 from agent.runtime.lanes import PriorityLane, lane_batch_bytes
 from agent.runtime.reconfigure import Changes, Running, changes_of
 from agent.runtime.reported import reported_document
-from agent.runtime.status import StatusWriter
+from agent.runtime.status import REFRESH_S, StatusWriter
 from agent.uplink.files import LocalDelivery
 
 IDENT = Identity("test-agent", __version__, "dev1", "iot-micro-agent")
@@ -275,6 +275,40 @@ def test_reported_document_from_what_runs(tmp_path: Path, outbox: Outbox) -> Non
 
 
 # --- the status file --------------------------------------------------------------------------
+
+
+def test_status_file_rewritten_only_when_it_changed(tmp_path: Path) -> None:
+    """A document that differs from the last one written only in `updated` leaves the file
+    as it is, until REFRESH_S after that one; any other change, and the last document, are
+    written at once."""
+    path = tmp_path / "status.json"
+    writer = StatusWriter(path, started=1000.0)
+
+    def doc(updated: float, collected: int, running: bool = True) -> dict[str, Any]:
+        return {"updated": int(updated), "running": running,
+                "collectors": {"Heartbeat": {"counters": {"collected": collected}}}}
+
+    def on_disk() -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(path.read_text())
+        return loaded
+
+    assert writer.write(doc(2000, 1)) and on_disk() == doc(2000, 1)
+    inode = path.stat().st_ino
+    assert not writer.write(doc(2002, 1))
+    assert on_disk()["updated"] == 2000 and path.stat().st_ino == inode
+    # A counter moved: written, with its time.
+    assert writer.write(doc(2004, 2)) and on_disk() == doc(2004, 2)
+    # Nothing moved for REFRESH_S: written again, so that `updated` shows the agent lives.
+    assert not writer.write(doc(2004 + REFRESH_S - 1, 2))
+    assert writer.write(doc(2004 + REFRESH_S, 2)) and on_disk()["updated"] == 2004 + REFRESH_S
+    # The last document is written even when only `updated` moved.
+    assert writer.write(doc(2070, 2), final=True) and on_disk()["updated"] == 2070
+    # A nested dict changed in place after it was written is still seen as a change.
+    live = doc(3000, 5)
+    assert writer.write(live)
+    live["collectors"]["Heartbeat"]["counters"]["collected"] = 6
+    live["updated"] = 3002
+    assert writer.write(live) and on_disk() == live
 
 
 def test_status_document_rates_and_file(tmp_path: Path, outbox: Outbox) -> None:

@@ -11,6 +11,7 @@ the inodes of their own sockets.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -609,3 +610,73 @@ def test_entry_points_keep_rss_flat() -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# skip_quiet_tcp, in a network namespace of its own (no other socket opens there)
+
+_QUIET_TCP_CHILD = r"""
+import json, os, socket, sys
+import msgpack
+from agent.native.sink import EventSink, pump
+from agent.native.sock_diag import SocketTable, SocketTableOptions
+
+table = SocketTable(SocketTableOptions(first_existing=False, skip_quiet_tcp=True))
+sink = EventSink()
+out = {}
+
+def changes():
+    batches = []
+    pump(table.changes, sink, batches.extend, seal=True)
+    return [(e["op"], e["inode"], e["dir"]) for b in batches
+            for e in msgpack.unpackb(b, raw=False)]
+
+for _ in range(3):
+    table.snapshot()
+    changes()  # the first sets the base (first_existing=False reports nothing then)
+out["quiet_skipped"] = table.stats().tcp_skipped
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen()
+table.snapshot()  # a listener opens nothing: still skipped, not yet known
+out["listener_skipped"] = table.stats().tcp_skipped
+client = socket.create_connection(listener.getsockname())
+server, _ = listener.accept()
+out["client"], out["server"] = os.fstat(client.fileno()).st_ino, os.fstat(server.fileno()).st_ino
+table.snapshot()
+out["after_open_skipped"] = table.stats().tcp_skipped
+out["opened"] = changes()
+table.snapshot()  # connections held: dumped again
+out["held_skipped"] = table.stats().tcp_skipped
+client.close(); server.close()
+table.snapshot()
+out["closed"] = changes()
+table.snapshot()
+out["quiet_again_skipped"] = table.stats().tcp_skipped
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.live
+def test_skip_quiet_tcp_loses_no_connection() -> None:
+    """While no TCP connection exists and none opened, the TCP dump is left out; a new
+    listener alone changes nothing; the first connection brings the dump back, with its
+    direction from the new listener, and its close is seen."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        skip_unless_ci("a network namespace of its own needs root, unshare and ip")
+    done = subprocess.run(
+        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1"',
+         sys.executable, _QUIET_TCP_CHILD],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["quiet_skipped"] == 2, "the first snapshot dumps TCP, the next two skip it"
+    assert out["listener_skipped"] == 3
+    assert out["after_open_skipped"] == 3, "an open counted: the TCP dump is taken"
+    client, server = out["client"], out["server"]
+    assert sorted(e for e in out["opened"] if e[1] in (client, server)) == sorted(
+        [["open", client, "out"], ["open", server, "in"]])
+    assert out["held_skipped"] == 3, "connections held: every snapshot dumps TCP"
+    assert sorted(e[:2] for e in out["closed"] if e[1] in (client, server)) == sorted(
+        [["close", client], ["close", server]])
+    assert out["quiet_again_skipped"] == 4, "after the closing snapshot, quiet again"

@@ -120,6 +120,13 @@ class NativeHandle:
         """The counters of C `struct`, from its stats call `fill(handle, out)`."""
         return CoreStats.read(struct, self._fill_stats(struct, fill))
 
+    def _read_fields(self, struct: str, fill: Callable[[Any, Any], object],
+                     names: tuple[str, ...]) -> tuple[int, ...]:
+        """Only `names` of C `struct`: for a check run every second that needs a few counters
+        (CoreStats copies every field)."""
+        raw = self._fill_stats(struct, fill)
+        return tuple(int(getattr(raw, name)) for name in names)
+
     def _fill_stats(self, struct: str, fill: Callable[[Any, Any], object]) -> Any:
         """This handle's `struct *` buffer (made once), filled by `fill(handle, out)`."""
         handle = self._live()

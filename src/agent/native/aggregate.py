@@ -130,3 +130,7 @@ class Aggregator(NativeHandle):
 
     def stats(self) -> CoreStats:
         return self._read_stats("struct am_agg_stats", lib.am_agg_stats)
+
+    def counters(self, *names: str) -> tuple[int, ...]:
+        """Only the named fields of stats(), read without copying the others."""
+        return self._read_fields("struct am_agg_stats", lib.am_agg_stats, names)

@@ -79,6 +79,10 @@ class EventSink(NativeHandle):
     def stats(self) -> CoreStats:
         return self._read_stats("struct am_sink_stats", lib.am_sink_stats)
 
+    def counters(self, *names: str) -> tuple[int, ...]:
+        """Only the named fields of stats(), read without copying the others."""
+        return self._read_fields("struct am_sink_stats", lib.am_sink_stats, names)
+
 
 def pump(
     call: Callable[[EventSink], bool],

@@ -45,6 +45,7 @@ class SocketTableOptions:
     map_owners: bool | None = None
     first_existing: bool | None = None
     timeout_ms: int | None = None
+    skip_quiet_tcp: bool | None = None
 
 
 def _c_options(options: SocketTableOptions) -> Any:
@@ -133,3 +134,7 @@ class SocketTable(NativeHandle):
 
     def stats(self) -> CoreStats:
         return self._read_stats("struct am_sock_stats", lib.am_sock_stats)
+
+    def counters(self, *names: str) -> tuple[int, ...]:
+        """Only the named fields of stats(), read without copying the others."""
+        return self._read_fields("struct am_sock_stats", lib.am_sock_stats, names)
