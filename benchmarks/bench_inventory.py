@@ -87,6 +87,17 @@ RULES = 200
 RULES_QUICK = 40
 RESULTS_MD = Path(__file__).resolve().parents[1] / ".benchmarks" / "inventory.md"
 
+# The lane a collector run in a child writes into (both scripts below).
+LANE = """\
+class Lane:
+    def __init__(self):
+        self.sink = EventSink()
+        self.batches = []
+
+    def spill(self, batches):
+        self.batches += batches
+"""
+
 # The collector run in the child: what `micro-agent collect NAME` does, less the JSON printing.
 OURS = """\
 import sys, time
@@ -98,14 +109,7 @@ from agent.config import Config
 from agent.native.sink import EventSink
 t1 = time.perf_counter_ns()
 
-class Lane:
-    def __init__(self):
-        self.sink = EventSink()
-        self.batches = []
-
-    def spill(self, batches):
-        self.batches += batches
-
+""" + LANE + """
 name, data_dir, warm = sys.argv[1], sys.argv[2], int(sys.argv[3])
 lane = Lane()
 collector = CLASSES[name](Environment(data_dir=Path(data_dir)))
@@ -697,14 +701,7 @@ from agent.collectors import CLASSES, Environment
 from agent.config import Config
 from agent.native.sink import EventSink
 
-class Lane:
-    def __init__(self):
-        self.sink = EventSink()
-        self.batches = []
-
-    def spill(self, batches):
-        self.batches += batches
-
+""" + LANE + """
 def status_kib(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):

@@ -202,41 +202,15 @@ struct text {
     size_t n, cap, max;
 };
 
-static int text_put(struct text *t, const void *d, size_t n)
-{
-    if (n > t->max - t->n)
-        return AM_ERR_LIMIT;
-    if (t->n + n > t->cap) {
-        size_t cap = t->cap ? t->cap : 256;
-        while (cap < t->n + n)
-            cap *= 2;
-        if (cap > t->max)
-            cap = t->max;
-        char *p = realloc(t->p, cap);
-        if (p == NULL)
-            return AM_ERR_NOMEM;
-        t->p = p;
-        t->cap = cap;
-    }
-    if (n)
-        memcpy(t->p + t->n, d, n);
-    t->n += n;
-    return AM_OK;
-}
-
 /* Room for `extra` more bytes, so that pointers into the text stay valid while that much is
  * written. */
 static int text_reserve(struct text *t, size_t extra)
 {
-    size_t n = t->n;
-    int st = text_put(t, NULL, 0);
-    if (st != AM_OK || extra == 0)
-        return st;
-    if (extra > t->max - n)
+    if (extra > t->max - t->n)
         return AM_ERR_LIMIT;
-    if (n + extra > t->cap) {
+    if (t->n + extra > t->cap) {
         size_t cap = t->cap ? t->cap : 256;
-        while (cap < n + extra)
+        while (cap < t->n + extra)
             cap *= 2;
         if (cap > t->max)
             cap = t->max;
@@ -246,6 +220,17 @@ static int text_reserve(struct text *t, size_t extra)
         t->p = p;
         t->cap = cap;
     }
+    return AM_OK;
+}
+
+static int text_put(struct text *t, const void *d, size_t n)
+{
+    int st = text_reserve(t, n);
+    if (st != AM_OK)
+        return st;
+    if (n)
+        memcpy(t->p + t->n, d, n);
+    t->n += n;
     return AM_OK;
 }
 
