@@ -189,6 +189,39 @@ def test_one_directory_fsync_covers_the_batches_stored_before_anything_depends_o
         assert ob.next_seq == 13 and len(ob.pending()) == 13
 
 
+def test_a_failed_directory_fsync_is_counted_and_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory fsync fails once (EIO, as a failing flash does): the batch is still read
+    for sending, the failure is counted, and the next dependent step fsyncs again, so the
+    renames become durable as soon as the disk lets them."""
+    import errno
+
+    import agent.outbox as outbox_module
+
+    real = outbox_module.fsync_dir
+    calls: list[str] = []
+
+    def failing_once(path: Path) -> None:
+        calls.append("fail" if not calls else "ok")
+        if calls[-1] == "fail":
+            raise OSError(errno.EIO, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(outbox_module, "fsync_dir", failing_once)
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        calls.clear()
+        info = put(ob, "High", 3)
+        assert info is not None
+        batch = ob.read(info.id)
+        assert batch is not None and batch.info == info  # handed over despite the failure
+        assert calls == ["fail"] and ob.counters() == counters(written=1, sync_errors=1)
+        assert ob.next_seq == 1 and calls == ["fail", "ok"]  # still dirty: tried again
+        assert ob.next_seq == 1 and calls == ["fail", "ok"]  # durable now: no more fsyncs
+    with Outbox(tmp_path, 1 << 20, HOUR) as ob:
+        assert ob.counters().sync_errors == 1  # persisted with the other counters
+
+
 def test_eviction_order_and_counters_are_exact(tmp_path: Path) -> None:
     """Room for exactly four batches; each new batch evicts the oldest of the lowest priority
     not above its own, or is rejected; every drop reaches a later envelope."""

@@ -136,7 +136,9 @@ class OutboxCounters:
     own; write_errors: puts that failed on a file system error (ENOSPC, EDQUOT, EIO); expired:
     stored batches older than the message timeout; corrupt: files set aside in corrupt/;
     half_written: unfinished writes found at open; state_lost: state files found corrupt;
-    state_errors: state writes that failed (retried at the next change)."""
+    state_errors: state writes that failed (retried at the next change); sync_errors: fsyncs
+    of the outbox directory that failed (the renames of stored batches not yet durable:
+    retried before the next step that depends on them; the batches stay and are sent)."""
 
     written: int = 0
     confirmed: int = 0
@@ -149,6 +151,7 @@ class OutboxCounters:
     half_written: int = 0
     state_lost: int = 0
     state_errors: int = 0
+    sync_errors: int = 0
 
 
 _COUNTER_NAMES = tuple(f.name for f in fields(OutboxCounters))
@@ -582,12 +585,15 @@ class Outbox:
         """Make the renames of stored batches durable. Called before a batch is read (handed
         to an uplink), before next_seq is given out (a checkpoint records it), before a state
         write (it records next_seq) and at close. A failure is logged and tried again at the
-        next of those; the batches stay."""
+        next of those, and counted (sync_errors); the batches stay, and are handed to the
+        uplink all the same: what is sent cannot be lost by a power cut, and holding a batch
+        back until the disk recovers would lose more."""
         if not self._dir_dirty:
             return
         try:
             fsync_dir(self.dir)
         except OSError as err:
+            self._counters["sync_errors"] += 1
             log.error("outbox: fsync of %s failed: %s", self.dir, err)
             return
         self._dir_dirty = False
