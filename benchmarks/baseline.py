@@ -8,7 +8,10 @@ after a timed run:
 A ratio is the peer's median time over ours (how many times faster ours is: higher is better),
 so that a slower or faster machine moves both sides and leaves it; absolute times are never
 compared. Each entry of the baseline names the two benchmarks by their pytest names (as
-pytest-benchmark's `fullname`, e.g. `bench_audit.py::test_core`) and holds the ratio.
+pytest-benchmark's `fullname`, e.g. `bench_audit.py::test_core`) and holds the ratio. A
+benchmark that times both sides itself, interleaved in one child (bench_inventory.py's
+`Firewall changed`), records the ratio in its extra_info: its entry names the benchmark
+(`within`) and the key (`extra`) instead.
 
 compare: exit 1 when a ratio fell by more than the tolerance (25 %: now < 0.75 x baseline),
 0 otherwise; an improved ratio passes; a pair the results do not hold (a benchmark skipped,
@@ -48,11 +51,25 @@ def find(times: dict[str, float], name: str) -> float | None:
     return None
 
 
+def extras(results: dict[str, object]) -> dict[str, dict[str, object]]:
+    """fullname -> the benchmark's extra_info."""
+    return {str(bench["fullname"]): dict(bench.get("extra_info") or {})
+            for bench in results.get("benchmarks", [])}  # type: ignore[attr-defined]
+
+
 def current_ratios(baseline: dict[str, object], results: dict[str, object]) -> dict[str, float]:
     """Each baseline pair's ratio (peer median / ours median) in the results, where both ran."""
     times = medians(results)
+    infos = extras(results)
     out = {}
     for key, pair in baseline["ratios"].items():  # type: ignore[attr-defined]
+        if "within" in pair:
+            info = next((v for k, v in infos.items()
+                         if k == pair["within"] or k.endswith("/" + pair["within"])), {})
+            ratio = info.get(pair["extra"])
+            if isinstance(ratio, (int, float)) and ratio > 0:
+                out[key] = float(ratio)
+            continue
         ours, peer = find(times, pair["ours"]), find(times, pair["peer"])
         if ours is not None and peer is not None:
             out[key] = peer / ours

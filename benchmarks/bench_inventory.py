@@ -771,6 +771,10 @@ def test_firewall_changed(benchmark: BenchmarkFixture, request: pytest.FixtureRe
     record(benchmark, "Firewall changed", "ours", ours,
            f"{rules} rule in the agent; its peak RSS grew {grew} KiB", doc["hwm_kib"])
     benchmark.extra_info["gather_peak_growth_kib"] = grew
+    # Both sides were timed here, so the ratio the baseline keeps (benchmarks/baseline.py,
+    # `within`) is recorded here too: nft's median over ours.
+    benchmark.extra_info["nft_over_ours"] = round(
+        statistics.median(r.wall for r in theirs) / statistics.median(r.wall for r in ours), 3)
     # The gathering must stay far under the 20 MB a child of its own was allowed.
     assert grew < 20 * 1024
 

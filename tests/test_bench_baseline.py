@@ -111,9 +111,30 @@ def test_the_committed_baseline_names_benchmarks_that_exist() -> None:
     committed = json.loads(baseline_py.BASELINE.read_text())
     assert committed["ratios"], "the baseline holds no ratio"
     for key, pair in committed["ratios"].items():
-        for side in ("ours", "peer"):
+        for side in ("within",) if "within" in pair else ("ours", "peer"):
             module, _, test = pair[side].partition("::")
             source = (REPO / "benchmarks" / module).read_text()
             name = test.split("[", 1)[0]
             assert re.search(rf"^def {re.escape(name)}\(", source, re.MULTILINE), (key, pair[side])
+            if side == "within":  # the benchmark records the ratio under that key
+                assert f'extra_info["{pair["extra"]}"]' in source, (key, pair["extra"])
         assert isinstance(pair["ratio"], (int, float)) and pair["ratio"] > 0, key
+
+
+def test_a_ratio_recorded_within_one_benchmark() -> None:
+    """A benchmark that times both sides itself keeps the ratio in its extra_info."""
+    base = fresh()
+    base["ratios"]["fw changed vs nft"] = {  # type: ignore[index]
+        "within": "bench_inventory.py::test_firewall_changed", "extra": "nft_over_ours",
+        "ratio": 3.0}
+    doc = results(bench_audit__test_core=1.0, bench_audit__test_laurel=10.0)
+    doc["benchmarks"].append({  # type: ignore[attr-defined]
+        "fullname": "benchmarks/bench_inventory.py::test_firewall_changed",
+        "name": "test_firewall_changed", "stats": {"median": 0.5},
+        "extra_info": {"nft_over_ours": 2.0}})
+    now = baseline_py.current_ratios(base, doc)
+    assert now == pytest.approx({"audit core vs laurel": 10.0, "fw changed vs nft": 2.0})
+    result = baseline_py.compare(base, now)
+    assert result.failed and result.worse[0].startswith("fw changed vs nft")  # 3x -> 2x
+    doc["benchmarks"][-1]["extra_info"] = {}  # type: ignore[index]
+    assert "fw changed vs nft" not in baseline_py.current_ratios(base, doc)
