@@ -124,19 +124,25 @@ class Collector:
         collector flushes its aggregated entries into the lane."""
         if self.periodic:
             try:
-                events = self.snapshot(now)
+                batch = self.snapshot_batch(now)
             # A gatherer bug must not stop the agent: count and say.
             except Exception as err:  # noqa: BLE001
                 self.counters["errors"] += 1
                 log.error("%s: snapshot failed: %s: %s", self.name, type(err).__name__, err)
-                events = []
-            if events:
-                self.route(msgpack.packb(list(events), use_bin_type=True), lane)
+                batch = None
+            if batch is not None:
+                self.route(batch, lane)
         self.flush(lane)
 
     def snapshot(self, now: int) -> Iterable[dict[str, Any]]:
         """Periodic collectors: the events of one snapshot."""
         return ()
+
+    def snapshot_batch(self, now: int) -> bytes | None:
+        """Periodic collectors: one snapshot's events as a msgpack array (None: no event). A
+        collector whose snapshot is large packs it as it gathers instead (SBoM)."""
+        events = list(self.snapshot(now))
+        return msgpack.packb(events, use_bin_type=True) if events else None
 
     # -- moving batches -------------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ header, magic, format, priority, the drops map and the CRC32 over header, drops 
 
 from __future__ import annotations
 
+import binascii
 import re
 import struct
-import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -67,7 +67,7 @@ def encode_batch_file(prio: str, seq: int, created_ms: int, events: int,
         raise ValueError("the drops map of a batch is over 64 KiB")
     head = HEADER.pack(BATCH_MAGIC, FORMAT, RANK[prio], len(blob), seq, created_ms, events,
                        len(payload), 0)[:-4]
-    crc = zlib.crc32(payload, zlib.crc32(blob, zlib.crc32(head)))
+    crc = binascii.crc32(payload, binascii.crc32(blob, binascii.crc32(head)))
     return head + struct.pack("<I", crc) + blob + payload
 
 
@@ -90,7 +90,7 @@ def decode_batch_file(data: bytes) -> BatchFile:
     view = memoryview(data)
     blob = view[HEADER_BYTES : HEADER_BYTES + blob_len]
     payload = view[HEADER_BYTES + blob_len :]
-    if zlib.crc32(payload, zlib.crc32(blob, zlib.crc32(view[: HEADER_BYTES - 4]))) != crc:
+    if binascii.crc32(payload, binascii.crc32(blob, binascii.crc32(view[: HEADER_BYTES - 4]))) != crc:
         raise ValueError("checksum mismatch")
     drops = msgpack.unpackb(blob, raw=False)
     if not isinstance(drops, dict) or not all(

@@ -15,10 +15,10 @@ moment a SIGKILL chose (`next_seq_at_open`).
 
 from __future__ import annotations
 
+import binascii
 import errno
 import os
 import struct
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +76,7 @@ def encode_slot(gen: int, record: JournalRecord) -> bytes:
         "aside": list(record.aside),
     }, use_bin_type=True)
     head = STATE_HEADER.pack(STATE_MAGIC, FORMAT, gen, len(body), 0)[:-4]
-    data = head + struct.pack("<I", zlib.crc32(body, zlib.crc32(head))) + body
+    data = head + struct.pack("<I", binascii.crc32(body, binascii.crc32(head))) + body
     if len(data) > STATE_SLOT:
         # Bounded by construction (fixed counters, DropLedger's reason limit, MAX_DOOMED).
         raise JournalError(f"the outbox state grew to {len(data)} bytes")
@@ -106,7 +106,7 @@ def decode_slot(data: bytes, counter_names: Sequence[str]) -> tuple[int, Journal
     body = data[STATE_HEADER.size : STATE_HEADER.size + length]
     if magic != STATE_MAGIC or fmt != FORMAT or len(body) != length:
         return None
-    if zlib.crc32(body, zlib.crc32(data[: STATE_HEADER.size - 4])) != crc:
+    if binascii.crc32(body, binascii.crc32(data[: STATE_HEADER.size - 4])) != crc:
         return None
     try:
         state = msgpack.unpackb(body, raw=False)

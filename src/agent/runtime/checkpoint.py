@@ -18,10 +18,10 @@ others are stored then; the state is restored either way.
 
 from __future__ import annotations
 
+import binascii
 import logging
 import os
 import struct
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +91,7 @@ def encode_checkpoint(state: LaneState) -> bytes:
         "v": VERSION, "lane": state.lane, "seq": state.seq, "pending": state.pending,
         "open": state.open_batch, "agg": state.entries,
     }, use_bin_type=True)
-    return bytes(_HEAD.pack(MAGIC, len(body), zlib.crc32(body)) + body)
+    return bytes(_HEAD.pack(MAGIC, len(body), binascii.crc32(body)) + body)
 
 
 def _bins(value: Any, what: str) -> list[bytes]:
@@ -110,7 +110,7 @@ def decode_checkpoint(data: bytes) -> LaneState:
     body = data[_HEAD.size:]
     if len(body) != length:
         raise CheckpointError(f"body of {len(body)} bytes, header says {length}")
-    if zlib.crc32(body) != crc:
+    if binascii.crc32(body) != crc:
         raise CheckpointError("CRC mismatch")
     try:
         doc = msgpack.unpackb(body, raw=False)
