@@ -593,8 +593,7 @@ class IotHubUplink:
         self._dps_state = "provisioning"
         log.info("dps: provisioning with %s", provisioner.describe())
         try:
-            assignment = call_with_timeout(provisioner.provision, self.options.connect_timeout_s,
-                                           "provision")
+            assignment = provisioner.provision(self.options.connect_timeout_s)
         except Exception as err:  # noqa: BLE001
             failure = classify(err)
             reason = self._redact(failure.reason)

@@ -451,3 +451,72 @@ class MqttClient:
             self._on_message_cb(topic, payload)
         except Exception:  # paho's thread must outlive a bad message
             log.exception("mqtt: handling a message on %s", topic)
+
+
+# -- DPS ----------------------------------------------------------------------------------------
+
+DPS_REGISTER = "$dps/registrations/PUT/iotdps-register/"
+DPS_OPERATION_STATUS = "$dps/registrations/GET/iotdps-get-operationstatus/"
+DPS_DEFAULT_RETRY_S = 2.0  # when DPS names no retry-after (as the SDK's default)
+DPS_MAX_RETRY_S = 20.0
+
+
+def _retry_after(response: Response) -> float:
+    try:
+        value = float(response.params.get("retry-after", DPS_DEFAULT_RETRY_S))
+    except ValueError:
+        value = DPS_DEFAULT_RETRY_S
+    return min(max(value, 0.0), DPS_MAX_RETRY_S)
+
+
+def register(endpoint: str, id_scope: str, registration_id: str, *, key: str | None,
+             cert_file: str | None, key_file: str | None, ca_pem: str | None,
+             timeout: float, ttl_s: int = 3600) -> dict[str, Any]:
+    """Register with DPS over MQTT and wait for the outcome, within `timeout` seconds: PUT
+    iotdps-register, then GET iotdps-get-operationstatus after each retry-after while the
+    registration is "assigning". Returns DPS's last answer ({"status": "assigned",
+    "registrationState": {"assignedHub", "deviceId", ...}} when assigned). Authenticates
+    with a SAS token for "<ID scope>/registrations/<registration id>" signed with `key`, or
+    with the client certificate. Raises Refused, Unreachable, Rejected, Busy, CallTimeout."""
+    from agent.uplink import sas
+
+    deadline = time.monotonic() + timeout
+    password = None
+    if key is not None:
+        resource = f"{id_scope}/registrations/{registration_id}"
+        password = sas.key_token(key, resource, int(time.time()) + ttl_s, "registration")
+    client = MqttClient(Endpoint(
+        host=endpoint, client_id=registration_id, username=dps_username(id_scope, registration_id),
+        password=password, ca_pem=ca_pem, cert_file=None if key is not None else cert_file,
+        key_file=None if key is not None else key_file), DPS_RESPONSES)
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise CallTimeout(f"provision did not return within {timeout:g} s")
+        return remaining
+
+    try:
+        client.connect(timeout, (DPS_RESPONSES + "#",))
+        body = json.dumps({"registrationId": registration_id}).encode()
+        response = client.request(DPS_REGISTER, body, left(), "register")
+        while True:
+            if response.status == 401:
+                raise Refused("DPS answered 401")
+            if response.status == 429 or response.status >= 500:
+                # Throttled or busy: the same request again after retry-after.
+                time.sleep(min(_retry_after(response), left()))
+                response = client.request(DPS_REGISTER, body, left(), "register")
+                continue
+            answer = check_status("register", response).json()
+            if not isinstance(answer, dict):
+                raise Rejected("register", response.status, response.body)
+            if answer.get("status") != "assigning":
+                return answer
+            operation = str(answer.get("operationId", ""))
+            time.sleep(min(_retry_after(response), left()))
+            response = client.request(
+                f"{DPS_OPERATION_STATUS}?operationId={quote(operation)}", b"", left(),
+                "operation status")
+    finally:
+        client.shutdown()
