@@ -9,6 +9,7 @@ as a process. docs/uplink.md describes the behaviour checked here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -424,6 +425,32 @@ def test_a_send_cut_by_the_hub_going_away_goes_out_once_per_connection(
     connections = check_sends(iothub, records, sorted(set(seqs)))
     assert len(set().union(*connections.values())) >= 4  # four connections carried batches
     assert a.uplink.status()["disconnects"] >= 3
+
+
+@pytest.mark.timeout(60)
+def test_the_sas_token_is_renewed_by_connecting_again_without_losing_a_batch(
+    iothub: Hub, hub_certs: Certificates, tmp_path: Path, agents: list[HubAgent]
+) -> None:
+    """Tokens of 6 s are renewed 1 s before they expire (a fifth of the life): the worker
+    lets what is in flight finish, then connects again with a new token. Batches stored all
+    along arrive, each at most once per connection it was sent on."""
+    options = dataclasses.replace(FAST, sas_ttl_s=6)
+    a = start(agents, tmp_path, module(iothub, hub_certs), options=options)
+    a.connected()
+    before = [d for d in iothub.gate.decisions() if d[1]]
+    stored: list[int] = []
+    end = time.monotonic() + 12.0
+    while time.monotonic() < end:
+        stored.append(a.put("Medium", [{"t": "test", "n": len(stored)}]))
+        a.spin(0.05)
+    a.until(lambda: a.depth() == 0, 30, "the backlog drained")
+    accepted = [d for d in iothub.gate.decisions() if d[1]][len(before):]
+    assert len(accepted) >= 2, accepted  # two renewals in 12 s at least
+    assert all(reason == "SAS token valid" for _, _, reason in accepted)
+    records = iothub.telemetry
+    assert set(seqs_of(records)) == set(stored)
+    check_sends(iothub, records, sorted(set(stored)))
+    assert a.uplink.status()["send_errors"] == 0
 
 
 @pytest.mark.timeout(120)
