@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -43,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from agent.clock import wall_time
 from agent.config import Config, ConfigStore, ConfigUpdate, ReportedState
@@ -70,10 +71,17 @@ from agent.uplink.identity import (
     files_signature,
     identity_files,
 )
+from agent.uplink.mqtt import (
+    TWIN_DESIRED,
+    TWIN_RESPONSES,
+    Endpoint,
+    MqttClient,
+    check_status,
+    hub_username,
+    property_bag,
+    telemetry_prefix,
+)
 from agent.uplink.provisioning import Provisioner
-
-if TYPE_CHECKING:
-    from agent.uplink.mqtt import MqttClient
 
 log = logging.getLogger("agent.uplink")
 
@@ -622,15 +630,6 @@ class IotHubUplink:
     def _make_client(self) -> MqttClient:
         """A new client for the identity and the transport; a SAS token made (or signed by
         the IoT Edge workload API) now."""
-        import os
-
-        from agent.uplink.mqtt import (
-            TWIN_RESPONSES,
-            Endpoint,
-            MqttClient,
-            hub_username,
-        )
-
         ident = self.identity
         assert ident is not None
         ca_pem = ident.ca_pem
@@ -688,8 +687,6 @@ class IotHubUplink:
         return box[0] if box else None
 
     def _connect(self) -> None:
-        from agent.uplink.mqtt import TWIN_DESIRED, TWIN_RESPONSES
-
         opts = self.options
         self._link.to(LinkState.CONNECTING)
         self._epoch += 1
@@ -718,8 +715,6 @@ class IotHubUplink:
         self._wake_loop()
 
     def _get_twin(self, client: MqttClient) -> dict[str, Any]:
-        from agent.uplink.mqtt import check_status
-
         answer = check_status("get_twin", client.request(
             "$iothub/twin/GET/", b"", self.options.call_timeout_s, "get_twin"))
         twin = answer.json()
@@ -869,8 +864,6 @@ class IotHubUplink:
                 f"a PUBACK did not come within {self.options.call_timeout_s:g} s")), None)
 
     def _send_report(self, doc: dict[str, Any], *, force: bool = False) -> None:
-        from agent.uplink.mqtt import check_status
-
         patch = self._reported.patch(doc)
         if patch is None:
             return
@@ -892,8 +885,6 @@ class IotHubUplink:
     def _send(self, client: MqttClient, item: _Item) -> bool:
         """Publish the batch's messages (QoS 1); _on_sent completes it on the last PUBACK.
         False when the connection failed under it (the batch is queued again)."""
-        from agent.uplink.mqtt import property_bag, telemetry_prefix
-
         try:
             parts = encode_batch(item.payload, item.fmt, item.max_bytes)
         except UnsendableBatch as err:
@@ -952,8 +943,6 @@ class IotHubUplink:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         """A PUBLISH that is not an answer (paho's thread): a desired patch, or nothing."""
-        from agent.uplink.mqtt import TWIN_DESIRED
-
         if not topic.startswith(TWIN_DESIRED):
             log.debug("iothub: a message on %s ignored", topic[:120])
             return
