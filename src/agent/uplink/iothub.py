@@ -289,8 +289,10 @@ class IotHubUplink:
 
     def _refill(self, outbox: Outbox) -> None:
         """After a batch was stored: take the worker's results (the window frees up) and
-        hand it what is next."""
-        self._take_results(outbox)
+        hand it what is next. No confirm because the worker is idle: while a turn stores
+        batches, the worker acknowledges each before the next is stored, and a group per
+        batch doubled the fsyncs of storing (the turn's pump confirms them together)."""
+        self._take_results(outbox, idle_confirm=False)
         self._hand_over(outbox)
 
     def _hand_over(self, outbox: Outbox) -> None:
@@ -324,7 +326,8 @@ class IotHubUplink:
             else:
                 self._results.extend((i.batch_id, i.seq, _RETURNED) for i in items)
 
-    def _take_results(self, outbox: Outbox, *, confirm_now: bool = False) -> None:
+    def _take_results(self, outbox: Outbox, *, confirm_now: bool = False,
+                      idle_confirm: bool = True) -> None:
         with self._lock:
             results = list(self._results)
             self._results.clear()
@@ -343,7 +346,7 @@ class IotHubUplink:
         # A group commit: one state write and one directory fsync for many batches. One pair
         # per batch, in the loop while the worker sends, was the largest cost the profile
         # found (docs/uplink.md, Speed and size); a crash sends the unconfirmed again.
-        if not (confirm_now or not self._inflight
+        if not (confirm_now or (idle_confirm and not self._inflight)
                 or len(self._sent) >= self.options.confirm_batches
                 or self._sent_bytes >= self.options.window_bytes
                 or time.monotonic() - self._sent_since >= self.options.confirm_after_s):
