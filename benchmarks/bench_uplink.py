@@ -1,11 +1,13 @@
 """IoT Hub uplink: what reaches the hub and what it costs, against the local stand-in
-(tests/hub/: the real SDK, TLS through the gate, mosquitto), never Azure.
+(tests/hub/: TLS through the gate, mosquitto), never Azure. The agent speaks IoT Hub's MQTT
+itself (agent.uplink.mqtt, on paho-mqtt); its peer is the bare azure-iot-device SDK, which the
+agent ran on before, sending the same bodies to the same stand-in.
 
 Throughput (group uplink-throughput). The agent runs in this process with the Process
 collector only (Process_CacheSize 4096, so the aggregator keeps every entry until the interval
 ends). 2,000 distinct `/bin/echo TOKEN` commands run (200 under --benchmark-disable) and their
 events wait in the aggregator; then every lane's interval ends and the clock starts: flush,
-batches sealed and stored in the outbox, handed to the SDK worker, sent, confirmed. The figure
+batches sealed and stored in the outbox, handed to the uplink's worker, published, confirmed. The figure
 is the time from the interval's end to the last message's arrival at the hub, for msgpack and
 JSON, at the default message size (245,760 bytes) and at 4 KiB (the billing unit, the
 smallest Upload_MaxMessageBytes: many messages). Beside it, the bare SDK (an

@@ -114,17 +114,20 @@ def test_package_holds_the_agent_for_its_machine(debs: dict[str, Path], arch: st
     assert fields["Architecture"] == arch
     depends = fields["Depends"]
     for dep in ("python3 (>= 3.11)", "python3 (<< 3.12)", "python3-cffi-backend",
-                "python3-msgpack", "python3-paho-mqtt", "adduser"):
+                "python3-msgpack", "python3-paho-mqtt", "python3-socks", "adduser"):
         assert dep in depends, depends
-    # SystemInformation reads rtnetlink itself (agent.interface_addresses).
-    assert "pyroute2" not in depends, depends
+    # SystemInformation reads rtnetlink itself (agent.interface_addresses); the uplink speaks
+    # IoT Hub's MQTT itself (agent.uplink.mqtt): nothing of the SDK's or requests' is needed.
+    for dep in ("pyroute2", "deprecation", "janus", "typing-extensions", "idna",
+                "charset-normalizer", "certifi", "requests", "urllib3"):
+        assert dep not in depends, depends
     assert re.search(r"libc6 \(>= 2\.\d+\)", depends), depends
 
     files = members(deb)
     for path, mode in ((f"{SITE}/agent/cli.py", 0o644),
                        (f"{SITE}/agent/__pycache__/cli.cpython-311.pyc", 0o644),
                        (f"{SITE}/agent/_core.abi3.so", 0o644),
-                       (f"{SITE}/azure/iot/device/__init__.py", 0o644),
+                       (f"{SITE}/agent/uplink/mqtt.py", 0o644),
                        (f"{SITE}/debian-dist-packages.pth", 0o644),
                        (f"{PREFIX}/pyvenv.cfg", 0o644),
                        ("usr/bin/micro-agent", 0o755),
@@ -134,6 +137,8 @@ def test_package_holds_the_agent_for_its_machine(debs: dict[str, Path], arch: st
                        ("usr/share/doc/iot-micro-agent/operations.md", 0o644)):
         assert path in files, f"{deb.name} lacks /{path}"
         assert files[path].isfile() and files[path].mode == mode, (path, oct(files[path].mode))
+    for gone in ("azure", "requests", "urllib3", "requests_unixsocket"):
+        assert not any(n.startswith(f"{SITE}/{gone}/") for n in files), f"{deb.name} ships {gone}"
     python = files[f"{PREFIX}/bin/python3"]
     assert python.issym() and python.linkname == "../../../bin/python3"  # /usr/bin/python3
     assert all(m.uname == "root" and m.gname == "root" for m in files.values())
@@ -271,6 +276,12 @@ def test_installed_package_runs_and_purges_clean(install: tuple[dict[str, str], 
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
     assert [e["t"] for e in events] == ["heartbeat"] and events[0]["ver"] == version()
+    # The IoT Hub uplink imports with Debian's paho-mqtt and PySocks (the local default above
+    # never loads it).
+    done = subprocess.run([f"/{PREFIX}/bin/python3", "-c",
+                           "import agent.uplink.iothub, agent.uplink.mqtt, socks"],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
 
     # The service as the unit runs it: its user, its capabilities, no new privileges, the
     # data and runtime directories systemd would give it.

@@ -1,12 +1,13 @@
-"""The local default (no IoT Hub) never loads the IoT Hub SDK nor what only a hub needs
-(paho, requests, ssl): each is megabytes of RSS on a device that does not use them
+"""The local default (no IoT Hub) never loads what only a hub needs (paho, PySocks, ssl, the
+uplink's MQTT client), and nothing loads the IoT Hub SDK (the agent speaks IoT Hub's MQTT
+itself; azure-iot-device is a test and benchmark peer): each is megabytes of RSS on a device that does not use them
 (docs/performance.md, "Memory, start-up and wake-ups").
 
 `micro-agent run` is started in a subprocess as far as its loop: everything the command
 imports and builds (configuration, outbox, collectors, the uplink) happens for real; only
 Agent.run is replaced by one that lists sys.modules and returns, so the test needs neither
-root nor the kernel's audit. With a connection string configured, the same run does load the
-SDK: the check can fail."""
+root nor the kernel's audit. With a connection string configured, the same run does load
+paho and the uplink's client: the check can fail."""
 
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ def test_the_local_default_loads_no_hub_sdk(tmp_path: Path) -> None:
     assert not unneeded, sorted(unneeded)
 
 
-def test_a_configured_hub_does_load_the_sdk(tmp_path: Path) -> None:
+def test_a_configured_hub_loads_paho_and_never_the_sdk(tmp_path: Path) -> None:
     modules = loaded_by_run(tmp_path, hub=True)
-    assert {"azure.iot.device", "paho", "agent.uplink.iothub"} <= modules
+    assert {"paho", "agent.uplink.iothub", "agent.uplink.mqtt"} <= modules
+    assert not top_level(modules) & {"azure", "requests", "urllib3", "deprecation", "janus"}

@@ -1,7 +1,7 @@
-"""The uplink's connection state machine, the classification of SDK errors and the counters
-(agent.uplink.connection), without a hub: the SDK's own exception classes chained as
-azure-iot-device 2.14.0 chains them, and real TLS failures from real handshakes (in memory,
-with the stand-in's throwaway certificates). tests/test_uplink_iothub.py checks the same
+"""The uplink's connection state machine, the classification of failed connects and requests
+and the counters (agent.uplink.connection), without a hub: the MQTT client's own exception
+classes (agent.uplink.mqtt raises them), the socket's and PySocks', and real TLS failures
+from real handshakes (in memory, with the stand-in's throwaway certificates). tests/test_uplink_iothub.py checks the same
 outcomes against the stand-in (wrong key, wrong CA, a hub that never answers)."""
 
 from __future__ import annotations
@@ -11,35 +11,26 @@ import threading
 from pathlib import Path
 
 import pytest
-from azure.iot.device.common.transport_exceptions import (
-    ConnectionDroppedError as TransportConnectionDropped,
-)
-from azure.iot.device.common.transport_exceptions import TlsExchangeAuthError
-from azure.iot.device.common.transport_exceptions import UnauthorizedError as TransportUnauthorized
-from azure.iot.device.exceptions import (
-    ClientError,
-    ConnectionDroppedError,
-    ConnectionFailedError,
-    CredentialError,
-    NoConnectionError,
-    OperationCancelled,
-    OperationTimeout,
-    ServiceError,
-)
+import socks  # type: ignore[import-untyped]
 from hub.broker import Certificates, CertPair
 
 from agent.uplink.connection import (
     COUNTER_NAMES,
     TRANSITIONS,
+    Busy,
     CallTimeout,
     ConnectionStateMachine,
     InvalidTransition,
     LinkState,
     Outcome,
+    Refused,
+    Rejected,
+    Unreachable,
     UplinkCounters,
     call_with_timeout,
     classify,
 )
+from agent.uplink.mqtt import tls_context
 
 # -- the state machine ----------------------------------------------------------------------------
 
@@ -111,64 +102,64 @@ def test_reasons_are_redacted() -> None:
 
 
 def chained(outer: BaseException, *causes: BaseException) -> BaseException:
-    """`outer` raised from causes[0], raised from causes[1], ...: as the SDK raises them."""
+    """`outer` raised from causes[0], raised from causes[1], ..."""
     chain = [outer, *causes]
     for upper, lower in zip(chain, chain[1:]):
         upper.__cause__ = lower
     return outer
 
 
-def test_refused_credentials_are_refused() -> None:
-    err = chained(CredentialError("Unexpected failure"),
-                  TransportUnauthorized("Connection Refused: not authorised."))
-    failure = classify(err)
+@pytest.mark.parametrize("code", [4, 5])
+def test_refused_credentials_are_refused(code: int) -> None:
+    failure = classify(Refused(f"CONNACK {code}: not authorized"))
     assert failure.outcome is Outcome.REFUSED
     assert failure.reason.startswith("authentication refused by the hub")
 
 
 @pytest.mark.parametrize("err", [
-    ConnectionFailedError("Connection Refused: server unavailable."),
-    chained(ConnectionDroppedError("Unexpected failure"),
-            TransportConnectionDropped("Unexpected disconnection")),
-    NoConnectionError("Client is not connected"),
-    OperationTimeout("Could not complete operation before timeout"),
-    OperationCancelled("Operation cancelled before completion"),
-    ClientError("Unexpected failure"),
+    Unreachable("CONNACK 3: server unavailable"),
+    Unreachable("connection lost"),
+    Busy("get_twin: status 429"),
+    Busy("patch_reported: status 503"),
+    ConnectionRefusedError(111, "Connection refused"),
     ConnectionResetError(104, "Connection reset by peer"),  # anything unforeseen
+    chained(socks.GeneralProxyError("Socket error"), socks.HTTPError("407 Proxy Authentication Required")),
 ])
-def test_connection_errors_reconnect_with_the_client_kept(err: BaseException) -> None:
+def test_connection_errors_reconnect_with_a_new_client(err: BaseException) -> None:
     failure = classify(err)
     assert failure.outcome is Outcome.RECONNECT and not failure.abandon_client
     assert type(err).__name__ in failure.reason
 
 
 def test_the_innermost_cause_is_named() -> None:
-    err = chained(ConnectionDroppedError("Unexpected failure"),
-                  TransportConnectionDropped("Unexpected disconnection"))
+    err = chained(Unreachable("connection lost"), ConnectionResetError(104, "reset by peer"))
     assert classify(err).reason == (
-        "ConnectionDroppedError: ConnectionDroppedError: Unexpected disconnection")
+        "Unreachable: ConnectionResetError: [Errno 104] reset by peer")
 
 
 def test_a_call_that_never_returned_abandons_the_client() -> None:
     release = threading.Event()
     with pytest.raises(CallTimeout) as caught:
-        call_with_timeout(release.wait, 0.05, "send_message")
+        call_with_timeout(release.wait, 0.05, "connect")
     release.set()
     failure = classify(caught.value)
     assert failure.outcome is Outcome.RECONNECT and failure.abandon_client
-    assert failure.reason == "send_message did not return within 0.05 s"
+    assert failure.reason == "connect did not return within 0.05 s"
 
 
 def test_call_with_timeout_hands_back_the_result_and_the_exception() -> None:
     assert call_with_timeout(lambda: 42, 5.0, "x") == 42
-    with pytest.raises(ServiceError, match="400"):
-        call_with_timeout(lambda: (_ for _ in ()).throw(ServiceError("status 400")), 5.0, "x")
+    with pytest.raises(Rejected, match="400"):
+        call_with_timeout(lambda: (_ for _ in ()).throw(Rejected("get_twin", 400)), 5.0, "x")
 
 
-@pytest.mark.parametrize("err", [ServiceError("twin patch failed with status 400"),
-                                 ValueError("Size of message can not exceed 256 KB.")])
+@pytest.mark.parametrize("err", [Rejected("patch_reported", 400, b'{"message": "too deep"}'),
+                                 Rejected("get_twin", 404),
+                                 ValueError("Payload too large.")])
 def test_a_refused_request_is_rejected_not_a_reconnect(err: BaseException) -> None:
-    assert classify(err).outcome is Outcome.REJECTED
+    failure = classify(err)
+    assert failure.outcome is Outcome.REJECTED
+    assert str(err) in failure.reason
 
 
 def _handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[BaseException | None,
@@ -200,12 +191,10 @@ def _handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[BaseExce
 
 def _contexts(certs: Certificates, client_cert: CertPair | None, trusted_ca: Path
               ) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    # As the SDK (TLS 1.2, the CA it is given) and the gate (client certificates verified).
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.maximum_version = ssl.TLSVersion.TLSv1_2
-    client.load_verify_locations(cafile=str(trusted_ca))
-    if client_cert is not None:
-        client.load_cert_chain(str(client_cert.cert), str(client_cert.key))
+    # As the uplink (agent.uplink.mqtt.tls_context) and the gate (client certificates verified).
+    client = tls_context(trusted_ca.read_text(),
+                         None if client_cert is None else str(client_cert.cert),
+                         None if client_cert is None else str(client_cert.key))
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(str(certs.server.cert), str(certs.server.key))
     server.load_verify_locations(cafile=str(certs.ca.cert))
@@ -218,10 +207,8 @@ def test_an_untrusted_hub_certificate_is_refused(hub_certs: Certificates) -> Non
     client, server = _contexts(hub_certs, client_cert, hub_certs.other_ca().cert)
     seen, _ = _handshake(client, server)
     assert isinstance(seen, ssl.SSLCertVerificationError)
-    # The SDK: ClientError from TlsExchangeAuthError from the ssl error.
-    err = chained(ClientError("Error in the IoTHub client due to TLS exchanges."),
-                  TlsExchangeAuthError(), seen)
-    failure = classify(err)
+    # paho's connect() raises the ssl error itself.
+    failure = classify(seen)
     assert failure.outcome is Outcome.REFUSED
     assert failure.reason.startswith("TLS: the hub's certificate is not trusted (")
     assert "certificate verify failed" in failure.reason
@@ -232,8 +219,7 @@ def test_a_client_certificate_the_hub_does_not_trust_is_refused(hub_certs: Certi
     client, server = _contexts(hub_certs, stranger, hub_certs.ca.cert)
     seen, _ = _handshake(client, server)
     assert isinstance(seen, ssl.SSLError) and seen.reason is not None
-    # The SDK: ConnectionFailedError from the ssl error (paho's connect raised it).
-    failure = classify(chained(ConnectionFailedError("Unexpected failure"), seen))
+    failure = classify(seen)
     assert failure.outcome is Outcome.REFUSED, (seen.reason, failure)
     assert failure.reason.startswith("TLS: the hub refused the client certificate (")
 
@@ -243,7 +229,7 @@ def test_another_tls_failure_is_a_reconnect(hub_certs: Certificates) -> None:
     server.minimum_version = ssl.TLSVersion.TLSv1_3  # the client speaks TLS 1.2 only
     seen, _ = _handshake(client, server)
     assert isinstance(seen, ssl.SSLError)
-    failure = classify(chained(ConnectionFailedError("Unexpected failure"), seen))
+    failure = classify(seen)
     assert failure.outcome is Outcome.RECONNECT, (seen.reason, failure)
 
 

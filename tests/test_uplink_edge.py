@@ -1,10 +1,10 @@
 """The agent as an IoT Edge module: with the Edge module environment ($IOTEDGE_*) it connects
-through the SDK's create_from_edge_environment(), which takes its trust bundle and every SAS
-token's signature from the Edge runtime's workload API (here tests/hub/edge.py on a unix
+as that module, with its trust bundle and every SAS token's signature from the Edge
+runtime's workload API (agent.uplink.edge_workload) (here tests/hub/edge.py on a unix
 socket), to the Edge hub (here the stand-in's gate, which checks the token with the module's
 key); SystemInformation reports agent_type Edge. What is not the real thing: the Edge hub is
 the stand-in, not edgeHub (it is IoT Hub's protocol either way), and the workload API serves
-only the two calls the SDK makes.
+only the two calls a module makes.
 """
 
 from __future__ import annotations

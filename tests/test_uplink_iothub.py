@@ -9,6 +9,7 @@ as a process. docs/uplink.md describes the behaviour checked here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -173,8 +174,8 @@ def test_module_connection_string_connects_reads_applies_and_reports_the_twin(
     assert reported["latest_state"] == "success" and reported["latest_invalid_fields"] == []
     assert reported["agent_version"] == __version__
     assert "stale_key_of_an_old_run" not in reported  # removed by the first patch
-    # Read, subscribe, read again (a patch in between is not pushed): two GETs, one report.
-    assert iothub.twin_requests == 2
+    # Subscribe, then read (a patch after the subscription is pushed): one GET, one report.
+    assert iothub.twin_requests == 1
     assert len(iothub.reported_patches) == 1
     status = a.uplink.status()
     assert status["kind"] == "iothub" and status["identity"] == "dev1/iot-micro-agent"
@@ -376,8 +377,10 @@ def check_sends(hub: Hub, records: list[Telemetry], seqs: list[int], again_at_mo
         connections[seq] = set(per_connection)
         arrived = [r for r in records if int(r.custom["seq"]) == seq]
         fresh = [r for r in arrived if not r.redelivered]
-        assert 1 <= len(fresh) <= len(per_connection), (seq, sends[seq], arrived)
-        assert not arrived[0].redelivered  # a redelivery repeats an earlier arrival
+        # A redelivery may be the first or only arrival: the kill cut mosquitto's delivery
+        # to the hub client before it was recorded, and the restarted broker hands it over
+        # again (with the window published back to back, dozens are on that way at a kill).
+        assert arrived and len(fresh) <= len(per_connection), (seq, sends[seq], arrived)
         assert len({r.message_id for r in arrived}) == 1
         for connection in sorted(per_connection)[:-1]:
             again_after[connection].add(seq)
@@ -397,11 +400,20 @@ def test_a_send_cut_by_the_hub_going_away_goes_out_once_per_connection(
     a = start(agents, tmp_path, module(iothub, hub_certs))
     stored = [a.put("Medium", [{"t": "test", "n": n, "pad": "x" * 200}]) for n in range(240)]
     a.connected()
-    def arrived(n: int) -> Callable[[], bool]:
-        return lambda: len(iothub.telemetry) >= n
+    def carried() -> int:
+        """The newest connection that published a batch."""
+        return max((p.connection for sent in sends_by_seq(iothub).values() for p in sent),
+                   default=0)
 
+    def arrived(n: int, after: int) -> Callable[[], bool]:
+        # The window is published back to back: the hub may have n messages before the
+        # new connection sent one. Kill only a connection that is sending.
+        return lambda: len(iothub.telemetry) >= n and carried() > after
+
+    last = 0
     for kill_at in (40, 100, 160):
-        a.until(arrived(kill_at), 60, f"{kill_at} messages")
+        a.until(arrived(kill_at, last), 60, f"{kill_at} messages")
+        last = carried()
         iothub.kill()
         a.spin(0.5)
         iothub.start()
@@ -413,6 +425,32 @@ def test_a_send_cut_by_the_hub_going_away_goes_out_once_per_connection(
     connections = check_sends(iothub, records, sorted(set(seqs)))
     assert len(set().union(*connections.values())) >= 4  # four connections carried batches
     assert a.uplink.status()["disconnects"] >= 3
+
+
+@pytest.mark.timeout(60)
+def test_the_sas_token_is_renewed_by_connecting_again_without_losing_a_batch(
+    iothub: Hub, hub_certs: Certificates, tmp_path: Path, agents: list[HubAgent]
+) -> None:
+    """Tokens of 6 s are renewed 1 s before they expire (a fifth of the life): the worker
+    lets what is in flight finish, then connects again with a new token. Batches stored all
+    along arrive, each at most once per connection it was sent on."""
+    options = dataclasses.replace(FAST, sas_ttl_s=6)
+    a = start(agents, tmp_path, module(iothub, hub_certs), options=options)
+    a.connected()
+    before = [d for d in iothub.gate.decisions() if d[1]]
+    stored: list[int] = []
+    end = time.monotonic() + 12.0
+    while time.monotonic() < end:
+        stored.append(a.put("Medium", [{"t": "test", "n": len(stored)}]))
+        a.spin(0.05)
+    a.until(lambda: a.depth() == 0, 30, "the backlog drained")
+    accepted = [d for d in iothub.gate.decisions() if d[1]][len(before):]
+    assert len(accepted) >= 2, accepted  # two renewals in 12 s at least
+    assert all(reason == "SAS token valid" for _, _, reason in accepted)
+    records = iothub.telemetry
+    assert set(seqs_of(records)) == set(stored)
+    check_sends(iothub, records, sorted(set(stored)))
+    assert a.uplink.status()["send_errors"] == 0
 
 
 @pytest.mark.timeout(120)

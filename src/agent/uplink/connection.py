@@ -1,6 +1,7 @@
-"""The IoT Hub uplink's connection: its states and the transitions allowed between them, what
-a failed SDK call means for it (classify), the uplink's counters, and the helpers for blocking
-SDK calls (call_with_timeout) and reconnect delays (backoff_delay). agent.uplink.iothub drives
+"""The IoT Hub uplink's connection: its states and the transitions allowed between them, the
+MQTT client's errors and what a failed connect or request means for the link (classify), the
+uplink's counters, and the helpers for blocking calls (call_with_timeout) and reconnect
+delays (backoff_delay). agent.uplink.iothub drives
 them; docs/uplink.md describes the behaviour.
 
 States (LinkState) and why they change:
@@ -13,7 +14,7 @@ States (LinkState) and why they change:
     any state but closed ──▶ closed (close())
 
 The reported state (`status()["state"]`) is the state's name, followed by ": reason" when the
-state has one ("disconnected: send failed: ConnectionDroppedError: ...").
+state has one ("disconnected: send failed: Unreachable: connection lost").
 """
 
 from __future__ import annotations
@@ -27,19 +28,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-from azure.iot.device.common.transport_exceptions import TlsExchangeAuthError
-from azure.iot.device.common.transport_exceptions import UnauthorizedError as TransportUnauthorized
-from azure.iot.device.exceptions import (
-    ClientError,
-    ConnectionDroppedError,
-    ConnectionFailedError,
-    CredentialError,
-    NoConnectionError,
-    OperationCancelled,
-    OperationTimeout,
-    ServiceError,
-)
 
 from agent.clock import wall_time
 
@@ -142,7 +130,7 @@ class Outcome(enum.Enum):
     # The hub refused who we are (credentials) or TLS failed on a certificate: no retry can
     # help until the identity or the CA changes.
     REFUSED = "refused"
-    # The hub (or the SDK) refused this one request; the connection is fine.
+    # The hub refused this one request (a 4xx status); the connection is fine.
     REJECTED = "rejected"
 
 
@@ -154,7 +142,34 @@ class Failure:
 
 
 class CallTimeout(Exception):
-    """A blocking SDK call did not return in time (it is left running in its thread)."""
+    """A blocking call or a request did not complete in time (a connect is left running in
+    its thread; a request's answer may still come): the client is not to be trusted."""
+
+
+class HubError(Exception):
+    """A failed connect or request of agent.uplink.mqtt; the subclass says what it means."""
+
+
+class Refused(HubError):
+    """The hub refused who we are: CONNACK 4 (user name or password) or 5 (not authorized)."""
+
+
+class Unreachable(HubError):
+    """No usable connection: CONNACK 1-3, the connection lost, a publish without one."""
+
+
+class Rejected(HubError):
+    """The hub answered a request with a 4xx status (but 429): this request, not the
+    connection, is refused."""
+
+    def __init__(self, what: str, status: int, body: bytes = b"") -> None:
+        detail = body[:200].decode("utf-8", "replace")
+        super().__init__(f"{what}: status {status}" + (f": {detail}" if detail else ""))
+        self.status = status
+
+
+class Busy(HubError):
+    """The hub answered a request with 429 or a 5xx status: try again later."""
 
 
 def _cause_chain(err: BaseException) -> list[BaseException]:
@@ -182,22 +197,15 @@ _CLIENT_CERT_ALERTS = frozenset({
     "TLSV13_ALERT_CERTIFICATE_REQUIRED",
 })
 
-# SDK errors after which the connection cannot be trusted: reconnect with backoff.
-_RECONNECT = (ConnectionFailedError, ConnectionDroppedError, NoConnectionError,
-              OperationTimeout, OperationCancelled, ClientError)
-
-
 def classify(err: BaseException) -> Failure:
-    """What a failed connect or SDK call means, by the types of the exception and its causes
-    (azure-iot-device 2.14.0 wraps its transport's errors: ClientError from
-    TlsExchangeAuthError, CredentialError from UnauthorizedError, ...)."""
+    """What a failed connect or request means, by the types of the exception and its causes
+    (agent.uplink.mqtt's errors, ssl's, the socket's, PySocks')."""
     chain = _cause_chain(err)
     ssl_error = _first(chain, ssl.SSLError)
-    if _first(chain, TlsExchangeAuthError) is not None:
-        why = str(ssl_error) if ssl_error is not None else "certificate verify failed"
-        return Failure(f"TLS: the hub's certificate is not trusted ({why}); check --ca-file / "
+    if isinstance(ssl_error, ssl.SSLCertVerificationError):
+        return Failure(f"TLS: the hub's certificate is not trusted ({ssl_error}); check --ca-file / "
                        "$IOTHUB_CA_FILE", Outcome.REFUSED)
-    if _first(chain, (CredentialError, TransportUnauthorized)) is not None:
+    if _first(chain, Refused) is not None:
         return Failure("authentication refused by the hub (wrong key or certificate, or the "
                        "identity is disabled or unknown)", Outcome.REFUSED)
     if isinstance(ssl_error, ssl.SSLError) and ssl_error.reason in _CLIENT_CERT_ALERTS:
@@ -205,16 +213,16 @@ def classify(err: BaseException) -> Failure:
                        Outcome.REFUSED)
     if isinstance(err, CallTimeout):
         return Failure(str(err), Outcome.RECONNECT, abandon_client=True)
-    if isinstance(err, ServiceError):
+    if isinstance(err, Rejected):
         return Failure(f"the hub refused the request: {err}", Outcome.REJECTED)
-    if isinstance(err, ValueError):  # the SDK's own checks (a message too large)
-        return Failure(f"the SDK refused the request: {err}", Outcome.REJECTED)
+    if isinstance(err, ValueError):  # the client's own checks (a topic or payload too long)
+        return Failure(f"the client refused the request: {err}", Outcome.REJECTED)
     inner = chain[-1]
     if inner is not err and str(inner):
         reason = f"{type(err).__name__}: {type(inner).__name__}: {inner}"
     else:
         reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-    # _RECONNECT and anything unforeseen: a new connection is the safe answer.
+    # Unreachable, Busy and anything unforeseen: a new connection is the safe answer.
     return Failure(reason, Outcome.RECONNECT)
 
 
@@ -228,7 +236,7 @@ COUNTER_NAMES = (
 
 
 class UplinkCounters:
-    """The uplink's counters, changed by the worker, the SDK's handler thread and the loop:
+    """The uplink's counters, changed by the worker, paho's thread and the loop:
     every change and read under one lock."""
 
     def __init__(self) -> None:
@@ -255,10 +263,10 @@ class UplinkCounters:
 
 
 class _CallThreads:
-    """Daemon threads for blocking calls, kept waiting IDLE_S after a call for the next one.
-    Starting a thread per call cost about 0.3 ms on the loaded 2-core test machine, where a
-    send takes about 1 ms; a kept thread costs a hand-over. A thread whose call never
-    returns is simply never back: the next call gets another."""
+    """Daemon threads for blocking calls (paho's connect, a client's shutdown), kept waiting
+    IDLE_S after a call for the next one. Sends and twin requests need none: they complete
+    on paho's thread. A thread whose call never returns is simply never back: the next call
+    gets another."""
 
     IDLE_S = 30.0
 

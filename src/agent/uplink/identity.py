@@ -6,7 +6,8 @@ Where the connection string comes from, first match wins:
 1. `--connection-string-file PATH` given on the command line: it must exist;
 2. the `IOTHUB_CONNECTION_STRING` environment variable, when set and not empty;
 3. the IoT Edge module environment (every $IOTEDGE_* of EDGE_ENV set): the agent is that
-   module, and the SDK's create_from_edge_environment connects it;
+   module, connected to the Edge hub with tokens the workload API signs
+   (agent.uplink.edge_workload);
 4. the default file /etc/iot-micro-agent/connection_string, when it exists;
 5. else no IoT Hub: the local delivery (the embedded default).
 
@@ -34,12 +35,12 @@ ENV_CA_FILE = "IOTHUB_CA_FILE"
 ENV_CERT_FILE = "IOTHUB_X509_CERT_FILE"
 ENV_KEY_FILE = "IOTHUB_X509_KEY_FILE"
 
-# The IoT Edge runtime gives each module these (the SDK's create_from_edge_environment reads
-# them itself); all present means the agent runs as an IoT Edge module.
+# The IoT Edge runtime gives each module these (agent.uplink.edge_workload reads the
+# workload API's); all present means the agent runs as an IoT Edge module.
 EDGE_ENV = ("IOTEDGE_WORKLOADURI", "IOTEDGE_DEVICEID", "IOTEDGE_MODULEID",
             "IOTEDGE_MODULEGENERATIONID", "IOTEDGE_IOTHUBHOSTNAME", "IOTEDGE_GATEWAYHOSTNAME",
             "IOTEDGE_APIVERSION", "IOTEDGE_AUTHSCHEME")
-EDGE_AUTH_SCHEME = "sasToken"  # the only scheme the Edge runtime and the SDK have
+EDGE_AUTH_SCHEME = "sasToken"  # the only scheme the Edge runtime gives modules
 
 # A connection string is a few hundred bytes; a key file a few kilobytes; a CA bundle (the
 # whole Mozilla set is about 220 KB) stays under 1 MiB.
@@ -87,7 +88,7 @@ class HubIdentity:
         return self.device_id if self.module_id is None else f"{self.device_id}/{self.module_id}"
 
     def connection_string(self) -> str:
-        """The SAS connection string for the SDK. Secret: never log it."""
+        """The SAS connection string. Secret: never log it."""
         if self.key is None:
             raise IdentityError(f"{self.client_id} is an X.509 identity: it has no key")
         parts = [f"HostName={self.hostname}", f"DeviceId={self.device_id}"]
@@ -302,12 +303,12 @@ def edge_environment_present(environ: Mapping[str, str] | None = None) -> bool:
 
 
 def edge_identity(environ: Mapping[str, str]) -> HubIdentity:
-    """The IoT Edge module the environment describes. The SDK reads the same variables and
-    gets the trust bundle and every token's signature from the workload API."""
+    """The IoT Edge module the environment describes. The uplink gets the trust bundle and
+    every token's signature from the workload API (agent.uplink.edge_workload)."""
     scheme = environ["IOTEDGE_AUTHSCHEME"]
     if scheme != EDGE_AUTH_SCHEME:
         raise IdentityError(f"IoT Edge auth scheme {scheme[:40]!r} is not supported (only "
-                            f"{EDGE_AUTH_SCHEME}, the one the SDK has)")
+                            f"{EDGE_AUTH_SCHEME}, the one the Edge runtime gives modules)")
     for name, value in (("IOTEDGE_IOTHUBHOSTNAME", environ["IOTEDGE_IOTHUBHOSTNAME"]),
                         ("IOTEDGE_GATEWAYHOSTNAME", environ["IOTEDGE_GATEWAYHOSTNAME"])):
         if not _HOST.match(value):

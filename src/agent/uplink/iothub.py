@@ -1,33 +1,42 @@
-"""The IoT Hub uplink: batches from the outbox to Azure IoT Hub with azure-iot-device, the
-module twin's desired properties into the configuration, the reported properties back.
-docs/uplink.md describes the behaviour; this is the map of the code.
+"""The IoT Hub uplink: batches from the outbox to Azure IoT Hub over IoT Hub's MQTT (spoken by
+agent.uplink.mqtt on paho-mqtt), the module twin's desired properties into the
+configuration, the reported properties back. docs/uplink.md describes the behaviour; this is
+the map of the code.
 
-Threads. The SDK's sync client blocks, so it lives in one worker thread (`iothub-uplink`);
-the agent's loop never calls it. Every blocking SDK call runs in a throwaway thread and is
-waited for with a deadline (`call_with_timeout`): a hub that stops answering costs the worker
-a timeout, never the loop a turn. The loop talks to the worker through `pump()`, which returns
-at once: it confirms the batches the worker reports sent (outbox.confirm, in the loop's
-thread: the only place batches leave the outbox) and hands the next ones over, at most
-`window` in flight, in the outbox's send order. The worker sends them one after the other, so
-they arrive in that order; when a send fails, the batch and those queued behind it go back
-(they stay in the outbox) and the worker reconnects with exponential backoff and jitter.
+Threads. One worker thread (`iothub-uplink`) connects, reads the twin and publishes; paho's
+network thread (one per connection) reads and writes the socket and reports PUBACKs, twin
+answers and desired patches. The agent's loop never waits on either. A connect runs with a
+deadline (`call_with_timeout`), twin requests and PUBACKs have call_timeout_s: a hub that
+stops answering costs the worker a timeout, never the loop a turn. The loop talks to the
+worker through `pump()`, which returns at once: it confirms the batches the worker reports
+sent (outbox.confirm_many, in the loop's thread: the only place batches leave the outbox)
+and hands the next ones over, at most `window` in flight, in the outbox's send order. The
+worker publishes them back to back, in that order, and a batch is sent when the PUBACK of
+each of its messages came (paho's on_publish). When the connection fails (or a PUBACK does
+not come in time), the batches not acknowledged and those queued go back (they stay in the
+outbox), the client is dropped and the worker connects a new one with exponential backoff
+and jitter.
 
-Parts. The connection's states and their transitions, what a failed SDK call means
-(classify: reconnect, refused or rejected) and the counters (one lock) are in
-agent.uplink.connection; the messages a batch becomes (encode_batch) are in agent.envelope.
+Parts. The connection's states and their transitions, what a failed call means (classify:
+reconnect, refused or rejected) and the counters (one lock) are in agent.uplink.connection;
+the MQTT client, topics and properties in agent.uplink.mqtt; SAS tokens in agent.uplink.sas
+(renewed by connecting again before they expire); the IoT Edge workload API in
+agent.uplink.edge_workload; the messages a batch becomes (encode_batch) are in
+agent.envelope.
 
-Twin. On every (re)connect the worker reads the whole twin, has the loop apply its desired
-document (ConfigStore.apply_desired, then Agent.apply) and build the reported document, sets
-the desired-patch handler (once per client; the SDK keeps the subscription in its session),
-reads the twin again if a patch could have slipped in between, and reports what changed
-since the twin's reported section (ReportedState). The patch handler runs on the SDK's thread
-and only queues the patch for the loop (Agent.call_soon). The SDK's own twin read after a
-reconnect arrives as a patch holding the full desired document, and is applied as a patch.
+Twin. On every (re)connect the client subscribes to the twin's answers and desired patches,
+then the worker reads the whole twin, has the loop apply its desired document
+(ConfigStore.apply_desired, then Agent.apply) and build the reported document, and reports
+what changed since the twin's reported section (ReportedState). A desired patch arrives on
+paho's thread, which only queues it for the loop (Agent.call_soon); a patch newer than the
+read that is applied before it makes the read stale (_apply_desired).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import re
 import threading
@@ -43,6 +52,7 @@ from agent.config.local import UplinkTransport
 from agent.envelope import JSON_TYPE, SCHEMA_VERSION, UnsendableBatch, encode_batch
 from agent.limits import MAX_MESSAGE_BYTES
 from agent.outbox import MAX_DOOMED, Outbox, OutboxError
+from agent.uplink import sas
 from agent.uplink.connection import (
     CallTimeout,
     ConnectionStateMachine,
@@ -60,6 +70,16 @@ from agent.uplink.identity import (
     check_renewed,
     files_signature,
     identity_files,
+)
+from agent.uplink.mqtt import (
+    TWIN_DESIRED,
+    TWIN_RESPONSES,
+    Endpoint,
+    MqttClient,
+    check_status,
+    hub_username,
+    property_bag,
+    telemetry_prefix,
 )
 from agent.uplink.provisioning import Provisioner
 
@@ -99,7 +119,10 @@ class UplinkOptions:
     counters_every_s: at most one patch of counters only (VOLATILE_REPORTED) per this long.
     close_grace_s: how long close() waits for batches already handed over. identity_check_s:
     how often, while connected, the identity's files are stat()ed for a rotation (one stat
-    per file: the connection string, the certificate, the key)."""
+    per file: the connection string, the certificate, the key). sas_ttl_s: how long a SAS
+    token is valid; the worker connects again with a new one min(120 s, a fifth of it)
+    before it expires. call_timeout_s: a twin request's answer or a message's PUBACK that
+    takes longer fails the connection."""
 
     window: int = 64
     window_bytes: int = 1 << 20
@@ -116,6 +139,7 @@ class UplinkOptions:
     close_grace_s: float = 5.0
     keep_alive_s: int = 60
     identity_check_s: float = 10.0
+    sas_ttl_s: int = sas.DEFAULT_TTL_S
 
     def __post_init__(self) -> None:
         if not 1 <= self.window <= 64:
@@ -125,6 +149,8 @@ class UplinkOptions:
             raise ValueError(f"confirm_batches={self.confirm_batches}: 1..{MAX_DOOMED}")
         if not 0 < self.backoff_min_s <= self.backoff_max_s:
             raise ValueError("backoff bounds: 0 < min <= max")
+        if self.sas_ttl_s < 5:
+            raise ValueError(f"sas_ttl_s={self.sas_ttl_s}: at least 5")
 
 
 # -- the uplink ---------------------------------------------------------------------------------
@@ -141,6 +167,16 @@ class _Item:
 
 
 _SENT, _RETURNED, _REJECTED = "sent", "returned", "rejected"
+
+
+class _Flight:
+    """A batch published and waiting for the PUBACKs of its `remaining` messages."""
+
+    __slots__ = ("item", "remaining")
+
+    def __init__(self, item: _Item, remaining: int) -> None:
+        self.item = item
+        self.remaining = remaining
 
 
 _SIG = re.compile(r"(sig=|SharedAccessKey=|SharedAccessSignature )[^&;\s]+")
@@ -187,8 +223,9 @@ class IotHubUplink:
         self._accepting = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client: Any = None
-        self._handler_set = False
+        self._client: MqttClient | None = None
+        self._unacked: dict[str, _Flight] = {}  # published, PUBACKs not all in (under _lock)
+        self._token_renew_at: float | None = None  # wall time to connect with a new SAS token
         self._link = ConnectionStateMachine(self._redact)
         self._epoch = 0
         self._attempts = 0
@@ -213,11 +250,10 @@ class IotHubUplink:
         self._last_offer = 0.0
         self.counters = UplinkCounters()
         self.last_seq: int | None = None
-        # close() left an SDK call blocked: the SDK's own (non-daemon) threads would hold
-        # the interpreter's exit until it returns, so the caller should end the process.
+        # close() left the worker blocked in a call (a connect, the IoT Edge workload API):
+        # the caller should end the process rather than wait for it.
         self.abandoned = False
         self.last_confirmed: float | None = None
-        self._quiet_sdk_loggers()
 
     # -- the loop's side --------------------------------------------------------------------
 
@@ -253,8 +289,10 @@ class IotHubUplink:
 
     def _refill(self, outbox: Outbox) -> None:
         """After a batch was stored: take the worker's results (the window frees up) and
-        hand it what is next."""
-        self._take_results(outbox)
+        hand it what is next. No confirm because the worker is idle: while a turn stores
+        batches, the worker acknowledges each before the next is stored, and a group per
+        batch doubled the fsyncs of storing (the turn's pump confirms them together)."""
+        self._take_results(outbox, idle_confirm=False)
         self._hand_over(outbox)
 
     def _hand_over(self, outbox: Outbox) -> None:
@@ -288,7 +326,8 @@ class IotHubUplink:
             else:
                 self._results.extend((i.batch_id, i.seq, _RETURNED) for i in items)
 
-    def _take_results(self, outbox: Outbox, *, confirm_now: bool = False) -> None:
+    def _take_results(self, outbox: Outbox, *, confirm_now: bool = False,
+                      idle_confirm: bool = True) -> None:
         with self._lock:
             results = list(self._results)
             self._results.clear()
@@ -307,7 +346,7 @@ class IotHubUplink:
         # A group commit: one state write and one directory fsync for many batches. One pair
         # per batch, in the loop while the worker sends, was the largest cost the profile
         # found (docs/uplink.md, Speed and size); a crash sends the unconfirmed again.
-        if not (confirm_now or not self._inflight
+        if not (confirm_now or (idle_confirm and not self._inflight)
                 or len(self._sent) >= self.options.confirm_batches
                 or self._sent_bytes >= self.options.window_bytes
                 or time.monotonic() - self._sent_since >= self.options.confirm_after_s):
@@ -379,8 +418,6 @@ class IotHubUplink:
             # exit must not wait for a hub that does not answer.
             self._thread.join(min(self.options.call_timeout_s, 5.0))
             self.abandoned = self._thread.is_alive()
-        if outbox is not None:
-            self._take_results(outbox, confirm_now=True)
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -389,8 +426,11 @@ class IotHubUplink:
                 self.abandoned = True
             except Exception as err:  # noqa: BLE001
                 log.debug("iothub: shutdown: %s", err)
+        self._return_all()  # what the hub did not acknowledge stays in the outbox
+        if outbox is not None:
+            self._take_results(outbox, confirm_now=True)
         if self.abandoned:
-            log.warning("iothub: an SDK call is still blocked; it is abandoned")
+            log.warning("iothub: a call is still blocked; it is abandoned")
         self._link.to(LinkState.CLOSED)
 
     # -- desired properties (run in the loop's thread) ------------------------------------------
@@ -410,7 +450,7 @@ class IotHubUplink:
         return agent.reported_document()
 
     def _on_patch(self, patch: Any) -> None:
-        """The SDK's desired-patch handler (its thread): queue it for the loop, never block."""
+        """A desired patch (paho's thread): queue it for the loop, never block."""
         epoch = self._epoch
         self.counters.add("desired_patches")
         agent = self._agent
@@ -429,14 +469,6 @@ class IotHubUplink:
             self._lock.notify_all()
 
     # -- the worker -------------------------------------------------------------------------
-
-    def _quiet_sdk_loggers(self) -> None:
-        # The SDK logs every operation at INFO and its pipeline at DEBUG: far too much for a
-        # device, and the agent reports the state itself.
-        for name in ("azure.iot.device", "paho"):
-            logger = logging.getLogger(name)
-            if logger.level < logging.WARNING:
-                logger.setLevel(logging.WARNING)
 
     def _redact(self, text: str) -> str:
         secrets = self.identity.secrets() if self.identity is not None else []
@@ -460,10 +492,14 @@ class IotHubUplink:
         client = self._client
         connected = self._link.is_(LinkState.CONNECTED)
         if connected and client is not None and client.connected:
+            if self._token_renew_at is not None and wall_time() >= self._token_renew_at:
+                self._renew_token()
+                return False
             # A rotation that loads drops the connection: reconnect with the new identity.
             return not (self._identity_files_changed() and self._rotate())
         if connected:
-            self._lost("connection lost", discard=False)
+            self._lost(client.lost_reason if client is not None else "connection lost",
+                       discard=True)
         now = time.monotonic()
         if self._refused:
             assert self.identity is not None  # DPS re-provisions instead (_connect_failed)
@@ -530,17 +566,36 @@ class IotHubUplink:
         self._identity_sig = files_signature(identity_files(new))
         self._identity_change = {"state": "applied", "reason": None, "at": int(wall_time()),
                                  "count": self._identity_changes}
+        self._reconnect_now("the identity changed: reconnecting")
+        return True
+
+    def _renew_token(self) -> None:
+        """The SAS token expires soon: let the batches in flight finish (up to
+        call_timeout_s), then connect again with a new token. What is not acknowledged by
+        then goes back and out on the next connection, once."""
+        log.info("iothub: the SAS token expires soon; connecting with a new one")
         with self._lock:
-            self._link.to(LinkState.DISCONNECTED, "the identity changed: reconnecting")
+            self._accepting = False  # the loop hands nothing more to this connection
+        deadline = time.monotonic() + self.options.call_timeout_s
+        client = self._client
+        while (client is not None and client.connected and time.monotonic() < deadline
+               and not self._stopping.is_set()):
+            with self._lock:
+                if not self._unacked:
+                    break
+                self._lock.wait(0.05)
+        self._reconnect_now("renewing the SAS token")
+
+    def _reconnect_now(self, reason: str) -> None:
+        """Drop the connection (what it holds goes back) and connect again without backoff."""
+        with self._lock:
+            self._link.to(LinkState.DISCONNECTED, reason)
             self._accepting = False
-            while self._queue:
-                item = self._queue.popleft()
-                self._results.append((item.batch_id, item.seq, _RETURNED))
+        self._return_all()
         self._attempts = 0
         self._retry_at = 0.0
         self._discard_client()
         self._wake_loop()
-        return True
 
     def _provision(self, provisioner: Provisioner) -> bool:
         """Ask DPS for the hub (blocking, with the connect deadline); on failure the link
@@ -549,8 +604,7 @@ class IotHubUplink:
         self._dps_state = "provisioning"
         log.info("dps: provisioning with %s", provisioner.describe())
         try:
-            assignment = call_with_timeout(provisioner.provision, self.options.connect_timeout_s,
-                                           "provision")
+            assignment = provisioner.provision(self.options.connect_timeout_s)
         except Exception as err:  # noqa: BLE001
             failure = classify(err)
             reason = self._redact(failure.reason)
@@ -576,51 +630,41 @@ class IotHubUplink:
         log.info("dps: assigned to IoT Hub %s as %s", assignment.assigned_hub, assignment.device_id)
         return True
 
-    def _make_client(self) -> Any:
-        from azure.iot.device import X509, IoTHubDeviceClient, IoTHubModuleClient
-
+    def _make_client(self) -> MqttClient:
+        """A new client for the identity and the transport; a SAS token made (or signed by
+        the IoT Edge workload API) now."""
         ident = self.identity
         assert ident is not None
-        opts: dict[str, Any] = {
-            "keep_alive": self.options.keep_alive_s,
-            # Reconnects are the worker's, with backoff; the SDK would retry at a fixed
-            # interval, and auto-connect would block a send on a connect.
-            "connection_retry": False,
-            "auto_connect": False,
-        }
-        if ident.ca_pem is not None:
-            opts["server_verification_cert"] = ident.ca_pem
-        if self.transport.websockets:
-            opts["websockets"] = True  # the SDK then connects to port 443
-        proxy = self.transport.proxy
-        if proxy is not None:
-            from azure.iot.device import ProxyOptions
+        ca_pem = ident.ca_pem
+        password: str | None = None
+        self._token_renew_at = None
+        if ident.edge or ident.key is not None:
+            ttl = self.options.sas_ttl_s
+            expiry = int(wall_time()) + ttl
+            resource = f"{ident.hostname}/devices/{ident.device_id}"
+            if ident.module_id is not None:
+                resource += f"/modules/{ident.module_id}"
+            if ident.edge:
+                from agent.uplink.edge_workload import WorkloadApi
 
-            opts["proxy_options"] = ProxyOptions(  # type: ignore[no-untyped-call]
-                "HTTP", proxy.host, proxy.port, proxy.username, proxy.password)
-        client: Any
-        if ident.edge:
-            # The SDK reads the $IOTEDGE_* environment itself, takes the Edge hub's trust
-            # bundle from the workload API and refuses a CA or gateway given here.
-            opts.pop("server_verification_cert", None)
-            client = IoTHubModuleClient.create_from_edge_environment(**opts)
-        elif ident.key is not None:
-            cls = IoTHubModuleClient if ident.module_id else IoTHubDeviceClient
-            client = cls.create_from_connection_string(ident.connection_string(), **opts)
-        else:
-            assert ident.cert_file is not None and ident.key_file is not None
-            x509 = X509(ident.cert_file, ident.key_file)  # type: ignore[no-untyped-call]
-            if ident.gateway is not None:
-                opts["gateway_hostname"] = ident.gateway
-            if ident.module_id:
-                client = IoTHubModuleClient.create_from_x509_certificate(
-                    x509, hostname=ident.hostname, device_id=ident.device_id,
-                    module_id=ident.module_id, **opts)
+                # The Edge runtime holds the module's key and the Edge hub's CA.
+                workload = WorkloadApi(os.environ)
+                ca_pem = workload.trust_bundle()
+                password = sas.token(resource, expiry, workload.sign)
             else:
-                client = IoTHubDeviceClient.create_from_x509_certificate(
-                    x509, hostname=ident.hostname, device_id=ident.device_id, **opts)
-        client.on_connection_state_change = self._on_connection_change
-        return client
+                assert ident.key is not None
+                password = sas.key_token(ident.key, resource, expiry)
+            self._token_renew_at = expiry - min(sas.RENEW_MARGIN_S, ttl // 5)
+        endpoint = Endpoint(
+            host=ident.gateway or ident.hostname, client_id=ident.client_id,
+            username=hub_username(ident.hostname, ident.device_id, ident.module_id),
+            password=password, ca_pem=ca_pem,
+            cert_file=None if password is not None else ident.cert_file,
+            key_file=None if password is not None else ident.key_file,
+            websockets=self.transport.websockets, proxy=self.transport.proxy,
+            keep_alive_s=self.options.keep_alive_s)
+        return MqttClient(endpoint, TWIN_RESPONSES, on_sent=self._on_sent,
+                          on_message=self._on_message, on_lost=self._on_connection_change)
 
     def _apply_in_loop(self, desired: Any, epoch: int) -> dict[str, Any] | None:
         """The loop applies a full desired document; its reported document after that, or
@@ -651,26 +695,14 @@ class IotHubUplink:
         self._epoch += 1
         epoch = self._epoch
         try:
-            if self._client is None:
-                self._client = self._make_client()
-                self._handler_set = False
-            client = self._client
-            call_with_timeout(client.connect, opts.connect_timeout_s, "connect")
-            twin = call_with_timeout(client.get_twin, opts.call_timeout_s, "get_twin")
+            self._discard_client()  # one client per connection
+            client = self._client = self._make_client()
+            # Subscribed before the read: a patch made after it is pushed to us.
+            client.connect(opts.connect_timeout_s, (TWIN_RESPONSES + "#", TWIN_DESIRED + "#"))
+            twin = self._get_twin(client)
             doc = self._apply_in_loop(twin.get("desired", {}), epoch)
             if self._stopping.is_set():
                 return
-            if not self._handler_set:
-                call_with_timeout(
-                    lambda: setattr(client, "on_twin_desired_properties_patch_received", self._on_patch),
-                    opts.call_timeout_s, "subscribe")
-                self._handler_set = True
-                # A patch made between the read and the subscription is not pushed to us:
-                # read once more and apply it if the desired version moved.
-                again = call_with_timeout(client.get_twin, opts.call_timeout_s, "get_twin")
-                if again.get("desired", {}).get("$version") != twin.get("desired", {}).get("$version"):
-                    doc = self._apply_in_loop(again.get("desired", {}), epoch) or doc
-                twin = again
             self._reported.reset(twin.get("reported") or {})
             if doc is not None:
                 self._send_report(doc, force=True)
@@ -685,11 +717,19 @@ class IotHubUplink:
         log.info("iothub: connected to %s", self.identity and self.identity.hostname)
         self._wake_loop()
 
+    def _get_twin(self, client: MqttClient) -> dict[str, Any]:
+        answer = check_status("get_twin", client.request(
+            "$iothub/twin/GET/", b"", self.options.call_timeout_s, "get_twin"))
+        twin = answer.json()
+        if not isinstance(twin, dict):
+            raise TypeError("get_twin: the twin is not a JSON object")
+        return twin
+
     def _through_proxy(self, err: BaseException) -> bool:
-        """Whether a failed connect failed at the proxy (PySocks' errors, under the SDK's)."""
+        """Whether a failed connect failed at the proxy (PySocks' errors, under paho's)."""
         if self.transport.proxy is None:
             return False
-        import socks  # type: ignore[import-untyped]  # the SDK's proxy support (PySocks)
+        import socks  # type: ignore[import-untyped]  # paho's proxy support (PySocks)
 
         seen: BaseException | None = err
         for _ in range(10):
@@ -744,14 +784,14 @@ class IotHubUplink:
                         self._attempts, reason, delay)
         self._link.to(LinkState.DISCONNECTED, reason)
 
-    def _lost(self, reason: str, *, discard: bool) -> None:
-        """The connection is gone: return what was queued, schedule a reconnect."""
+    def _lost(self, reason: str, *, discard: bool = True) -> None:
+        """The connection is gone: return what was queued or not acknowledged, schedule a
+        reconnect. The client is always dropped (`discard` stays for the callers' reading:
+        a client is never connected twice)."""
         with self._lock:
             self._link.to(LinkState.DISCONNECTED, reason)
             self._accepting = False
-            while self._queue:
-                item = self._queue.popleft()
-                self._results.append((item.batch_id, item.seq, _RETURNED))
+        self._return_all()
         self.counters.add("disconnects")
         self._attempts += 1
         delay = backoff_delay(self._attempts, self.options.backoff_min_s,
@@ -759,13 +799,23 @@ class IotHubUplink:
         self._retry_at = time.monotonic() + delay
         reason = self._redact(reason)
         log.warning("iothub: %s; reconnecting in %.1f s", reason, delay)
-        if discard:
-            self._discard_client()
+        self._discard_client()
         self._wake_loop()
+
+    def _return_all(self) -> None:
+        """Every batch queued or waiting for PUBACKs goes back to the loop (stays in the
+        outbox). A PUBACK that comes later for one of them finds nothing: the batch is
+        sent again on the next connection (a copy there, never two on one)."""
+        with self._lock:
+            for flight in self._unacked.values():
+                self._results.append((flight.item.batch_id, flight.item.seq, _RETURNED))
+            self._unacked.clear()
+            while self._queue:
+                item = self._queue.popleft()
+                self._results.append((item.batch_id, item.seq, _RETURNED))
 
     def _discard_client(self) -> None:
         client, self._client = self._client, None
-        self._handler_set = False
         if client is None:
             return
 
@@ -778,17 +828,18 @@ class IotHubUplink:
         threading.Thread(target=shut, name="iothub-discard", daemon=True).start()
 
     def _serve(self) -> None:
-        """One unit of work while connected: a report, else a batch, else wait a little."""
+        """One unit of work while connected: a report, then every queued batch published
+        back to back; else wait a little (and check the PUBACKs' deadline)."""
         with self._lock:
             if self._report_doc is None and not self._queue and not self._stopping.is_set():
-                self._lock.wait(0.5)
+                self._lock.wait(0.5 if not self._unacked else 0.1)
             doc, self._report_doc = self._report_doc, None
-            item = self._queue.popleft() if doc is None and self._queue else None
+            items = list(self._queue)
+            self._queue.clear()
         client = self._client
         if client is None or not client.connected:
-            if item is not None:
-                with self._lock:
-                    self._queue.appendleft(item)
+            with self._lock:
+                self._queue.extendleft(reversed(items))
             if doc is not None:
                 self.offer_report(doc)
             return
@@ -800,11 +851,20 @@ class IotHubUplink:
                 if failure.outcome is Outcome.REJECTED:
                     log.error("iothub: the reported properties were refused: %s",
                               self._redact(failure.reason))
+                else:
+                    with self._lock:
+                        self._queue.extendleft(reversed(items))
+                    self._failed_call(failure, None)
                     return
-                self._failed_call(failure, None)
-            return
-        if item is not None:
-            self._send(item)
+        for at, item in enumerate(items):
+            if not self._send(client, item):
+                with self._lock:
+                    self._queue.extendleft(reversed(items[at + 1:]))
+                return
+        oldest = client.oldest_unacked()
+        if oldest is not None and time.monotonic() - oldest > self.options.call_timeout_s:
+            self._failed_call(classify(CallTimeout(
+                f"a PUBACK did not come within {self.options.call_timeout_s:g} s")), None)
 
     def _send_report(self, doc: dict[str, Any], *, force: bool = False) -> None:
         patch = self._reported.patch(doc)
@@ -815,61 +875,95 @@ class IotHubUplink:
         if counters_only and not force and now - self._last_counters < self.options.counters_every_s:
             return  # counters alone wait for their next slot
         client = self._client
-        call_with_timeout(lambda: client.patch_twin_reported_properties(patch),
-                          self.options.call_timeout_s, "patch_reported")
+        if client is None:
+            raise CallTimeout("patch_reported: no client")
+        check_status("patch_reported", client.request(
+            "$iothub/twin/PATCH/properties/reported/", json.dumps(patch).encode(),
+            self.options.call_timeout_s, "patch_reported"))
         self._reported.mark_sent(patch)
         self.counters.add("reported_patches")
         if set(patch) & VOLATILE_REPORTED:
             self._last_counters = now
 
-    def _send(self, item: _Item) -> None:
-        from azure.iot.device import Message
-
+    def _send(self, client: MqttClient, item: _Item) -> bool:
+        """Publish the batch's messages (QoS 1); _on_sent completes it on the last PUBACK.
+        False when the connection failed under it (the batch is queued again)."""
         try:
             parts = encode_batch(item.payload, item.fmt, item.max_bytes)
         except UnsendableBatch as err:
             log.error("iothub: batch %d cannot be sent (%s): it stays in the outbox until it "
                       "expires, and is counted then", item.seq, err)
             self._result(item, _REJECTED)
-            return
-        client = self._client
+            return True
+        ident = self.identity
+        assert ident is not None
+        prefix = telemetry_prefix(ident.device_id, ident.module_id)
+        flight = _Flight(item, len(parts))
+        with self._lock:
+            self._unacked[item.batch_id] = flight
         for part in parts:
             msg_id = f"{self.agent_id}:{item.seq}" + (f":{part.index}" if part.count > 1 else "")
-            msg = Message(part.body, message_id=msg_id,  # type: ignore[no-untyped-call]
-                          content_encoding=part.content_encoding, content_type=part.content_type)
             props = {"v": str(SCHEMA_VERSION), "seq": str(item.seq), "prio": item.prio,
                      "agent": self.agent_id}
             if part.count > 1:
                 props["part"] = str(part.index)
                 props["parts"] = str(part.count)
-            msg.custom_properties.update(props)
-            if part.security:
-                msg.set_as_security_message()  # type: ignore[no-untyped-call]
             if item.fmt == "json" and part.content_type != JSON_TYPE:
                 self.counters.add("json_fallback")
+            topic = prefix + property_bag(msg_id, part.content_type, part.content_encoding,
+                                          part.security, props)
             try:
-                call_with_timeout(lambda m=msg: client.send_message(m),  # type: ignore[misc]
-                                  self.options.call_timeout_s, "send_message")
+                client.send(topic, part.body, flight)
             except Exception as err:  # noqa: BLE001
+                with self._lock:
+                    mine = self._unacked.pop(item.batch_id, None) is flight
                 failure = classify(err)
-                if failure.outcome is Outcome.REJECTED:  # e.g. the SDK's size check
+                if failure.outcome is Outcome.REJECTED:  # e.g. the client's size check
                     log.error("iothub: batch %d cannot be sent: %s", item.seq,
                               self._redact(failure.reason))
-                    self._result(item, _REJECTED)
-                    return
-                self._failed_call(failure, item)
-                return
+                    if mine:
+                        self._result(item, _REJECTED)
+                    return True
+                if mine:
+                    with self._lock:
+                        self._queue.appendleft(item)  # returned with the rest, in order
+                self._failed_call(failure, None)
+                return False
             self.counters.add("messages")
         if len(parts) > 1:
             self.counters.add("parts", len(parts))
-        self._result(item, _SENT)
+        return True
+
+    def _on_sent(self, tag: object) -> None:
+        """A PUBACK (paho's thread): the batch is sent when its last message is acknowledged."""
+        assert isinstance(tag, _Flight)
+        with self._lock:
+            tag.remaining -= 1
+            if tag.remaining > 0 or self._unacked.get(tag.item.batch_id) is not tag:
+                return
+            del self._unacked[tag.item.batch_id]
+        self._result(tag.item, _SENT)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        """A PUBLISH that is not an answer (paho's thread): a desired patch, or nothing."""
+        if not topic.startswith(TWIN_DESIRED):
+            log.debug("iothub: a message on %s ignored", topic[:120])
+            return
+        try:
+            patch = json.loads(payload)
+        except ValueError:
+            log.warning("iothub: a desired patch that is not JSON was ignored")
+            return
+        self._on_patch(patch)
 
     def _result(self, item: _Item, outcome: str) -> None:
         with self._lock:
             self._results.append((item.batch_id, item.seq, outcome))
-            # The loop refills the queue when it is down to half and confirms in groups: a
-            # wake-up per send cost it a turn per message. Anything but a send at once.
-            wake = outcome != _SENT or len(self._queue) <= self.options.window // 2
+            # The loop refills when the worker is down to half and confirms in groups: a
+            # wake-up per PUBACK cost it a turn per message. Wake it at half and at empty
+            # (and at once for anything but a send).
+            left = len(self._queue) + len(self._unacked)
+            wake = outcome != _SENT or left in (0, self.options.window // 2)
         if wake:
             self._wake_loop()
 
@@ -880,10 +974,10 @@ class IotHubUplink:
                 self._queue.appendleft(item)  # returned with the rest, in order
         if failure.abandon_client:
             self.counters.add("timeouts")
-        # Never reconnect a client whose call failed: when the connection goes under a send,
-        # the SDK raises at once but paho keeps the PUBLISH (sent and unacknowledged: again
-        # with DUP; only queued: for the first time) and sends it when that client
-        # reconnects, while the worker sends the batch again too: two copies on one
-        # connection (seen at the stand-in's gate). A new client has nothing queued, so each
-        # connection carries a batch once (docs/uplink.md, the bound on copies).
+        # Never reconnect a client whose call failed: paho would send what it still holds
+        # (sent and unacknowledged: again with DUP; only queued: for the first time) when
+        # that client reconnected, while the worker sends the batch again too: two copies on
+        # one connection. A new client has nothing queued, so each connection carries a
+        # batch once (docs/uplink.md, the bound on copies).
         self._lost(f"send failed: {failure.reason}", discard=True)
+

@@ -264,35 +264,22 @@ class Provisioner:
         except FileNotFoundError:
             pass
 
-    def provision(self) -> Assignment:
-        """Register with DPS (the SDK's ProvisioningDeviceClient, MQTT), store the assignment
-        and return it. Raises the SDK's errors (classify() reads them) or ProvisioningError."""
-        from azure.iot.device import X509, ProvisioningDeviceClient
+    def provision(self, timeout: float = 60.0) -> Assignment:
+        """Register with DPS over MQTT (agent.uplink.mqtt.register), within `timeout`
+        seconds; store the assignment and return it. Raises the client's errors
+        (connection.classify reads them) or ProvisioningError."""
+        from agent.uplink.mqtt import register
 
         s = self.settings
-        opts: dict[str, Any] = {}
-        if s.ca_pem is not None:
-            opts["server_verification_cert"] = s.ca_pem
-        if s.device_key is not None:
-            client = ProvisioningDeviceClient.create_from_symmetric_key(
-                provisioning_host=s.endpoint, registration_id=s.registration_id,
-                id_scope=s.id_scope, symmetric_key=s.device_key, **opts)
-        else:
-            assert s.cert_file is not None and s.key_file is not None
-            client = ProvisioningDeviceClient.create_from_x509_certificate(
-                provisioning_host=s.endpoint, registration_id=s.registration_id,
-                id_scope=s.id_scope,
-                x509=X509(s.cert_file, s.key_file),  # type: ignore[no-untyped-call]
-                **opts)
-        try:
-            result = client.register()
-        finally:
-            _shut_down(client)
-        state = getattr(result, "registration_state", None)
-        if result is None or result.status != "assigned" or state is None:
-            status = getattr(result, "status", None)
+        answer = register(s.endpoint, s.id_scope, s.registration_id, key=s.device_key,
+                          cert_file=s.cert_file, key_file=s.key_file, ca_pem=s.ca_pem,
+                          timeout=timeout)
+        status = answer.get("status")
+        state = answer.get("registrationState")
+        if status != "assigned" or not isinstance(state, dict):
             raise ProvisioningError(f"DPS answered status {status!r}, not an assignment")
-        assignment = _checked(str(state.assigned_hub), str(state.device_id), int(wall_time()))
+        assignment = _checked(str(state.get("assignedHub")), str(state.get("deviceId")),
+                              int(wall_time()))
         self.registrations += 1
         doc = {"version": ASSIGNMENT_VERSION, "id_scope": s.id_scope,
                "registration_id": s.registration_id, "auth": s.auth, "endpoint": s.endpoint,
@@ -322,20 +309,3 @@ def _checked(hub: str, device_id: str, assigned_at: int) -> Assignment:
     if not _DEVICE_ID.match(device_id):
         raise ProvisioningError(f"assigned device id {device_id[:80]!r} is not an IoT Hub id")
     return Assignment(hub, device_id, assigned_at)
-
-
-def _shut_down(client: Any) -> None:
-    # register() shuts its MQTT pipeline down only after an assignment; after a failure the
-    # connection (and paho's thread) would stay until DPS closed it. The client has no public
-    # shutdown in azure-iot-device 2.14.0: its pipeline has one.
-    pipeline = getattr(client, "_pipeline", None)
-    if pipeline is None or not getattr(pipeline, "_running", False):
-        return
-    from azure.iot.device.common.evented_callback import EventedCallback
-
-    done = EventedCallback()  # type: ignore[no-untyped-call]
-    try:
-        pipeline.shutdown(callback=done)
-        done.wait_for_completion(timeout=10)  # type: ignore[no-untyped-call]
-    except Exception as err:  # noqa: BLE001
-        log.debug("dps: shutting the provisioning client down: %s", err)
