@@ -218,8 +218,8 @@ def run(args: argparse.Namespace) -> int:
         uplink.attach(agent)
     rc = agent.run()
     if getattr(uplink, "abandoned", False):
-        # Everything is stored and the status written; only an SDK call to an unanswering
-        # hub is left, and the SDK's threads would keep the process alive until it returns.
+        # Everything is stored and the status written; only a call to an unanswering hub is
+        # left (the worker or a client's network thread inside it): do not wait for it.
         logging.shutdown()
         sys.stdout.flush()
         os._exit(rc)

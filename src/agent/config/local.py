@@ -34,7 +34,7 @@ PROXY_CONFIG = "IothubModule_ProxyConfig"
 # name -> meaning (docs/configuration.md lists them).
 LOCAL_ONLY: Mapping[str, str] = {
     TRANSPORT_PROTOCOL: "MQTT (TCP 8883, the default) or MQTT_WebSocket_Protocol (WebSockets "
-                        "over TLS on 443). AMQP values are refused: the Python SDK has no AMQP.",
+                        "over TLS on 443). AMQP values are refused: the agent speaks MQTT only.",
     PROXY_CONFIG: "An HTTP CONNECT proxy: \"<host>,<port>[,<user>,<password>]\"; \"\" for none.",
     "IothubModule_DpsIdScope": "DPS: the ID scope (0ne...); turns provisioning through DPS on.",
     "IothubModule_DpsRegistrationId": "DPS: the registration id.",
@@ -76,7 +76,7 @@ class TransportProtocol(enum.Enum):
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """An HTTP CONNECT proxy (the SDK's ProxyOptions, proxy_type HTTP). The password is kept
+    """An HTTP CONNECT proxy (through which paho opens the MQTT connection). The password is kept
     out of repr and describe()."""
 
     host: str
@@ -102,7 +102,7 @@ class UplinkTransport:
 
     @property
     def port(self) -> int:
-        # The SDK's choice, not configurable there: 443 for WebSockets, 8883 for TCP.
+        # IoT Hub's ports, not configurable there: 443 for WebSockets, 8883 for TCP.
         return 443 if self.websockets else 8883
 
     def describe(self) -> str:
@@ -119,8 +119,8 @@ def parse_transport_protocol(value: object, source: str) -> TransportProtocol:
     text = value.strip()
     if text.upper().startswith("AMQP"):
         raise LocalSettingError(
-            f"{source}: {TRANSPORT_PROTOCOL} {text[:40]!r} is refused: the Python SDK "
-            "(azure-iot-device) has no AMQP; use MQTT or MQTT_WebSocket_Protocol "
+            f"{source}: {TRANSPORT_PROTOCOL} {text[:40]!r} is refused: the agent speaks "
+            "IoT Hub's MQTT only (no AMQP); use MQTT or MQTT_WebSocket_Protocol "
             "(WebSockets on port 443)")
     for member in TransportProtocol:
         if text.lower() == member.value.lower():

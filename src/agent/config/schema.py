@@ -9,7 +9,7 @@ declaration order), the parsing and the reported form, `Config`'s sections and
 docs/configuration.md's table (`render_table()`; a test keeps the two equal). Adding a
 property is one attribute with its `prop()`.
 
-A field parses a JSON value (as `json.loads` or the IoT Hub SDK gives it) into a typed value
+A field parses a JSON value (as `json.loads` gives it from the twin) into a typed value
 or raises `InvalidValue` with a one-line reason, and dumps a typed value back to its twin form
 (for the reported properties). A change is found by comparing sections, so the runtime touches
 only the collectors whose section changed.
@@ -25,7 +25,7 @@ from typing import Any, TypeVar, Union
 
 from agent.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
 
-# The JSON values a twin carries (what json.loads and the SDK hand us).
+# The JSON values a twin carries (what json.loads hands us from the twin's JSON).
 Json = Union[None, bool, int, float, str, list[Any], dict[str, Any]]
 
 

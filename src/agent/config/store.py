@@ -114,7 +114,7 @@ class ConfigUpdate:
 
 
 class ConfigStore:
-    """The layers and the effective `Config` they make. Thread-safe: the IoT Hub SDK calls
+    """The layers and the effective `Config` they make. Thread-safe: the uplink's worker calls
     patch handlers on its own thread while the pipeline reads `config` (an immutable object:
     take a reference and use it)."""
 
@@ -171,7 +171,7 @@ class ConfigStore:
     # -- changing ------------------------------------------------------------------------
 
     def apply_patch(self, patch: object) -> ConfigUpdate:
-        """A desired-properties patch (the SDK's patch handler): only its names change."""
+        """A desired-properties patch (the uplink's patch handler): only its names change."""
         return self._apply_twin(patch, full=False)
 
     def apply_desired(self, desired: object) -> ConfigUpdate:
