@@ -122,12 +122,17 @@ class UplinkOptions:
     per file: the connection string, the certificate, the key). sas_ttl_s: how long a SAS
     token is valid; the worker connects again with a new one min(120 s, a fifth of it)
     before it expires. call_timeout_s: a twin request's answer or a message's PUBACK that
-    takes longer fails the connection."""
+    takes longer fails the connection. handover_every: while a turn stores batches, they
+    are handed to the worker in groups of this many (the rest with the turn's pump): each
+    hand-over reads the batches, and a read first makes the renames of the stored batches
+    durable (one directory fsync), so a hand-over per stored batch added a directory fsync
+    to each file's own."""
 
     window: int = 64
     window_bytes: int = 1 << 20
     confirm_batches: int = 64
     confirm_after_s: float = 0.5
+    handover_every: int = 8
     backoff_min_s: float = 1.0
     backoff_max_s: float = 300.0
     connect_timeout_s: float = 60.0
@@ -142,6 +147,8 @@ class UplinkOptions:
     sas_ttl_s: int = sas.DEFAULT_TTL_S
 
     def __post_init__(self) -> None:
+        if self.handover_every < 1:
+            raise ValueError(f"handover_every={self.handover_every}: at least 1")
         if not 1 <= self.window <= 64:
             raise ValueError(f"window={self.window}: 1..64")
         if not 1 <= self.confirm_batches <= MAX_DOOMED:
@@ -245,6 +252,7 @@ class IotHubUplink:
         self._sent: dict[str, int] = {}  # reported sent, not yet confirmed: id -> seq
         self._sent_bytes = 0  # their payload bytes
         self._sent_since = 0.0  # monotonic time the oldest of _sent was reported
+        self._stored_since_handover = 0  # batches stored since the last hand-over
         self._rejected: set[str] = set()
         self._patched = (0, -1)  # (epoch, version) of the last desired patch applied
         self._last_offer = 0.0
@@ -293,10 +301,13 @@ class IotHubUplink:
         batches, the worker acknowledges each before the next is stored, and a group per
         batch doubled the fsyncs of storing (the turn's pump confirms them together)."""
         self._take_results(outbox, idle_confirm=False)
-        self._hand_over(outbox)
+        self._stored_since_handover += 1
+        if self._stored_since_handover >= min(self.options.handover_every, self.options.window):
+            self._hand_over(outbox)
 
     def _hand_over(self, outbox: Outbox) -> None:
         """Hand the worker the next batches in send order, up to the window (loop thread)."""
+        self._stored_since_handover = 0
         if not self._accepting or len(self._inflight) > self.options.window // 2:
             return  # the worker has enough; it wakes the loop when it is down to half
         config = self._agent.config if self._agent is not None else None
