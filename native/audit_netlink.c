@@ -487,6 +487,40 @@ static int string_field(uint32_t field)
            field == AUDIT_DIR || field == AUDIT_FILTERKEY || field == AUDIT_EXE;
 }
 
+/* The exclusion of the records no event reads (install_exclusion): EOE (1320) and
+ * BPRM_FCAPS (1321), next to each other, one rule msgtype>=EOE msgtype<=BPRM_FCAPS. The
+ * kernel's exclude filter gives up on a rule with any field it does not filter on (a key among
+ * them: the rule would then exclude nothing), so this rule cannot carry our key; its exact
+ * shape is what tells it from an administrator's exclusions (msgtype=EOE, say), which restore
+ * and the stale-rule removal never touch. */
+static void exclusion_fields(struct audit_rule_data *r)
+{
+    r->flags = AUDIT_FILTER_EXCLUDE;
+    r->action = AUDIT_ALWAYS;
+    for (size_t i = 0; i < AUDIT_BITMASK_SIZE; i++)
+        r->mask[i] = ~0u;
+    r->fields[0] = AUDIT_MSGTYPE;
+    r->fieldflags[0] = AUDIT_GREATER_THAN_OR_EQUAL;
+    r->values[0] = AUDIT_EOE;
+    r->fields[1] = AUDIT_MSGTYPE;
+    r->fieldflags[1] = AUDIT_LESS_THAN_OR_EQUAL;
+    r->values[1] = AUDIT_BPRM_FCAPS;
+    r->field_count = 2;
+}
+
+static int rule_is_our_exclusion(const struct audit_rule_data *r, size_t len)
+{
+    if (len < sizeof *r || (r->flags & ~(uint32_t)AUDIT_FILTER_PREPEND) != AUDIT_FILTER_EXCLUDE)
+        return 0;
+    struct audit_rule_data want;
+    memset(&want, 0, sizeof want);
+    exclusion_fields(&want);
+    return r->action == want.action && r->field_count == want.field_count &&
+           r->buflen == 0 && memcmp(r->fields, want.fields, 2 * sizeof want.fields[0]) == 0 &&
+           memcmp(r->fieldflags, want.fieldflags, 2 * sizeof want.fieldflags[0]) == 0 &&
+           memcmp(r->values, want.values, 2 * sizeof want.values[0]) == 0;
+}
+
 /* Does a listed rule carry exactly our key? Strings follow in field order in buf. */
 static int rule_has_our_key(const struct audit_rule_data *r, size_t len)
 {
@@ -524,8 +558,9 @@ static int list_reply(am_anl *a, const struct nlmsghdr *h, const uint8_t *data, 
     if (r == NULL)
         return 0;
     memcpy(r, data, len);
-    if (!rule_has_our_key(r, len) || list->count >= MAX_STALE) {
-        if (rule_has_our_key(r, len))
+    int ours = rule_has_our_key(r, len) || rule_is_our_exclusion(r, len);
+    if (!ours || list->count >= MAX_STALE) {
+        if (ours)
             list->more++;
         free(r);
         return 0;
@@ -721,6 +756,71 @@ static void install_arch_rules(am_anl *a, uint32_t arch)
     }
 }
 
+/* Other readers of the records: sockets of the audit netlink family in the multicast group
+ * (journald's audit socket, a second agent, auditd's af_unix bridge does not count: it is
+ * behind auditd, which is the owner then, not us). -1: /proc/net/netlink unreadable. */
+static int multicast_readers(void)
+{
+    FILE *f = fopen("/proc/net/netlink", "re");
+    if (f == NULL)
+        return -1;
+    char line[256];
+    int readers = 0;
+    /* sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode; the first line is the header. */
+    if (fgets(line, sizeof line, f) == NULL) {
+        fclose(f);
+        return -1;
+    }
+    while (fgets(line, sizeof line, f) != NULL) {
+        unsigned long long sk;
+        int proto;
+        unsigned int pid, groups;
+        if (sscanf(line, "%llx %d %u %x", &sk, &proto, &pid, &groups) == 4 &&
+            proto == NETLINK_AUDIT && groups != 0)
+            readers++;
+    }
+    fclose(f);
+    return readers;
+}
+
+/* As the audit daemon, the kernel sends us every record of every audited event, and kauditd
+ * wakes and sends a datagram for each: an exec is SYSCALL, EXECVE, CWD, PATH (one or two),
+ * PROCTITLE and EOE, and BPRM_FCAPS when the new program's capabilities differ (root's execs);
+ * a connect SYSCALL, SOCKADDR, PROCTITLE and EOE. Every one of them feeds a key of the events
+ * (docs/events.md) but EOE and BPRM_FCAPS: the kernel writes PROCTITLE last in every syscall's
+ * event and the parser completes the event on it (the EOE that follows finds it gone), and no
+ * event has a key from BPRM_FCAPS. So both are excluded (one datagram in seven or two in eight
+ * of an exec, one in four of a connect). Not beside another reader of the multicast group:
+ * what it reads may want them; not when not the owner (auditd's log keeps them). Refused by
+ * the kernel: counted and reported, and the events complete as before. */
+static void install_exclusion(am_anl *a)
+{
+    if (!a->opt.exclude_unread || a->mode != AM_ANL_OWNER)
+        return;
+    int readers = multicast_readers();
+    if (readers != 0) {
+        a->st.unread_kept = 1;
+        if (readers < 0)
+            report_add(a, " EOE and BPRM_FCAPS kept: /proc/net/netlink unreadable;");
+        else
+            report_add(a, " EOE and BPRM_FCAPS kept: %d other reader(s) of the audit "
+                          "multicast group;", readers);
+        return;
+    }
+    struct audit_rule_data *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return;
+    exclusion_fields(r);
+    uint64_t failed = a->st.rules_failed;
+    install_rule(a, r, sizeof *r, "msgtype EOE..BPRM_FCAPS", "exclude");
+    if (a->st.rules_failed > failed) {
+        a->st.unread_kept = 1;
+    } else {
+        a->st.unread_excluded = 1;
+        report_add(a, " EOE and BPRM_FCAPS excluded (no event reads them);");
+    }
+}
+
 static void arches(uint32_t out[2], size_t *count, int compat)
 {
     struct utsname u;
@@ -784,6 +884,7 @@ static void install_rules(am_anl *a)
     }
     for (size_t i = 0; i < count; i++)
         install_arch_rules(a, list[i]);
+    install_exclusion(a);
     size_t used = strlen(a->report);
     char head[64];
     snprintf(head, sizeof head, "%llu rule(s) installed, %llu failed;",
@@ -1144,6 +1245,7 @@ void am_anl_default_options(struct am_anl_options *out)
     out->rcvbuf_bytes = 4u << 20;
     out->reply_timeout_ms = 2000;
     out->drop_when_full = 1;
+    out->exclude_unread = 1;
 }
 
 am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_options *audit)
@@ -1153,6 +1255,7 @@ am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_opti
     if (opts != NULL)
         o = *opts;
     if (o.take_ownership > 1 || o.exec_rules > 1 || o.net_rules > 1 || o.compat_arch > 1 || o.drop_when_full > 1 ||
+        o.exclude_unread > 1 ||
         o.rcvbuf_bytes > (1u << 30) || o.reply_timeout_ms < 1 || o.reply_timeout_ms > 60000 ||
         o.backlog_limit > (1u << 30))
         return NULL;

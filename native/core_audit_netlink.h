@@ -21,6 +21,10 @@ struct am_anl_options {
     uint32_t drop_when_full; /* 1: as owner set backlog_wait_time 0 (a record that finds the
                               * backlog full is lost and counted, the task never sleeps),
                               * unless failure is 2 (panic on loss). 1 */
+    uint32_t exclude_unread; /* 1: as owner, with no other reader of the multicast group, an
+                              * exclude rule keeps the kernel from sending the record types no
+                              * event reads: EOE (PROCTITLE ends a syscall's event) and
+                              * BPRM_FCAPS. 1 */
 };
 
 /* struct audit_status as the kernel reports it (fields a kernel does not send stay 0). */
@@ -79,6 +83,9 @@ struct am_anl_stats {
     uint64_t reenabled;         /* ... and enabled it again */
     uint64_t recv_calls;        /* recvmmsg calls that returned datagrams (datagrams / recv_calls:
                                  * how many one system call took) */
+    uint64_t unread_excluded;   /* 1: open installed the exclusion of EOE and BPRM_FCAPS */
+    uint64_t unread_kept;       /* 1: it was wanted but not installed (another reader of the
+                                 * multicast group, /proc/net/netlink unreadable, refused) */
 };
 
 /* What am_anl_restore did. */
