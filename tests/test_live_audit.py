@@ -32,7 +32,7 @@ from typing import Any
 import msgpack
 import pytest
 from conftest import skip_unless_ci
-from kernel_audit import release_audit_pid
+from kernel_audit import EXCLUSION_RULE, multicast_reader, multicast_readers, release_audit_pid
 
 from agent.native import audit_netlink
 from agent.native._base import CoreClosedError
@@ -79,7 +79,9 @@ def audit_rules() -> list[str]:
 
 
 def our_rules() -> list[str]:
-    return [rule for rule in audit_rules() if f"key={KEY}" in rule.split()]
+    """The agent's rules: those with its key, and its exclusion of unread record types."""
+    return [rule for rule in audit_rules()
+            if f"key={KEY}" in rule.split() or rule == EXCLUSION_RULE]
 
 
 @dataclass(frozen=True)
@@ -506,7 +508,9 @@ def test_owner_puts_back_rules_deleted_and_audit_disabled_by_another_process(
         # open nor its close removes them (it took the first one's for a killed run's).
         with AuditNetlink() as second:
             assert second.mode == "multicast", second.state
-            assert second.stats().rules_shared == installed
+            # The exclusion is the owner's alone (a multicast reader never installs one).
+            excluded = source.stats().unread_excluded
+            assert second.stats().rules_shared == installed - excluded
             assert second.stats().stale_rules_removed == 0
             assert len(our_rules()) == installed
             pump(second.finish, EventSink(), lambda batches: None)
@@ -522,11 +526,12 @@ def test_owner_puts_back_rules_deleted_and_audit_disabled_by_another_process(
 
 
 def test_options_select_rules(kernel_audit: AuditState) -> None:
-    with AuditNetlink(AuditNetlinkOptions(net_rules=False, compat_arch=False)) as source:
+    with AuditNetlink(AuditNetlinkOptions(net_rules=False, compat_arch=False,
+                                          exclude_unread=False)) as source:
         rules = our_rules()
         assert len(rules) == source.stats().rules_installed == 1
         assert "arch=b64" in rules[0] and "execve" in rules[0] and "connect" not in rules[0]
-    with AuditNetlink(AuditNetlinkOptions(exec_rules=False)) as source:
+    with AuditNetlink(AuditNetlinkOptions(exec_rules=False, exclude_unread=False)) as source:
         rules = our_rules()
         assert rules and not any("execve" in r for r in rules)
         assert any("connect" in r for r in rules)
@@ -535,6 +540,68 @@ def test_options_select_rules(kernel_audit: AuditState) -> None:
         assert "i386 has no accept" in source.rules_report
         assert any("socketcall" in r and "a0=0x5" in r for r in rules)
     assert our_rules() == []
+
+
+def _record_types_of(reader: socket.socket, token: str) -> list[int]:
+    """The record types, in order, of the event whose EXECVE record names token, as the
+    multicast group delivered them (read until the group is quiet for 0.5 s)."""
+    reader.settimeout(0.5)
+    records: list[tuple[int, str]] = []
+    try:
+        while True:
+            datagram = reader.recv(65536)
+            (kind,) = struct.unpack_from("=H", datagram, 4)
+            records.append((kind, datagram[16:].split(b"\0")[0].decode("ascii", "replace")))
+    except TimeoutError:
+        pass
+    hexed = token.encode().hex().upper()
+    serials = {text.split(":", 1)[1].split(")", 1)[0] for kind, text in records
+               if kind == 1309 and (token in text or hexed in text.upper())}
+    assert len(serials) == 1, f"{len(serials)} events name {token}"
+    serial = serials.pop()
+    return [kind for kind, text in records if f":{serial})" in text]
+
+
+def test_owner_excludes_the_record_types_no_event_reads(kernel_audit: AuditState) -> None:
+    """As owner, with no other reader, the kernel never sends EOE nor BPRM_FCAPS (one exclude
+    rule): a reader that joins the group afterwards sees the exec's other records and no EOE,
+    the event still completes at once (on PROCTITLE, no timeout) with every key it had, and
+    close removes the rule. With a reader in the group before open, nothing is excluded."""
+    if kernel_audit.pid != 0:
+        skip_unless_ci(f"audit is owned by pid {kernel_audit.pid}: owner mode cannot be tested")
+    if multicast_readers() != 0:
+        skip_unless_ci("another process reads the audit multicast group: the agent then "
+                       "excludes nothing (tested below)")
+    token = f"exclusion-{uuid.uuid4()}"
+    with AuditNetlink() as source:
+        assert source.mode == "owner", source.state
+        stats = source.stats()
+        assert stats.unread_excluded == 1 and stats.unread_kept == 0, source.rules_report
+        assert "EOE and BPRM_FCAPS excluded" in source.rules_report
+        assert EXCLUSION_RULE in audit_rules()
+        with multicast_reader() as reader:
+            child = subprocess.Popen(["/bin/echo", token, "x"], stdout=subprocess.DEVNULL)
+            child.wait()
+            exited = time.monotonic()
+            events = collect(source, lambda ev: bool(exec_with(ev, token)), timeout=5)
+            latency = time.monotonic() - exited
+            types = _record_types_of(reader, token)
+        assert 1320 not in types and 1321 not in types, types
+        assert types[0] == 1300 and types[-1] == 1327 and 1309 in types and 1302 in types
+        found = exec_with(events, token)
+        assert len(found) == 1 and latency < 1.0
+        assert found[0]["cwd"] == os.getcwd() and found[0]["paths"]
+        assert found[0]["argv"] == ["/bin/echo", token, "x"]
+        assert source.stats().parser.timeouts == stats.parser.timeouts
+        pump(source.finish, EventSink(), lambda batches: None)
+    assert EXCLUSION_RULE not in audit_rules()
+    # Another reader of the group (journald's audit socket, say) may want every record.
+    with multicast_reader(), AuditNetlink() as source:
+        assert source.mode == "owner", source.state
+        assert source.stats().unread_excluded == 0 and source.stats().unread_kept == 1
+        assert "EOE and BPRM_FCAPS kept: 1 other reader(s)" in source.rules_report
+        assert EXCLUSION_RULE not in audit_rules()
+        assert len(our_rules()) == source.stats().rules_installed
 
 
 def test_close_at_interpreter_exit_and_on_half_open_objects(kernel_audit: AuditState) -> None:
