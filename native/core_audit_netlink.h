@@ -25,6 +25,9 @@ struct am_anl_options {
                               * exclude rule keeps the kernel from sending the record types no
                               * event reads: EOE (PROCTITLE ends a syscall's event) and
                               * BPRM_FCAPS. 1 */
+    uint32_t exclude_path;   /* 1: as exclude_unread, and while no watch rule is installed
+                              * (am_anl_watch), PATH records too: exec events then have no
+                              * `paths`. 1 */
 };
 
 /* struct audit_status as the kernel reports it (fields a kernel does not send stay 0). */
@@ -84,8 +87,9 @@ struct am_anl_stats {
     uint64_t recv_calls;        /* recvmmsg calls that returned datagrams (datagrams / recv_calls:
                                  * how many one system call took) */
     uint64_t unread_excluded;   /* 1: open installed the exclusion of EOE and BPRM_FCAPS */
-    uint64_t unread_kept;       /* 1: it was wanted but not installed (another reader of the
-                                 * multicast group, /proc/net/netlink unreadable, refused) */
+    uint64_t unread_kept;       /* 1: exclusions were wanted but not installed (another reader
+                                 * of the multicast group, /proc/net/netlink unreadable, refused) */
+    uint64_t path_excluded;     /* 1: PATH records are excluded now (exclude_path, no watches) */
 };
 
 /* What am_anl_restore did. */

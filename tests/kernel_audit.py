@@ -36,9 +36,12 @@ def release_audit_pid() -> None:
 
 
 # The agent's exclusion of the record types no event reads (native/audit_netlink.c,
-# install_exclusion), as `auditctl -l` prints it. It carries no key: the exclude filter would
+# install_exclusions), as `auditctl -l` prints it. It carries no key: the exclude filter would
 # skip a rule with one.
 EXCLUSION_RULE = "-a always,exclude -F msgtype>=EOE -F msgtype<=BPRM_FCAPS"
+# ... and of PATH records (exec events' `paths`), while no watch rule wants them.
+PATH_EXCLUSION_RULE = "-a always,exclude -F msgtype>=PATH -F msgtype<=PATH"
+EXCLUSION_RULES = (EXCLUSION_RULE, PATH_EXCLUSION_RULE)
 NETLINK_ADD_MEMBERSHIP = 1
 SOL_NETLINK = 270
 AUDIT_NLGRP_READLOG = 1
