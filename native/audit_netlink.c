@@ -82,6 +82,7 @@ struct am_anl {
     int set_wait;      /* open set backlog_wait_time 0 */
     int probed;        /* `found` was read by am_anl_probe */
     int exclusions_allowed; /* owner, with no other reader of the multicast group */
+    const char *kept_why;   /* why exclusions that were wanted are not in (the state says it) */
     /* Tests only (AM_ANL_KILL_AFTER=N in the environment at am_anl_new): the process kills
      * itself with SIGKILL right after its Nth accepted AUDIT_SET, to prove that a kill between
      * any two changes of the kernel state is recovered. 0: never. */
@@ -863,6 +864,8 @@ static void install_exclusions(am_anl *a)
     int readers = multicast_readers();
     if (readers != 0) {
         a->st.unread_kept = 1;
+        a->kept_why = readers < 0 ? "/proc/net/netlink unreadable"
+                                  : "another reader of the audit multicast group";
         if (readers < 0)
             report_add(a, " every record type kept: /proc/net/netlink unreadable;");
         else
@@ -875,6 +878,8 @@ static void install_exclusions(am_anl *a)
         add_exclusion(a, EXCL_UNREAD);
         a->st.unread_excluded = exclusion_index(a, EXCL_UNREAD) >= 0;
         a->st.unread_kept = !a->st.unread_excluded;
+        if (a->st.unread_kept)
+            a->kept_why = "the kernel refused the exclusion";
         if (a->st.unread_excluded)
             report_add(a, " EOE and BPRM_FCAPS excluded (no event reads them);");
     }
@@ -1139,6 +1144,9 @@ int am_anl_open(am_anl *a)
             state_add(a, "; audit is locked (enabled 2): rules cannot change");
     }
     install_rules(a);
+    /* What the agent then costs per event is not what it could: the state (status) says why. */
+    if (a->st.unread_kept && a->kept_why != NULL)
+        state_add(a, "; every record type asked for: %s", a->kept_why);
     return AM_OK;
 }
 

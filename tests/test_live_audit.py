@@ -604,6 +604,8 @@ def test_owner_excludes_the_record_types_no_event_reads(kernel_audit: AuditState
         assert stats.unread_excluded == stats.path_excluded == 0 and stats.unread_kept == 1
         assert "every record type kept:" in source.rules_report
         assert "other reader(s) of the audit multicast group" in source.rules_report
+        assert source.state == ("owner; every record type asked for: another reader of the "
+                                "audit multicast group")
         assert not set(EXCLUSION_RULES) & set(audit_rules())
         assert len(our_rules()) == stats.rules_installed
 

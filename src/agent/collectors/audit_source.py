@@ -41,8 +41,9 @@ RMEM_MAX = "/proc/sys/net/core/rmem_max"
 # How long the event socket may gather before the next drain (what on_readable returns to the
 # loop, agent.pipeline): until a quarter of its receive buffer would be full at the rate of the
 # last drain. An exec costs about 7.2 KB of the buffer as the kernel counts it (seven records of
-# some 1 KiB each, measured): the 4 MiB asked for (8 MiB counted) hold about 1,150 execs, a
-# quarter of them 0.18 s at 1,600 execs per second. A buffer capped by net.core.rmem_max is
+# some 1 KiB each, measured with every record type; with the owner's exclusions it is four, so
+# the gather is shorter than it could be, never longer): the 4 MiB asked for (8 MiB counted)
+# hold about 1,150 execs, a quarter of them 0.18 s at 1,600 execs per second. A buffer capped by net.core.rmem_max is
 # smaller (SO_RCVBUF says what the kernel counts), and so is the time.
 BUFFER_SHARE = 4
 EXEC_BUFFER_BYTES = 7200
