@@ -353,6 +353,24 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         return AM_ERR_ARG;
     if (!mpr_map(r, &n))
         return AM_ERR_ARG;
+    /* Sources write `t` first: an event of a type this aggregator does not take (each audit
+     * batch goes to every subscriber of the socket) is skipped without reading its keys. */
+    if (n > 0 && a->accept_count > 0) {
+        mpr peek = *r;
+        const uint8_t *k;
+        uint32_t kl;
+        size_t vstart;
+        if (mpr_str(&peek, &k, &kl) && key_eq(k, kl, "t") && (vstart = peek.pos, mpr_skip(&peek)) &&
+            !accepted(a, (span){peek.data + vstart, (uint32_t)(peek.pos - vstart)})) {
+            if (restoring)
+                a->st.restored++;
+            else
+                a->st.events_in++;
+            a->st.skipped++;
+            *r = whole;
+            return AM_OK;
+        }
+    }
     const char *const *names = a->opt.kind == AM_AGG_NETWORK       ? network_fields
                                : a->opt.kind == AM_AGG_FILE_SYSTEM ? file_system_fields
                                : a->opt.kind == AM_AGG_PERIPHERAL  ? peripheral_fields

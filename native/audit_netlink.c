@@ -63,6 +63,7 @@ struct rule {
     size_t len;
     int shared; /* the kernel had it already (another agent's, EEXIST): not ours to delete */
     int watch; /* a watch rule (am_anl_watch), of the path in data's buffer */
+    int exclusion; /* one of our exclusions (EXCL_UNREAD, EXCL_PATH), else 0 */
 };
 
 struct am_anl {
@@ -80,6 +81,8 @@ struct am_anl {
     int set_backlog;   /* open raised backlog_limit */
     int set_wait;      /* open set backlog_wait_time 0 */
     int probed;        /* `found` was read by am_anl_probe */
+    int exclusions_allowed; /* owner, with no other reader of the multicast group */
+    const char *kept_why;   /* why exclusions that were wanted are not in (the state says it) */
     /* Tests only (AM_ANL_KILL_AFTER=N in the environment at am_anl_new): the process kills
      * itself with SIGKILL right after its Nth accepted AUDIT_SET, to prove that a kill between
      * any two changes of the kernel state is recovered. 0: never. */
@@ -487,6 +490,48 @@ static int string_field(uint32_t field)
            field == AUDIT_DIR || field == AUDIT_FILTERKEY || field == AUDIT_EXE;
 }
 
+/* The agent's exclusions (install_exclusions) are ranges of record types: EOE (1320) to
+ * BPRM_FCAPS (1321), records no event reads; PATH (1302) to PATH, which only the `paths` key of
+ * exec events reads (exclude_path). The kernel's exclude filter gives up on a rule with any
+ * field it does not filter on (a key among them: the rule would then exclude nothing), so
+ * these rules cannot carry our key; their exact shape (msgtype>=A msgtype<=B) is what tells
+ * them from an administrator's exclusions (msgtype=EOE, say), which restore and the
+ * stale-rule removal never touch. */
+enum { EXCL_NONE = 0, EXCL_UNREAD = 1, EXCL_PATH = 2 };
+
+static void exclusion_fields(struct audit_rule_data *r, int which)
+{
+    r->flags = AUDIT_FILTER_EXCLUDE;
+    r->action = AUDIT_ALWAYS;
+    for (size_t i = 0; i < AUDIT_BITMASK_SIZE; i++)
+        r->mask[i] = ~0u;
+    r->fields[0] = AUDIT_MSGTYPE;
+    r->fieldflags[0] = AUDIT_GREATER_THAN_OR_EQUAL;
+    r->values[0] = which == EXCL_PATH ? AUDIT_PATH : AUDIT_EOE;
+    r->fields[1] = AUDIT_MSGTYPE;
+    r->fieldflags[1] = AUDIT_LESS_THAN_OR_EQUAL;
+    r->values[1] = which == EXCL_PATH ? AUDIT_PATH : AUDIT_BPRM_FCAPS;
+    r->field_count = 2;
+}
+
+/* Which of our exclusions a listed rule is (EXCL_NONE: none). */
+static int rule_exclusion(const struct audit_rule_data *r, size_t len)
+{
+    if (len < sizeof *r || (r->flags & ~(uint32_t)AUDIT_FILTER_PREPEND) != AUDIT_FILTER_EXCLUDE)
+        return EXCL_NONE;
+    for (int which = EXCL_UNREAD; which <= EXCL_PATH; which++) {
+        struct audit_rule_data want;
+        memset(&want, 0, sizeof want);
+        exclusion_fields(&want, which);
+        if (r->action == want.action && r->field_count == want.field_count && r->buflen == 0 &&
+            memcmp(r->fields, want.fields, 2 * sizeof want.fields[0]) == 0 &&
+            memcmp(r->fieldflags, want.fieldflags, 2 * sizeof want.fieldflags[0]) == 0 &&
+            memcmp(r->values, want.values, 2 * sizeof want.values[0]) == 0)
+            return which;
+    }
+    return EXCL_NONE;
+}
+
 /* Does a listed rule carry exactly our key? Strings follow in field order in buf. */
 static int rule_has_our_key(const struct audit_rule_data *r, size_t len)
 {
@@ -524,8 +569,9 @@ static int list_reply(am_anl *a, const struct nlmsghdr *h, const uint8_t *data, 
     if (r == NULL)
         return 0;
     memcpy(r, data, len);
-    if (!rule_has_our_key(r, len) || list->count >= MAX_STALE) {
-        if (rule_has_our_key(r, len))
+    int ours = rule_has_our_key(r, len) || rule_exclusion(r, len) != EXCL_NONE;
+    if (!ours || list->count >= MAX_STALE) {
+        if (ours)
             list->more++;
         free(r);
         return 0;
@@ -633,6 +679,7 @@ static void install_rule(am_anl *a, struct audit_rule_data *r, size_t len, const
     a->rules[a->nrules].len = len;
     a->rules[a->nrules].shared = shared;
     a->rules[a->nrules].watch = 0;
+    a->rules[a->nrules].exclusion = 0;
     a->nrules++;
     if (!shared)
         a->st.rules_installed++;
@@ -721,6 +768,126 @@ static void install_arch_rules(am_anl *a, uint32_t arch)
     }
 }
 
+/* Other readers of the records: sockets of the audit netlink family in the multicast group
+ * (journald's audit socket, a second agent, auditd's af_unix bridge does not count: it is
+ * behind auditd, which is the owner then, not us). -1: /proc/net/netlink unreadable. */
+static int multicast_readers(void)
+{
+    FILE *f = fopen("/proc/net/netlink", "re");
+    if (f == NULL)
+        return -1;
+    char line[256];
+    int readers = 0;
+    /* sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode; the first line is the header. */
+    if (fgets(line, sizeof line, f) == NULL) {
+        fclose(f);
+        return -1;
+    }
+    while (fgets(line, sizeof line, f) != NULL) {
+        unsigned long long sk;
+        int proto;
+        unsigned int pid, groups;
+        if (sscanf(line, "%llx %d %u %x", &sk, &proto, &pid, &groups) == 4 &&
+            proto == NETLINK_AUDIT && groups != 0)
+            readers++;
+    }
+    fclose(f);
+    return readers;
+}
+
+/* As the audit daemon, the kernel sends us every record of every audited event, and kauditd
+ * wakes and sends a datagram for each: an exec is SYSCALL, EXECVE, CWD, PATH (one or two),
+ * PROCTITLE and EOE, and BPRM_FCAPS when the new program's capabilities differ (root's execs);
+ * a connect SYSCALL, SOCKADDR, PROCTITLE and EOE. Every one of them feeds a key of the events
+ * (docs/events.md) but EOE and BPRM_FCAPS: the kernel writes PROCTITLE last in every syscall's
+ * event and the parser completes the event on it (the EOE that follows finds it gone), and no
+ * event has a key from BPRM_FCAPS. So both are excluded (one datagram in seven or two in eight
+ * of an exec, one in four of a connect). PATH records feed only the `paths` key of exec events
+ * (the program's and the interpreter's name, inode and mode) and the FileSystem collector's
+ * actors: with exclude_path and no watch rules they are excluded too (two more of an exec's
+ * datagrams). Not beside another reader of the multicast group: what it reads may want them;
+ * not when not the owner (auditd's log keeps them). Refused by the kernel: counted and
+ * reported, and the events are complete as before. */
+static int exclusion_index(const am_anl *a, int which)
+{
+    for (size_t i = 0; i < a->nrules; i++)
+        if (a->rules[i].exclusion == which)
+            return (int)i;
+    return -1;
+}
+
+static void add_exclusion(am_anl *a, int which)
+{
+    if (exclusion_index(a, which) >= 0)
+        return;
+    struct audit_rule_data *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return;
+    exclusion_fields(r, which);
+    size_t before = a->nrules;
+    install_rule(a, r, sizeof *r, which == EXCL_PATH ? "msgtype PATH" : "msgtype EOE..BPRM_FCAPS",
+                 "exclude");
+    if (a->nrules > before)
+        a->rules[before].exclusion = which;
+}
+
+static void remove_rule_at(am_anl *a, size_t i)
+{
+    if (a->rules[i].shared) {
+        /* another agent's rule: it stays */
+    } else if (ctl_request(a, AUDIT_DEL_RULE, NLM_F_ACK, a->rules[i].data, a->rules[i].len,
+                           NULL, NULL) == 0) {
+        a->st.rules_removed++;
+    } else {
+        a->st.rules_remove_failed++;
+    }
+    free(a->rules[i].data);
+    a->rules[i] = a->rules[--a->nrules];
+}
+
+/* PATH records excluded exactly while no watch rule wants them (am_anl_watch calls it too). */
+static void sync_path_exclusion(am_anl *a)
+{
+    int want = a->exclusions_allowed && a->opt.exclude_path && a->nwatches == 0;
+    int at = exclusion_index(a, EXCL_PATH);
+    if (want && at < 0)
+        add_exclusion(a, EXCL_PATH);
+    else if (!want && at >= 0)
+        remove_rule_at(a, (size_t)at);
+    a->st.path_excluded = exclusion_index(a, EXCL_PATH) >= 0;
+}
+
+static void install_exclusions(am_anl *a)
+{
+    if ((!a->opt.exclude_unread && !a->opt.exclude_path) || a->mode != AM_ANL_OWNER)
+        return;
+    int readers = multicast_readers();
+    if (readers != 0) {
+        a->st.unread_kept = 1;
+        a->kept_why = readers < 0 ? "/proc/net/netlink unreadable"
+                                  : "another reader of the audit multicast group";
+        if (readers < 0)
+            report_add(a, " every record type kept: /proc/net/netlink unreadable;");
+        else
+            report_add(a, " every record type kept: %d other reader(s) of the audit "
+                          "multicast group;", readers);
+        return;
+    }
+    a->exclusions_allowed = 1;
+    if (a->opt.exclude_unread) {
+        add_exclusion(a, EXCL_UNREAD);
+        a->st.unread_excluded = exclusion_index(a, EXCL_UNREAD) >= 0;
+        a->st.unread_kept = !a->st.unread_excluded;
+        if (a->st.unread_kept)
+            a->kept_why = "the kernel refused the exclusion";
+        if (a->st.unread_excluded)
+            report_add(a, " EOE and BPRM_FCAPS excluded (no event reads them);");
+    }
+    sync_path_exclusion(a);
+    if (a->st.path_excluded)
+        report_add(a, " PATH excluded (exec events without `paths`);");
+}
+
 static void arches(uint32_t out[2], size_t *count, int compat)
 {
     struct utsname u;
@@ -784,6 +951,7 @@ static void install_rules(am_anl *a)
     }
     for (size_t i = 0; i < count; i++)
         install_arch_rules(a, list[i]);
+    install_exclusions(a);
     size_t used = strlen(a->report);
     char head[64];
     snprintf(head, sizeof head, "%llu rule(s) installed, %llu failed;",
@@ -976,6 +1144,9 @@ int am_anl_open(am_anl *a)
             state_add(a, "; audit is locked (enabled 2): rules cannot change");
     }
     install_rules(a);
+    /* What the agent then costs per event is not what it could: the state (status) says why. */
+    if (a->st.unread_kept && a->kept_why != NULL)
+        state_add(a, "; every record type asked for: %s", a->kept_why);
     return AM_OK;
 }
 
@@ -1144,6 +1315,8 @@ void am_anl_default_options(struct am_anl_options *out)
     out->rcvbuf_bytes = 4u << 20;
     out->reply_timeout_ms = 2000;
     out->drop_when_full = 1;
+    out->exclude_unread = 1;
+    out->exclude_path = 1;
 }
 
 am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_options *audit)
@@ -1153,6 +1326,7 @@ am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_opti
     if (opts != NULL)
         o = *opts;
     if (o.take_ownership > 1 || o.exec_rules > 1 || o.net_rules > 1 || o.compat_arch > 1 || o.drop_when_full > 1 ||
+        o.exclude_unread > 1 || o.exclude_path > 1 ||
         o.rcvbuf_bytes > (1u << 30) || o.reply_timeout_ms < 1 || o.reply_timeout_ms > 60000 ||
         o.backlog_limit > (1u << 30))
         return NULL;
@@ -1368,17 +1542,10 @@ int am_anl_watch(am_anl *a, const char *list, size_t len)
             i++;
             continue;
         }
-        if (a->rules[i].shared) {
-            /* another agent's rule: it stays */
-        } else if (ctl_request(a, AUDIT_DEL_RULE, NLM_F_ACK, a->rules[i].data, a->rules[i].len,
-                               NULL, NULL) == 0) {
-            a->st.rules_removed++;
-        } else {
-            a->st.rules_remove_failed++;
-        }
-        free(a->rules[i].data);
-        a->rules[i] = a->rules[--a->nrules];
+        remove_rule_at(a, i);
     }
+    /* Before the new watch rules: their events need PATH from the first one on. */
+    sync_path_exclusion(a);
     install_watch_rules(a);
     return AM_OK;
 }

@@ -21,6 +21,13 @@ struct am_anl_options {
     uint32_t drop_when_full; /* 1: as owner set backlog_wait_time 0 (a record that finds the
                               * backlog full is lost and counted, the task never sleeps),
                               * unless failure is 2 (panic on loss). 1 */
+    uint32_t exclude_unread; /* 1: as owner, with no other reader of the multicast group, an
+                              * exclude rule keeps the kernel from sending the record types no
+                              * event reads: EOE (PROCTITLE ends a syscall's event) and
+                              * BPRM_FCAPS. 1 */
+    uint32_t exclude_path;   /* 1: as exclude_unread, and while no watch rule is installed
+                              * (am_anl_watch), PATH records too: exec events then have no
+                              * `paths`. 1 */
 };
 
 /* struct audit_status as the kernel reports it (fields a kernel does not send stay 0). */
@@ -79,6 +86,10 @@ struct am_anl_stats {
     uint64_t reenabled;         /* ... and enabled it again */
     uint64_t recv_calls;        /* recvmmsg calls that returned datagrams (datagrams / recv_calls:
                                  * how many one system call took) */
+    uint64_t unread_excluded;   /* 1: open installed the exclusion of EOE and BPRM_FCAPS */
+    uint64_t unread_kept;       /* 1: exclusions were wanted but not installed (another reader
+                                 * of the multicast group, /proc/net/netlink unreadable, refused) */
+    uint64_t path_excluded;     /* 1: PATH records are excluded now (exclude_path, no watches) */
 };
 
 /* What am_anl_restore did. */

@@ -33,3 +33,36 @@ def release_audit_pid() -> None:
         s.send(struct.pack("=IHHII", 16 + len(body), AUDIT_SET, NLM_F_REQUEST_ACK, 1, 0) + body)
         s.settimeout(2)
         s.recv(8192)
+
+
+# The agent's exclusion of the record types no event reads (native/audit_netlink.c,
+# install_exclusions), as `auditctl -l` prints it. It carries no key: the exclude filter would
+# skip a rule with one.
+EXCLUSION_RULE = "-a always,exclude -F msgtype>=EOE -F msgtype<=BPRM_FCAPS"
+# ... and of PATH records (exec events' `paths`), while no watch rule wants them.
+PATH_EXCLUSION_RULE = "-a always,exclude -F msgtype>=PATH -F msgtype<=PATH"
+EXCLUSION_RULES = (EXCLUSION_RULE, PATH_EXCLUSION_RULE)
+NETLINK_ADD_MEMBERSHIP = 1
+SOL_NETLINK = 270
+AUDIT_NLGRP_READLOG = 1
+
+
+def multicast_readers() -> int:
+    """Sockets in the audit multicast group (/proc/net/netlink), as the agent counts them: with
+    one, it leaves the exclusion out."""
+    readers = 0
+    with open("/proc/net/netlink", encoding="ascii") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if int(fields[1]) == NETLINK_AUDIT and int(fields[3], 16) != 0:
+                readers += 1
+    return readers
+
+
+def multicast_reader() -> socket.socket:
+    """A raw reader of the audit multicast group (needs CAP_AUDIT_READ), as journald's would be."""
+    reader = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_AUDIT)
+    reader.bind((0, 0))
+    reader.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, AUDIT_NLGRP_READLOG)
+    return reader

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 from conftest import skip_unless_ci
-from kernel_audit import pid_alive, release_audit_pid
+from kernel_audit import EXCLUSION_RULES, multicast_readers, pid_alive, release_audit_pid
 
 from agent.collectors.audit_state import RECORD_NAME
 
@@ -133,11 +133,17 @@ def start(data: Path, config: Path, log: Path, env: dict[str, str] | None = None
 
 
 def wait_owner(proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Until the agent owns audit with its rules installed (its start-up is over)."""
+    """Until the agent owns audit with its rules installed (its start-up is over), the
+    exclusions of record types among them (the last it adds) unless another reader of the
+    multicast group keeps the agent from adding them: the restores below must remove them
+    too."""
     deadline = time.monotonic() + 20
+    want_exclusion = multicast_readers() == 0
     while True:
         assert proc.poll() is None, f"micro-agent run exited:\n{log.read_text()}"
-        if raw_status()["pid"] == proc.pid and "key=iot-micro-agent" in auditctl("-l"):
+        rules = auditctl("-l")
+        if raw_status()["pid"] == proc.pid and "key=iot-micro-agent" in rules and (
+                set(EXCLUSION_RULES) <= set(rules.splitlines()) or not want_exclusion):
             return
         assert time.monotonic() < deadline, f"no ownership within 20 s:\n{log.read_text()}"
         time.sleep(0.05)

@@ -79,6 +79,7 @@ VALID: dict[str, tuple[Any, Any]] = {
     "Audit_OwnIfFree": (False, False),
     "Audit_BacklogLimit": (16384, 16384),
     "Audit_ReceiveBufferBytes": (1 << 20, 1 << 20),
+    "Audit_ExecPaths": (True, True),
     "NetworkActivity_PacketBufferSize": (1 << 20, 1 << 20),
     "Peripheral_CacheSize": (512, 512),
     "Statistics_CacheSize": (512, 512),

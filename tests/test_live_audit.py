@@ -32,7 +32,14 @@ from typing import Any
 import msgpack
 import pytest
 from conftest import skip_unless_ci
-from kernel_audit import release_audit_pid
+from kernel_audit import (
+    EXCLUSION_RULE,
+    EXCLUSION_RULES,
+    PATH_EXCLUSION_RULE,
+    multicast_reader,
+    multicast_readers,
+    release_audit_pid,
+)
 
 from agent.native import audit_netlink
 from agent.native._base import CoreClosedError
@@ -79,7 +86,9 @@ def audit_rules() -> list[str]:
 
 
 def our_rules() -> list[str]:
-    return [rule for rule in audit_rules() if f"key={KEY}" in rule.split()]
+    """The agent's rules: those with its key, and its exclusion of unread record types."""
+    return [rule for rule in audit_rules()
+            if f"key={KEY}" in rule.split() or rule in EXCLUSION_RULES]
 
 
 @dataclass(frozen=True)
@@ -506,7 +515,9 @@ def test_owner_puts_back_rules_deleted_and_audit_disabled_by_another_process(
         # open nor its close removes them (it took the first one's for a killed run's).
         with AuditNetlink() as second:
             assert second.mode == "multicast", second.state
-            assert second.stats().rules_shared == installed
+            # The exclusions are the owner's alone (a multicast reader never installs one).
+            excluded = source.stats().unread_excluded + source.stats().path_excluded
+            assert second.stats().rules_shared == installed - excluded
             assert second.stats().stale_rules_removed == 0
             assert len(our_rules()) == installed
             pump(second.finish, EventSink(), lambda batches: None)
@@ -522,11 +533,13 @@ def test_owner_puts_back_rules_deleted_and_audit_disabled_by_another_process(
 
 
 def test_options_select_rules(kernel_audit: AuditState) -> None:
-    with AuditNetlink(AuditNetlinkOptions(net_rules=False, compat_arch=False)) as source:
+    with AuditNetlink(AuditNetlinkOptions(net_rules=False, compat_arch=False,
+                                          exclude_unread=False, exclude_path=False)) as source:
         rules = our_rules()
         assert len(rules) == source.stats().rules_installed == 1
         assert "arch=b64" in rules[0] and "execve" in rules[0] and "connect" not in rules[0]
-    with AuditNetlink(AuditNetlinkOptions(exec_rules=False)) as source:
+    with AuditNetlink(AuditNetlinkOptions(exec_rules=False, exclude_unread=False,
+                                          exclude_path=False)) as source:
         rules = our_rules()
         assert rules and not any("execve" in r for r in rules)
         assert any("connect" in r for r in rules)
@@ -535,6 +548,98 @@ def test_options_select_rules(kernel_audit: AuditState) -> None:
         assert "i386 has no accept" in source.rules_report
         assert any("socketcall" in r and "a0=0x5" in r for r in rules)
     assert our_rules() == []
+
+
+def _record_types_of(reader: socket.socket, token: str) -> list[int]:
+    """The record types, in order, of the event whose EXECVE record names token, as the
+    multicast group delivered them (read until the group is quiet for 0.5 s)."""
+    reader.settimeout(0.5)
+    records: list[tuple[int, str]] = []
+    try:
+        while True:
+            datagram = reader.recv(65536)
+            (kind,) = struct.unpack_from("=H", datagram, 4)
+            records.append((kind, datagram[16:].split(b"\0")[0].decode("ascii", "replace")))
+    except TimeoutError:
+        pass
+    hexed = token.encode().hex().upper()
+    serials = {text.split(":", 1)[1].split(")", 1)[0] for kind, text in records
+               if kind == 1309 and (token in text or hexed in text.upper())}
+    assert len(serials) == 1, f"{len(serials)} events name {token}"
+    serial = serials.pop()
+    return [kind for kind, text in records if f":{serial})" in text]
+
+
+def _exec_seen(source: AuditNetlink, token: str) -> tuple[Event, list[int], float]:
+    """Runs /bin/echo token x; its event, the record types a multicast reader that joined
+    after open saw for it, and how long after the exit the event was in a batch."""
+    with multicast_reader() as reader:
+        child = subprocess.Popen(["/bin/echo", token, "x"], stdout=subprocess.DEVNULL)
+        child.wait()
+        exited = time.monotonic()
+        events = collect(source, lambda ev: bool(exec_with(ev, token)), timeout=5)
+        latency = time.monotonic() - exited
+        types = _record_types_of(reader, token)
+    found = exec_with(events, token)
+    assert len(found) == 1, f"{len(found)} exec events with {token}"
+    assert found[0]["argv"] == ["/bin/echo", token, "x"]
+    assert found[0]["cwd"] == os.getcwd()
+    return found[0], types, latency
+
+
+def test_owner_excludes_the_record_types_no_event_reads(kernel_audit: AuditState) -> None:
+    """As owner, with no other reader, the kernel never sends EOE nor BPRM_FCAPS, nor PATH
+    while no watch rule wants it (two exclude rules): a reader that joins the group afterwards
+    sees the exec's other records, the event still completes at once (on PROCTITLE, no
+    timeout) with every key but `paths`; a watch path brings PATH back at once, and close
+    removes the rules. With a reader in the group before open, nothing is excluded."""
+    if kernel_audit.pid != 0:
+        skip_unless_ci(f"audit is owned by pid {kernel_audit.pid}: owner mode cannot be tested")
+    if multicast_readers() == 0:
+        _owner_excludes_and_watches_bring_path_back()
+    # Another reader of the group (journald's audit socket, say) may want every record.
+    with multicast_reader(), AuditNetlink() as source:
+        assert source.mode == "owner", source.state
+        stats = source.stats()
+        assert stats.unread_excluded == stats.path_excluded == 0 and stats.unread_kept == 1
+        assert "every record type kept:" in source.rules_report
+        assert "other reader(s) of the audit multicast group" in source.rules_report
+        assert source.state == ("owner; every record type asked for: another reader of the "
+                                "audit multicast group")
+        assert not set(EXCLUSION_RULES) & set(audit_rules())
+        assert len(our_rules()) == stats.rules_installed
+
+
+def _owner_excludes_and_watches_bring_path_back() -> None:
+    with AuditNetlink() as source:
+        assert source.mode == "owner", source.state
+        stats = source.stats()
+        assert stats.unread_excluded == 1 and stats.unread_kept == 0, source.rules_report
+        assert stats.path_excluded == 1, source.rules_report
+        assert "EOE and BPRM_FCAPS excluded" in source.rules_report
+        assert "PATH excluded" in source.rules_report
+        assert EXCLUSION_RULE in audit_rules() and PATH_EXCLUSION_RULE in audit_rules()
+        event, types, latency = _exec_seen(source, f"exclusion-{uuid.uuid4()}")
+        assert not {1302, 1320, 1321} & set(types), types
+        assert types[0] == 1300 and types[-1] == 1327 and 1309 in types and 1307 in types
+        assert "paths" not in event and latency < 1.0
+        assert source.stats().parser.timeouts == stats.parser.timeouts
+        # A watch rule's events name their files in PATH records: excluded no more, at once.
+        source.watch(("/tmp",))
+        assert source.stats().path_excluded == 0
+        assert PATH_EXCLUSION_RULE not in audit_rules() and EXCLUSION_RULE in audit_rules()
+        event, types, latency = _exec_seen(source, f"watched-{uuid.uuid4()}")
+        assert 1302 in types and 1320 not in types and event["paths"]
+        source.watch(())
+        assert source.stats().path_excluded == 1 and PATH_EXCLUSION_RULE in audit_rules()
+        assert len(our_rules()) == source.stats().rules_installed - source.stats().rules_removed
+        pump(source.finish, EventSink(), lambda batches: None)
+    assert not set(EXCLUSION_RULES) & set(audit_rules())
+    # Audit_ExecPaths on: PATH records and `paths` as before.
+    with AuditNetlink(AuditNetlinkOptions(exclude_path=False)) as source:
+        assert source.stats().path_excluded == 0 and source.stats().unread_excluded == 1
+        event, types, _ = _exec_seen(source, f"with-paths-{uuid.uuid4()}")
+        assert 1302 in types and 1320 not in types and event["paths"]
 
 
 def test_close_at_interpreter_exit_and_on_half_open_objects(kernel_audit: AuditState) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kernel_audit import pid_alive
+from kernel_audit import EXCLUSION_RULES, pid_alive
 
 from agent import __version__
 from agent.collectors import Environment, build_collectors
@@ -71,6 +71,9 @@ def audit_state_before_start() -> tuple[str, str]:
     removed: the agent removes them at its start, as it should, so a test that compares the
     state before and after the agent sets that state up without them."""
     subprocess.run(["auditctl", "-D", "-k", RULE_KEY], capture_output=True, check=True)
+    # The agent's exclusions carry no key (tests/kernel_audit.py); a killed run's go too.
+    for rule in EXCLUSION_RULES:
+        subprocess.run(["auditctl", "-d", *rule.split()[1:]], capture_output=True, check=False)
     return audit_state()
 
 

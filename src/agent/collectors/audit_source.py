@@ -26,7 +26,7 @@ from agent.clock import kernel_ms
 from agent.collectors.audit_state import AuditStateRecord, RecordError
 from agent.collectors.privileges import lacking
 from agent.native.audit_netlink import AuditNetlink, AuditNetlinkOptions
-from agent.native.sink import EventSink, pump
+from agent.native.sink import EventSink, SinkOptions, pump
 
 if TYPE_CHECKING:
     from agent.collectors.base import Collector, Environment
@@ -41,11 +41,17 @@ RMEM_MAX = "/proc/sys/net/core/rmem_max"
 # How long the event socket may gather before the next drain (what on_readable returns to the
 # loop, agent.pipeline): until a quarter of its receive buffer would be full at the rate of the
 # last drain. An exec costs about 7.2 KB of the buffer as the kernel counts it (seven records of
-# some 1 KiB each, measured): the 4 MiB asked for (8 MiB counted) hold about 1,150 execs, a
-# quarter of them 0.18 s at 1,600 execs per second. A buffer capped by net.core.rmem_max is
+# some 1 KiB each, measured with every record type; with the owner's exclusions it is four, so
+# the gather is shorter than it could be, never longer): the 4 MiB asked for (8 MiB counted)
+# hold about 1,150 execs, a quarter of them 0.18 s at 1,600 execs per second. A buffer capped by net.core.rmem_max is
 # smaller (SO_RCVBUF says what the kernel counts), and so is the time.
 BUFFER_SHARE = 4
 EXEC_BUFFER_BYTES = 7200
+# The batches of the socket's events: below the heap's mmap threshold (128 KiB, fixed at start by
+# agent.native.heap), so that each batch, in the core and as the bytes Python takes, reuses heap
+# memory; the sink's default (240 KiB) was mapped, faulted in page by page and unmapped again
+# for every batch, a tenth of the agent's CPU under an exec storm (docs/performance.md).
+RAW_BATCH_BYTES = 64 << 10
 
 
 def _explained(state: str) -> str:
@@ -79,13 +85,14 @@ class AuditSource:
     def __init__(self, env: Environment) -> None:
         self.env = env
         self.nl: AuditNetlink | None = None
-        self.raw = EventSink()  # the socket's events, before they go to each subscriber
+        # The socket's events, before they go to each subscriber.
+        self.raw = EventSink(SinkOptions(batch_bytes=RAW_BATCH_BYTES))
         self.subscribers: dict[str, tuple[Collector, bool, bool]] = {}
         # Watch rules' paths by subscriber (FileSystem): changed on the open socket, no reopen.
         self.watch_paths: dict[str, tuple[str, ...]] = {}
         self.state = "closed"
         self._config: Config | None = None
-        self._opened_with: tuple[bool, bool, bool, int, int] | None = None
+        self._opened_with: tuple[bool, bool, bool, int, int, bool] | None = None
         self.record = AuditStateRecord(env.data_dir)
         self._closed_drops: dict[str, int] = {}
         self._last_tick = -1000  # monotonic ms of the last tick
@@ -128,15 +135,16 @@ class AuditSource:
         # The leaving collector still gets what the socket holds for it.
         self._reopen(also=collector)
 
-    def _wanted(self) -> tuple[bool, bool, bool, int, int]:
+    def _wanted(self) -> tuple[bool, bool, bool, int, int, bool]:
         exec_rules = any(e for _, e, _ in self.subscribers.values())
         net_rules = any(n for _, _, n in self.subscribers.values())
-        own, backlog, rcvbuf = True, 8192, 4 << 20
+        own, backlog, rcvbuf, exec_paths = True, 8192, 4 << 20, False
         if self._config is not None:
             own = self._config.audit.own_if_free
             backlog = self._config.audit.backlog_limit
             rcvbuf = self._config.audit.receive_buffer_bytes
-        return exec_rules, net_rules, own, backlog, rcvbuf
+            exec_paths = self._config.audit.exec_paths
+        return exec_rules, net_rules, own, backlog, rcvbuf, exec_paths
 
     def _reopen(self, also: Collector | None = None) -> None:
         if self._closed:
@@ -147,7 +155,7 @@ class AuditSource:
         self._close(also)
         if wanted is None:
             return
-        exec_rules, net_rules, own, backlog, rcvbuf = wanted
+        exec_rules, net_rules, own, backlog, rcvbuf, exec_paths = wanted
         try:
             # A record a killed run left is put back before anything changes again; one that
             # could not be put back stays, and describes the state before that run: it is not
@@ -156,7 +164,8 @@ class AuditSource:
             self.nl = AuditNetlink(
                 AuditNetlinkOptions(take_ownership=own, backlog_limit=backlog,
                                     exec_rules=exec_rules, net_rules=net_rules,
-                                    rcvbuf_bytes=rcvbuf, watch_paths=self._watched()),
+                                    rcvbuf_bytes=rcvbuf, watch_paths=self._watched(),
+                                    exclude_path=not exec_paths),
                 before_change=None if keep_old else self.record.save)
             self._tampering_seen = (0, 0)  # a new socket's counters start at zero
         # No CAP_AUDIT_*, no audit in the kernel, or anything else: the collectors fall back.

@@ -537,6 +537,12 @@ class AuditConfig:
         "Receive buffer of the agent's audit socket (ours). With the backlog it is what "
         "holds audit records while the agent is busy or stopped; beyond both, records are "
         "lost and counted (Audit.kernel_lost), never waited for."))
+    exec_paths: bool = field(metadata=prop(
+        "ExecPaths", BOOL, False,
+        "Ask the kernel for the PATH records of execs: the `paths` key of exec events (name, "
+        "inode and mode of the program and its interpreter). Off, the audit owner has the "
+        "kernel leave them out, a third of an exec's records, unless FileSystem watches paths "
+        "(docs/sources/audit-netlink.md, Records asked for)."))
 
 
 _COMPAT = "Accepted for Defender for IoT micro agent twins; no effect here."

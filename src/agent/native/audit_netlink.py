@@ -57,6 +57,12 @@ class AuditNetlinkOptions:
     rcvbuf_bytes: int | None = None  # event socket buffer (4 MiB)
     reply_timeout_ms: int | None = None  # per kernel reply (2000)
     drop_when_full: bool | None = None  # as owner, backlog_wait_time 0 (True; not if failure=2)
+    # As owner with no other multicast reader, exclude the record types no event reads (EOE:
+    # PROCTITLE ends a syscall's event; BPRM_FCAPS) kernel-side: fewer datagrams (True).
+    exclude_unread: bool | None = None
+    # As exclude_unread, and while no watch rule is installed, PATH records too: exec events
+    # then have no `paths` (True).
+    exclude_path: bool | None = None
     parser: AuditOptions | None = field(default=None, metadata=_base.C_ONLY_IN_PYTHON)
     # Watch rules (perm wa) for these absolute paths: the FileSystem collector's actors.
     watch_paths: tuple[str, ...] = field(default=(), metadata=_base.C_ONLY_IN_PYTHON)
