@@ -578,6 +578,29 @@ def test_wrong_key_fails_clearly_and_does_not_hammer_the_hub(
     assert wrong not in caplog.text and wrong not in json.dumps(a.uplink.status())
 
 
+def test_a_token_refused_while_the_clock_was_an_hour_behind_is_tried_again_once_it_is_set(
+    iothub: Hub, hub_certs: Certificates, tmp_path: Path, agents: list[HubAgent],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SAS token's expiry comes from the agent's clock: an hour behind, the token has
+    expired when it is made and the hub refuses it. That refusal waits for no file change:
+    once the clock is set (a jump the clock counts), the uplink connects again."""
+    from agent.clock import CLOCK
+
+    offset = tmp_path / "clock-offset"
+    offset.write_text("-3600\n")
+    monkeypatch.setattr(CLOCK, "offset_file", str(offset))
+    monkeypatch.setattr(CLOCK, "_offset_s", CLOCK._offset_s)  # 0 again after the test
+    monkeypatch.setattr(CLOCK, "_next_check", float("-inf"))  # read the file now
+    a = start(agents, tmp_path, module(iothub, hub_certs))
+    a.until(lambda: a.state().startswith("failed"), 15, "the expired token refused")
+    a.spin(1.5)
+    assert a.state().startswith("failed")  # no file changed: it waits
+    offset.write_text("0\n")
+    os.utime(offset, (time.time() + 5, time.time() + 5))  # a new mtime, however fast
+    a.connected(timeout=20)
+
+
 def test_wrong_ca_fails_clearly(
     iothub: Hub, hub_certs: Certificates, tmp_path: Path, agents: list[HubAgent]
 ) -> None:

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.clock import wall_time
+from agent.clock import CLOCK, wall_time
 from agent.config import Config, ConfigStore, ConfigUpdate, ReportedState
 from agent.config.local import UplinkTransport
 from agent.envelope import JSON_TYPE, SCHEMA_VERSION, UnsendableBatch, encode_batch
@@ -238,6 +238,10 @@ class IotHubUplink:
         self._attempts = 0
         self._retry_at = 0.0
         self._refused = False
+        # The wall clock's jump counts at the last refusal: a SAS token's expiry comes from
+        # the agent's clock, so a refusal while the clock was wrong (an hour behind: the token
+        # had expired when it was made) is tried again once the clock is set.
+        self._refused_jumps: dict[str, int] = {}
         # The identity's files as last loaded (or last found unusable): a change is a rotation.
         # (DPS before its first assignment has no files: nothing to watch.)
         self._identity_sig = files_signature(identity_files(identity) if identity else ())
@@ -515,7 +519,12 @@ class IotHubUplink:
         if self._refused:
             assert self.identity is not None  # DPS re-provisions instead (_connect_failed)
             sig = files_signature(identity_files(self.identity))
-            if sig == self._identity_sig and now < self._retry_at:
+            sas_token = self.identity.key is not None or self.identity.edge
+            clock_set = sas_token and CLOCK.counts() != self._refused_jumps
+            if clock_set:
+                log.info("iothub: the wall clock was set since the hub refused the SAS token: "
+                         "trying again")
+            elif sig == self._identity_sig and now < self._retry_at:
                 self._stopping.wait(min(5.0, self._retry_at - now))
                 return False
             if sig != self._identity_sig and self._reload_identity is not None:
@@ -779,9 +788,11 @@ class IotHubUplink:
         if failure.outcome is Outcome.REFUSED:
             assert self.identity is not None
             self._refused = True
+            self._refused_jumps = CLOCK.counts()
             self._retry_at = time.monotonic() + self.options.refused_retry_s
             self._link.to(LinkState.FAILED, reason)
-            log.error("iothub: %s: %s; not retrying until the identity changes (or %g s)",
+            log.error("iothub: %s: %s; not retrying until the identity changes, the wall clock "
+                      "is set (a SAS token) or %g s pass",
                       self.identity.client_id, reason, self.options.refused_retry_s)
             self._discard_client()
             return

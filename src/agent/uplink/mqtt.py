@@ -45,6 +45,7 @@ from typing import Any
 import paho.mqtt.client as paho  # type: ignore[import-untyped]
 
 from agent import __version__
+from agent.clock import wall_time
 from agent.config.local import ProxySettings
 from agent.uplink.connection import (
     Busy,
@@ -484,7 +485,7 @@ def register(endpoint: str, id_scope: str, registration_id: str, *, key: str | N
     password = None
     if key is not None:
         resource = f"{id_scope}/registrations/{registration_id}"
-        password = sas.key_token(key, resource, int(time.time()) + ttl_s, "registration")
+        password = sas.key_token(key, resource, int(wall_time()) + ttl_s, "registration")
     client = MqttClient(Endpoint(
         host=endpoint, client_id=registration_id, username=dps_username(id_scope, registration_id),
         password=password, ca_pem=ca_pem, cert_file=None if key is not None else cert_file,
