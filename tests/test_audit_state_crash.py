@@ -235,8 +235,13 @@ def test_sigkill_right_after_the_record_and_after_each_audit_set(
             rc = proc.wait(timeout=30)
         assert rc == -signal.SIGKILL, f"{what}: the agent was not killed at that point ({rc})"
         assert (data / RECORD_NAME).exists(), f"{what}: no record after a change"
-        if point in ("1", "7"):  # only the ownership differs: a dead owner stays registered
-            assert raw_status()["pid"] == proc.pid, f"{what}: the agent was not the owner"
+        if point in ("1", "7"):
+            # Only the ownership differs: a dead owner stays registered until kauditd sends
+            # it a record. The AUDIT_SET just before the kill logs one (CONFIG_CHANGE), and
+            # when kauditd sends it after the kill it finds the socket gone and unregisters
+            # the owner itself (pid 0): a race the kernel decides, seen in CI once.
+            pid = raw_status()["pid"]
+            assert pid in (proc.pid, 0), f"{what}: the owner is another process ({pid})"
         elif point not in ("record", "8"):
             assert kernel_state() != baseline, f"{what}: nothing had changed"
         recover_and_compare(data, config, log, baseline, by_verb=point in ("2", "4", "6", "8"),
