@@ -376,6 +376,7 @@ struct am_nft {
     mp_buf out;              /* the result being encoded, then the result */
     size_t events_at;        /* where the events array header is */
     uint32_t nevents;
+    uint32_t nundecodable;   /* the rules this result leaves out (each with its error) */
     mp_buf errs;             /* the errors, encoded */
     uint32_t nerrs, lost_errs;
     int volatile_;
@@ -2166,6 +2167,7 @@ static int decode_rule(am_nft *n, const struct msgref *m, uint64_t ts, size_t *h
         if (st == AM_ERR_LIMIT)
             n->st.overflow++;
         n->st.undecodable++;
+        n->nundecodable++;
         char fb[4];
         struct text what = {0};
         int est = error_subject(&what, "nft rule ", (span){(const uint8_t *)family_name(m->family, fb),
@@ -2188,7 +2190,7 @@ static int begin_result(am_nft *n)
     n->has_result = 0;
     n->out.len = 0;
     n->errs.len = 0;
-    n->nevents = n->nerrs = n->lost_errs = 0;
+    n->nevents = n->nerrs = n->lost_errs = n->nundecodable = 0;
     n->volatile_ = 0;
     n->st.tables = n->st.chains = n->st.sets = n->st.rules = 0;
     for (;;) {
@@ -2282,8 +2284,11 @@ static int decode_kept(am_nft *n, uint64_t ts)
         if (n->dump.refs[i].type == MSG_NEWRULE)
             st = decode_rule(n, &n->dump.refs[i], ts, &hint);
     if (st == AM_ERR_LIMIT) {
-        /* the result outgrew max_output_bytes: none of it is sent, one error says why */
+        /* the result outgrew max_output_bytes: none of it is sent, one error says why. The
+         * events and the undecodable rules it held (their errors go with it) are not counted,
+         * as rules is not once begin_result starts the result again. */
         n->st.events -= n->nevents;
+        n->st.undecodable -= n->nundecodable;
         n->out.len = 0;
         TRY(begin_result(n));
         struct text what = {0};

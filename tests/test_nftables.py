@@ -356,6 +356,11 @@ def test_bounds_give_an_error_never_a_partial_event() -> None:
     assert result.events == [] and result.tables == -1
     assert result.errors == ["nftables: more than max_output_bytes of events"]
     assert stats.overflow >= 1
+    # Rules left out as undecodable, then a result thrown away with their errors: the stats
+    # count neither its rules nor those left out.
+    result, stats = _decode(data, NftOptions(max_output_bytes=1024, max_rule_bytes=256))
+    assert result.errors == ["nftables: more than max_output_bytes of events"]
+    assert stats.rules == 0 and stats.undecodable == 0 and stats.events == 0
     result, _ = _decode(data, NftOptions(max_set_elements=1))
     assert "nft set filt/blocked: more than max_set_elements elements" in result.errors
     rule = next(e for e in result.events if e.get("verdict") == "drop" and "saddr" in e
