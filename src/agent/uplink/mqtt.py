@@ -202,6 +202,11 @@ class _Paho(paho.Client):  # type: ignore[misc]
 
     crashed: Callable[[BaseException], None] = staticmethod(lambda err: None)
 
+    def close_sockets(self) -> None:
+        """The connection's socket and the wake-up socket pair, closed now (paho's own
+        _reset_sockets, which it otherwise runs only from __del__)."""
+        self._reset_sockets()
+
     def _thread_main(self) -> None:
         try:
             super()._thread_main()
@@ -326,6 +331,12 @@ class MqttClient:
         except Exception as err:  # noqa: BLE001
             log.debug("mqtt: disconnect: %s", err)
         self._client.loop_stop()
+        # paho closes its wake-up socket pair (and a socket a failed connect left) only in
+        # __del__, and a client is kept alive by the cycles of its callbacks until the cyclic
+        # collector runs: with a client per connection, every reconnect held on to two or
+        # three descriptors for a while (the soak's descriptor slope). Its thread has ended
+        # (loop_stop joined it), so they are closed here.
+        self._client.close_sockets()
         self._fail_all(Unreachable("the client was shut down"))
 
     # -- sends and requests -----------------------------------------------------------------
