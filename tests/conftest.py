@@ -174,3 +174,20 @@ def skip_unless_ci(reason: str) -> None:
 
 # The local IoT Hub stand-in (tests/hub/README.md): session broker and hubs, reset per test.
 from hub.fixtures import hub_certs, iothub, iothub2, iothub2_session, iothub_session  # noqa: F401
+
+
+@pytest.fixture
+def dir_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The outbox's directory fsyncs, counted on the real file system: each call's path is
+    appended to the returned list, and the fsync still runs."""
+    import agent.outbox as outbox_module
+
+    synced: list[Path] = []
+    real = outbox_module.fsync_dir
+
+    def counting(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(outbox_module, "fsync_dir", counting)
+    return synced

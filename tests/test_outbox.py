@@ -154,21 +154,12 @@ def test_stored_batches_are_announced_and_first_read_from_memory(tmp_path: Path)
 
 
 def test_one_directory_fsync_covers_the_batches_stored_before_anything_depends_on_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, dir_fsyncs: list[Path]
 ) -> None:
     """Each batch file is fsynced before its rename; the directory (the renames) is fsynced
     once for the batches stored since, before any of them is read (handed to an uplink),
     before next_seq is given out (a checkpoint records it), before a state write, at close."""
-    import agent.outbox as outbox_module
-
-    synced: list[Path] = []
-    real = outbox_module.fsync_dir
-
-    def counting(path: Path) -> None:
-        synced.append(path)
-        real(path)
-
-    monkeypatch.setattr(outbox_module, "fsync_dir", counting)
+    synced = dir_fsyncs
     with Outbox(tmp_path, 1 << 20, HOUR) as ob:
         synced.clear()
         infos = [put(ob, "Low", 1) for _ in range(10)]

@@ -268,24 +268,16 @@ def test_batches_arrive_in_priority_and_sequence_order_with_their_properties(
 
 def test_batches_stored_in_one_turn_are_handed_over_in_groups(
     iothub: Hub, hub_certs: Certificates, tmp_path: Path, agents: list[HubAgent],
-    monkeypatch: pytest.MonkeyPatch
+    dir_fsyncs: list[Path]
 ) -> None:
     """A turn that stores many batches hands them to the worker every handover_every (8):
     a hand-over reads the batches, and a read first fsyncs the outbox's directory, so a
     hand-over per stored batch cost a directory fsync per batch on top of the file's own.
     The directory fsyncs are counted on the real file system while 32 batches are stored."""
-    import agent.outbox as outbox_module
-
     a = start(agents, tmp_path, module(iothub, hub_certs))
     a.connected()
-    synced: list[Path] = []
-    real = outbox_module.fsync_dir
-
-    def counting(path: Path) -> None:
-        synced.append(path)
-        real(path)
-
-    monkeypatch.setattr(outbox_module, "fsync_dir", counting)
+    dir_fsyncs.clear()
+    synced = dir_fsyncs
     every = a.uplink.options.handover_every
     seqs = [a.put("Low", [{"t": "test", "i": i}]) for i in range(4 * every)]
     assert len(synced) == 4  # one per group handed over, not one per batch
