@@ -13,23 +13,34 @@
 
 enum { MAX_KEY_FIELDS = 24, MAX_ACCEPT = 16, MAX_LADDRS = 256, MAX_ADDR_CHARS = 45 };
 
+/* A key name and its length, so that a key read from an event is compared by length first
+ * (one integer compare rejects most names) and never measured with strlen per event. */
+typedef struct field_name {
+    const char *name;
+    uint32_t len;
+} field_name;
+#define FIELD(text) {text, sizeof text - 1}
+
 /* The fields that make two events the same, per kind; ports are handled apart (the
  * ephemeral one is left out of the key). */
-static const char *const process_fields[] = {"t", "src", "node", "uid", "exe", "argv", "title",
-                                             "ok", NULL};
-static const char *const network_fields[] = {"t", "src", "node", "op", "dir", "fam", "proto",
-                                             "laddr", "raddr", "path", "exe", "ok",
-                                             /* dns (native/dns.c) */
-                                             "name", "type", "rcode", "answers", "cnames",
-                                             NULL};
+static const field_name process_fields[] = {
+    FIELD("t"), FIELD("src"), FIELD("node"), FIELD("uid"), FIELD("exe"), FIELD("argv"),
+    FIELD("title"), FIELD("ok"), {NULL, 0}};
+static const field_name network_fields[] = {
+    FIELD("t"), FIELD("src"), FIELD("node"), FIELD("op"), FIELD("dir"), FIELD("fam"),
+    FIELD("proto"), FIELD("laddr"), FIELD("raddr"), FIELD("path"), FIELD("exe"), FIELD("ok"),
+    /* dns (native/dns.c) */
+    FIELD("name"), FIELD("type"), FIELD("rcode"), FIELD("answers"), FIELD("cnames"), {NULL, 0}};
 /* FileSystem: the path and the operation (a move also by where it came from). */
-static const char *const file_system_fields[] = {"t", "src", "op", "path", "from", "moved",
-                                                 "isdir", NULL};
+static const field_name file_system_fields[] = {
+    FIELD("t"), FIELD("src"), FIELD("op"), FIELD("path"), FIELD("from"), FIELD("moved"),
+    FIELD("isdir"), {NULL, 0}};
 /* A device plugged in and out again merges (its bus's device number is not in the key), as
  * does a flapping carrier. */
-static const char *const peripheral_fields[] = {"t", "src", "op", "kind", "devpath", "name",
-                                                "vendor_id", "product_id", "class", "subclass",
-                                                "protocol", NULL};
+static const field_name peripheral_fields[] = {
+    FIELD("t"), FIELD("src"), FIELD("op"), FIELD("kind"), FIELD("devpath"), FIELD("name"),
+    FIELD("vendor_id"), FIELD("product_id"), FIELD("class"), FIELD("subclass"), FIELD("protocol"),
+    {NULL, 0}};
 
 typedef struct entry {
     uint8_t *key;       /* key bytes, then the first event's map */
@@ -287,18 +298,19 @@ typedef struct fields {
     int64_t hits, first, last;
 } fields;
 
-static int key_eq(const uint8_t *k, uint32_t n, const char *name)
+static inline int key_is(const uint8_t *k, uint32_t n, const char *name, uint32_t len)
 {
-    size_t len = strlen(name);
     return n == len && memcmp(k, name, len) == 0;
 }
+/* A key against a string literal: its length is known when compiled. */
+#define KEY_EQ(k, n, text) key_is((k), (n), (text), sizeof(text) - 1)
 
-static int span_is(span s, const char *text)
+static inline int raw_str_is(span s, const char *text, uint32_t len)
 {
     /* s holds a raw msgpack value: a fixstr of text. */
-    size_t len = strlen(text);
     return s.n == len + 1 && s.p[0] == (0xa0 | len) && memcmp(s.p + 1, text, len) == 0;
 }
+#define SPAN_IS(s, text) raw_str_is((s), (text), sizeof(text) - 1)
 
 /* Whether the raw `t` value (a str, or absent) is one of the accepted types. */
 static int accepted(const am_agg *a, span t)
@@ -360,7 +372,7 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         const uint8_t *k;
         uint32_t kl;
         size_t vstart;
-        if (mpr_str(&peek, &k, &kl) && key_eq(k, kl, "t") && (vstart = peek.pos, mpr_skip(&peek)) &&
+        if (mpr_str(&peek, &k, &kl) && KEY_EQ(k, kl, "t") && (vstart = peek.pos, mpr_skip(&peek)) &&
             !accepted(a, (span){peek.data + vstart, (uint32_t)(peek.pos - vstart)})) {
             if (restoring)
                 a->st.restored++;
@@ -371,7 +383,7 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
             return AM_OK;
         }
     }
-    const char *const *names = a->opt.kind == AM_AGG_NETWORK       ? network_fields
+    const field_name *names = a->opt.kind == AM_AGG_NETWORK       ? network_fields
                                : a->opt.kind == AM_AGG_FILE_SYSTEM ? file_system_fields
                                : a->opt.kind == AM_AGG_PERIPHERAL  ? peripheral_fields
                                                                    : process_fields;
@@ -383,47 +395,47 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         if (!mpr_str(r, &k, &kl))
             return AM_ERR_ARG;
         size_t vstart = r->pos;
-        if (key_eq(k, kl, "ts") && mpr_int(r, &f.ts)) {
+        if (KEY_EQ(k, kl, "ts") && mpr_int(r, &f.ts)) {
             f.has_ts = 1;
             continue;
         }
-        if (key_eq(k, kl, "rx") && mpr_int(r, &f.rx)) {
+        if (KEY_EQ(k, kl, "rx") && mpr_int(r, &f.rx)) {
             f.has_rx = f.rx >= 0;
             continue;
         }
-        if (key_eq(k, kl, "tx") && mpr_int(r, &f.tx)) {
+        if (KEY_EQ(k, kl, "tx") && mpr_int(r, &f.tx)) {
             f.has_tx = f.tx >= 0;
             continue;
         }
-        if (restoring && key_eq(k, kl, "hits") && mpr_int(r, &f.hits)) {
+        if (restoring && KEY_EQ(k, kl, "hits") && mpr_int(r, &f.hits)) {
             f.has_hits = 1;
             continue;
         }
-        if (restoring && key_eq(k, kl, "first") && mpr_int(r, &f.first)) {
+        if (restoring && KEY_EQ(k, kl, "first") && mpr_int(r, &f.first)) {
             f.has_first = 1;
             continue;
         }
-        if (restoring && key_eq(k, kl, "last") && mpr_int(r, &f.last)) {
+        if (restoring && KEY_EQ(k, kl, "last") && mpr_int(r, &f.last)) {
             f.has_last = 1;
             continue;
         }
         if (!mpr_skip(r))
             return AM_ERR_ARG;
         span v = {r->data + vstart, (uint32_t)(r->pos - vstart)};
-        if (key_eq(k, kl, "laddr"))
+        if (KEY_EQ(k, kl, "laddr"))
             f.laddr = v;
-        if (key_eq(k, kl, "raddr"))
+        if (KEY_EQ(k, kl, "raddr"))
             f.raddr = v;
-        if (key_eq(k, kl, "host"))
+        if (KEY_EQ(k, kl, "host"))
             f.has_host = 1;
-        if (key_eq(k, kl, "lport"))
+        if (KEY_EQ(k, kl, "lport"))
             f.lport = v;
-        else if (key_eq(k, kl, "rport"))
+        else if (KEY_EQ(k, kl, "rport"))
             f.rport = v;
-        for (int j = 0; names[j] != NULL; j++) {
-            if (key_eq(k, kl, names[j])) {
+        for (int j = 0; names[j].name != NULL; j++) {
+            if (key_is(k, kl, names[j].name, names[j].len)) {
                 f.key[j] = v;
-                if (key_eq(k, kl, "dir"))
+                if (KEY_EQ(k, kl, "dir"))
                     f.dir = v;
                 break;
             }
@@ -457,11 +469,11 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         a->st.filtered++;
         return AM_OK;
     }
-    int wanted = a->opt.kind == AM_AGG_PROCESS   ? span_is(t, "exec")
-                 : a->opt.kind == AM_AGG_NETWORK ? (span_is(t, "net") || span_is(t, "conn") ||
-                                                    span_is(t, "dns"))
-                 : a->opt.kind == AM_AGG_FILE_SYSTEM ? span_is(t, "fs")
-                 : a->opt.kind == AM_AGG_PERIPHERAL  ? span_is(t, "periph")
+    int wanted = a->opt.kind == AM_AGG_PROCESS   ? SPAN_IS(t, "exec")
+                 : a->opt.kind == AM_AGG_NETWORK ? (SPAN_IS(t, "net") || SPAN_IS(t, "conn") ||
+                                                    SPAN_IS(t, "dns"))
+                 : a->opt.kind == AM_AGG_FILE_SYSTEM ? SPAN_IS(t, "fs")
+                 : a->opt.kind == AM_AGG_PERIPHERAL  ? SPAN_IS(t, "periph")
                                                      : 0;
     /* An entry holds its key and event: one that could never fit passes through. */
     if (!wanted || event_len > a->opt.max_bytes / 2)
@@ -472,12 +484,12 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
     mp_buf *kb = &a->scratch;
     kb->len = 0;
     int st = AM_OK;
-    for (int j = 0; names[j] != NULL && st == AM_OK; j++)
+    for (int j = 0; names[j].name != NULL && st == AM_OK; j++)
         if (f.key[j].p != NULL)
             st = put_span(kb, (uint8_t)j, f.key[j]);
     if (a->opt.kind == AM_AGG_NETWORK) {
-        int in = f.dir.p != NULL && span_is(f.dir, "in");
-        int outbound = f.dir.p != NULL && span_is(f.dir, "out");
+        int in = f.dir.p != NULL && SPAN_IS(f.dir, "in");
+        int outbound = f.dir.p != NULL && SPAN_IS(f.dir, "out");
         if (st == AM_OK && f.lport.p != NULL && !outbound)
             st = put_span(kb, 100, f.lport);
         if (st == AM_OK && f.rport.p != NULL && !in)
@@ -574,7 +586,7 @@ static void find_host(am_agg *a, entry *e, const uint8_t *raddr, uint32_t raddr_
  * the cache has it now (the connection's time), else when it leaves (emit). */
 static void add_host(am_agg *a, entry *e, const fields *f, const uint8_t *event)
 {
-    if (f->has_host || f->raddr.p == NULL || span_is(f->key[0], "dns"))
+    if (f->has_host || f->raddr.p == NULL || SPAN_IS(f->key[0], "dns"))
         return;
     e->wants_host = 1;
     e->raddr_off = (uint32_t)(f->raddr.p - event);
