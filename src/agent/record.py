@@ -126,8 +126,8 @@ def _record_init(self: Any, *args: Any, **kwargs: Any) -> None:
     if kwargs:
         raise TypeError(f"{cls.__qualname__}() got an unexpected keyword argument "
                         f"{next(iter(kwargs))!r}")
-    if cls.__record_post_init__ is not None:
-        cls.__record_post_init__(self)
+    if cls.__record_post_init__:
+        self.__post_init__()
 
 
 def _values(obj: Any) -> tuple[Any, ...]:
@@ -208,7 +208,7 @@ def _make_record(cls: Any, frozen: bool) -> None:
                             f"follows {defaulted!r}, which has one")
     cls.__record_fields__ = fields_in_order
     cls.__record_frozen__ = frozen
-    cls.__record_post_init__ = getattr(cls, "__post_init__", None)
+    cls.__record_post_init__ = hasattr(cls, "__post_init__")
     own = {"__init__": _record_init, "__repr__": _record_repr, "__eq__": _record_eq,
            "__match_args__": tuple(specs)}
     for name, method in own.items():
