@@ -11,7 +11,7 @@ decoded with msgpack.unpackb(raw=False)) and against the pure-Python reference
 (oracle.audit_reference.ReferenceAuditParser, tests/oracle/): one behaviour, two
 implementations. Both give
 `parse(data, options=None, chunk=None) -> (events, stats)`, where options is a dict of
-AuditOptions field names or an options dataclass (AuditOptions, ReferenceOptions), chunk
+AuditOptions field names or an options object (AuditOptions, ReferenceOptions), chunk
 feeds the data in slices of that many bytes (None: at once), and stats holds the counters of
 docs/events.md.
 """
@@ -55,16 +55,21 @@ Options = Union[Mapping[str, Optional[int]], Any, None]
 
 
 def option_values(options: Options) -> dict[str, int]:
-    """Bounds given as a mapping or as an options dataclass (AuditOptions, ReferenceOptions);
-    None values keep the default."""
+    """Bounds given as a mapping, an options record (AuditOptions) or the reference's options
+    dataclass (ReferenceOptions); None values keep the default."""
+    from agent.record import asdict as record_fields
+    from agent.record import is_record
+
     if options is None:
         return {}
     if isinstance(options, Mapping):
         items = dict(options)
-    elif is_dataclass(options) and not isinstance(options, type):
+    elif is_record(options) and not isinstance(options, type):  # AuditOptions
+        items = record_fields(options)
+    elif is_dataclass(options) and not isinstance(options, type):  # ReferenceOptions
         items = asdict(options)
     else:
-        raise TypeError(f"options must be a mapping or an options dataclass, not {options!r}")
+        raise TypeError(f"options must be a mapping or an options record, not {options!r}")
     return {name: int(value) for name, value in items.items() if value is not None}
 
 

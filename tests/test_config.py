@@ -9,7 +9,6 @@ import math
 import os
 import re
 import threading
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from agent.config import (
 )
 from agent.config.__main__ import replace_table
 from agent.config.schema import SECTIONS, TABLE_BEGIN, TABLE_END
+from agent.record import fields
 
 REPO = Path(__file__).resolve().parents[1]
 

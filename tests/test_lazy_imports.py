@@ -30,9 +30,11 @@ HUB_ONLY = ("azure", "paho", "requests", "urllib3", "socks", "deprecation", "jan
 # rtnetlink itself), hashlib and hmac (OpenSSL's libcrypto: DPS group keys only), base64 (hub
 # and DPS keys), shutil with bz2 and lzma (argparse's terminal width, SBoM's rpm look-up),
 # subprocess (a gatherer child, rpm), ctypes (setns for a named namespace only), queue with
-# heapq (the loop's calls from other threads are a deque), zlib (CRC-32 is binascii's).
+# heapq (the loop's calls from other threads are a deque), zlib (CRC-32 is binascii's),
+# dataclasses with inspect, ast and dis (the agent's classes are agent.record's).
 NOT_IN_THE_LOCAL_DEFAULT = ("pyroute2", "hashlib", "_hashlib", "hmac", "base64", "shutil",
-                            "bz2", "lzma", "subprocess", "ctypes", "queue", "heapq", "zlib")
+                            "bz2", "lzma", "subprocess", "ctypes", "queue", "heapq", "zlib",
+                            "dataclasses", "inspect", "ast", "dis")
 
 # Agent.run replaced: list the modules loaded by then and return. IotHubUplink.attach
 # replaced: it would connect. Neither import below loads anything the run would not: they

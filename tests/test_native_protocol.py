@@ -4,7 +4,6 @@ field's type, and every wrapper raises CoreClosedError from every call after clo
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from agent.native.proc_scan import ProcScanner, ProcScanOptions
 from agent.native.sink import EventSink, SinkOptions
 from agent.native.sock_diag import SocketTable, SocketTableOptions
 from agent.native.utmp import UtmpDecoder, UtmpReader
+from agent.record import record
 
 NATIVE = Path(__file__).resolve().parents[1] / "native"
 
@@ -105,7 +105,7 @@ def test_option_ranges_come_from_the_c_types() -> None:
                            "struct am_sock_options", _base.lib.am_sock_default_options)
     assert opts.max_sockets == 7
 
-    @dataclasses.dataclass(frozen=True)
+    @record(frozen=True)
     class Stray:
         no_such_field: int = 1
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from agent.outbox import (
     batch_name,
     encode_batch_file,
 )
+from agent.record import asdict
 
 TESTS = Path(__file__).resolve().parent
 IDENT = Identity(agent="test-agent", ver="0.1.0", dev="dev-1", mod="mod-1")

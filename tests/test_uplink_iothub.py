@@ -9,7 +9,6 @@ as a process. docs/uplink.md describes the behaviour checked here.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from agent.config import COLLECTORS, ConfigStore
 from agent.envelope import JSON_TYPE, MSGPACK_TYPE, Identity, decode_envelope, encode_batch, sealer
 from agent.outbox import Outbox
 from agent.pipeline import Agent
+from agent.record import replace
 from agent.uplink.connection import backoff_delay
 from agent.uplink.identity import (
     HubIdentity,
@@ -454,7 +454,7 @@ def test_the_sas_token_is_renewed_by_connecting_again_without_losing_a_batch(
     """Tokens of 6 s are renewed 1 s before they expire (a fifth of the life): the worker
     lets what is in flight finish, then connects again with a new token. Batches stored all
     along arrive, each at most once per connection it was sent on."""
-    options = dataclasses.replace(FAST, sas_ttl_s=6)
+    options = replace(FAST, sas_ttl_s=6)
     a = start(agents, tmp_path, module(iothub, hub_certs), options=options)
     a.connected()
     before = [d for d in iothub.gate.decisions() if d[1]]

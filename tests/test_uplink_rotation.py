@@ -7,7 +7,6 @@ stand-in (tests/hub/), whose gate records the serial of every accepted client ce
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ from hub.broker import Certificates, CertPair
 from hub.hub import Hub
 from test_uplink_iothub import FAST, HubAgent, hub_identity, seqs_of
 
+from agent.record import replace
 from agent.uplink.identity import (
     HubIdentity,
     IdentityError,
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 DEVICE = "dev-rotate"
 # Checks the files every 0.2 s here (10 s by default).
-ROTATING = dataclasses.replace(FAST, identity_check_s=0.2)
+ROTATING = replace(FAST, identity_check_s=0.2)
 
 
 

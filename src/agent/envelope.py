@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Union
 
 import msgpack
@@ -32,6 +31,7 @@ from agent.limits import (
     HUB_MESSAGE_LIMIT,
     MAX_MESSAGE_BYTES,
 )
+from agent.record import record
 
 SCHEMA_VERSION = 1
 PRIORITIES = ("High", "Medium", "Low")
@@ -66,7 +66,7 @@ class EnvelopeError(ValueError):
     """Bytes that are not an envelope, or arguments an envelope cannot hold."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Identity:
     """Who sends: agent id, agent version, IoT Hub device id and module id."""
 
@@ -246,7 +246,7 @@ def check_envelope(head: Mapping[str, Any], events: Sequence[Any]) -> None:
 # -- the IoT Hub messages of a batch --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Part:
     """One IoT Hub message of a batch: the whole batch, or part `index` of `count`."""
 
@@ -406,7 +406,7 @@ class DropLedger:
 
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Stamp:
     """What the outbox gives the envelope of the batch it is about to store: the batch's
     sequence number, the agent's run number, the creation time (ms since the epoch) and the

@@ -15,7 +15,8 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+from agent.record import record
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK = 16
@@ -59,7 +60,7 @@ class AddressDumpError(OSError):
     """The kernel refused the dump or answered something that is no such dump."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Link:
     """One network interface as RTM_NEWLINK describes it."""
 
@@ -77,7 +78,7 @@ class Link:
         return bool(self.flags & IFF_UP)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Address:
     """One address as RTM_NEWADDR describes it."""
 

@@ -31,12 +31,12 @@ import binascii
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from agent.envelope import JSON_TYPE, EnvelopeError, check_envelope, split_envelope
+from agent.record import field, record
 
 ENVELOPE_SUFFIXES = (".msgpack",)
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -52,7 +52,7 @@ class VerifyInputError(ValueError):
     """An input that cannot be read at all (missing, not a file or directory)."""
 
 
-@dataclass
+@record
 class Message:
     """One message as the back end received it: its body and where it says it came from."""
 
@@ -62,7 +62,7 @@ class Message:
     content_type: str | None = None
 
 
-@dataclass
+@record
 class DeviceReport:
     """What arrived from one device."""
 
@@ -129,7 +129,7 @@ class DeviceReport:
         }
 
 
-@dataclass
+@record
 class Report:
     devices: dict[str, DeviceReport] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)  # "origin: why"

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.clock import wall_time
 from agent.durable import fsync_dir, replace_file
 from agent.native._base import CoreStats
 from agent.native.audit_netlink import STATUS_FIELDS, restore_status
+from agent.record import record
 
 log = logging.getLogger("agent.audit")
 
@@ -38,7 +38,7 @@ class RecordError(Exception):
     """The record cannot be read or is not one of ours (it is kept)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Outcome:
     """What restore() did: `ok` when nothing recorded is left to put back (the record is gone),
     `what` one line for the log and the verb; `reached` False when the kernel did not answer

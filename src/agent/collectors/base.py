@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -22,6 +21,7 @@ from agent.clock import wall_ms
 from agent.config import CollectorState, Config
 from agent.native.aggregate import AggregateKind, Aggregator
 from agent.native.sink import EventSink
+from agent.record import field, record
 
 log = logging.getLogger("agent.collectors")
 
@@ -48,7 +48,7 @@ def _no_unwatch(fd: int) -> None:
     pass
 
 
-@dataclass
+@record
 class Environment:
     """What collectors share: where the agent keeps its state, the root the inventory reads
     files under (tests point it at a prepared tree), the loop's file descriptor watch, and

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from agent.collectors.audit_source import audit_source
@@ -23,6 +22,7 @@ from agent.collectors.base import Collector, Lane
 from agent.config import CollectorState, FileSystemConfig
 from agent.native.inotify import Inotify, InotifyOptions
 from agent.native.sink import EventSink, pump
+from agent.record import record
 
 # How long an event waits for the audit records of its path (kauditd sends them from its own
 # thread, a little after the change).
@@ -32,7 +32,7 @@ JOIN_MS = 300
 KEEP_S = 5.0
 
 
-@dataclass
+@record
 class _Kept:
     source: Inotify
     recursive: bool

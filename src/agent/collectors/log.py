@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from agent.clock import wall_ms
 from agent.collectors.base import Collector
 from agent.config import CollectorState
+from agent.record import record
 
 MAX_ENTRIES = 256
 # A template or logger name longer than these is cut (a message built by concatenation).
@@ -32,7 +32,7 @@ OVERFLOW_LOGGER = "agent.collectors.log"
 OVERFLOW_TEMPLATE = "log records not kept: the table of distinct messages was full"
 
 
-@dataclass
+@record
 class _Entry:
     hits: int
     first: int

@@ -25,8 +25,9 @@ import enum
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.record import field, record
 
 TRANSPORT_PROTOCOL = "IothubModule_TransportProtocol"
 PROXY_CONFIG = "IothubModule_ProxyConfig"
@@ -74,7 +75,7 @@ class TransportProtocol(enum.Enum):
     MQTT_WEBSOCKET = "MQTT_WebSocket_Protocol"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProxySettings:
     """An HTTP CONNECT proxy (through which paho opens the MQTT connection). The password is kept
     out of repr and describe()."""
@@ -89,7 +90,7 @@ class ProxySettings:
         return f"HTTP proxy {self.host}:{self.port}{user}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UplinkTransport:
     """How the uplink connects: the protocol, and the proxy, if any."""
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from agent import __version__
 from agent.config.schema import COLLECTORS, FIELDS, Config, Json
 from agent.config.store import LATEST_FAILED, LATEST_SUCCESS
+from agent.record import record
 
 # At most this many names (and reasons) are reported; the rest are summed up in one entry, so
 # that a desired document full of junk cannot push the reported document past the hub's
@@ -27,7 +27,7 @@ MAX_REASON_CHARS = 200
 STATES = ("running", "disabled", "unavailable")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CollectorState:
     """One collector's state as reported: running (with the source it reads), disabled by
     configuration, or unavailable with the reason (e.g. "audit: owned by auditd, using

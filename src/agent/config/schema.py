@@ -1,7 +1,7 @@
 """The configuration schema: every twin property, its type, default, range and meaning, and
 the typed, immutable `Config` built from validated values.
 
-Declared once: each section is a frozen dataclass (the name's prefix: `Process_Mode` ->
+Declared once: each section is a frozen record (the name's prefix: `Process_Mode` ->
 `Process`), and each of its attributes carries its twin property in the field's metadata
 (`prop()`: the name's suffix, the kind of value, the default, the meaning). Everything else is
 derived from those declarations: `FIELDS` (one `Field` per flat twin property name, in
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
 from enum import Enum, IntEnum
 from typing import Any, TypeVar, Union
 
 from agent.limits import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES
+from agent.record import field, fields, record
 
 # The JSON values a twin carries (what json.loads hands us from the twin's JSON).
 Json = Union[None, bool, int, float, str, list[Any], dict[str, Any]]
@@ -56,7 +56,7 @@ class UploadFormat(str, Enum):
     JSON = "json"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PriorityIntervals:
     """CollectorsCore_PriorityIntervals: minutes between sends of each message frequency."""
 
@@ -271,7 +271,7 @@ def _intervals_text(value: Any) -> Json:
     return f"{value.high},{value.medium},{value.low}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Kind:
     """A kind of twin value: how it is parsed, dumped and documented."""
 
@@ -322,14 +322,14 @@ PROCESS_MODE = Kind(parse_process_mode, _enum_value, "int",
 FREQUENCY = choice(Frequency)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PerSection:
     """A default that depends on the section (an attribute of a base shared by sections)."""
 
     defaults: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Prop:
     """The twin property of one section attribute. Its name is "{section}_{suffix}" unless
     `name` gives it whole (the Compat section keeps other prefixes); "{section}" in the
@@ -349,11 +349,11 @@ def prop(suffix: str, kind: Kind, default: Any, meaning: str, *, name: str | Non
     return {"prop": Prop(suffix, kind, default, meaning, name)}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Field:
     name: str  # the twin property name
     section: str  # a key of SECTIONS
-    attr: str  # the attribute of the section's dataclass
+    attr: str  # the attribute of the section's record
     default: Any  # typed
     parse: Callable[[object], Any]  # JSON value -> typed value, or InvalidValue
     dump: Callable[[Any], Json]  # typed value -> JSON value (reported form)
@@ -366,7 +366,7 @@ class Field:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sections: one frozen dataclass per name prefix, each attribute a twin property.
+# Sections: one frozen record per name prefix, each attribute a twin property.
 
 # Defaults of MessageFrequency: the Defender for IoT micro agent's documented defaults
 # (Process, NetworkActivity and Login Medium; the rest Low); ListeningPorts, LocalUsers and
@@ -393,14 +393,14 @@ CACHE_SIZE_DEFAULT = 256
 CACHE_SIZE_MAX = 65536
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CollectorsCoreConfig:
     priority_intervals: PriorityIntervals = field(metadata=prop(
         "PriorityIntervals", INTERVALS, PriorityIntervals(30, 120, 1440),
         "Minutes between sends of High, Medium and Low frequency collectors' events."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IothubModuleConfig:
     message_timeout_minutes: int = field(metadata=prop(
         "MessageTimeout", integer(1, 43200, "minutes"), 2880,
@@ -408,7 +408,7 @@ class IothubModuleConfig:
         "reason message_timeout)."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CollectorConfig:
     """What every collector has."""
 
@@ -418,7 +418,7 @@ class CollectorConfig:
         "Which priority interval sends {section} events."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EventCollectorConfig(CollectorConfig):
     """A collector that aggregates events between sends keeps at most cache_size entries."""
 
@@ -428,7 +428,7 @@ class EventCollectorConfig(CollectorConfig):
         "dropped and counted."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProcessConfig(EventCollectorConfig):
     mode: ProcessMode = field(metadata=prop(
         "Mode", PROCESS_MODE, ProcessMode.AUTO,
@@ -439,7 +439,7 @@ class ProcessConfig(EventCollectorConfig):
         "How often /proc is scanned in Polling mode."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetworkActivityConfig(EventCollectorConfig):
     devices: tuple[str, ...] = field(metadata=prop(  # empty: every interface
         "Devices", comma_list(64, check_interface, "0..64 interface names"), (),
@@ -451,7 +451,7 @@ class NetworkActivityConfig(EventCollectorConfig):
         "64 KiB blocks, clamped to 2..1024 blocks (the state says when it was)."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LoginConfig(EventCollectorConfig):
     use_pam: bool = field(metadata=prop(
         "UsePAM", BOOL, False,
@@ -459,7 +459,7 @@ class LoginConfig(EventCollectorConfig):
         "audit); false: from utmp, wtmp and btmp."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FileSystemConfig(EventCollectorConfig):
     paths: tuple[str, ...] = field(metadata=prop(
         "Paths", comma_list(64, check_path, "0..64 absolute paths"), (),
@@ -473,7 +473,7 @@ def _override(suffix: str, what: str) -> dict[str, Prop]:
                 f'Reported as the {what} instead of the detected one; "" detects it.')
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SystemInformationConfig(CollectorConfig):
     # Empty: detect (DMI, device tree, os-release); else report this text instead.
     hardware_vendor: str = field(metadata=_override("HardwareVendor", "hardware vendor"))
@@ -484,7 +484,7 @@ class SystemInformationConfig(CollectorConfig):
     firmware_version: str = field(metadata=_override("FirmwareVersion", "firmware version"))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BaselineConfig(CollectorConfig):
     groups_disabled: tuple[str, ...] = field(metadata=prop(
         "GroupsDisabled", comma_list(256, check_name(128), "0..256 names of 1..128 characters"),
@@ -494,7 +494,7 @@ class BaselineConfig(CollectorConfig):
         (), "Baseline check IDs not run."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UploadConfig:
     format: UploadFormat = field(metadata=prop(
         "Format", choice(UploadFormat), UploadFormat.MSGPACK,
@@ -507,7 +507,7 @@ class UploadConfig:
         "billing unit). The maximum leaves 8 KiB of IoT Hub's 256 KiB for properties."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OutboxConfig:
     max_bytes: int = field(metadata=prop(
         "MaxBytes", integer(1 << 20, 4 << 30, "bytes"), 16 << 20,
@@ -522,7 +522,7 @@ class OutboxConfig:
         "docs/outbox.md, Checkpoints."))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AuditConfig:
     own_if_free: bool = field(metadata=prop(
         "OwnIfFree", BOOL, True,
@@ -548,7 +548,7 @@ class AuditConfig:
 _COMPAT = "Accepted for Defender for IoT micro agent twins; no effect here."
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CompatConfig:
     """Properties of the Defender for IoT micro agent this agent has no use for. They are
     accepted (and type-checked) so that a twin written for that agent does not report
@@ -627,7 +627,7 @@ FIELDS: dict[str, Field] = {
 # The configuration
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     """The effective configuration: typed, validated, immutable. Build it with
     `Config.defaults()` or `Config.from_values()`; change it only by building a new one."""
@@ -673,7 +673,7 @@ class Config:
         return cls(**built)
 
     def section(self, name: str) -> Any:
-        """The section dataclass of a name prefix ("Process", "Upload", ...)."""
+        """The section record of a name prefix ("Process", "Upload", ...)."""
         return getattr(self, SECTIONS[name][0])
 
     def collector(self, name: str) -> CollectorConfig:

@@ -12,12 +12,12 @@ import json
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.config.local import LOCAL_ONLY, LOCAL_ONLY_REASON
 from agent.config.schema import FIELDS, Config, InvalidValue, describe
+from agent.record import record
 
 DEFAULT_CONFIG_PATH = "/etc/iot-micro-agent/config.json"
 
@@ -41,7 +41,7 @@ def _shown_name(key: object) -> str:
     return name
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Layer:
     """One source's validated values (typed, by twin name) and its invalid names with their
     reasons. Immutable: merging builds a new layer."""
@@ -93,7 +93,7 @@ class Layer:
         return Layer(values, invalid)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ConfigUpdate:
     """What one change did: the configurations before and after, the sections and
     properties whose effective value changed, and the invalid names after it."""

@@ -11,15 +11,15 @@ to the agent's loop, which batches it like any other events.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.clock import wall_ms
+from agent.record import field, record
 
 Event = dict[str, object]
 
 
-@dataclass
+@record
 class Snapshot:
     """One gatherer's result. errors: "what: reason" for each thing that could not be read or
     parsed; skipped: "what: reason" for each part that does not apply to this device;

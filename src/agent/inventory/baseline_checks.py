@@ -13,8 +13,9 @@ import glob
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+from agent.record import record
 
 PASS, FAIL, SKIP, ERROR = "Pass", "Fail", "Skip", "Error"
 
@@ -133,7 +134,7 @@ class Context:
         return values
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Check:
     id: str
     group: str

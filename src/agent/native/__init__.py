@@ -8,7 +8,6 @@ msgpack bytes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from agent._core import ffi, lib
@@ -28,6 +27,7 @@ from agent.native._base import (
 from agent.native._base import check as _check
 from agent.native._base import cstr as _cstr
 from agent.native.sink import EventSink, SinkOptions, pump
+from agent.record import record
 
 __all__ = [
     "AM_EMPTY",
@@ -136,7 +136,7 @@ def record_type_number(name: str) -> int | None:
 # audit parser
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AuditOptions:
     """Bounds of one parser; see native/core.h for their meaning. None keeps the default."""
 

@@ -4,8 +4,8 @@ the one protocol every wrapper follows:
 - NativeHandle: one C handle under ffi.gc (its C destructor runs once: at close() or when the
   wrapper is collected), an idempotent close(), a context manager, and CoreClosedError from
   every call on a closed handle;
-- c_options: an options dataclass -> its C struct, each value range-checked against the C
-  field's own type;
+- c_options: an options record (agent.record) -> its C struct, each value range-checked
+  against the C field's own type;
 - CoreStats: a C stats struct -> a read-only mapping of its own fields (nothing to mirror by
   hand, so no C field can be left out);
 - the drain contract: a source's read/drain/scan call writes events into an EventSink and
@@ -15,7 +15,6 @@ the one protocol every wrapper follows:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ if TYPE_CHECKING:  # typing_extensions costs 0.3 MB RSS at run time for an annot
     from typing_extensions import Self
 
 from agent._core import ffi, lib
+from agent.record import fields
 
 AM_OK = lib.AM_OK
 AM_EMPTY = lib.AM_EMPTY
@@ -105,7 +105,7 @@ class NativeHandle:
 
     def _make(self, new: Callable[[Any], Any], free: Callable[[Any], None], options: Any,
               struct: str, defaults: Callable[[Any], None]) -> Any:
-        """The one way a wrapper makes its handle from an options dataclass: `new` called with
+        """The one way a wrapper makes its handle from an options record: `new` called with
         the C options (c_options), its result owned with `free`; returns the C options."""
         opts = c_options(options, struct, defaults)
         self._own(new(opts), free, options)
@@ -183,7 +183,7 @@ def _range(ctype: Any) -> tuple[int, int]:
 
 def c_options(options: Any, struct: str, defaults: Callable[[Any], None]) -> Any:
     """A new `struct` filled with the core's defaults (`defaults`, the am_*_default_options
-    call) and then with every field of the `options` dataclass that is not None. Each value is
+    call) and then with every field of the `options` record that is not None. Each value is
     checked against its C field's type (uint32_t: 0..2**32-1; bool values are 0 or 1).
     Fields marked C_ONLY_IN_PYTHON are left to the wrapper."""
     raw = ffi.new(f"{struct} *")
@@ -191,7 +191,7 @@ def c_options(options: Any, struct: str, defaults: Callable[[Any], None]) -> Any
     if options is None:
         return raw
     c_fields = dict(ffi.typeof(struct).fields)
-    for f in dataclasses.fields(options):
+    for f in fields(options):
         if f.metadata.get("c", True) is False:
             continue
         value = getattr(options, f.name)

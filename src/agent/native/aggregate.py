@@ -4,12 +4,12 @@ native/core_aggregate.h): batches in, batches out, no per-event Python object.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from agent._core import ffi, lib
 from agent.native._base import CoreArgumentError, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink, pump
+from agent.record import record
 
 if TYPE_CHECKING:
     from agent.native.dns import DnsCapture
@@ -19,7 +19,7 @@ _KINDS = {"none": lib.AM_AGG_NONE, "process": lib.AM_AGG_PROCESS, "network": lib
           "file_system": lib.AM_AGG_FILE_SYSTEM, "peripheral": lib.AM_AGG_PERIPHERAL}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AggregatorOptions:
     """The bounds of native/core_aggregate.h (kind and accept are set by the Aggregator)."""
 

@@ -19,7 +19,6 @@ counters; records never become Python objects (see docs/sources/audit-netlink.md
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from agent._core import ffi, lib
 from agent.native import AuditOptions, AuditParser, _base
@@ -32,6 +31,7 @@ from agent.native._base import (
     more,
 )
 from agent.native.sink import EventSink
+from agent.record import field, record
 
 MODE_UNAVAILABLE = "unavailable"
 MODE_OWNER = "owner"
@@ -45,7 +45,7 @@ _MODES = {
 RULE_KEY = "iot-micro-agent"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AuditNetlinkOptions:
     """What the source may do; see native/core_audit_netlink.h. None keeps the default."""
 
@@ -208,7 +208,7 @@ class AuditNetlink(NativeHandle):
         return AuditNetlinkStats(_base.stats_values("struct am_anl_stats", raw), parser)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RestoreResult:
     """What restore_status did: `complete` when no rule with our key is left and every
     restored field equals the saved one; `answered` False when the kernel did not answer;

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import struct
 import weakref
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent._core import ffi, lib
@@ -31,6 +30,7 @@ from agent.native._base import (
     more,
 )
 from agent.native.sink import EventSink
+from agent.record import field, record
 
 if TYPE_CHECKING:
     from agent.native.aggregate import Aggregator
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 MAX_DEVICES = 64
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DnsOptions:
     """See native/core_dns.h. None keeps the core's default.
 

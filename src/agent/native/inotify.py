@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from agent._core import ffi, lib
 from agent.native._base import (
@@ -29,9 +28,10 @@ from agent.native._base import (
     more,
 )
 from agent.native.sink import EventSink
+from agent.record import field, record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class InotifyOptions:
     """See native/core_inotify.h. None keeps the core's default.
 

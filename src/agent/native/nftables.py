@@ -14,16 +14,16 @@ without it: an error of the result, EPERM).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from agent._core import ffi, lib
 from agent.native._base import CoreStats, NativeHandle, check
+from agent.record import field, record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NftOptions:
     """See native/core_nftables.h. None keeps the core's default."""
 
@@ -34,7 +34,7 @@ class NftOptions:
     timeout_ms: int | None = None
 
 
-@dataclass
+@record
 class NftResult:
     """One snapshot of the ruleset. errors: "what: reason" (an unreadable dump or set, a rule
     that did not decode); tables: -1 when the ruleset could not be dumped; volatile: the events

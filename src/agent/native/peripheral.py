@@ -16,18 +16,18 @@ seeds, benchmarks): a sender other than the kernel (port id != 0) is counted as 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Literal
 
 from agent._core import ffi, lib
 from agent.native._base import C_ONLY_IN_PYTHON, CoreStats, NativeHandle, check, more
 from agent.native.sink import EventSink
+from agent.record import field, record
 
 Socket = Literal["uevent", "link"]
 _SOCKETS = {"uevent": lib.AM_PERIPH_UEVENT, "link": lib.AM_PERIPH_LINK}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PeripheralOptions:
     """See native/core_peripheral.h. None keeps the core's default.
 

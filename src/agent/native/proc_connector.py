@@ -14,14 +14,14 @@ socket (tests, fuzz seeds, benchmarks).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from agent._core import ffi, lib
 from agent.native._base import C_ONLY_IN_PYTHON, CoreStats, NativeHandle, check, more
 from agent.native.sink import EventSink
+from agent.record import field, record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProcConnectorOptions:
     """See native/core_proc_connector.h. None keeps the core's default.
 

@@ -9,14 +9,14 @@ changes, the `exec` and `exit` events since the previous walk (Process_Mode Poll
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from agent._core import ffi, lib
 from agent.native._base import CoreStats, NativeHandle, more
 from agent.native.sink import EventSink
+from agent.record import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProcScanOptions:
     """See native/core_proc_scan.h. None keeps the core's default."""
 

@@ -5,17 +5,17 @@ source's resumable call (`drain(sink) -> more`) until it is done."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from agent._core import ffi, lib
 from agent.native._base import AM_OK, CoreStats, NativeHandle, check
+from agent.record import record
 
 # Buffers the C core fills before they are read: not cleared first, so that only the pages
 # written are ever touched.
 _uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SinkOptions:
     """batch_bytes: a batch never exceeds it (default agent.limits.DEFAULT_MAX_MESSAGE_BYTES);
     max_batches: sealed batches held before the sources stop reading (default 8). None keeps

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent._core import ffi, lib
 from agent.native import _base
 from agent.native._base import CoreArgumentError, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink
+from agent.record import field, record
 
 Source = Literal["auto", "diag", "procnet"]
 
@@ -34,7 +34,7 @@ IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SocketTableOptions:
     """source: "auto" (sock_diag if a probe dump works, else /proc/net), "diag" or "procnet".
     The bounds (None keeps the core's default): see native/core_sock_diag.h."""

@@ -8,12 +8,12 @@ and encodes the events into the sink's msgpack batches.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from agent._core import ffi, lib
 from agent.native._base import CoreArgumentError, CoreStats, NativeHandle, c_options, check, more
 from agent.native.sink import EventSink
+from agent.record import asdict, fields, record
 
 KINDS: dict[str, int] = {
     "wtmp": int(lib.AM_UTMP_WTMP),
@@ -25,7 +25,7 @@ KINDS: dict[str, int] = {
 LAYOUTS = (0, 384, 400)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UtmpOptions:
     """Bounds of one reader; see native/core_utmp.h. None keeps the default.
 
@@ -39,7 +39,7 @@ class UtmpOptions:
     max_sessions: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UtmpState:
     """Where a reader is in its file; persist `to_dict()` and give it back to restore()."""
 

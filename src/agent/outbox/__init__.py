@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Union
@@ -55,6 +54,7 @@ from agent.outbox.journal import (
     next_seq_at_open,
     stored_after_state,
 )
+from agent.record import fields, record
 
 __all__ = [
     "BATCH_MAGIC",
@@ -101,7 +101,7 @@ class OutboxStateError(OutboxError):
     """The state file could not be written, so a removal was not done (the batches stay)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BatchInfo:
     """One stored batch. `id` is its file name; `size` its bytes on disk (the unit of
     max_bytes)."""
@@ -114,19 +114,19 @@ class BatchInfo:
     size: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Batch:
     info: BatchInfo
     payload: bytes
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Depth:
     count: int
     bytes: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OutboxCounters:
     """Batches, counted since the outbox was created (persisted across restarts).
 
@@ -163,7 +163,7 @@ _NOT_STORED_REASON = {
 }
 
 
-@dataclass
+@record
 class _Entry:
     info: BatchInfo
     drops: dict[str, int]  # what the batch's envelope reported: reported again if it is lost

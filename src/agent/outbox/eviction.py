@@ -12,10 +12,10 @@ message timeout (IothubModule_MessageTimeout).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from agent.outbox.codec import RANK
+from agent.record import record
 
 
 class Stored(Protocol):
@@ -37,7 +37,7 @@ class Stored(Protocol):
     def size(self) -> int: ...
 
 
-@dataclass
+@record
 class EvictionPolicy:
     """max_bytes: the bound of the stored batch files' bytes; timeout_ms: how old a batch may
     get. Both may change on a live outbox (a twin patch) and apply from the next decision."""

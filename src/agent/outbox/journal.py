@@ -20,13 +20,13 @@ import errno
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from agent.durable import replace_file
+from agent.record import field, record
 
 STATE_MAGIC = b"AMOS"
 FORMAT = 1
@@ -40,7 +40,7 @@ class JournalError(Exception):
     """A state that cannot be written (larger than a slot)."""
 
 
-@dataclass
+@record
 class JournalRecord:
     """One state. `doomed`: batch files about to be removed (counted already); `aside`: bad
     files about to be moved to corrupt/ (counted already). Open finishes both."""

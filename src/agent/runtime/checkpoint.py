@@ -23,7 +23,6 @@ import logging
 import os
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +34,7 @@ from agent.envelope import EnvelopeError, event_count
 from agent.native.aggregate import Aggregator
 from agent.native.sink import EventSink, SinkOptions
 from agent.outbox import Outbox
+from agent.record import record
 
 log = logging.getLogger("agent.checkpoint")
 
@@ -59,7 +59,7 @@ class CheckpointError(ValueError):
     """A checkpoint file that is torn, truncated, corrupted or not one."""
 
 
-@dataclass
+@record
 class CheckpointCounters:
     """What the checkpoints did since the start (status.json, the Statistics event)."""
 
@@ -74,7 +74,7 @@ class CheckpointCounters:
     corrupt: int = 0           # files that were not a whole checkpoint: set aside
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LaneState:
     """One lane's checkpoint: the batches about to be stored (from outbox sequence number
     `seq` on), the lane sink's open batch, and each collector's aggregated entries."""

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import partial
 
 from agent.collectors.base import Collector, now_ms
 from agent.config import CollectorState, Config, ConfigUpdate, Frequency
 from agent.envelope import Identity
 from agent.outbox import Outbox
+from agent.record import record
 from agent.runtime.drops import DropTotals
 from agent.runtime.lanes import PriorityLane, lane_batch_bytes, lane_interval_s
 
 log = logging.getLogger("agent")
 
 
-@dataclass
+@record
 class Running:
     """A collector in the loop: its lane while it runs, and when it ticks next."""
 
@@ -48,7 +48,7 @@ def frequency_of(config: Config, name: str) -> Frequency:
     return Frequency(config.collector(name).message_frequency)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Changes:
     """What a configuration change touches."""
 

@@ -26,10 +26,10 @@ import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.clock import wall_time
+from agent.record import record
 
 log = logging.getLogger("agent.uplink")
 
@@ -134,7 +134,7 @@ class Outcome(enum.Enum):
     REJECTED = "rejected"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Failure:
     reason: str  # one line for the log and the state
     outcome: Outcome

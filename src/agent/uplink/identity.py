@@ -26,8 +26,9 @@ import re
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.record import field, record
 
 DEFAULT_CONNECTION_STRING_FILE = "/etc/iot-micro-agent/connection_string"
 ENV_CONNECTION_STRING = "IOTHUB_CONNECTION_STRING"
@@ -57,7 +58,7 @@ class IdentityError(Exception):
     """The identity cannot be used; the message says why and is safe to print (no key)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HubIdentity:
     """A device or module identity: SAS (a shared access key) or X.509 (certificate and key
     files). `ca_pem` is the trusted CA certificate(s) for the hub's TLS, None for the system

@@ -43,7 +43,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.clock import CLOCK, wall_time
@@ -52,6 +51,7 @@ from agent.config.local import UplinkTransport
 from agent.envelope import JSON_TYPE, SCHEMA_VERSION, UnsendableBatch, encode_batch
 from agent.limits import MAX_MESSAGE_BYTES
 from agent.outbox import MAX_DOOMED, Outbox, OutboxError
+from agent.record import record
 from agent.uplink import sas
 from agent.uplink.connection import (
     CallTimeout,
@@ -102,7 +102,7 @@ class AgentHooks(Protocol):
     def reported_document(self) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UplinkOptions:
     """window: batches handed to the worker and not yet reported back (sent, returned or
     rejected), at most window_bytes of payload (at least one batch); the worker's queue is
@@ -163,7 +163,7 @@ class UplinkOptions:
 # -- the uplink ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Item:
     batch_id: str
     seq: int

@@ -39,7 +39,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho  # type: ignore[import-untyped]
@@ -47,6 +46,7 @@ import paho.mqtt.client as paho  # type: ignore[import-untyped]
 from agent import __version__
 from agent.clock import wall_time
 from agent.config.local import ProxySettings
+from agent.record import field, record
 from agent.uplink.connection import (
     Busy,
     CallTimeout,
@@ -121,7 +121,7 @@ def property_bag(message_id: str | None, content_type: str | None,
     return "&".join(f"{quote(name)}={quote(value)}" for name, value in pairs)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Response:
     """An answer on a response topic: "<prefix><status>/?$rid=R&name=value...". """
 
@@ -158,7 +158,7 @@ def check_status(what: str, response: Response) -> Response:
 # -- the client ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Endpoint:
     """Where and as whom to connect. `host` is the TCP peer (the gateway, if any), which the
     hub's certificate must name; `password` a SAS token (None with a client certificate)."""

@@ -38,12 +38,12 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from agent.clock import wall_time
 from agent.durable import replace_file
+from agent.record import field, record, replace
 from agent.uplink.identity import (
     ENV_CA_FILE,
     ENV_CERT_FILE,
@@ -107,7 +107,7 @@ def _read_key(path: str, what: str) -> str:
     return key
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DpsSettings:
     """What the agent gives DPS. `device_key` is the key it signs with (derived for a group
     enrollment); secret: left out of repr."""
@@ -192,7 +192,7 @@ class DpsSettings:
         return [self.device_key] if self.device_key else []
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Assignment:
     """What DPS answered: the hub and the device id there."""
 
