@@ -6,6 +6,7 @@
 #include "audit_event.h"
 #include "audit_record.h"
 #include "core.h"
+#include "core_audit_netlink.h"
 #include "index.h"
 #include "sink.h"
 
@@ -15,6 +16,10 @@ enum {
     SERIAL_WINDOW = 4096,
     MAX_TRACKERS = 8,
     MAX_NODE = 255,
+    /* Unmarked mode: a drain end completes events only this long after the previous drain end
+     * that did (the agent's drains are a gather, 50 ms at least, apart; a timer's extra drain
+     * right after one does not cut short the wait for stragglers). */
+    DRAIN_GAP_MS = 40,
 };
 
 typedef struct ev_slot {
@@ -22,6 +27,7 @@ typedef struct ev_slot {
     uint64_t first_ts, last_ts;
     int32_t prev, next; /* creation order */
     uint32_t index_pos; /* where the index holds this slot's number while it is in use */
+    uint32_t gen;       /* unmarked mode: the drain generation of its last record */
     int in_use;
     int truncated;
     uint32_t node_len; /* the node's bytes come first in buf */
@@ -56,6 +62,13 @@ struct am_audit {
     uint64_t stream_ms;
     serial_tracker trackers[MAX_TRACKERS];
     am_encoder enc;
+    /* Unmarked mode (am_audit_nl_unmarked): the kernel sends neither EOE nor PROCTITLE. */
+    int unmarked;
+    uint32_t gen;          /* the drain generation records are now given */
+    uint64_t gen_from_ms;  /* when the last drain end that completed events was */
+    uint64_t unmarked_completed;
+    uint64_t late_records;
+    title_cache *titles;
 };
 
 void am_audit_default_options(struct am_audit_options *o)
@@ -175,6 +188,7 @@ void am_audit_free(am_audit *p)
             free(p->slots[i].buf);
     free(p->slots);
     am_index_release(&p->index);
+    free(p->titles);
     free(p->partial);
     encoder_release(&p->enc);
     free(p);
@@ -380,6 +394,7 @@ static int complete(am_audit *p, am_sink *sink, int32_t i)
         .recs = s->buf + s->node_len,
         .recs_len = s->len - s->node_len,
         .truncated = s->truncated,
+        .titles = p->titles,
     };
     int cut = 0;
     int st = event_encode(&p->enc, &ev, &cut);
@@ -415,6 +430,30 @@ static int is_single_record_type(uint32_t t)
     return (t >= 1100 && t <= 1299) || (t >= 2100 && t <= 2999);
 }
 
+/* Unmarked mode: a record of an event already completed (its serial marked by the loss
+ * tracker, or older than the tracker's window) arrived after its event was sent. It is counted
+ * (late_records) and dropped: opening an event for it would send a second, bogus one. Types
+ * that complete alone never reach here with a serial seen (each has its own). */
+static int already_completed(const am_audit *p, const am_record_head *h)
+{
+    if (h->type == AT_EOE || is_single_record_type(h->type))
+        return 0;
+    size_t node_len = h->node_len > MAX_NODE ? MAX_NODE : h->node_len;
+    for (int i = 0; i < MAX_TRACKERS; i++) {
+        const serial_tracker *t = &p->trackers[i];
+        if (!t->used)
+            return 0;
+        if (t->node_len != node_len || (node_len && memcmp(t->node, h->node, node_len) != 0))
+            continue;
+        if (!t->started)
+            return 0;
+        if (h->serial < t->base)
+            return 1;
+        return h->serial < t->base + SERIAL_WINDOW && bit_get(t, h->serial);
+    }
+    return 0;
+}
+
 static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
 {
     int st = AM_OK;
@@ -424,6 +463,10 @@ static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
     ev_key k;
     make_key(&k, h->node, h->node_len, h->serial);
     int32_t i = find_slot(p, h, &k);
+    if (i == NO_SLOT && p->unmarked && already_completed(p, h)) {
+        p->late_records++;
+        return AM_OK;
+    }
     if (h->type == AT_EOE) {
         if (i != NO_SLOT)
             st = complete(p, sink, i);
@@ -471,6 +514,7 @@ static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
         }
         if (h->ts_ms > s->last_ts)
             s->last_ts = h->ts_ms;
+        s->gen = p->gen;
         if (h->type == AT_PROCTITLE || is_single_record_type(h->type))
             st = complete(p, sink, i);
     }
@@ -638,6 +682,8 @@ void am_audit_stats(const am_audit *p, const am_sink *sink, struct am_audit_stat
     for (uint32_t i = 0; i < p->opt.max_in_flight; i++)
         mem += p->slots[i].cap;
     mem += encoder_memory(&p->enc);
+    if (p->titles != NULL)
+        mem += sizeof *p->titles;
     out->memory = mem;
     if (sink != NULL) {
         struct am_sink_stats ss;
@@ -645,5 +691,67 @@ void am_audit_stats(const am_audit *p, const am_sink *sink, struct am_audit_stat
         out->memory += ss.memory;
         out->memory_bound += sink_memory_bound(&sink->opt, burst_bound(&p->opt),
                                                p->opt.max_in_flight);
+    }
+}
+
+/* ---- unmarked mode: no EOE, no PROCTITLE (the netlink owner's exclusions) ---- */
+
+int am_audit_nl_unmarked(am_audit *p, uint32_t on)
+{
+    if (p == NULL)
+        return AM_ERR_ARG;
+    if (on && p->titles == NULL) {
+        p->titles = calloc(1, sizeof *p->titles);
+        if (p->titles == NULL)
+            return AM_ERR_NOMEM;
+        p->titles->read_proc = 1;
+        p->st.memory_bound += sizeof *p->titles;
+    }
+    p->unmarked = on != 0;
+    return AM_OK;
+}
+
+static int drain_end(am_audit *p, am_sink *sink, uint64_t now_ms)
+{
+    if (!p->unmarked || (p->gen_from_ms != 0 && now_ms < p->gen_from_ms + DRAIN_GAP_MS))
+        return AM_OK;
+    /* Every event whose last record came before the previous generation began is complete:
+     * the kernel queues one syscall's records back to back, so what is still missing of it
+     * after a whole drain and a gather is not coming (or comes late, and is counted). */
+    int32_t i = p->oldest;
+    while (i != NO_SLOT) {
+        int32_t next = p->slots[i].next;
+        if (p->slots[i].gen != p->gen) {
+            p->unmarked_completed++;
+            int st = complete(p, sink, i);
+            if (st != AM_OK)
+                return st;
+        }
+        i = next;
+    }
+    p->gen++;
+    p->gen_from_ms = now_ms ? now_ms : 1;
+    return AM_OK;
+}
+
+int am_audit_nl_drain_end(am_audit *p, am_sink *sink, uint64_t now_ms, struct am_anl_stats *st)
+{
+    if (p == NULL || sink == NULL)
+        return AM_ERR_ARG;
+    int s = drain_end(p, sink, now_ms);
+    if (st != NULL)
+        audit_nl_counters(p, st);
+    return s;
+}
+
+void audit_nl_counters(const am_audit *p, struct am_anl_stats *st)
+{
+    st->unmarked_completed = p->unmarked_completed;
+    st->late_records = p->late_records;
+    if (p->titles != NULL) {
+        st->titles_learnt = p->titles->learnt;
+        st->titles_cached = p->titles->cached;
+        st->titles_proc = p->titles->proc;
+        st->titles_missing = p->titles->missing;
     }
 }

@@ -2,9 +2,11 @@
  * (docs/events.md). Runs once per event; nothing here keeps state between events. */
 #include "audit_event.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core.h"
 
@@ -517,6 +519,19 @@ typedef struct argv_state {
     int argc_ok;
 } argv_state;
 
+/* The argv as the process's command line: each argument and its NUL, the first TITLE_BYTES
+ * (what the kernel's PROCTITLE holds, before it cuts the trailing NULs). */
+static void title_add_arg(am_encoder *enc, const void *arg, size_t n)
+{
+    size_t room = TITLE_BYTES - enc->argv_title_len;
+    size_t k = n < room ? n : room;
+    if (k)
+        memcpy(enc->argv_title + enc->argv_title_len, arg, k);
+    enc->argv_title_len += k;
+    if (enc->argv_title_len < TITLE_BYTES)
+        enc->argv_title[enc->argv_title_len++] = 0;
+}
+
 static void argv_finish_chunk(argv_state *a, am_encoder *enc)
 {
     if (a->chunk_arg < 0)
@@ -527,10 +542,12 @@ static void argv_finish_chunk(argv_state *a, am_encoder *enc)
      * aN_len is the length as logged: twice the bytes when the argument is hex-encoded. */
     if (a->chunk_want_ok ? a->chunk_want != a->chunk_text : a->broken)
         a->broken = 1;
-    else if (mp_text(&enc->items, (const char *)enc->scratch, a->chunk_len) == AM_OK)
+    else if (mp_text(&enc->items, (const char *)enc->scratch, a->chunk_len) == AM_OK) {
         a->count++;
-    else
+        title_add_arg(enc, enc->scratch, a->chunk_len);
+    } else {
         a->full = 1;
+    }
     a->chunk_arg = -1;
     a->chunk_len = 0;
     a->chunk_text = 0;
@@ -617,10 +634,12 @@ static void argv_field(argv_state *a, am_encoder *enc, const am_field *f)
     }
     if (n < 0)
         a->broken = 1;
-    else if (mp_text(&enc->items, s, (size_t)n) != AM_OK)
+    else if (mp_text(&enc->items, s, (size_t)n) != AM_OK) {
         a->full = 1;
-    else
+    } else {
         a->count++;
+        title_add_arg(enc, s, (size_t)n);
+    }
 }
 
 static void put_items(enc_ctx *c, const char *key, uint32_t count, const mp_buf *items)
@@ -631,6 +650,155 @@ static void put_items(enc_ctx *c, const char *key, uint32_t count, const mp_buf 
     }
 }
 
+/* ---- titles without PROCTITLE (title_cache, audit_event.h) ---- */
+
+/* The process an event's SYSCALL record names: pid, exe (decoded), and whether it succeeded. */
+typedef struct proc_ident {
+    uint32_t pid;
+    int ok;
+    size_t exe_len;
+    uint8_t exe[TITLE_EXE_MAX];
+} proc_ident;
+
+static int event_process(am_encoder *enc, const event_shape *s, proc_ident *id)
+{
+    int have_pid = 0, have_exe = 0;
+    id->ok = 0;
+    for (size_t i = 0; i < s->sc_n; i++) {
+        const am_field *f = &enc->sc_fields[i];
+        if (key_is(f, "pid") && !have_pid) {
+            uint64_t v;
+            if (parse_dec_u64(f->val, f->val_len, &v) == 0 && v > 0 && v <= UINT32_MAX) {
+                id->pid = (uint32_t)v;
+                have_pid = 1;
+            }
+        } else if (key_is(f, "exe") && !have_exe) {
+            const char *v;
+            long n = field_bytes(f, 1, id->exe, sizeof id->exe, &v);
+            if (n >= 0 && (size_t)n <= sizeof id->exe) {
+                if (v != (const char *)id->exe)
+                    memcpy(id->exe, v, (size_t)n);
+                id->exe_len = (size_t)n;
+                have_exe = 1;
+            }
+        } else if (key_is(f, "success")) {
+            id->ok = span_eq(f->val, f->val_len, "yes");
+        }
+    }
+    return have_pid && have_exe;
+}
+
+static uint64_t exe_hash(const uint8_t *b, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static size_t rtrim_nul(const uint8_t *b, size_t n)
+{
+    while (n > 0 && b[n - 1] == 0)
+        n--;
+    return n;
+}
+
+static void title_store(title_cache *tc, const proc_ident *id, uint64_t ts_ms, const uint8_t *t,
+                        size_t n)
+{
+    title_entry *e = &tc->slots[id->pid % TITLE_SLOTS];
+    e->pid = id->pid;
+    e->exe_len = (uint32_t)id->exe_len;
+    e->exe_hash = exe_hash(id->exe, id->exe_len);
+    e->ts_ms = ts_ms;
+    e->len = (uint32_t)n;
+    memcpy(e->title, t, n);
+}
+
+/* /proc/PID/cmdline of the process that is pid now, kept only when /proc/PID/exe (read after
+ * it, through the same directory, which stays that process's even if the pid is reused) is the
+ * event's exe. Returns the title's length, or -1. */
+static long title_from_proc(const proc_ident *id, uint8_t *out)
+{
+    char path[32];
+    snprintf(path, sizeof path, "/proc/%u", id->pid);
+    int dir = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return -1;
+    long got = -1;
+    int fd = openat(dir, "cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, out, TITLE_BYTES);
+        close(fd);
+        char exe[TITLE_EXE_MAX];
+        ssize_t m = n > 0 ? readlinkat(dir, "exe", exe, sizeof exe) : -1;
+        if (m >= 0 && (size_t)m == id->exe_len && memcmp(exe, id->exe, id->exe_len) == 0)
+            got = (long)rtrim_nul(out, (size_t)n);
+    }
+    close(dir);
+    return got > 0 ? got : -1;
+}
+
+/* An exec event with EXECVE that succeeded: its argv is its process's command line now. */
+static void title_learn(am_encoder *enc, const am_event_view *ev, const event_shape *s,
+                        int argv_whole)
+{
+    if (!argv_whole && enc->argv_title_len < TITLE_BYTES)
+        return; /* the argv stops short: only its first TITLE_BYTES would do */
+    proc_ident id;
+    if (!event_process(enc, s, &id) || !id.ok)
+        return;
+    title_store(ev->titles, &id, ev->ts_ms, enc->argv_title,
+                rtrim_nul(enc->argv_title, enc->argv_title_len));
+    ev->titles->learnt++;
+}
+
+/* The title of the process of an event without EXECVE, into out; its length or -1. */
+static long title_find(am_encoder *enc, const am_event_view *ev, const event_shape *s,
+                       uint8_t *out)
+{
+    title_cache *tc = ev->titles;
+    proc_ident id;
+    if (!event_process(enc, s, &id)) {
+        tc->missing++;
+        return -1;
+    }
+    const title_entry *e = &tc->slots[id.pid % TITLE_SLOTS];
+    if (e->pid == id.pid && e->exe_len == id.exe_len &&
+        e->exe_hash == exe_hash(id.exe, id.exe_len) && ev->ts_ms + TITLE_FRESH_MS >= e->ts_ms &&
+        ev->ts_ms <= e->ts_ms + TITLE_FRESH_MS) {
+        memcpy(out, e->title, e->len);
+        tc->cached++;
+        return (long)e->len;
+    }
+    long n = tc->read_proc ? title_from_proc(&id, out) : -1;
+    if (n < 0) {
+        tc->missing++;
+        return -1;
+    }
+    title_store(tc, &id, ev->ts_ms, out, (size_t)n);
+    tc->proc++;
+    return n;
+}
+
+/* A title (NUL-separated) as the `title` array: empty parts inside it are kept. */
+static void put_title(enc_ctx *c, am_encoder *enc, const char *v, size_t len)
+{
+    enc->items.len = 0;
+    uint32_t parts = 0;
+    size_t start = 0;
+    for (size_t k = 0; k <= len; k++) {
+        if (k == len || v[k] == '\0') {
+            if (k > start || k < len) {
+                ctx_status(c, mp_text(&enc->items, v + start, k - start));
+                parts++;
+            }
+            start = k + 1;
+        }
+    }
+    put_items(c, "title", parts, &enc->items);
+}
+
 static int put_exec(enc_ctx *c, am_encoder *enc, const am_event_view *ev, const event_shape *s)
 {
     int incomplete = 0;
@@ -639,6 +807,7 @@ static int put_exec(enc_ctx *c, am_encoder *enc, const am_event_view *ev, const 
     if (s->has_execve) {
         argv_state a = {.chunk_arg = -1};
         enc->items.len = 0;
+        enc->argv_title_len = 0;
         while (next_rec(ev, &off, &r)) {
             if (r.type != AT_EXECVE)
                 continue;
@@ -658,6 +827,8 @@ static int put_exec(enc_ctx *c, am_encoder *enc, const am_event_view *ev, const 
         put_items(c, "argv", a.count, &enc->items);
         if (a.broken || (a.argc_ok && a.count < a.argc))
             incomplete = 1;
+        if (ev->titles != NULL && !a.full)
+            title_learn(enc, ev, s, a.argc_ok && a.count == a.argc && !a.broken);
     }
     /* PATH records */
     uint32_t paths = 0;
@@ -721,21 +892,14 @@ static int put_exec(enc_ctx *c, am_encoder *enc, const am_event_view *ev, const 
             long len = field_bytes(f, 1, enc->scratch, enc->scratch_cap, &v);
             if (len < 0)
                 break;
-            enc->items.len = 0;
-            uint32_t parts = 0;
-            size_t start = 0;
-            for (size_t k = 0; k <= (size_t)len; k++) {
-                if (k == (size_t)len || v[k] == '\0') {
-                    if (k > start || k < (size_t)len) {
-                        ctx_status(c, mp_text(&enc->items, v + start, k - start));
-                        parts++;
-                    }
-                    start = k + 1;
-                }
-            }
-            put_items(c, "title", parts, &enc->items);
+            put_title(c, enc, v, (size_t)len);
             break;
         }
+    } else if (!s->has_execve && ev->titles != NULL) {
+        uint8_t title[TITLE_BYTES];
+        long len = title_find(enc, ev, s, title);
+        if (len >= 0)
+            put_title(c, enc, (const char *)title, (size_t)len);
     }
     return incomplete;
 }

@@ -63,7 +63,7 @@ struct rule {
     size_t len;
     int shared; /* the kernel had it already (another agent's, EEXIST): not ours to delete */
     int watch; /* a watch rule (am_anl_watch), of the path in data's buffer */
-    int exclusion; /* one of our exclusions (EXCL_UNREAD, EXCL_PATH), else 0 */
+    int exclusion; /* one of our exclusions (EXCL_UNREAD, EXCL_PATH, EXCL_PROCTITLE), else 0 */
 };
 
 struct am_anl {
@@ -197,7 +197,9 @@ int am_audit_nl_decode(am_audit *p, am_sink *sink, const uint8_t *buf, size_t le
         *consumed = 0;
     if (p == NULL || consumed == NULL || st == NULL || (buf == NULL && len > 0))
         return AM_ERR_ARG;
-    return decode(p, sink, buf, len, consumed, st, NULL);
+    int s = decode(p, sink, buf, len, consumed, st, NULL);
+    audit_nl_counters(p, st);
+    return s;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -471,7 +473,7 @@ int am_anl_drain(am_anl *a, am_sink *sink, uint32_t max_datagrams)
             want = max_datagrams - got;
         size_t n = recv_datagrams(a, want);
         if (n == 0)
-            return AM_OK;
+            return sink != NULL ? am_audit_nl_drain_end(a->parser, sink, mono_ms(), NULL) : AM_OK;
         got += (uint32_t)n;
         s = decode_held(a, sink);
         if (s != AM_OK)
@@ -492,25 +494,30 @@ static int string_field(uint32_t field)
 
 /* The agent's exclusions (install_exclusions) are ranges of record types: EOE (1320) to
  * BPRM_FCAPS (1321), records no event reads; PATH (1302) to PATH, which only the `paths` key of
- * exec events reads (exclude_path). The kernel's exclude filter gives up on a rule with any
+ * exec events reads (exclude_path); PROCTITLE (1327) to PROCTITLE, whose end-of-event mark and
+ * title the parser's unmarked mode replaces (exclude_proctitle; 1322-1326 stay). The kernel's exclude filter gives up on a rule with any
  * field it does not filter on (a key among them: the rule would then exclude nothing), so
  * these rules cannot carry our key; their exact shape (msgtype>=A msgtype<=B) is what tells
  * them from an administrator's exclusions (msgtype=EOE, say), which restore and the
  * stale-rule removal never touch. */
-enum { EXCL_NONE = 0, EXCL_UNREAD = 1, EXCL_PATH = 2 };
+enum { EXCL_NONE = 0, EXCL_UNREAD = 1, EXCL_PATH = 2, EXCL_PROCTITLE = 3 };
 
 static void exclusion_fields(struct audit_rule_data *r, int which)
 {
+    static const uint32_t from[] = {[EXCL_UNREAD] = AUDIT_EOE, [EXCL_PATH] = AUDIT_PATH,
+                                    [EXCL_PROCTITLE] = AUDIT_PROCTITLE};
+    static const uint32_t to[] = {[EXCL_UNREAD] = AUDIT_BPRM_FCAPS, [EXCL_PATH] = AUDIT_PATH,
+                                  [EXCL_PROCTITLE] = AUDIT_PROCTITLE};
     r->flags = AUDIT_FILTER_EXCLUDE;
     r->action = AUDIT_ALWAYS;
     for (size_t i = 0; i < AUDIT_BITMASK_SIZE; i++)
         r->mask[i] = ~0u;
     r->fields[0] = AUDIT_MSGTYPE;
     r->fieldflags[0] = AUDIT_GREATER_THAN_OR_EQUAL;
-    r->values[0] = which == EXCL_PATH ? AUDIT_PATH : AUDIT_EOE;
+    r->values[0] = from[which];
     r->fields[1] = AUDIT_MSGTYPE;
     r->fieldflags[1] = AUDIT_LESS_THAN_OR_EQUAL;
-    r->values[1] = which == EXCL_PATH ? AUDIT_PATH : AUDIT_BPRM_FCAPS;
+    r->values[1] = to[which];
     r->field_count = 2;
 }
 
@@ -519,7 +526,7 @@ static int rule_exclusion(const struct audit_rule_data *r, size_t len)
 {
     if (len < sizeof *r || (r->flags & ~(uint32_t)AUDIT_FILTER_PREPEND) != AUDIT_FILTER_EXCLUDE)
         return EXCL_NONE;
-    for (int which = EXCL_UNREAD; which <= EXCL_PATH; which++) {
+    for (int which = EXCL_UNREAD; which <= EXCL_PROCTITLE; which++) {
         struct audit_rule_data want;
         memset(&want, 0, sizeof want);
         exclusion_fields(&want, which);
@@ -825,7 +832,10 @@ static void add_exclusion(am_anl *a, int which)
         return;
     exclusion_fields(r, which);
     size_t before = a->nrules;
-    install_rule(a, r, sizeof *r, which == EXCL_PATH ? "msgtype PATH" : "msgtype EOE..BPRM_FCAPS",
+    install_rule(a, r, sizeof *r,
+                 which == EXCL_PATH        ? "msgtype PATH"
+                 : which == EXCL_PROCTITLE ? "msgtype PROCTITLE"
+                                           : "msgtype EOE..BPRM_FCAPS",
                  "exclude");
     if (a->nrules > before)
         a->rules[before].exclusion = which;
@@ -859,7 +869,8 @@ static void sync_path_exclusion(am_anl *a)
 
 static void install_exclusions(am_anl *a)
 {
-    if ((!a->opt.exclude_unread && !a->opt.exclude_path) || a->mode != AM_ANL_OWNER)
+    if ((!a->opt.exclude_unread && !a->opt.exclude_path && !a->opt.exclude_proctitle) ||
+        a->mode != AM_ANL_OWNER)
         return;
     int readers = multicast_readers();
     if (readers != 0) {
@@ -886,6 +897,20 @@ static void install_exclusions(am_anl *a)
     sync_path_exclusion(a);
     if (a->st.path_excluded)
         report_add(a, " PATH excluded (exec events without `paths`);");
+    if (a->opt.exclude_proctitle) {
+        /* The parser's unmarked mode first: a PROCTITLE-less event must never wait for it. */
+        if (am_audit_nl_unmarked(a->parser, 1) == AM_OK)
+            add_exclusion(a, EXCL_PROCTITLE);
+        a->st.proctitle_excluded = exclusion_index(a, EXCL_PROCTITLE) >= 0;
+        if (!a->st.proctitle_excluded) {
+            am_audit_nl_unmarked(a->parser, 0);
+            a->st.unread_kept = 1;
+            if (a->kept_why == NULL)
+                a->kept_why = "the kernel refused the exclusion";
+        } else {
+            report_add(a, " PROCTITLE excluded (events complete at drain ends);");
+        }
+    }
 }
 
 static void arches(uint32_t out[2], size_t *count, int compat)
@@ -1317,6 +1342,7 @@ void am_anl_default_options(struct am_anl_options *out)
     out->drop_when_full = 1;
     out->exclude_unread = 1;
     out->exclude_path = 1;
+    out->exclude_proctitle = 1;
 }
 
 am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_options *audit)
@@ -1326,7 +1352,7 @@ am_anl *am_anl_new(const struct am_anl_options *opts, const struct am_audit_opti
     if (opts != NULL)
         o = *opts;
     if (o.take_ownership > 1 || o.exec_rules > 1 || o.net_rules > 1 || o.compat_arch > 1 || o.drop_when_full > 1 ||
-        o.exclude_unread > 1 || o.exclude_path > 1 ||
+        o.exclude_unread > 1 || o.exclude_path > 1 || o.exclude_proctitle > 1 ||
         o.rcvbuf_bytes > (1u << 30) || o.reply_timeout_ms < 1 || o.reply_timeout_ms > 60000 ||
         o.backlog_limit > (1u << 30))
         return NULL;
@@ -1444,7 +1470,17 @@ int am_anl_poll_status(am_anl *a, struct am_anl_status *out)
 
 int am_anl_expire(am_anl *a, am_sink *sink, uint64_t now_ms)
 {
-    return a == NULL ? AM_ERR_ARG : am_audit_expire(a->parser, sink, now_ms);
+    if (a == NULL)
+        return AM_ERR_ARG;
+    if (a->st.proctitle_excluded) {
+        /* Unmarked mode: the last events of a burst complete at a drain end, and after a burst
+         * no readable socket calls for one: the timer's drain is it (ending with the socket
+         * read to EAGAIN, so nothing unread is cut off). */
+        int s = am_anl_drain(a, sink, 0);
+        if (s != AM_OK)
+            return s;
+    }
+    return am_audit_expire(a->parser, sink, now_ms);
 }
 
 int am_anl_flush(am_anl *a, am_sink *sink)
@@ -1460,8 +1496,10 @@ void am_anl_stats(const am_anl *a, struct am_anl_stats *out, struct am_audit_sta
         memset(parser, 0, sizeof *parser);
     if (a == NULL)
         return;
-    if (out != NULL)
+    if (out != NULL) {
         *out = a->st;
+        audit_nl_counters(a->parser, out);
+    }
     if (parser != NULL)
         am_audit_stats(a->parser, NULL, parser);
 }

@@ -28,6 +28,10 @@ struct am_anl_options {
     uint32_t exclude_path;   /* 1: as exclude_unread, and while no watch rule is installed
                               * (am_anl_watch), PATH records too: exec events then have no
                               * `paths`. 1 */
+    uint32_t exclude_proctitle; /* 1: as exclude_unread, PROCTITLE too: events then complete at
+                              * the second drain end after their last record, and the `title`
+                              * of exec events without EXECVE comes from the parser's title
+                              * cache (am_audit_nl_unmarked). 1 */
 };
 
 /* struct audit_status as the kernel reports it (fields a kernel does not send stay 0). */
@@ -90,6 +94,14 @@ struct am_anl_stats {
     uint64_t unread_kept;       /* 1: exclusions were wanted but not installed (another reader
                                  * of the multicast group, /proc/net/netlink unreadable, refused) */
     uint64_t path_excluded;     /* 1: PATH records are excluded now (exclude_path, no watches) */
+    uint64_t proctitle_excluded; /* 1: open installed the exclusion of PROCTITLE: the parser
+                                  * then completes events at drain ends (unmarked mode) */
+    uint64_t unmarked_completed; /* events completed at a drain end (no EOE, no PROCTITLE) */
+    uint64_t late_records;      /* records of an event already completed: counted, dropped */
+    uint64_t titles_learnt;     /* exec events whose argv was kept as their process's title */
+    uint64_t titles_cached;     /* events without EXECVE given a kept title */
+    uint64_t titles_proc;       /* ... given a title read from /proc/PID/cmdline */
+    uint64_t titles_missing;    /* ... left without one (process gone, exe differs) */
 };
 
 /* What am_anl_restore did. */
@@ -173,6 +185,21 @@ void am_anl_free(am_anl *a);
  * message boundary). */
 int am_audit_nl_decode(am_audit *p, am_sink *sink, const uint8_t *buf, size_t len,
                        size_t *consumed, struct am_anl_stats *st);
+/* Unmarked mode, for a parser fed by a kernel that sends neither EOE nor PROCTITLE (the owner's
+ * exclusions): an event completes at the drain end after the one in which its last record
+ * came (am_audit_nl_drain_end), a record of an event already completed is counted and dropped
+ * (late_records), and exec events without EXECVE get their `title` from a cache of exec
+ * events' argv by pid, else from /proc/PID/cmdline. AM_ERR_NOMEM when the cache could not be
+ * allocated (the mode is then unchanged). */
+int am_audit_nl_unmarked(am_audit *p, uint32_t on);
+/* The socket said EAGAIN: completes every open event whose last record came before the
+ * previous drain end (now_ms: monotonic; drain ends closer than 40 ms to the last one that
+ * completed change nothing). The counters go to st too, when not NULL (as am_audit_nl_decode's).
+ * AM_ERR_ARG without a sink. */
+int am_audit_nl_drain_end(am_audit *p, am_sink *sink, uint64_t now_ms, struct am_anl_stats *st);
 /* CDEF-END */
+
+/* The parser's unmarked-mode counters into st (audit_netlink.c). */
+void audit_nl_counters(const am_audit *p, struct am_anl_stats *st);
 
 #endif

@@ -63,6 +63,9 @@ class AuditNetlinkOptions:
     # As exclude_unread, and while no watch rule is installed, PATH records too: exec events
     # then have no `paths` (True).
     exclude_path: bool | None = None
+    # As exclude_unread, PROCTITLE too: events complete at the second drain end after their last
+    # record, and exec events without EXECVE take `title` from the parser's title cache (True).
+    exclude_proctitle: bool | None = None
     parser: AuditOptions | None = field(default=None, metadata=_base.C_ONLY_IN_PYTHON)
     # Watch rules (perm wa) for these absolute paths: the FileSystem collector's actors.
     watch_paths: tuple[str, ...] = field(default=(), metadata=_base.C_ONLY_IN_PYTHON)
@@ -292,13 +295,32 @@ class NetlinkDecoder(NativeHandle):
             lambda sink, data, n, used: lib.am_audit_nl_decode(handle, sink, data, n, used, st),
             "am_audit_nl_decode")
 
+    def unmarked(self, on: bool = True) -> None:
+        """The parser's unmarked mode (am_audit_nl_unmarked), as the live source's when it
+        excluded PROCTITLE: events complete at drain ends, titles come from its title cache."""
+        check(lib.am_audit_nl_unmarked(self._live(), int(on)), "am_audit_nl_unmarked")
+
+    def drain_end(self, now_ms: int) -> list[bytes]:
+        """The socket said EAGAIN at now_ms (monotonic ms): the events it completes, in the
+        batches it filled and the sealed open one."""
+        handle, st = self._live(), self._st
+        if now_ms < 0:
+            raise CoreArgumentError("now_ms must be >= 0")
+        done = self._parser.run(lambda sink: more(
+            lib.am_audit_nl_drain_end(handle, sink.handle, now_ms, st), "am_audit_nl_drain_end"))
+        return done + self._parser.seal()
+
     def flush(self) -> list[bytes]:
         self._live()
         return self._parser.flush()
 
     def stats(self) -> AuditNetlinkStats:
         """The netlink counters (the socket-only ones stay 0) and the parser's."""
-        self._live()
+        handle = self._live()
+        # Decoding nothing copies the parser's unmarked-mode counters (titles found by a
+        # flush's events among them) into the netlink ones.
+        check(lib.am_audit_nl_decode(handle, ffi.NULL, ffi.NULL, 0, self._parser._consumed,
+                                     self._st), "am_audit_nl_decode")
         return AuditNetlinkStats(_base.stats_values("struct am_anl_stats", self._st),
                                  self._parser.stats())
 
