@@ -265,3 +265,44 @@ def test_memory_bound_covers_the_title_cache() -> None:
     assert 256 * 128 <= grown <= 256 * 200  # 256 slots of 128 bytes and their keys
     assert after.memory - before.memory == grown
     assert after.memory <= after.memory_bound
+
+
+# ---------------------------------------------------------------------------------------------
+# memory over many calls
+
+
+def test_unmarked_entry_points_keep_rss_flat() -> None:
+    from leakcheck import assert_rss_flat
+
+    counter = iter(range(1, 10**9))
+    args = [b"sh", b"-c", b"x" * 200]
+
+    def whole_cycle() -> None:  # new, unmarked (the cache allocated), use, close
+        d = unmarked()
+        feed(d, *an_exec(1, NO_PID, b"/bin/sh", args))
+        d.drain_end(1000)
+        d.drain_end(1100)
+        feed(d, *a_failed_exec(2, NO_PID, b"/bin/sh"), *a_failed_exec(3, NO_PID, b"/bin/x"))
+        d.drain_end(1200)
+        d.drain_end(1300)
+        feed(d, record(CWD, 2, 'cwd="/"'))  # late
+        d.flush()
+        d.stats()
+        d.close()
+
+    assert_rss_flat(whole_cycle, calls=3000, name="am_audit_nl_unmarked/drain_end (new..free)")
+
+    long_lived = unmarked()
+
+    def one_drain() -> None:  # events, titles (cached and /proc misses), late records
+        n = next(counter)
+        serial, clock = 3 * n, 100 * n
+        feed(long_lived, *an_exec(serial, 1000 + n % 5000, b"/bin/sh", args),
+             *a_failed_exec(serial + 1, 1000 + n % 5000, b"/bin/sh"),
+             *a_failed_exec(serial + 2, NO_PID, b"/bin/y"), record(CWD, serial - 3, 'cwd="/"'))
+        long_lived.drain_end(clock)
+        long_lived.drain_end(clock + 50)
+
+    assert_rss_flat(one_drain, name="am_audit_nl_drain_end on a long-lived parser")
+    stats = long_lived.stats()
+    assert stats.late_records > 0 and stats.titles_learnt > 0 and stats.titles_missing > 0

@@ -1,10 +1,14 @@
 /* fuzz_audit_text.c: audit log text in one to three chunks, cut at places derived from the
  * input, then end of input. Checks every status, the contract of *consumed, each batch's
- * msgpack shape and that the parser's memory stays within its bound. */
+ * msgpack shape and that the parser's memory stays within its bound. For one input in two
+ * (by its hash) the parser is in unmarked mode (am_audit_nl_unmarked: events complete at drain
+ * ends, exec events without EXECVE take titles from its cache or /proc) and a drain end follows
+ * each chunk. */
 #include <stddef.h>
 #include <stdint.h>
 
 #include "core.h"
+#include "core_audit_netlink.h"
 #include "fuzz_check.h"
 
 static void feed_chunk(struct fuzz_audit *f, const char *data, size_t len)
@@ -48,9 +52,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_audit_new(&f);
     fuzz_check_null_handles(&f);
     const char *text = (const char *)data;
+    int unmarked = (h >> 20) & 1;
+    if (unmarked)
+        CHECK(am_audit_nl_unmarked(f.p, 1) == AM_OK);
+    struct am_anl_stats nl = {0};
+    uint64_t now_ms = 1000;
     feed_chunk(&f, text, cuts[0]);
+    if (unmarked)
+        CHECK(am_audit_nl_drain_end(f.p, f.sink, now_ms += 50, &nl) == AM_OK);
     feed_chunk(&f, text + cuts[0], cuts[1] - cuts[0]);
+    if (unmarked)
+        CHECK(am_audit_nl_drain_end(f.p, f.sink, now_ms += 50, &nl) == AM_OK);
     feed_chunk(&f, text + cuts[1], size - cuts[1]);
+    if (unmarked) {
+        CHECK(am_audit_nl_drain_end(f.p, f.sink, now_ms += 50, &nl) == AM_OK);
+        fuzz_check_memory(&f);
+        /* At most one title looked up or learnt per event sent. */
+        struct am_audit_stats ps;
+        am_audit_stats(f.p, NULL, &ps);
+        CHECK(nl.titles_cached + nl.titles_proc + nl.titles_missing + nl.titles_learnt <=
+              ps.events);
+        CHECK(nl.unmarked_completed <= ps.events);
+    }
     fuzz_finish(&f);
 
     struct am_audit_stats st;
