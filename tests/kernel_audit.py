@@ -41,7 +41,9 @@ def release_audit_pid() -> None:
 EXCLUSION_RULE = "-a always,exclude -F msgtype>=EOE -F msgtype<=BPRM_FCAPS"
 # ... and of PATH records (exec events' `paths`), while no watch rule wants them.
 PATH_EXCLUSION_RULE = "-a always,exclude -F msgtype>=PATH -F msgtype<=PATH"
-EXCLUSION_RULES = (EXCLUSION_RULE, PATH_EXCLUSION_RULE)
+# ... and of PROCTITLE records (the parser then completes events at drain ends).
+PROCTITLE_EXCLUSION_RULE = "-a always,exclude -F msgtype>=PROCTITLE -F msgtype<=PROCTITLE"
+EXCLUSION_RULES = (EXCLUSION_RULE, PATH_EXCLUSION_RULE, PROCTITLE_EXCLUSION_RULE)
 NETLINK_ADD_MEMBERSHIP = 1
 SOL_NETLINK = 270
 AUDIT_NLGRP_READLOG = 1

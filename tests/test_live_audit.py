@@ -11,6 +11,7 @@ Needs: root (CAP_AUDIT_CONTROL, CAP_AUDIT_READ), the Debian package auditd (audi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -36,6 +37,7 @@ from kernel_audit import (
     EXCLUSION_RULE,
     EXCLUSION_RULES,
     PATH_EXCLUSION_RULE,
+    PROCTITLE_EXCLUSION_RULE,
     multicast_reader,
     multicast_readers,
     release_audit_pid,
@@ -589,10 +591,11 @@ def _exec_seen(source: AuditNetlink, token: str) -> tuple[Event, list[int], floa
 
 def test_owner_excludes_the_record_types_no_event_reads(kernel_audit: AuditState) -> None:
     """As owner, with no other reader, the kernel never sends EOE nor BPRM_FCAPS, nor PATH
-    while no watch rule wants it (two exclude rules): a reader that joins the group afterwards
-    sees the exec's other records, the event still completes at once (on PROCTITLE, no
-    timeout) with every key but `paths`; a watch path brings PATH back at once, and close
-    removes the rules. With a reader in the group before open, nothing is excluded."""
+    while no watch rule wants it, nor PROCTITLE (three exclude rules): a reader that joins the
+    group afterwards sees the exec's other records, the event still completes within a second
+    (at a drain end, no timeout) with every key but `paths`; a watch path brings PATH back at
+    once, and close removes the rules. With a reader in the group before open, nothing is
+    excluded."""
     if kernel_audit.pid != 0:
         skip_unless_ci(f"audit is owned by pid {kernel_audit.pid}: owner mode cannot be tested")
     if multicast_readers() == 0:
@@ -601,7 +604,8 @@ def test_owner_excludes_the_record_types_no_event_reads(kernel_audit: AuditState
     with multicast_reader(), AuditNetlink() as source:
         assert source.mode == "owner", source.state
         stats = source.stats()
-        assert stats.unread_excluded == stats.path_excluded == 0 and stats.unread_kept == 1
+        assert stats.unread_excluded == stats.path_excluded == stats.proctitle_excluded == 0
+        assert stats.unread_kept == 1
         assert "every record type kept:" in source.rules_report
         assert "other reader(s) of the audit multicast group" in source.rules_report
         assert source.state == ("owner; every record type asked for: another reader of the "
@@ -616,30 +620,130 @@ def _owner_excludes_and_watches_bring_path_back() -> None:
         stats = source.stats()
         assert stats.unread_excluded == 1 and stats.unread_kept == 0, source.rules_report
         assert stats.path_excluded == 1, source.rules_report
+        assert stats.proctitle_excluded == 1, source.rules_report
         assert "EOE and BPRM_FCAPS excluded" in source.rules_report
         assert "PATH excluded" in source.rules_report
+        assert "PROCTITLE excluded" in source.rules_report
         assert EXCLUSION_RULE in audit_rules() and PATH_EXCLUSION_RULE in audit_rules()
+        assert PROCTITLE_EXCLUSION_RULE in audit_rules()
         event, types, latency = _exec_seen(source, f"exclusion-{uuid.uuid4()}")
-        assert not {1302, 1320, 1321} & set(types), types
-        assert types[0] == 1300 and types[-1] == 1327 and 1309 in types and 1307 in types
+        assert not {1302, 1320, 1321, 1327} & set(types), types
+        assert types[0] == 1300 and set(types) == {1300, 1309, 1307}, types
         assert "paths" not in event and latency < 1.0
-        assert source.stats().parser.timeouts == stats.parser.timeouts
+        after = source.stats()
+        assert after.parser.timeouts == stats.parser.timeouts
+        assert after.unmarked_completed > stats.unmarked_completed
         # A watch rule's events name their files in PATH records: excluded no more, at once.
         source.watch(("/tmp",))
         assert source.stats().path_excluded == 0
         assert PATH_EXCLUSION_RULE not in audit_rules() and EXCLUSION_RULE in audit_rules()
         event, types, latency = _exec_seen(source, f"watched-{uuid.uuid4()}")
-        assert 1302 in types and 1320 not in types and event["paths"]
+        assert 1302 in types and not {1320, 1327} & set(types) and event["paths"]
         source.watch(())
         assert source.stats().path_excluded == 1 and PATH_EXCLUSION_RULE in audit_rules()
         assert len(our_rules()) == source.stats().rules_installed - source.stats().rules_removed
         pump(source.finish, EventSink(), lambda batches: None)
+        assert source.stats().late_records == 0
     assert not set(EXCLUSION_RULES) & set(audit_rules())
     # Audit_ExecPaths on: PATH records and `paths` as before.
     with AuditNetlink(AuditNetlinkOptions(exclude_path=False)) as source:
         assert source.stats().path_excluded == 0 and source.stats().unread_excluded == 1
         event, types, _ = _exec_seen(source, f"with-paths-{uuid.uuid4()}")
         assert 1302 in types and 1320 not in types and event["paths"]
+
+
+# A child that fails to exec a program that is not there, then connects to its own listener.
+FAILING_CHILD = textwrap.dedent("""
+    import os, socket, sys
+    try:
+        os.execv("/nonexistent/" + sys.argv[1], ["x"])
+    except OSError:
+        pass
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        socket.create_connection(server.getsockname()).close()
+        print(server.getsockname()[1])
+""")
+
+
+def as_proctitle(argv: list[str] | list[bytes]) -> list[str]:
+    """What the kernel's PROCTITLE of a process with this command line says, as `title`."""
+    raw = b"".join((a if isinstance(a, bytes) else a.encode()) + b"\0" for a in argv)
+    return [p.decode() for p in raw[:128].rstrip(b"\0").split(b"\0")]
+
+
+def _failed_exec_and_connect(source: AuditNetlink) -> tuple[Event, Event, Event, float]:
+    """Runs FAILING_CHILD: its exec event, its failed exec's and its connect's, and how long
+    after its exit the last of them was in a batch."""
+    token = f"no-such-program-{uuid.uuid4()}"
+    argv = [sys.executable, "-c", FAILING_CHILD, token]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    out, _ = child.communicate(timeout=10)
+    exited = time.monotonic()
+    port = int(out)
+
+    def mine(ev: list[Event], **keys: Any) -> list[Event]:
+        return [e for e in ev if e.get("pid") == child.pid
+                and all(e.get(k) == v for k, v in keys.items())]
+
+    def done(ev: list[Event]) -> bool:
+        return bool(mine(ev, t="exec", ok=True) and mine(ev, t="exec", ok=False)
+                    and mine(ev, t="net", dir="out", rport=port))
+
+    events = collect(source, done, timeout=5)
+    latency = time.monotonic() - exited
+    (ran,) = mine(events, t="exec", ok=True)
+    (failed,) = mine(events, t="exec", ok=False)
+    (connect,) = mine(events, t="net", dir="out", rport=port)
+    assert ran["argv"] == argv and ran["cwd"] == os.getcwd()
+    assert "argv" not in failed and failed["exe"] == os.path.realpath(sys.executable)
+    assert connect["raddr"] == "127.0.0.1" and connect["exe"] == failed["exe"]
+    return ran, failed, connect, latency
+
+
+def test_owner_without_proctitle_gives_the_same_titles_and_complete_events(
+    kernel_audit: AuditState,
+) -> None:
+    """As owner with PROCTITLE excluded (the default): the rule is in `auditctl -l` while the
+    source runs and gone after close; a failed exec has the title PROCTITLE gives it (the
+    same as with exclude_proctitle off), from the exec its process made (cached) or, for a
+    process that made none since open (this test), from /proc; the exec and the connect of the
+    same child arrive complete within a second, none by timeout."""
+    if kernel_audit.pid != 0:
+        skip_unless_ci(f"audit is owned by pid {kernel_audit.pid}: owner mode cannot be tested")
+    if multicast_readers() != 0:
+        skip_unless_ci("another reader of the audit multicast group: nothing is excluded")
+    titles: dict[bool, list[str]] = {}
+    for exclude in (True, False):
+        with AuditNetlink(AuditNetlinkOptions(exclude_proctitle=exclude)) as source:
+            assert source.mode == "owner", source.state
+            assert source.stats().proctitle_excluded == int(exclude), source.rules_report
+            assert (PROCTITLE_EXCLUSION_RULE in audit_rules()) == exclude
+            ran, failed, connect, latency = _failed_exec_and_connect(source)
+            assert latency < 1.0, f"the events came {latency:.2f} s after the child exited"
+            assert connect["sc"] == "connect" and connect["ppid"] == os.getpid()
+            titles[exclude] = failed["title"]
+            assert failed["title"] == as_proctitle(ran["argv"])
+            # This process's own failed exec: its title from /proc when PROCTITLE is gone.
+            with open("/proc/self/cmdline", "rb") as f:
+                mine = as_proctitle(f.read().rstrip(b"\0").split(b"\0"))
+            with contextlib.suppress(OSError):
+                os.execv(f"/nonexistent/{uuid.uuid4()}", ["x"])
+            own = collect(source, lambda ev: any(
+                e.get("pid") == os.getpid() and e.get("t") == "exec" for e in ev), timeout=5)
+            (self_failed,) = [e for e in own if e.get("pid") == os.getpid() and e["t"] == "exec"]
+            assert self_failed["title"] == mine
+            stats = source.stats()
+            assert stats.parser.timeouts == 0 and stats.late_records == 0
+            if exclude:
+                assert stats.unmarked_completed >= 3 and stats.titles_learnt >= 1
+                assert stats.titles_cached >= 1 and stats.titles_proc >= 1
+            else:
+                assert stats.unmarked_completed == stats.titles_learnt == 0
+            pump(source.finish, EventSink(), lambda batches: None)
+        assert PROCTITLE_EXCLUSION_RULE not in audit_rules()
+    assert titles[True] == titles[False]
 
 
 def test_close_at_interpreter_exit_and_on_half_open_objects(kernel_audit: AuditState) -> None:
