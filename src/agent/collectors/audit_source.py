@@ -306,6 +306,9 @@ class AuditSource:
             # gone or audit was off cannot be known (docs/sources/audit-netlink.md).
             "rules_deleted": s.rules_lost,
             "disabled_by_others": s.disabled_by_others,
+            # Owner without PROCTITLE: records that came after their event was sent (its keys
+            # from them are missing; docs/sources/audit-netlink.md, "unmarked mode").
+            "late_records": s.late_records,
         }
 
     def _account_closed(self, nl: AuditNetlink) -> None:
