@@ -712,7 +712,8 @@ static void title_store(title_cache *tc, const proc_ident *id, uint64_t ts_ms, c
     e->exe_hash = exe_hash(id->exe, id->exe_len);
     e->ts_ms = ts_ms;
     e->len = (uint32_t)n;
-    memcpy(e->title, t, n);
+    if (n != NO_TITLE)
+        memcpy(e->title, t, n);
 }
 
 /* /proc/PID/cmdline of the process that is pid now, kept only when /proc/PID/exe (read after
@@ -764,15 +765,24 @@ static long title_find(am_encoder *enc, const am_event_view *ev, const event_sha
         return -1;
     }
     const title_entry *e = &tc->slots[id.pid % TITLE_SLOTS];
-    if (e->pid == id.pid && e->exe_len == id.exe_len &&
-        e->exe_hash == exe_hash(id.exe, id.exe_len) && ev->ts_ms + TITLE_FRESH_MS >= e->ts_ms &&
-        ev->ts_ms <= e->ts_ms + TITLE_FRESH_MS) {
+    int fresh = e->pid != 0 && ev->ts_ms + TITLE_FRESH_MS >= e->ts_ms &&
+                ev->ts_ms <= e->ts_ms + TITLE_FRESH_MS;
+    if (fresh && e->pid == id.pid && e->exe_len == id.exe_len &&
+        e->exe_hash == exe_hash(id.exe, id.exe_len)) {
+        if (e->len == NO_TITLE) {
+            tc->missing++;
+            return -1;
+        }
         memcpy(out, e->title, e->len);
         tc->cached++;
         return (long)e->len;
     }
     long n = tc->read_proc ? title_from_proc(&id, out) : -1;
     if (n < 0) {
+        /* Kept as known to have none: a shell's child fails an exec for each directory of
+         * PATH it tries, and /proc is read for the first only. A fresh title stays. */
+        if (tc->read_proc && !(fresh && e->len != NO_TITLE))
+            title_store(tc, &id, ev->ts_ms, NULL, NO_TITLE);
         tc->missing++;
         return -1;
     }

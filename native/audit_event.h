@@ -22,8 +22,11 @@ typedef struct rec_head {
  * and within TITLE_FRESH_MS of stream time of when it was learnt: a pid is reused only after
  * the kernel's cyclic pid allocation wrapped pid_max (32768 at least), far beyond what a device
  * forks in a second. On a miss, with read_proc, /proc/PID/cmdline is read once (128 bytes) and
- * kept only when /proc/PID/exe names the event's exe. */
+ * kept only when /proc/PID/exe names the event's exe (else the entry says so: NO_TITLE). */
 enum { TITLE_BYTES = 128, TITLE_SLOTS = 256, TITLE_FRESH_MS = 1000, TITLE_EXE_MAX = 4096 };
+/* An entry's len when /proc gave no title for that pid and exe (gone, another exe): the same
+ * answer, without reading /proc again, within TITLE_FRESH_MS. */
+#define NO_TITLE UINT32_MAX
 
 typedef struct title_entry {
     uint64_t exe_hash;

@@ -253,7 +253,14 @@ def test_a_miss_reads_proc_once_and_a_vanished_process_gives_none() -> None:
         child.wait()
     gone = unmarked()
     assert "title" not in _failed_exec_of(gone, 73, child.pid, exe)
-    assert gone.stats().titles_missing == 1 and gone.stats().titles_proc == 0
+    assert "title" not in _failed_exec_of(gone, 74, child.pid, exe)  # known to have none
+    assert gone.stats().titles_missing == 2 and gone.stats().titles_proc == 0
+    # An exec of that pid (reused) teaches its title all the same.
+    feed(gone, *an_exec(75, child.pid, exe, [b"again"], ms=200))
+    gone.drain_end(17_500)
+    gone.drain_end(17_550)
+    assert _failed_exec_of(gone, 76, child.pid, exe)["title"] == ["again"]
+    assert gone.stats().titles_cached == 1
 
 
 def test_memory_bound_covers_the_title_cache() -> None:
