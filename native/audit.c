@@ -518,7 +518,9 @@ static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
         if (h->type == AT_PROCTITLE || is_single_record_type(h->type))
             st = complete(p, sink, i);
     }
-    while (st == AM_OK && p->oldest != NO_SLOT &&
+    /* Unmarked mode has no timeouts: drain ends complete every event, and a record's time
+     * stamp is its syscall's entry (a blocking accept's is seconds old when it comes). */
+    while (st == AM_OK && !p->unmarked && p->oldest != NO_SLOT &&
            p->stream_ms - p->slots[p->oldest].last_ts > p->opt.timeout_ms) {
         p->st.timeouts++;
         st = complete_oldest(p, sink);
@@ -629,6 +631,8 @@ int am_audit_expire(am_audit *p, am_sink *sink, uint64_t now_ms)
 {
     if (p == NULL || sink == NULL)
         return AM_ERR_ARG;
+    if (p->unmarked)
+        return AM_OK; /* drain ends complete events (see handle_record) */
     int32_t i = p->oldest;
     while (i != NO_SLOT) {
         int32_t next = p->slots[i].next;

@@ -188,7 +188,9 @@ int am_audit_nl_decode(am_audit *p, am_sink *sink, const uint8_t *buf, size_t le
 /* Unmarked mode, for a parser fed by a kernel that sends neither EOE nor PROCTITLE (the owner's
  * exclusions): an event completes at the drain end after the one in which its last record
  * came (am_audit_nl_drain_end), a record of an event already completed is counted and dropped
- * (late_records), and exec events without EXECVE get their `title` from a cache of exec
+ * (late_records), no event times out (neither in stream time nor in am_audit_expire: a record's
+ * time stamp is its syscall's entry, seconds old for a blocking accept), and exec events
+ * without EXECVE get their `title` from a cache of exec
  * events' argv by pid, else from /proc/PID/cmdline. AM_ERR_NOMEM when the cache could not be
  * allocated (the mode is then unchanged). */
 int am_audit_nl_unmarked(am_audit *p, uint32_t on);

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from agent.native import record_type_number
 from agent.native.audit_netlink import NetlinkDecoder
 
 HEADER = struct.Struct("=IHHII")
@@ -313,3 +314,92 @@ def test_unmarked_entry_points_keep_rss_flat() -> None:
     assert_rss_flat(one_drain, name="am_audit_nl_drain_end on a long-lived parser")
     stats = long_lived.stats()
     assert stats.late_records > 0 and stats.titles_learnt > 0 and stats.titles_missing > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the recorded device log without its end marks
+
+
+def _datagrams_of(log: bytes, drop: set[int]) -> list[bytes]:
+    """Each record of the log as the kernel's datagram (unicast framing), those of the types
+    in drop left out."""
+    out = []
+    for line in log.splitlines():
+        if not line.startswith(b"type="):
+            continue
+        name, rest = line[5:].split(b" ", 1)
+        number = record_type_number(name.decode())
+        assert number is not None, name
+        if number in drop:
+            continue
+        payload = rest.removeprefix(b"msg=")
+        out.append(HEADER.pack(len(payload), number, 0, 0, 0) + payload)
+    return out
+
+
+def _comparable(event: dict[str, Any]) -> dict[str, Any]:
+    event = dict(event)
+    event.pop("title", None)
+    if "recs" in event:  # an `audit` event lists its records: PROCTITLE is not among them now
+        event["recs"] = [r for r in event["recs"] if r["type"] != "PROCTITLE"]
+    return event
+
+
+def test_the_device_log_without_eoe_and_proctitle_gives_the_same_events(
+    corpus_dir: Path,
+) -> None:
+    """The recorded device log (every record kind of the corpus) in unmarked mode, its EOE and
+    PROCTITLE records left out and a drain end after every 7 records: the same events as the
+    log parsed as it is, but `title`, none late, none forced, none timed out (the log pauses
+    for seconds between its steps: stream time jumps); every title the cache gave
+    a failed exec is the one the kernel's PROCTITLE said."""
+    log = (corpus_dir / "device-raw.log").read_bytes()
+    marked = NetlinkDecoder()
+    whole = events_of([b for d in _datagrams_of(log, set()) for b in marked.feed(d)]
+                      + marked.flush())
+    d = unmarked()
+    batches: list[bytes] = []
+    clock = 1000
+    for i, datagram in enumerate(_datagrams_of(log, {EOE, PROCTITLE}), 1):
+        batches += d.feed(datagram)
+        if i % 7 == 0:
+            clock += 60
+            batches += d.drain_end(clock)
+    batches += d.drain_end(clock + 60) + d.drain_end(clock + 120)
+    stats = d.stats()
+    assert stats.parser.events == len(whole)  # all complete before any flush
+    unmarked_events = events_of(batches + d.flush())
+    def key(e: dict[str, Any]) -> tuple[int, str]:
+        return e["sn"], e["t"]
+
+    assert sorted(map(_comparable, unmarked_events), key=key) == sorted(
+        map(_comparable, whole), key=key)
+    assert stats.late_records == 0 and stats.parser.timeouts == 0
+    assert stats.parser.forced == 0 and stats.titles_learnt > 0
+    by_sn = {e["sn"]: e for e in whole}
+    titled = [e for e in unmarked_events if "title" in e]
+    failed_execs = [e for e in whole if e["t"] == "exec" and "argv" not in e]
+    assert failed_execs and len(titled) <= len(failed_execs)
+    for event in titled:
+        assert event["title"] == by_sn[event["sn"]]["title"], event
+
+
+def test_an_event_whose_records_carry_an_old_entry_time_waits_for_its_drain_end() -> None:
+    """A blocking accept's records carry the time it was entered: seconds behind the records
+    around them. In unmarked mode neither stream time nor expire() completes it early."""
+    d = unmarked()
+    feed(d, record(SYSCALL, 90, exec_syscall(60, b"/bin/a"), ms=900))
+    accept = ("arch=c000003e syscall=43 success=yes exit=4 a0=3 a1=4 a2=5 a3=0 items=0 ppid=1 "
+              'pid=61 auid=0 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) '
+              'ses=1 comm="srv" exe="/usr/bin/srv" key="iot-micro-agent"')
+    old = record(SYSCALL, 91, accept).replace(b"1717171717.", b"1717171707.")  # 10 s earlier
+    later = record(SYSCALL, 92, exec_syscall(62, b"/bin/c")).replace(b"1717171717.",
+                                                                     b"1717171719.")
+    feed(d, old, later)
+    assert events_of(d._parser.expire(1717171730_000) + d._parser.seal()) == []
+    d.drain_end(1000)  # the accept's SOCKADDR comes in the next drain
+    feed(d, record(SOCKADDR, 91, SOCKADDR_V4))
+    assert sorted(e["sn"] for e in events_of(d.drain_end(1100))) == [90, 92]
+    (done,) = events_of(d.drain_end(1200))
+    assert done["sn"] == 91 and done["raddr"] == "192.168.0.1" and done["dir"] == "in"
+    assert d.stats().parser.timeouts == 0 and d.stats().late_records == 0
