@@ -170,7 +170,8 @@ int am_anl_watch(am_anl *a, const char *list, size_t len);
  * another process deleted are added again (rules_lost, rules_readded), and, as owner, audit
  * disabled by another process is enabled again (disabled_by_others, reenabled). */
 int am_anl_poll_status(am_anl *a, struct am_anl_status *out);
-/* The parser's am_audit_expire and am_audit_flush into sink. */
+/* The parser's am_audit_expire and am_audit_flush into sink; with PROCTITLE excluded
+ * (unmarked mode), expire drains first (its drain end completes events; no timeouts). */
 int am_anl_expire(am_anl *a, am_sink *sink, uint64_t now_ms);
 int am_anl_flush(am_anl *a, am_sink *sink);
 void am_anl_stats(const am_anl *a, struct am_anl_stats *out, struct am_audit_stats *parser);

@@ -652,9 +652,10 @@ def _owner_excludes_and_watches_bring_path_back() -> None:
         assert 1302 in types and 1320 not in types and event["paths"]
 
 
-# A child that fails to exec a program that is not there, then connects to its own listener.
+# A child that fails to exec a program that is not there, then connects to its own listener,
+# then accepts a connection it waits 2.5 s for (a record time-stamped at the accept's entry).
 FAILING_CHILD = textwrap.dedent("""
-    import os, socket, sys
+    import os, socket, sys, threading, time
     try:
         os.execv("/nonexistent/" + sys.argv[1], ["x"])
     except OSError:
@@ -663,6 +664,11 @@ FAILING_CHILD = textwrap.dedent("""
         server.bind(("127.0.0.1", 0))
         server.listen()
         socket.create_connection(server.getsockname()).close()
+        def late():
+            time.sleep(2.5)
+            socket.create_connection(server.getsockname()).close()
+        threading.Thread(target=late).start()
+        server.accept()[0].close()
         print(server.getsockname()[1])
 """)
 
@@ -675,7 +681,7 @@ def as_proctitle(argv: list[str] | list[bytes]) -> list[str]:
 
 def _failed_exec_and_connect(source: AuditNetlink) -> tuple[Event, Event, Event, float]:
     """Runs FAILING_CHILD: its exec event, its failed exec's and its connect's, and how long
-    after its exit the last of them was in a batch."""
+    after its exit the last of them was in a batch; its accept's event must name the peer."""
     token = f"no-such-program-{uuid.uuid4()}"
     argv = [sys.executable, "-c", FAILING_CHILD, token]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -689,7 +695,8 @@ def _failed_exec_and_connect(source: AuditNetlink) -> tuple[Event, Event, Event,
 
     def done(ev: list[Event]) -> bool:
         return bool(mine(ev, t="exec", ok=True) and mine(ev, t="exec", ok=False)
-                    and mine(ev, t="net", dir="out", rport=port))
+                    and mine(ev, t="net", dir="out", rport=port)
+                    and mine(ev, t="net", dir="in", sc="accept4"))
 
     events = collect(source, done, timeout=5)
     latency = time.monotonic() - exited
@@ -699,6 +706,8 @@ def _failed_exec_and_connect(source: AuditNetlink) -> tuple[Event, Event, Event,
     assert ran["argv"] == argv and ran["cwd"] == os.getcwd()
     assert "argv" not in failed and failed["exe"] == os.path.realpath(sys.executable)
     assert connect["raddr"] == "127.0.0.1" and connect["exe"] == failed["exe"]
+    accepts = mine(events, t="net", dir="in", sc="accept4")
+    assert [a.get("raddr") for a in accepts] == ["127.0.0.1"], accepts
     return ran, failed, connect, latency
 
 

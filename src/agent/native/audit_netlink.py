@@ -173,7 +173,8 @@ class AuditNetlink(NativeHandle):
 
     def expire(self, sink: EventSink, now_ms: int) -> bool:
         """Completes events idle for the parser's timeout_ms of wall time (ms since epoch);
-        more as drain()."""
+        more as drain(). With PROCTITLE excluded (proctitle_excluded) it drains instead: the
+        drain's end completes what the last drains left open (there are no timeouts then)."""
         if now_ms < 0:
             raise CoreArgumentError("now_ms must be >= 0")
         return more(lib.am_anl_expire(self._live(), sink.handle, now_ms), "am_anl_expire")
