@@ -867,6 +867,27 @@ static void sync_path_exclusion(am_anl *a)
     a->st.path_excluded = exclusion_index(a, EXCL_PATH) >= 0;
 }
 
+/* PROCTITLE excluded, and the parser in unmarked mode, exactly while no watch rule is
+ * installed: with watches, the FileSystem collector waits join_ms (300 ms) for the audit event
+ * of each change, and an event without its end mark completes only at a later drain end (up to
+ * the next timer's, a second, when nothing else arrives). Events open when the mode goes off
+ * complete by timeout. */
+static void sync_proctitle_exclusion(am_anl *a)
+{
+    int want = a->exclusions_allowed && a->opt.exclude_proctitle && a->nwatches == 0;
+    int at = exclusion_index(a, EXCL_PROCTITLE);
+    if (want && at < 0) {
+        /* The parser's mode first: an event without PROCTITLE must never wait for it. */
+        if (am_audit_nl_unmarked(a->parser, 1) == AM_OK)
+            add_exclusion(a, EXCL_PROCTITLE);
+    } else if (!want && at >= 0) {
+        remove_rule_at(a, (size_t)at);
+    }
+    a->st.proctitle_excluded = exclusion_index(a, EXCL_PROCTITLE) >= 0;
+    if (!a->st.proctitle_excluded)
+        am_audit_nl_unmarked(a->parser, 0);
+}
+
 static void install_exclusions(am_anl *a)
 {
     if ((!a->opt.exclude_unread && !a->opt.exclude_path && !a->opt.exclude_proctitle) ||
@@ -897,20 +918,9 @@ static void install_exclusions(am_anl *a)
     sync_path_exclusion(a);
     if (a->st.path_excluded)
         report_add(a, " PATH excluded (exec events without `paths`);");
-    if (a->opt.exclude_proctitle) {
-        /* The parser's unmarked mode first: a PROCTITLE-less event must never wait for it. */
-        if (am_audit_nl_unmarked(a->parser, 1) == AM_OK)
-            add_exclusion(a, EXCL_PROCTITLE);
-        a->st.proctitle_excluded = exclusion_index(a, EXCL_PROCTITLE) >= 0;
-        if (!a->st.proctitle_excluded) {
-            am_audit_nl_unmarked(a->parser, 0);
-            a->st.unread_kept = 1;
-            if (a->kept_why == NULL)
-                a->kept_why = "the kernel refused the exclusion";
-        } else {
-            report_add(a, " PROCTITLE excluded (events complete at drain ends);");
-        }
-    }
+    sync_proctitle_exclusion(a);
+    if (a->st.proctitle_excluded)
+        report_add(a, " PROCTITLE excluded (events complete at drain ends);");
 }
 
 static void arches(uint32_t out[2], size_t *count, int compat)
@@ -1582,8 +1592,10 @@ int am_anl_watch(am_anl *a, const char *list, size_t len)
         }
         remove_rule_at(a, i);
     }
-    /* Before the new watch rules: their events need PATH from the first one on. */
+    /* Before the new watch rules: their events need PATH (and PROCTITLE, which ends them in
+     * time for FileSystem's join) from the first one on. */
     sync_path_exclusion(a);
+    sync_proctitle_exclusion(a);
     install_watch_rules(a);
     return AM_OK;
 }
