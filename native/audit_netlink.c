@@ -874,7 +874,8 @@ static void sync_path_exclusion(am_anl *a)
  * complete by timeout. */
 static void sync_proctitle_exclusion(am_anl *a)
 {
-    int want = a->exclusions_allowed && a->opt.exclude_proctitle && a->nwatches == 0;
+    int want = a->exclusions_allowed && a->opt.exclude_proctitle && a->nwatches == 0 &&
+               exclusion_index(a, EXCL_UNREAD) >= 0; /* only where EOE is left out too */
     int at = exclusion_index(a, EXCL_PROCTITLE);
     if (want && at < 0) {
         /* The parser's mode first: an event without PROCTITLE must never wait for it. */

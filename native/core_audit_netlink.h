@@ -28,7 +28,8 @@ struct am_anl_options {
     uint32_t exclude_path;   /* 1: as exclude_unread, and while no watch rule is installed
                               * (am_anl_watch), PATH records too: exec events then have no
                               * `paths`. 1 */
-    uint32_t exclude_proctitle; /* 1: as exclude_unread, PROCTITLE too: events then complete at
+    uint32_t exclude_proctitle; /* 1: with exclude_unread's exclusion installed and while no
+                              * watch rule is, PROCTITLE too: events then complete at
                               * the second drain end after their last record, and the `title`
                               * of exec events without EXECVE comes from the parser's title
                               * cache (am_audit_nl_unmarked). 1 */

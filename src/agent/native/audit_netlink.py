@@ -63,8 +63,9 @@ class AuditNetlinkOptions:
     # As exclude_unread, and while no watch rule is installed, PATH records too: exec events
     # then have no `paths` (True).
     exclude_path: bool | None = None
-    # As exclude_unread, PROCTITLE too: events complete at the second drain end after their last
-    # record, and exec events without EXECVE take `title` from the parser's title cache (True).
+    # With exclude_unread's exclusion and while no watch rule is installed, PROCTITLE too:
+    # events complete at the second drain end after their last record, and exec events without
+    # EXECVE take `title` from the parser's title cache (True).
     exclude_proctitle: bool | None = None
     parser: AuditOptions | None = field(default=None, metadata=_base.C_ONLY_IN_PYTHON)
     # Watch rules (perm wa) for these absolute paths: the FileSystem collector's actors.
