@@ -17,9 +17,10 @@ enum {
     MAX_TRACKERS = 8,
     MAX_NODE = 255,
     /* Unmarked mode: a drain end completes events only this long after the previous drain end
-     * that did (the agent's drains are a gather, 50 ms at least, apart; a timer's extra drain
-     * right after one does not cut short the wait for stragglers). */
+     * (the agent's drains are a gather, 50 ms at least, apart; a timer's extra drain right
+     * after one does not cut short the wait for stragglers). */
     DRAIN_GAP_MS = 40,
+    GEN_RING = 64, /* drain ends whose times are kept (older generations are long over) */
 };
 
 typedef struct ev_slot {
@@ -65,7 +66,7 @@ struct am_audit {
     /* Unmarked mode (am_audit_nl_unmarked): the kernel sends neither EOE nor PROCTITLE. */
     int unmarked;
     uint32_t gen;          /* the drain generation records are now given */
-    uint64_t gen_from_ms;  /* when the last drain end that completed events was */
+    uint64_t gen_end_ms[GEN_RING]; /* when generation g ended: [g % GEN_RING] */
     uint64_t unmarked_completed;
     uint64_t late_records;
     title_cache *titles;
@@ -717,15 +718,19 @@ int am_audit_nl_unmarked(am_audit *p, uint32_t on)
 
 static int drain_end(am_audit *p, am_sink *sink, uint64_t now_ms)
 {
-    if (!p->unmarked || (p->gen_from_ms != 0 && now_ms < p->gen_from_ms + DRAIN_GAP_MS))
+    if (!p->unmarked)
         return AM_OK;
-    /* Every event whose last record came before the previous generation began is complete:
-     * the kernel queues one syscall's records back to back, so what is still missing of it
-     * after a whole drain and a gather is not coming (or comes late, and is counted). */
+    /* An event whose last record came in an earlier drain, which ended DRAIN_GAP_MS ago or
+     * more, is complete: the kernel queues one syscall's records back to back, so what is
+     * still missing of it after that drain, a gather and this drain is not coming (or comes
+     * late, and is counted). Generations are told apart by number, never by the records'
+     * time stamps. */
     int32_t i = p->oldest;
     while (i != NO_SLOT) {
         int32_t next = p->slots[i].next;
-        if (p->slots[i].gen != p->gen) {
+        uint32_t g = p->slots[i].gen;
+        if (g != p->gen && (p->gen - g >= GEN_RING ||
+                            now_ms >= p->gen_end_ms[g % GEN_RING] + DRAIN_GAP_MS)) {
             p->unmarked_completed++;
             int st = complete(p, sink, i);
             if (st != AM_OK)
@@ -733,8 +738,8 @@ static int drain_end(am_audit *p, am_sink *sink, uint64_t now_ms)
         }
         i = next;
     }
+    p->gen_end_ms[p->gen % GEN_RING] = now_ms;
     p->gen++;
-    p->gen_from_ms = now_ms ? now_ms : 1;
     return AM_OK;
 }
 

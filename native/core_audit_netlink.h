@@ -188,17 +188,16 @@ void am_anl_free(am_anl *a);
 int am_audit_nl_decode(am_audit *p, am_sink *sink, const uint8_t *buf, size_t len,
                        size_t *consumed, struct am_anl_stats *st);
 /* Unmarked mode, for a parser fed by a kernel that sends neither EOE nor PROCTITLE (the owner's
- * exclusions): an event completes at the drain end after the one in which its last record
- * came (am_audit_nl_drain_end), a record of an event already completed is counted and dropped
+ * exclusions): an event completes at a drain end after the one in which its last record
+ * came, 40 ms or more after that one (am_audit_nl_drain_end), a record of an event already completed is counted and dropped
  * (late_records), no event times out (neither in stream time nor in am_audit_expire: a record's
  * time stamp is its syscall's entry, seconds old for a blocking accept), and exec events
  * without EXECVE get their `title` from a cache of exec
  * events' argv by pid, else from /proc/PID/cmdline. AM_ERR_NOMEM when the cache could not be
  * allocated (the mode is then unchanged). */
 int am_audit_nl_unmarked(am_audit *p, uint32_t on);
-/* The socket said EAGAIN: completes every open event whose last record came before the
- * previous drain end (now_ms: monotonic; drain ends closer than 40 ms to the last one that
- * completed change nothing). The counters go to st too, when not NULL (as am_audit_nl_decode's).
+/* The socket said EAGAIN at now_ms (monotonic): completes every open event whose last record
+ * came in an earlier drain that ended 40 ms ago or more. The counters go to st too, when not NULL (as am_audit_nl_decode's).
  * AM_ERR_ARG without a sink. */
 int am_audit_nl_drain_end(am_audit *p, am_sink *sink, uint64_t now_ms, struct am_anl_stats *st);
 /* CDEF-END */

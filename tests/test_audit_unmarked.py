@@ -97,14 +97,16 @@ def test_an_event_completes_at_the_end_of_the_drain_after_its_last_record() -> N
     assert feed(d, *an_exec(5, 77, b"/usr/bin/true", [b"true", b"x"])) == []
     assert events_of(d.drain_end(1000)) == []  # its records came in this drain: it may go on
     d.feed(record(CWD, 6, 'cwd="/tmp"'))  # another event's record, in the next drain
-    assert events_of(d.drain_end(1020)) == []  # 20 ms after the last: no generation passes
-    done = events_of(d.drain_end(1050))
-    assert [(e["sn"], e["argv"], e["cwd"]) for e in done] == [(5, ["true", "x"], "/")]
+    assert events_of(d.drain_end(1020)) == []  # 20 ms after its drain's end: too soon
+    (done,) = events_of(d.drain_end(1045))  # 45 ms after: complete; 6 is 25 ms old
+    assert (done["sn"], done["argv"], done["cwd"]) == (5, ["true", "x"], "/")
     stats = d.stats()
     assert stats.unmarked_completed == 1 and stats.parser.timeouts == 0
     assert stats.parser.forced == 0 and stats.late_records == 0
-    assert [e["sn"] for e in events_of(d.drain_end(1100))] == [6]
-    assert d.stats().unmarked_completed == 2 and events_of(d.flush()) == []
+    assert events_of(d.drain_end(1055)) == []  # 6's drain ended at 1020
+    assert [e["cwd"] for e in events_of(d.drain_end(1060))] == ["/tmp"]
+    assert d.stats().unmarked_completed == 2
+    assert events_of(d.drain_end(1200) + d.flush()) == []
 
 
 def test_interleaved_events_complete_each_after_its_own_last_record() -> None:

@@ -6,7 +6,7 @@
  * as every audit harness checks them. When the last byte's top bit is set, the parser is in
  * unmarked mode (am_audit_nl_unmarked, as the owner without EOE and PROCTITLE) and a drain end
  * follows each datagram, the clock stepping by the second byte (so that some are closer than
- * the 40 ms that let a generation pass). */
+ * the 40 ms an event waits after its drain). */
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
