@@ -16,8 +16,8 @@ Configurations, each started once and swept over every load and rate:
 
 - raw: auditd with Debian's auditd.conf but `log_format = RAW`, no plugin;
 - raw-lean: raw, and the kernel asked not to send the record types the agent excludes as
-  owner (EOE and BPRM_FCAPS: native/audit_netlink.c, install_exclusion), so that the cost of
-  those records is seen apart from the daemon's;
+  owner on the local default (EOE, BPRM_FCAPS, PATH and PROCTITLE: native/audit_netlink.c,
+  install_exclusions), so that the cost of those records is seen apart from the daemon's;
 - enriched: auditd with Debian's auditd.conf as it is (ENRICHED), no plugin;
 - laurel: auditd as enriched with Debian's laurel plugin (its plugins.d file and its
   config.toml, both pointed at this run's directory);
@@ -94,10 +94,10 @@ PEER_BACKLOG_LIMIT = 8192
 PEER_BACKLOG_WAIT = 60000
 # auditctl -s fields that are counters, not state.
 COUNTERS = ("lost", "backlog", "backlog_wait_time_actual")
-# raw-lean's exclusions: the agent's (one range rule, which its restore would take for its
-# own), written as the two types an administrator would name.
-LEAN_EXCLUSIONS = (["-a", "always,exclude", "-F", "msgtype=EOE"],
-                   ["-a", "always,exclude", "-F", "msgtype=BPRM_FCAPS"])
+# raw-lean's exclusions: the agent's on the local default (its range rules, which its restore
+# would take for its own), written as the types an administrator would name.
+LEAN_EXCLUSIONS = tuple(["-a", "always,exclude", "-F", f"msgtype={name}"]
+                        for name in ("EOE", "BPRM_FCAPS", "PATH", "PROCTITLE"))
 LABELS = {"raw": "auditd RAW", "raw-lean": "auditd RAW, lean", "enriched": "auditd ENRICHED", "laurel": "auditd + laurel",
           "agent": "micro-agent"}
 
