@@ -25,7 +25,11 @@ enum {
 
 typedef struct ev_slot {
     uint64_t serial;
-    uint64_t first_ts, last_ts;
+    /* first_ts: the first record's time stamp (the event's); last_seen: the stream time when
+     * its last record came. A timeout ages an event by when its records came, not by their
+     * stamps: a syscall's records carry its entry time, and an accept that blocked for minutes
+     * would otherwise time out on its first record, cut off from its SOCKADDR. */
+    uint64_t first_ts, last_seen;
     int32_t prev, next; /* creation order */
     uint32_t index_pos; /* where the index holds this slot's number while it is in use */
     uint32_t gen;       /* unmarked mode: the drain generation of its last record */
@@ -264,7 +268,8 @@ static int32_t open_slot(am_audit *p, const am_record_head *h, const ev_key *k)
     s->len = node_len;
     s->node_len = (uint32_t)node_len;
     s->serial = h->serial;
-    s->first_ts = s->last_ts = h->ts_ms;
+    s->first_ts = h->ts_ms;
+    s->last_seen = p->stream_ms;
     s->in_use = 1;
     s->truncated = 0;
     s->kept = 0;
@@ -513,8 +518,7 @@ static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
             s->kept += n;
             p->pending += n;
         }
-        if (h->ts_ms > s->last_ts)
-            s->last_ts = h->ts_ms;
+        s->last_seen = p->stream_ms;
         s->gen = p->gen;
         if (h->type == AT_PROCTITLE || is_single_record_type(h->type))
             st = complete(p, sink, i);
@@ -522,7 +526,7 @@ static int handle_record(am_audit *p, am_sink *sink, const am_record_head *h)
     /* Unmarked mode has no timeouts: drain ends complete every event, and a record's time
      * stamp is its syscall's entry (a blocking accept's is seconds old when it comes). */
     while (st == AM_OK && !p->unmarked && p->oldest != NO_SLOT &&
-           p->stream_ms - p->slots[p->oldest].last_ts > p->opt.timeout_ms) {
+           p->stream_ms - p->slots[p->oldest].last_seen > p->opt.timeout_ms) {
         p->st.timeouts++;
         st = complete_oldest(p, sink);
     }
@@ -637,7 +641,8 @@ int am_audit_expire(am_audit *p, am_sink *sink, uint64_t now_ms)
     int32_t i = p->oldest;
     while (i != NO_SLOT) {
         int32_t next = p->slots[i].next;
-        if (now_ms > p->slots[i].last_ts && now_ms - p->slots[i].last_ts > p->opt.timeout_ms) {
+        uint64_t seen = p->slots[i].last_seen;
+        if (now_ms > seen && now_ms - seen > p->opt.timeout_ms) {
             if (am_sink_full(sink))
                 return AM_ERR_FULL;
             p->st.timeouts++;

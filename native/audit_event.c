@@ -696,9 +696,17 @@ static uint64_t exe_hash(const uint8_t *b, size_t n)
     return h;
 }
 
-static size_t rtrim_nul(const uint8_t *b, size_t n)
+/* The kernel's PROCTITLE ends at its last printable byte (audit_proctitle_rtrim: NULs, and a
+ * newline or other control byte that the 128-byte cut left last, go), by the kernel's isprint:
+ * ASCII 0x20-0x7e and Latin-1 0xa0-0xff. */
+static int kernel_isprint(uint8_t c)
 {
-    while (n > 0 && b[n - 1] == 0)
+    return (c >= 0x20 && c <= 0x7e) || c >= 0xa0;
+}
+
+static size_t rtrim_unprintable(const uint8_t *b, size_t n)
+{
+    while (n > 0 && !kernel_isprint(b[n - 1]))
         n--;
     return n;
 }
@@ -734,7 +742,7 @@ static long title_from_proc(const proc_ident *id, uint8_t *out)
         char exe[TITLE_EXE_MAX];
         ssize_t m = n > 0 ? readlinkat(dir, "exe", exe, sizeof exe) : -1;
         if (m >= 0 && (size_t)m == id->exe_len && memcmp(exe, id->exe, id->exe_len) == 0)
-            got = (long)rtrim_nul(out, (size_t)n);
+            got = (long)rtrim_unprintable(out, (size_t)n);
     }
     close(dir);
     return got > 0 ? got : -1;
@@ -750,7 +758,7 @@ static void title_learn(am_encoder *enc, const am_event_view *ev, const event_sh
     if (!event_process(enc, s, &id) || !id.ok)
         return;
     title_store(ev->titles, &id, ev->ts_ms, enc->argv_title,
-                rtrim_nul(enc->argv_title, enc->argv_title_len));
+                rtrim_unprintable(enc->argv_title, enc->argv_title_len));
     ev->titles->learnt++;
 }
 

@@ -17,7 +17,7 @@ typedef struct rec_head {
 
 /* The titles of processes, for exec events without EXECVE (failed execs) when the kernel sends
  * no PROCTITLE (the netlink owner's exclusion): pid -> the NUL-joined argv of the process's
- * last exec as it completed (the bytes PROCTITLE would carry: at most 128, trailing NULs cut),
+ * last exec as it completed (the bytes PROCTITLE would carry: at most 128, then unprintable bytes cut at the end, as the kernel does),
  * direct-mapped by pid. A cached title is used only for the same pid and exe (hash and length)
  * and within TITLE_FRESH_MS of stream time of when it was learnt: a pid is reused only after
  * the kernel's cyclic pid allocation wrapped pid_max (32768 at least), far beyond what a device

@@ -485,7 +485,7 @@ def parse_payload(rtype: int, payload: bytes) -> Record | None:
 
 
 class OpenEvent:
-    __slots__ = ("first_type", "kept", "newest", "node", "records", "serial", "truncated", "ts")
+    __slots__ = ("first_type", "kept", "node", "records", "seen", "serial", "truncated", "ts")
 
     def __init__(self, rec: Record) -> None:
         self.node = rec.node
@@ -494,7 +494,7 @@ class OpenEvent:
         self.first_type = rec.type
         self.records: list[Record] = []
         self.kept = 0  # cost of the kept records: fields text + RECORD_COST each
-        self.newest = rec.ts
+        self.seen = rec.ts  # the stream time when its last record came (set by the parser)
         self.truncated = False
 
 
@@ -1088,7 +1088,7 @@ class ReferenceAuditParser:
     def expire(self, now_ms: int) -> list[Event]:
         """Complete, oldest first, every open event idle for more than timeout_ms before now."""
         for ev in list(self._open.values()):
-            if now_ms - ev.newest > self.options.timeout_ms:
+            if now_ms - ev.seen > self.options.timeout_ms:
                 self._complete(ev, "timeouts")
         return self._take()
 
@@ -1149,7 +1149,7 @@ class ReferenceAuditParser:
                 if len(self._open) >= opts.max_in_flight:
                     self._complete(next(iter(self._open.values())), "forced")
                 ev = self._new_event(key, rec)
-            ev.newest = max(ev.newest, rec.ts)
+            ev.seen = self._stream  # aged by arrival: a record carries its syscall's entry time
             size = len(rec.text) + RECORD_COST
             if ev.kept + size > opts.max_event_bytes:
                 ev.truncated = True
@@ -1170,12 +1170,13 @@ class ReferenceAuditParser:
                 self._complete(ev, None)
         while self._open:
             oldest = next(iter(self._open.values()))
-            if self._stream - oldest.newest <= opts.timeout_ms:
+            if self._stream - oldest.seen <= opts.timeout_ms:
                 break
             self._complete(oldest, "timeouts")
 
     def _new_event(self, key: _Key, rec: Record) -> OpenEvent:
         ev = OpenEvent(rec)
+        ev.seen = self._stream
         self._open[key] = ev
         return ev
 
