@@ -68,3 +68,14 @@ def multicast_reader() -> socket.socket:
     reader.bind((0, 0))
     reader.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, AUDIT_NLGRP_READLOG)
     return reader
+
+
+def proctitle_parts(argv: list[bytes]) -> list[bytes]:
+    """What the kernel's PROCTITLE of a process with this command line holds, split at NUL as
+    `title` is: the NUL-joined argv cut at 128 bytes, then every unprintable byte at its end
+    (the kernel's isprint: 0x20-0x7e, 0xa0-0xff), so a newline the cut left last goes too."""
+    raw = b"".join(a + b"\0" for a in argv)[:128]
+    end = len(raw)
+    while end > 0 and not (0x20 <= raw[end - 1] <= 0x7E or raw[end - 1] >= 0xA0):
+        end -= 1
+    return raw[:end].split(b"\0")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from kernel_audit import proctitle_parts
 
 from agent.native import record_type_number
 from agent.native.audit_netlink import NetlinkDecoder
@@ -217,8 +218,7 @@ def test_the_title_is_what_proctitle_would_carry_128_bytes_at_most() -> None:
     feed(d, *a_failed_exec(61, NO_PID, b"/bin/prog"))
     d.drain_end(1200)
     (failed,) = events_of(d.drain_end(1300))
-    cmdline = b"\0".join(args) + b"\0"
-    want = cmdline[:128].rstrip(b"\0").split(b"\0")
+    want = proctitle_parts(args)
     got = [t if isinstance(t, bytes) else t.encode() for t in failed["title"]]
     assert got == want and sum(len(t) + 1 for t in got) - 1 == 128
 

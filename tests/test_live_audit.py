@@ -39,6 +39,7 @@ from kernel_audit import (
     PROCTITLE_EXCLUSION_RULE,
     multicast_reader,
     multicast_readers,
+    proctitle_parts,
     release_audit_pid,
 )
 
@@ -702,13 +703,8 @@ WAITING_CHILD = textwrap.dedent("""
 
 def as_proctitle(argv: list[str] | list[bytes]) -> list[str]:
     """What the kernel's PROCTITLE of a process with this command line says, as `title`."""
-    raw = b"".join((a if isinstance(a, bytes) else a.encode()) + b"\0" for a in argv)[:128]
-    # The kernel cuts at 128 bytes and then every unprintable byte at the end (its isprint:
-    # 0x20-0x7e, 0xa0-0xff): a newline the cut left last goes too.
-    end = len(raw)
-    while end > 0 and not (0x20 <= raw[end - 1] <= 0x7E or raw[end - 1] >= 0xA0):
-        end -= 1
-    return [p.decode() for p in raw[:end].split(b"\0")]
+    return [p.decode() for p in proctitle_parts([a if isinstance(a, bytes) else a.encode()
+                                                 for a in argv])]
 
 
 def _failed_exec_and_connect(
