@@ -29,8 +29,11 @@ struct am_sock_options {
                                 connection and the netns's TCP ActiveOpens + PassiveOpens
                                 (/proc/net/snmp) have not moved since its TCP dump, the next
                                 snapshots keep its TCP listeners and dump only UDP, at most 14
-                                in a row. For a table whose listeners matter only for the
-                                direction of new connections (NetworkActivity). 0 */
+                                in a row; otherwise, while the netns's hashed TCP sockets
+                                (/proc/net/sockstat, sockstat6) are its listeners alone, a
+                                snapshot dumps only the listeners. For a table whose
+                                listeners matter only for the direction of new connections
+                                (NetworkActivity). 0 */
 };
 
 struct am_sock_stats {
@@ -48,6 +51,8 @@ struct am_sock_stats {
     uint64_t overflow;         /* sockets beyond max_sockets (a snapshot or the reported set) */
     uint64_t tcp_skipped;      /* snapshots that kept the TCP listeners without a dump
                                   (skip_quiet_tcp) */
+    uint64_t tcp_listeners_only; /* snapshots whose TCP part was the listeners' dump alone:
+                                  they were every hashed TCP socket (skip_quiet_tcp) */
     uint64_t owner_walks;      /* walks of /proc/PID/fd */
     uint64_t owner_found;      /* sockets whose process a walk found */
     uint64_t owner_unknown;    /* sockets a walk found in no process (kernel-held, in flight) */

@@ -108,6 +108,7 @@ struct am_sock {
     uint64_t tcp_opens;      /* ActiveOpens + PassiveOpens read before cur's TCP dump */
     int tcp_opens_known;     /* 0: no snapshot since the last am_sock_commit took a TCP dump */
     uint32_t tcp_skips;      /* snapshots in a row that kept the TCP listeners */
+    uint32_t build_tcp_listeners; /* TCP LISTEN sockets decoded into build */
     struct owner_map owners;
     struct am_sock_stats st;
 };
@@ -449,6 +450,7 @@ int am_sock_begin(am_sock *t)
         return AM_ERR_ARG;
     am_index_clear(&t->build.x);
     t->build_overflow = 0;
+    t->build_tcp_listeners = 0;
     t->building = 1;
     return AM_OK;
 }
@@ -462,6 +464,7 @@ static void snap_add(am_sock *t, struct sock_entry *e)
         switch (e->state) {
         case TCP_ST_LISTEN:
             kind = SK_LISTEN;
+            t->build_tcp_listeners++;
             break;
         case TCP_ST_ESTABLISHED: case TCP_ST_SYN_SENT: case TCP_ST_FIN_WAIT1:
         case TCP_ST_FIN_WAIT2: case TCP_ST_CLOSE_WAIT: case TCP_ST_LAST_ACK: case TCP_ST_CLOSING:
@@ -763,11 +766,11 @@ static uint64_t wall_ms(void)
 static const char *const procnet_files[4] = {
     "/proc/net/tcp", "/proc/net/tcp6", "/proc/net/udp", "/proc/net/udp6"};
 
-/* The netns's TCP ActiveOpens + PassiveOpens from /proc/net/snmp (read into t->buf): 0, or a
- * negative errno when the file cannot be read or does not hold them. */
-static int read_tcp_opens(am_sock *t, uint64_t *out)
+/* A small /proc file into t->buf, NUL-terminated: 0, or a negative errno (-EFBIG when it does
+ * not fit). */
+static int read_proc_file(am_sock *t, const char *path)
 {
-    int fd = open("/proc/net/snmp", O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
     size_t len = 0;
@@ -790,11 +793,68 @@ static int read_tcp_opens(am_sock *t, uint64_t *out)
     }
     close(fd);
     t->buf[len] = 0;
+    return 0;
+}
+
+/* The first line of text that starts with prefix, or NULL. */
+static const char *line_starting(const char *text, const char *prefix)
+{
+    const char *line = strstr(text, prefix);
+    while (line != NULL && line != text && line[-1] != '\n')
+        line = strstr(line + 1, prefix);
+    return line;
+}
+
+/* A decimal number at p, up to a space, a newline or the end: 0, or -EPROTO. */
+static int parse_count(const char *p, uint64_t *out)
+{
+    size_t len = strcspn(p, " \n");
+    uint64_t v = 0;
+    if (len == 0 || len > 19)
+        return -EPROTO;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return -EPROTO;
+        v = v * 10 + (uint64_t)(p[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* The netns's TCP sockets in the kernel's hash tables, both families: "TCP: inuse N" of
+ * /proc/net/sockstat plus "TCP6: inuse N" of /proc/net/sockstat6 (absent without IPv6).
+ * Every listener and every connection in a state this table keeps is hashed and counted;
+ * TIME_WAIT and half-open requests are not. 0, or a negative errno. */
+static int read_tcp_inuse(am_sock *t, uint64_t *out)
+{
+    static const char *const files[2] = {"/proc/net/sockstat", "/proc/net/sockstat6"};
+    static const char *const lines[2] = {"TCP: inuse ", "TCP6: inuse "};
+    uint64_t sum = 0;
+    for (int i = 0; i < 2; i++) {
+        int r = read_proc_file(t, files[i]);
+        if (r == -ENOENT && i == 1)
+            break;
+        if (r < 0)
+            return r;
+        const char *line = line_starting((const char *)t->buf, lines[i]);
+        uint64_t n = 0;
+        if (line == NULL || parse_count(line + strlen(lines[i]), &n) != 0)
+            return -ENOENT;
+        sum += n;
+    }
+    *out = sum;
+    return 0;
+}
+
+/* The netns's TCP ActiveOpens + PassiveOpens from /proc/net/snmp (read into t->buf): 0, or a
+ * negative errno when the file cannot be read or does not hold them. */
+static int read_tcp_opens(am_sock *t, uint64_t *out)
+{
+    int r = read_proc_file(t, "/proc/net/snmp");
+    if (r < 0)
+        return r;
     /* Two lines: "Tcp: <names>" and "Tcp: <values>", the same columns in the same order. */
-    const char *text = (const char *)t->buf;
-    const char *names = strstr(text, "Tcp: ");
-    while (names != NULL && names != text && names[-1] != '\n')
-        names = strstr(names + 1, "Tcp: ");
+    const char *names = line_starting((const char *)t->buf, "Tcp: ");
     if (names == NULL)
         return -ENOENT;
     const char *values = strstr(names + 5, "\nTcp: ");
@@ -810,12 +870,7 @@ static int read_tcp_opens(am_sock *t, uint64_t *out)
         if ((name_len == 11 && memcmp(names, "ActiveOpens", 11) == 0) ||
             (name_len == 12 && memcmp(names, "PassiveOpens", 12) == 0)) {
             uint64_t v = 0;
-            for (size_t i = 0; i < value_len; i++) {
-                if (values[i] < '0' || values[i] > '9' || v > (UINT64_MAX - 9) / 10)
-                    return -EPROTO;
-                v = v * 10 + (uint64_t)(values[i] - '0');
-            }
-            if (value_len == 0)
+            if (parse_count(values, &v) != 0)
                 return -EPROTO;
             sum += v;
             found++;
@@ -857,17 +912,53 @@ static int tcp_quiet(const am_sock *t, int opens_ok, uint64_t opens)
            t->cur_tcp_conns == 0 && t->tcp_skips < TCP_SKIPS_MAX;
 }
 
+/* How a snapshot gets its TCP sockets (skip_quiet_tcp). */
+enum tcp_way {
+    TCP_DUMP = 0,     /* the whole dump: the kernel walks its established hash table */
+    TCP_KEEP = 1,     /* nothing opened, nothing held (tcp_quiet): cur's listeners kept */
+    TCP_LISTENERS = 2 /* the listeners' dump first; when they are every TCP socket the
+                         kernel has hashed (read_tcp_inuse), that is the whole TCP part */
+};
+
+/* TCP_LISTENERS: the TCP listeners of both families into build (its first sockets). 1 when
+ * they were all of the namespace's hashed TCP sockets (`inuse`, read just before): then no
+ * connection exists in a state this table keeps, and the established table's walk would add
+ * nothing. 0: build is emptied for the whole dump. A negative errno: the dump failed. */
+static int listeners_are_all(am_sock *t, uint64_t inuse)
+{
+    uint32_t seq = ++t->seq;
+    int r = send_dump_tcp_both(t->fd, seq, 1u << TCP_ST_LISTEN);
+    if (r == 0)
+        r = read_dump(t, t->fd, t->buf, t->buf_cap, seq, IPPROTO_TCP, t->opt.timeout_ms);
+    if (r < 0)
+        return r;
+    if (!t->build_overflow && t->build_tcp_listeners == inuse)
+        return 1;
+    am_sock_begin(t);
+    return 0;
+}
+
 /* The four dumps into a new snapshot: 0, or a negative errno (the snapshot is incomplete).
- * skip_tcp: the TCP ones are left out, cur's TCP listeners kept. */
-static int take_dumps(am_sock *t, int skip_tcp)
+ * way: how the TCP part is taken (TCP_LISTENERS needs tcp_both and `inuse`); *listeners_only
+ * says whether TCP_LISTENERS left the established table's walk out. */
+static int take_dumps(am_sock *t, enum tcp_way way, uint64_t inuse, int *listeners_only)
 {
     const uint8_t fams[4] = {AF_INET, AF_INET6, AF_INET, AF_INET6};
     const uint8_t protos[4] = {IPPROTO_TCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDP};
     am_sock_begin(t);
-    if (skip_tcp)
+    *listeners_only = 0;
+    if (way == TCP_KEEP)
         keep_tcp_listeners(t);
+    if (way == TCP_LISTENERS) {
+        int r = listeners_are_all(t, inuse);
+        if (r < 0) {
+            t->st.dump_errors++;
+            return r;
+        }
+        *listeners_only = r;
+    }
     for (int i = 0; i < 4; i++) {
-        if (skip_tcp && protos[i] == IPPROTO_TCP)
+        if ((way == TCP_KEEP || *listeners_only) && protos[i] == IPPROTO_TCP)
             continue;
         if (t->source != AM_SOCK_PROCNET && t->tcp_both && i == 1)
             continue; /* the IPv6 TCP sockets came with the IPv4 ones */
@@ -912,15 +1003,21 @@ int am_sock_snapshot(am_sock *t)
     if (t == NULL)
         return AM_ERR_ARG;
     /* Read before the dumps: a socket opened during them moves the counter for the next. */
-    uint64_t opens = 0;
+    uint64_t opens = 0, inuse = 0;
     int opens_ok = t->opt.skip_quiet_tcp && t->source == AM_SOCK_DIAG &&
                    read_tcp_opens(t, &opens) == 0;
-    int skip_tcp = tcp_quiet(t, opens_ok, opens);
-    int r = take_dumps(t, skip_tcp);
+    enum tcp_way way = TCP_DUMP;
+    if (tcp_quiet(t, opens_ok, opens))
+        way = TCP_KEEP;
+    else if (t->opt.skip_quiet_tcp && t->source == AM_SOCK_DIAG && t->tcp_both &&
+             read_tcp_inuse(t, &inuse) == 0)
+        way = TCP_LISTENERS;
+    int listeners_only = 0;
+    int r = take_dumps(t, way, inuse, &listeners_only);
     if (r < 0) {
         t->st.retries++;
         drain_socket(t);
-        r = take_dumps(t, skip_tcp);
+        r = take_dumps(t, way, inuse, &listeners_only);
     }
     if (r < 0) {
         drain_socket(t);
@@ -930,14 +1027,18 @@ int am_sock_snapshot(am_sock *t)
         return AM_ERR_LIMIT;
     }
     int st = am_sock_commit(t, wall_ms(), 1);
-    if (skip_tcp) {
+    if (way == TCP_KEEP) {
         t->tcp_skips++;
         t->st.tcp_skipped++;
         t->tcp_opens_known = 1; /* the counters still stand for cur's TCP sockets */
     } else {
+        /* A whole dump, or the listeners shown to be every TCP socket: as exact as a dump
+         * (also for a connection that opened without counting as an open). */
         t->tcp_skips = 0;
         t->tcp_opens = opens;
         t->tcp_opens_known = opens_ok;
+        if (listeners_only)
+            t->st.tcp_listeners_only++;
     }
     return st;
 }

@@ -653,6 +653,29 @@ table.snapshot()
 out["closed"] = changes()
 table.snapshot()
 out["quiet_again_skipped"] = table.stats().tcp_skipped
+out["quiet_listeners_only"] = table.stats().tcp_listeners_only
+# Opened and closed between two snapshots: the opens moved, but the listeners are every hashed
+# TCP socket, so the established table's walk is left out, and there is nothing to report.
+client = socket.create_connection(listener.getsockname())
+server, _ = listener.accept()
+client.close(); server.close()
+table.snapshot()
+out["short_skipped"] = table.stats().tcp_skipped
+out["short_listeners_only"] = table.stats().tcp_listeners_only
+out["short"] = changes()
+# A new listener opens nothing: kept from the last snapshot. Then a connection held and that
+# listener gone (the hashed count back where it was): the listeners' dump does not match it,
+# the whole dump runs.
+other = socket.socket(); other.bind(("127.0.0.1", 0)); other.listen()
+table.snapshot()
+out["other_skipped"] = table.stats().tcp_skipped
+client = socket.create_connection(listener.getsockname())
+server, _ = listener.accept()
+out["client2"], out["server2"] = os.fstat(client.fileno()).st_ino, os.fstat(server.fileno()).st_ino
+other.close()
+table.snapshot()
+out["held2_listeners_only"] = table.stats().tcp_listeners_only
+out["opened2"] = changes()
 print(json.dumps(out))
 """
 
@@ -680,3 +703,13 @@ def test_skip_quiet_tcp_loses_no_connection() -> None:
     assert sorted(e[:2] for e in out["closed"] if e[1] in (client, server)) == sorted(
         [["close", client], ["close", server]])
     assert out["quiet_again_skipped"] == 4, "after the closing snapshot, quiet again"
+    assert out["short_skipped"] == 4, "an open counted: not kept from the last snapshot"
+    # The first snapshot (nothing hashed) and the closing one took only the listeners.
+    assert out["quiet_listeners_only"] == 2
+    assert out["short_listeners_only"] == 3
+    assert out["short"] == [], "a connection gone before the snapshot is audit's to report"
+    assert out["other_skipped"] == 5
+    assert out["held2_listeners_only"] == 3, "a held connection: the whole dump"
+    client2, server2 = out["client2"], out["server2"]
+    assert sorted(e for e in out["opened2"] if e[1] in (client2, server2)) == sorted(
+        [["open", client2, "out"], ["open", server2, "in"]])
