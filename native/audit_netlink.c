@@ -48,6 +48,11 @@
 #define CTL_BUF_BYTES 65536
 #define MAX_WATCHES 64 /* FileSystem_Paths: at most 64 */
 #define MAX_RULES (16 + MAX_WATCHES)
+/* The kernel's rules are listed (guard_rules) at the first poll after a CONFIG_CHANGE record
+ * (a rule added or deleted, audit turned off: the kernel logs each change to the reader) and
+ * otherwise at every this many polls: for a change whose record never came (an exclusion of
+ * CONFIG_CHANGE). The listing is most of an idle poll's cost. */
+#define RULES_LISTED_EVERY 10
 #define MAX_STALE 64
 #define STATE_BYTES 256
 #define REPORT_BYTES 512
@@ -89,6 +94,8 @@ struct am_anl {
     uint32_t kill_after_set;
     uint32_t sets_done;
     uint32_t last_lost;
+    uint64_t config_changes_guarded; /* st.config_changes at the last guard_rules */
+    uint32_t polls_unlisted;         /* polls since the last guard_rules */
     struct rule rules[MAX_RULES];
     size_t nrules;
     char *watches[MAX_WATCHES]; /* the paths of am_anl_watch */
@@ -137,6 +144,8 @@ static int decode(am_audit *p, am_sink *sink, const uint8_t *buf, size_t len,
         }
         memcpy(&h, buf + off, sizeof h);
         if (is_record_type(h.nlmsg_type)) {
+            if (h.nlmsg_type == AUDIT_CONFIG_CHANGE)
+                st->config_changes++;
             const char *text = (const char *)buf + off + sizeof h;
             size_t n = left - sizeof h;
             if (h.nlmsg_len != left && h.nlmsg_len != n)
@@ -1473,7 +1482,13 @@ int am_anl_poll_status(am_anl *a, struct am_anl_status *out)
             s.enabled = 1;
         }
     }
-    guard_rules(a); /* owner or multicast: our rules, and those we share with another agent */
+    /* Owner or multicast: our rules, and those we share with another agent. */
+    if (a->st.config_changes != a->config_changes_guarded ||
+        ++a->polls_unlisted >= RULES_LISTED_EVERY) {
+        a->config_changes_guarded = a->st.config_changes;
+        a->polls_unlisted = 0;
+        guard_rules(a);
+    }
     if (out != NULL)
         *out = s;
     return AM_OK;

@@ -81,7 +81,9 @@ struct am_anl_stats {
     uint64_t stale_rules_removed; /* rules with our key found at open (a killed previous run) */
     uint64_t parser_full;       /* drain calls that stopped because the sink was full */
     uint64_t wait_time_set;     /* 1: open set backlog_wait_time 0 (drop_when_full) */
-    uint64_t rule_checks;       /* polls that listed the kernel's rules to find ours */
+    uint64_t rule_checks;       /* polls that listed the kernel's rules to find ours (the first
+                                 * after a CONFIG_CHANGE record, else every 10th) */
+    uint64_t config_changes;    /* CONFIG_CHANGE records read (rules or settings changed) */
     uint64_t rule_check_errors; /* ... whose AUDIT_LIST_RULES failed */
     uint64_t rules_lost;        /* rules of ours found gone (another process deleted them:
                                  * auditctl -D, augenrules --load, an intruder) */

@@ -489,23 +489,37 @@ def test_owner_mode_restores_state_and_removes_only_stale_rules(kernel_audit: Au
     auditctl("-d", *other[1:])
 
 
+def poll_after_reading(source: AuditNetlink) -> object:
+    """A status poll after the records waiting on the socket were read, as the agent's loop
+    does (a CONFIG_CHANGE among them makes the poll list the kernel's rules)."""
+    pump(source.drain, EventSink(), lambda batches: None, seal=True)
+    return source.poll_status()
+
+
 def test_owner_puts_back_rules_deleted_and_audit_disabled_by_another_process(
         kernel_audit: AuditState) -> None:
     """`auditctl -D` and `auditctl -e 0` under a running owner (an intruder blinding the agent,
-    or an operator's cleanup): the next status poll puts the rules and `enabled` back, counts
-    it, and events arrive again."""
+    or an operator's cleanup): the kernel logs each change to its reader as a CONFIG_CHANGE
+    record, and the first status poll after it puts the rules and `enabled` back, counts it,
+    and events arrive again. Without such a record every 10th poll lists the rules."""
     if kernel_audit.pid != 0:
         skip_unless_ci(f"audit is owned by pid {kernel_audit.pid}: owner mode cannot be tested")
     other = ["-a", "always,exit", "-F", "arch=b64", "-S", "unlinkat", "-k", "someone-else"]
     with AuditNetlink() as source:
         assert source.mode == "owner", source.state
         installed = source.stats().rules_installed
-        assert source.poll_status() is not None
+        assert poll_after_reading(source) is not None
+        assert source.stats().config_changes >= installed, "our own rules' records"
         assert source.stats().rules_lost == 0 and source.stats().rule_checks == 1
+        for _ in range(9):  # no CONFIG_CHANGE since: the rules are not listed ...
+            source.poll_status()
+        assert source.stats().rule_checks == 1
+        source.poll_status()  # ... but at every 10th poll
+        assert source.stats().rule_checks == 2
         auditctl("-D")
         auditctl(*other)  # someone else's rule, added after: it stays
         assert our_rules() == []
-        source.poll_status()
+        poll_after_reading(source)
         stats = source.stats()
         assert stats.rules_lost == installed and stats.rules_readded == installed
         assert stats.rules_readd_failed == 0
@@ -513,11 +527,11 @@ def test_owner_puts_back_rules_deleted_and_audit_disabled_by_another_process(
         assert any("key=someone-else" in r for r in audit_rules())
         # Only some of them gone: the set is made whole without doubling the rest.
         auditctl("-d", *our_rules()[0][3:].split())
-        source.poll_status()
+        poll_after_reading(source)
         assert source.stats().rules_lost == installed + 1
         assert len(our_rules()) == installed
         auditctl("-e", "0")
-        source.poll_status()
+        poll_after_reading(source)
         stats = source.stats()
         assert stats.disabled_by_others == 1 and stats.reenabled == 1
         assert audit_status()["enabled"] == 1
