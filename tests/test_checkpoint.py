@@ -20,7 +20,7 @@ from agent.envelope import Identity, decode_envelope
 from agent.native.aggregate import Aggregator
 from agent.native.sink import EventSink, SinkOptions
 from agent.outbox import Outbox
-from agent.pipeline import Agent
+from agent.pipeline import STATUS_EVERY_S, Agent
 from agent.runtime.checkpoint import (
     CheckpointError,
     Checkpoints,
@@ -372,7 +372,7 @@ def test_the_loop_checkpoints_live_settings_and_restores_after_a_crash(tmp_path:
     spin(agent, 1.5)
     low = agent.checkpoints.path("Low")
     assert low.exists() and agent.checkpoints.counters.writes == 1
-    spin(agent, 2.1)  # status.json is written every 2 s
+    spin(agent, STATUS_EVERY_S + 0.1)  # the next status.json
     status = json.loads((data / "status.json").read_text())
     assert status["checkpoint"]["writes"] == 1  # nothing changed since: no rewrite
     assert agent.statistics()["checkpoint"]["writes"] == 1

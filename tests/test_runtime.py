@@ -29,7 +29,7 @@ from agent.config import FIELDS, ConfigStore, Frequency
 from agent.envelope import Identity, decode_envelope
 from agent.native.audit_netlink import RULE_KEY
 from agent.outbox import Outbox
-from agent.pipeline import Agent
+from agent.pipeline import STATUS_EVERY_S, Agent
 from agent.uplink.files import LocalDelivery
 
 pytestmark = [pytest.mark.live, pytest.mark.root]
@@ -237,7 +237,7 @@ def test_invalid_values_are_listed_and_the_previous_value_stays(tmp_path: Path) 
         assert h.store.latest_state == "failed"
         assert {"Process_CacheSize", "Process_Nonsense", "Upload_Format"} <= set(h.store.latest_invalid_fields)
         assert h.store.config.process.cache_size == 64
-        h.spin(2.5)  # the status file is rewritten every 2 s
+        h.spin(STATUS_EVERY_S + 0.5)  # the next status file
         status = json.loads((h.data / "status.json").read_text())
         assert status["config"]["latest_state"] == "failed"
         h.patch({"Process_CacheSize": 32, "Process_Nonsense": None, "Upload_Format": None})

@@ -20,11 +20,12 @@ import pytest
 from agent import __version__
 from agent.collectors import Environment, build_collectors
 from agent.collectors.agent_state import HeartbeatCollector, StatisticsCollector
+from agent.collectors.audit_source import BUFFER_SHARE, buffer_filling, socket_memory
 from agent.config import CollectorState, ConfigStore, Frequency
 from agent.envelope import DropLedger, Identity, decode_envelope
 from agent.native.aggregate import Aggregator
 from agent.outbox import Outbox
-from agent.pipeline import GATHER_MAX_S, GATHER_S, Agent
+from agent.pipeline import GATHER_CHECK_S, GATHER_MAX_S, GATHER_S, Agent
 from agent.runtime.drops import DropTotals
 from agent.runtime.lanes import PriorityLane, lane_batch_bytes
 from agent.runtime.reconfigure import Changes, Running, changes_of
@@ -363,8 +364,8 @@ def test_the_agent_writes_its_status_and_the_last_one_says_stopped(tmp_path: Pat
 def test_the_loop_gathers_after_a_busy_wake_up_as_long_as_its_sources_allow(tmp_path: Path) -> None:
     """After a turn that found a source readable the loop lets the sockets gather before the
     next: 50 ms, or what the busy source's callback says its socket can wait (the audit
-    socket), within 50 ms to 0.25 s; the shortest of the busy sources counts. A call from
-    another thread ends the wait at once."""
+    socket), within 50 ms to 0.25 s (GATHER_CHECK_S); the shortest of the busy sources counts.
+    A call from another thread ends the wait at once."""
     agent = own_agent(tmp_path, {})
     agent.start()
     pairs = [socket.socketpair() for _ in range(2)]
@@ -382,7 +383,7 @@ def test_the_loop_gathers_after_a_busy_wake_up_as_long_as_its_sources_allow(tmp_
         for i, (ours, _) in enumerate(pairs):
             agent.env.watch(ours.fileno(), reader(ours, i))
         agent.turn(timeout=0.01)
-        cases = [((None, None), GATHER_S), ((10.0, None), GATHER_S), ((10.0, 10.0), GATHER_MAX_S),
+        cases = [((None, None), GATHER_S), ((10.0, None), GATHER_S), ((10.0, 10.0), GATHER_CHECK_S),
                  ((0.12, 10.0), 0.12), ((0.001, 10.0), GATHER_S)]
         for said, expected in cases:
             answers.update(enumerate(said))
@@ -392,7 +393,7 @@ def test_the_loop_gathers_after_a_busy_wake_up_as_long_as_its_sources_allow(tmp_
             gathers = agent._coalesce_until - read_at[0]
             assert expected <= gathers < expected + 0.02, (said, gathers)
             time.sleep(max(0.0, agent._coalesce_until - time.monotonic()))
-        # Gathering 0.25 s now: a call from another thread 20 ms in runs at once.
+        # Gathering GATHER_CHECK_S now: a call from another thread 20 ms in runs at once.
         answers.update({0: 10.0, 1: 10.0})
         for _, theirs in pairs:
             theirs.send(b"x")
@@ -408,3 +409,86 @@ def test_the_loop_gathers_after_a_busy_wake_up_as_long_as_its_sources_allow(tmp_
             ours.close()
             theirs.close()
         agent.shutdown()
+
+
+def test_a_source_that_tells_when_its_socket_fills_gathers_longer_and_is_drained_when_it_does(
+        tmp_path: Path) -> None:
+    """A source whose watch has `filling` may gather up to GATHER_MAX_S; the loop asks it every
+    GATHER_CHECK_S of the wait, and drains at once when it says its socket fills. Without
+    `filling` (or with a shorter answer) the gather stays as before."""
+    agent = own_agent(tmp_path, {})
+    agent.start()
+    ours, theirs = socket.socketpair()
+    asked: list[float] = []
+    fills = [False]
+    read_at = [0.0]
+
+    def read() -> float:
+        ours.recv(16)
+        read_at[0] = time.monotonic()
+        return 10.0
+
+    def filling() -> bool:
+        asked.append(time.monotonic())
+        return fills[0]
+
+    try:
+        agent.env.watch(ours.fileno(), read, filling)
+        agent.turn(timeout=0.01)
+        theirs.send(b"x")
+        agent.turn(timeout=1.0)
+        assert GATHER_MAX_S <= agent._coalesce_until - read_at[0] < GATHER_MAX_S + 0.02
+        start = time.monotonic()
+        agent.turn(timeout=0.01)  # waits out the whole gather, asking as it goes
+        waited = time.monotonic() - start
+        assert GATHER_MAX_S - 0.05 <= waited < GATHER_MAX_S + 0.1, waited
+        assert len(asked) == round(GATHER_MAX_S / GATHER_CHECK_S) - 1, asked
+        # The socket fills: the first check ends the gather.
+        theirs.send(b"x")
+        agent.turn(timeout=1.0)
+        fills[0] = True
+        asked.clear()
+        start = time.monotonic()
+        agent.turn(timeout=0.01)
+        waited = time.monotonic() - start
+        assert len(asked) == 1 and GATHER_CHECK_S - 0.02 <= waited < GATHER_CHECK_S + 0.1, waited
+        # Watched again without `filling`: back to GATHER_CHECK_S at most.
+        agent.env.watch(ours.fileno(), read)
+        theirs.send(b"x")
+        agent.turn(timeout=1.0)
+        assert GATHER_CHECK_S <= agent._coalesce_until - read_at[0] < GATHER_CHECK_S + 0.02
+    finally:
+        agent.env.unwatch(ours.fileno())
+        ours.close()
+        theirs.close()
+        agent.shutdown()
+
+
+def test_buffer_filling_reads_the_kernels_count_of_a_real_socket() -> None:
+    """buffer_filling: a quarter of the receive buffer queued, as the kernel counts it
+    (SO_MEMINFO), on a real datagram socket (UDP on the loopback: its queue is bounded by the
+    receive buffer alone)."""
+    ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    theirs = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        ours.bind(("127.0.0.1", 0))
+        theirs.connect(ours.getsockname())
+        memory = socket_memory(ours)
+        assert memory is not None and memory[0] == 0 and memory[1] >= 65536
+        assert not buffer_filling(ours)
+        theirs.setblocking(False)
+        sent = 0
+        while not buffer_filling(ours):
+            theirs.send(b"x" * 1024)
+            sent += 1
+            assert sent < 1000, "never filling"
+        queued, limit = socket_memory(ours) or (0, 0)
+        assert queued * BUFFER_SHARE >= limit > (queued - 4096) * BUFFER_SHARE
+        while ours.recv(2048, socket.MSG_DONTWAIT):
+            if not buffer_filling(ours):
+                break
+        assert not buffer_filling(ours)
+    finally:
+        ours.close()
+        theirs.close()

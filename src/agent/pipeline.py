@@ -41,7 +41,7 @@ from agent.runtime.reported import reported_document
 from agent.runtime.status import StatusWriter
 from agent.service import Notifier, status_line, status_path
 
-__all__ = ["LANE_MAX_BATCHES", "Agent", "PriorityLane", "Running", "Uplink",
+__all__ = ["LANE_MAX_BATCHES", "STATUS_EVERY_S", "Agent", "PriorityLane", "Running", "Uplink",
            "install_signal_handlers", "lane_batch_bytes"]
 
 log = logging.getLogger("agent")
@@ -52,12 +52,19 @@ TICK_S = 1.0
 # lived process's /proc entry for the proc connector, the actor's window for inotify).
 GATHER_S = 0.05
 # A source's callback may return how many seconds its socket can gather instead: the audit
-# socket, whose records carry everything (agent.collectors.audit_source), up to this. Every
-# turn has a fixed cost (the select, the timers' checks, the lanes, the uplink), and at 100
-# execs per second 50 ms gathers made the turns, not the events, most of the agent's CPU. A
-# record waits in its socket at most this long (plus the turn's work).
-GATHER_MAX_S = 0.25
-STATUS_EVERY_S = 2.0
+# socket, whose records carry everything (agent.collectors.audit_source), up to GATHER_CHECK_S,
+# and up to GATHER_MAX_S when it also says how to tell that its socket fills (watch's
+# `filling`), asked every GATHER_CHECK_S of the wait: a burst that starts in a long gather is
+# then drained as soon as it would have been with GATHER_CHECK_S gathers. Every turn has a fixed
+# cost (the select, the timers' checks, the lanes, the uplink), about 0.2 ms: at 100 execs or
+# connections per second the turns, not the events, were most of the agent's CPU; a check costs
+# a tenth of a turn. A record waits in its socket at most GATHER_MAX_S (plus the turn's work).
+GATHER_CHECK_S = 0.25
+GATHER_MAX_S = 1.0
+# The status file and the drop ledger's reading of every source's counters: each costs about
+# a millisecond of Python, and every second they were most of an idle agent's CPU. A drop is
+# still counted in the envelope of the lane that closes next (close_lane reads them first).
+STATUS_EVERY_S = 5.0
 
 
 class Uplink(Protocol):
@@ -121,6 +128,9 @@ class Agent:
         self._stop = False
         self._reload = False
         self._watched: dict[int, Callable[[], object]] = {}
+        self._filling: dict[int, Callable[[], bool]] = {}
+        # The `filling` checks of the sources whose gather runs past GATHER_CHECK_S now.
+        self._gather_checks: list[Callable[[], bool]] = []
         env.watch = self._watch
         env.unwatch = self._unwatch
         self._last_status = 0.0
@@ -162,14 +172,20 @@ class Agent:
         self.reconfiguration.apply(update, time.monotonic())
         self.set_checkpointing()
 
-    def _watch(self, fd: int, callback: Callable[[], object]) -> None:
+    def _watch(self, fd: int, callback: Callable[[], object],
+               filling: Callable[[], bool] | None = None) -> None:
         if fd in self._watched:
             self.selector.modify(fd, selectors.EVENT_READ, callback)
         else:
             self.selector.register(fd, selectors.EVENT_READ, callback)
         self._watched[fd] = callback
+        if filling is None:
+            self._filling.pop(fd, None)
+        else:
+            self._filling[fd] = filling
 
     def _unwatch(self, fd: int) -> None:
+        self._filling.pop(fd, None)
         if self._watched.pop(fd, None) is not None:
             self.selector.unregister(fd)
 
@@ -237,16 +253,14 @@ class Agent:
         rate a turn follows every wake-up, and it must stay cheap."""
         now = time.monotonic()
         if now < self._coalesce_until:
-            # The sources were busy a moment ago: let their sockets gather more datagrams (the
-            # kernel buffers hold megabytes) rather than wake for each one. A call from another
-            # thread (the uplink's worker) or a signal ends the wait.
-            self._wake_only.select(self._coalesce_until - now)
+            self._gather(now)
             now = time.monotonic()
         next_due = min(self._next_housekeeping, self.notifier.watchdog_due,
                        *(lane.deadline for lane in self.lanes.values()),
                        *(r.next_tick for r in self.collectors.values() if r.lane is not None))
         wait = max(0.0, min(timeout, next_due - now))
         gather = 0.0
+        checks: list[Callable[[], bool]] = []
         for key, _ in self.selector.select(wait):
             if key.data is None:
                 self._drain_wake()
@@ -258,10 +272,15 @@ class Agent:
                 may_wait = None
             wait_s = GATHER_S
             if isinstance(may_wait, float):
-                wait_s = max(GATHER_S, min(GATHER_MAX_S, may_wait))
+                filling = self._filling.get(key.fd)
+                longest = GATHER_CHECK_S if filling is None else GATHER_MAX_S
+                wait_s = max(GATHER_S, min(longest, may_wait))
+                if filling is not None and wait_s > GATHER_CHECK_S:
+                    checks.append(filling)
             gather = min(gather, wait_s) if gather else wait_s
         if gather:
             self._coalesce_until = time.monotonic() + gather
+            self._gather_checks = checks if gather > GATHER_CHECK_S else []
         self._run_calls()
         if self._reload:
             self._reload = False
@@ -281,17 +300,34 @@ class Agent:
                 lane.start_interval(now)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + TICK_S
-            self.account_drops()
             self.checkpoint(now)
             if now - self._last_status >= STATUS_EVERY_S:
                 self._last_status = now
+                self.account_drops()
                 self.write_status()
         for lane in self.lanes.values():
             lane.store_full()
         self.uplink.pump(self.outbox)
         self.notifier.keepalive(time.monotonic())
 
+    def _gather(self, now: float) -> None:
+        """The sources were busy a moment ago: let their sockets gather more datagrams (the
+        kernel buffers hold megabytes) rather than wake for each one, until _coalesce_until.
+        A call from another thread (the uplink's worker) or a signal ends the wait, and so
+        does a source whose socket fills (asked every GATHER_CHECK_S of a longer gather)."""
+        while True:
+            if self._wake_only.select(min(GATHER_CHECK_S, self._coalesce_until - now)):
+                return
+            now = time.monotonic()
+            if now >= self._coalesce_until:
+                return
+            for filling in self._gather_checks:
+                if filling():
+                    self._coalesce_until = now
+                    return
+
     def close_lane(self, lane: PriorityLane) -> None:
+        self.account_drops()  # the drops counted so far go into this lane's envelope
         wall = now_ms()
         for name in list(lane.collectors):
             c = self.collectors[name].collector

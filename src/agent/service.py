@@ -10,7 +10,7 @@
 - Where the files are: the data directory defaults to $STATE_DIRECTORY (StateDirectory=),
   else /var/lib/iot-micro-agent; status.json goes to the runtime directory ($RUNTIME_DIRECTORY
   from RuntimeDirectory=, or --runtime-dir; a tmpfs under systemd, so no flash write every
-  2 s) when there is one, else to the data directory as without systemd. With a runtime
+  5 s) when there is one, else to the data directory as without systemd. With a runtime
   directory DATA/status.json is a symbolic link to it, made once at start, so that
   `micro-agent status` finds the file from the data directory alone.
 - Logging: with stderr connected to the journal ($JOURNAL_STREAM names stderr's device and

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -74,11 +75,32 @@ def _explained(state: str) -> str:
             f"{RCVBUF_BYTES}): no CAP_NET_ADMIN")
 
 
-def events_buffered(fd: int) -> int:
-    """About how many execs the event socket (fd) holds before it is full."""
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        rcvbuf = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+def events_buffered(sock: socket.socket) -> int:
+    """About how many execs the event socket holds before it is full."""
+    rcvbuf = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
     return max(1, rcvbuf // EXEC_BUFFER_BYTES)
+
+
+# getsockopt(SO_MEMINFO): the socket's memory as the kernel counts it, u32s from
+# SK_MEMINFO_RMEM_ALLOC (what its queue holds) and SK_MEMINFO_RCVBUF (the limit). Linux 4.6.
+SO_MEMINFO = 55
+
+
+def socket_memory(sock: socket.socket) -> tuple[int, int] | None:
+    """(bytes queued, receive buffer) as the kernel counts them, or None where SO_MEMINFO is
+    refused."""
+    try:
+        info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 8)
+    except OSError:
+        return None
+    return int.from_bytes(info[0:4], sys.byteorder), int.from_bytes(info[4:8], sys.byteorder)
+
+
+def buffer_filling(sock: socket.socket) -> bool:
+    """Whether the socket's queue holds a BUFFER_SHARE of its receive buffer: the loop then
+    drains it before its gather ends (agent.pipeline)."""
+    memory = socket_memory(sock)
+    return memory is not None and memory[0] * BUFFER_SHARE >= memory[1]
 
 
 class AuditSource:
@@ -99,6 +121,7 @@ class AuditSource:
         self._closed = False  # the agent is stopping: no reopening
         self._tampering_seen = (0, 0)  # rules_lost, disabled_by_others of the open socket
         self._capacity = 1  # execs the event socket holds (events_buffered)
+        self._sock: socket.socket | None = None  # the event socket's duplicate, for its sizes
         self._last_drain = 0.0  # monotonic time of the last drain
 
     # -- subscribers ----------------------------------------------------------------------------
@@ -191,8 +214,11 @@ class AuditSource:
         self.state = _explained(self.nl.state)
         self._opened_with = wanted
         self.env.sources[SOURCE_NAME] = self
-        self._capacity = events_buffered(self.nl.fileno())
-        self.env.watch(self.nl.fileno(), self.on_readable)
+        self._sock = socket.socket(fileno=os.dup(self.nl.fileno()))
+        self._capacity = events_buffered(self._sock)
+        sock = self._sock
+        self.env.watch(self.nl.fileno(), self.on_readable,
+                       (lambda: buffer_filling(sock)) if socket_memory(sock) else None)
         log.info("audit: %s; %s", self.state, self.nl.rules_report)
 
     def _close(self, also: Collector | None = None) -> None:
@@ -201,6 +227,9 @@ class AuditSource:
         if nl is None:
             return
         self.env.unwatch(nl.fileno())
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         try:
             pump(nl.finish, self.raw, lambda batches: self._route(batches, also), seal=True)
         finally:

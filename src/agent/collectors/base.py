@@ -40,7 +40,18 @@ class Lane(Protocol):
     def spill(self, batches: list[bytes]) -> None: ...
 
 
-def _no_watch(fd: int, callback: Callable[[], object]) -> None:
+class Watch(Protocol):
+    """watch(fd, callback, filling): the loop calls callback() when fd is readable. A callback
+    may return how many seconds its socket can gather before the next drain (agent.pipeline);
+    more than GATHER_CHECK_S only with `filling`, which the loop asks every GATHER_CHECK_S of
+    the gather whether the socket fills too fast to wait for its end."""
+
+    def __call__(self, fd: int, callback: Callable[[], object],
+                 filling: Callable[[], bool] | None = None) -> None: ...
+
+
+def _no_watch(fd: int, callback: Callable[[], object],
+              filling: Callable[[], bool] | None = None) -> None:
     raise RuntimeError("this environment has no loop to watch file descriptors")
 
 
@@ -59,10 +70,9 @@ class Environment:
     root: Path = Path("/")
     shared: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)
-    # watch(fd, callback): the loop calls callback() when fd is readable (a callback may return
-    # how many seconds its socket can gather before the next drain: agent.pipeline); unwatch(fd)
-    # stops.
-    watch: Callable[[int, Callable[[], object]], None] = _no_watch
+    # watch(fd, callback[, filling]): the loop calls callback() when fd is readable (Watch);
+    # unwatch(fd) stops.
+    watch: Watch = _no_watch
     unwatch: Callable[[int], None] = _no_unwatch
 
 

@@ -1,7 +1,7 @@
 """DATA/status.json, what `micro-agent status` prints: the process, the configuration's
 latest state, the uplink, each collector (state, frequency, events per second, counters),
 the outbox (depth, counters, the drops waiting for the next envelope) and the reported
-properties. Built every 2 s while the agent runs, and rewritten when anything in it but
+properties. Built every 5 s while the agent runs, and rewritten when anything in it but
 `updated` changed, else at least every REFRESH_S (so `updated`, the time of the last rewrite,
 still tells a live agent from a hung one); once more when it stops. Idle, most documents are
 the same as the last one, and the rewrite (encoding, a new file, a rename) was most of the
@@ -100,7 +100,7 @@ class StatusWriter:
             return False
         try:
             # Without indent json uses its C encoder: four times faster on this document
-            # (0.07 ms against 0.29), every 2 s; `micro-agent status` prints it indented.
+            # (0.07 ms against 0.29), every 5 s; `micro-agent status` prints it indented.
             replace_file(self.path, json.dumps(doc, sort_keys=True).encode(),
                          tmp=self.path.with_suffix(".tmp"), sync=False, mode=0o644)
         except OSError as err:
