@@ -414,8 +414,9 @@ def test_the_loop_gathers_after_a_busy_wake_up_as_long_as_its_sources_allow(tmp_
 def test_a_source_that_tells_when_its_socket_fills_gathers_longer_and_is_drained_when_it_does(
         tmp_path: Path) -> None:
     """A source whose watch has `filling` may gather up to GATHER_MAX_S; the loop asks it every
-    GATHER_CHECK_S of the wait, and drains at once when it says its socket fills. Without
-    `filling` (or with a shorter answer) the gather stays as before."""
+    GATHER_CHECK_S of the wait, and drains at once when it says its socket fills, or when
+    another source becomes readable. Without `filling` the gather stays within
+    GATHER_CHECK_S."""
     agent = own_agent(tmp_path, {})
     agent.start()
     ours, theirs = socket.socketpair()
@@ -452,6 +453,24 @@ def test_a_source_that_tells_when_its_socket_fills_gathers_longer_and_is_drained
         agent.turn(timeout=0.01)
         waited = time.monotonic() - start
         assert len(asked) == 1 and GATHER_CHECK_S - 0.02 <= waited < GATHER_CHECK_S + 0.1, waited
+        # Another source readable during the gather ends it at once (its own bound: an inotify
+        # event's actor window, a short-lived process's /proc entry); the gathering one is not.
+        other, other_peer = socket.socketpair()
+        try:
+            agent.env.watch(other.fileno(), lambda: other.recv(16))
+            fills[0] = False
+            theirs.send(b"x")
+            agent.turn(timeout=1.0)
+            theirs.send(b"x")  # readable, but gathering: it does not end the wait
+            threading.Timer(0.1, lambda: other_peer.send(b"y")).start()
+            start = time.monotonic()
+            agent.turn(timeout=0.01)
+            waited = time.monotonic() - start
+            assert 0.08 <= waited < GATHER_CHECK_S, waited
+        finally:
+            agent.env.unwatch(other.fileno())
+            other.close()
+            other_peer.close()
         # Watched again without `filling`: back to GATHER_CHECK_S at most.
         agent.env.watch(ours.fileno(), read)
         theirs.send(b"x")

@@ -17,6 +17,7 @@ shutdown.
 from __future__ import annotations
 
 import logging
+import select
 import selectors
 import signal
 import socket
@@ -119,9 +120,12 @@ class Agent:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
-        # While the sources gather, only a call from another thread or a signal wakes the loop.
-        self._wake_only = selectors.DefaultSelector()
-        self._wake_only.register(self._wake_r, selectors.EVENT_READ, None)
+        # While some sources gather, the others, a call from another thread or a signal wake the
+        # loop: the same descriptors as the selector's, with the gathering ones muted (events 0)
+        # for the gather (select.epoll: a selector cannot mute a descriptor it keeps).
+        self._quiet = select.epoll()
+        self._quiet.register(self._wake_r.fileno(), select.EPOLLIN)
+        self._gathering: list[int] = []  # the descriptors whose gather it is
         # Appended by other threads and signal handlers, taken by the loop: deque's append and
         # popleft are atomic (the queue module and heapq would be 0.14 MB of RSS for this).
         self._calls: deque[Callable[[], None]] = deque()
@@ -178,6 +182,8 @@ class Agent:
             self.selector.modify(fd, selectors.EVENT_READ, callback)
         else:
             self.selector.register(fd, selectors.EVENT_READ, callback)
+        if fd not in self._watched:
+            self._quiet.register(fd, select.EPOLLIN)
         self._watched[fd] = callback
         if filling is None:
             self._filling.pop(fd, None)
@@ -188,6 +194,7 @@ class Agent:
         self._filling.pop(fd, None)
         if self._watched.pop(fd, None) is not None:
             self.selector.unregister(fd)
+            self._quiet.unregister(fd)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -261,6 +268,7 @@ class Agent:
         wait = max(0.0, min(timeout, next_due - now))
         gather = 0.0
         checks: list[Callable[[], bool]] = []
+        gathering: list[int] = []
         for key, _ in self.selector.select(wait):
             if key.data is None:
                 self._drain_wake()
@@ -272,6 +280,7 @@ class Agent:
                 may_wait = None
             wait_s = GATHER_S
             if isinstance(may_wait, float):
+                gathering.append(key.fd)
                 filling = self._filling.get(key.fd)
                 longest = GATHER_CHECK_S if filling is None else GATHER_MAX_S
                 wait_s = max(GATHER_S, min(longest, may_wait))
@@ -281,6 +290,7 @@ class Agent:
         if gather:
             self._coalesce_until = time.monotonic() + gather
             self._gather_checks = checks if gather > GATHER_CHECK_S else []
+            self._gathering = gathering
         self._run_calls()
         if self._reload:
             self._reload = False
@@ -311,20 +321,29 @@ class Agent:
         self.notifier.keepalive(time.monotonic())
 
     def _gather(self, now: float) -> None:
-        """The sources were busy a moment ago: let their sockets gather more datagrams (the
-        kernel buffers hold megabytes) rather than wake for each one, until _coalesce_until.
-        A call from another thread (the uplink's worker) or a signal ends the wait, and so
-        does a source whose socket fills (asked every GATHER_CHECK_S of a longer gather)."""
-        while True:
-            if self._wake_only.select(min(GATHER_CHECK_S, self._coalesce_until - now)):
-                return
-            now = time.monotonic()
-            if now >= self._coalesce_until:
-                return
-            for filling in self._gather_checks:
-                if filling():
-                    self._coalesce_until = now
+        """The sources that said how long their sockets may gather were busy a moment ago: let
+        them gather more datagrams (the kernel buffers hold megabytes) rather than wake for each
+        one, until _coalesce_until. Any other source that becomes readable ends the wait (its
+        own bound: a short-lived process's /proc entry, the actor's window of an inotify event),
+        as do a call from another thread (the uplink's worker), a signal, and a gathering
+        source whose socket fills (asked every GATHER_CHECK_S of a longer gather)."""
+        muted = [fd for fd in self._gathering if fd in self._watched]
+        for fd in muted:
+            self._quiet.modify(fd, 0)
+        try:
+            while True:
+                if self._quiet.poll(min(GATHER_CHECK_S, self._coalesce_until - now)):
                     return
+                now = time.monotonic()
+                if now >= self._coalesce_until:
+                    return
+                for filling in self._gather_checks:
+                    if filling():
+                        self._coalesce_until = now
+                        return
+        finally:
+            for fd in muted:
+                self._quiet.modify(fd, select.EPOLLIN)
 
     def close_lane(self, lane: PriorityLane) -> None:
         self.account_drops()  # the drops counted so far go into this lane's envelope
@@ -387,7 +406,7 @@ class Agent:
             self.write_status(stopped=True)
             self.outbox.close()
             self.selector.close()
-            self._wake_only.close()
+            self._quiet.close()
             self._wake_r.close()
             self._wake_w.close()
             self.notifier.close()
