@@ -1,7 +1,7 @@
 """The agent's one loop: collectors' sources and timers in, batches out to the outbox, the
 outbox out to the uplink; twin patches and signals applied between two turns.
 
-The loop owns the selector, the timers and the order of work in a turn; its parts live in
+The loop owns the epoll, the timers and the order of work in a turn; its parts live in
 agent.runtime: the priority lanes (lanes: one sink per message frequency, closed at the
 lane's interval, batches sealed in their envelope by the outbox), live configuration and the
 collectors' lifecycle (reconfigure: a patch touches only what it changed and takes effect at
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import select
-import selectors
 import signal
 import socket
 import time
@@ -115,16 +114,13 @@ class Agent:
         self.notifier = notifier if notifier is not None else Notifier()
         self.status_file = StatusWriter(status_file or status_path(env.data_dir, None),
                                         self.started)
-        self.selector = selectors.DefaultSelector()
+        # The watched descriptors and the wake socket (calls from other threads, signals). While
+        # some sources gather, they are muted (events 0) and the rest still wake the loop.
+        self._epoll = select.epoll()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
-        # While some sources gather, the others, a call from another thread or a signal wake the
-        # loop: the same descriptors as the selector's, with the gathering ones muted (events 0)
-        # for the gather (select.epoll: a selector cannot mute a descriptor it keeps).
-        self._quiet = select.epoll()
-        self._quiet.register(self._wake_r.fileno(), select.EPOLLIN)
+        self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
         self._gathering: list[int] = []  # the descriptors whose gather it is
         # Appended by other threads and signal handlers, taken by the loop: deque's append and
         # popleft are atomic (the queue module and heapq would be 0.14 MB of RSS for this).
@@ -178,12 +174,8 @@ class Agent:
 
     def _watch(self, fd: int, callback: Callable[[], object],
                filling: Callable[[], bool] | None = None) -> None:
-        if fd in self._watched:
-            self.selector.modify(fd, selectors.EVENT_READ, callback)
-        else:
-            self.selector.register(fd, selectors.EVENT_READ, callback)
         if fd not in self._watched:
-            self._quiet.register(fd, select.EPOLLIN)
+            self._epoll.register(fd, select.EPOLLIN)
         self._watched[fd] = callback
         if filling is None:
             self._filling.pop(fd, None)
@@ -193,8 +185,7 @@ class Agent:
     def _unwatch(self, fd: int) -> None:
         self._filling.pop(fd, None)
         if self._watched.pop(fd, None) is not None:
-            self.selector.unregister(fd)
-            self._quiet.unregister(fd)
+            self._epoll.unregister(fd)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -269,19 +260,23 @@ class Agent:
         gather = 0.0
         checks: list[Callable[[], bool]] = []
         gathering: list[int] = []
-        for key, _ in self.selector.select(wait):
-            if key.data is None:
+        wake = self._wake_r.fileno()
+        for fd, _ in self._epoll.poll(wait):
+            if fd == wake:
                 self._drain_wake()
                 continue
+            callback = self._watched.get(fd)
+            if callback is None:
+                continue  # unwatched by an earlier callback of this turn
             try:
-                may_wait = key.data()
+                may_wait = callback()
             except Exception:
-                log.exception("reading fd %d failed", key.fd)
+                log.exception("reading fd %d failed", fd)
                 may_wait = None
             wait_s = GATHER_S
             if isinstance(may_wait, float):
-                gathering.append(key.fd)
-                filling = self._filling.get(key.fd)
+                gathering.append(fd)
+                filling = self._filling.get(fd)
                 longest = GATHER_CHECK_S if filling is None else GATHER_MAX_S
                 wait_s = max(GATHER_S, min(longest, may_wait))
                 if filling is not None and wait_s > GATHER_CHECK_S:
@@ -329,10 +324,10 @@ class Agent:
         source whose socket fills (asked every GATHER_CHECK_S of a longer gather)."""
         muted = [fd for fd in self._gathering if fd in self._watched]
         for fd in muted:
-            self._quiet.modify(fd, 0)
+            self._epoll.modify(fd, 0)
         try:
             while True:
-                if self._quiet.poll(min(GATHER_CHECK_S, self._coalesce_until - now)):
+                if self._epoll.poll(min(GATHER_CHECK_S, self._coalesce_until - now)):
                     return
                 now = time.monotonic()
                 if now >= self._coalesce_until:
@@ -343,7 +338,7 @@ class Agent:
                         return
         finally:
             for fd in muted:
-                self._quiet.modify(fd, select.EPOLLIN)
+                self._epoll.modify(fd, select.EPOLLIN)
 
     def close_lane(self, lane: PriorityLane) -> None:
         self.account_drops()  # the drops counted so far go into this lane's envelope
@@ -405,8 +400,7 @@ class Agent:
             self.uplink.close()
             self.write_status(stopped=True)
             self.outbox.close()
-            self.selector.close()
-            self._quiet.close()
+            self._epoll.close()
             self._wake_r.close()
             self._wake_w.close()
             self.notifier.close()
