@@ -21,6 +21,7 @@
 
 #include "core_dns.h"
 #include "index.h"
+#include "ip_text.h"
 #include "msgpack.h"
 #include "sink.h"
 
@@ -30,7 +31,7 @@ enum {
     MAX_CNAMES = 8,       /* CNAMEs one event keeps (and the chain followed) */
     NAME_TEXT = 1024,     /* a 255-byte name as text, every byte escaped (\DDD) at worst */
     HOST_TEXT = 256,      /* the longest name the cache keeps as text, NUL included */
-    ADDR_TEXT = 46,       /* INET6_ADDRSTRLEN */
+    ADDR_TEXT = IP_TEXT_MAX,
     MIN_BLOCKS = 2,
     MAX_BLOCKS = 1024,
     SNAP_BYTES = 262144,  /* what the filter accepts of a packet (a block bounds it further) */
@@ -739,8 +740,7 @@ static uint32_t parse_message(am_dns *d, am_sink *sink, const uint8_t *data, siz
             d->st.answers_cut++;
             continue;
         }
-        inet_ntop(type == T_A ? AF_INET : AF_INET6, data + rdata, a->addr[a->naddr],
-                  ADDR_TEXT);
+        (void)am_ip_text(type == T_A ? 4 : 6, data + rdata, a->addr[a->naddr], ADDR_TEXT);
         a->naddr++;
         d->st.answers++;
     }
@@ -816,7 +816,7 @@ static uint32_t parse_packet(am_dns *d, am_sink *sink, const uint8_t *p, size_t 
             d->st.unsupported++;
             return 0;
         }
-        inet_ntop(AF_INET, p + 12, server, sizeof server);
+        (void)am_ip_text(4, p + 12, server, sizeof server);
         return parse_transport(d, sink, p[9], p + ihl, total - ihl, ts_ms, server);
     }
     if (p[0] >> 4 == 6) {
@@ -833,7 +833,7 @@ static uint32_t parse_packet(am_dns *d, am_sink *sink, const uint8_t *p, size_t 
             d->st.unsupported++;
             return 0;
         }
-        inet_ntop(AF_INET6, p + 8, server, sizeof server);
+        (void)am_ip_text(6, p + 8, server, sizeof server);
         return parse_transport(d, sink, p[6], p + 40, payload, ts_ms, server);
     }
     d->st.bad_ip++;

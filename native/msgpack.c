@@ -146,13 +146,16 @@ static int put_blob(mp_buf *b, const void *data, size_t len, int is_str)
 
 int mp_str(mp_buf *b, const char *data, size_t len) { return put_blob(b, data, len, 1); }
 
-int mp_cstr(mp_buf *b, const char *s) { return put_blob(b, s, strlen(s), 1); }
-
 int mp_bin(mp_buf *b, const uint8_t *data, size_t len) { return put_blob(b, data, len, 0); }
 
 int mp_text(mp_buf *b, const char *data, size_t len)
 {
     return put_blob(b, data, len, utf8_valid((const uint8_t *)data, len));
+}
+
+int mp_text_known(mp_buf *b, const char *data, size_t len, int utf8)
+{
+    return put_blob(b, data, len, utf8 != 0);
 }
 
 static int put_container(mp_buf *b, uint32_t n, uint8_t fix_base, uint8_t tag16, uint8_t tag32)

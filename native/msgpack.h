@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct mp_buf {
     uint8_t *data;
@@ -22,11 +23,15 @@ int mp_int(mp_buf *b, int64_t value);
 int mp_uint(mp_buf *b, uint64_t value);
 int mp_float(mp_buf *b, double value);
 int mp_str(mp_buf *b, const char *data, size_t len);
-/* A C string key or value. */
-int mp_cstr(mp_buf *b, const char *s);
+/* A C string key or value. Inline so that the length of a literal (most keys) is known when
+ * compiled, not counted by strlen at every event. */
+static inline int mp_cstr(mp_buf *b, const char *s) { return mp_str(b, s, strlen(s)); }
 int mp_bin(mp_buf *b, const uint8_t *data, size_t len);
 /* A str if data is valid UTF-8, else a bin: msgpack str must be UTF-8 for decoders. */
 int mp_text(mp_buf *b, const char *data, size_t len);
+/* The same, where the caller already knows utf8_valid(data, len): text written at every event
+ * but checked once (a socket owner's comm and exe). */
+int mp_text_known(mp_buf *b, const char *data, size_t len, int utf8);
 int mp_array(mp_buf *b, uint32_t count);
 int mp_map(mp_buf *b, uint32_t count);
 /* The 5-byte array32 / map32 header, whatever the count: for counts patched in later. */

@@ -22,6 +22,7 @@
 #include "core.h"
 #include "core_sock_diag.h"
 #include "index.h"
+#include "ip_text.h"
 #include "proc_net.h"
 #include "sink.h"
 #include "sock_owner.h"
@@ -1055,10 +1056,9 @@ static const char *state_name(uint8_t state)
 
 static int put_addr(mp_buf *b, uint8_t fam, const uint8_t *addr)
 {
-    char text[INET6_ADDRSTRLEN];
-    if (inet_ntop(fam == 4 ? AF_INET : AF_INET6, addr, text, sizeof text) == NULL)
-        return AM_ERR_ARG;
-    return mp_cstr(b, text);
+    char text[IP_TEXT_MAX];
+    int n = am_ip_text(fam, addr, text, sizeof text);
+    return n < 0 ? n : mp_str(b, text, (size_t)n);
 }
 
 #define PUT(call) \
@@ -1094,11 +1094,11 @@ static int put_common(am_sock *t, mp_buf *b, const struct sock_entry *e)
         PUT(mp_cstr(b, "pid"));
         PUT(mp_uint(b, (uint32_t)o->pid));
         PUT(mp_cstr(b, "comm"));
-        PUT(mp_text(b, o->comm, o->comm_len));
+        PUT(mp_text_known(b, o->comm, o->comm_len, o->text_utf8 & OWNER_COMM_UTF8));
         pairs += 2;
         if (o->exe != NULL) {
             PUT(mp_cstr(b, "exe"));
-            PUT(mp_text(b, o->exe, o->exe_len));
+            PUT(mp_text_known(b, o->exe, o->exe_len, o->text_utf8 & OWNER_EXE_UTF8));
             pairs++;
         }
     }

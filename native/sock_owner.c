@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "msgpack.h"
 
 static int same_inode(const void *entry, const void *key, size_t len, const void *ctx)
 {
@@ -116,6 +117,7 @@ struct proc_info {
     char exe[4096];
     size_t exe_len;
     int has_exe;
+    uint8_t text_utf8; /* enum owner_text */
 };
 
 static void load_proc_info(int pid_dir, struct proc_info *p)
@@ -142,6 +144,12 @@ static void load_proc_info(int pid_dir, struct proc_info *p)
             p->comm_len = len;
         }
     }
+    /* One process's sockets share its text: checked here once, not at each event. */
+    p->text_utf8 = 0;
+    if (utf8_valid((const uint8_t *)p->comm, p->comm_len))
+        p->text_utf8 |= OWNER_COMM_UTF8;
+    if (p->has_exe && utf8_valid((const uint8_t *)p->exe, p->exe_len))
+        p->text_utf8 |= OWNER_EXE_UTF8;
 }
 
 static void fill_owner(struct owner *o, int pid, const struct proc_info *p)
@@ -150,6 +158,7 @@ static void fill_owner(struct owner *o, int pid, const struct proc_info *p)
     o->state = OWNER_FOUND;
     memcpy(o->comm, p->comm, p->comm_len);
     o->comm_len = (uint8_t)p->comm_len;
+    o->text_utf8 = p->text_utf8 & OWNER_COMM_UTF8;
     free(o->exe);
     o->exe = NULL;
     o->exe_len = 0;
@@ -158,6 +167,7 @@ static void fill_owner(struct owner *o, int pid, const struct proc_info *p)
         if (o->exe != NULL) {
             memcpy(o->exe, p->exe, p->exe_len);
             o->exe_len = (uint16_t)p->exe_len;
+            o->text_utf8 |= p->text_utf8 & OWNER_EXE_UTF8;
         }
     }
 }

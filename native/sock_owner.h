@@ -14,11 +14,14 @@ enum owner_state {
     OWNER_NONE = 3     /* a walk found it in no process: not looked for again */
 };
 
+enum owner_text { OWNER_COMM_UTF8 = 1, OWNER_EXE_UTF8 = 2 };
+
 struct owner {
     uint32_t inode;
     int32_t pid;
     uint32_t gen;      /* the last snapshot (generation) that holds the inode */
     uint8_t state;
+    uint8_t text_utf8; /* OWNER_COMM_UTF8 | OWNER_EXE_UTF8: checked once, written per event */
     uint8_t comm_len;
     uint16_t exe_len;
     char comm[16];

@@ -5,7 +5,6 @@
  * (ut_session and ut_tv as 32-bit words: x86_64, i386, armhf) and 400 bytes (64-bit words:
  * glibc aarch64, whose __WORDSIZE_TIME64_COMPAT32 is 0, and 32-bit programs built with
  * _TIME_BITS=64 against glibc < 2.40). Both are little-endian on the devices we serve. */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -16,6 +15,7 @@
 #include <unistd.h>
 
 #include "core_utmp.h"
+#include "ip_text.h"
 #include "sink.h"
 
 /* ---- the record ---- */
@@ -394,25 +394,11 @@ static void put_addr(enc *e, const uint8_t *r, const layout_def *L)
     static const uint8_t zero[16];
     if (memcmp(a, zero, 16) == 0)
         return;
-    char text[INET6_ADDRSTRLEN];
+    char text[IP_TEXT_MAX];
     /* IPv4 is the first word alone (glibc: ut_addr == ut_addr_v6[0]), in network order. */
-    if (memcmp(a + 4, zero, 12) == 0) {
-        size_t n = 0;
-        for (int i = 0; i < 4; i++) {
-            unsigned v = a[i];
-            if (i > 0)
-                text[n++] = '.';
-            if (v >= 100)
-                text[n++] = (char)('0' + v / 100);
-            if (v >= 10)
-                text[n++] = (char)('0' + v / 10 % 10);
-            text[n++] = (char)('0' + v % 10);
-        }
-        text[n] = '\0';
-    } else if (inet_ntop(AF_INET6, a, text, sizeof text) == NULL) {
-        return; /* RFC 5952 text: lowercase, longest zero run as ::, ::ffff:a.b.c.d */
-    }
-    put_str(e, "addr", text, strlen(text));
+    int n = am_ip_text(memcmp(a + 4, zero, 12) == 0 ? 4 : 6, a, text, sizeof text);
+    if (n > 0)
+        put_str(e, "addr", text, (size_t)n);
 }
 
 static void put_level_n(enc *e, const char *k, size_t kn, unsigned c)
