@@ -246,19 +246,43 @@ static uint32_t probe(am_index *x, uint32_t h, const void *key, size_t len)
     return s;
 }
 
-uint32_t am_index_find(am_index *x, const void *key, size_t len)
+uint32_t am_index_hash(const am_index *x, const void *key, size_t len)
+{
+    return hash_of(x, key, len);
+}
+
+uint32_t am_index_find_hashed(am_index *x, const void *key, size_t len, uint32_t h)
 {
     x->st.finds++;
     if (x->count == 0)
         return AM_INDEX_NONE;
-    uint32_t v = x->slots[probe(x, hash_of(x, key, len), key, len)];
+    uint32_t v = x->slots[probe(x, h, key, len)];
     return v ? v - 1 : AM_INDEX_NONE;
+}
+
+uint32_t am_index_find(am_index *x, const void *key, size_t len)
+{
+    return am_index_find_hashed(x, key, len, hash_of(x, key, len));
 }
 
 int am_index_add(am_index *x, const void *key, size_t len, uint32_t *pos)
 {
+    return am_index_add_hashed(x, key, len, hash_of(x, key, len), pos);
+}
+
+int am_index_share_seed(am_index *x, const am_index *from)
+{
+    if (x == NULL || from == NULL || x->count > 0)
+        return AM_ERR_ARG;
+    x->seed[0] = from->seed[0];
+    x->seed[1] = from->seed[1];
+    x->st.seeded = from->st.seeded;
+    return AM_OK;
+}
+
+int am_index_add_hashed(am_index *x, const void *key, size_t len, uint32_t h, uint32_t *pos)
+{
     x->st.finds++;
-    uint32_t h = hash_of(x, key, len);
     if (x->count > 0) {
         uint32_t v = x->slots[probe(x, h, key, len)];
         if (v != 0) {

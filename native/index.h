@@ -63,6 +63,16 @@ uint32_t am_index_find(am_index *x, const void *key, size_t len);
  * a new entry of zero bytes that the caller fills (so that `same` knows it) before the next
  * call; AM_ERR_LIMIT when the index holds `bound` entries (counted in st.full), AM_ERR_NOMEM. */
 int am_index_add(am_index *x, const void *key, size_t len, uint32_t *pos);
+/* The same two with the key's hash given: tables that look one key up in each other share
+ * their seed (am_index_share_seed), so the hash one of them stored for an entry
+ * (am_index_hash_at) is its hash in the others too, and is not computed again. A hash that is
+ * not the key's breaks that key's lookups (a miss, a second entry), never memory safety. */
+uint32_t am_index_hash(const am_index *x, const void *key, size_t len);
+uint32_t am_index_find_hashed(am_index *x, const void *key, size_t len, uint32_t hash);
+int am_index_add_hashed(am_index *x, const void *key, size_t len, uint32_t hash, uint32_t *pos);
+/* x takes from's seed: AM_OK, or AM_ERR_ARG when x holds entries (hashed under its own). */
+int am_index_share_seed(am_index *x, const am_index *from);
+
 /* Removes the entry at pos (< count). The last entry moves into pos (`moved` is told): a walk
  * that removes as it goes looks at pos again. */
 void am_index_remove_at(am_index *x, uint32_t pos);
@@ -75,6 +85,12 @@ static inline uint32_t am_index_count(const am_index *x)
 static inline void *am_index_at(const am_index *x, uint32_t pos)
 {
     return x->entries + (size_t)pos * x->entry_size;
+}
+
+/* The hash of the key of the entry at pos (< count). */
+static inline uint32_t am_index_hash_at(const am_index *x, uint32_t pos)
+{
+    return x->hashes[pos];
 }
 
 /* Bytes held now, and the most an index of these dimensions can ever hold. */

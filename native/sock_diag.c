@@ -136,18 +136,31 @@ static struct sock_entry *tab_at(const struct sock_tab *t, uint32_t i)
     return am_index_at(&t->x, i);
 }
 
-static struct sock_entry *tab_find(struct sock_tab *t, const struct sock_entry *key)
+/* The three tables (build, cur, base) share one seed (am_sock_new): a socket's hash, computed
+ * once when its dump is decoded, goes with it from table to table (tab_hash), so a snapshot
+ * costs one SipHash per socket, not one per table it is looked up in. */
+static uint32_t tab_hash(const struct sock_tab *t, uint32_t i)
 {
-    uint32_t pos = am_index_find(&t->x, &key->k, sizeof key->k);
+    return am_index_hash_at(&t->x, i);
+}
+
+static uint32_t key_hash(const struct sock_tab *t, const struct sock_entry *e)
+{
+    return am_index_hash(&t->x, &e->k, sizeof e->k);
+}
+
+static struct sock_entry *tab_find(struct sock_tab *t, const struct sock_entry *key, uint32_t h)
+{
+    uint32_t pos = am_index_find_hashed(&t->x, &key->k, sizeof key->k, h);
     return pos == AM_INDEX_NONE ? NULL : tab_at(t, pos);
 }
 
-/* Adds e; a duplicate in one dump replaces the earlier one. AM_OK, AM_ERR_LIMIT at the
- * bound, AM_ERR_NOMEM. */
-static int tab_add(struct sock_tab *t, const struct sock_entry *e)
+/* Adds e, of hash h (key_hash, or tab_hash of its entry in another table); a duplicate in one
+ * dump replaces the earlier one. AM_OK, AM_ERR_LIMIT at the bound, AM_ERR_NOMEM. */
+static int tab_add(struct sock_tab *t, const struct sock_entry *e, uint32_t h)
 {
     uint32_t pos;
-    int st = am_index_add(&t->x, &e->k, sizeof e->k, &pos);
+    int st = am_index_add_hashed(&t->x, &e->k, sizeof e->k, h, &pos);
     if (st < 0)
         return st;
     *tab_at(t, pos) = *e;
@@ -395,6 +408,8 @@ am_sock *am_sock_new(const struct am_sock_options *opts)
     t->buf = malloc(t->buf_cap);
     if (t->buf == NULL || tab_init(&t->build, o.max_sockets) != AM_OK ||
         tab_init(&t->cur, o.max_sockets) != AM_OK || tab_init(&t->base, o.max_sockets) != AM_OK ||
+        am_index_share_seed(&t->cur.x, &t->build.x) != AM_OK ||
+        am_index_share_seed(&t->base.x, &t->build.x) != AM_OK ||
         owners_init(&t->owners, o.max_owners) != AM_OK) {
         am_sock_free(t);
         return NULL;
@@ -484,7 +499,7 @@ static void snap_add(am_sock *t, struct sock_entry *e)
     if (kind == 0)
         return;
     e->kind = kind;
-    int st = tab_add(&t->build, e);
+    int st = tab_add(&t->build, e, key_hash(&t->build, e));
     if (st != AM_OK) {
         t->st.overflow++;
         t->build_overflow = 1;
@@ -894,7 +909,7 @@ static void keep_tcp_listeners(am_sock *t)
 {
     for (uint32_t i = 0; i < tab_count(&t->cur); i++) {
         const struct sock_entry *e = tab_at(&t->cur, i);
-        if (e->k.proto == IPPROTO_TCP && tab_add(&t->build, e) != AM_OK) {
+        if (e->k.proto == IPPROTO_TCP && tab_add(&t->build, e, tab_hash(&t->cur, i)) != AM_OK) {
             t->st.overflow++;
             t->build_overflow = 1;
         }
@@ -1205,7 +1220,7 @@ int am_sock_changes(am_sock *t, am_sink *sink, uint32_t *events)
     if (!t->cur_overflow) {
         for (uint32_t i = 0; i < tab_count(&t->base);) {
             struct sock_entry *b = tab_at(&t->base, i);
-            if (tab_find(&t->cur, b) != NULL) {
+            if (tab_find(&t->cur, b, tab_hash(&t->base, i)) != NULL) {
                 i++;
                 continue;
             }
@@ -1223,7 +1238,8 @@ int am_sock_changes(am_sock *t, am_sink *sink, uint32_t *events)
         struct sock_entry *c = tab_at(&t->cur, i);
         if (c->kind != SK_CONN)
             continue;
-        struct sock_entry *b = tab_find(&t->base, c);
+        uint32_t h = tab_hash(&t->cur, i);
+        struct sock_entry *b = tab_find(&t->base, c, h);
         if (b != NULL) {
             uint8_t dir = b->flags & (SKF_IN | SKF_OUT);
             *b = *c;
@@ -1245,7 +1261,7 @@ int am_sock_changes(am_sock *t, am_sink *sink, uint32_t *events)
             written++;
             t->st.opened++;
         }
-        if (tab_add(&t->base, &n) != AM_OK)
+        if (tab_add(&t->base, &n, h) != AM_OK)
             t->st.overflow++; /* no memory: reported, but its close will not be */
     }
     t->base_ready = 1;
