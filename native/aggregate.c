@@ -300,7 +300,10 @@ typedef struct fields {
 
 static inline int key_is(const uint8_t *k, uint32_t n, const char *name, uint32_t len)
 {
-    return n == len && memcmp(k, name, len) == 0;
+    /* Every key of every event meets most names of its kind's list: the first byte sends
+     * nearly all of them away before a memcmp call (memcmp from here topped a profile of the
+     * agent at 1,600 connections a second). */
+    return n == len && (len == 0 || (k[0] == (uint8_t)name[0] && memcmp(k, name, len) == 0));
 }
 /* A key against a string literal: its length is known when compiled. */
 #define KEY_EQ(k, n, text) key_is((k), (n), (text), sizeof(text) - 1)

@@ -41,8 +41,10 @@ static int put_key(enc_ctx *c, const char *key)
     if (c->err != AM_OK)
         return 0;
     size_t n = strlen(key);
+    /* A key written twice would make a map a reader cannot trust: the first byte settles
+     * nearly every comparison before memcmp does. */
     for (uint32_t i = 0; i < c->nkeys; i++)
-        if (c->key_len[i] == n && memcmp(c->keys[i], key, n) == 0)
+        if (c->key_len[i] == n && c->keys[i][0] == key[0] && memcmp(c->keys[i], key, n) == 0)
             return 0;
     if (c->nkeys >= MAX_KEYS || n > 255) {
         c->err = AM_ERR_LIMIT;
