@@ -58,6 +58,10 @@ def test_sweep_one_short_rate(tmp_path: Path) -> None:
         daemon = "micro-agent" if config == "agent" else "auditd"
         assert {daemon, "kauditd"} <= set(p["cpu_s"]), what
         assert all(v >= 0 for v in p["cpu_s"].values()), what
+        # Read in nanoseconds (schedstat), not 10 ms ticks: 300 events cost each of them
+        # more than nothing, which ticks would have rounded away.
+        assert p["cpu_s"][daemon] > 0 and p["cpu_s"]["kauditd"] > 0, what
+        assert p["cpu_from_ticks"] == [], what  # no thread of theirs ended in 4 s
         assert p["total_cpu_s"] > 0 and p["cpu_pct"] > 0, what
         assert p["load_cpu_s"] > 0, what
         assert 0 < p["delivered"] <= p["started"], what
