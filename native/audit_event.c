@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "ip_text.h"
 
 enum { UNSET_ID = 4294967295u, MAX_KEYS = 64, SC_FIELDS = 256 };
 
@@ -926,54 +927,6 @@ static int put_exec(enc_ctx *c, am_encoder *enc, const am_event_view *ev, const 
 
 /* ---- net ---- */
 
-static void format_ipv4(const uint8_t *a, char *out, size_t cap)
-{
-    snprintf(out, cap, "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
-}
-
-/* RFC 5952: lowercase, no leading zeros, the longest run (first on a tie) of two or more
- * zero groups as "::", IPv4-mapped addresses as ::ffff:a.b.c.d. */
-static void format_ipv6(const uint8_t *a, char *out, size_t cap)
-{
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (memcmp(a, mapped, 12) == 0) {
-        char v4[16];
-        format_ipv4(a + 12, v4, sizeof v4);
-        snprintf(out, cap, "::ffff:%s", v4);
-        return;
-    }
-    unsigned g[8];
-    for (int i = 0; i < 8; i++)
-        g[i] = (unsigned)(a[2 * i] << 8 | a[2 * i + 1]);
-    int best = -1, best_len = 0;
-    for (int i = 0; i < 8;) {
-        if (g[i] != 0) {
-            i++;
-            continue;
-        }
-        int j = i;
-        while (j < 8 && g[j] == 0)
-            j++;
-        if (j - i > best_len && j - i >= 2) {
-            best = i;
-            best_len = j - i;
-        }
-        i = j;
-    }
-    size_t pos = 0;
-    for (int i = 0; i < 8 && pos < cap; i++) {
-        if (i == best) {
-            pos += (size_t)snprintf(out + pos, cap - pos, "::");
-            i += best_len - 1;
-            continue;
-        }
-        int sep = i > 0 && !(best >= 0 && i == best + best_len);
-        pos += (size_t)snprintf(out + pos, cap - pos, sep ? ":%x" : "%x", g[i]);
-    }
-    if (pos == 0 && cap > 0)
-        out[0] = '\0';
-}
-
 static int known_family(unsigned f)
 {
     return f == 1 || f == 2 || f == 10 || f == 16;
@@ -1001,21 +954,21 @@ static void put_sockaddr(enc_ctx *c, am_encoder *enc, const event_shape *s, cons
     int remote = strcmp(dir, "bind") != 0;
     const char *addr_key = remote ? "raddr" : "laddr";
     const char *port_key = remote ? "rport" : "lport";
-    char text[64];
+    char text[IP_TEXT_MAX];
     switch (family) {
     case 2:
         kv_cstr(c, "fam", "inet");
         if (len >= 8) {
-            format_ipv4(b + 4, text, sizeof text);
-            kv_cstr(c, addr_key, text);
+            if (am_ip_text(4, b + 4, text, sizeof text) > 0)
+                kv_cstr(c, addr_key, text);
             kv_uint(c, port_key, (uint64_t)(b[2] << 8 | b[3]));
         }
         break;
     case 10:
         kv_cstr(c, "fam", "inet6");
         if (len >= 24) {
-            format_ipv6(b + 8, text, sizeof text);
-            kv_cstr(c, addr_key, text);
+            if (am_ip_text(6, b + 8, text, sizeof text) > 0)
+                kv_cstr(c, addr_key, text);
             kv_uint(c, port_key, (uint64_t)(b[2] << 8 | b[3]));
         }
         break;
