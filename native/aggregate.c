@@ -361,11 +361,7 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
 {
     size_t start = r->pos;
     uint32_t n;
-    /* The whole event first: what passes here is what a reader of the output can read (the
-     * depth bound counts from the map, not from each value). */
     mpr whole = *r;
-    if (!mpr_skip(&whole))
-        return AM_ERR_ARG;
     if (!mpr_map(r, &n))
         return AM_ERR_ARG;
     /* Sources write `t` first: an event of a type this aggregator does not take (each audit
@@ -377,6 +373,8 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
         size_t vstart;
         if (mpr_str(&peek, &k, &kl) && KEY_EQ(k, kl, "t") && (vstart = peek.pos, mpr_skip(&peek)) &&
             !accepted(a, (span){peek.data + vstart, (uint32_t)(peek.pos - vstart)})) {
+            if (!mpr_skip(&whole))
+                return AM_ERR_ARG;
             if (restoring)
                 a->st.restored++;
             else
@@ -422,7 +420,10 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
             f.has_last = 1;
             continue;
         }
-        if (!mpr_skip(r))
+        /* Each value within one level less than the bound: what passes here is what a
+         * reader of the output can read, the depth counted from the map (the map is read
+         * once, not skipped whole first). */
+        if (!mpr_skip_within(r, MPR_MAX_DEPTH - 1))
             return AM_ERR_ARG;
         span v = {r->data + vstart, (uint32_t)(r->pos - vstart)};
         if (KEY_EQ(k, kl, "laddr"))

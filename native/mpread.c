@@ -188,8 +188,15 @@ sized:
 
 int mpr_skip(mpr *r)
 {
+    return mpr_skip_within(r, MPR_MAX_DEPTH);
+}
+
+int mpr_skip_within(mpr *r, int max_depth)
+{
     /* Iterative: remaining[d] items are still to be read at depth d. */
     uint64_t remaining[MPR_MAX_DEPTH];
+    if (max_depth < 1 || max_depth > MPR_MAX_DEPTH)
+        return 0;
     int depth = 0;
     size_t pos = r->pos;
     remaining[0] = 1;
@@ -206,7 +213,7 @@ int mpr_skip(mpr *r)
         pos += size;
         if (children > 0) {
             /* Every child takes at least one byte: a count beyond what is left is malformed. */
-            if (children > r->len - pos || depth + 1 >= MPR_MAX_DEPTH)
+            if (children > r->len - pos || depth + 1 >= max_depth)
                 return 0;
             remaining[++depth] = children;
         }

@@ -25,5 +25,9 @@ int mpr_str(mpr *r, const uint8_t **s, uint32_t *len);
 int mpr_int(mpr *r, int64_t *value);
 /* Skips one whole item (containers included); 1, else 0 (pos unchanged). */
 int mpr_skip(mpr *r);
+/* mpr_skip for an item that sits max_depth levels above the bound (1..MPR_MAX_DEPTH): a
+ * map's value, read on its own, within MPR_MAX_DEPTH - 1, so that the map stays within
+ * MPR_MAX_DEPTH without being skipped whole first. */
+int mpr_skip_within(mpr *r, int max_depth);
 
 #endif

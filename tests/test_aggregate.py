@@ -265,19 +265,28 @@ def test_add_and_flush_leave_rss_flat() -> None:
     assert_rss_flat(lambda: Aggregator("process", cache_size=64), name="am_agg_new/free")
 
 
-def test_what_an_aggregator_writes_another_can_read() -> None:
-    """An event is checked whole (its nesting counted from the event map), so nothing that
-    passes through is beyond the reader's depth bound: found by fuzz_aggregate."""
-    deep: Any = 1
-    for _ in range(31):
-        deep = [deep]
+@pytest.mark.parametrize(("kind", "t"), [("none", "x"), ("process", "exec")])
+def test_what_an_aggregator_writes_another_can_read(kind: str, t: str) -> None:
+    """An event's nesting is counted from the event map, so nothing that passes through or is
+    kept is beyond the reader's depth bound (found by fuzz_aggregate): an event one level
+    deeper than the bound is malformed, one at the bound is read, whether it is kept (exec in
+    the process aggregator, where the map's values are read one by one) or passed."""
+
+    def nested(levels: int) -> Any:
+        deep: Any = 1
+        for _ in range(levels):
+            deep = [deep]
+        return deep
+
     # (a malformed event ends its batch: the events after it could not be found; last here)
-    events = [{"t": "x", "ts": 2, "v": [[1]]}, {"t": "x", "ts": 1, "v": deep}]
-    first = Aggregator("none")
+    events = [{"t": t, "ts": 2, "v": nested(30)}, {"t": t, "ts": 1, "v": nested(31)}]
+    first = Aggregator(kind)
     out = EventSink()
     first.add(msgpack.packb(events), out)
+    first.flush(out)
     batches = out.seal()
-    assert first.stats().malformed == 1 and first.stats().passed == 1
+    assert first.stats().malformed == 1
+    assert [e["ts"] for b in batches for e in msgpack.unpackb(b)] == [2]
     second = Aggregator("none")
     for batch in batches:
         second.add(batch, EventSink())
