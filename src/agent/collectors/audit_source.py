@@ -307,8 +307,8 @@ class AuditSource:
     def _report_tampering(self, nl: AuditNetlink) -> None:
         """Another process deleted our rules or turned audit off: the core has put them back
         (am_anl_poll_status); the events in between are lost, and how many cannot be known."""
-        s = nl.stats()
-        seen = (int(s.rules_lost), int(s.disabled_by_others))
+        rules_lost, disabled_by_others = nl.counters("rules_lost", "disabled_by_others")
+        seen = (rules_lost, disabled_by_others)
         if seen != self._tampering_seen:
             lost, disabled = (now - before for now, before in zip(seen, self._tampering_seen))
             if lost:

@@ -91,6 +91,10 @@ class AuditNetlinkStats(CoreStats):
         return self.kernel_lost_delta + self.enobufs + self.parser.gaps + self.ownership_lost
 
 
+def _netlink_counters(handle: object, out: object) -> None:
+    lib.am_anl_stats(handle, out, ffi.NULL)
+
+
 class AuditNetlink(NativeHandle):
     """The kernel audit stream as batches. Opening reads the audit status and chooses a mode:
     `owner` (no live audit daemon: this process becomes it, enables audit and raises the
@@ -205,11 +209,15 @@ class AuditNetlink(NativeHandle):
             return None
         return CoreStats.read("struct am_anl_status", self._status)
 
+    def counters(self, *names: str) -> tuple[int, ...]:
+        """Only the named fields of the netlink counters (not the parser's), read without
+        copying the others: for the checks run every second."""
+        return self._read_fields("struct am_anl_stats", _netlink_counters, names)
+
     def stats(self) -> AuditNetlinkStats:
         parser = self._read_stats("struct am_audit_stats",
                                   lambda h, out: lib.am_anl_stats(h, ffi.NULL, out))
-        raw = self._fill_stats("struct am_anl_stats",
-                               lambda h, out: lib.am_anl_stats(h, out, ffi.NULL))
+        raw = self._fill_stats("struct am_anl_stats", _netlink_counters)
         return AuditNetlinkStats(_base.stats_values("struct am_anl_stats", raw), parser)
 
 
