@@ -81,6 +81,12 @@ def _slices(data: bytes, chunk: int | None) -> list[bytes]:
     return [data[i : i + chunk] for i in range(0, len(data), chunk)]
 
 
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    keys = [key for key, _ in pairs]
+    assert len(set(keys)) == len(keys), f"a map with a key written twice: {keys}"
+    return dict(pairs)
+
+
 def parse_core(data: bytes, options: Options = None, chunk: int | None = None) -> ParseResult:
     """The C core: batches decoded and concatenated, in order."""
     import msgpack
@@ -97,7 +103,8 @@ def parse_core(data: bytes, options: Options = None, chunk: int | None = None) -
     batches += parser.flush()
     events: list[Event] = []
     for batch in batches:
-        decoded = msgpack.unpackb(batch, raw=False)
+        # A key written twice would be kept once by a dict: every map is checked for it.
+        decoded = msgpack.unpackb(batch, raw=False, object_pairs_hook=_unique_keys)
         assert isinstance(decoded, list), "a batch is one msgpack array"
         events += decoded
     # The parser's counters, and the batches its sink sealed.
