@@ -496,12 +496,84 @@ def poll_after_reading(source: AuditNetlink) -> object:
     return source.poll_status()
 
 
+def test_agent_polls_the_audit_status_when_due(kernel_audit: AuditState, tmp_path: Path) -> None:
+    """The agent's audit source asks AUDIT_GET at its first tick, then every 5 s while idle
+    (each costs the kernel a thread), and at once after a tick that came late, after a
+    CONFIG_CHANGE record, and while a drain's rate could fill the socket within 5 s."""
+    if kernel_audit.pid != 0:
+        skip_unless_ci(f"audit is owned by pid {kernel_audit.pid}: owner mode cannot be tested")
+    from agent.collectors.audit_source import STATUS_POLL_MS, AuditSource
+    from agent.collectors.base import Environment
+
+    source = AuditSource(Environment(data_dir=tmp_path))
+    with AuditNetlink(AuditNetlinkOptions(exec_rules=True, net_rules=False)) as nl:
+        source.nl = nl
+
+        def polls() -> int:
+            return int(nl.stats().status_polls)
+
+        def read_waiting() -> None:  # what the loop's turn does when the socket is readable
+            pump(nl.drain, EventSink(), lambda batches: None, seal=True)
+
+        read_waiting()  # our own rules' CONFIG_CHANGE records
+        now = 1_000_000
+        source.tick(now)
+        assert polls() == 1  # the first tick
+        while polls() == 1 and nl.stats().config_changes > source._changes_polled:
+            now += 1000  # own records that came after the first poll
+            source.tick(now)
+        start, first = now, polls()
+        for _ in range(STATUS_POLL_MS // 1000 - 1):
+            now += 1000
+            source.tick(now)
+        assert polls() == first, "idle: no poll within 5 s"
+        now += 1000
+        source.tick(now)
+        assert polls() == first + 1 and now - start == STATUS_POLL_MS
+        now += 3000  # a late tick: the agent was stopped
+        source.tick(now)
+        assert polls() == first + 2
+        auditctl("-a", "always,exit", "-F", "arch=b64", "-S", "unlinkat", "-k", "someone-else")
+        deadline = time.monotonic() + 5
+        changes = source._changes_polled
+        while nl.stats().config_changes == changes and time.monotonic() < deadline:
+            read_waiting()
+            time.sleep(0.05)
+        assert nl.stats().config_changes > changes, "the rule's CONFIG_CHANGE record"
+        now += 1000
+        source.tick(now)
+        assert polls() == first + 3, "a CONFIG_CHANGE record: polled at the next tick"
+        auditctl("-d", "always,exit", "-F", "arch=b64", "-S", "unlinkat", "-k", "someone-else")
+        read_waiting()
+        now += 1000
+        source.tick(now)
+        polled = polls()
+        # A drain whose rate would fill the socket within 5 s: 50 execs in 10 ms, and room
+        # for 100 (events_buffered): polled at every tick.
+        source._capacity = 100
+        tag = f"poll-{uuid.uuid4()}"
+        for _ in range(2):
+            for i in range(50):
+                subprocess.run(["/bin/true", tag, str(i)], check=True)
+            time.sleep(0.2)
+            source._last_drain = time.monotonic() - 0.01
+            source.on_readable()
+            now += 1000
+            source.tick(now)
+            polled += 1
+            assert polls() == polled, "busy: polled every second"
+        now += 1000
+        source.tick(now)
+        assert polls() == polled, "no drain since the last poll: idle again"
+    source.nl = None
+
+
 def test_owner_puts_back_rules_deleted_and_audit_disabled_by_another_process(
         kernel_audit: AuditState) -> None:
     """`auditctl -D` and `auditctl -e 0` under a running owner (an intruder blinding the agent,
     or an operator's cleanup): the kernel logs each change to its reader as a CONFIG_CHANGE
     record, and the first status poll after it puts the rules and `enabled` back, counts it,
-    and events arrive again. Without such a record every 10th poll lists the rules."""
+    and events arrive again. Without such a record every 2nd poll lists the rules."""
     if kernel_audit.pid != 0:
         skip_unless_ci(f"audit is owned by pid {kernel_audit.pid}: owner mode cannot be tested")
     other = ["-a", "always,exit", "-F", "arch=b64", "-S", "unlinkat", "-k", "someone-else"]
@@ -518,10 +590,9 @@ def test_owner_puts_back_rules_deleted_and_audit_disabled_by_another_process(
         assert poll_after_reading(source) is not None
         assert source.stats().config_changes >= installed, "our own rules' records"
         assert source.stats().rules_lost == 0 and source.stats().rule_checks == 1
-        for _ in range(9):  # no CONFIG_CHANGE since: the rules are not listed ...
-            source.poll_status()
+        source.poll_status()  # no CONFIG_CHANGE since: the rules are not listed ...
         assert source.stats().rule_checks == 1
-        source.poll_status()  # ... but at every 10th poll
+        source.poll_status()  # ... but at every 2nd poll
         assert source.stats().rule_checks == 2
         auditctl("-D")
         auditctl(*other)  # someone else's rule, added after: it stays

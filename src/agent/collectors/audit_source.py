@@ -48,6 +48,16 @@ RMEM_MAX = "/proc/sys/net/core/rmem_max"
 # smaller (SO_RCVBUF says what the kernel counts), and so is the time.
 BUFFER_SHARE = 4
 EXEC_BUFFER_BYTES = 7200
+# The kernel's audit status (AUDIT_GET: its `lost` counter, the audit daemon's pid, whether
+# audit is on) is asked every second while the socket could fill within STATUS_POLL_MS at the
+# rate of its busiest drain (a reader whose socket stays full loses its ownership: the sooner
+# the poll sees that, the fewer records go unseen), at the first tick after a CONFIG_CHANGE
+# record (another process changed the rules or the settings: they are put back at once), after
+# a tick that came late (the agent was stopped or starved), when the socket closes, and every
+# STATUS_POLL_MS otherwise. Each AUDIT_GET costs the agent a round trip and the kernel a thread
+# (its reply is sent from a kthread of its own): idle, every second was one of each per second.
+STATUS_POLL_MS = 5000
+LATE_TICK_MS = 2000
 # The batches of the socket's events: below the heap's mmap threshold (128 KiB, fixed at start by
 # agent.native.heap), so that each batch, in the core and as the bytes Python takes, reuses heap
 # memory; the sink's default (240 KiB) was mapped, faulted in page by page and unmapped again
@@ -123,6 +133,9 @@ class AuditSource:
         self._capacity = 1  # execs the event socket holds (events_buffered)
         self._sock: socket.socket | None = None  # the event socket's duplicate, for its sizes
         self._last_drain = 0.0  # monotonic time of the last drain
+        self._last_poll = -STATUS_POLL_MS  # monotonic ms of the last status poll
+        self._changes_polled = 0  # CONFIG_CHANGE records read at the last poll
+        self._may_fill = False  # a drain since the last poll: the socket could fill soon
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -232,6 +245,7 @@ class AuditSource:
             self._sock = None
         try:
             pump(nl.finish, self.raw, lambda batches: self._route(batches, also), seal=True)
+            nl.poll_status()  # the kernel's `lost` up to now, into the counts
         finally:
             self._account_closed(nl)
             nl.close()
@@ -286,21 +300,28 @@ class AuditSource:
         events = pump(self.nl.drain, self.raw, self._route, seal=seal)
         if events == 0:
             return math.inf
+        if since * self._capacity < events * STATUS_POLL_MS / 1000:
+            self._may_fill = True
         return since * self._capacity / BUFFER_SHARE / events
 
     def tick(self, now: int) -> None:
         """Called by each subscriber's tick; runs at most once per second: completes idle
         events, seals the open batch (so that events reach the collectors within a second),
-        reads the kernel's lost counter."""
+        polls the kernel's audit status when it is due (STATUS_POLL_MS)."""
         # `now` (monotonic) paces this; the records' age is measured on the clock the kernel
         # stamped them with, not the agent's wall clock: set forward, that would complete
         # events whose records are still coming.
         if self.nl is None or now - self._last_tick < 1000:
             return
+        late = now - self._last_tick > LATE_TICK_MS
         self._last_tick = now
         nl = self.nl
-        nl.poll_status()
-        self._report_tampering(nl)
+        changes = nl.counters("config_changes")[0]
+        if (late or self._may_fill or changes != self._changes_polled
+                or now - self._last_poll >= STATUS_POLL_MS):
+            self._last_poll, self._changes_polled, self._may_fill = now, changes, False
+            nl.poll_status()
+            self._report_tampering(nl)
         stamp = kernel_ms()
         pump(lambda sink: nl.expire(sink, stamp), self.raw, self._route, seal=True)
 
