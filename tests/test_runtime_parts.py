@@ -304,6 +304,9 @@ def test_status_file_rewritten_only_when_it_changed(tmp_path: Path) -> None:
     assert writer.write(doc(2004 + REFRESH_S, 2)) and on_disk()["updated"] == 2004 + REFRESH_S
     # The last document is written even when only `updated` moved.
     assert writer.write(doc(2070, 2), final=True) and on_disk()["updated"] == 2070
+    # `updated` is added to the compared text, also to a document that holds nothing else.
+    assert writer.write({"updated": 2071}, final=True) and on_disk() == {"updated": 2071}
+    assert writer.write(doc(2072, 2)) and on_disk() == doc(2072, 2)
     # A nested dict changed in place after it was written is still seen as a change.
     live = doc(3000, 5)
     assert writer.write(live)
