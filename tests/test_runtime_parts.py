@@ -22,7 +22,7 @@ from agent.collectors import Environment, build_collectors
 from agent.collectors.agent_state import HeartbeatCollector, StatisticsCollector
 from agent.collectors.audit_source import BUFFER_SHARE, buffer_filling, socket_memory
 from agent.config import CollectorState, ConfigStore, Frequency
-from agent.envelope import DropLedger, Identity, decode_envelope
+from agent.envelope import DropLedger, Identity, decode_envelope, sealer
 from agent.native.aggregate import Aggregator
 from agent.outbox import Outbox
 from agent.pipeline import GATHER_CHECK_S, GATHER_MAX_S, GATHER_S, Agent
@@ -514,3 +514,51 @@ def test_buffer_filling_reads_the_kernels_count_of_a_real_socket() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_local_delivery_rotates_the_oldest_files(tmp_path: Path) -> None:
+    """The embedded default's directory: one file per batch, named by its sequence number; the
+    oldest files go beyond max_files or max_bytes (counted in `rotated`); a new delivery
+    (a restart) finds the files and their size on disk, and a batch delivered again under its
+    name (after a crash between the write and the confirm) is one file, counted once."""
+    outbox = Outbox(tmp_path / "outbox", 16 << 20, 3600)
+    directory = tmp_path / "delivered"
+
+    def put(n: int) -> None:
+        for i in range(n):
+            events = [{"t": "x", "ts": i, "pad": "p" * 100}]
+            stored = outbox.put("High", sealer(msgpack.packb(events), IDENT, "High", ["Test"]),
+                                 events=1)
+            assert stored is not None
+
+    def on_disk() -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in sorted(directory.iterdir())}
+
+    try:
+        delivery = LocalDelivery(directory, max_files=3)
+        put(5)
+        delivery.pump(outbox)
+        files = on_disk()
+        assert len(files) == 3 and delivery.rotated == 2 and delivery.delivered == 5
+        assert [int(name.split("-")[0]) for name in files] == [2, 3, 4]  # the newest three
+        status = delivery.status()
+        assert status["files"] == 3 and status["bytes"] == sum(files.values())
+
+        # A restart finds them; a batch delivered again is written over its own file.
+        again = LocalDelivery(directory, max_files=3)
+        assert again.status()["bytes"] == sum(files.values())
+        newest = max(files)
+        again._write(newest, (directory / newest).read_bytes())
+        assert on_disk() == files and again.status()["bytes"] == sum(files.values())
+        assert again.status()["files"] == 3
+
+        # The byte bound: room for two of these files.
+        size = max(files.values())
+        small = LocalDelivery(directory, max_files=100, max_bytes=2 * size + size // 2)
+        put(1)
+        small.pump(outbox)
+        after = on_disk()
+        assert len(after) == 2 and small.rotated == 2 and max(after) > newest
+        assert small.status()["bytes"] == sum(after.values())
+    finally:
+        outbox.close()

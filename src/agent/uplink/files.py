@@ -36,10 +36,13 @@ class LocalDelivery:
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in self.dir.glob("*.tmp"):
             stale.unlink(missing_ok=True)  # an unfinished write of a batch still in the outbox
-        self._files: list[tuple[str, int]] = sorted(
+        # Delivered files by name, oldest first (the names sort as the batches were sent), and
+        # their total size: kept up to date at each file, never summed again (the directory
+        # holds up to max_files of them, and each delivery would have walked them all).
+        self._files: dict[str, int] = dict(sorted(
             (p.name, p.stat().st_size) for p in self.dir.glob(f"*{SUFFIX}")
-        )
-        self._bytes = sum(size for _, size in self._files)
+        ))
+        self._bytes = sum(self._files.values())
         self.delivered = 0
         self.rotated = 0
         self.errors = 0
@@ -72,13 +75,14 @@ class LocalDelivery:
 
     def _write(self, name: str, payload: bytes) -> None:
         replace_file(self.dir / name, payload)
-        self._files = [f for f in self._files if f[0] != name]
-        self._files.append((name, len(payload)))
-        self._bytes = sum(size for _, size in self._files)
+        # The same name again: the batch was delivered before a crash, and is now the newest.
+        self._bytes += len(payload) - self._files.pop(name, 0)
+        self._files[name] = len(payload)
 
     def _rotate(self) -> None:
         while len(self._files) > 1 and (len(self._files) > self.max_files or self._bytes > self.max_bytes):
-            name, size = self._files.pop(0)
+            name = next(iter(self._files))
+            size = self._files.pop(name)
             try:
                 (self.dir / name).unlink()
             except FileNotFoundError:
