@@ -28,7 +28,7 @@ from agent.runtime.checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
 )
-from agent.runtime.lanes import PriorityLane
+from agent.runtime.lanes import LANE_MAX_BATCHES, PriorityLane
 from agent.uplink.files import LocalDelivery
 
 IDENT = Identity("agent-1", "0.1.0", "dev", "mod")
@@ -240,6 +240,46 @@ def test_full_batches_spilled_mid_interval_are_not_sent_twice(tmp_path: Path) ->
     again.close_interval()
     seen = [e["argv"][1] for e in delivered(again.outbox)]
     assert sorted(seen) == sorted(tags)  # each exactly once
+
+
+def test_full_batches_are_held_and_written_ahead_together(tmp_path: Path) -> None:
+    """With checkpoints on, the batches a lane seals wait (PriorityLane.held) for one write-ahead
+    a second (the loop's spill_held) or until LANE_MAX_BATCHES are held; every checkpoint
+    written meanwhile names them as pending, so a crash while they are held sends each event
+    once."""
+    run = Run(tmp_path, cache_size=4)
+    tags = [f"held-{i:04d}-" + "z" * 1200 for i in range(80)]
+    run.add(*(exec_event(t, i) for i, t in enumerate(tags[:40])))
+    held = run.lane.held
+    assert 0 < len(held) < LANE_MAX_BATCHES, "some full batches, fewer than the bound"
+    assert run.outbox.pending() == [] and run.checkpoints.counters.writes == 0
+    run.checkpoints.write(run.lane)  # the loop's checkpoint of the second: they are pending
+    run.crash()
+    again = Run(tmp_path, cache_size=4)
+    again.restore()
+    assert again.checkpoints.counters.stored_batches == len(held)
+    writes = again.checkpoints.counters.writes
+    again.add(*(exec_event(t, i) for i, t in enumerate(tags[40:])))
+    while again.lane.held:
+        before = len(again.outbox.pending())
+        again.lane.spill_held()  # one write-ahead for all that are held, then the puts
+        assert len(again.outbox.pending()) > before
+    assert again.checkpoints.counters.writes - writes <= len(tags) // LANE_MAX_BATCHES
+    again.close_interval()
+    seen = [e["argv"][1] for e in delivered(again.outbox)]
+    assert sorted(seen) == sorted(tags)  # each exactly once
+
+
+def test_a_lane_holds_no_more_than_its_bound(tmp_path: Path) -> None:
+    run = Run(tmp_path, cache_size=4)
+    run.add(*(exec_event(f"bound-{i:04d}-" + "w" * 400, i) for i in range(400)))
+    assert len(run.lane.held) < LANE_MAX_BATCHES
+    assert run.outbox.pending() != []  # the bound was reached: written ahead and stored
+    run.lane.write_ahead = None  # checkpoints off: nothing is held
+    run.lane.spill_held()
+    run.add(*(exec_event(f"off-{i:04d}-" + "w" * 400, i) for i in range(100)))
+    assert run.lane.held == []
+    run.crash()
 
 
 def test_batches_a_restore_seals_are_written_ahead_too(tmp_path: Path) -> None:

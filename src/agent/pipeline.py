@@ -221,6 +221,8 @@ class Agent:
         on = self.config.outbox.checkpoint_seconds > 0
         for lane in self.lanes.values():
             lane.write_ahead = self.checkpoints.write if on else None
+            if not on:
+                lane.spill_held()  # nothing holds them back any more
         if not on:
             self.checkpoints.remove_all()
 
@@ -305,6 +307,8 @@ class Agent:
                 lane.start_interval(now)
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + TICK_S
+            for lane in self.lanes.values():
+                lane.spill_held()  # the second's full batches: one write-ahead per lane
             self.checkpoint(now)
             if now - self._last_status >= STATUS_EVERY_S:
                 self._last_status = now

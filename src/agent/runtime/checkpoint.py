@@ -138,6 +138,9 @@ class LaneView(Protocol):
     @property
     def sink(self) -> EventSink: ...
 
+    @property
+    def held(self) -> list[bytes]: ...
+
     def store(self, batches: list[bytes]) -> None: ...
 
 
@@ -187,9 +190,11 @@ class Checkpoints:
 
     def write(self, lane: LaneView, pending: list[bytes] | None = None) -> bool:
         """Replace the lane's file with its state now (and `pending`, the batches about to be
-        stored). False when the write failed: counted, and the previous file stays, unless
-        there were batches pending (then it goes: see below)."""
-        state, sig = self._state(lane, pending or [])
+        stored). The batches the lane holds sealed and not yet stored (PriorityLane.held) are
+        pending too, after those. False when the write failed: counted, and the previous file
+        stays, unless there were batches pending (then it goes: see below)."""
+        pending = [*(pending or []), *lane.held]
+        state, sig = self._state(lane, pending)
         data = encode_checkpoint(state)
         path = self.path(lane.name)
         try:

@@ -45,6 +45,8 @@ class PriorityLane:
         # Outbox_CheckpointSeconds > 0: called with the batches before they are stored, to
         # record them in the lane's checkpoint first (agent.runtime.checkpoint).
         self.write_ahead: Callable[[PriorityLane, list[bytes]], object] | None = None
+        # With the write-ahead on: sealed batches not yet stored, until spill_held.
+        self._held: list[bytes] = []
         # The drops of the sinks replaced by resize(), so that drops() never goes back.
         self._retired_drops = dict.fromkeys(SINK_DROPS, 0)
 
@@ -53,11 +55,33 @@ class PriorityLane:
         return self.prio.value
 
     def spill(self, batches: list[bytes]) -> None:
-        """Batches the sink sealed: written ahead into the lane's checkpoint (when on), then
-        stored."""
-        if batches and self.write_ahead is not None:
+        """Batches the sink sealed. With checkpoints on they are held until spill_held (the
+        loop calls it once a second) or until LANE_MAX_BATCHES are held: each write-ahead
+        rewrites the lane's whole checkpoint with an fsync, and one per batch was a sixth of
+        the agent's CPU at 1,600 execs a second. Held, they are still in every checkpoint
+        written meanwhile (as pending: `held`), so a crash loses no more than before."""
+        if not batches:
+            return
+        if self.write_ahead is None:
+            self.store(batches)
+            return
+        self._held += batches
+        if len(self._held) >= LANE_MAX_BATCHES:
+            self.spill_held()
+
+    def spill_held(self) -> None:
+        """The held batches: written ahead into the lane's checkpoint (when on), then stored."""
+        batches, self._held = self._held, []
+        if not batches:
+            return
+        if self.write_ahead is not None:
             self.write_ahead(self, batches)
         self.store(batches)
+
+    @property
+    def held(self) -> list[bytes]:
+        """The sealed batches waiting for spill_held, oldest first."""
+        return list(self._held)
 
     def store(self, batches: list[bytes]) -> None:
         """Batches into the outbox, each sealed in its envelope."""
@@ -75,6 +99,7 @@ class PriorityLane:
 
     def close_interval(self) -> None:
         self.spill(self.sink.seal())
+        self.spill_held()
 
     def start_interval(self, now: float) -> None:
         self.deadline = now + self.interval_s
