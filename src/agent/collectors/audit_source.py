@@ -129,7 +129,7 @@ class AuditSource:
         self._closed_drops: dict[str, int] = {}
         self._last_tick = -1000  # monotonic ms of the last tick
         self._closed = False  # the agent is stopping: no reopening
-        self._tampering_seen = (0, 0)  # rules_lost, disabled_by_others of the open socket
+        self._tampering_seen: tuple[int, ...] = (0, 0)  # rules_lost, disabled_by_others of the open socket
         self._capacity = 1  # execs the event socket holds (events_buffered)
         self._sock: socket.socket | None = None  # the event socket's duplicate, for its sizes
         self._last_drain = 0.0  # monotonic time of the last drain
@@ -300,9 +300,10 @@ class AuditSource:
         events = pump(self.nl.drain, self.raw, self._route, seal=seal)
         if events == 0:
             return math.inf
-        if since * self._capacity < events * STATUS_POLL_MS / 1000:
+        full_in_s = since * self._capacity / events  # the whole socket, at this drain's rate
+        if full_in_s < STATUS_POLL_MS / 1000:
             self._may_fill = True
-        return since * self._capacity / BUFFER_SHARE / events
+        return full_in_s / BUFFER_SHARE
 
     def tick(self, now: int) -> None:
         """Called by each subscriber's tick; runs at most once per second: completes idle
@@ -328,8 +329,7 @@ class AuditSource:
     def _report_tampering(self, nl: AuditNetlink) -> None:
         """Another process deleted our rules or turned audit off: the core has put them back
         (am_anl_poll_status); the events in between are lost, and how many cannot be known."""
-        rules_lost, disabled_by_others = nl.counters("rules_lost", "disabled_by_others")
-        seen = (rules_lost, disabled_by_others)
+        seen = nl.counters("rules_lost", "disabled_by_others")
         if seen != self._tampering_seen:
             lost, disabled = (now - before for now, before in zip(seen, self._tampering_seen))
             if lost:
