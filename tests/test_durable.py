@@ -4,6 +4,7 @@ SIGKILL."""
 
 from __future__ import annotations
 
+import os
 import random
 import stat
 import subprocess
@@ -27,6 +28,28 @@ def test_replace_writes_the_data_with_mode_0600_and_leaves_no_tmp(tmp_path: Path
     assert final.read_bytes() == b""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent-id"]
     fsync_dir(tmp_path)
+
+
+def test_parts_are_written_in_order_past_iov_max_and_short_writes(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    """Parts go out with writev: more parts than one call takes (IOV_MAX), empty parts, and a
+    kernel that writes less than asked (resumed mid-part) still give the bytes in order."""
+    parts = [bytes([n % 256]) * (n % 7) for n in range(3000)] + [bytearray(b"tail")]
+    final = tmp_path / "parts"
+    replace_file(final, parts)
+    assert final.read_bytes() == b"".join(parts)
+    real = os.writev
+    calls: list[int] = []
+
+    def short(fd: int, buffers: list[memoryview]) -> int:
+        calls.append(len(buffers))
+        return real(fd, [bytes(b"".join(buffers))[:5]])  # at most 5 bytes a call
+
+    monkeypatch.setattr(os, "writev", short)
+    replace_file(final, [b"abc", memoryview(b"defghij"), b"", b"k" * 11])
+    assert final.read_bytes() == b"abcdefghij" + b"k" * 11
+    assert len(calls) == 5
 
 
 def test_a_failed_rename_removes_the_tmp_file_and_keeps_the_old_one(tmp_path: Path) -> None:

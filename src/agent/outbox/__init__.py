@@ -36,6 +36,7 @@ from agent.outbox.codec import (
     HEADER_BYTES,
     RANK,
     BatchFile,
+    batch_file_parts,
     batch_name,
     decode_batch_file,
     decode_named_batch_file,
@@ -414,8 +415,8 @@ class Outbox:
             seq = self._next_seq
             carried = self.drops.peek()
             payload = seal(Stamp(seq=seq, boot=self._boot, ts=at, drops=dict(carried)))
-            data = encode_batch_file(prio, seq, at, events, carried, payload)
-            size = len(data)
+            data = batch_file_parts(prio, seq, at, events, carried, payload)
+            size = len(data[0]) + len(data[1])
             if self.policy.refuses(size):
                 log.warning("outbox: a %s batch of %d bytes exceeds max_bytes=%d; dropped",
                             prio, size, self.max_bytes)
@@ -573,7 +574,7 @@ class Outbox:
         fsync_dir(self.dir)
         self._dir_dirty = False  # that fsync made the renames before it durable too
 
-    def _write_batch(self, name: str, data: bytes) -> None:
+    def _write_batch(self, name: str, data: Sequence[bytes]) -> None:
         """tmp/<name>, fsynced, renamed into place. The directory's fsync is left to
         _sync_dir, which runs before anything depends on the rename (one fsync for all the
         batches a turn stores, not one each)."""

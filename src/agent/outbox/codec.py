@@ -59,16 +59,23 @@ def _pack_drops(drops: Mapping[str, int]) -> bytes:
     return bytes(msgpack.packb(dict(drops), use_bin_type=True))
 
 
-def encode_batch_file(prio: str, seq: int, created_ms: int, events: int,
-                      drops: Mapping[str, int], payload: bytes) -> bytes:
-    """The bytes of one batch file."""
+def batch_file_parts(prio: str, seq: int, created_ms: int, events: int,
+                     drops: Mapping[str, int], payload: bytes) -> tuple[bytes, bytes]:
+    """One batch file as two parts: the header with the drops, and the payload itself (not
+    copied: agent.durable writes both with writev)."""
     blob = _pack_drops(drops)
     if len(blob) > 0xFFFF:
         raise ValueError("the drops map of a batch is over 64 KiB")
     head = HEADER.pack(BATCH_MAGIC, FORMAT, RANK[prio], len(blob), seq, created_ms, events,
                        len(payload), 0)[:-4]
     crc = binascii.crc32(payload, binascii.crc32(blob, binascii.crc32(head)))
-    return head + struct.pack("<I", crc) + blob + payload
+    return head + struct.pack("<I", crc) + blob, payload
+
+
+def encode_batch_file(prio: str, seq: int, created_ms: int, events: int,
+                      drops: Mapping[str, int], payload: bytes) -> bytes:
+    """The bytes of one batch file (batch_file_parts joined)."""
+    return b"".join(batch_file_parts(prio, seq, created_ms, events, drops, payload))
 
 
 def decode_batch_file(data: bytes) -> BatchFile:

@@ -86,12 +86,64 @@ class LaneState:
     entries: dict[str, list[bytes]]
 
 
+def _container_head(n: int, fix: int, code16: int) -> bytes:
+    """msgpack's array (fix 0x90, 0xdc) or map (0x80, 0xde) header of n items."""
+    if n < 16:
+        return bytes((fix | n,))
+    if n < 0x10000:
+        return bytes((code16,)) + n.to_bytes(2, "big")
+    return bytes((code16 + 1,)) + n.to_bytes(4, "big")
+
+
+def _bin_head(n: int) -> bytes:
+    if n < 0x100:
+        return bytes((0xC4, n))
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def checkpoint_parts(state: LaneState) -> list[bytes]:
+    """The checkpoint file as parts, in order: the header, then the body (the msgpack map
+    {v, lane, seq, pending, open, agg}, byte for byte what msgpack.packb writes) as small
+    frames around the batches themselves, which are not copied (agent.durable writes the
+    parts with writev)."""
+    parts: list[bytes] = []
+    frame = bytearray(b"\x86")
+
+    def blob(batch: bytes) -> None:
+        frame.extend(_bin_head(len(batch)))
+        parts.extend((bytes(frame), batch))
+        frame.clear()
+
+    def blobs(batches: list[bytes]) -> None:
+        frame.extend(_container_head(len(batches), 0x90, 0xDC))
+        for batch in batches:
+            blob(batch)
+
+    pack = msgpack.Packer(use_bin_type=True).pack  # one buffer for the small values
+    frame.extend(pack("v") + pack(VERSION) + pack("lane") + pack(state.lane) + pack("seq")
+                 + pack(state.seq) + pack("pending"))
+    blobs(state.pending)
+    frame.extend(pack("open"))
+    if state.open_batch is None:
+        frame.append(0xC0)
+    else:
+        blob(state.open_batch)
+    frame.extend(pack("agg") + _container_head(len(state.entries), 0x80, 0xDE))
+    for name, batches in state.entries.items():
+        frame.extend(pack(name))
+        blobs(batches)
+    parts.append(bytes(frame))
+    crc = 0
+    for part in parts:
+        crc = binascii.crc32(part, crc)
+    return [_HEAD.pack(MAGIC, sum(map(len, parts)), crc), *parts]
+
+
 def encode_checkpoint(state: LaneState) -> bytes:
-    body = msgpack.packb({
-        "v": VERSION, "lane": state.lane, "seq": state.seq, "pending": state.pending,
-        "open": state.open_batch, "agg": state.entries,
-    }, use_bin_type=True)
-    return bytes(_HEAD.pack(MAGIC, len(body), binascii.crc32(body)) + body)
+    """The checkpoint file's bytes (checkpoint_parts joined)."""
+    return b"".join(checkpoint_parts(state))
 
 
 def _bins(value: Any, what: str) -> list[bytes]:
@@ -195,7 +247,7 @@ class Checkpoints:
         stays, unless there were batches pending (then it goes: see below)."""
         pending = [*(pending or []), *lane.held]
         state, sig = self._state(lane, pending)
-        data = encode_checkpoint(state)
+        data = checkpoint_parts(state)
         path = self.path(lane.name)
         try:
             self.dir.mkdir(exist_ok=True)
@@ -218,7 +270,7 @@ class Checkpoints:
             log.warning("checkpoint: writing %s works again", path)
             self._failing = False
         self.counters.writes += 1
-        self.counters.bytes += len(data)
+        self.counters.bytes += sum(map(len, data))
         self.counters.last_ms = wall_ms()
         self._written[lane.name] = sig
         self._dirty_since.pop(lane.name, None)
