@@ -3,7 +3,8 @@ CPU of every process involved against the load's rate, plotted (issue 15; docs/p
 
     python3 benchmarks/sweep.py [--seconds 30] [--rates 100,200,400,800,1600]
                                 [--configs raw,enriched,laurel,agent] [--loads exec,conn]
-                                [--out-dir .benchmarks/sweep] [--lock FILE] [--no-plot]
+                                [--repeat 1] [--out-dir .benchmarks/sweep] [--lock FILE]
+                                [--no-plot]
 
 Root, auditctl, auditd and laurel (Debian's packages), and the kernel's audit to itself: it
 refuses to start while a live process owns the audit, and puts back what it changed after each
@@ -12,7 +13,7 @@ checking that `auditctl -s` (counters aside) and `auditctl -l` read as before. W
 file is held (flock) for each configuration and released between them, so that other users of
 the kernel's audit wait minutes, not the whole sweep.
 
-Configurations, each started once and swept over every load and rate:
+Configurations, each started once per round and swept over every load and rate in it:
 
 - raw: auditd with Debian's auditd.conf but `log_format = RAW`, no plugin;
 - raw-lean: raw, and the kernel asked not to send the record types the agent excludes as
@@ -53,6 +54,14 @@ Per configuration, load and rate:
   events to the listener's port, by their hits); auditd's audit.log (EXECVE records with the
   tag; SOCKADDR records of the port); laurel's log (lines with the tag; SOCKADDR of the port).
   lost = started - delivered, so a configuration that keeps up only by dropping shows it.
+
+Rounds (--repeat N): every configuration is swept N times, the rounds' orders alternating
+(raw, agent, agent, raw, ...: what runs early in one round runs late in the next), so that a
+drift of the machine over the run weighs on each alike. One 30 s window per point moves by a
+tenth from run to run on a shared machine; with rounds the table gives each point's median
+CPU % over them, and for the agent against auditd RAW the median of the rounds' ratios (each
+round's agent over the same round's auditd, measured minutes apart) with their lowest and
+highest, so that a miss can be told from the run's spread.
 
 CPU seconds per 1,000 events are robust to other work on the machine (they count this work
 only); CPU % also depends on how long the window was, which is the load's own pace.
@@ -333,6 +342,7 @@ class Point:
     load: str
     target_rate: int
     tag: str
+    round: int = 0  # --repeat: which of the rounds
     started: int = 0
     achieved_rate: float = 0.0
     port: int = 0  # conn: the listener's port, what the events are counted by
@@ -597,7 +607,7 @@ def held(lock: Path | None) -> Iterator[None]:
 
 def sweep_config(config: str, loads: list[str], rates: list[int], seconds: float,
                  spawner: Spawner, work_parent: Path, lock: Path | None,
-                 keep: bool) -> list[Point]:
+                 keep: bool, round_no: int = 0) -> list[Point]:
     ok = False
     with held(lock):
         state = AuditState.read()
@@ -614,7 +624,7 @@ def sweep_config(config: str, loads: list[str], rates: list[int], seconds: float
                 for load in loads:
                     for rate in rates:
                         tag = f"sw{uuid.uuid4().hex[:8]}-{load}{rate}"
-                        point = Point(config, load, rate, tag)
+                        point = Point(config, load, rate, tag, round_no)
                         measure(point, roles, spawner, seconds, work)
                         print(f"  {LABELS[config]:16} {load:4} {rate:5}/s: reached "
                               f"{point.achieved_rate:.0f}/s, CPU {point.cpu_pct:.2f} % "
@@ -636,8 +646,26 @@ def sweep_config(config: str, loads: list[str], rates: list[int], seconds: float
 # ---- output -----------------------------------------------------------------------------------
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def ratios(points: list[Point], load: str, rate: int, peer: str) -> list[float]:
+    """The agent's CPU over the peer's at one load and rate, one per round that has both."""
+    by = {(p.config, p.round): p for p in points if p.load == load and p.target_rate == rate}
+    return [agent.total_cpu_s / other.total_cpu_s
+            for (config, rnd), agent in sorted(by.items())
+            if config == "agent" and (other := by.get((peer, rnd))) and other.total_cpu_s]
+
+
 def table(points: list[Point], load: str, configs: list[str], rates: list[int]) -> str:
-    by = {(p.config, p.target_rate): p for p in points if p.load == load}
+    """One row per rate: each configuration's CPU % (the median over the rounds) and the events
+    delivered of those started (over every round); the agent over each auditd RAW (the median
+    of the rounds' ratios, and with several rounds their lowest and highest)."""
+    mine = [p for p in points if p.load == load]
+    rounds = len({p.round for p in mine})
     unit = "exec/s" if load == "exec" else "connections/s"
     # The agent's CPU over each auditd RAW's (the goal is against RAW; lean asks the kernel
     # for what the agent asks).
@@ -646,22 +674,28 @@ def table(points: list[Point], load: str, configs: list[str], rates: list[int]) 
     head += "".join(f" | micro-agent / {LABELS[c]}" for c in against)
     rows = [head + " |", "|---:|" + "---:|" * (len(configs) + len(against))]
     for rate in rates:
-        reached = [by[(c, rate)].achieved_rate for c in configs if (c, rate) in by]
+        at = [p for p in mine if p.target_rate == rate]
+        reached = [p.achieved_rate for p in at]
         cells = [f"{rate} ({min(reached):.0f}-{max(reached):.0f})" if reached else str(rate)]
         for c in configs:
-            p = by.get((c, rate))
-            if p is None:
+            runs = [p for p in at if p.config == c]
+            if not runs:
                 cells.append("")
                 continue
-            cell = f"{p.cpu_pct:.2f} %"
-            cell += f", {p.delivered}/{p.started}" + (f" (**{p.lost} lost**)" if p.lost else "")
-            cells.append(cell)
-        agent = by.get(("agent", rate))
+            delivered, started = sum(p.delivered for p in runs), sum(p.started for p in runs)
+            lost = sum(p.lost for p in runs)
+            cells.append(f"{median([p.cpu_pct for p in runs]):.2f} %, {delivered}/{started}"
+                         + (f" (**{lost} lost**)" if lost else ""))
         for c in against:
-            peer = by.get((c, rate))
-            cells.append(f"{agent.total_cpu_s / peer.total_cpu_s:.2f}"
-                         if agent and peer and peer.total_cpu_s else "")
+            got = ratios(mine, load, rate, c)
+            cell = f"{median(got):.2f}" if got else ""
+            if len(got) > 1:
+                cell += f" ({min(got):.2f}-{max(got):.2f})"
+            cells.append(cell)
         rows.append("| " + " | ".join(cells) + " |")
+    if rounds > 1:
+        rows.append(f"\n{rounds} rounds: CPU % is each point's median; a ratio is the median of "
+                    "the rounds' ratios (lowest-highest)")
     return "\n".join(rows)
 
 
@@ -676,18 +710,24 @@ def plot(points: list[Point], load: str, configs: list[str], out: Path) -> None:
               "laurel": ("#d62728", "^"), "agent": ("#2ca02c", "D")}
     lost_marked = False
     for config in configs:
-        mine = sorted((p for p in points if p.load == load and p.config == config),
-                      key=lambda p: p.target_rate)
+        mine = [p for p in points if p.load == load and p.config == config]
         if not mine:
             continue
         color, marker = styles[config]
-        xs, ys = [p.target_rate for p in mine], [p.cpu_pct for p in mine]
-        ax.plot(xs, ys, color=color, marker=marker, label=LABELS[config])
-        for p in mine:
-            if p.lost:
-                ax.plot([p.target_rate], [p.cpu_pct], "x", color="black", markersize=11,
+        xs = sorted({p.target_rate for p in mine})
+        runs = {x: [p for p in mine if p.target_rate == x] for x in xs}
+        ys = [median([p.cpu_pct for p in runs[x]]) for x in xs]
+        # With rounds: the median, and a bar from the lowest to the highest round.
+        low = [y - min(p.cpu_pct for p in runs[x]) for x, y in zip(xs, ys)]
+        high = [max(p.cpu_pct for p in runs[x]) - y for x, y in zip(xs, ys)]
+        ax.errorbar(xs, ys, yerr=[low, high], color=color, marker=marker, capsize=3,
+                    label=LABELS[config])
+        for x, y in zip(xs, ys):
+            lost = sum(p.lost for p in runs[x])
+            if lost:
+                ax.plot([x], [y], "x", color="black", markersize=11,
                         label=None if lost_marked else "events lost")
-                ax.annotate(f"{p.lost} lost", (p.target_rate, p.cpu_pct), fontsize=7,
+                ax.annotate(f"{lost} lost", (x, y), fontsize=7,
                             xytext=(4, -10), textcoords="offset points")
                 lost_marked = True
     ax.set_xscale("log", base=2)
@@ -739,6 +779,9 @@ def main(argv: list[str] | None = None) -> int:
                     default=list(RATES))
     ap.add_argument("--configs", type=lambda s: parse_list(s, CONFIGS), default=list(CONFIGS))
     ap.add_argument("--loads", type=lambda s: parse_list(s, LOADS), default=list(LOADS))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds: every configuration swept this many times, in alternating "
+                    "orders; the table gives medians (default 1)")
     ap.add_argument("--out-dir", type=Path, default=REPO / ".benchmarks" / "sweep")
     ap.add_argument("--work-dir", type=Path, default=Path("/var/tmp"),
                     help="where logs and the agent's data go (a real disk, default /var/tmp)")
@@ -749,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure nothing: the table and plots of a performance-sweep.json "
                     "written before")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     if args.report is not None:
         return report(json.loads(args.report.read_text()), args.out_dir, not args.no_plot)
     if os.geteuid() != 0:
@@ -769,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         measured."""
         doc = {"started": started, "machine": machine(), "versions": versions(),
                "seconds": args.seconds, "rates": args.rates, "configs": args.configs,
-               "loads": args.loads, "tail_s": TAIL_S,
+               "loads": args.loads, "repeat": args.repeat, "tail_s": TAIL_S,
                "loadavg": Path("/proc/loadavg").read_text().split()[:3],
                "points": [p.as_json() for p in points]}
         (args.out_dir / "performance-sweep.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -777,11 +822,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="agent-sweep-bin-") as tmp:
         spawner = Spawner.build(Path(tmp))
-        for config in args.configs:
-            print(f"sweep: {LABELS[config]}", file=sys.stderr)
-            points += sweep_config(config, args.loads, args.rates, args.seconds, spawner,
-                                   args.work_dir, args.lock, args.keep)
-            doc = save()
+        for round_no in range(args.repeat):
+            # Alternating orders: the configuration that ran last in one round runs first in
+            # the next.
+            order = args.configs if round_no % 2 == 0 else args.configs[::-1]
+            for config in order:
+                print(f"sweep: {LABELS[config]}"
+                      + (f" (round {round_no + 1} of {args.repeat})" if args.repeat > 1 else ""),
+                      file=sys.stderr)
+                points += sweep_config(config, args.loads, args.rates, args.seconds, spawner,
+                                       args.work_dir, args.lock, args.keep, round_no)
+                doc = save()
     return report(doc, args.out_dir, not args.no_plot)
 
 
@@ -793,8 +844,10 @@ def report(doc: dict[str, object], out_dir: Path, plots: bool) -> int:
     configs = [c for c in doc["configs"] if any(p.config == c for p in points)]  # type: ignore[attr-defined]
     rates: list[int] = doc["rates"]  # type: ignore[assignment]
     versions: dict[str, str] = doc["versions"]  # type: ignore[assignment]
+    rounds = int(doc.get("repeat", 1))  # type: ignore[call-overload]
     print(f"{doc['started']}; {doc['machine']}; auditd {versions['auditd']}, laurel "
-          f"{versions['laurel']}; {doc['seconds']:g} s per rate")
+          f"{versions['laurel']}; {doc['seconds']:g} s per rate"
+          + (f", {rounds} rounds" if rounds > 1 else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     for load in doc["loads"]:  # type: ignore[attr-defined]
         print(f"\n{load}: CPU % of one core (kauditd included), delivered/started\n")

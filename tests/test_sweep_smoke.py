@@ -1,5 +1,6 @@
 """The sweep's machinery (benchmarks/sweep.py, scripts/bench sweep) for one short rate: the
-whole agent and auditd RAW, each under 100 exec/s and 100 connections/s for 3 s. The figures
+whole agent and auditd RAW, each under 100 exec/s and 100 connections/s for 3 s, in two
+rounds. The figures
 are not judged here (scripts/bench sweep is where they are taken); what is checked is that
 they are produced: the rate reached, CPU of every process involved, the events each
 configuration delivered counted, ours complete, and the kernel's audit put back as it was."""
@@ -40,16 +41,20 @@ def test_sweep_one_short_rate(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "sweep.py"), "--seconds", "3", "--rates",
-         "100", "--configs", "agent,raw", "--loads", "exec,conn", "--out-dir", str(out_dir),
-         "--work-dir", str(tmp_path), "--no-plot"],
-        capture_output=True, text=True, timeout=240, check=False)
+         "100", "--configs", "agent,raw", "--loads", "exec,conn", "--repeat", "2",
+         "--out-dir", str(out_dir), "--work-dir", str(tmp_path), "--no-plot"],
+        capture_output=True, text=True, timeout=400, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert audit_state() == before, "the sweep left the kernel's audit changed"
 
     doc = json.loads((out_dir / "performance-sweep.json").read_text())
-    points = {(p["config"], p["load"]): p for p in doc["points"]}
-    assert set(points) == {(c, load) for c in ("agent", "raw") for load in ("exec", "conn")}
-    for (config, load), p in points.items():
+    # The rounds in alternating orders: agent then raw, then raw then agent.
+    assert [(p["round"], p["config"]) for p in doc["points"] if p["load"] == "exec"] == [
+        (0, "agent"), (0, "raw"), (1, "raw"), (1, "agent")]
+    points = {(p["config"], p["load"], p["round"]): p for p in doc["points"]}
+    assert set(points) == {(c, load, r) for c in ("agent", "raw") for load in ("exec", "conn")
+                           for r in (0, 1)}
+    for (config, load, _), p in points.items():
         what = f"{config} {load}: {p}"
         assert p["started"] == 300, what  # 3 s at 100/s, every one made
         assert 80 <= p["achieved_rate"] <= 105, what
@@ -71,4 +76,5 @@ def test_sweep_one_short_rate(tmp_path: Path) -> None:
             assert p["delivered"] == p["started"] and p["lost"] == 0, what
     # The table names both configurations and every count.
     assert "| micro-agent / auditd RAW |" in run.stdout
-    assert "300/300" in run.stdout
+    assert "600/600" in run.stdout  # two rounds of 300
+    assert "2 rounds" in run.stdout
