@@ -273,6 +273,10 @@ def test_reported_document_from_what_runs(tmp_path: Path, outbox: Outbox) -> Non
     assert doc["counters"]["outbox"]["written"] == 1
     assert doc["outbox_depth"] == 1 and doc["agent_version"] == __version__
     json.dumps(doc)
+    # The counters the status file has read already are the ones reported, not read again.
+    given = reported_document(store.config, {}, {"Heartbeat": heartbeat, "Statistics": statistics},
+                              {}, outbox, stats={"Heartbeat": {"collected": 7}, "Statistics": {}})
+    assert given["counters"]["collected"] == {"Heartbeat": 7, "Statistics": 0}
 
 
 # --- the status file --------------------------------------------------------------------------
@@ -328,7 +332,8 @@ def test_status_document_rates_and_file(tmp_path: Path, outbox: Outbox) -> None:
         return writer.document(now=now, running=True, config_state={"latest_state": "success"},
                                uplink={"kind": "test"}, collectors={"Heartbeat": heartbeat},
                                frequencies={"Heartbeat": Frequency.LOW}, outbox=outbox,
-                               reported={"agent_version": __version__})
+                               reported={"agent_version": __version__},
+                               stats={"Heartbeat": heartbeat.stats()})
 
     first = document(2000.0)
     assert first["collectors"]["Heartbeat"]["events_per_s"] == 0.0

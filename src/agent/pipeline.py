@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -426,11 +426,14 @@ class Agent:
     def collector_states(self) -> dict[str, CollectorState]:
         return {name: r.collector.state for name, r in self.collectors.items()}
 
-    def reported_document(self) -> dict[str, Any]:
-        """The module twin's reported properties (agent.runtime.reported)."""
+    def reported_document(self, stats: Mapping[str, Mapping[str, Any]] | None = None
+                          ) -> dict[str, Any]:
+        """The module twin's reported properties (agent.runtime.reported); `stats`: the
+        collectors' stats() when read already."""
         return reported_document(self.config, self.store.invalid_reasons,
                                  {name: r.collector for name, r in self.collectors.items()},
-                                 self.drops.totals(), self.outbox, self.fault_counters())
+                                 self.drops.totals(), self.outbox, self.fault_counters(),
+                                 stats)
 
     def fault_counters(self) -> dict[str, dict[str, int]]:
         """What the faults the agent lives through leave behind, for the reported properties
@@ -444,6 +447,8 @@ class Agent:
         return groups
 
     def write_status(self, stopped: bool = False) -> None:
+        # Each collector's counters, read once for the document and its reported properties.
+        stats = {name: r.collector.stats() for name, r in self.collectors.items()}
         doc = self.status_file.document(
             now=wall_time(),
             running=not stopped,
@@ -453,7 +458,8 @@ class Agent:
             collectors={name: r.collector for name, r in self.collectors.items()},
             frequencies={name: frequency_of(self.config, name) for name in self.collectors},
             outbox=self.outbox,
-            reported=self.reported_document(),
+            reported=self.reported_document(stats),
+            stats=stats,
         )
         doc["checkpoint"] = self.checkpoints.stats()
         doc["clock"] = CLOCK.stats()

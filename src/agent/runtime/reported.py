@@ -18,10 +18,15 @@ def reported_document(config: Config, invalid_reasons: Mapping[str, str],
                       collectors: Mapping[str, Collector], dropped: Mapping[str, int],
                       outbox: Outbox,
                       more_counters: Mapping[str, Mapping[str, int]] | None = None,
+                      stats: Mapping[str, Mapping[str, Any]] | None = None,
                       ) -> dict[str, Any]:
     """`dropped`: the drops counted since the agent started, by reason (DropTotals).
-    `more_counters`: further groups of counters (the clock's jumps, the uplink's refusals)."""
-    collected = {name: int(c.stats().get("collected", 0)) for name, c in collectors.items()}
+    `more_counters`: further groups of counters (the clock's jumps, the uplink's refusals).
+    `stats`: each collector's stats() when the caller has read them already (status.json
+    holds them too); read here otherwise."""
+    if stats is None:
+        stats = {name: c.stats() for name, c in collectors.items()}
+    collected = {name: int(stats[name].get("collected", 0)) for name in collectors}
     depth = sum(d.count for d in outbox.depth().values())
     counters = {"collected": collected, "dropped": dict(dropped),
                 "outbox": dict(vars(outbox.counters())),

@@ -59,17 +59,20 @@ class StatusWriter:
     def document(self, *, now: float, running: bool, config_state: Mapping[str, Any],
                  uplink: Mapping[str, Any], collectors: Mapping[str, Collector],
                  frequencies: Mapping[str, Frequency], outbox: Outbox,
-                 reported: Mapping[str, Any]) -> dict[str, Any]:
-        """The status document at wall time `now` (it advances the events-per-second rates)."""
+                 reported: Mapping[str, Any], stats: Mapping[str, Mapping[str, Any]]
+                 ) -> dict[str, Any]:
+        """The status document at wall time `now` (it advances the events-per-second rates);
+        `stats`: each collector's stats(), read once for this document and the reported
+        properties in it."""
         entries: dict[str, Any] = {}
         for name, c in collectors.items():
-            stats = c.stats()
-            rate = self._rate(name, int(stats.get("collected", 0)), now)
+            counters = dict(stats[name])
+            rate = self._rate(name, int(counters.get("collected", 0)), now)
             entries[name] = {
                 **c.state.to_json(),
                 "frequency": frequencies[name].value,
                 "events_per_s": round(rate, 2),
-                "counters": stats,
+                "counters": counters,
             }
         depth = {prio: {"count": d.count, "bytes": d.bytes} for prio, d in outbox.depth().items()}
         return {
