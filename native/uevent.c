@@ -331,7 +331,9 @@ done:
     return st;
 }
 
-static int finish(am_periph *p, am_sink *sink, int st, uint64_t *appended)
+/* The event's end: committed, it counts in events and in its kind's counter (`kind`); an
+ * event too large for a batch is dropped and counts in neither. */
+static int finish(am_periph *p, am_sink *sink, int st, uint64_t *kind, uint64_t *appended)
 {
     if (st != AM_OK) {
         sink_drop(sink);
@@ -343,6 +345,7 @@ static int finish(am_periph *p, am_sink *sink, int st, uint64_t *appended)
         return AM_ERR_FULL;
     }
     p->st.events++;
+    (*kind)++;
     (*appended)++;
     return AM_OK;
 }
@@ -651,13 +654,11 @@ static int encode_uevent(am_periph *p, am_sink *sink, const struct uevent *u, en
             TRY(put_uint(e, "ifindex", ifindex));
     }
 done:
-    st = finish(p, sink, st, appended);
-    if (st == AM_OK) {
+    {
         uint64_t *count[] = {NULL, &p->st.usb_device, &p->st.usb_interface, &p->st.block,
                              &p->st.net};
-        (*count[k])++;
+        return finish(p, sink, st, count[k], appended);
     }
-    return st;
 }
 
 static int decode_uevent(am_periph *p, am_sink *sink, const uint8_t *data, size_t len,
@@ -730,10 +731,7 @@ static int encode_carrier(am_periph *p, am_sink *sink, int up, int32_t ifindex, 
         TRY(put_text(e, "name", name));
     TRY(put_uint(e, "ifindex", (uint64_t)ifindex));
 done:
-    st = finish(p, sink, st, appended);
-    if (st == AM_OK)
-        p->st.carrier++;
-    return st;
+    return finish(p, sink, st, &p->st.carrier, appended);
 }
 
 /* One RTM_NEWLINK / RTM_DELLINK (payload after the nlmsghdr). dump: an answer of our dump. */

@@ -29,7 +29,7 @@ from leakcheck import assert_rss_flat
 from agent.collectors.peripheral import PeripheralCollector
 from agent.native.aggregate import Aggregator
 from agent.native.peripheral import PeripheralOptions, PeripheralSource
-from agent.native.sink import EventSink
+from agent.native.sink import EventSink, SinkOptions
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "uevent" / "usb.json"
 NETLINK_KOBJECT_UEVENT = 15
@@ -218,6 +218,22 @@ def test_malformed_uevents_are_counted(payload: bytes, counter: str) -> None:
         assert events == [] and s.events == 0
     else:  # the event goes, without the value that did not parse
         assert len(events) == 1 and s.events == 1
+
+
+def test_an_event_too_large_for_a_batch_is_dropped_and_counted_in_no_kind() -> None:
+    """A net `move` whose INTERFACE does not fit a 1 KiB batch: dropped and counted, and not in
+    the `net` counter, which counts the events sent (fuzz_uevent found it counted there:
+    native/fuzz/regressions/uevent)."""
+    source = decoder()
+    sink = EventSink(SinkOptions(batch_bytes=1024))
+    fits = uevent("move", "/devices/virtual/net/veth0", "SUBSYSTEM=net", "INTERFACE=veth0")
+    huge = uevent("move", "/devices/virtual/net/veth0", "SUBSYSTEM=net",
+                  "INTERFACE=" + "v" * 2000)
+    source.decode(sink, fits)
+    source.decode(sink, huge)
+    s = source.stats()
+    assert (s.uevents, s.events, s.dropped, s.net) == (2, 1, 1, 1)
+    assert [e["name"] for e in events_of(sink)] == ["veth0"]
 
 
 def test_a_devpath_that_climbs_out_of_sysfs_is_not_read(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ RTM_NEWLINK, RTM_DELLINK, NLMSG_DONE, NLM_F_MULTI = 16, 17, 3, 2
 IFLA_IFNAME, IFLA_CARRIER = 3, 33
 DUMP_SEQ = 0x7E5E0001
 SEP = b"\n\n\n"
+REGRESSIONS = Path(__file__).resolve().parent / "regressions" / "uevent"
 
 
 def uevent(action: str, devpath: str, *fields: str) -> bytes:
@@ -68,6 +69,9 @@ def main(directory: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, (options, data) in seeds().items():
         (out / name).write_bytes(bytes([options]) + data)
+    # The inputs that once broke the harness, kept whole (the option byte included).
+    for path in sorted(REGRESSIONS.iterdir()):
+        (out / f"regression-{path.name}").write_bytes(path.read_bytes())
 
 
 if __name__ == "__main__":
