@@ -730,6 +730,12 @@ def plot(points: list[Point], load: str, configs: list[str], out: Path) -> None:
                 ax.annotate(f"{lost} lost", (x, y), fontsize=7,
                             xytext=(4, -10), textcoords="offset points")
                 lost_marked = True
+    raw = [p for p in points if p.load == load and p.config == "raw"]
+    if raw and "agent" in configs:
+        # The goal's line: a third of auditd RAW (its medians).
+        xs = sorted({p.target_rate for p in raw})
+        ax.plot(xs, [median([p.cpu_pct for p in raw if p.target_rate == x]) / 3 for x in xs],
+                ":", color="#1f77b4", linewidth=1, label="a third of auditd RAW")
     ax.set_xscale("log", base=2)
     rates = sorted({p.target_rate for p in points if p.load == load})
     ax.set_xticks(rates, [str(r) for r in rates])
