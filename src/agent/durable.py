@@ -36,8 +36,8 @@ def fsync_dir(path: Path) -> None:
 
 def write_all(fd: int, data: Buffer | Sequence[Buffer]) -> None:
     """Every byte of data (one buffer, or parts written in order) to fd, short writes resumed."""
-    parts = [memoryview(data)] if isinstance(data, (bytes, bytearray, memoryview)) else [memoryview(p) for p in data]
-    parts = [p.cast("B") for p in parts if p.nbytes]
+    given = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    parts = [memoryview(p).cast("B") for p in given if len(p)]
     while parts:
         written = os.writev(fd, parts[:_IOV_MAX])
         while written:
@@ -52,11 +52,12 @@ def replace_file(final: Path | str, data: Buffer | Sequence[Buffer], *,
                  tmp: Path | str | None = None,
                  sync: bool = True, mode: int = 0o600, sync_dir: bool = True) -> None:
     """Write data (or its parts, in order) to `tmp` (default: final's name plus ".tmp",
-    beside it), fsync it, rename it over `final`, fsync final's directory. `tmp` must be on final's file system. On a failure
-    before the rename the tmp file is removed and the error raised: final is untouched. A
-    failure of the directory's fsync is raised too; final holds the new data then, but a
-    power cut may still undo the rename. `sync_dir=False` leaves the directory's fsync to the
-    caller (the outbox does one for many files, before anything depends on them)."""
+    beside it), fsync it, rename it over `final`, fsync final's directory. `tmp` must be on
+    final's file system. On a failure before the rename the tmp file is removed and the error
+    raised: final is untouched. A failure of the directory's fsync is raised too; final holds
+    the new data then, but a power cut may still undo the rename. `sync_dir=False` leaves the
+    directory's fsync to the caller (the outbox does one for many files, before anything
+    depends on them)."""
     if tmp is None:
         tmp = f"{final}.tmp"
     try:
