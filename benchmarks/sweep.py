@@ -90,6 +90,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import median
 
 from flash_writes import descendants  # benchmarks/: the script's own directory
 
@@ -644,12 +645,6 @@ def sweep_config(config: str, loads: list[str], rates: list[int], seconds: float
 
 
 # ---- output -----------------------------------------------------------------------------------
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def ratios(points: list[Point], load: str, rate: int, peer: str) -> list[float]:

@@ -129,7 +129,8 @@ class AuditSource:
         self._closed_drops: dict[str, int] = {}
         self._last_tick = -1000  # monotonic ms of the last tick
         self._closed = False  # the agent is stopping: no reopening
-        self._tampering_seen: tuple[int, ...] = (0, 0)  # rules_lost, disabled_by_others of the open socket
+        # rules_lost, disabled_by_others of the open socket
+        self._tampering_seen: tuple[int, ...] = (0, 0)
         self._capacity = 1  # execs the event socket holds (events_buffered)
         self._sock: socket.socket | None = None  # the event socket's duplicate, for its sizes
         self._last_drain = 0.0  # monotonic time of the last drain
