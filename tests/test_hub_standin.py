@@ -306,6 +306,27 @@ def test_queued_messages_survive_a_kill(
     assert payloads == sorted(payloads)
 
 
+def test_held_replies_keep_a_send_in_flight_until_the_kill(
+    iothub: Hub, hub_certs: Certificates, clients: list[Any]
+) -> None:
+    """hold_replies(): the broker gets the message, the device never gets its PUBACK, so its
+    send stays in flight; after a kill the SDK publishes it again on its next connection and
+    the send completes."""
+    client, _ = connected_module(clients, iothub, hub_certs)
+    iothub.hold_replies()
+    done = threading.Event()
+    threading.Thread(target=lambda: (client.send_message(Message(b"held")), done.set()),
+                     daemon=True).start()
+    wait_until(lambda: iothub.held_pubacks() == 1, 10, "the PUBACK held")
+    assert [r.payload for r in iothub.wait_for_telemetry(1)] == [b"held"]  # mosquitto has it
+    assert not done.wait(1.0)  # still in flight
+    iothub.restart(kill=True)
+    assert done.wait(10 * RETRY_INTERVAL + 5), "the send completed after the reconnect"
+    assert iothub.held_pubacks() == 0
+    call(lambda: client.send_message(Message(b"after")))  # and PUBACKs flow again
+    assert iothub.wait_for_telemetry(3)[-1].payload == b"after"
+
+
 def test_broker_down_behind_the_gate(
     iothub: Hub, hub_certs: Certificates, clients: list[Any]
 ) -> None:

@@ -55,6 +55,7 @@ MAX_CONNECT_BYTES = 64 * 1024
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0
 PUMP_CHUNK = 64 * 1024
+HOLD_POLL_S = 0.01  # how often a held pump looks whether it may go on
 
 
 @dataclass(frozen=True)
@@ -107,15 +108,12 @@ class GateLog:
     client_certs: list[tuple[str, str]] = field(default_factory=list)  # (client id, serial)
 
 
-class PublishCounter:
-    """Splits the device-to-broker byte stream of one connection into MQTT packets and
-    records each PUBLISH (the rest of the stream is forwarded unread). A packet is kept only
-    until it is whole; the gate's stream is bounded by the hub's message size."""
+class PacketSplitter:
+    """Splits one direction of a connection's byte stream into MQTT packets and gives each
+    whole packet to `packet(first byte, body)`. A packet is kept only until it is whole; the
+    gate's stream is bounded by the hub's message size."""
 
-    def __init__(self, connection: int, client_id: str, record: Callable[[Publish], None]) -> None:
-        self.connection = connection
-        self.client_id = client_id
-        self._record = record
+    def __init__(self) -> None:
         self._buffer = bytearray()
 
     def feed(self, chunk: bytes) -> None:
@@ -130,18 +128,48 @@ class PublishCounter:
                 return
             packet = bytes(self._buffer[:end])
             del self._buffer[:end]
-            if packet[0] >> 4 == 3:
-                self._publish(packet[0], packet[offset:])
+            self.packet(packet[0], packet[offset:])
 
-    def _publish(self, flags: int, body: bytes) -> None:
+    def packet(self, first: int, body: bytes) -> None:
+        raise NotImplementedError
+
+
+class PublishCounter(PacketSplitter):
+    """Records each PUBLISH of the device-to-broker stream of one connection (the rest of the
+    stream is forwarded unread)."""
+
+    def __init__(self, connection: int, client_id: str, record: Callable[[Publish], None]) -> None:
+        super().__init__()
+        self.connection = connection
+        self.client_id = client_id
+        self._record = record
+
+    def packet(self, first: int, body: bytes) -> None:
+        if first >> 4 != 3:
+            return
         try:
             topic, offset = _read_field(body, 0)
         except ProtocolError:
             return
-        qos = (flags >> 1) & 3
+        qos = (first >> 1) & 3
         packet_id = int.from_bytes(body[offset : offset + 2], "big") if qos else None
         self._record(Publish(self.connection, self.client_id,
-                             topic.decode("utf-8", "replace"), bool(flags & 0x08), packet_id))
+                             topic.decode("utf-8", "replace"), bool(first & 0x08), packet_id))
+
+
+class HeldReplies(PacketSplitter):
+    """Counts the PUBACKs among the broker-to-device bytes the gate holds (hold_replies). It
+    reads the whole stream, to know where packets begin; `holding` says whether what it is
+    fed now is held."""
+
+    def __init__(self, count: Callable[[], None]) -> None:
+        super().__init__()
+        self._count = count
+        self.holding = False
+
+    def packet(self, first: int, body: bytes) -> None:
+        if self.holding and first >> 4 == 4:
+            self._count()
 
 
 class ProtocolError(ValueError):
@@ -302,6 +330,10 @@ class Gate:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._connections = 0
+        # hold_replies(): the broker's bytes to devices wait here (read by the loop's thread),
+        # and the PUBACKs among them are counted.
+        self._replies_held = False
+        self._held_pubacks = 0
         # DPS (dps.Dps) when attached: it takes the CONNECTs with a DPS username. `aliases`:
         # other host names a device may use for this hub (the one DPS assigns).
         self.dps: Any = None
@@ -325,8 +357,31 @@ class Gate:
 
     def stop(self, abort: bool = False) -> None:
         """Close the listener and every connection: with TLS close_notify and FIN, or with
-        abort=True as a crashed host would, a TCP RST with no goodbye of any layer."""
+        abort=True as a crashed host would, a TCP RST with no goodbye of any layer. Replies
+        held by hold_replies() go with their connections; new connections get theirs."""
         self._call(self._stop(abort))
+        with self._lock:
+            self._replies_held = False
+            self._held_pubacks = 0
+
+    def hold_replies(self) -> None:
+        """From now on, hold what the broker sends to connected devices (PUBACKs among it)
+        until stop(): what a device publishes then stays in flight, unacknowledged."""
+        with self._lock:
+            self._replies_held = True
+
+    def held_pubacks(self) -> int:
+        """How many PUBACKs the gate holds back from devices now."""
+        with self._lock:
+            return self._held_pubacks
+
+    def _holding(self) -> bool:
+        with self._lock:
+            return self._replies_held
+
+    def _count_held_puback(self) -> None:
+        with self._lock:
+            self._held_pubacks += 1
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -519,7 +574,8 @@ class Gate:
             counter = PublishCounter(self._connections, packet.client_id, self._record_publish)
             await asyncio.gather(
                 _pump(reader, upstream_writer, writer.get_extra_info("socket"), counter),
-                _pump(upstream_reader, writer),
+                _pump(upstream_reader, writer, hold=self._holding,
+                      held=HeldReplies(self._count_held_puback)),
                 return_exceptions=True,
             )
         finally:
@@ -616,18 +672,28 @@ async def _pump(
     writer: asyncio.StreamWriter,
     quickack: Any = None,
     counter: PublishCounter | None = None,
+    hold: Callable[[], bool] = lambda: False,
+    held: HeldReplies | None = None,
 ) -> None:
     """Copy until EOF or error, then close the far side (its pump then ends too).
 
     `quickack`: the device's socket, re-armed with TCP_QUICKACK after each read (Linux clears
     it again by itself). The SDK leaves Nagle on and, between two twin calls, writes a PUBACK
     and then the next PUBLISH; held back until our delayed ACK, each back-to-back twin call
-    took about 45 ms instead of about 6 ms. `counter`: records the PUBLISH packets on the way."""
+    took about 45 ms instead of about 6 ms. `counter`: records the PUBLISH packets on the way.
+    `hold`: while it answers True, what was read waits before it is written. `held` reads
+    every chunk, told whether it is held."""
     try:
         while True:
             chunk = await reader.read(PUMP_CHUNK)
             if not chunk:
                 break
+            holding = hold()
+            if held is not None:
+                held.holding = holding
+                held.feed(chunk)
+            while holding and hold():
+                await asyncio.sleep(HOLD_POLL_S)
             if quickack is not None and hasattr(socket, "TCP_QUICKACK"):
                 quickack.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             if counter is not None:

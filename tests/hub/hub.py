@@ -280,6 +280,15 @@ class Hub:
             time.sleep(downtime)
         self.start()
 
+    def hold_replies(self) -> None:
+        """Devices' connections stay up, but nothing reaches the devices (no PUBACK) until
+        the next kill() or stop(): what they publish from now on stays in flight."""
+        self.gate.hold_replies()
+
+    def held_pubacks(self) -> int:
+        """The PUBACKs held back from devices since hold_replies()."""
+        return self.gate.held_pubacks()
+
     def pause_hub_client(self) -> None:
         """Disconnect the hub side only; its persistent session stays in mosquitto, which
         queues what devices publish until start() connects the hub client again."""
