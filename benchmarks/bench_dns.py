@@ -17,11 +17,12 @@ The peer is checked to have done the same work: its events equal the core's, dec
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import dns_wire as w
 import msgpack
 import pytest
+from conftest import measure
 from pytest_benchmark.fixture import BenchmarkFixture
 
 pytestmark = pytest.mark.benchmark(group="dns-parse")
@@ -40,7 +41,7 @@ def capture(count: int) -> list[bytes]:
                                          w.a_record(w.pointer(12), f"203.0.{i % 200}.{i % 250}")],
                              ident=i & 0xFFFF)
         elif kind == 1:
-            msg = w.response(host, w.AAAA, [w.aaaa_record(w.pointer(12), f"2001:db8::{i:x}")],
+            msg = w.response(host, w.AAAA, [w.aaaa_record(w.pointer(12), f"2001:db8::{i >> 16:x}:{i & 0xFFFF:x}")],
                              ident=i & 0xFFFF)
         elif kind == 2:
             edge = w.name(f"edge{i % 13}.cdn.example")
@@ -58,17 +59,6 @@ def packets(request: pytest.FixtureRequest) -> list[bytes]:
     quick = bool(request.config.getoption("benchmark_disable"))
     count = int(os.environ.get("AGENT_BENCH_DNS_PACKETS") or (2_000 if quick else 100_000))
     return capture(count)
-
-
-def _measure(benchmark: BenchmarkFixture, target: Callable[[], Any]) -> Any:
-    results: list[Any] = []
-
-    def timed() -> None:
-        results.append(target())
-
-    rounds = 1 if not benchmark.enabled else ROUNDS
-    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)  # type: ignore[no-untyped-call]
-    return results[-1]
 
 
 def core_events(packets: list[bytes]) -> list[bytes]:
@@ -90,7 +80,7 @@ def core_events(packets: list[bytes]) -> list[bytes]:
 
 
 def test_core(benchmark: BenchmarkFixture, packets: list[bytes], bench_cpu: int) -> None:
-    batches = _measure(benchmark, lambda: core_events(packets))
+    batches = measure(benchmark, lambda: core_events(packets), ROUNDS)
     assert sum(int.from_bytes(b[1:5], "big") for b in batches) == len(packets)
     benchmark.extra_info.update({"peer": "core", "packets": len(packets), "cpu": bench_cpu})
 
@@ -134,7 +124,7 @@ def dnslib_events(packets: list[bytes]) -> list[bytes]:
 
 
 def test_dnslib(benchmark: BenchmarkFixture, packets: list[bytes], bench_cpu: int) -> None:
-    batches = _measure(benchmark, lambda: dnslib_events(packets))
+    batches = measure(benchmark, lambda: dnslib_events(packets), ROUNDS)
     events = msgpack.unpackb(batches[0], raw=False)
     core = [e for b in core_events(packets) for e in msgpack.unpackb(b, raw=False)]
     assert events == core, "the dnslib peer did not produce the core's events"

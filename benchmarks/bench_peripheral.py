@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import pytest
+from conftest import measure
 from pytest_benchmark.fixture import BenchmarkFixture
 
 pytestmark = pytest.mark.benchmark(group="uevent-decode")
@@ -45,17 +46,6 @@ def datagrams(request: pytest.FixtureRequest) -> list[bytes]:
     recorded = [c["payload"].encode() for c in json.loads(FIXTURE.read_text())["cases"]]
     pool = recorded + [_net(a, n) for n in range(8) for a in ("add", "remove")]
     return [pool[i % len(pool)] for i in range(count)]
-
-
-def _measure(benchmark: BenchmarkFixture, target: Callable[[], Any]) -> Any:
-    results: list[Any] = []
-
-    def timed() -> None:
-        results.append(target())
-
-    rounds = 1 if not benchmark.enabled else ROUNDS
-    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)  # type: ignore[no-untyped-call]
-    return results[-1]
 
 
 def core_decode(datagrams: list[bytes]) -> list[bytes]:
@@ -163,14 +153,14 @@ def _decoded(batches: list[bytes]) -> list[dict[str, Any]]:
 
 
 def test_core(benchmark: BenchmarkFixture, datagrams: list[bytes], bench_cpu: int) -> None:
-    batches = _measure(benchmark, lambda: core_decode(datagrams))
+    batches = measure(benchmark, lambda: core_decode(datagrams), ROUNDS)
     events = len(_decoded(batches))
     assert events > 0
     benchmark.extra_info.update({"peer": "core", "datagrams": len(datagrams), "cpu": bench_cpu})
 
 
 def test_python(benchmark: BenchmarkFixture, datagrams: list[bytes], bench_cpu: int) -> None:
-    batches = _measure(benchmark, lambda: python_decode(datagrams))
+    batches = measure(benchmark, lambda: python_decode(datagrams), ROUNDS)
     assert _decoded(batches) == _decoded(core_decode(datagrams)), \
         "the python peer did not produce the core's events"
     benchmark.extra_info.update({"peer": "python", "datagrams": len(datagrams),

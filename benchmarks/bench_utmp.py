@@ -24,11 +24,11 @@ import socket
 import struct
 import subprocess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import pytest
-from conftest import skip_unless_ci
+from conftest import measure, skip_unless_ci
 from pytest_benchmark.fixture import BenchmarkFixture
 
 pytestmark = pytest.mark.benchmark(group="utmp-read")
@@ -77,17 +77,6 @@ def wtmp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return path
 
 
-def _measure(benchmark: BenchmarkFixture, target: Callable[[], Any]) -> Any:
-    results: list[Any] = []
-
-    def timed() -> None:
-        results.append(target())
-
-    rounds = 1 if not benchmark.enabled else ROUNDS
-    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)  # type: ignore[no-untyped-call]
-    return results[-1]
-
-
 def _core_events(path: Path) -> list[bytes]:
     from agent.native.sink import EventSink, pump
     from agent.native.utmp import UtmpReader
@@ -107,7 +96,7 @@ def _count(batches: list[bytes]) -> int:
 
 
 def test_core(benchmark: BenchmarkFixture, wtmp: Path, bench_cpu: int) -> None:
-    batches = _measure(benchmark, lambda: _core_events(wtmp))
+    batches = measure(benchmark, lambda: _core_events(wtmp), ROUNDS)
     records = wtmp.stat().st_size // RECORD
     assert _count(batches) == records
     benchmark.extra_info.update({"peer": "core", "records": records, "cpu": bench_cpu})
@@ -183,7 +172,7 @@ def python_reader(path: Path) -> list[bytes]:
 
 
 def test_python(benchmark: BenchmarkFixture, wtmp: Path, bench_cpu: int) -> None:
-    batches = _measure(benchmark, lambda: python_reader(wtmp))
+    batches = measure(benchmark, lambda: python_reader(wtmp), ROUNDS)
     events = msgpack.unpackb(batches[0], raw=False)
     core = [e for b in _core_events(wtmp) for e in msgpack.unpackb(b, raw=False)]
     assert events == core, "the python peer did not produce the core's events"
@@ -208,7 +197,7 @@ def test_utmpdump(benchmark: BenchmarkFixture, wtmp: Path, bench_cpu: int) -> No
         out = subprocess.run([tool, str(wtmp)], capture_output=True, check=True).stdout
         return out.count(b"\n[") + (1 if out.startswith(b"[") else 0)
 
-    lines = _measure(benchmark, run)
+    lines = measure(benchmark, run, ROUNDS)
     assert lines == wtmp.stat().st_size // RECORD
     benchmark.extra_info.update({"peer": "utmpdump", "records": lines, "cpu": bench_cpu})
 
@@ -223,7 +212,7 @@ def test_last(benchmark: BenchmarkFixture, wtmp: Path, bench_cpu: int) -> None:
                              check=True, env={**os.environ, "TZ": "UTC"}).stdout
         return sum(1 for line in out.splitlines() if line.startswith((b"user", b"reboot")))
 
-    lines = _measure(benchmark, run)
+    lines = measure(benchmark, run, ROUNDS)
     assert lines == sessions, f"last listed {lines} sessions, the file holds {sessions}"
     benchmark.extra_info.update({"peer": "last", "records": len(data) // RECORD,
                                  "cpu": bench_cpu})

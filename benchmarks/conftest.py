@@ -23,11 +23,14 @@ import os
 import platform
 import re
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_LOG = REPO / "tests" / "fixtures" / "audit" / "device-raw.log"
@@ -173,6 +176,19 @@ def skip_unless_ci(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI lacks a prerequisite: {reason}")
     pytest.skip(reason)
+
+
+def measure(benchmark: Any, target: Callable[[], T], rounds: int) -> T:
+    """target() timed by pytest-benchmark in `rounds` rounds (one under
+    --benchmark-disable), no warm-up; the last round's result."""
+    results: list[T] = []
+
+    def timed() -> None:
+        results.append(target())
+
+    benchmark.pedantic(timed, rounds=rounds if benchmark.enabled else 1, iterations=1,
+                       warmup_rounds=0)
+    return results[-1]
 
 
 @pytest.fixture(scope="session")

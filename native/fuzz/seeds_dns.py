@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
-import dns_wire as w  # noqa: E402
+import dns_wire as w
 
 
 def seeds() -> dict[str, bytes]:
