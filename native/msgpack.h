@@ -24,8 +24,19 @@ int mp_uint(mp_buf *b, uint64_t value);
 int mp_float(mp_buf *b, double value);
 int mp_str(mp_buf *b, const char *data, size_t len);
 /* A C string key or value. Inline so that the length of a literal (most keys) is known when
- * compiled, not counted by strlen at every event. */
-static inline int mp_cstr(mp_buf *b, const char *s) { return mp_str(b, s, strlen(s)); }
+ * compiled, not counted by strlen at every event, and a short one (a fixstr: under 32 bytes,
+ * every key) is its header byte and a copy of known length, not a call. */
+static inline int mp_cstr(mp_buf *b, const char *s)
+{
+    size_t len = strlen(s);
+    if (len < 32 && len < b->cap - b->len) {
+        b->data[b->len] = (uint8_t)(0xa0u | len);
+        memcpy(b->data + b->len + 1, s, len);
+        b->len += 1 + len;
+        return 0; /* AM_OK */
+    }
+    return mp_str(b, s, len);
+}
 int mp_bin(mp_buf *b, const uint8_t *data, size_t len);
 /* A str if data is valid UTF-8, else a bin: msgpack str must be UTF-8 for decoders. */
 int mp_text(mp_buf *b, const char *data, size_t len);
