@@ -39,6 +39,9 @@ int am_index_test_delete(am_index_test *t, const uint8_t *key, size_t len);
 uint32_t am_index_test_prune(am_index_test *t, uint64_t below);
 /* Every entry gone (the seed and the memory stay). */
 void am_index_test_clear(am_index_test *t);
+/* am_index_reserve: room for n entries at once. *room: the entries the arrays now hold
+ * without growing. AM_OK, AM_ERR_NOMEM, AM_ERR_ARG. */
+int am_index_test_reserve(am_index_test *t, uint32_t n, uint32_t *room);
 /* AM_OK when every invariant holds: each entry is found at its position through its own key
  * and was told that position (at its add, then by the index's `moved` calls); each non-empty
  * slot names a distinct entry; no run has a gap between an entry's home slot and its slot.

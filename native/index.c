@@ -197,16 +197,9 @@ static void place(am_index *x, uint32_t h, uint32_t pos)
     x->slots[s] = pos + 1;
 }
 
-/* Room for one more entry: the arrays double, up to the bound. */
-static int grow(am_index *x)
+/* The arrays resized to alloc entries (more than now, at most the bound). */
+static int resize(am_index *x, uint32_t alloc)
 {
-    if (x->count < x->alloc)
-        return AM_OK;
-    if (x->count >= x->bound)
-        return AM_ERR_LIMIT;
-    uint32_t alloc = x->alloc ? x->alloc * 2 : FIRST_ALLOC;
-    if (alloc > x->bound)
-        alloc = x->bound;
     uint8_t *entries = realloc(x->entries, (size_t)alloc * x->entry_size);
     if (entries == NULL)
         return AM_ERR_NOMEM;
@@ -228,6 +221,24 @@ static int grow(am_index *x)
     }
     x->alloc = alloc;
     return AM_OK;
+}
+
+/* Room for one more entry: the arrays double, up to the bound. */
+static int grow(am_index *x)
+{
+    if (x->count < x->alloc)
+        return AM_OK;
+    if (x->count >= x->bound)
+        return AM_ERR_LIMIT;
+    uint32_t alloc = x->alloc ? x->alloc * 2 : FIRST_ALLOC;
+    return resize(x, alloc < x->bound ? alloc : x->bound);
+}
+
+int am_index_reserve(am_index *x, uint32_t n)
+{
+    if (n > x->bound)
+        n = x->bound;
+    return n <= x->alloc ? AM_OK : resize(x, n);
 }
 
 /* The slot holding the key, or the empty slot that ends its run. */

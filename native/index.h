@@ -56,6 +56,10 @@ int am_index_init(am_index *x, size_t entry_size, uint32_t bound, am_index_same_
 void am_index_release(am_index *x);
 /* Every entry gone; the memory and the seed stay. */
 void am_index_clear(am_index *x);
+/* Room for n entries (at most the bound) at once, for a caller that knows how many will come:
+ * one allocation and one rehash instead of a doubling at each power of two. AM_OK, or
+ * AM_ERR_NOMEM (the index is as it was; adds still grow it as they need). */
+int am_index_reserve(am_index *x, uint32_t n);
 
 /* The position of the entry with that key, or AM_INDEX_NONE. */
 uint32_t am_index_find(am_index *x, const void *key, size_t len);

@@ -126,6 +126,15 @@ void am_index_test_clear(am_index_test *t)
         am_index_clear(&t->x);
 }
 
+int am_index_test_reserve(am_index_test *t, uint32_t n, uint32_t *room)
+{
+    if (t == NULL || room == NULL)
+        return AM_ERR_ARG;
+    int st = am_index_reserve(&t->x, n);
+    *room = t->x.alloc;
+    return st;
+}
+
 int am_index_test_check(am_index_test *t)
 {
     if (t == NULL)

@@ -33,6 +33,7 @@ OPS = st.one_of(
     st.tuples(st.just("get"), KEYS, st.just(0)),
     st.tuples(st.just("delete"), KEYS, st.just(0)),
     st.tuples(st.just("prune"), st.just(b""), VALUES),
+    st.tuples(st.just("reserve"), st.just(b""), st.integers(min_value=0, max_value=100)),
 )
 
 
@@ -52,6 +53,8 @@ def apply(
     elif name == "delete":
         assert index.delete(key) == (key in model)
         model.pop(key, None)
+    elif name == "reserve":
+        assert index.reserve(value) >= max(min(value, bound), len(model))
     else:
         gone = [k for k, v in model.items() if v < value]
         assert index.prune(value) == len(gone)
@@ -116,6 +119,24 @@ def test_a_full_index_refuses_and_counts_then_takes_again_after_a_removal() -> N
     assert index.stats()["full"] == 1 and index.get(b"new") is None
     assert index.delete(b"\x00")
     assert index.put(b"new", 9) and index.get(b"new") == 9 and index.get(b"\x01") == 10
+    index.check()
+
+
+def test_room_reserved_at_once_takes_the_entries_without_growing() -> None:
+    """A table that knows how many entries come (a snapshot's sockets) makes room once: the
+    entries then fit without a doubling, the room stops at the bound, and a smaller reserve
+    than the room changes nothing."""
+    index = IndexProbe(5000)
+    assert index.reserve(0) == 0
+    room = index.reserve(1000)
+    assert room == 1000
+    for i in range(1000):
+        assert index.put(i.to_bytes(4, "little"), i)
+    assert index.reserve(10) == room, "1,000 entries went into the room reserved for them"
+    index.check()
+    assert all(index.get(i.to_bytes(4, "little")) == i for i in range(1000))
+    assert index.reserve(1_000_000) == 5000, "the room stops at the bound"
+    assert index.put(b"one more", 1) and index.stats()["entries"] == 1001
     index.check()
 
 

@@ -37,6 +37,13 @@ class IndexProbe(NativeHandle):
         """Removes, in one walk, every entry whose value is below `below`; returns how many."""
         return int(lib.am_index_test_prune(self._live(), below))
 
+    def reserve(self, n: int) -> int:
+        """Room for n entries at once (at most the bound); returns how many entries the
+        index now holds without growing."""
+        room = ffi.new("uint32_t *")
+        check(lib.am_index_test_reserve(self._live(), n, room), "reserve")
+        return int(room[0])
+
     def check(self) -> None:
         """CoreLimitError when an invariant of the index does not hold."""
         check(lib.am_index_test_check(self._live()), "invariants")
