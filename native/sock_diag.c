@@ -76,7 +76,7 @@ struct sock_entry {
     struct sock_key k;
     uint64_t rx, tx, sent;
     uint32_t uid;
-    int32_t pid;      /* copied from the owner cache at commit; 0 unknown */
+    uint32_t owner_pos; /* where its owner was at the last commit (owners_at checks it) */
     uint8_t state;    /* TCP state number (UDP: 1 connected, 7 unconnected) */
     uint8_t kind;
     uint8_t flags;
@@ -717,18 +717,19 @@ int am_sock_commit(am_sock *t, uint64_t now_ms, int map_owners)
     struct owner_map *m = &t->owners;
     m->gen++;
     uint32_t unmapped = 0;
+    /* The first snapshot's owners in one allocation (later ones find the room there). */
+    (void)am_index_reserve(&m->x, tab_count(&t->build));
     for (uint32_t i = 0; i < tab_count(&t->build); i++) {
-        uint32_t inode = tab_at(&t->build, i)->k.inode;
-        if (inode == 0)
-            continue;
-        if (owners_touch(m, inode) == NULL)
+        struct sock_entry *e = tab_at(&t->build, i);
+        if (e->k.inode != 0 && owners_touch(m, e->k.inode, &e->owner_pos) == NULL)
             unmapped++;
     }
     /* Connections not yet reported closed keep their owner for the close event. */
     for (uint32_t i = 0; i < tab_count(&t->base); i++) {
-        uint32_t inode = tab_at(&t->base, i)->k.inode;
-        if (owners_find(m, inode) != NULL)
-            owners_touch(m, inode);
+        struct sock_entry *b = tab_at(&t->base, i);
+        struct owner *o = b->k.inode ? owners_at(m, &b->owner_pos, b->k.inode) : NULL;
+        if (o != NULL)
+            o->gen = m->gen;
     }
     owners_prune(m);
     t->st.owner_overflow += unmapped;
@@ -745,8 +746,8 @@ int am_sock_commit(am_sock *t, uint64_t now_ms, int map_owners)
     uint32_t tcp_conns = 0;
     for (uint32_t i = 0; i < tab_count(&t->build); i++) {
         struct sock_entry *e = tab_at(&t->build, i);
-        const struct owner *o = e->k.inode ? owners_find(m, e->k.inode) : NULL;
-        e->pid = o != NULL && o->state == OWNER_FOUND ? o->pid : 0;
+        if (e->k.inode != 0)
+            (void)owners_at(m, &e->owner_pos, e->k.inode); /* the prune may have moved it */
         if (e->kind == SK_LISTEN) {
             set_listen_bit(t, e);
             listening++;
@@ -1104,7 +1105,8 @@ static int put_common(am_sock *t, mp_buf *b, const struct sock_entry *e)
     PUT(mp_cstr(b, "inode"));
     PUT(mp_uint(b, e->k.inode));
     pairs += 8;
-    const struct owner *o = e->k.inode ? owners_find(&t->owners, e->k.inode) : NULL;
+    uint32_t pos = e->owner_pos;
+    const struct owner *o = e->k.inode ? owners_at(&t->owners, &pos, e->k.inode) : NULL;
     if (o != NULL && o->state == OWNER_FOUND) {
         PUT(mp_cstr(b, "pid"));
         PUT(mp_uint(b, (uint32_t)o->pid));
@@ -1113,7 +1115,7 @@ static int put_common(am_sock *t, mp_buf *b, const struct sock_entry *e)
         pairs += 2;
         if (o->exe != NULL) {
             PUT(mp_cstr(b, "exe"));
-            PUT(mp_text_known(b, o->exe, o->exe_len, o->text_utf8 & OWNER_EXE_UTF8));
+            PUT(mp_text_known(b, o->exe->text, o->exe->len, o->text_utf8 & OWNER_EXE_UTF8));
             pairs++;
         }
     }
@@ -1233,7 +1235,10 @@ int am_sock_changes(am_sock *t, am_sink *sink, uint32_t *events)
             am_index_remove_at(&t->base.x, i); /* the last entry moves to i: look at i again */
         }
     }
-    /* Opens, and the counters of the connections that stay. */
+    /* Opens, and the counters of the connections that stay. The first changes() adds every
+     * connection to an empty base: room for them at once. */
+    if (tab_count(&t->base) == 0)
+        (void)am_index_reserve(&t->base.x, tab_count(&t->cur));
     for (uint32_t i = 0; i < tab_count(&t->cur); i++) {
         struct sock_entry *c = tab_at(&t->cur, i);
         if (c->kind != SK_CONN)

@@ -33,10 +33,16 @@ static struct owner *owner_at(const struct owner_map *m, uint32_t i)
     return am_index_at(&m->x, i);
 }
 
+static void exe_release(struct owner_exe *exe)
+{
+    if (exe != NULL && --exe->refs == 0)
+        free(exe);
+}
+
 void owners_release(struct owner_map *m)
 {
     for (uint32_t i = 0; i < am_index_count(&m->x); i++)
-        free(owner_at(m, i)->exe);
+        exe_release(owner_at(m, i)->exe);
     am_index_release(&m->x);
     memset(m, 0, sizeof *m);
 }
@@ -52,13 +58,26 @@ struct owner *owners_find(struct owner_map *m, uint32_t inode)
     return pos == AM_INDEX_NONE ? NULL : owner_at(m, pos);
 }
 
-struct owner *owners_touch(struct owner_map *m, uint32_t inode)
+struct owner *owners_at(struct owner_map *m, uint32_t *pos, uint32_t inode)
 {
-    uint32_t pos;
-    int st = am_index_add(&m->x, &inode, sizeof inode, &pos);
+    if (*pos < am_index_count(&m->x)) {
+        struct owner *o = owner_at(m, *pos);
+        if (o->inode == inode)
+            return o;
+    }
+    uint32_t found = am_index_find(&m->x, &inode, sizeof inode);
+    if (found == AM_INDEX_NONE)
+        return NULL;
+    *pos = found;
+    return owner_at(m, found);
+}
+
+struct owner *owners_touch(struct owner_map *m, uint32_t inode, uint32_t *pos)
+{
+    int st = am_index_add(&m->x, &inode, sizeof inode, pos);
     if (st < 0)
         return NULL;
-    struct owner *o = owner_at(m, pos);
+    struct owner *o = owner_at(m, *pos);
     if (st == AM_INDEX_ADDED) {
         o->inode = inode;
         o->state = OWNER_PENDING;
@@ -78,16 +97,20 @@ void owners_prune(struct owner_map *m)
         }
         if (o->state == OWNER_PENDING && m->pending > 0)
             m->pending--;
-        free(o->exe);
+        exe_release(o->exe);
         am_index_remove_at(&m->x, i); /* the last entry moves to i: look at i again */
     }
 }
 
 size_t owners_memory(const struct owner_map *m)
 {
+    /* Each owner's share of its exe, so that a copy shared by many sockets counts once. */
     size_t bytes = am_index_memory(&m->x);
-    for (uint32_t i = 0; i < am_index_count(&m->x); i++)
-        bytes += owner_at(m, i)->exe_len;
+    for (uint32_t i = 0; i < am_index_count(&m->x); i++) {
+        const struct owner_exe *exe = owner_at(m, i)->exe;
+        if (exe != NULL)
+            bytes += (sizeof *exe + exe->len + exe->refs - 1) / exe->refs;
+    }
     return bytes;
 }
 
@@ -118,6 +141,7 @@ struct proc_info {
     size_t exe_len;
     int has_exe;
     uint8_t text_utf8; /* enum owner_text */
+    struct owner_exe *shared; /* exe as the owners hold it: made by the first, then shared */
 };
 
 static void load_proc_info(int pid_dir, struct proc_info *p)
@@ -152,24 +176,29 @@ static void load_proc_info(int pid_dir, struct proc_info *p)
         p->text_utf8 |= OWNER_EXE_UTF8;
 }
 
-static void fill_owner(struct owner *o, int pid, const struct proc_info *p)
+static void fill_owner(struct owner *o, int pid, struct proc_info *p)
 {
     o->pid = pid;
     o->state = OWNER_FOUND;
     memcpy(o->comm, p->comm, p->comm_len);
     o->comm_len = (uint8_t)p->comm_len;
     o->text_utf8 = p->text_utf8 & OWNER_COMM_UTF8;
-    free(o->exe);
+    struct owner_exe *old = o->exe; /* released last: it may be the one shared */
     o->exe = NULL;
-    o->exe_len = 0;
-    if (p->has_exe && p->exe_len > 0 && p->exe_len <= UINT16_MAX) {
-        o->exe = malloc(p->exe_len);
-        if (o->exe != NULL) {
-            memcpy(o->exe, p->exe, p->exe_len);
-            o->exe_len = (uint16_t)p->exe_len;
-            o->text_utf8 |= p->text_utf8 & OWNER_EXE_UTF8;
+    if (p->shared == NULL && p->has_exe && p->exe_len > 0 && p->exe_len <= UINT16_MAX) {
+        p->shared = malloc(sizeof *p->shared + p->exe_len);
+        if (p->shared != NULL) {
+            p->shared->refs = 0;
+            p->shared->len = (uint16_t)p->exe_len;
+            memcpy(p->shared->text, p->exe, p->exe_len);
         }
     }
+    if (p->shared != NULL) {
+        o->exe = p->shared;
+        o->exe->refs++;
+        o->text_utf8 |= p->text_utf8 & OWNER_EXE_UTF8;
+    }
+    exe_release(old);
 }
 
 static int parse_pid(const char *name)
@@ -211,6 +240,7 @@ static void walk_pid(struct owner_map *m, int proc_dir, int pid, const char *nam
         return;
     }
     info->loaded = 0;
+    info->shared = NULL;
     info->has_exe = 0;
     info->comm_len = 0;
     info->exe_len = 0;

@@ -16,6 +16,14 @@ enum owner_state {
 
 enum owner_text { OWNER_COMM_UTF8 = 1, OWNER_EXE_UTF8 = 2 };
 
+/* A process's exe path, shared by the owners of its sockets (one copy per process and walk,
+ * not one per socket): freed when the last owner lets go. */
+struct owner_exe {
+    uint32_t refs;
+    uint16_t len;
+    char text[];
+};
+
 struct owner {
     uint32_t inode;
     int32_t pid;
@@ -23,9 +31,8 @@ struct owner {
     uint8_t state;
     uint8_t text_utf8; /* OWNER_COMM_UTF8 | OWNER_EXE_UTF8: checked once, written per event */
     uint8_t comm_len;
-    uint16_t exe_len;
     char comm[16];
-    char *exe;         /* malloc'd, exe_len bytes; NULL when unknown */
+    struct owner_exe *exe; /* NULL when unknown */
 };
 
 struct owner_map {
@@ -44,10 +51,13 @@ struct owner_walk {
 int owners_init(struct owner_map *m, uint32_t cap);
 void owners_release(struct owner_map *m);
 struct owner *owners_find(struct owner_map *m, uint32_t inode);
+/* The inode's entry, looked for at *pos first (where a socket saw it last: no hash while no
+ * removal moved it), else found by its hash, and *pos updated; NULL when it has none. */
+struct owner *owners_at(struct owner_map *m, uint32_t *pos, uint32_t inode);
 uint32_t owners_count(const struct owner_map *m);
-/* The inode's entry, created PENDING when new; marks it held by generation m->gen. NULL when
- * the cache is full (or no memory). */
-struct owner *owners_touch(struct owner_map *m, uint32_t inode);
+/* The inode's entry, created PENDING when new; marks it held by generation m->gen and sets
+ * *pos to its position. NULL when the cache is full (or no memory). */
+struct owner *owners_touch(struct owner_map *m, uint32_t inode, uint32_t *pos);
 /* Drops every entry not held by generation m->gen. */
 void owners_prune(struct owner_map *m);
 /* One walk of /proc/PID/fd resolving every PENDING entry (found -> FOUND, else NONE). */

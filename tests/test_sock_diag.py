@@ -329,6 +329,104 @@ def test_first_snapshot_existing_flag() -> None:
         listener.close()
 
 
+def _children_with_connections(port: int, count: int) -> list[tuple[subprocess.Popen[str], list[int]]]:
+    """count processes, each holding two connections to port: (process, its sockets' inodes)."""
+    code = (
+        "import os, socket, sys\n"
+        f"held = [socket.create_connection(('127.0.0.1', {port})) for _ in range(2)]\n"
+        "print(*[os.fstat(s.fileno()).st_ino for s in held], flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    out = []
+    for _ in range(count):
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        out.append((child, [int(i) for i in child.stdout.readline().split()]))
+    return out
+
+
+@pytest.mark.live
+def test_owners_stay_right_as_processes_come_and_go() -> None:
+    """Waves of four processes with two connections each, and this process's accepted ends.
+    Wave 2 comes after wave 1 is known, so its owners are the owner cache's last entries. The
+    snapshot that finds wave 2 gone also drops wave 1's owners, which moves the last entries
+    into their places; its closes are then reported only in part (a sink with room for a
+    few), and wave 3 comes before the rest: its owners take the places wave 2's had. Every
+    open and close event must still name the process that held the socket, and its exe."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    table = SocketTable(SocketTableOptions(first_existing=False))
+    table.snapshot()
+    drain(table.changes)
+    waves: list[list[tuple[subprocess.Popen[str], list[int]]]] = []
+    accepted: list[list[socket.socket]] = []
+    owner: dict[int, int] = {}
+
+    def open_wave() -> set[int]:
+        wave = _children_with_connections(port, 4)
+        ends = [listener.accept()[0] for _ in range(8)]
+        waves.append(wave)
+        accepted.append(ends)
+        owner.update({i: child.pid for child, inodes in wave for i in inodes})
+        owner.update({inode_of(s): os.getpid() for s in ends})
+        return {i for _, inodes in wave for i in inodes} | {inode_of(s) for s in ends}
+
+    def close_wave(n: int) -> set[int]:
+        gone = {i for _, inodes in waves[n] for i in inodes} | {inode_of(s) for s in accepted[n]}
+        for child, _ in waves[n]:
+            assert child.stdin is not None
+            child.stdin.close()
+            assert child.wait(timeout=60) == 0
+        for s in accepted[n]:
+            s.close()
+        return gone
+
+    def check_owners(got: dict[tuple[str, int], Event]) -> None:
+        for (op, inode), e in got.items():
+            assert (e["pid"], e["exe"]) == (owner[inode], SELF_EXE), f"{op} of inode {inode}"
+
+    try:
+        for _ in range(2):
+            opened = open_wave()
+            table.snapshot()
+            got = _conn_events(drain(table.changes), opened)
+            assert set(got) == {("open", i) for i in opened}
+            check_owners(got)
+        gone = close_wave(0)
+        table.snapshot()
+        got = _conn_events(drain(table.changes), gone)
+        assert set(got) == {("close", i) for i in gone}
+        check_owners(got)
+
+        gone = close_wave(1)
+        table.snapshot()
+        small = EventSink(SinkOptions(batch_bytes=1024, max_batches=1))
+        assert table.changes(small), "a sink with room for a few events holds the rest back"
+        first = [e for b in small.seal() for e in msgpack.unpackb(b, raw=False)]
+        got = _conn_events(first, gone)
+        assert 0 < len(got) < len(gone) and {op for op, _ in got} == {"close"}
+        check_owners(got)
+        opened = open_wave()
+        table.snapshot()
+        rest = _conn_events(drain(table.changes), gone | opened)
+        assert set(rest) == {("close", i) for i in gone if ("close", i) not in got} | {
+            ("open", i) for i in opened}
+        check_owners(rest)
+    finally:
+        for wave in waves:
+            for child, _ in wave:
+                child.kill()
+                child.wait()
+        for ends in accepted:
+            for s in ends:
+                s.close()
+        listener.close()
+        table.close()
+
+
 @pytest.mark.live
 def test_source_choice_and_fileno() -> None:
     with SocketTable() as auto:
