@@ -238,7 +238,12 @@ int am_index_reserve(am_index *x, uint32_t n)
 {
     if (n > x->bound)
         n = x->bound;
-    return n <= x->alloc ? AM_OK : resize(x, n);
+    if (n <= x->alloc)
+        return AM_OK;
+    /* A count that creeps up a few at a time (a table reserved at every snapshot) still
+     * grows by doubling, not by a few entries and a copy each time. */
+    uint32_t doubled = x->alloc > x->bound / 2 ? x->bound : x->alloc * 2;
+    return resize(x, n > doubled ? n : doubled);
 }
 
 /* The slot holding the key, or the empty slot that ends its run. */

@@ -57,8 +57,9 @@ void am_index_release(am_index *x);
 /* Every entry gone; the memory and the seed stay. */
 void am_index_clear(am_index *x);
 /* Room for n entries (at most the bound) at once, for a caller that knows how many will come:
- * one allocation and one rehash instead of a doubling at each power of two. AM_OK, or
- * AM_ERR_NOMEM (the index is as it was; adds still grow it as they need). */
+ * one allocation and one rehash instead of a doubling at each power of two (at least a
+ * doubling when it grows at all). AM_OK, or AM_ERR_NOMEM (the index is as it was; adds still
+ * grow it as they need). */
 int am_index_reserve(am_index *x, uint32_t n);
 
 /* The position of the entry with that key, or AM_INDEX_NONE. */

@@ -124,8 +124,9 @@ def test_a_full_index_refuses_and_counts_then_takes_again_after_a_removal() -> N
 
 def test_room_reserved_at_once_takes_the_entries_without_growing() -> None:
     """A table that knows how many entries come (a snapshot's sockets) makes room once: the
-    entries then fit without a doubling, the room stops at the bound, and a smaller reserve
-    than the room changes nothing."""
+    entries then fit without a doubling, a reserve just past the room doubles it (so that a
+    count creeping up at each snapshot does not copy the table each time), the room stops at
+    the bound, and a smaller reserve than the room changes nothing."""
     index = IndexProbe(5000)
     assert index.reserve(0) == 0
     room = index.reserve(1000)
@@ -135,6 +136,7 @@ def test_room_reserved_at_once_takes_the_entries_without_growing() -> None:
     assert index.reserve(10) == room, "1,000 entries went into the room reserved for them"
     index.check()
     assert all(index.get(i.to_bytes(4, "little")) == i for i in range(1000))
+    assert index.reserve(1001) == 2000, "a count that creeps past the room still doubles it"
     assert index.reserve(1_000_000) == 5000, "the room stops at the bound"
     assert index.put(b"one more", 1) and index.stats()["entries"] == 1001
     index.check()
