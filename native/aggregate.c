@@ -293,7 +293,8 @@ typedef struct fields {
     span lport, rport, dir, laddr, raddr;
     int has_host;
     int has_ts, has_rx, has_tx;
-    int64_t ts, rx, tx;
+    int64_t ts;
+    uint64_t rx, tx; /* a checkpoint's sums may pass INT64_MAX */
     int has_hits, has_first, has_last; /* a checkpoint's entry */
     int64_t hits, first, last;
 } fields;
@@ -353,6 +354,12 @@ static int pass_through(am_agg *a, const uint8_t *event, size_t len, am_sink *ou
     return AM_OK;
 }
 
+/* Byte counters add up to UINT64_MAX and stay there: never wrapped round to a small sum. */
+static uint64_t sum_bytes(uint64_t a, uint64_t b)
+{
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
 /* One event map at r: AM_OK with the event aggregated or passed, AM_ERR_ARG when malformed
  * (r->pos is then past nothing useful: the batch is abandoned). restoring: the map is an
  * entry as write_entry wrote it (`hits` at least 1, `first` and `last` both ints or both
@@ -400,12 +407,13 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
             f.has_ts = 1;
             continue;
         }
-        if (KEY_EQ(k, kl, "rx") && mpr_int(r, &f.rx)) {
-            f.has_rx = f.rx >= 0;
+        /* A negative or non-integer rx/tx is not a counter: it stays in the event as it is. */
+        if (KEY_EQ(k, kl, "rx") && mpr_uint(r, &f.rx)) {
+            f.has_rx = 1;
             continue;
         }
-        if (KEY_EQ(k, kl, "tx") && mpr_int(r, &f.tx)) {
-            f.has_tx = f.tx >= 0;
+        if (KEY_EQ(k, kl, "tx") && mpr_uint(r, &f.tx)) {
+            f.has_tx = 1;
             continue;
         }
         if (restoring && KEY_EQ(k, kl, "hits") && mpr_int(r, &f.hits)) {
@@ -517,8 +525,8 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
             e->has_ts = 1;
         }
         if (a->opt.kind == AM_AGG_NETWORK) {
-            if (f.has_rx) { e->rx += (uint64_t)f.rx; e->has_rx = 1; }
-            if (f.has_tx) { e->tx += (uint64_t)f.tx; e->has_tx = 1; }
+            if (f.has_rx) { e->rx = sum_bytes(e->rx, f.rx); e->has_rx = 1; }
+            if (f.has_tx) { e->tx = sum_bytes(e->tx, f.tx); e->has_tx = 1; }
         }
         return AM_OK;
     }
@@ -549,8 +557,8 @@ static int add_event(am_agg *a, mpr *r, am_sink *out, int restoring)
     e->last_ts = span_last;
     e->has_rx = a->opt.kind == AM_AGG_NETWORK && f.has_rx;
     e->has_tx = a->opt.kind == AM_AGG_NETWORK && f.has_tx;
-    e->rx = e->has_rx ? (uint64_t)f.rx : 0;
-    e->tx = e->has_tx ? (uint64_t)f.tx : 0;
+    e->rx = e->has_rx ? f.rx : 0;
+    e->tx = e->has_tx ? f.tx : 0;
     add_host(a, e, &f, event);
     a->count++;
     a->bytes += need;

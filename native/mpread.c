@@ -131,6 +131,25 @@ int mpr_int(mpr *r, int64_t *value)
     return 1;
 }
 
+int mpr_uint(mpr *r, uint64_t *value)
+{
+    if (need(r, r->pos, 9) && r->data[r->pos] == 0xcf) {
+        *value = be(r->data + r->pos + 1, 8); /* the one form above INT64_MAX */
+        r->pos += 9;
+        return 1;
+    }
+    size_t at = r->pos;
+    int64_t v;
+    if (!mpr_int(r, &v))
+        return 0;
+    if (v < 0) {
+        r->pos = at;
+        return 0;
+    }
+    *value = (uint64_t)v;
+    return 1;
+}
+
 /* The size of one item's own bytes (header plus payload for scalars, header only for
  * containers) and, for containers, how many items follow inside it. */
 static int item(const mpr *r, size_t pos, size_t *size, uint64_t *children)

@@ -23,6 +23,8 @@ int mpr_map(mpr *r, uint32_t *count);
 int mpr_str(mpr *r, const uint8_t **s, uint32_t *len);
 /* An int or uint that fits int64 (a uint above INT64_MAX fails): 1, else 0 (pos unchanged). */
 int mpr_int(mpr *r, int64_t *value);
+/* An int or uint that is not negative, up to UINT64_MAX: 1, else 0 (pos unchanged). */
+int mpr_uint(mpr *r, uint64_t *value);
 /* Skips one whole item (containers included); 1, else 0 (pos unchanged). */
 int mpr_skip(mpr *r);
 /* mpr_skip for an item that sits max_depth levels above the bound (1..MPR_MAX_DEPTH): a

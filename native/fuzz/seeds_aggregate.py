@@ -1,6 +1,7 @@
 """Seeds of fuzz_aggregate: batches of exec, net and conn events as the sources write them
 (msgpack arrays of maps), for each kind byte; several batches joined by the 0xff 0xfe mark;
-and a checkpoint's entries (a batch marked 0xfd) read back before events that merge with them."""
+and a checkpoint's entries (a batch marked 0xfd) read back before events that merge with them;
+and the inputs that once broke the harness, kept whole in native/fuzz/regressions/aggregate/."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import msgpack
+
+REGRESSIONS = Path(__file__).resolve().parent / "regressions" / "aggregate"
 
 
 def array32(events: list[dict[str, object]]) -> bytes:
@@ -37,6 +40,9 @@ def main(out: Path) -> None:
             entries.append({**events[0], "hits": 2, "first": None, "last": None})
             restore = bytes([kind]) + b"\xfd" + array32(entries) + b"\xff\xfe" + array32(events)
             (out / f"{name}-restore-{kind:02x}").write_bytes(restore)
+    # The inputs that once broke the harness, kept whole (the kind byte included).
+    for path in sorted(REGRESSIONS.iterdir()):
+        (out / f"regression-{path.name}").write_bytes(path.read_bytes())
 
 
 if __name__ == "__main__":
